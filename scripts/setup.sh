@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing this project needs on a fresh Debian
+# machine with Rust: libclang + a C++ compiler for RocksDB's bindings and
+# build, and the real Prometheus, Alertmanager and node_exporter that the
+# integration tests start. Idempotent; installs only what is missing.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in libclang-dev clang g++ make pkg-config prometheus prometheus-alertmanager prometheus-node-exporter; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's packages start nothing here (no systemd), and the tests start
+# their own instances on free loopback ports; nothing to enable.
+for c in cargo rustc; do
+  command -v "$c" >/dev/null || { echo "setup: $c not found; install Rust (rustup) first" >&2; exit 1; }
+done
