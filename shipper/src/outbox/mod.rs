@@ -576,13 +576,57 @@ impl Outbox {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<RawBatch, OutboxError> {
+        let (entries, bytes, last_seq, quarantined) =
+            self.scan_values(after, max_records, max_bytes, |seq, payload| {
+                Ok((seq, payload.to_vec()))
+            })?;
+        Ok(RawBatch {
+            entries,
+            bytes,
+            last_seq,
+            quarantined,
+        })
+    }
+
+    /// Like [`Outbox::read_raw`], decoding each record straight from the
+    /// stored value; records that do not decode are quarantined too. Blocks:
+    /// call from a thread, not an async task.
+    pub fn read(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, OutboxError> {
+        let (records, bytes, last_seq, quarantined) =
+            self.scan_values(after, max_records, max_bytes, |seq, payload| {
+                let mut r = schemas::from_msgpack::<Record>(payload)
+                    .map_err(|e| format!("undecodable record: {e}"))?;
+                r.seq = seq;
+                Ok(r)
+            })?;
+        Ok(ReadBatch {
+            records,
+            bytes,
+            last_seq,
+            quarantined,
+        })
+    }
+
+    /// Iterates stored values after `after` through `decode`; values failing
+    /// their checksum or `decode` are quarantined after the scan. Returns
+    /// (decoded, bytes scanned, last seq covered, quarantined count).
+    fn scan_values<T>(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut decode: impl FnMut(u64, &[u8]) -> Result<T, String>,
+    ) -> Result<(Vec<T>, usize, u64, usize), OutboxError> {
         let visible = self.last_seq();
-        let mut batch = RawBatch {
-            last_seq: after,
-            ..RawBatch::default()
-        };
+        let mut out = Vec::new();
+        let (mut bytes, mut last_seq, mut quarantined) = (0usize, after, 0usize);
         if after >= visible || max_records == 0 {
-            return Ok(batch);
+            return Ok((out, bytes, last_seq, quarantined));
         }
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(seq_key(visible + 1).to_vec());
@@ -596,18 +640,19 @@ impl Outbox {
             let Some(seq) = key_seq(k) else {
                 break;
             };
-            if !batch.entries.is_empty() && batch.bytes + v.len() > max_bytes {
+            if !out.is_empty() && bytes + v.len() > max_bytes {
                 break;
             }
             match decode_record_value(v) {
-                Ok(payload) => {
-                    batch.entries.push((seq, payload.to_vec()));
-                }
+                Ok(payload) => match decode(seq, payload) {
+                    Ok(t) => out.push(t),
+                    Err(reason) => faults.push((seq, reason)),
+                },
                 Err(fault) => faults.push((seq, fault.to_string())),
             }
-            batch.bytes += v.len();
-            batch.last_seq = seq;
-            if batch.entries.len() >= max_records {
+            bytes += v.len();
+            last_seq = seq;
+            if out.len() >= max_records {
                 break;
             }
             it.next();
@@ -620,43 +665,10 @@ impl Outbox {
         for (seq, reason) in faults {
             tracing::warn!(seq, %reason, "outbox: quarantined a corrupt record");
             if self.quarantine(seq, &reason).wait()? {
-                batch.quarantined += 1;
+                quarantined += 1;
             }
         }
-        Ok(batch)
-    }
-
-    /// Like [`Outbox::read_raw`], decoding each record; records that do not
-    /// decode are quarantined too. Blocks: call from a thread.
-    pub fn read(
-        &self,
-        after: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<ReadBatch, OutboxError> {
-        let raw = self.read_raw(after, max_records, max_bytes)?;
-        let mut out = ReadBatch {
-            records: Vec::with_capacity(raw.entries.len()),
-            bytes: raw.bytes,
-            last_seq: raw.last_seq,
-            quarantined: raw.quarantined,
-        };
-        for (seq, payload) in raw.entries {
-            match schemas::from_msgpack::<Record>(&payload) {
-                Ok(mut r) => {
-                    r.seq = seq;
-                    out.records.push(r);
-                }
-                Err(e) => {
-                    let reason = format!("undecodable record: {e}");
-                    tracing::warn!(seq, %reason, "outbox: quarantined a record");
-                    if self.quarantine(seq, &reason).wait()? {
-                        out.quarantined += 1;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        Ok((out, bytes, last_seq, quarantined))
     }
 
     /// Quarantined entries (seq, reason, original stored value), oldest first.
