@@ -2,5 +2,6 @@
 //! modules) redaction and delivery to the collector.
 
 pub mod outbox;
+pub mod redact;
 
 pub use outbox::{Outbox, OutboxConfig, OutboxError, WhenFull};

@@ -212,6 +212,8 @@ pub struct RawBatch {
 
 struct Shared {
     visible_seq: AtomicU64,
+    /// The last readable seq, for readers that wait for new records.
+    appended: tokio::sync::watch::Sender<u64>,
     snapshot: Mutex<OutboxStats>,
     metrics: OutboxMetrics,
 }
@@ -343,6 +345,7 @@ impl Outbox {
 
         let shared = Arc::new(Shared {
             visible_seq: AtomicU64::new(state.next_seq - 1),
+            appended: tokio::sync::watch::Sender::new(state.next_seq - 1),
             snapshot: Mutex::new(OutboxStats {
                 next_seq: state.next_seq,
                 head_seq: state.head_seq,
@@ -410,6 +413,18 @@ impl Outbox {
     /// Appends `records` (their `seq` is ignored and assigned here). The
     /// ticket resolves once they are durable, or with the reason they are not.
     pub fn append(&self, records: &[Record]) -> Ticket<Receipt> {
+        self.append_with_meta(records, None)
+    }
+
+    /// Appends `records` and, in the same atomic write batch, stores the
+    /// metadata entry `meta` (key, value) as [`Outbox::put_meta`] would: a
+    /// file tailer commits its lines and its new offset together, so a crash
+    /// can neither ship a line twice nor skip one.
+    pub fn append_with_meta(
+        &self,
+        records: &[Record],
+        meta: Option<(&[u8], Vec<u8>)>,
+    ) -> Ticket<Receipt> {
         let started = Instant::now();
         let limit = self.inner.config.max_record_bytes.get();
         let mut values = Vec::with_capacity(records.len());
@@ -433,7 +448,8 @@ impl Outbox {
             bytes += v.len() as u64;
             values.push(v);
         }
-        self.append_values(values, bytes, started)
+        let meta = meta.map(|(k, v)| (k.to_vec(), v));
+        self.append_values(values, bytes, started, meta)
     }
 
     /// Appends records that are already MessagePack-encoded [`Record`]s.
@@ -454,10 +470,16 @@ impl Outbox {
             bytes += v.len() as u64;
             values.push(v);
         }
-        self.append_values(values, bytes, started)
+        self.append_values(values, bytes, started, None)
     }
 
-    fn append_values(&self, values: Vec<Vec<u8>>, bytes: u64, started: Instant) -> Ticket<Receipt> {
+    fn append_values(
+        &self,
+        values: Vec<Vec<u8>>,
+        bytes: u64,
+        started: Instant,
+        meta: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Ticket<Receipt> {
         let c = &self.inner.config;
         // Under drop_newest an oversized append keeps the prefix that fits;
         // under the other policies it could never be stored whole.
@@ -470,7 +492,7 @@ impl Outbox {
                 max_bytes: c.max_bytes.get(),
             });
         }
-        if values.is_empty() {
+        if values.is_empty() && meta.is_none() {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(Receipt {
                 first_seq: self.inner.shared.visible_seq.load(Ordering::Acquire) + 1,
@@ -488,6 +510,7 @@ impl Outbox {
                 bytes,
                 started,
                 deadline,
+                meta,
                 reply,
             })
         })
@@ -560,6 +583,12 @@ impl Outbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A receiver of the last readable seq, updated after every commit, for
+    /// readers that wait for new records instead of polling.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.appended.subscribe()
     }
 
     /// The highest seq that is readable.

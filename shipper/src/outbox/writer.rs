@@ -37,6 +37,9 @@ pub(super) struct AppendOp {
     pub bytes: u64,
     pub started: Instant,
     pub deadline: Instant,
+    /// A caller's metadata entry written in the same batch as the records
+    /// (e.g. a file offset), so both are durable together or not at all.
+    pub meta: Option<(Vec<u8>, Vec<u8>)>,
     pub reply: Reply<Receipt>,
 }
 
@@ -470,6 +473,10 @@ impl Writer {
     }
 
     fn accept(&mut self, a: AppendOp, dropped: usize, g: &mut Group) {
+        if let Some((key, value)) = a.meta {
+            g.batch
+                .put_cf(self.cf(CF_META), meta_key(super::META_USER, &key), value);
+        }
         let first_seq = self.state.next_seq;
         let count = a.values.len();
         for v in a.values {
@@ -585,6 +592,7 @@ impl Writer {
         self.shared
             .visible_seq
             .store(s.next_seq - 1, Ordering::Release);
+        self.shared.appended.send_replace(s.next_seq - 1);
         {
             // Short critical section, never held across a blocking call.
             let mut snap = self
