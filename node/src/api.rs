@@ -1,0 +1,663 @@
+//! The service API under `/api`, with the JSON shapes of Sesam's node API.
+//!
+//! Every route except `/api/health` and `/api/ping` requires
+//! `Authorization: Bearer <token>` when the node was given `--api-token-file`
+//! (compared in constant time). Errors are JSON `{"error", "_id", "field"}`
+//! with a 4xx status; secret values never appear in any answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use schemas::time::{now_nanos, rfc3339_from_nanos};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ConfigError, ConfigErrors, Schedule};
+use crate::pump::{Pump, StartRefused};
+use crate::state::{blocking, Shared};
+use crate::store::{ReadOptions, StoreError};
+
+/// An API error: a status and a JSON body naming what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({"error": error.into()}),
+        }
+    }
+
+    fn field(status: StatusCode, id: &str, field: &str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({"error": error.into(), "_id": id, "field": field}),
+        }
+    }
+
+    fn not_found(what: &str, id: &str) -> ApiError {
+        ApiError::field(
+            StatusCode::NOT_FOUND,
+            id,
+            "_id",
+            format!("no {what} with _id {id:?}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "storage error in an API request");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storage error: {e}"),
+        )
+    }
+}
+
+impl From<ConfigErrors> for ApiError {
+    fn from(e: ConfigErrors) -> ApiError {
+        let first = e.0.first().cloned().unwrap_or(ConfigError {
+            entity: String::new(),
+            field: String::new(),
+            message: "invalid configuration".into(),
+        });
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
+                "error": first.to_string(),
+                "_id": first.entity,
+                "field": first.field,
+                "errors": e.0,
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type AppState = State<Arc<Shared>>;
+
+/// The API router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let protected = Router::new()
+        .route("/api/status", get(status))
+        .route("/api/pipes", get(pipes))
+        .route("/api/pipes/{id}", get(pipe))
+        .route("/api/pipes/{id}/config", get(pipe_config))
+        .route("/api/pipes/{id}/log", get(pipe_log))
+        .route("/api/pipes/{id}/entities", get(pipe_entities))
+        .route("/api/pipes/{id}/pump", get(pump_get).post(pump_post))
+        .route("/api/datasets", get(datasets))
+        .route("/api/datasets/{id}", get(dataset))
+        .route("/api/datasets/{id}/entities", get(dataset_entities))
+        .route("/api/config", get(config_get).put(config_put))
+        .route(
+            "/api/secrets",
+            get(secrets_get).put(secrets_put).post(secrets_post),
+        )
+        .route("/api/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
+    Router::new()
+        .route("/api/ping", get(ping))
+        .route("/api/health", get(health))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(shared)
+}
+
+async fn auth(State(s): AppState, req: Request, next: Next) -> Response {
+    let Some(expected) = s.api_token_sha256 else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()));
+    match presented {
+        // Comparing digests keeps the comparison constant-time in the token length too.
+        Some(d) if bool::from(d.as_slice().ct_eq(&expected)) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn ping() -> Json<Value> {
+    Json(json!({"status": "running"}))
+}
+
+async fn health(State(s): AppState) -> Response {
+    let body = crate::health::check(&s).await;
+    s.health_wakeup.notify_one();
+    let ok = body.status == schemas::HealthStatus::Ok;
+    let mut v = serde_json::to_value(&body).unwrap_or(Value::Null);
+    if !ok {
+        v["message"] = json!("The sesam-node isn't feeling well.");
+    }
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(v)).into_response()
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+async fn status(State(s): AppState) -> Json<Value> {
+    let uptime = (now_nanos() - s.start_nanos) as f64 / 1e9;
+    Json(json!({
+        "status": "running",
+        "node_id": s.node_id,
+        "subscription_id": s.subscription,
+        "node_version": env!("CARGO_PKG_VERSION"),
+        "node_start_time": rfc3339_from_nanos(s.start_nanos),
+        "node_uptime": uptime,
+        "memory": {"rss": rss_bytes()},
+        "pipes": s.pumps().len(),
+        "config_hash": s.config().hash,
+    }))
+}
+
+fn ts(n: Option<i64>) -> Value {
+    n.map_or(Value::Null, |n| Value::String(rfc3339_from_nanos(n)))
+}
+
+/// The `runtime` of a pump object.
+fn pump_runtime(p: &Pump) -> serde_json::Map<String, Value> {
+    let st = p.state();
+    let c = p.config();
+    let mut m = serde_json::Map::new();
+    m.insert("is-running".into(), json!(st.is_running));
+    m.insert("is-disabled".into(), json!(st.disabled));
+    m.insert("is-valid-config".into(), json!(true));
+    m.insert("config-errors".into(), json!([]));
+    m.insert("last-run".into(), ts(st.last_run));
+    m.insert("last-end".into(), ts(st.last_end));
+    m.insert(
+        "next-run".into(),
+        if st.disabled {
+            Value::Null
+        } else {
+            ts(st.next_run)
+        },
+    );
+    m.insert("success".into(), json!(st.success));
+    m.insert(
+        "last-seen".into(),
+        st.last_seen.map_or(Value::Null, |o| json!(o.to_string())),
+    );
+    m.insert("progress".into(), json!(st.progress));
+    m.insert("last-original-error-message".into(), json!(st.last_error));
+    m.insert(
+        "schedule".into(),
+        match &c.schedule {
+            Schedule::Interval(d) => json!({"schedule_interval": d.as_secs_f64()}),
+            Schedule::Cron(s) => json!({"cron_expr": s.to_string()}),
+            Schedule::Manual => json!({"mode": "manual"}),
+            Schedule::Off => json!({"mode": "off"}),
+        },
+    );
+    m
+}
+
+fn pump_object(p: &Pump) -> Value {
+    json!({"_id": p.id, "name": p.id, "runtime": pump_runtime(p)})
+}
+
+fn pipe_object(p: &Pump) -> Value {
+    let c = p.config();
+    let mut runtime = pump_runtime(p);
+    runtime.insert("execution-dataset".into(), json!(c.execution_dataset()));
+    runtime.insert("dataset".into(), json!(c.sink_dataset()));
+    runtime.insert("monitoring".into(), json!({"enabled": c.monitoring}));
+    json!({
+        "_id": c.id,
+        "name": c.original.get("name").cloned().unwrap_or_else(|| json!(c.id)),
+        "type": "pipe",
+        "config": {"original": c.original, "effective": c.effective},
+        "runtime": runtime,
+    })
+}
+
+fn find_pump(s: &Shared, id: &str) -> ApiResult<Arc<Pump>> {
+    s.pump(id).ok_or_else(|| ApiError::not_found("pipe", id))
+}
+
+async fn pipes(State(s): AppState) -> Json<Value> {
+    Json(Value::Array(
+        s.pumps().iter().map(|p| pipe_object(p)).collect(),
+    ))
+}
+
+async fn pipe(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = find_pump(&s, &id)?;
+    Ok(Json(pipe_object(&p)))
+}
+
+async fn pipe_config(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(find_pump(&s, &id)?.config().original.clone()))
+}
+
+fn bool_param(q: &HashMap<String, String>, name: &str, default: bool) -> ApiResult<bool> {
+    match q.get(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if v == "true" || v == "1" => Ok(true),
+        Some(v) if v == "false" || v == "0" => Ok(false),
+        Some(v) => Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            name,
+            format!("{name} must be true or false, not {v:?}"),
+        )),
+    }
+}
+
+fn read_options(q: &HashMap<String, String>) -> ApiResult<ReadOptions> {
+    let since = match q.get("since").map(|s| s.trim()) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "",
+                "since",
+                format!("since must be an _updated value (a non-negative integer), not {s:?}"),
+            )
+        })?),
+    };
+    let limit = match q.get("limit") {
+        None => 10_000,
+        Some(l) => l.trim().parse::<usize>().map_err(|_| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "",
+                "limit",
+                format!("limit must be a non-negative integer, not {l:?}"),
+            )
+        })?,
+    };
+    Ok(ReadOptions {
+        since,
+        limit,
+        history: bool_param(q, "history", true)?,
+        deleted: bool_param(q, "deleted", true)?,
+        reverse: bool_param(q, "reverse", false)?,
+    })
+}
+
+async fn entities(
+    s: &Shared,
+    dataset: String,
+    q: &HashMap<String, String>,
+) -> ApiResult<Json<Value>> {
+    let opts = read_options(q)?;
+    let store = s.store.clone();
+    let list = blocking(move || store.read_entities(&dataset, opts)).await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn pipe_log(
+    State(s): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let ds = find_pump(&s, &id)?.config().execution_dataset();
+    entities(&s, ds, &q).await
+}
+
+async fn pipe_entities(
+    State(s): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let p = find_pump(&s, &id)?;
+    let c = p.config();
+    let Some(ds) = c.sink_dataset() else {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            &id,
+            "sink",
+            "the pipe does not write a dataset",
+        ));
+    };
+    entities(&s, ds.to_string(), &q).await
+}
+
+async fn pump_get(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = find_pump(&s, &id)?;
+    Ok(Json(pump_object(&p)))
+}
+
+async fn pump_post(
+    State(s): AppState,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let p = find_pump(&s, &id)?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let form: HashMap<String, String> = if body.is_empty() {
+        HashMap::new()
+    } else if is_json {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &id,
+                "operation",
+                format!("malformed JSON body: {e}"),
+            )
+        })?;
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        parse_form(&body).ok_or_else(|| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &id,
+                "operation",
+                "malformed form body",
+            )
+        })?
+    };
+    let Some(op) = form
+        .get("operation")
+        .or_else(|| query.get("operation"))
+        .cloned()
+    else {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            &id,
+            "operation",
+            "the form field \"operation\" is required",
+        ));
+    };
+    match op.as_str() {
+        "start" => match p.request_start() {
+            Ok(()) => {}
+            Err(StartRefused::Running) => {
+                return Ok((StatusCode::CONFLICT, Json(pump_object(&p))).into_response());
+            }
+            Err(StartRefused::Off) => {
+                return Err(ApiError::field(StatusCode::CONFLICT, &id, "pump.mode", "the pump's mode is \"off\"; it cannot be started"));
+            }
+        },
+        "stop" => {
+            p.stop();
+        }
+        "enable" => crate::pump::set_enabled(&s, &p, true).await?,
+        "disable" => crate::pump::set_enabled(&s, &p, false).await?,
+        other => {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &id,
+                "operation",
+                format!("The pump doesn't support the operation {other:?}; supported: start, stop, enable, disable"),
+            ))
+        }
+    }
+    Ok(Json(pump_object(&p)).into_response())
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body; `None` if malformed.
+fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    fn decode(s: &str) -> Option<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = s.get(i + 1..i + 3)?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).ok()
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = HashMap::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(decode(k)?, decode(v)?);
+    }
+    Some(out)
+}
+
+fn dataset_object(name: &str, m: &crate::store::DatasetMeta, s: &Shared) -> Value {
+    let origin = if name.starts_with("system:") {
+        "system"
+    } else {
+        "user"
+    };
+    let producer = s
+        .pumps()
+        .into_iter()
+        .find(|p| p.config().sink_dataset() == Some(name))
+        .map(|p| p.id.clone());
+    json!({
+        "_id": name,
+        "origin": origin,
+        "runtime": {
+            "count-including-deleted": m.count + m.deleted,
+            "count-excluding-deleted": m.count,
+            "count-deleted": m.deleted,
+            "versions": m.versions,
+            "last-updated": m.last_updated,
+            "last-modified": if m.last_modified_us > 0 { Value::String(rfc3339_from_nanos(m.last_modified_us.saturating_mul(1000))) } else { Value::Null },
+            "pipe": producer,
+        },
+    })
+}
+
+async fn datasets(State(s): AppState) -> ApiResult<Json<Value>> {
+    let store = s.store.clone();
+    let all = blocking(move || store.datasets()).await?;
+    Ok(Json(Value::Array(
+        all.iter().map(|(n, m)| dataset_object(n, m, &s)).collect(),
+    )))
+}
+
+async fn dataset(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let store = s.store.clone();
+    let name = id.clone();
+    let meta = blocking(move || store.dataset_meta(&name)).await?;
+    let m = meta.ok_or_else(|| ApiError::not_found("dataset", &id))?;
+    Ok(Json(dataset_object(&id, &m, &s)))
+}
+
+async fn dataset_entities(
+    State(s): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let store = s.store.clone();
+    let name = id.clone();
+    if blocking(move || store.dataset_meta(&name)).await?.is_none() {
+        return Err(ApiError::not_found("dataset", &id));
+    }
+    entities(&s, id, &q).await
+}
+
+async fn config_get(State(s): AppState) -> Json<Value> {
+    // The configuration holds secrets only as $SECRET(name) references.
+    Json(Value::Array(s.config().entities.clone()))
+}
+
+async fn config_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
+    let config = crate::config::parse(&body)?;
+    let hash = config.hash.clone();
+    crate::node::apply_config(&s, config).await;
+    Ok(Json(
+        json!({"status": "ok", "hash": hash, "pipes": s.pumps().len()}),
+    ))
+}
+
+fn parse_secrets(body: &[u8]) -> ApiResult<BTreeMap<String, String>> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        // The error names a position, never the (possibly secret) content.
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "",
+            format!(
+                "the body must be a JSON object of secret names to string values: {}",
+                e.classify_message()
+            ),
+        )
+    })?;
+    let Value::Object(m) = v else {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "",
+            "the body must be a JSON object of secret names to string values",
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &k,
+                &k,
+                "secret names use letters, digits, '_', '-' and '.'",
+            ));
+        }
+        match v {
+            Value::String(s) => {
+                out.insert(k, s);
+            }
+            _ => {
+                return Err(ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    &k,
+                    &k,
+                    format!("the value of secret {k:?} must be a string"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+trait ClassifyMessage {
+    fn classify_message(&self) -> String;
+}
+
+impl ClassifyMessage for serde_json::Error {
+    fn classify_message(&self) -> String {
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
+    }
+}
+
+async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
+    let secrets = parse_secrets(&body)?;
+    let names: Vec<String> = secrets.keys().cloned().collect();
+    let store = s.store.clone();
+    blocking(move || store.replace_secrets(&secrets)).await?;
+    tracing::info!(count = names.len(), "secrets replaced");
+    Ok(Json(json!(names)))
+}
+
+async fn secrets_post(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
+    let secrets = parse_secrets(&body)?;
+    let names: Vec<String> = secrets.keys().cloned().collect();
+    let store = s.store.clone();
+    blocking(move || store.merge_secrets(&secrets)).await?;
+    tracing::info!(count = names.len(), "secrets updated");
+    Ok(Json(json!(names)))
+}
+
+async fn secrets_get(State(s): AppState) -> ApiResult<Json<Value>> {
+    let store = s.store.clone();
+    let names = blocking(move || store.secret_names()).await?;
+    Ok(Json(json!(names)))
+}
+
+async fn metrics(State(s): AppState) -> ApiResult<Response> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &s.registry).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encode metrics: {e}"),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_decode() {
+        let f = parse_form(b"operation=start&note=a+b%21&flag").unwrap();
+        assert_eq!(f["operation"], "start");
+        assert_eq!(f["note"], "a b!");
+        assert_eq!(f["flag"], "");
+        assert!(parse_form(b"operation=%zz").is_none());
+        assert!(parse_form(b"x=%4").is_none());
+    }
+}

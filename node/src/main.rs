@@ -1,0 +1,132 @@
+//! `sesam-node`: parses flags, sets up logging and signals, runs the node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use node::{Listen, NodeConfig, OutboxLogLevel};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A small Sesam node: pipes, datasets, the execution dataset and the API.
+#[derive(Debug, Parser)]
+#[command(name = "sesam-node", version)]
+struct Args {
+    /// Configuration file: a JSON array of pipe, system:url and metadata entities.
+    #[arg(long)]
+    config: PathBuf,
+    /// Data directory: the node database (`node/`) and the outbox (`outbox/`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// API listen address.
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    listen: SocketAddr,
+    /// The node id: the `source` of every record.
+    #[arg(long, default_value = "sesam-node")]
+    node_id: String,
+    /// The subscription (tenant) id of every record.
+    #[arg(long, default_value = "default")]
+    subscription: String,
+    /// File holding the API bearer token; without it the API is open.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Lowest level of service logs also written to the outbox.
+    #[arg(long, value_enum, default_value = "warn")]
+    outbox_log_level: OutboxLogLevel,
+    /// Interval of health records, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    health_interval: Duration,
+    /// How long shutdown waits for running pumps and tasks.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let (layer, log_records) = node::outbox_log_layer(args.outbox_log_level, 4096);
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stdout = match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_filter(filter())
+            .boxed(),
+    };
+    // Filtered per layer, so that debug events are only built when stdout wants them.
+    let outbox_level = match args.outbox_log_level {
+        OutboxLogLevel::Warn => LevelFilter::WARN,
+        OutboxLogLevel::Info => LevelFilter::INFO,
+    };
+    tracing_subscriber::registry()
+        .with(stdout)
+        .with(layer.with_filter(outbox_level))
+        .init();
+    match run(args, log_records).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sesam-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
+    let api_token = match &args.api_token_file {
+        None => None,
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("read the API token file {}", p.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", p.display());
+            Some(t)
+        }
+    };
+    let mut config = NodeConfig::new(args.config, args.data_dir, Listen::Addr(args.listen));
+    config.node_id = args.node_id;
+    config.subscription = args.subscription;
+    config.api_token = api_token;
+    config.health_interval = args.health_interval;
+    config.shutdown_timeout = args.shutdown_timeout;
+    config.log_records = Some(log_records);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        on_signal.cancel();
+    });
+    node::run(config, shutdown).await.context("run the node")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

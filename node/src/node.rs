@@ -1,0 +1,404 @@
+//! Starting, reconfiguring and stopping a node.
+//!
+//! [`Node::open`] opens the node database (`<data-dir>/node`) and the outbox
+//! (`<data-dir>/outbox`), loads and validates the configuration file and
+//! binds the API listener; [`Node::run`] starts the pumps, the health task,
+//! the log drain and the API, and returns after `shutdown` is cancelled and
+//! every task has finished (or the shutdown deadline passed). The outbox
+//! handle ([`Node::outbox`]) is available between the two, so a caller can
+//! start a shipper that drains the same outbox in the same process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use schemas::{Body, Record};
+use sha2::{Digest, Sha256};
+use shipper::outbox::{Outbox, OutboxConfig, OutboxError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigErrors, PipeConfig, ResolvedConfig, SinkConfig, SourceConfig};
+use crate::logs::LogReceiver;
+use crate::metrics::Metrics;
+use crate::pump::Pump;
+use crate::state::{blocking, Shared};
+use crate::store::{Store, StoreError};
+
+/// Where the API listens.
+#[derive(Debug)]
+pub enum Listen {
+    Addr(SocketAddr),
+    /// An already bound listener (tests bind port 0 and read the address).
+    Listener(TcpListener),
+}
+
+/// Everything `sesam-node` is started with.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// The configuration file (a JSON array of entities).
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    /// The `source` of every record.
+    pub node_id: String,
+    /// The `subscription` of every record.
+    pub subscription: String,
+    /// The API bearer token; `None` leaves the API open.
+    pub api_token: Option<String>,
+    /// How often a health record is emitted.
+    pub health_interval: Duration,
+    /// How long shutdown waits for running tasks.
+    pub shutdown_timeout: Duration,
+    /// Service log lines to append to the outbox (see [`crate::logs`]).
+    pub log_records: Option<LogReceiver>,
+    pub outbox: OutboxConfig,
+}
+
+impl NodeConfig {
+    /// A config with the defaults of the binary's flags.
+    pub fn new(
+        config_path: impl Into<PathBuf>,
+        data_dir: impl Into<PathBuf>,
+        listen: Listen,
+    ) -> NodeConfig {
+        NodeConfig {
+            config_path: config_path.into(),
+            data_dir: data_dir.into(),
+            listen,
+            node_id: "sesam-node".into(),
+            subscription: "default".into(),
+            api_token: None,
+            health_interval: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            log_records: None,
+            outbox: OutboxConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("read configuration file {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is invalid: {errors}")]
+    Config { path: PathBuf, errors: ConfigErrors },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve the API: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// A node that is open but not yet running.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    log_records: Option<LogReceiver>,
+    health_interval: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Node {
+    /// Opens storage and the outbox, loads the configuration, binds the API.
+    pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        let bytes = std::fs::read(&config.config_path).map_err(|source| NodeError::ReadConfig {
+            path: config.config_path.clone(),
+            source,
+        })?;
+        let resolved = crate::config::parse(&bytes).map_err(|errors| NodeError::Config {
+            path: config.config_path.clone(),
+            errors,
+        })?;
+        let store_dir = config.data_dir.join("node");
+        let store = blocking(move || Store::open(&store_dir)).await?;
+        let outbox_dir = config.data_dir.join("outbox");
+        let outbox_config = config.outbox.clone();
+        let outbox = blocking(move || Outbox::open(outbox_dir, outbox_config)).await?;
+        let listener = match config.listen {
+            Listen::Listener(l) => l,
+            Listen::Addr(a) => TcpListener::bind(a)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: a.to_string(),
+                    source,
+                })?,
+        };
+        let metrics = Metrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        outbox.metrics().register(&mut registry);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(NodeError::Http)?;
+        let shared = Arc::new(Shared {
+            node_id: config.node_id,
+            subscription: config.subscription,
+            start_nanos: schemas::time::now_nanos(),
+            store,
+            outbox,
+            metrics,
+            registry,
+            http,
+            config: RwLock::new(Arc::new(ResolvedConfig::empty())),
+            pumps: Mutex::new(Default::default()),
+            reconfigure: tokio::sync::Mutex::new(()),
+            health_wakeup: tokio::sync::Notify::new(),
+            last_health: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            api_token_sha256: config
+                .api_token
+                .map(|t| Sha256::digest(t.trim().as_bytes()).into()),
+        });
+        *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
+        Ok(Node {
+            shared,
+            listener,
+            log_records: config.log_records,
+            health_interval: config.health_interval,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The outbox every record of this node is appended to.
+    pub fn outbox(&self) -> &Outbox {
+        &self.shared.outbox
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops every task within the
+    /// shutdown deadline.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
+        let s = self.shared.clone();
+        if s.api_token_sha256.is_none() {
+            tracing::warn!(
+                "no --api-token-file given: the node API is open to anyone who can reach it"
+            );
+        }
+        if let Some(rx) = self.log_records {
+            spawn_log_drain(s.clone(), rx);
+        }
+        let config = s.config();
+        start_pumps(&s, &config, &[]).await;
+        s.emit_config(&config).await;
+        crate::health::spawn(s.clone(), self.health_interval);
+        tracing::info!(
+            addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            pipes = config.pipes.len(),
+            node_id = %s.node_id,
+            "sesam-node started"
+        );
+
+        let app = crate::api::router(s.clone());
+        let stop = s.shutdown.clone();
+        let forward = shutdown.clone();
+        // One token fans out: the caller's shutdown cancels the node's own.
+        s.tracker.spawn(async move {
+            tokio::select! {
+                _ = forward.cancelled() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+        let serve_stop = s.shutdown.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+            .await;
+        // If the server failed on its own, stop everything else too.
+        s.shutdown.cancel();
+        tracing::info!("sesam-node shutting down");
+        s.tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, s.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown deadline passed; abandoning the remaining tasks");
+        }
+        served.map_err(NodeError::Serve)
+    }
+}
+
+/// Opens a node and runs it until `shutdown` is cancelled.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    Node::open(config).await?.run(shutdown).await
+}
+
+/// Whether a pipe can keep running unchanged under `new`.
+fn unchanged(
+    old: &PipeConfig,
+    new: &PipeConfig,
+    old_cfg: &ResolvedConfig,
+    new_cfg: &ResolvedConfig,
+) -> bool {
+    if old.original != new.original || old.monitoring != new.monitoring {
+        return false;
+    }
+    let system = |p: &PipeConfig| -> Option<String> {
+        match (&p.source, &p.sink) {
+            (SourceConfig::Json { system, .. }, _) | (_, SinkConfig::Json { system, .. }) => {
+                Some(system.clone())
+            }
+            _ => None,
+        }
+    };
+    match system(new) {
+        None => true,
+        Some(sys) => old_cfg.systems.get(&sys) == new_cfg.systems.get(&sys),
+    }
+}
+
+/// Creates and starts pumps for the pipes of `config` not in `keep`.
+async fn start_pumps(s: &Arc<Shared>, config: &ResolvedConfig, keep: &[String]) {
+    for (id, pipe) in &config.pipes {
+        if keep.contains(id) {
+            continue;
+        }
+        let existing = s.pump(id);
+        let pump = match existing {
+            Some(p) => {
+                p.set_config(pipe.clone());
+                p
+            }
+            None => {
+                let store = s.store.clone();
+                let pid = id.clone();
+                let meta = blocking(move || store.pump_meta(&pid)).await.unwrap_or_else(|e| {
+                    tracing::warn!(pipe = %id, error = %e, "could not read the pump state; assuming enabled");
+                    Default::default()
+                });
+                let p = Arc::new(Pump::new(pipe.clone(), meta));
+                let ss = s.clone();
+                let pp = p.clone();
+                blocking(move || pp.restore(&ss)).await;
+                s.pumps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), p.clone());
+                p
+            }
+        };
+        s.metrics
+            .pipe_enabled
+            .get_or_create(&Metrics::pipe(id))
+            .set(i64::from(!pump.state().disabled));
+        crate::pump::spawn(s.clone(), pump);
+    }
+}
+
+/// Replaces the running configuration with a validated one: pipes that are
+/// unchanged keep running, changed pipes are restarted (a running run is
+/// stopped), removed pipes are stopped and forgotten.
+pub async fn apply_config(s: &Arc<Shared>, config: ResolvedConfig) {
+    let _serial = s.reconfigure.lock().await;
+    let old = s.config();
+    let mut keep = Vec::new();
+    for p in s.pumps() {
+        let new = config.pipes.get(&p.id);
+        match new {
+            Some(n) if unchanged(&p.config(), n, &old, &config) => {
+                p.set_config(n.clone());
+                keep.push(p.id.clone());
+            }
+            Some(_) => p.cancel_task(),
+            None => {
+                p.cancel_task();
+                s.pumps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&p.id);
+                let _ = s.metrics.pipe_enabled.remove(&Metrics::pipe(&p.id));
+            }
+        }
+    }
+    let config = Arc::new(config);
+    *s.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+    // Wait (bounded) for cancelled pumps to record their stopped run, so
+    // that a restarted pump never overlaps with its previous task.
+    for _ in 0..100 {
+        let busy = s
+            .pumps()
+            .iter()
+            .any(|p| !keep.contains(&p.id) && p.state().is_running);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start_pumps(s, &config, &keep).await;
+    if old.hash != config.hash {
+        s.emit_config(&config).await;
+        tracing::info!(hash = %config.hash, pipes = config.pipes.len(), "configuration replaced");
+    }
+    s.health_wakeup.notify_one();
+}
+
+/// Appends service log lines to the outbox in batches.
+fn spawn_log_drain(s: Arc<Shared>, mut rx: LogReceiver) {
+    let shared = s.clone();
+    s.tracker.spawn(async move {
+        let mut reported_drops = 0u64;
+        loop {
+            let mut batch = Vec::new();
+            let n = tokio::select! {
+                n = rx.rx.recv_many(&mut batch, 256) => n,
+                _ = shared.shutdown.cancelled() => {
+                    // Take what is already queued, then stop.
+                    while batch.len() < 4096 {
+                        match rx.rx.try_recv() {
+                            Ok(x) => batch.push(x),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.is_empty() { break; }
+                    batch.len()
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let dropped = rx.dropped();
+            if dropped > reported_drops {
+                shared
+                    .metrics
+                    .log_records_dropped
+                    .inc_by(dropped - reported_drops);
+                reported_drops = dropped;
+            }
+            let records: Vec<Record> = batch
+                .into_iter()
+                .map(|(ts, body)| Record {
+                    seq: 0,
+                    ts,
+                    source: shared.node_id.clone(),
+                    subscription: shared.subscription.clone(),
+                    body: Body::Log(body),
+                })
+                .collect();
+            shared.emit(records).await;
+            if shared.shutdown.is_cancelled() && rx.rx.is_empty() {
+                break;
+            }
+        }
+    });
+}
