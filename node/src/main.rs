@@ -66,6 +66,7 @@ async fn main() -> ExitCode {
             .with_filter(filter())
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_filter(filter())
             .boxed(),
     };

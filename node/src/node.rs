@@ -298,10 +298,22 @@ async fn start_pumps(s: &Arc<Shared>, config: &ResolvedConfig, keep: &[String]) 
                 p
             }
         };
+        let label = Metrics::pipe(id);
         s.metrics
             .pipe_enabled
-            .get_or_create(&Metrics::pipe(id))
+            .get_or_create(&label)
             .set(i64::from(!pump.state().disabled));
+        // Every pipe has its series from the start, so "0 runs" is not "absent".
+        let m = &s.metrics;
+        for family in [
+            &m.pump_started,
+            &m.pump_completed,
+            &m.pump_failed,
+            &m.entities_changes,
+            &m.entities_seen,
+        ] {
+            let _ = family.get_or_create(&label);
+        }
         crate::pump::spawn(s.clone(), pump);
     }
 }
@@ -327,7 +339,20 @@ pub async fn apply_config(s: &Arc<Shared>, config: ResolvedConfig) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&p.id);
-                let _ = s.metrics.pipe_enabled.remove(&Metrics::pipe(&p.id));
+                let label = Metrics::pipe(&p.id);
+                let m = &s.metrics;
+                m.pipe_enabled.remove(&label);
+                for family in [
+                    &m.pump_started,
+                    &m.pump_completed,
+                    &m.pump_failed,
+                    &m.entities_changes,
+                    &m.entities_seen,
+                ] {
+                    family.remove(&label);
+                }
+                m.last_completed_time.remove(&label);
+                m.total_time.remove(&label);
             }
         }
     }

@@ -644,16 +644,19 @@ async fn run_once(
     let mut changes = 0u64;
     let work = async {
         let t = Instant::now();
-        let (entities, offset, _) = read_source(shared, &config, &mut secrets).await?;
+        let read = read_source(shared, &config, &mut secrets).await;
         times[0] = t.elapsed().as_secs_f64();
+        let (entities, offset, _) = read?;
         seen = entities.len() as u64;
         pump.update(|s| s.progress = seen);
+        // Stage times are recorded whether or not the stage fails.
         let t = Instant::now();
-        let out = transform(&config, entities)?;
+        let out = transform(&config, entities);
         times[1] = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        changes = write_sink(shared, &config, &mut secrets, out).await?;
+        let written = write_sink(shared, &config, &mut secrets, out?).await;
         times[2] = t.elapsed().as_secs_f64();
+        changes = written?;
         if let Some(o) = offset {
             let store = shared.store.clone();
             let id = config.id.clone();

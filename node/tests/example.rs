@@ -252,6 +252,8 @@ async fn example_config_end_to_end() {
         "sesam_pump_entities_changes_total{pipe=\"customers\"} 3",
         "sesam_pump_entities_seen_total{pipe=\"customers\"} 6",
         "sesam_pipe_enabled{pipe=\"orders\"} 1",
+        // Series exist from the start: zero runs is not an absent series.
+        "sesam_pump_completed_total{pipe=\"orders\"} 0",
     ] {
         assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
     }
