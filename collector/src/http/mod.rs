@@ -1,0 +1,198 @@
+//! The HTTP API: router, shared state, authentication and errors.
+//!
+//! | method, path | role | what |
+//! |---|---|---|
+//! | `POST /api/v1/ingest` | shipper (own subscription), admin | store a MessagePack batch |
+//! | `GET /api/v1/logs` | operator (own), admin | LogQL search, JSON records |
+//! | `GET /loki/api/v1/query_range` | operator, admin | the same, in Loki's streams shape |
+//! | `GET /loki/api/v1/labels` | operator, admin | label names |
+//! | `GET /loki/api/v1/label/{name}/values` | operator, admin | values of a label |
+//! | `GET /api/v1/sources` | operator, admin | every source with last seen, last seq, lag |
+//! | `DELETE /api/v1/subscriptions/{id}` | admin | terminate: delete everything of it |
+//! | `POST /api/v1/checkpoints` | admin | take a checkpoint now |
+//! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
+//!
+//! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
+//! for a bad record, `column` for a query parse error) with a 4xx/5xx.
+
+mod admin;
+mod ingest;
+mod params;
+mod search;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::auth::{Principal, Role, Tokens};
+use crate::ingest::IngestLimits;
+use crate::metrics::Metrics;
+use crate::retention::RetentionPolicy;
+use crate::store::Store;
+
+pub use params::parse_time;
+
+/// Everything handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub tokens: Tokens,
+    pub limits: IngestLimits,
+    pub retention: RetentionPolicy,
+    pub metrics: Metrics,
+    /// Ingests being decoded or waiting for their commit: bounds memory.
+    pub ingest_slots: Arc<Semaphore>,
+    /// Queries running at once.
+    pub query_slots: Arc<Semaphore>,
+    pub query_timeout: Duration,
+    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_keep: usize,
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// The principal of the request's `Authorization: Bearer` token.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "missing Authorization: Bearer token",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        self.tokens
+            .authenticate(token)
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+    }
+
+    /// Authenticates and requires one of `roles`.
+    pub fn require(&self, headers: &HeaderMap, roles: &[Role]) -> Result<Principal, ApiError> {
+        let p = self.authenticate(headers)?;
+        if !roles.contains(&p.role) {
+            return Err(ApiError::forbidden(format!(
+                "role {:?} may not use this endpoint",
+                p.role
+            ))
+            .with_field("Authorization"));
+        }
+        Ok(p)
+    }
+}
+
+/// An error answer: status plus a JSON body naming the field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub field: Option<String>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+            extra: serde_json::Map::new(),
+            retry_after: None,
+        }
+    }
+    pub fn bad_request(error: impl Into<String>, field: &str) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, error).with_field(field)
+    }
+    pub fn unauthorized(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, error).with_field("Authorization")
+    }
+    pub fn forbidden(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, error)
+    }
+    pub fn internal(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error)
+    }
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
+    }
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.into(), value);
+        self
+    }
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), json!(self.error));
+        body.insert("field".into(), json!(self.field));
+        body.extend(self.extra);
+        let mut resp = (self.status, Json(serde_json::Value::Object(body))).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(
+    axum::extract::State(s): axum::extract::State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.ready.load(Ordering::Acquire) {
+        Ok(Json(json!({"status": "ready"})))
+    } else {
+        Err(ApiError::unavailable("shutting down"))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").with_field("path")
+}
+
+/// The collector's routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/ingest", post(ingest::ingest))
+        .route("/api/v1/logs", get(search::logs))
+        .route("/loki/api/v1/query_range", get(search::loki_query_range))
+        .route("/loki/api/v1/labels", get(search::loki_labels))
+        .route(
+            "/loki/api/v1/label/{name}/values",
+            get(search::loki_label_values),
+        )
+        .route("/api/v1/sources", get(admin::sources))
+        .route("/api/v1/subscriptions/{id}", delete(admin::purge))
+        .route("/api/v1/checkpoints", post(admin::checkpoint))
+        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}

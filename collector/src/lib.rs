@@ -1,0 +1,229 @@
+//! `sesam-collector`: authenticated multi-tenant ingest, a RocksDB log store
+//! built for search (LogQL subset, Loki-compatible API), the sources view,
+//! retention, termination and checkpoints.
+//!
+//! The library entry point is [`run`]; `main.rs` only parses flags.
+//!
+//! # Hooks for components running inside the collector
+//! The notifier (issue 6) observes every newly stored record through
+//! [`IngestObserver`]s passed in [`CollectorConfig::observers`]: they are
+//! called on the store's writer thread right after each synced commit (and
+//! before the ingest is answered) with the records stored for the first
+//! time, never duplicates; and when a subscription is terminated. Extra
+//! routes can be merged into [`http::router`]'s router.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod checkpoint;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod retention;
+pub mod store;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Role, Tokens};
+pub use ingest::IngestLimits;
+pub use retention::RetentionPolicy;
+pub use store::{IngestObserver, Store, StoreConfig};
+
+/// Where to listen.
+#[derive(Debug)]
+pub enum Listen {
+    Addr(SocketAddr),
+    /// An already bound listener (tests bind `127.0.0.1:0`).
+    Listener(tokio::net::TcpListener),
+}
+
+/// Everything [`run`] needs.
+pub struct CollectorConfig {
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tokens: Tokens,
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Time between automatic checkpoints (default 24 h).
+    pub checkpoint_interval: Duration,
+    /// Checkpoints kept (default 7).
+    pub checkpoint_keep: usize,
+    pub retention: RetentionPolicy,
+    /// Time between retention passes (default 1 min).
+    pub retention_interval: Duration,
+    pub limits: IngestLimits,
+    pub store: StoreConfig,
+    /// Ingest requests held at once (decoding or waiting for their commit);
+    /// beyond it ingest answers 429. Bounds ingest memory to about this
+    /// many times (`max_body_bytes` + 3 x `max_decompressed_bytes`).
+    pub max_concurrent_ingests: usize,
+    pub max_concurrent_queries: usize,
+    pub query_timeout: Duration,
+    /// After a shutdown signal, how long in-flight requests get to finish.
+    pub shutdown_deadline: Duration,
+    pub observers: Vec<Arc<dyn IngestObserver>>,
+}
+
+impl std::fmt::Debug for CollectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("tokens", &self.tokens.len())
+            .field("checkpoint_dir", &self.checkpoint_dir)
+            .field("retention", &self.retention)
+            .field("limits", &self.limits)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CollectorConfig {
+    /// A configuration with the documented defaults.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: Listen, tokens: Tokens) -> Self {
+        CollectorConfig {
+            data_dir: data_dir.into(),
+            listen,
+            tokens,
+            checkpoint_dir: None,
+            checkpoint_interval: Duration::from_secs(24 * 3600),
+            checkpoint_keep: 7,
+            retention: RetentionPolicy::default(),
+            retention_interval: Duration::from_secs(60),
+            limits: IngestLimits::default(),
+            store: StoreConfig::default(),
+            max_concurrent_ingests: 16,
+            max_concurrent_queries: 4,
+            query_timeout: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(10),
+            observers: Vec::new(),
+        }
+    }
+}
+
+/// Why the collector could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Runs the collector until `shutdown` is cancelled, then stops accepting,
+/// gives in-flight requests `shutdown_deadline` to finish, and closes the
+/// store after committing everything queued (so nothing acknowledged is
+/// lost).
+pub async fn run(
+    config: CollectorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), CollectorError> {
+    let metrics = metrics::Metrics::default();
+    let (data_dir, store_cfg, observers) = (
+        config.data_dir.clone(),
+        config.store.clone(),
+        config.observers.clone(),
+    );
+    let m = metrics.clone();
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, observers))
+            .await
+            .map_err(|e| CollectorError::Task(format!("open store task: {e}")))??;
+
+    let listener = match config.listen {
+        Listen::Listener(l) => l,
+        Listen::Addr(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CollectorError::Bind { addr, source })?,
+    };
+    let local = listener.local_addr().map_err(CollectorError::Serve)?;
+
+    let state = Arc::new(http::AppState {
+        store: store.clone(),
+        tokens: config.tokens,
+        limits: config.limits,
+        retention: config.retention.clone(),
+        metrics: metrics.clone(),
+        ingest_slots: Arc::new(Semaphore::new(config.max_concurrent_ingests.max(1))),
+        query_slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
+        query_timeout: config.query_timeout,
+        checkpoint_dir: config.checkpoint_dir.clone(),
+        checkpoint_keep: config.checkpoint_keep,
+        ready: AtomicBool::new(true),
+    });
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(retention::run(
+        store.clone(),
+        config.retention,
+        config.retention_interval,
+        shutdown.clone(),
+    ));
+    if let Some(dir) = config.checkpoint_dir.clone() {
+        tracker.spawn(checkpoint::run(
+            store.clone(),
+            dir,
+            config.checkpoint_keep,
+            config.checkpoint_interval,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "collector listening");
+    let app = http::router(state.clone());
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let served = tokio::select! {
+        r = &mut server => Some(r),
+        _ = shutdown.cancelled() => None,
+    };
+    state.ready.store(false, Ordering::Release);
+    let served = match served {
+        Some(r) => r,
+        None => match tokio::time::timeout(config.shutdown_deadline, &mut server).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(deadline = ?config.shutdown_deadline, "requests still running at the shutdown deadline; abandoning them");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running at the shutdown deadline");
+    }
+    // Commits what is queued, then stops the writer.
+    let closing = store.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+    tracing::info!("collector stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CollectorError::Serve(e)),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(CollectorError::Task(format!("server task: {e}"))),
+    }
+}

@@ -1,0 +1,395 @@
+//! `sesam-collector`: flags only; the work is in the `collector` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use collector::auth::{add_token, Role};
+use collector::{CollectorConfig, Listen, Tokens};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sesam-collector",
+    version,
+    about = "Central ingest, log store and search of the Sesam observability pipeline",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn retention_override(s: &str) -> Result<(String, Duration), String> {
+    let (sub, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SUBSCRIPTION=DURATION, got {s:?}"))?;
+    Ok((sub.to_string(), duration(d)?))
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory of the log store (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:3100.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML tokens file (see `token add`).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Where checkpoints go; none are taken without it.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    #[arg(long, value_parser = duration, default_value = "24h")]
+    checkpoint_interval: Duration,
+    #[arg(long, default_value_t = 7)]
+    checkpoint_keep: usize,
+    /// Default retention of every subscription.
+    #[arg(long, value_parser = duration, default_value = "720h")]
+    retention: Duration,
+    /// Retention of one subscription, e.g. `acme=168h` (repeatable).
+    #[arg(long = "retention-for", value_parser = retention_override)]
+    retention_for: Vec<(String, Duration)>,
+    #[arg(long, value_parser = duration, default_value = "1m")]
+    retention_interval: Duration,
+    /// Largest accepted request body (compressed), bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Largest body after decompression, bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_decompressed_bytes: usize,
+    /// Largest record (its body as JSON), bytes.
+    #[arg(long, default_value_t = 256 << 10)]
+    max_record_bytes: usize,
+    /// Most records in one batch.
+    #[arg(long, default_value_t = 50_000)]
+    max_batch_records: usize,
+    /// Oldest accepted record time relative to now (capped by retention).
+    #[arg(long, value_parser = duration, default_value = "720h")]
+    accept_past: Duration,
+    /// Newest accepted record time relative to now.
+    #[arg(long, value_parser = duration, default_value = "10m")]
+    accept_future: Duration,
+    /// Ingest requests held at once before answering 429.
+    #[arg(long, default_value_t = 16)]
+    max_concurrent_ingests: usize,
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_queries: usize,
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    query_timeout: Duration,
+    /// Time in-flight requests get after SIGINT/SIGTERM.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    shutdown_deadline: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Search logs on a running collector and print the matches.
+    Search(SearchArgs),
+    /// Take a checkpoint now.
+    Checkpoint(CheckpointArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a random token, print it once, store only its SHA-256.
+    Add {
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Subscription id, or `*` for an admin token.
+        #[arg(long)]
+        subscription: String,
+        /// shipper, operator or admin.
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// LogQL query, e.g. `{pipe="orders"} |= "timeout"`.
+    query: String,
+    /// How far back to search.
+    #[arg(long, default_value = "1h")]
+    since: String,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    forward: bool,
+    #[arg(
+        long,
+        env = "SESAM_COLLECTOR_URL",
+        default_value = "http://127.0.0.1:3100"
+    )]
+    url: String,
+    /// File holding an operator or admin token (else $SESAM_COLLECTOR_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+struct CheckpointArgs {
+    /// Store to checkpoint (the collector must not be running on it; use
+    /// --url to ask a running collector instead).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 7)]
+    keep: usize,
+    /// Ask the running collector at this URL (POST /api/v1/checkpoints).
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin token file for --url (else $SESAM_COLLECTOR_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn read_token(file: Option<&PathBuf>) -> anyhow::Result<String> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("read token file {}", f.display()))?
+            .trim()
+            .to_string()),
+        None => std::env::var("SESAM_COLLECTOR_TOKEN")
+            .context("give --token-file or set SESAM_COLLECTOR_TOKEN"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Some(Command::Token(TokenCommand::Add {
+            tokens,
+            subscription,
+            role,
+        })) => {
+            let token = add_token(&tokens, &subscription, role)
+                .with_context(|| format!("add token to {}", tokens.display()))?;
+            println!("{token}");
+            eprintln!(
+                "stored its SHA-256 in {}; this is the only time the token is shown",
+                tokens.display()
+            );
+            Ok(())
+        }
+        Some(Command::Search(args)) => runtime()?.block_on(search(args)),
+        Some(Command::Checkpoint(args)) => runtime()?.block_on(checkpoint(args)),
+        None => serve(cli.serve),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let (Some(data_dir), Some(listen), Some(tokens_path)) = (a.data_dir, a.listen, a.tokens) else {
+        bail!("--data-dir, --listen and --tokens are required (or give a subcommand; see --help)");
+    };
+    let tokens = Tokens::load(&tokens_path).context("load tokens")?;
+    if tokens.is_empty() {
+        tracing::warn!(path = %tokens_path.display(), "tokens file has no tokens: every request will be refused");
+    }
+    let mut config = CollectorConfig::new(data_dir, Listen::Addr(listen), tokens);
+    config.checkpoint_dir = a.checkpoint_dir;
+    config.checkpoint_interval = a.checkpoint_interval;
+    config.checkpoint_keep = a.checkpoint_keep;
+    config.retention.default = a.retention;
+    config.retention.overrides = a.retention_for.into_iter().collect();
+    config.retention_interval = a.retention_interval;
+    config.limits.max_body_bytes = a.max_body_bytes;
+    config.limits.max_decompressed_bytes = a.max_decompressed_bytes;
+    config.limits.max_record_bytes = a.max_record_bytes;
+    config.limits.max_records = a.max_batch_records;
+    config.limits.accept_past = a.accept_past;
+    config.limits.accept_future = a.accept_future;
+    config.max_concurrent_ingests = a.max_concurrent_ingests;
+    config.max_concurrent_queries = a.max_concurrent_queries;
+    config.query_timeout = a.query_timeout;
+    config.shutdown_deadline = a.shutdown_deadline;
+
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            signal.cancel();
+        });
+        collector::run(config, shutdown)
+            .await
+            .context("run collector")
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the collector");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("build HTTP client")
+}
+
+async fn search(a: SearchArgs) -> anyhow::Result<()> {
+    let token = read_token(a.token_file.as_ref())?;
+    let url = format!("{}/api/v1/logs", a.url.trim_end_matches('/'));
+    let resp = client()?
+        .get(&url)
+        .bearer_auth(token)
+        .query(&[
+            ("query", a.query.as_str()),
+            ("since", a.since.as_str()),
+            ("limit", &a.limit.to_string()),
+            ("direction", if a.forward { "forward" } else { "backward" }),
+        ])
+        .send()
+        .await
+        .with_context(|| format!("query {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("read search answer")?;
+    if !status.is_success() {
+        bail!(
+            "search failed ({status}): {}",
+            body.get("error").and_then(|e| e.as_str()).unwrap_or("?")
+        );
+    }
+    let records = body
+        .get("records")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    match a.output {
+        Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&records)?);
+        }
+        Output::Text => {
+            for r in &records {
+                let labels = r
+                    .get("labels")
+                    .and_then(|l| l.as_object())
+                    .map(|l| {
+                        l.iter()
+                            .filter(|(k, _)| *k != "subscription")
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{} {} {}",
+                    r.get("time").and_then(|t| t.as_str()).unwrap_or("?"),
+                    labels,
+                    r.get("body").map(|b| b.to_string()).unwrap_or_default()
+                );
+            }
+            eprintln!("{} records", records.len());
+        }
+    }
+    Ok(())
+}
+
+async fn checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
+    if let Some(url) = a.url {
+        let token = read_token(a.token_file.as_ref())?;
+        let url = format!("{}/api/v1/checkpoints", url.trim_end_matches('/'));
+        let resp = client()?
+            .post(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.context("read checkpoint answer")?;
+        if !status.is_success() {
+            bail!("checkpoint failed ({status}): {body}");
+        }
+        println!(
+            "{}",
+            body.get("path").and_then(|p| p.as_str()).unwrap_or("?")
+        );
+        return Ok(());
+    }
+    let (Some(data_dir), Some(dir)) = (a.data_dir, a.checkpoint_dir) else {
+        bail!("give --data-dir and --checkpoint-dir (collector stopped), or --url (collector running)");
+    };
+    let metrics = collector::metrics::Metrics::default();
+    let path = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
+        let store = collector::Store::open(
+            &data_dir,
+            collector::StoreConfig::default(),
+            metrics.clone(),
+            Vec::new(),
+        )
+        .with_context(|| format!("open store {}", data_dir.display()))?;
+        let p = collector::checkpoint::take(&store, &dir, a.keep, &metrics)
+            .context("take checkpoint")?;
+        store.close();
+        Ok(p)
+    })
+    .await
+    .context("checkpoint task")??;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,769 @@
+//! The log store: records grouped into streams by label set and ordered by
+//! time inside a stream, in one RocksDB database (`--data-dir`).
+//!
+//! # Model (after Loki)
+//! Loki groups log lines into *streams*, one per distinct label set, and
+//! stores each stream's lines in time-ordered, compressed *chunks*; an index
+//! maps label matchers to streams. Here a stream is the set of labels of
+//! [`labels::record_labels`] (`subscription`, `source`, `kind`, `level`,
+//! and `pipe` / `event_type` where they apply). Its entries are keyed by
+//! (stream id, time), so a query resolves its stream selector against the
+//! in-memory stream index and then reads each matching stream's time range
+//! with one seek and a sequential scan. RocksDB's data blocks play the role
+//! of Loki's chunks: consecutive entries of one stream, compressed together.
+//!
+//! # Guarantees
+//! - An ingest is answered only after its records are in a synced write
+//!   batch (group commit: concurrent ingests share one batch and one fsync,
+//!   see `writer.rs`).
+//! - Each (subscription, source, seq) is stored at most once: the writer
+//!   keeps the highest seq stored per source in memory (a higher seq is new
+//!   without a lookup) and otherwise looks the `seqs` key up.
+//! - Every mutation goes through the single writer thread, so the in-memory
+//!   stream index and source table always describe what is committed.
+//!
+//! # On-disk layout
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `entries` | stream id u64 BE, ts i64 BE with the sign bit flipped, seq u64 BE (24 bytes) | `[1u8 version][line]`, line = the record's body as compact JSON |
+//! | `streams` | stream id u64 BE | MessagePack [`StreamMeta`]: labels, oldest/newest ts, entry count |
+//! | `seqs` | subscription, `0`, source, `0`, seq u64 BE | empty: "this seq is stored" (dedupe) |
+//! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, last seq, counts |
+//! | `meta` | `format`, `next_stream` | `sesam-collector-v1`; next stream id u64 BE |
+//!
+//! Subscription and source names never contain a 0 byte (ingest validates
+//! them), so every key of one subscription in `seqs` and `sources` lies in
+//! `[sub 0x00, sub 0x01)`: terminating a subscription is one `DeleteRange`
+//! per family plus one per stream of it in `entries`.
+//!
+//! The `streams` family is small (one entry per label set) and is loaded
+//! into memory at open; it is the label index behind `/labels`,
+//! `/label/{name}/values` and stream selection (a stream's oldest/newest
+//! times let label queries honour a time range without touching entries).
+//!
+//! # Options and why
+//! - `entries`: 32 KiB blocks (more lines per compressed block, like a
+//!   chunk), LZ4 on upper levels where data is rewritten often, zstd on the
+//!   bottommost level where most data lives and stays (JSON log lines shrink
+//!   5-10x), no bloom filter (only range scans).
+//! - `seqs`: whole-key bloom filters (10 bits/key): the dedupe lookup of a
+//!   retried seq is mostly a negative or a memtable hit.
+//! - WAL on; ingest writes are synced. Retention deletes a stream's expired
+//!   prefix with one `DeleteRange` (plus the matching `seqs` keys), so it
+//!   costs little whatever the volume.
+//! - Checkpoints are RocksDB checkpoints (hard links of the SST files plus a
+//!   copy of the live WAL): a checkpoint directory is itself a store that
+//!   `--data-dir` can open.
+
+pub mod keys;
+pub mod labels;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRawIterator, Options,
+    ReadOptions, DB,
+};
+use schemas::Record;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use labels::{labels_key, record_labels, record_line, Labels, LABEL_NAMES};
+
+use crate::metrics::Metrics;
+
+pub(crate) const CF_ENTRIES: &str = "entries";
+pub(crate) const CF_STREAMS: &str = "streams";
+pub(crate) const CF_SEQS: &str = "seqs";
+pub(crate) const CF_SOURCES: &str = "sources";
+pub(crate) const CF_META: &str = "meta";
+const FORMAT: &[u8] = b"sesam-collector-v1";
+pub(crate) const META_FORMAT: &[u8] = b"format";
+pub(crate) const META_NEXT_STREAM: &[u8] = b"next_stream";
+/// Version byte in front of every stored line.
+pub(crate) const ENTRY_V1: u8 = 1;
+/// The version byte new entries are written with.
+pub const ENTRY_V1_BYTE: u8 = ENTRY_V1;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("open log store {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("log store {path} is locked by another process (is a collector running on it?)")]
+    Locked { path: PathBuf },
+    #[error("log store storage failed to {op}: {message}")]
+    Storage { op: &'static str, message: String },
+    #[error("log store is closed")]
+    Closed,
+    #[error("write queue is full")]
+    Busy,
+}
+
+impl StoreError {
+    pub(crate) fn storage(op: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Storage {
+            op,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Shared block cache of every column family.
+    pub block_cache_bytes: usize,
+    /// Memtable size of the `entries` family.
+    pub write_buffer_bytes: usize,
+    /// Ingest batches waiting for the writer; beyond it ingest answers 429.
+    pub queue_batches: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+            queue_batches: 16,
+        }
+    }
+}
+
+/// Persisted description of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    pub labels: Labels,
+    /// Oldest and newest entry time (Unix ns) stored in the stream.
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// Entries stored.
+    pub records: u64,
+}
+
+/// A stream as the readers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    pub id: u64,
+    pub labels: Arc<Labels>,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub records: u64,
+}
+
+impl StreamInfo {
+    pub fn subscription(&self) -> &str {
+        self.labels
+            .get("subscription")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// Persisted state of one (subscription, source).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceMeta {
+    /// Wall-clock time (Unix ns) of the first and last ingest that stored
+    /// one of its records.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Highest seq ever stored.
+    pub last_seq: u64,
+    /// Records stored now (retention subtracts what it deletes).
+    pub records: u64,
+    /// Newest record time (`ts`, Unix ns) ever stored.
+    pub newest_ts: i64,
+    /// Records the source's outbox reported dropped, summed over batches.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Duplicates received (retries of stored records).
+    #[serde(default)]
+    pub duplicates: u64,
+}
+
+/// A source as `/api/v1/sources` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub subscription: String,
+    pub source: String,
+    pub meta: SourceMeta,
+}
+
+/// Told about every record the store commits for the first time.
+///
+/// Observers are called on the writer thread right after the synced write
+/// and before the ingest request is answered, in commit order, with only
+/// the newly stored records (never duplicates). They must return quickly
+/// (hand the records to a channel or a task); a slow observer slows ingest.
+/// This is the hook the notifier (issue 6) uses.
+pub trait IngestObserver: Send + Sync + 'static {
+    /// `records` were just stored durably, all of one commit group.
+    fn committed(&self, records: &[Record]);
+    /// Every record of `subscription` was deleted (termination).
+    fn subscription_purged(&self, _subscription: &str) {}
+}
+
+/// One distinct label set of an ingest batch.
+#[derive(Debug, Clone)]
+pub struct PreparedStream {
+    pub labels: Labels,
+    pub key: String,
+}
+
+/// One validated record, ready to store.
+#[derive(Debug, Clone)]
+pub struct PreparedEntry {
+    pub seq: u64,
+    pub ts: i64,
+    /// Index into [`PreparedBatch::streams`].
+    pub stream: usize,
+    /// The line with its version byte.
+    pub value: Vec<u8>,
+}
+
+/// A validated ingest batch of one (subscription, source).
+#[derive(Debug, Clone)]
+pub struct PreparedBatch {
+    pub subscription: String,
+    pub source: String,
+    pub dropped: u64,
+    pub streams: Vec<PreparedStream>,
+    pub entries: Vec<PreparedEntry>,
+    /// The decoded records, in the order of `entries`; only kept when an
+    /// observer wants them.
+    pub records: Option<Vec<Record>>,
+}
+
+/// What one ingest changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// What a subscription purge deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PurgeReport {
+    pub streams: u64,
+    pub records: u64,
+    pub sources: u64,
+}
+
+pub(crate) struct Shared {
+    pub streams: RwLock<HashMap<u64, Arc<StreamInfo>>>,
+    pub sources: RwLock<BTreeMap<(String, String), SourceMeta>>,
+    pub metrics: Metrics,
+    pub observers: Vec<Arc<dyn IngestObserver>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Arc<DB>,
+    tx: Mutex<Option<mpsc::Sender<writer::Op>>>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown_writer();
+    }
+}
+
+impl Inner {
+    fn shutdown_writer(&self) {
+        // Dropping the sender lets the writer drain what is queued and stop.
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Handle to the open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
+    let cache = Cache::new_lru_cache(config.block_cache_bytes);
+
+    let mut entries_table = BlockBasedOptions::default();
+    entries_table.set_block_cache(&cache);
+    entries_table.set_block_size(32 << 10);
+    let mut entries = Options::default();
+    entries.set_block_based_table_factory(&entries_table);
+    entries.set_compression_type(DBCompressionType::Lz4);
+    entries.set_bottommost_compression_type(DBCompressionType::Zstd);
+    entries.set_write_buffer_size(config.write_buffer_bytes);
+    entries.set_max_write_buffer_number(3);
+    entries.set_target_file_size_base(64 << 20);
+
+    let mut seqs_table = BlockBasedOptions::default();
+    seqs_table.set_block_cache(&cache);
+    seqs_table.set_bloom_filter(10.0, false);
+    let mut seqs = Options::default();
+    seqs.set_block_based_table_factory(&seqs_table);
+    seqs.set_compression_type(DBCompressionType::Lz4);
+    seqs.set_write_buffer_size(config.write_buffer_bytes / 2);
+
+    let mut small_table = BlockBasedOptions::default();
+    small_table.set_block_cache(&cache);
+    let mut small = Options::default();
+    small.set_block_based_table_factory(&small_table);
+    small.set_compression_type(DBCompressionType::Lz4);
+    small.set_write_buffer_size(2 << 20);
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_max_total_wal_size(256 << 20);
+    db_opts.set_keep_log_file_num(3);
+    db_opts.set_max_log_file_size(8 << 20);
+    db_opts.set_bytes_per_sync(1 << 20);
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
+        ColumnFamilyDescriptor::new(CF_STREAMS, small.clone()),
+        ColumnFamilyDescriptor::new(CF_SEQS, seqs),
+        ColumnFamilyDescriptor::new(CF_SOURCES, small.clone()),
+        ColumnFamilyDescriptor::new(CF_META, small),
+    ];
+    DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("LOCK") || msg.contains("lock") {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        } else {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                reason: msg,
+            }
+        }
+    })
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::storage("find column family", name))
+}
+
+/// Refuses directories that hold something other than a collector store.
+fn check_directory(path: &Path) -> Result<(), StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(open_err("not a directory".into())),
+        Ok(_) => {
+            let mut entries =
+                std::fs::read_dir(path).map_err(|e| open_err(format!("read directory: {e}")))?;
+            let empty = entries.next().is_none();
+            if !empty && !path.join("CURRENT").exists() {
+                return Err(open_err(
+                    "directory is not empty and holds no RocksDB database".into(),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|e| open_err(format!("create directory: {e}")))
+        }
+        Err(e) => Err(open_err(e.to_string())),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        metrics: Metrics,
+        observers: Vec<Arc<dyn IngestObserver>>,
+    ) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        check_directory(&path)?;
+        let db = Arc::new(open_db(&path, &config)?);
+
+        let meta = cf(&db, CF_META)?;
+        match db
+            .get_cf(meta, META_FORMAT)
+            .map_err(|e| StoreError::storage("read format", e))?
+        {
+            Some(f) if f == FORMAT => {}
+            Some(f) => {
+                return Err(StoreError::Open {
+                    path,
+                    reason: format!(
+                        "unknown store format {:?}",
+                        String::from_utf8_lossy(&f).into_owned()
+                    ),
+                })
+            }
+            None => {
+                let mut wo = rocksdb::WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, META_FORMAT, FORMAT, &wo)
+                    .map_err(|e| StoreError::storage("write format", e))?;
+            }
+        }
+        let next_stream = match db
+            .get_cf(meta, META_NEXT_STREAM)
+            .map_err(|e| StoreError::storage("read next stream id", e))?
+        {
+            Some(v) => {
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::Open {
+                    path: path.clone(),
+                    reason: "malformed next_stream".into(),
+                })?)
+            }
+            None => 1,
+        };
+
+        let mut streams = HashMap::new();
+        let mut it = db.raw_iterator_cf(cf(&db, CF_STREAMS)?);
+        it.seek_to_first();
+        while it.valid() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let id = k
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Open {
+                        path: path.clone(),
+                        reason: "malformed stream key".into(),
+                    })?;
+                let m: StreamMeta = rmp_serde::from_slice(v).map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    reason: format!("stream {id}: {e}"),
+                })?;
+                streams.insert(id, m);
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StoreError::storage("load streams", e))?;
+        drop(it);
+
+        let mut sources = BTreeMap::new();
+        let mut it = db.raw_iterator_cf(cf(&db, CF_SOURCES)?);
+        it.seek_to_first();
+        while it.valid() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let mut parts = k.splitn(2, |b| *b == 0);
+                let sub = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let src = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let m: SourceMeta = rmp_serde::from_slice(v).map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    reason: format!("source {sub}/{src}: {e}"),
+                })?;
+                sources.insert((sub, src), m);
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StoreError::storage("load sources", e))?;
+        drop(it);
+
+        let shared = Arc::new(Shared {
+            streams: RwLock::new(
+                streams
+                    .iter()
+                    .map(|(id, m)| (*id, Arc::new(stream_info(*id, m))))
+                    .collect(),
+            ),
+            sources: RwLock::new(sources.clone()),
+            metrics,
+            observers,
+        });
+        let records: u64 = streams.values().map(|s| s.records).sum();
+        shared.metrics.store_records.set(records as i64);
+        shared.metrics.store_streams.set(streams.len() as i64);
+
+        let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+        let w = writer::Writer::new(
+            db.clone(),
+            rx,
+            shared.clone(),
+            streams,
+            sources,
+            next_stream,
+        )?;
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("start writer thread: {e}"),
+            })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                tx: Mutex::new(Some(tx)),
+                shared,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn has_observers(&self) -> bool {
+        !self.inner.shared.observers.is_empty()
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<writer::Op>, StoreError> {
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Queues `batch` for the writer without waiting for room: `Busy` when
+    /// the queue is full. The returned future resolves once the batch is
+    /// durable (or failed).
+    pub fn try_ingest(
+        &self,
+        batch: PreparedBatch,
+    ) -> Result<oneshot::Receiver<Result<IngestOutcome, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let op = writer::Op::Ingest(writer::IngestOp {
+            batch,
+            reply,
+            started: Instant::now(),
+        });
+        match self.sender()?.try_send(op) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stores `batch`, waiting for room in the queue.
+    pub async fn ingest(&self, batch: PreparedBatch) -> Result<IngestOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let op = writer::Op::Ingest(writer::IngestOp {
+            batch,
+            reply,
+            started: Instant::now(),
+        });
+        self.sender()?
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Deletes up to `max` entries of `stream` older than `cutoff` (Unix ns);
+    /// returns how many it deleted.
+    pub async fn expire(&self, stream: u64, cutoff: i64, max: usize) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(writer::Op::Expire {
+                stream,
+                cutoff,
+                max,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Deletes every record, stream, seq and source of `subscription`.
+    pub async fn purge(&self, subscription: &str) -> Result<PurgeReport, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(writer::Op::Purge {
+                subscription: subscription.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Stops the writer after it committed everything queued. Further writes
+    /// fail with `Closed`; reads keep working.
+    pub fn close(&self) {
+        self.inner.shutdown_writer();
+    }
+
+    /// Every stream, unordered.
+    pub fn streams(&self) -> Vec<Arc<StreamInfo>> {
+        self.inner
+            .shared
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every source, ordered by (subscription, source).
+    pub fn sources(&self) -> Vec<SourceInfo> {
+        self.inner
+            .shared
+            .sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((sub, src), m)| SourceInfo {
+                subscription: sub.clone(),
+                source: src.clone(),
+                meta: m.clone(),
+            })
+            .collect()
+    }
+
+    /// Subscriptions that have at least one source.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut subs: Vec<String> = self
+            .inner
+            .shared
+            .sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|(s, _)| s.clone())
+            .collect();
+        subs.dedup();
+        subs
+    }
+
+    /// Entries of `stream` with `start <= ts < end`, oldest first or (when
+    /// `backward`) newest first.
+    pub fn scan(
+        &self,
+        stream: u64,
+        start: i64,
+        end: i64,
+        backward: bool,
+    ) -> Result<EntryIter<'_>, StoreError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(keys::entry_bound(stream, start).to_vec());
+        opts.set_iterate_upper_bound(keys::entry_bound(stream, end).to_vec());
+        opts.fill_cache(false);
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(cf(&self.inner.db, CF_ENTRIES)?, opts);
+        if backward {
+            it.seek_to_last();
+        } else {
+            it.seek_to_first();
+        }
+        Ok(EntryIter { it, backward })
+    }
+
+    /// Bytes the store occupies on disk (SST files, WAL, metadata).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_size(&self.inner.path)
+    }
+
+    /// Takes a RocksDB checkpoint of the store into `dir` (which must not
+    /// exist yet).
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(self.inner.db.as_ref())
+            .map_err(|e| StoreError::storage("prepare checkpoint", e))?;
+        cp.create_checkpoint(dir)
+            .map_err(|e| StoreError::storage("create checkpoint", e))
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+pub(crate) fn stream_info(id: u64, m: &StreamMeta) -> StreamInfo {
+    StreamInfo {
+        id,
+        labels: Arc::new(m.labels.clone()),
+        min_ts: m.min_ts,
+        max_ts: m.max_ts,
+        records: m.records,
+    }
+}
+
+/// A cursor over the entries of one stream in a time range.
+pub struct EntryIter<'a> {
+    it: DBRawIterator<'a>,
+    backward: bool,
+}
+
+impl std::fmt::Debug for EntryIter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryIter")
+            .field("backward", &self.backward)
+            .finish()
+    }
+}
+
+impl EntryIter<'_> {
+    /// The entry under the cursor: (ts, seq, line). Entries whose key or
+    /// version byte is malformed are skipped by [`EntryIter::advance`].
+    pub fn current(&self) -> Option<(i64, u64, &[u8])> {
+        if !self.it.valid() {
+            return None;
+        }
+        let (_, ts, seq) = keys::parse_entry_key(self.it.key()?)?;
+        let v = self.it.value()?;
+        match v.split_first() {
+            Some((&ENTRY_V1, line)) => Some((ts, seq, line)),
+            _ => None,
+        }
+    }
+
+    /// Whether the cursor is on an entry (well-formed or not).
+    pub fn valid(&self) -> bool {
+        self.it.valid()
+    }
+
+    pub fn advance(&mut self) {
+        if self.backward {
+            self.it.prev();
+        } else {
+            self.it.next();
+        }
+    }
+
+    /// The storage error that ended the iteration, if any.
+    pub fn status(&self) -> Result<(), StoreError> {
+        self.it
+            .status()
+            .map_err(|e| StoreError::storage("read entries", e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The real binary: token add, serve, search CLI, checkpoint, SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sesam-collector");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn token_add(tokens: &std::path::Path, sub: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "add", "--tokens"])
+        .arg(tokens)
+        .args(["--subscription", sub, "--role", role])
+        .output()
+        .expect("run token add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_searches_checkpoints_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let shipper = token_add(&tokens, "acme", "shipper");
+    let operator = token_add(&tokens, "acme", "operator");
+    let admin = token_add(&tokens, "*", "admin");
+    let text = std::fs::read_to_string(&tokens).expect("read");
+    assert!(!text.contains(&shipper) && !text.contains(&operator) && !text.contains(&admin));
+    let bad = Command::new(BIN)
+        .args(["token", "add", "--tokens"])
+        .arg(&tokens)
+        .args(["--subscription", "acme", "--role", "root"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let cps = dir.path().join("cps");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
+        .arg(&tokens)
+        .arg("--checkpoint-dir")
+        .arg(&cps)
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "collector did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let t0 = now() - 5_000_000_000;
+    let raw = schemas::to_msgpack(&batch(
+        "acme",
+        "node-1",
+        vec![
+            log_record("acme", "node-1", 1, t0, "disk almost full"),
+            log_record("acme", "node-1", 2, t0 + 1, "all fine"),
+        ],
+    ))
+    .expect("encode");
+    let r = client
+        .post(format!("{url}/api/v1/ingest"))
+        .bearer_auth(&shipper)
+        .header("content-encoding", "zstd")
+        .body(zstd::encode_all(raw.as_slice(), 3).expect("zstd"))
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(r.status(), 200);
+
+    let token_file = dir.path().join("op.token");
+    std::fs::write(&token_file, format!("{operator}\n")).expect("write");
+    let (u, tf) = (url.clone(), token_file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |output: &str| {
+            Command::new(BIN)
+                .args([
+                    "search",
+                    r#"{source="node-1"} |= "disk""#,
+                    "--since",
+                    "1h",
+                    "--url",
+                    &u,
+                ])
+                .arg("--token-file")
+                .arg(&tf)
+                .args(["--output", output])
+                .output()
+                .expect("search")
+        };
+        (run("text"), run("json"))
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.0.stdout);
+    assert!(
+        text.contains("disk almost full") && !text.contains("all fine"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.1.stdout).expect("json output");
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+
+    // A query error reaches the operator as a message, not a panic.
+    let url2 = url.clone();
+    let tf = token_file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["search", "{source=", "--url", &url2])
+            .arg("--token-file")
+            .arg(&tf)
+            .output()
+            .expect("search")
+    })
+    .await
+    .expect("join");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected"));
+
+    // Checkpoint through the running collector.
+    let admin_file = dir.path().join("admin.token");
+    std::fs::write(&admin_file, &admin).expect("write");
+    let url3 = url.clone();
+    let af = admin_file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["checkpoint", "--url", &url3])
+            .arg("--token-file")
+            .arg(&af)
+            .output()
+            .expect("checkpoint")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(collector::checkpoint::list(&cps).expect("list").len(), 1);
+
+    // SIGTERM: clean exit.
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+
+    // Offline checkpoint of the stopped store, then the data is in it.
+    let out = Command::new(BIN)
+        .args(["checkpoint", "--data-dir"])
+        .arg(&data)
+        .arg("--checkpoint-dir")
+        .arg(&cps)
+        .output()
+        .expect("checkpoint");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest = collector::checkpoint::list(&cps).expect("list");
+    assert_eq!(newest.len(), 2);
+    let h = Harness::start(newest.last().expect("cp")).await;
+    assert_eq!(h.logs(ADMIN, "{}", 10).await.len(), 2);
+    h.stop().await;
+}
