@@ -164,6 +164,7 @@ impl Node {
             health_wakeup: tokio::sync::Notify::new(),
             last_health: Mutex::new(None),
             shutdown: CancellationToken::new(),
+            run_grace: config.shutdown_timeout.mul_f64(0.7),
             tracker: TaskTracker::new(),
             api_token_sha256: config
                 .api_token

@@ -8,9 +8,11 @@
 //! `write-error` per entity a sink refused). Runs of one pipe never overlap;
 //! a failing pipe never affects the others.
 //!
-//! A run is cancelled by the `stop` operation, by a configuration change that
-//! alters or removes the pipe, or by node shutdown; it then ends with a
-//! `pump-failed` whose `reason_why_stopped` says which.
+//! A run is cancelled by the `stop` operation or by a configuration change
+//! that alters or removes the pipe; it then ends with a `pump-failed` whose
+//! `reason_why_stopped` says which. On node shutdown no new run starts and a
+//! running one may finish within 70% of the shutdown timeout; only past that
+//! it is cancelled (`the pump was stopped because the node is shutting down`).
 //!
 //! Secret values (`$SECRET(name)` in systems) are resolved at run time and
 //! scrubbed from every error message a run produces, so that a server
@@ -642,41 +644,59 @@ async fn run_once(
     let mut times = [0.0f64; 3];
     let mut seen = 0u64;
     let mut changes = 0u64;
-    let work = async {
-        let t = Instant::now();
-        let read = read_source(shared, &config, &mut secrets).await;
-        times[0] = t.elapsed().as_secs_f64();
-        let (entities, offset, _) = read?;
-        seen = entities.len() as u64;
-        pump.update(|s| s.progress = seen);
-        // Stage times are recorded whether or not the stage fails.
-        let t = Instant::now();
-        let out = transform(&config, entities);
-        times[1] = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let written = write_sink(shared, &config, &mut secrets, out?).await;
-        times[2] = t.elapsed().as_secs_f64();
-        changes = written?;
-        if let Some(o) = offset {
-            let store = shared.store.clone();
-            let id = config.id.clone();
-            blocking(move || store.set_pipe_offset(&id, o))
-                .await
-                .map_err(|e| fail(format!("could not save the pipe offset: {e}")))?;
-            pump.update(|s| s.last_seen = Some(o));
-        }
-        Ok::<(), Box<Failure>>(())
-    };
-    let result = tokio::select! {
-        r = work => r,
-        _ = cancel.cancelled() => Err(fail("the pump was stopped by the stop operation".to_string())),
-        _ = task.cancelled() => {
-            let why = if shared.shutdown.is_cancelled() {
-                "the pump was stopped because the node is shutting down"
-            } else {
-                "the pump was stopped because its configuration changed or was removed"
-            };
-            Err(fail(why.to_string()))
+    let result = {
+        let work = async {
+            let t = Instant::now();
+            let read = read_source(shared, &config, &mut secrets).await;
+            times[0] = t.elapsed().as_secs_f64();
+            let (entities, offset, _) = read?;
+            seen = entities.len() as u64;
+            pump.update(|s| s.progress = seen);
+            // Stage times are recorded whether or not the stage fails.
+            let t = Instant::now();
+            let out = transform(&config, entities);
+            times[1] = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let written = write_sink(shared, &config, &mut secrets, out?).await;
+            times[2] = t.elapsed().as_secs_f64();
+            changes = written?;
+            if let Some(o) = offset {
+                let store = shared.store.clone();
+                let id = config.id.clone();
+                blocking(move || store.set_pipe_offset(&id, o))
+                    .await
+                    .map_err(|e| fail(format!("could not save the pipe offset: {e}")))?;
+                pump.update(|s| s.last_seen = Some(o));
+            }
+            Ok::<(), Box<Failure>>(())
+        };
+        tokio::pin!(work);
+        let stopped = || {
+            Err(fail(
+                "the pump was stopped by the stop operation".to_string(),
+            ))
+        };
+        tokio::select! {
+            r = &mut work => r,
+            _ = cancel.cancelled() => stopped(),
+            _ = task.cancelled() => {
+                if shared.shutdown.is_cancelled() {
+                    // A shutdown lets the run finish within the grace period, so
+                    // that a deploy does not turn every running pump into a
+                    // pump-failed.
+                    tokio::select! {
+                        r = &mut work => r,
+                        _ = cancel.cancelled() => stopped(),
+                        _ = tokio::time::sleep(shared.run_grace) => Err(fail(
+                            "the pump was stopped because the node is shutting down".to_string(),
+                        )),
+                    }
+                } else {
+                    Err(fail(
+                        "the pump was stopped because its configuration changed or was removed".to_string(),
+                    ))
+                }
+            }
         }
     };
     let end = now_nanos();

@@ -55,6 +55,8 @@ pub struct Shared {
     pub health_wakeup: Notify,
     pub last_health: Mutex<Option<HealthBody>>,
     pub shutdown: CancellationToken,
+    /// How long a running pump may go on after shutdown began.
+    pub run_grace: std::time::Duration,
     pub tracker: TaskTracker,
     /// SHA-256 of the API token, if the API requires one.
     pub api_token_sha256: Option<[u8; 32]>,

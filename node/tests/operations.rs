@@ -305,9 +305,23 @@ async fn pump_operations_start_stop_enable_disable() {
     let (status, body) = node.pump("ticking", "").await;
     assert_eq!(status, 400, "{body}");
 
+    // A shutdown lets a running pump finish (within the grace period)
+    // instead of failing it.
+    let (status, _) = node.pump("slow", "start").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let data = node.stop().await;
-    let kinds: Vec<Kind> = outbox_records(&data).iter().map(|r| r.kind()).collect();
+    let records = outbox_records(&data);
+    let kinds: Vec<Kind> = records.iter().map(|r| r.kind()).collect();
     assert!(kinds.contains(&Kind::Execution));
+    let last_slow = records
+        .iter()
+        .filter_map(|r| match &r.body {
+            Body::Execution(b) if b.pipe == "slow" => Some(b.event_type),
+            _ => None,
+        })
+        .next_back();
+    assert_eq!(last_slow, Some(schemas::EventType::PumpCompleted));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
