@@ -373,10 +373,13 @@ fn search_bench(dir: &Path, total: usize) {
             let mut it = store.scan(s.id, i64::MIN, i64::MAX, false).expect("scan");
             while let Some((ts, seq, line)) = it.current() {
                 use std::io::Write;
+                // The record as the wire's JSON: envelope plus body.
                 write!(
                     w,
-                    "{{\"ts\":{ts},\"seq\":{seq},\"labels\":{},\"line\":",
-                    serde_json::to_string(s.labels.as_ref()).expect("labels")
+                    "{{\"seq\":{seq},\"ts\":{ts},\"source\":{},\"subscription\":{},\"kind\":{},\"body\":",
+                    serde_json::to_string(s.labels.get("source").map_or("", String::as_str)).expect("json"),
+                    serde_json::to_string(s.subscription()).expect("json"),
+                    serde_json::to_string(s.labels.get("kind").map_or("", String::as_str)).expect("json"),
                 )
                 .expect("write");
                 w.write_all(line).expect("write");

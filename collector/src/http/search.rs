@@ -68,7 +68,9 @@ async fn run_search(
             SearchError::Timeout.to_string(),
         )
         .with_field("query")),
-        Err(SearchError::Store(e)) => Err(ApiError::internal(e.to_string())),
+        Err(e @ (SearchError::Store(_) | SearchError::Panicked)) => {
+            Err(ApiError::internal(e.to_string()))
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub enum SearchError {
     Store(#[from] StoreError),
     #[error("query did not finish within its time limit; narrow the time range or the selector")]
     Timeout,
+    #[error("a search thread panicked")]
+    Panicked,
 }
 
 /// One matching line.
@@ -208,15 +210,87 @@ fn run_stages(
 }
 
 /// Runs `query` over the store.
+///
+/// When more than one stream is selected, the streams are split into two
+/// halves of about equal size (by stored records) scanned on two threads;
+/// each half yields its first `limit` hits in direction order, so merging
+/// the two and keeping the first `limit` gives exactly the serial answer.
 pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchResult, SearchError> {
     let streams = select_streams(store, query, p.subscription.as_deref(), p.start, p.end);
+    if p.limit == 0 || p.start >= p.end {
+        return Ok(SearchResult {
+            streams: streams.len(),
+            ..SearchResult::default()
+        });
+    }
+    if streams.len() < 2 {
+        return search_streams(store, query, p, &streams);
+    }
+    let mut by_size = streams.clone();
+    by_size.sort_by_key(|s| std::cmp::Reverse(s.records));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut wa, mut wb) = (0u64, 0u64);
+    for s in by_size {
+        if wa <= wb {
+            wa += s.records;
+            a.push(s);
+        } else {
+            wb += s.records;
+            b.push(s);
+        }
+    }
+    // Ties on time break by stream id in both halves and in the merge.
+    a.sort_by_key(|s| s.id);
+    b.sort_by_key(|s| s.id);
+    let (ra, rb) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| search_streams(store, query, p, &b));
+        let mine = search_streams(store, query, p, &a);
+        (mine, other.join())
+    });
+    let ra = ra?;
+    let rb = rb.map_err(|_| SearchError::Panicked)??;
+    let mut hits = Vec::with_capacity(ra.hits.len() + rb.hits.len());
+    let (mut ia, mut ib) = (
+        ra.hits.into_iter().peekable(),
+        rb.hits.into_iter().peekable(),
+    );
+    while hits.len() < p.limit {
+        let take_a = match (ia.peek(), ib.peek()) {
+            (Some(x), Some(y)) => {
+                let kx = (x.ts, x.stream.id, x.seq);
+                let ky = (y.ts, y.stream.id, y.seq);
+                if p.backward {
+                    kx >= ky
+                } else {
+                    kx <= ky
+                }
+            }
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_a { ia.next() } else { ib.next() };
+        hits.extend(next);
+    }
+    Ok(SearchResult {
+        hits,
+        scanned: ra.scanned + rb.scanned,
+        scanned_bytes: ra.scanned_bytes + rb.scanned_bytes,
+        streams: streams.len(),
+    })
+}
+
+/// Searches `streams` on the calling thread.
+fn search_streams(
+    store: &Store,
+    query: &Query,
+    p: &SearchParams,
+    streams: &[Arc<StreamInfo>],
+) -> Result<SearchResult, SearchError> {
     let mut result = SearchResult {
         streams: streams.len(),
         ..SearchResult::default()
     };
-    if p.limit == 0 || p.start >= p.end {
-        return Ok(result);
-    }
     let mut iters: Vec<EntryIter<'_>> = Vec::with_capacity(streams.len());
     let mut heap = BinaryHeap::with_capacity(streams.len());
     for (idx, s) in streams.iter().enumerate() {

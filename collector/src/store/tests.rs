@@ -256,3 +256,57 @@ fn foreign_directories_and_second_opens_are_refused() {
     .expect_err("locked");
     assert!(matches!(e, StoreError::Locked { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn search_over_many_streams_matches_a_brute_force_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Vec::new());
+    // 5 sources x 3 levels = 15 streams; timestamps interleave and collide.
+    let levels = [Level::Info, Level::Warn, Level::Error];
+    let mut all: Vec<(i64, u64, String)> = Vec::new();
+    for src in 0..5u64 {
+        let source = format!("s{src}");
+        let records: Vec<Record> = (1..=400u64)
+            .map(|seq| {
+                let ts = ((seq * 7919 + src * 104_729) % 1000) as i64;
+                all.push((ts, seq, source.clone()));
+                rec("a", &source, seq, ts, levels[(seq % 3) as usize])
+            })
+            .collect();
+        store
+            .ingest(prepared(records, false))
+            .await
+            .expect("ingest");
+    }
+    assert_eq!(store.streams().len(), 15);
+    let q = crate::query::parse(r#"{subscription="a"} |~ `message [0-9]*7"`"#).expect("parse");
+    for (backward, limit, start, end) in [
+        (true, 50, 0, 1000),
+        (false, 50, 0, 1000),
+        (true, 5000, 100, 900),
+        (false, 1, 500, 501),
+    ] {
+        let p = crate::query::SearchParams {
+            start,
+            end,
+            limit,
+            backward,
+            subscription: Some("a".into()),
+            deadline: std::time::Instant::now() + Duration::from_secs(60),
+        };
+        let r = crate::query::search(&store, &q, &p).expect("search");
+        let mut expected: Vec<i64> = all
+            .iter()
+            .filter(|(ts, seq, _)| *ts >= start && *ts < end && seq % 10 == 7)
+            .map(|(ts, _, _)| *ts)
+            .collect();
+        expected.sort_unstable();
+        if backward {
+            expected.reverse();
+        }
+        expected.truncate(limit);
+        let got: Vec<i64> = r.hits.iter().map(|h| h.ts).collect();
+        assert_eq!(got, expected, "backward={backward} limit={limit}");
+        assert!(r.hits.iter().all(|h| h.seq % 10 == 7));
+    }
+}
