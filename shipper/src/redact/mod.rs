@@ -308,10 +308,7 @@ impl Redactor {
                     self.hit("embedded_entities", 1);
                 }
                 // Keys can carry secrets too; rebuild the map only if one does.
-                let needs_rename = map.keys().any(|k| {
-                    let mut probe = k.clone();
-                    self.scrub_quiet(&mut probe)
-                });
+                let needs_rename = map.keys().any(|k| self.would_scrub(k));
                 if needs_rename {
                     let old = std::mem::take(map);
                     for (mut k, val) in old {
@@ -335,7 +332,7 @@ impl Redactor {
     }
 
     /// Whether `s` would change, without counting.
-    fn scrub_quiet(&self, s: &mut String) -> bool {
+    fn would_scrub(&self, s: &str) -> bool {
         let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
         if secrets.as_ref().is_some_and(|re| re.is_match(s)) {
             return true;

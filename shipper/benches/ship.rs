@@ -1,0 +1,118 @@
+//! Shipping throughput of the real `sesam-shipper` binary from a full outbox
+//! into a local blackhole ingest receiver, with redaction on (defaults) and
+//! with redaction reduced to its minimum, measured in one run; plus the
+//! shipper's peak RSS.
+//!
+//! `cargo bench -p shipper --bench ship` (`SHIP_BENCH_RECORDS`, default
+//! 500,000; the RSS figure of the report used 5,000,000).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use schemas::{Body, Level, LogBody, Record};
+use shipper::outbox::{Outbox, OutboxConfig};
+use shipper::testkit::Receiver;
+
+fn record(i: u64) -> Record {
+    Record {
+        seq: 0,
+        ts: 1_764_280_000_000_000_000 + i as i64,
+        source: "acme-prod".into(),
+        subscription: "sub-1".into(),
+        body: Body::Log(LogBody {
+            level: Level::Info,
+            target: "node::pipes::orders".into(),
+            message: format!(
+                "pump completed for pipe orders: 1200 entities read, 17 changed, 0 errors, run {i:010}, next run in 60 s"
+            ),
+            fields: [("pipe".to_string(), serde_json::json!("orders"))].into_iter().collect(),
+        }),
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn run(records: u64, rules: Option<&str>) -> (f64, f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = 0u64;
+    {
+        let outbox = Outbox::open(dir.path().join("outbox"), OutboxConfig::default()).unwrap();
+        for chunk in 0..records / 10_000 {
+            let batch: Vec<Record> = (0..10_000).map(|i| record(chunk * 10_000 + i)).collect();
+            outbox.append(&batch).await.unwrap();
+        }
+        bytes += outbox.stats().bytes;
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "test-token").unwrap();
+    let rx = Receiver::default();
+    rx.faults.lock().unwrap().blackhole = true;
+    let (url, _server) = rx.start().await.unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sesam-shipper"));
+    cmd.args([
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--collector",
+        &url,
+    ])
+    .args(["--token-file", token.to_str().unwrap(), "--no-kmsg"])
+    .env("RUST_LOG", "error")
+    .stdout(Stdio::null());
+    if let Some(r) = rules {
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, r).unwrap();
+        cmd.args(["--redact-rules", path.to_str().unwrap()]);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    while rx.received.lock().unwrap().accepted < records {
+        peak = peak.max(peak_rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    peak = peak.max(peak_rss_kib(pid));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (
+        records as f64 / secs,
+        bytes as f64 / secs / (1 << 20) as f64,
+        peak,
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::var("SHIP_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let minimal = "key_patterns = []\nbuiltin_patterns = []\nremove_fields = []\nstrip_embedded_entities = false\n";
+    let (on_rate, on_mib, on_rss) = run(n, None).await;
+    let (off_rate, off_mib, off_rss) = run(n, Some(minimal)).await;
+    println!("records: {n} (~248-byte stored log records), blackhole receiver in the bench process, 2 cores");
+    println!("| run | records/s | MiB/s (stored bytes) | shipper peak RSS |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| redaction on (defaults) | {on_rate:.0} | {on_mib:.1} | {} MiB |",
+        on_rss / 1024
+    );
+    println!(
+        "| redaction minimal (baseline) | {off_rate:.0} | {off_mib:.1} | {} MiB |",
+        off_rss / 1024
+    );
+    println!(
+        "redaction cost: {:.1}% of shipping throughput",
+        (1.0 - on_rate / off_rate) * 100.0
+    );
+}

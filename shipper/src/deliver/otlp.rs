@@ -1,0 +1,335 @@
+//! OTLP/HTTP logs export (`POST <endpoint>/v1/logs`, protobuf), so records
+//! can go to any OpenTelemetry Collector, Loki's OTLP endpoint, or others.
+//!
+//! Mapping: one `ResourceLogs` per request with resource attributes
+//! `service.name`, `host.name` (the record's source) and
+//! `sesam.subscription`; each record is a `LogRecord` with `time_unix_nano`
+//! = the record's `ts`, a severity derived from its level / priority / event
+//! type, the message (log, system) or the JSON body (others) as body, and
+//! attributes `sesam.kind`, `sesam.seq` plus the record's key fields
+//! (`pipe`, `event_type`, `target`, `file`, `facility`, log fields).
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use schemas::{Body, EventType, HealthStatus, Level, Record};
+
+use super::collector::{retry_after, EndpointError};
+use super::{Endpoint, SendOutcome};
+
+#[derive(Debug, Clone)]
+pub struct OtlpEndpoint {
+    client: reqwest::Client,
+    url: String,
+    service_name: String,
+}
+
+impl OtlpEndpoint {
+    /// `endpoint` is the OTLP/HTTP base (`http://otel:4318`) or the full
+    /// logs URL (ending in `/v1/logs`). `token`, if any, is sent as a bearer.
+    pub fn new(
+        endpoint: &str,
+        token: Option<&str>,
+        service_name: &str,
+        timeout: Duration,
+    ) -> Result<Self, EndpointError> {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(EndpointError::BadUrl(endpoint.to_string()));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        if let Some(t) = token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| EndpointError::BadToken)?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .build()?;
+        let base = endpoint.trim_end_matches('/');
+        let url = if base.ends_with("/v1/logs") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/logs")
+        };
+        Ok(OtlpEndpoint {
+            client,
+            url,
+            service_name: service_name.to_string(),
+        })
+    }
+}
+
+fn s(v: impl Into<String>) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(v.into())),
+    })
+}
+
+fn kv(key: &str, value: Option<AnyValue>) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+fn json_any(v: &serde_json::Value) -> Option<AnyValue> {
+    let value = match v {
+        serde_json::Value::Bool(b) => any_value::Value::BoolValue(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => any_value::Value::IntValue(i),
+            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(x) => any_value::Value::StringValue(x.clone()),
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    Some(AnyValue { value: Some(value) })
+}
+
+/// OTLP severity (number, text) of a record.
+fn severity(r: &Record) -> (i32, &'static str) {
+    const DEBUG: (i32, &str) = (5, "DEBUG");
+    const INFO: (i32, &str) = (9, "INFO");
+    const WARN: (i32, &str) = (13, "WARN");
+    const ERROR: (i32, &str) = (17, "ERROR");
+    match &r.body {
+        Body::Log(l) => match l.level {
+            Level::Trace => (1, "TRACE"),
+            Level::Debug => DEBUG,
+            Level::Info => INFO,
+            Level::Warn => WARN,
+            Level::Error => ERROR,
+        },
+        Body::System(s) => match s.priority {
+            Some(0..=2) => (21, "FATAL"),
+            Some(3) => ERROR,
+            Some(4) => WARN,
+            Some(7) => DEBUG,
+            _ => INFO,
+        },
+        Body::Execution(e) => match e.event_type {
+            EventType::PumpFailed | EventType::ReadError | EventType::WriteError => ERROR,
+            _ => INFO,
+        },
+        Body::Health(h) => match h.status {
+            HealthStatus::Ok => INFO,
+            HealthStatus::Degraded => WARN,
+            HealthStatus::Failed => ERROR,
+        },
+        Body::Config(_) => INFO,
+    }
+}
+
+/// Maps one (redacted) record to an OTLP log record.
+pub fn log_record(r: &Record, observed: u64) -> LogRecord {
+    let (number, text) = severity(r);
+    let mut attributes = vec![
+        kv("sesam.kind", s(r.kind().as_str())),
+        kv(
+            "sesam.seq",
+            Some(AnyValue {
+                value: Some(any_value::Value::IntValue(r.seq as i64)),
+            }),
+        ),
+    ];
+    let body = match &r.body {
+        Body::Log(l) => {
+            attributes.push(kv("log.target", s(l.target.clone())));
+            for (k, v) in &l.fields {
+                attributes.push(kv(k, json_any(v)));
+            }
+            s(l.message.clone())
+        }
+        Body::System(x) => {
+            if let Some(f) = &x.file {
+                attributes.push(kv("log.file.path", s(f.clone())));
+            }
+            if let Some(f) = &x.facility {
+                attributes.push(kv("syslog.facility", s(f.clone())));
+            }
+            s(x.message.clone())
+        }
+        Body::Execution(e) => {
+            attributes.push(kv("sesam.pipe", s(e.pipe.clone())));
+            attributes.push(kv("sesam.event_type", s(e.event_type.as_str())));
+            s(serde_json::to_string(e).unwrap_or_default())
+        }
+        Body::Health(h) => s(serde_json::to_string(h).unwrap_or_default()),
+        Body::Config(c) => s(serde_json::to_string(c).unwrap_or_default()),
+    };
+    LogRecord {
+        time_unix_nano: r.ts.max(0) as u64,
+        observed_time_unix_nano: observed,
+        severity_number: number,
+        severity_text: text.to_string(),
+        body,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// Builds the export request for records of one source and subscription.
+pub fn export_request(records: &[Record], service_name: &str) -> ExportLogsServiceRequest {
+    let observed = schemas::time::now_nanos().max(0) as u64;
+    let (source, subscription) = records
+        .first()
+        .map(|r| (r.source.clone(), r.subscription.clone()))
+        .unwrap_or_default();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s(service_name)),
+                    kv("host.name", s(source)),
+                    kv("sesam.subscription", s(subscription)),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "sesam-shipper".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                log_records: records.iter().map(|r| log_record(r, observed)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+impl Endpoint for OtlpEndpoint {
+    fn compatible(&self, a: &Record, b: &Record) -> bool {
+        a.source == b.source && a.subscription == b.subscription
+    }
+
+    fn encode(&self, records: &[Record], _dropped: u64) -> Result<Vec<u8>, String> {
+        Ok(export_request(records, &self.service_name).encode_to_vec())
+    }
+
+    async fn send(&self, body: Vec<u8>) -> SendOutcome {
+        let response = match self.client.post(&self.url).body(body).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return SendOutcome::Retry {
+                    reason: "timeout",
+                    after: None,
+                }
+            }
+            Err(_) => {
+                return SendOutcome::Retry {
+                    reason: "network",
+                    after: None,
+                }
+            }
+        };
+        let status = response.status();
+        let after = retry_after(response.headers());
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(_) => {
+                return SendOutcome::Retry {
+                    reason: "network",
+                    after: None,
+                }
+            }
+        };
+        if status.is_success() {
+            // An OTLP answer is an ExportLogsServiceResponse (possibly empty).
+            return match ExportLogsServiceResponse::decode(bytes.as_ref()) {
+                Ok(_) => SendOutcome::Delivered,
+                Err(_) => SendOutcome::Retry {
+                    reason: "garbage_answer",
+                    after: None,
+                },
+            };
+        }
+        super::collector::classify(status, after, &String::from_utf8_lossy(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{ExecutionBody, LogBody};
+
+    #[test]
+    fn records_map_to_otlp_log_records_and_round_trip() {
+        let mut e = ExecutionBody::new("orders", EventType::PumpFailed);
+        e.reason_why_stopped = Some("boom".into());
+        let records = vec![
+            Record {
+                seq: 7,
+                ts: 1_700_000_000_000_000_000,
+                source: "acme".into(),
+                subscription: "sub".into(),
+                body: Body::Log(LogBody {
+                    level: Level::Warn,
+                    target: "node".into(),
+                    message: "slow".into(),
+                    fields: [("pipe".to_string(), serde_json::json!("orders"))]
+                        .into_iter()
+                        .collect(),
+                }),
+            },
+            Record {
+                seq: 8,
+                ts: 1_700_000_000_000_000_001,
+                source: "acme".into(),
+                subscription: "sub".into(),
+                body: Body::Execution(Box::new(e)),
+            },
+        ];
+        let bytes = export_request(&records, "sesam-node").encode_to_vec();
+        let back = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
+        let rl = &back.resource_logs[0];
+        let attrs: Vec<(String, String)> = rl
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => (kv.key.clone(), s.clone()),
+                    _ => (kv.key.clone(), String::new()),
+                },
+            )
+            .collect();
+        assert!(attrs.contains(&("service.name".into(), "sesam-node".into())));
+        assert!(attrs.contains(&("host.name".into(), "acme".into())));
+        assert!(attrs.contains(&("sesam.subscription".into(), "sub".into())));
+        let logs = &rl.scope_logs[0].log_records;
+        assert_eq!(logs.len(), 2);
+        assert_eq!(logs[0].time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(
+            (logs[0].severity_number, logs[0].severity_text.as_str()),
+            (13, "WARN")
+        );
+        assert_eq!(logs[1].severity_number, 17);
+        match logs[1].body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => {
+                assert!(s.contains("\"reason_why_stopped\":\"boom\""))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(logs[1]
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "sesam.event_type"));
+    }
+}

@@ -1,0 +1,364 @@
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::{Body, EventType, ExecutionBody, Level, LogBody, Record};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::outbox::{OutboxConfig, WhenFull};
+use crate::redact::{RedactConfig, Redactor};
+use crate::testkit::Receiver;
+
+fn log(i: u64, msg: &str) -> Record {
+    Record {
+        seq: 0,
+        ts: schemas::time::now_nanos(),
+        source: "node-a".into(),
+        subscription: "sub-1".into(),
+        body: Body::Log(LogBody {
+            level: Level::Info,
+            target: "t".into(),
+            message: format!("{msg} {i}"),
+            fields: Default::default(),
+        }),
+    }
+}
+
+fn config() -> DeliveryConfig {
+    DeliveryConfig {
+        max_batch_records: NonZeroUsize::new(100).unwrap(),
+        linger: Duration::from_millis(5),
+        backoff: Backoff {
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(50),
+        },
+        ..DeliveryConfig::default()
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), DeliveryError>>,
+    metrics: DeliveryMetrics,
+}
+
+async fn start(
+    outbox: &Outbox,
+    url: &str,
+    filter: Option<RecordFilter>,
+    redactor: Arc<Redactor>,
+) -> Running {
+    let shutdown = CancellationToken::new();
+    let metrics = DeliveryMetrics::default();
+    let sink = Sink {
+        outbox: outbox.clone(),
+        endpoint: Arc::new(
+            CollectorEndpoint::new(url, "test-token", Duration::from_secs(5)).unwrap(),
+        ),
+        redactor,
+        filter,
+        config: config(),
+        metrics: metrics.clone(),
+    };
+    let task = tokio::spawn(sink.run(shutdown.clone()));
+    Running {
+        shutdown,
+        task,
+        metrics,
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn default_redactor() -> Arc<Redactor> {
+    Arc::new(Redactor::new(&RedactConfig::default()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_record_once_and_acknowledges_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    for chunk in 0..10 {
+        let records: Vec<Record> = (0..100).map(|i| log(chunk * 100 + i, "hello")).collect();
+        outbox.append(&records).await.unwrap();
+    }
+    wait_for("1000 records stored and acknowledged", || {
+        rx.stored() == 1000 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let got = rx.received.lock().unwrap();
+    assert_eq!(got.duplicates, 0);
+    for seq in 1..=1000u64 {
+        let r = &got.records[&("sub-1".to_string(), "node-a".to_string(), seq)];
+        match &r.body {
+            Body::Log(l) => assert_eq!(l.message, format!("hello {}", seq - 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(outbox.sink("collector").unwrap().acked, 1000);
+    assert_eq!(
+        run.metrics
+            .records_sent
+            .get_or_create(&run.metrics.sink("collector"))
+            .get(),
+        1000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_throttling_and_garbage_answers_are_retried_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    {
+        let mut f = rx.faults.lock().unwrap();
+        f.unavailable = 6;
+        f.throttled = 3;
+        f.garbage = 2;
+    }
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    let records: Vec<Record> = (0..500).map(|i| log(i, "x")).collect();
+    outbox.append(&records).await.unwrap();
+    wait_for("all stored", || {
+        rx.stored() == 500 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let label = run.metrics.sink("collector");
+    assert!(run.metrics.retries.get_or_create(&label).get() >= 11);
+    let garbage = run
+        .metrics
+        .failures
+        .get_or_create(&metrics::ReasonLabel {
+            sink: "collector".into(),
+            reason: "garbage_answer".into(),
+        })
+        .get();
+    assert_eq!(
+        garbage, 2,
+        "a 2xx that is not an ingest answer is a failed attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_the_stream_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.faults.lock().unwrap().poison = Some("POISON".into());
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    let mut records: Vec<Record> = (0..80).map(|i| log(i, "fine")).collect();
+    records[37] = log(37, "POISON");
+    outbox.append(&records).await.unwrap();
+    wait_for("79 stored", || {
+        rx.stored() == 79 && outbox.stats().records == 0
+    })
+    .await;
+    outbox.append(&[log(100, "after")]).await.unwrap();
+    wait_for("the stream continues", || rx.stored() == 80).await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let q = outbox.quarantined(10).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, 38, "seq of the poison record");
+    assert!(q[0].1.contains("400"), "{}", q[0].1);
+    assert_eq!(
+        run.metrics
+            .dead_letters
+            .get_or_create(&run.metrics.sink("collector"))
+            .get(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_records_never_leave_but_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let filter: RecordFilter = Arc::new(|r: &Record| match &r.body {
+        Body::Execution(e) => e.pipe != "private-pipe",
+        _ => true,
+    });
+    let run = start(&outbox, &url, Some(filter), default_redactor()).await;
+    let exec = |pipe: &str| Record {
+        body: Body::Execution(Box::new(ExecutionBody::new(pipe, EventType::PumpCompleted))),
+        ..log(0, "")
+    };
+    outbox
+        .append(&[
+            exec("private-pipe"),
+            exec("orders"),
+            log(1, "x"),
+            exec("private-pipe"),
+        ])
+        .await
+        .unwrap();
+    wait_for("acknowledged", || outbox.stats().records == 0).await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let got = rx.received.lock().unwrap();
+    assert_eq!(got.records.len(), 2);
+    assert!(got.records.values().all(|r| match &r.body {
+        Body::Execution(e) => e.pipe == "orders",
+        _ => true,
+    }));
+    assert_eq!(
+        run.metrics
+            .filtered
+            .get_or_create(&run.metrics.sink("collector"))
+            .get(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_redacted_before_they_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.received.lock().unwrap().keep_bodies = true;
+    let (url, _server) = rx.start().await.unwrap();
+    let redactor = default_redactor();
+    redactor.set_secrets(["node-secret-value-42"]);
+    let run = start(&outbox, &url, None, redactor).await;
+    let mut failed = ExecutionBody::new("orders", EventType::PumpFailed);
+    failed.exception_entity = Some(serde_json::json!({"_id": "e1", "ssn": "01019012345"}));
+    failed.traceback = Some("POST https://bob:hunter2x@crm/ with node-secret-value-42".into());
+    outbox
+        .append(&[
+            Record {
+                body: Body::Execution(Box::new(failed)),
+                ..log(0, "")
+            },
+            log(1, "Authorization: Bearer abcdefghij"),
+        ])
+        .await
+        .unwrap();
+    wait_for("stored", || rx.stored() == 2).await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let got = rx.received.lock().unwrap();
+    for body in &got.bodies {
+        for secret in [
+            "01019012345",
+            "hunter2x",
+            "node-secret-value-42",
+            "abcdefghij",
+        ] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} shipped"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_are_reported_downstream_once_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        max_records: std::num::NonZeroU64::new(10).unwrap(),
+        when_full: WhenFull::DropNewest,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open(dir.path(), config).unwrap();
+    outbox.register_sink("collector").await.unwrap();
+    // The receiver is not running yet: 15 records into a 10-record outbox.
+    let receipt = outbox
+        .append(&(0..15).map(|i| log(i, "d")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(receipt.dropped, 5);
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    wait_for("stored", || {
+        rx.stored() == 10 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    assert_eq!(rx.received.lock().unwrap().dropped_reported, 5);
+    assert_eq!(outbox.sink("collector").unwrap().dropped_reported, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_collector_is_down_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.faults.lock().unwrap().unavailable = u32::MAX;
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    outbox
+        .append(&(0..50).map(|i| log(i, "k")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_for("a few failed attempts", || {
+        rx.received.lock().unwrap().requests >= 3
+    })
+    .await;
+    run.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outbox.stats().records, 50);
+    assert_eq!(outbox.sink("collector").unwrap().acked, 0);
+}
+
+#[test]
+fn answers_are_classified() {
+    use reqwest::StatusCode;
+    let ok = r#"{"accepted":3,"duplicates":0}"#;
+    assert_eq!(
+        collector::classify(StatusCode::OK, None, ok),
+        SendOutcome::Delivered
+    );
+    assert!(matches!(
+        collector::classify(StatusCode::OK, None, "<html>"),
+        SendOutcome::Retry {
+            reason: "garbage_answer",
+            ..
+        }
+    ));
+    assert!(matches!(
+        collector::classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), ""),
+        SendOutcome::Retry { reason: "throttled", after: Some(d) } if d == Duration::from_secs(2)
+    ));
+    assert!(matches!(
+        collector::classify(StatusCode::BAD_GATEWAY, None, ""),
+        SendOutcome::Retry { .. }
+    ));
+    assert!(matches!(
+        collector::classify(StatusCode::PAYLOAD_TOO_LARGE, None, "big"),
+        SendOutcome::Reject { status: 413, .. }
+    ));
+    assert!(matches!(
+        collector::classify(StatusCode::UNAUTHORIZED, None, ""),
+        SendOutcome::Retry {
+            reason: "unauthorized",
+            ..
+        }
+    ));
+}
