@@ -47,6 +47,7 @@ fn record(source: u64, seq: u64, ts: i64) -> Record {
         let mut b = ExecutionBody::new(pipe, event);
         b.run_id = Some(format!("run-{source}-{seq}"));
         b.start_time = Some("2026-11-27T10:00:00.000000Z".into());
+        b.end_time = Some("2026-11-27T10:00:01.250000Z".into());
         if event == EventType::PumpCompleted {
             b.metrics.changes_last_run = Some(seq % 1000);
             b.metrics.entities_last_run = Some(seq % 5000);
@@ -61,7 +62,7 @@ fn record(source: u64, seq: u64, ts: i64) -> Record {
             level: if seq % 10 == 3 { Level::Warn } else { Level::Info },
             target: "sesam_node::pump::runner".into(),
             message: format!(
-                "pipe {pipe} processed batch {seq} of entities from the source dataset; next run scheduled"
+                "pipe {pipe} processed batch {seq} of entities from the source dataset crm-person-raw; next run scheduled"
             ),
             fields: Default::default(),
         })
