@@ -610,6 +610,7 @@ async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> 
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
     blocking(move || store.replace_secrets(&secrets)).await?;
+    s.refresh_redaction_secrets().await;
     tracing::info!(count = names.len(), "secrets replaced");
     Ok(Json(json!(names)))
 }
@@ -619,6 +620,7 @@ async fn secrets_post(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>>
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
     blocking(move || store.merge_secrets(&secrets)).await?;
+    s.refresh_redaction_secrets().await;
     tracing::info!(count = names.len(), "secrets updated");
     Ok(Json(json!(names)))
 }

@@ -50,6 +50,12 @@ struct Args {
     /// Interval of health records, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     health_interval: Duration,
+    /// Ship the outbox to this collector (base URL) with the in-process shipper.
+    #[arg(long, requires = "token_file")]
+    collector: Option<String>,
+    /// File holding the collector token (role shipper).
+    #[arg(long, requires = "collector")]
+    token_file: Option<PathBuf>,
     /// How long shutdown waits for running pumps and tasks.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -107,6 +113,24 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     config.health_interval = args.health_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.log_records = Some(log_records);
+    if let (Some(url), Some(path)) = (&args.collector, &args.token_file) {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("read the collector token file {}", path.display()))?;
+        let token = token.trim().to_string();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the collector token file {} is empty",
+            path.display()
+        );
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--collector {url:?} must start with http:// or https://"
+        );
+        config.collector = Some(shipper::service::Target {
+            url: url.clone(),
+            token: Some(token),
+        });
+    }
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -55,6 +55,9 @@ pub struct NodeConfig {
     /// Service log lines to append to the outbox (see [`crate::logs`]).
     pub log_records: Option<LogReceiver>,
     pub outbox: OutboxConfig,
+    /// Ship the outbox to this collector in-process (`--collector URL
+    /// --token-file FILE`), redacted by the shipper's default rules.
+    pub collector: Option<shipper::service::Target>,
 }
 
 impl NodeConfig {
@@ -75,6 +78,7 @@ impl NodeConfig {
             shutdown_timeout: Duration::from_secs(10),
             log_records: None,
             outbox: OutboxConfig::default(),
+            collector: None,
         }
     }
 }
@@ -110,6 +114,7 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
+    collector: Option<(shipper::service::Target, shipper::deliver::DeliveryMetrics)>,
     listener: TcpListener,
     log_records: Option<LogReceiver>,
     health_interval: Duration,
@@ -145,6 +150,16 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         outbox.metrics().register(&mut registry);
+        let redactor = Arc::new(
+            shipper::redact::Redactor::new(&shipper::redact::RedactConfig::default())
+                .expect("the default redaction rules compile"),
+        );
+        let collector = config.collector.map(|target| {
+            let metrics = shipper::deliver::DeliveryMetrics::default();
+            metrics.register(&mut registry);
+            redactor.register_metrics(&mut registry);
+            (target, metrics)
+        });
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -169,10 +184,12 @@ impl Node {
             api_token_sha256: config
                 .api_token
                 .map(|t| Sha256::digest(t.trim().as_bytes()).into()),
+            redactor,
         });
         *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
         Ok(Node {
             shared,
+            collector,
             listener,
             log_records: config.log_records,
             health_interval: config.health_interval,
@@ -200,6 +217,32 @@ impl Node {
         }
         if let Some(rx) = self.log_records {
             spawn_log_drain(s.clone(), rx);
+        }
+        if let Some((target, metrics)) = self.collector {
+            s.refresh_redaction_secrets().await;
+            let filter_state = s.clone();
+            let filter: shipper::deliver::RecordFilter =
+                Arc::new(move |r: &Record| filter_state.may_ship(r));
+            match shipper::service::collector_sink(
+                s.outbox.clone(),
+                &target,
+                s.redactor.clone(),
+                Some(filter),
+                shipper::deliver::DeliveryConfig::default(),
+                metrics,
+                Duration::from_secs(30),
+            ) {
+                Ok(sink) => {
+                    let stop = s.shutdown.clone();
+                    tracing::info!(collector = %target.url, "shipping the outbox to the collector");
+                    s.tracker.spawn(async move {
+                        if let Err(e) = sink.run(stop).await {
+                            tracing::error!(error = %e, "in-process shipper stopped");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "in-process shipper not started"),
+            }
         }
         let config = s.config();
         start_pumps(&s, &config, &[]).await;

@@ -60,6 +60,44 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// SHA-256 of the API token, if the API requires one.
     pub api_token_sha256: Option<[u8; 32]>,
+    /// The in-process shipper's redaction; it knows every secret value so
+    /// that none can leave the host in any record.
+    pub redactor: Arc<shipper::redact::Redactor>,
+}
+
+impl Shared {
+    /// Tells the redaction every current secret value (after start and every
+    /// change of the secrets).
+    pub async fn refresh_redaction_secrets(self: &Arc<Self>) {
+        let s = self.clone();
+        let values = blocking(move || -> Result<Vec<String>, crate::store::StoreError> {
+            let mut out = Vec::new();
+            for name in s.store.secret_names()? {
+                out.extend(s.store.secret(&name)?);
+            }
+            Ok(out)
+        })
+        .await;
+        match values {
+            Ok(v) => self.redactor.set_secrets(v),
+            Err(e) => tracing::error!(error = %e, "read secrets for redaction"),
+        }
+    }
+
+    /// Whether a record may leave the host: execution events only of pipes
+    /// whose monitoring is on in the running configuration.
+    pub fn may_ship(&self, record: &Record) -> bool {
+        match &record.body {
+            Body::Execution(e) => self
+                .config
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .pipes
+                .get(&e.pipe)
+                .is_some_and(|p| p.monitoring),
+            _ => true,
+        }
+    }
 }
 
 /// Runs blocking storage work off the async worker threads.

@@ -29,6 +29,15 @@ pub struct TestNode {
 
 /// Writes `config` into `dir` and starts a node on a loopback port.
 pub async fn start(dir: &Path, config: &Value) -> TestNode {
+    start_with(dir, config, |_| {}).await
+}
+
+/// Like [`start`], with a last word on the node's configuration.
+pub async fn start_with(
+    dir: &Path,
+    config: &Value,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> TestNode {
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     let data_dir = dir.join("data");
@@ -39,6 +48,7 @@ pub async fn start(dir: &Path, config: &Value) -> TestNode {
     c.subscription = "acme".into();
     c.api_token = Some(TOKEN.into());
     c.health_interval = Duration::from_millis(300);
+    tweak(&mut c);
     let shutdown = CancellationToken::new();
     let node = node::Node::open(c).await.expect("open node");
     let handle = tokio::spawn(node.run(shutdown.clone()));
