@@ -19,7 +19,7 @@ use serde::Deserializer;
 use schemas::Record;
 
 use crate::store::{
-    labels_key, record_labels, record_line, PreparedBatch, PreparedEntry, PreparedStream,
+    record_labels, record_labels_key, record_line, PreparedBatch, PreparedEntry, PreparedStream,
     ENTRY_V1_BYTE,
 };
 
@@ -367,6 +367,7 @@ pub fn prepare(
     let mut streams: Vec<PreparedStream> = Vec::new();
     let mut stream_idx: HashMap<String, usize> = HashMap::new();
     let mut entries = Vec::with_capacity(batch.records.len());
+    let mut key = String::with_capacity(128);
     for (index, r) in batch.records.iter().enumerate() {
         let bad = |field: &'static str, message: String| IngestError::BadRecord {
             index,
@@ -419,11 +420,11 @@ pub fn prepare(
                 limit: limits.max_record_bytes,
             });
         }
-        let labels = record_labels(r);
-        let key = labels_key(&labels);
-        let stream = match stream_idx.get(&key) {
+        record_labels_key(r, &mut key);
+        let stream = match stream_idx.get(key.as_str()) {
             Some(i) => *i,
             None => {
+                let labels = record_labels(r);
                 for (name, v) in &labels {
                     if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
                         return Err(bad(
@@ -438,7 +439,7 @@ pub fn prepare(
                     labels,
                     key: key.clone(),
                 });
-                stream_idx.insert(key, streams.len() - 1);
+                stream_idx.insert(key.clone(), streams.len() - 1);
                 streams.len() - 1
             }
         };

@@ -33,42 +33,83 @@ pub const LABEL_NAMES: [&str; 6] = [
     "event_type",
 ];
 
+/// The record-specific label values: (pipe, event_type, level).
+fn parts(record: &Record) -> (Option<&str>, Option<&'static str>, &'static str) {
+    match &record.body {
+        Body::Log(b) => {
+            let pipe = match b.fields.get("pipe") {
+                Some(serde_json::Value::String(p)) => Some(p.as_str()),
+                _ => None,
+            };
+            (pipe, None, b.level.as_str())
+        }
+        Body::Execution(b) => {
+            let level = match b.event_type {
+                EventType::PumpFailed | EventType::ReadError | EventType::WriteError => "ERROR",
+                _ => "INFO",
+            };
+            (Some(b.pipe.as_str()), Some(b.event_type.as_str()), level)
+        }
+        Body::Health(b) => {
+            let level = match b.status {
+                HealthStatus::Ok => "INFO",
+                HealthStatus::Degraded => "WARN",
+                HealthStatus::Failed => "ERROR",
+            };
+            (None, None, level)
+        }
+        Body::Config(_) => (None, None, "INFO"),
+        Body::System(b) => {
+            let level = match b.priority {
+                Some(0..=3) => "ERROR",
+                Some(4) => "WARN",
+                Some(7) => "DEBUG",
+                _ => "INFO",
+            };
+            (None, None, level)
+        }
+    }
+}
+
 /// The labels of `record`.
 pub fn record_labels(record: &Record) -> Labels {
+    let (pipe, event_type, level) = parts(record);
     let mut l = Labels::new();
     l.insert("subscription".into(), record.subscription.clone());
     l.insert("source".into(), record.source.clone());
     l.insert("kind".into(), record.kind().as_str().into());
-    let level = match &record.body {
-        Body::Log(b) => {
-            if let Some(serde_json::Value::String(p)) = b.fields.get("pipe") {
-                l.insert("pipe".into(), p.clone());
-            }
-            b.level.as_str()
-        }
-        Body::Execution(b) => {
-            l.insert("pipe".into(), b.pipe.clone());
-            l.insert("event_type".into(), b.event_type.as_str().into());
-            match b.event_type {
-                EventType::PumpFailed | EventType::ReadError | EventType::WriteError => "ERROR",
-                _ => "INFO",
-            }
-        }
-        Body::Health(b) => match b.status {
-            HealthStatus::Ok => "INFO",
-            HealthStatus::Degraded => "WARN",
-            HealthStatus::Failed => "ERROR",
-        },
-        Body::Config(_) => "INFO",
-        Body::System(b) => match b.priority {
-            Some(0..=3) => "ERROR",
-            Some(4) => "WARN",
-            Some(7) => "DEBUG",
-            _ => "INFO",
-        },
-    };
     l.insert("level".into(), level.into());
+    if let Some(p) = pipe {
+        l.insert("pipe".into(), p.into());
+    }
+    if let Some(e) = event_type {
+        l.insert("event_type".into(), e.into());
+    }
     l
+}
+
+/// Writes `labels_key(&record_labels(record))` into `out` without building
+/// the map (the ingest hot path looks streams up by it).
+pub fn record_labels_key(record: &Record, out: &mut String) {
+    let (pipe, event_type, level) = parts(record);
+    out.clear();
+    let mut push = |k: &str, v: &str| {
+        out.push_str(k);
+        out.push('\u{1}');
+        out.push_str(v);
+        out.push('\u{2}');
+    };
+    // Sorted by name, as in the BTreeMap.
+    if let Some(e) = event_type {
+        push("event_type", e);
+    }
+    push("kind", record.kind().as_str());
+    push("level", level);
+    if let Some(p) = pipe {
+        push("pipe", p);
+    }
+    push("source", &record.source);
+    push("subscription", &record.subscription);
 }
 
 /// A canonical string of a label set, used to find its stream.
@@ -142,6 +183,41 @@ mod tests {
             file: None,
         })));
         assert_eq!(s["level"], "ERROR");
+    }
+
+    #[test]
+    fn fast_key_equals_the_key_of_the_label_map() {
+        let mut fields = BTreeMap::new();
+        fields.insert("pipe".to_string(), serde_json::json!("crm"));
+        let records = [
+            rec(Body::Execution(Box::new(ExecutionBody::new(
+                "orders",
+                EventType::PumpStarted,
+            )))),
+            rec(Body::Log(LogBody {
+                level: Level::Debug,
+                target: "t".into(),
+                message: "m".into(),
+                fields,
+            })),
+            rec(Body::Log(LogBody {
+                level: Level::Error,
+                target: "t".into(),
+                message: "m".into(),
+                fields: BTreeMap::new(),
+            })),
+            rec(Body::System(SystemBody {
+                facility: None,
+                priority: Some(4),
+                message: "x".into(),
+                file: None,
+            })),
+        ];
+        let mut buf = String::new();
+        for r in &records {
+            record_labels_key(r, &mut buf);
+            assert_eq!(buf, labels_key(&record_labels(r)), "{r:?}");
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ use schemas::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use labels::{labels_key, record_labels, record_line, Labels, LABEL_NAMES};
+pub use labels::{labels_key, record_labels, record_labels_key, record_line, Labels, LABEL_NAMES};
 
 use crate::metrics::Metrics;
 
