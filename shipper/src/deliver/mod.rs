@@ -165,7 +165,9 @@ impl<E: Endpoint> Sink<E> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
         let state = self.outbox.register_sink(&self.config.sink).await?;
         let label = self.metrics.sink(&self.config.sink);
-        let (tx, mut rx) = mpsc::channel::<Batch>(self.config.in_flight.get());
+        // One batch ready ahead of the in-flight ones is enough to keep the
+        // pipe full; more would only hold decoded records in memory.
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
         let producer = tokio::spawn(produce(
             self.outbox.clone(),
             self.endpoint.clone(),
