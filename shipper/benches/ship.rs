@@ -45,7 +45,11 @@ async fn run(records: u64, rules: Option<&str>) -> (f64, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = 0u64;
     {
-        let outbox = Outbox::open(dir.path().join("outbox"), OutboxConfig::default()).unwrap();
+        let config = OutboxConfig {
+            max_bytes: std::num::NonZeroU64::new(4 << 30).unwrap(),
+            ..OutboxConfig::default()
+        };
+        let outbox = Outbox::open(dir.path().join("outbox"), config).unwrap();
         for chunk in 0..records / 10_000 {
             let batch: Vec<Record> = (0..10_000).map(|i| record(chunk * 10_000 + i)).collect();
             outbox.append(&batch).await.unwrap();

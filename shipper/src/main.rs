@@ -140,11 +140,17 @@ async fn main() -> anyhow::Result<()> {
         redact,
         delivery: DeliveryConfig {
             in_flight,
+            max_batch_records: std::num::NonZeroUsize::new(2_000).expect("non-zero"),
             ..DeliveryConfig::default()
         },
+        // A shipper's outbox is written at modest rates by its own sources
+        // and read soon after: small memtables and cache keep its memory
+        // low whatever the backlog.
         outbox: OutboxConfig {
             max_bytes: std::num::NonZeroU64::new(args.outbox_max_bytes)
                 .context("--outbox-max-bytes must be positive")?,
+            write_buffer_bytes: 4 << 20,
+            block_cache_bytes: 4 << 20,
             ..OutboxConfig::default()
         },
         listen: args.listen,
