@@ -16,7 +16,7 @@ use shipper::testkit::Receiver;
 fn record(i: u64) -> Record {
     Record {
         seq: 0,
-        ts: 1_764_280_000_000_000_000 + i as i64,
+        ts: schemas::time::now_nanos() - 60_000_000_000 + i as i64,
         source: "acme-prod".into(),
         subscription: "sub-1".into(),
         body: Body::Log(LogBody {
@@ -95,8 +95,115 @@ async fn run(records: u64, rules: Option<&str>) -> (f64, f64, u64) {
     )
 }
 
+/// Ships `records` into the real `sesam-collector` at `bin`; returns
+/// (records/s until the collector reports them all stored, shipper peak RSS).
+async fn run_collector(records: u64, bin: &str) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let config = OutboxConfig {
+            max_bytes: std::num::NonZeroU64::new(4 << 30).unwrap(),
+            ..OutboxConfig::default()
+        };
+        let outbox = Outbox::open(dir.path().join("outbox"), config).unwrap();
+        for chunk in 0..records / 10_000 {
+            let batch: Vec<Record> = (0..10_000).map(|i| record(chunk * 10_000 + i)).collect();
+            outbox.append(&batch).await.unwrap();
+        }
+    }
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[tokens]]\ntoken = \"test-token\"\nsubscription = \"sub-1\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op-token\"\nsubscription = \"sub-1\"\nrole = \"operator\"\n",
+    )
+    .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "test-token").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut collector = Command::new(bin)
+        .args(["--data-dir", dir.path().join("collector").to_str().unwrap()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{url}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-shipper"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--collector",
+            &url,
+        ])
+        .args([
+            "--token-file",
+            token.to_str().unwrap(),
+            "--no-kmsg",
+            "--outbox-max-bytes",
+            "4294967296",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(peak_rss_kib(pid));
+        let stored = match client
+            .get(format!("{url}/api/v1/sources"))
+            .bearer_auth("op-token")
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["sources"][0]["records"].as_u64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if stored >= records {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    (records as f64 / secs, peak)
+}
+
 #[tokio::main]
 async fn main() {
+    if let Ok(bin) = std::env::var("SHIP_BENCH_COLLECTOR") {
+        let n: u64 = std::env::var("SHIP_BENCH_RECORDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let (rate, rss) = run_collector(n, &bin).await;
+        let (hole, _, _) = run(n, None).await;
+        println!("| {n} records into the real sesam-collector (synced, deduped, indexed) | {rate:.0} records/s | shipper peak RSS {} MiB | blackhole, same run: {hole:.0} records/s |", rss / 1024);
+        return;
+    }
     let n: u64 = std::env::var("SHIP_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
