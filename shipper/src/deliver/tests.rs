@@ -362,3 +362,100 @@ fn answers_are_classified() {
         }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_sink_exports_every_record_over_http_after_a_failure() {
+    use axum::body::Bytes;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use prost::Message;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen {
+        requests: u32,
+        bodies: Vec<String>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/logs",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
+            let seen = s2.clone();
+            async move {
+                let mut s = seen.lock().unwrap();
+                s.requests += 1;
+                if s.requests == 1 {
+                    return (StatusCode::SERVICE_UNAVAILABLE, Vec::new()).into_response();
+                }
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                let req = match ExportLogsServiceRequest::decode(body.as_ref()) {
+                    Ok(r) => r,
+                    Err(_) => return (StatusCode::BAD_REQUEST, Vec::new()).into_response(),
+                };
+                for rl in req.resource_logs {
+                    for sl in rl.scope_logs {
+                        for lr in sl.log_records {
+                            if let Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)) =
+                                lr.body.and_then(|b| b.value)
+                            {
+                                s.bodies.push(v);
+                            }
+                        }
+                    }
+                }
+                (StatusCode::OK, ExportLogsServiceResponse::default().encode_to_vec()).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let shutdown = CancellationToken::new();
+    let sink = Sink {
+        outbox: outbox.clone(),
+        endpoint: Arc::new(
+            OtlpEndpoint::new(
+                &format!("http://{addr}"),
+                None,
+                "sesam-test",
+                Duration::from_secs(5),
+            )
+            .unwrap(),
+        ),
+        redactor: default_redactor(),
+        filter: None,
+        config: DeliveryConfig {
+            sink: "otlp".into(),
+            ..config()
+        },
+        metrics: DeliveryMetrics::default(),
+    };
+    let task = tokio::spawn(sink.run(shutdown.clone()));
+    let mut records: Vec<Record> = (0..300).map(|i| log(i, "otlp")).collect();
+    records.push(log(300, "token AKIAIOSFODNN7EXAMPLE"));
+    outbox.append(&records).await.unwrap();
+    wait_for("exported and acknowledged", || {
+        seen.lock().unwrap().bodies.len() == 301 && outbox.stats().records == 0
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let s = seen.lock().unwrap();
+    assert!(s.requests >= 2, "the first answer was a 503");
+    // Batches travel in parallel, so arrival order is not seq order; each
+    // record arrives once.
+    let got: std::collections::BTreeSet<&str> = s.bodies.iter().map(String::as_str).collect();
+    assert_eq!(got.len(), 301);
+    assert!((0..300).all(|i| got.contains(format!("otlp {i}").as_str())));
+    assert!(
+        !s.bodies.iter().any(|b| b.contains("AKIAIOSFODNN7EXAMPLE")),
+        "redacted before export"
+    );
+}
