@@ -94,33 +94,40 @@ impl Endpoint for CollectorEndpoint {
     }
 
     async fn send(&self, body: Vec<u8>) -> SendOutcome {
-        let response = match self.client.post(&self.url).body(body).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return SendOutcome::Retry {
-                    reason: "timeout",
-                    after: None,
-                }
-            }
-            Err(_) => {
-                return SendOutcome::Retry {
-                    reason: "network",
-                    after: None,
-                }
-            }
+        let (status, after, bytes) = match post(&self.client, &self.url, body).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let text = match response.text().await {
-            Ok(t) => t,
-            Err(_) => {
-                return SendOutcome::Retry {
-                    reason: "network",
-                    after: None,
-                }
-            }
-        };
+        let text = String::from_utf8_lossy(&bytes);
         classify(status, after, &text)
+    }
+}
+
+/// POSTs `body` and reads the whole answer: (status, `Retry-After`, body).
+/// A transport failure is already the outcome (a retry).
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Option<Duration>, Vec<u8>), SendOutcome> {
+    let response = match client.post(url).body(body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = if e.is_timeout() { "timeout" } else { "network" };
+            return Err(SendOutcome::Retry {
+                reason,
+                after: None,
+            });
+        }
+    };
+    let status = response.status();
+    let after = retry_after(response.headers());
+    match response.bytes().await {
+        Ok(b) => Ok((status, after, b.to_vec())),
+        Err(_) => Err(SendOutcome::Retry {
+            reason: "network",
+            after: None,
+        }),
     }
 }
 

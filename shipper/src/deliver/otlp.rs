@@ -21,7 +21,7 @@ use prost::Message;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use schemas::{Body, EventType, HealthStatus, Level, Record};
 
-use super::collector::{retry_after, EndpointError};
+use super::collector::EndpointError;
 use super::{Endpoint, SendOutcome};
 
 #[derive(Debug, Clone)]
@@ -222,32 +222,11 @@ impl Endpoint for OtlpEndpoint {
     }
 
     async fn send(&self, body: Vec<u8>) -> SendOutcome {
-        let response = match self.client.post(&self.url).body(body).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return SendOutcome::Retry {
-                    reason: "timeout",
-                    after: None,
-                }
-            }
-            Err(_) => {
-                return SendOutcome::Retry {
-                    reason: "network",
-                    after: None,
-                }
-            }
-        };
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(_) => {
-                return SendOutcome::Retry {
-                    reason: "network",
-                    after: None,
-                }
-            }
-        };
+        let (status, after, bytes) =
+            match super::collector::post(&self.client, &self.url, body).await {
+                Ok(answer) => answer,
+                Err(outcome) => return outcome,
+            };
         if status.is_success() {
             // An OTLP answer is an ExportLogsServiceResponse (possibly empty).
             return match ExportLogsServiceResponse::decode(bytes.as_ref()) {
