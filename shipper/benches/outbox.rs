@@ -9,25 +9,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
-use schemas::{Body, Level, LogBody, Record};
-use shipper::outbox::{Outbox, OutboxConfig};
+mod common;
 
-fn record(i: u64) -> Record {
-    Record {
-        seq: 0,
-        ts: 1_764_280_000_000_000_000 + i as i64,
-        source: "acme-prod".into(),
-        subscription: "sub-1".into(),
-        body: Body::Log(LogBody {
-            level: Level::Info,
-            target: "node::pipes::orders".into(),
-            message: format!(
-                "pump completed for pipe orders: 1200 entities read, 17 changed, 0 errors, run {i:010}, next run in 60 s"
-            ),
-            fields: [("pipe".to_string(), serde_json::json!("orders"))].into_iter().collect(),
-        }),
-    }
-}
+use common::record;
+use schemas::Record;
+use shipper::outbox::{Outbox, OutboxConfig};
 
 fn appenders(threads: usize, per_thread_batches: usize, batch: usize) -> (f64, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
