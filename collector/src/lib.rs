@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod metrics_ingest;
 pub mod query;
 pub mod retention;
 pub mod store;
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
 pub use ingest::IngestLimits;
+pub use metrics_ingest::{MetricObserver, MetricSample};
 pub use retention::RetentionPolicy;
 pub use store::{IngestObserver, Store, StoreConfig};
 
@@ -71,6 +73,9 @@ pub struct CollectorConfig {
     /// After a shutdown signal, how long in-flight requests get to finish.
     pub shutdown_deadline: Duration,
     pub observers: Vec<Arc<dyn IngestObserver>>,
+    /// Called with the samples of every accepted remote-write / OTLP
+    /// metrics request (the notifier's `metric_threshold` rules).
+    pub metric_observers: Vec<Arc<dyn MetricObserver>>,
 }
 
 impl std::fmt::Debug for CollectorConfig {
@@ -83,6 +88,7 @@ impl std::fmt::Debug for CollectorConfig {
             .field("retention", &self.retention)
             .field("limits", &self.limits)
             .field("observers", &self.observers.len())
+            .field("metric_observers", &self.metric_observers.len())
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +112,7 @@ impl CollectorConfig {
             query_timeout: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(10),
             observers: Vec::new(),
+            metric_observers: Vec::new(),
         }
     }
 }
