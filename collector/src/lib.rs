@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
 pub use ingest::IngestLimits;
-pub use metrics_ingest::{MetricObserver, MetricSample};
+pub use metrics_ingest::{MetricLimits, MetricObserver, MetricSample};
 pub use retention::RetentionPolicy;
 pub use store::{IngestObserver, Store, StoreConfig};
 
@@ -76,6 +76,8 @@ pub struct CollectorConfig {
     /// Called with the samples of every accepted remote-write / OTLP
     /// metrics request (the notifier's `metric_threshold` rules).
     pub metric_observers: Vec<Arc<dyn MetricObserver>>,
+    /// Bounds of the latest-sample table of pushed metrics.
+    pub metric_limits: MetricLimits,
 }
 
 impl std::fmt::Debug for CollectorConfig {
@@ -113,6 +115,7 @@ impl CollectorConfig {
             shutdown_deadline: Duration::from_secs(10),
             observers: Vec::new(),
             metric_observers: Vec::new(),
+            metric_limits: MetricLimits::default(),
         }
     }
 }
@@ -174,6 +177,10 @@ pub async fn run(
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
+        metric_store: Arc::new(metrics_ingest::MetricStore::new(
+            config.metric_limits.clone(),
+            config.metric_observers.clone(),
+        )),
     });
 
     let tracker = TaskTracker::new();

@@ -104,7 +104,8 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiErro
         .await
         .unwrap_or(0);
     s.metrics.store_disk_bytes.set(disk as i64);
-    let registry = s.metrics.registry();
+    let mut registry = s.metrics.registry();
+    s.metric_store.register(&mut registry);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .map_err(|e| ApiError::internal(format!("encode metrics: {e}")))?;

@@ -10,6 +10,9 @@
 //! | `GET /api/v1/sources` | operator, admin | every source with last seen, last seq, lag |
 //! | `DELETE /api/v1/subscriptions/{id}` | admin | terminate: delete everything of it |
 //! | `POST /api/v1/checkpoints` | admin | take a checkpoint now |
+//! | `POST /api/v1/write` | shipper (own subscription), admin | Prometheus remote-write 1.0 |
+//! | `POST /v1/metrics` | shipper (own subscription), admin | OTLP/HTTP metrics (protobuf) |
+//! | `GET /federate?match[]=` | operator (own), admin | newest sample of every fresh pushed series |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
 //!
 //! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
@@ -35,6 +38,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{Principal, Role, Tokens};
 use crate::ingest::IngestLimits;
 use crate::metrics::Metrics;
+use crate::metrics_ingest::handlers as metrics_push;
 use crate::retention::RetentionPolicy;
 use crate::store::Store;
 
@@ -56,6 +60,8 @@ pub struct AppState {
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_keep: usize,
     pub ready: AtomicBool,
+    /// Metrics ingest: the latest-sample table behind `/federate`.
+    pub metric_store: Arc<crate::metrics_ingest::MetricStore>,
 }
 
 impl AppState {
@@ -191,6 +197,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/subscriptions/{id}", delete(admin::purge))
         .route("/api/v1/checkpoints", post(admin::checkpoint))
         .route("/metrics", get(admin::metrics))
+        .route("/api/v1/write", post(metrics_push::remote_write))
+        .route("/v1/metrics", post(metrics_push::otlp_metrics))
+        .route("/federate", get(metrics_push::federate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

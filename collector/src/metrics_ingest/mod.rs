@@ -2,6 +2,39 @@
 //! OTLP/HTTP metrics (`POST /v1/metrics`) receivers, the latest-sample
 //! table behind `GET /federate`, and the hook through which the notifier
 //! sees every accepted sample ([`MetricObserver`]).
+//!
+//! Both receivers authenticate like log ingest (shipper or admin tokens)
+//! and force the token's subscription on every series (an admin token's
+//! series name theirs in a `subscription` label). A request goes through
+//! [`series::SeriesBuilder`] (validation, canonical series keys), then
+//! [`table::Table::apply`] (newest sample per series, bounded), then the
+//! observers. `GET /federate` (operator: own subscription; admin: all)
+//! serves every fresh series that matches a `match[]` selector, with its
+//! `subscription` and `instance` labels.
+//!
+//! Modules: [`remote_write`] (wire types, decoding), [`otlp`] (OTLP to
+//! Prometheus series), [`series`] (validation, keys), [`table`] (the
+//! latest-sample table, staleness, text encoding), [`selector`]
+//! (`match[]`), [`handlers`] (HTTP).
+
+pub mod handlers;
+pub mod otlp;
+pub mod remote_write;
+pub mod selector;
+pub mod series;
+pub mod table;
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::ReasonLabel;
+pub use series::MetricType;
+pub use table::{MetricLimits, Table};
 
 /// One sample as stored for /federate: metric name, sorted labels
 /// (including `subscription` and `instance`), value, timestamp in ms.
@@ -17,4 +50,139 @@ pub struct MetricSample {
 pub trait MetricObserver: Send + Sync + 'static {
     /// Samples just accepted for `subscription` (after validation).
     fn samples(&self, subscription: &str, samples: &[MetricSample]);
+}
+
+/// Which receiver a request came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    RemoteWrite,
+    Otlp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::RemoteWrite => "remote_write",
+            Protocol::Otlp => "otlp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
+/// Counters of metrics ingest (no tenant labels: `/metrics` is public).
+#[derive(Debug, Clone, Default)]
+pub struct MetricCounters {
+    pub samples_accepted: Family<ProtocolLabel, Counter>,
+    pub samples_refused: Family<ReasonLabel, Counter>,
+    pub requests_refused: Family<ReasonLabel, Counter>,
+    pub series_created: Counter,
+    pub series_evicted: Counter,
+    pub federate_series: Counter,
+}
+
+/// The table, the observers and the counters; shared by the handlers.
+pub struct MetricStore {
+    pub table: Table,
+    pub counters: MetricCounters,
+    observers: Vec<Arc<dyn MetricObserver>>,
+}
+
+impl std::fmt::Debug for MetricStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricStore")
+            .field("series", &self.table.len())
+            .field("limits", self.table.limits())
+            .field("observers", &self.observers.len())
+            .finish()
+    }
+}
+
+impl MetricStore {
+    pub fn new(limits: MetricLimits, observers: Vec<Arc<dyn MetricObserver>>) -> MetricStore {
+        MetricStore {
+            table: Table::new(limits),
+            counters: MetricCounters::default(),
+            observers,
+        }
+    }
+
+    pub fn reject_request(&self, reason: &'static str) {
+        self.counters
+            .requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Hands the accepted samples of `p` (not staleness markers, not
+    /// `refused`) to every observer, one call per subscription.
+    pub fn notify(&self, p: &series::Prepared, refused: &[usize]) {
+        if self.observers.is_empty() {
+            return;
+        }
+        for (ti, sub) in p.tenants.iter().enumerate() {
+            let samples: Vec<MetricSample> = p
+                .samples
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.tenant as usize == ti && !s.stale && !refused.contains(i))
+                .map(|(_, s)| {
+                    let key = p.key(s);
+                    MetricSample {
+                        name: series::split_key(key).0.to_string(),
+                        labels: series::labels_with_subscription(key, sub),
+                        value: s.value,
+                        timestamp_ms: s.timestamp_ms,
+                    }
+                })
+                .collect();
+            if samples.is_empty() {
+                continue;
+            }
+            for o in &self.observers {
+                o.samples(sub, &samples);
+            }
+        }
+    }
+
+    /// Registers the counters under `collector_metrics_*` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("collector_metrics");
+        r.register(
+            "samples_accepted",
+            "Pushed samples stored in the latest-sample table, by protocol",
+            self.counters.samples_accepted.clone(),
+        );
+        r.register(
+            "samples_refused",
+            "Pushed samples refused one by one (nan, inf, too_new, series_limit, delta_temporality, ...)",
+            self.counters.samples_refused.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "Metrics push requests refused as a whole, by reason",
+            self.counters.requests_refused.clone(),
+        );
+        r.register(
+            "series_created",
+            "Series added to the latest-sample table",
+            self.counters.series_created.clone(),
+        );
+        r.register(
+            "series_evicted",
+            "Series removed from the latest-sample table (stale or ended by a staleness marker)",
+            self.counters.series_evicted.clone(),
+        );
+        r.register(
+            "federate_series",
+            "Series served by /federate",
+            self.counters.federate_series.clone(),
+        );
+        let series: Gauge = Gauge::default();
+        series.set(self.table.len() as i64);
+        r.register("series", "Series in the latest-sample table", series);
+    }
 }

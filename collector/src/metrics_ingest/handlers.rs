@@ -1,0 +1,427 @@
+//! `POST /api/v1/write`, `POST /v1/metrics` and `GET /federate`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::selector::Selector;
+use super::series::SeriesBuilder;
+use super::table::encode_text;
+use super::{otlp, remote_write, Protocol};
+use crate::auth::Role;
+use crate::http::{ApiError, AppState};
+
+/// Seconds a client is told to wait when ingest is saturated.
+const RETRY_AFTER_SECS: u64 = 1;
+
+fn now_ms() -> i64 {
+    schemas::time::now_nanos() / 1_000_000
+}
+
+/// Authentication, size and media-type checks, the ingest slot, and the
+/// body; shared by both receivers.
+async fn admit(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    protocol: Protocol,
+) -> Result<
+    (
+        crate::auth::Principal,
+        Bytes,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    ApiError,
+> {
+    let ms = &s.metric_store;
+    let principal = s
+        .require(headers, &[Role::Shipper, Role::Admin])
+        .inspect_err(|e| {
+            ms.reject_request(if e.status == StatusCode::FORBIDDEN {
+                "forbidden"
+            } else {
+                "unauthorized"
+            })
+        })?;
+    let limit = s.limits.max_body_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            ms.reject_request("body_too_large");
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body of {len} bytes is over the limit of {limit} bytes"),
+            )
+            .with_field("body"));
+        }
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase())
+        .unwrap_or_default();
+    let ct_ok = match protocol {
+        // Remote-write 2.0 announces itself with a `proto=` parameter.
+        Protocol::RemoteWrite => {
+            (ct.is_empty() || ct.starts_with("application/x-protobuf"))
+                && (!ct.contains("proto=") || ct.contains("proto=prometheus.writerequest"))
+        }
+        Protocol::Otlp => ct.starts_with("application/x-protobuf"),
+    };
+    if !ct_ok {
+        ms.reject_request("unsupported_media_type");
+        let want = match protocol {
+            Protocol::RemoteWrite => {
+                "remote-write 1.0: application/x-protobuf (prometheus.WriteRequest)"
+            }
+            Protocol::Otlp => {
+                "OTLP/HTTP protobuf: application/x-protobuf (JSON OTLP is not supported)"
+            }
+        };
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {ct:?} is not supported; send {want}"),
+        )
+        .with_field("Content-Type"));
+    }
+    let Ok(permit) = s.ingest_slots.clone().try_acquire_owned() else {
+        ms.reject_request("busy");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ingest is saturated; retry later",
+        )
+        .retry_after(RETRY_AFTER_SECS));
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            ms.reject_request("body_too_large");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the limit of {limit} bytes"),
+            )
+            .with_field("body")
+        } else {
+            ms.reject_request("body_read");
+            ApiError::bad_request(format!("cannot read body: {e}"), "body")
+        }
+    })?;
+    Ok((principal, bytes, permit))
+}
+
+/// Undoes remote-write's snappy block compression within `limit` bytes.
+fn unsnappy(body: &[u8], limit: usize) -> Result<Vec<u8>, (&'static str, ApiError)> {
+    let len = snap::raw::decompress_len(body).map_err(|e| {
+        (
+            "bad_snappy",
+            ApiError::bad_request(format!("body is not snappy block-compressed: {e}"), "body"),
+        )
+    })?;
+    if len > limit {
+        return Err((
+            "decompressed_too_large",
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body decompresses to {len} bytes, over the limit of {limit} bytes"),
+            )
+            .with_field("body"),
+        ));
+    }
+    snap::raw::Decoder::new().decompress_vec(body).map_err(|e| {
+        (
+            "bad_snappy",
+            ApiError::bad_request(format!("body is not snappy block-compressed: {e}"), "body"),
+        )
+    })
+}
+
+/// Decodes, validates and applies one request on a blocking thread.
+fn ingest_blocking(
+    s: &AppState,
+    forced: Option<&str>,
+    encoding: Option<&str>,
+    body: Bytes,
+    protocol: Protocol,
+) -> Result<Option<ApiError>, (&'static str, ApiError)> {
+    let now = now_ms();
+    let future = i64::try_from(s.limits.accept_future.as_millis()).unwrap_or(i64::MAX);
+    let mut builder = SeriesBuilder::new(forced, now, future);
+    let limit = s.limits.max_decompressed_bytes;
+    let malformed = |e: prost::DecodeError| {
+        (
+            "malformed",
+            ApiError::bad_request(format!("malformed protobuf: {e}"), "body"),
+        )
+    };
+    let series_error = |e: super::series::SeriesError| {
+        (
+            e.reason(),
+            ApiError::bad_request(e.to_string(), e.field).with("index", json!(e.index)),
+        )
+    };
+    match protocol {
+        Protocol::RemoteWrite => {
+            match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+                None | Some("") | Some("snappy") => {}
+                Some(other) => {
+                    return Err((
+                        "unsupported_encoding",
+                        ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            format!("Content-Encoding {other:?} is not supported; remote-write bodies are snappy"),
+                        )
+                        .with_field("Content-Encoding"),
+                    ))
+                }
+            }
+            let raw = unsnappy(&body, limit)?;
+            drop(body);
+            let req = remote_write::decode(Bytes::from(raw)).map_err(malformed)?;
+            remote_write::prepare(&req, &mut builder).map_err(series_error)?;
+        }
+        Protocol::Otlp => {
+            let raw = crate::ingest::decompress(encoding, &body, limit).map_err(|e| {
+                let status = if e.is_too_large() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else if matches!(e, crate::ingest::IngestError::UnsupportedEncoding(_)) {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                (
+                    e.reason(),
+                    ApiError::new(status, e.to_string()).with_field(e.field()),
+                )
+            })?;
+            let req = otlp::decode(&raw).map_err(malformed)?;
+            otlp::prepare(&req, &mut builder).map_err(series_error)?;
+        }
+    }
+    let mut prepared = builder.prepared;
+    let applied = s.metric_store.table.apply(&prepared, now);
+    let ms = &s.metric_store;
+    ms.counters.series_created.inc_by(applied.created);
+    ms.counters
+        .series_evicted
+        .inc_by(applied.evicted + applied.deleted);
+    ms.counters
+        .samples_accepted
+        .get_or_create(&super::ProtocolLabel {
+            protocol: protocol.as_str(),
+        })
+        .inc_by(applied.accepted);
+    for &i in &applied.refused {
+        let what = super::table::Table::describe(&prepared, i);
+        prepared.refused.add("series_limit", 1, || {
+            format!("new series {what} is over the series limit of its subscription")
+        });
+    }
+    for (reason, n) in &prepared.refused.by_reason {
+        ms.counters
+            .samples_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc_by(*n);
+    }
+    ms.notify(&prepared, &applied.refused);
+    if prepared.refused.total == 0 {
+        return Ok(None);
+    }
+    let reasons: serde_json::Map<String, serde_json::Value> = prepared
+        .refused
+        .by_reason
+        .iter()
+        .map(|(r, n)| (r.to_string(), json!(n)))
+        .collect();
+    let field = if prepared
+        .refused
+        .by_reason
+        .iter()
+        .all(|(r, _)| *r == "series_limit")
+    {
+        "series"
+    } else {
+        "value"
+    };
+    Ok(Some(
+        ApiError::bad_request(
+            format!(
+                "{} of {} samples refused (the others were stored): {}",
+                prepared.refused.total,
+                prepared.refused.total + applied.accepted,
+                prepared.refused.examples.join("; ")
+            ),
+            field,
+        )
+        .with("accepted", json!(applied.accepted))
+        .with("refused", json!(prepared.refused.total))
+        .with("reasons", serde_json::Value::Object(reasons)),
+    ))
+}
+
+async fn receive(
+    s: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    protocol: Protocol,
+) -> Result<(), ApiError> {
+    let (principal, bytes, permit) = admit(&s, &headers, body, protocol).await?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let state = s.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        ingest_blocking(
+            &state,
+            principal.subscription(),
+            encoding.as_deref(),
+            bytes,
+            protocol,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("metrics decoder task failed: {e}")))?;
+    drop(permit);
+    match outcome {
+        Ok(None) => Ok(()),
+        Ok(Some(partial)) => Err(partial),
+        Err((reason, e)) => {
+            s.metric_store.reject_request(reason);
+            Err(e)
+        }
+    }
+}
+
+/// `POST /api/v1/write`: 204 when every sample was stored.
+#[tracing::instrument(name = "remote_write", skip_all)]
+pub async fn remote_write(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    receive(s, headers, body, Protocol::RemoteWrite).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/metrics`: 200 with an empty `ExportMetricsServiceResponse`.
+#[tracing::instrument(name = "otlp_metrics", skip_all)]
+pub async fn otlp_metrics(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    receive(s, headers, body, Protocol::Otlp).await?;
+    let resp =
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse::default();
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        prost::Message::encode_to_vec(&resp),
+    )
+        .into_response())
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The values of every `match[]` parameter of a query string.
+pub fn match_params(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (url_decode(k) == "match[]").then(|| url_decode(v))
+        })
+        .collect()
+}
+
+/// `GET /federate?match[]=...`: the newest sample of every fresh series
+/// that matches, in Prometheus' text format.
+#[tracing::instrument(name = "federate", skip_all)]
+pub async fn federate(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let principal = s.require(&headers, &[Role::Operator, Role::Admin])?;
+    let params = match_params(query.as_deref().unwrap_or(""));
+    if params.is_empty() {
+        return Err(ApiError::bad_request(
+            "give at least one match[] selector, e.g. match[]={__name__=~\".+\"}",
+            "match[]",
+        ));
+    }
+    let selectors = params
+        .iter()
+        .map(|p| Selector::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::bad_request(e.to_string(), "match[]").with("column", json!(e.column))
+        })?;
+    let state = s.clone();
+    let sub = principal.subscription().map(str::to_string);
+    let text = tokio::task::spawn_blocking(move || {
+        let rows = state
+            .metric_store
+            .table
+            .select(sub.as_deref(), &selectors, now_ms());
+        state
+            .metric_store
+            .counters
+            .federate_series
+            .inc_by(rows.len() as u64);
+        encode_text(&rows)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("federate task failed: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_params_are_url_decoded() {
+        let q = "match%5B%5D=%7B__name__%3D~%22node_.%2B%22%7D&x=1&match[]=up+x";
+        assert_eq!(
+            match_params(q),
+            vec![r#"{__name__=~"node_.+"}"#.to_string(), "up x".into()]
+        );
+        assert_eq!(url_decode("%zz%4"), "%zz%4");
+    }
+}
