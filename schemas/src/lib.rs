@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod body;
 pub mod codec;
+pub mod notify;
 pub mod record;
 pub mod time;
 
@@ -21,9 +22,9 @@ pub use codec::{from_msgpack, to_msgpack, write_msgpack, CodecError};
 pub use record::{Body, Kind, Record};
 
 /// Every wire type's JSON Schema with its file name under `schemas/json/`.
-pub fn wire_schemas() -> Vec<(&'static str, schemars::Schema)> {
+pub fn wire_schemas() -> Vec<(String, schemars::Schema)> {
     use schemars::schema_for;
-    vec![
+    let mut out: Vec<(String, schemars::Schema)> = vec![
         ("record.json", schema_for!(Record)),
         ("body-log.json", schema_for!(LogBody)),
         ("body-execution.json", schema_for!(ExecutionBody)),
@@ -33,4 +34,9 @@ pub fn wire_schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("ingest-batch.json", schema_for!(IngestBatch)),
         ("ingest-response.json", schema_for!(IngestResponse)),
     ]
+    .into_iter()
+    .map(|(f, s)| (f.to_string(), s))
+    .collect();
+    out.extend(notify::notify_schemas());
+    out
 }

@@ -16,7 +16,7 @@ fn committed_schemas_match_rust_types() {
     let mut stale = Vec::new();
     for (file, schema) in wire_schemas() {
         let generated = serde_json::to_string_pretty(&schema).unwrap() + "\n";
-        let path = json_dir().join(file);
+        let path = json_dir().join(&file);
         if update {
             std::fs::write(&path, &generated).unwrap();
             continue;

@@ -1,0 +1,1116 @@
+//! The notifier: notification rules evaluated against every record the
+//! collector stores and every metric sample pushed to it, an alert
+//! lifecycle (fire once, repeat with counts, resolve, silences, inhibition)
+//! persisted in the collector's RocksDB, and durable delivery to webhooks
+//! (Alertmanager's webhook payload v4, optional HMAC signature) and to
+//! Alertmanager itself.
+//!
+//! The collector hosts it: it passes its database (opened with the
+//! [`COLUMN_FAMILY`] column family), calls [`Notifier::on_records`] after
+//! every synced ingest commit and [`Notifier::on_samples`] for pushed
+//! metrics, and serves the API over [`Notifier`]'s methods.
+//!
+//! - `engine.rs`: rules against records, samples and timers; alert
+//!   lifecycle. Deterministic, driven by a [`Clock`].
+//! - `rule.rs`: validation of rules into typed, compiled rules.
+//! - `store.rs`: the persisted layout.
+//! - `delivery.rs`: the durable queue and the HTTP calls.
+
+#![forbid(unsafe_code)]
+
+pub mod delivery;
+pub mod engine;
+pub mod rule;
+pub mod store;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rand::RngExt;
+use schemas::notify::{NotificationRule, Receiver, ReceiverType, RuleType, Silence, Span};
+use schemas::time::{now_nanos, rfc3339_from_nanos};
+use schemas::Record;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use delivery::DeliveryConfig;
+use delivery::Queue;
+use engine::{ActiveSilence, PipeKey, PipeState, SourceKey, SourceState};
+pub use engine::{Alert, DeliveryState, Engine, Notification, NotificationKind};
+pub use store::COLUMN_FAMILY;
+use store::{keys, Db};
+
+/// Where the time comes from: the system clock, or a manual one in tests.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Nanoseconds since the Unix epoch.
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        now_nanos()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(start))
+    }
+    pub fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(i64::try_from(d.as_nanos()).unwrap_or(0), Ordering::SeqCst);
+    }
+    pub fn set(&self, t: i64) {
+        self.0.store(t, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What kind of failure an API call met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotFound,
+    Forbidden,
+    Conflict,
+    Storage,
+}
+
+/// An error of the notifier, naming the field at fault where one is.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct NotifierError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl NotifierError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        NotifierError {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        NotifierError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
+        NotifierError {
+            kind: ErrorKind::Forbidden,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
+        NotifierError {
+            kind: ErrorKind::Conflict,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn storage(message: impl Into<String>) -> Self {
+        NotifierError {
+            kind: ErrorKind::Storage,
+            message: message.into(),
+            field: None,
+        }
+    }
+    fn at(mut self, prefix: &str) -> Self {
+        self.field = Some(match self.field {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_string(),
+        });
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+}
+
+/// Whose data a caller may see and change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Admin: every subscription.
+    All,
+    /// Operator of one subscription.
+    Subscription(String),
+}
+
+impl Scope {
+    fn allows(&self, sub: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Subscription(s) => s == sub,
+        }
+    }
+
+    /// Fills an empty subscription with the caller's, and refuses another.
+    fn claim(&self, field: &str, sub: &mut String) -> Result<(), NotifierError> {
+        match self {
+            Scope::Subscription(s) if sub.is_empty() => {
+                *sub = s.clone();
+                Ok(())
+            }
+            Scope::Subscription(s) if s != sub => Err(NotifierError::forbidden(
+                field,
+                format!("this token may only manage subscription {s:?}"),
+            )),
+            Scope::All if sub.is_empty() => Err(NotifierError::invalid(
+                field,
+                "subscription is required for an admin token",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One pushed metric sample, borrowed from the collector's decoded request.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleRef<'a> {
+    pub name: &'a str,
+    /// Sorted labels, including `subscription` and `instance`.
+    pub labels: &'a [(String, String)],
+    pub value: f64,
+}
+
+/// Notifier settings.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    /// Base URL of the collector as operators reach it (links in payloads).
+    pub external_url: String,
+    pub delivery: DeliveryConfig,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            external_url: "http://127.0.0.1:3100".into(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Metrics {
+    records: Counter,
+    samples: Counter,
+    evaluation_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    sent: Family<Vec<(String, String)>, Counter>,
+    retries: Counter,
+    alerts_firing: Gauge,
+    queue_pending: Gauge,
+    rules: Gauge,
+    errors: Counter,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Db,
+    /// Short critical sections; never held across an await.
+    engine: Mutex<Engine>,
+    /// Short critical sections; never held across an await.
+    queue: Mutex<Queue>,
+    clock: Arc<dyn Clock>,
+    wake_delivery: tokio::sync::Notify,
+    wake_timer: tokio::sync::Notify,
+    client: reqwest::Client,
+    config: NotifierConfig,
+    metrics: Metrics,
+}
+
+/// The notifier. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+/// A rules file: receivers, rules and silences to load at start.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub receivers: Vec<Receiver>,
+    #[serde(default)]
+    pub rules: Vec<NotificationRule>,
+    #[serde(default)]
+    pub silences: Vec<Silence>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Option<T> {
+    match serde_json::from_slice(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(key = %String::from_utf8_lossy(key), error = %e, "unreadable notifier state entry skipped");
+            None
+        }
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{n:016x}")
+}
+
+impl Notifier {
+    /// Opens the notifier over `db` (which has [`COLUMN_FAMILY`]) and
+    /// restores its state. Call [`Notifier::start`] to run its timers and
+    /// deliveries.
+    pub fn open(
+        db: Arc<rocksdb::DB>,
+        config: NotifierConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Notifier, NotifierError> {
+        let db = Db::new(db)?;
+        let now = clock.now();
+        let mut engine = Engine::new(config.external_url.clone(), now);
+        for (k, v) in db.scan(keys::RECEIVERS)? {
+            if let Some(r) = parse::<Receiver>(&k, &v) {
+                engine
+                    .receivers
+                    .insert((r.subscription.clone(), r.name.clone()), r);
+            }
+        }
+        for (k, v) in db.scan(keys::RULES)? {
+            let Some(r) = parse::<NotificationRule>(&k, &v) else {
+                continue;
+            };
+            match rule::compile(r) {
+                Ok(c) => engine.set_rule(Arc::new(c), now),
+                Err(e) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "stored rule no longer valid; skipped")
+                }
+            }
+        }
+        for (k, v) in db.scan(keys::SILENCES)? {
+            if let Some(s) = parse::<Silence>(&k, &v) {
+                if let Ok(a) = ActiveSilence::compile(s) {
+                    engine.silences.insert(a.silence.id.clone(), a);
+                }
+            }
+        }
+        let alerts: Vec<Alert> = db
+            .scan(keys::ALERTS)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        let pipes: Vec<(PipeKey, PipeState)> = db
+            .scan(keys::PIPES)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        let sources: Vec<(SourceKey, SourceState)> = db
+            .scan(keys::SOURCES)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        let windows: Vec<(String, VecDeque<(i64, f64)>)> = db
+            .scan(keys::WINDOWS)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        engine.restore(alerts, pipes, sources, windows);
+        if let Some(v) = db.get(keys::NEXT_ID)? {
+            if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                engine.next_notification = u64::from_be_bytes(b).max(1);
+            }
+        }
+        // Timers restored above may have produced effects (nothing is sent:
+        // notifications need a tick); keep them.
+        let fx = engine.take_effects();
+        db.apply(&fx, engine.next_notification)?;
+        let mut queue = Queue::default();
+        for (k, v) in db.scan(keys::NOTIFICATIONS)? {
+            if let Some(n) = parse::<Notification>(&k, &v) {
+                if n.state == DeliveryState::Pending {
+                    queue.push(n);
+                }
+            }
+        }
+        for n in fx.notifications {
+            queue.push(n);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("sesam-notifier/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifierError::storage(format!("HTTP client: {e}")))?;
+        let metrics = Metrics::default();
+        metrics.rules.set(engine.rules.len() as i64);
+        metrics.alerts_firing.set(engine.alerts.len() as i64);
+        metrics.queue_pending.set(queue.pending.len() as i64);
+        Ok(Notifier {
+            inner: Arc::new(Inner {
+                db,
+                engine: Mutex::new(engine),
+                queue: Mutex::new(queue),
+                clock,
+                wake_delivery: tokio::sync::Notify::new(),
+                wake_timer: tokio::sync::Notify::new(),
+                client,
+                config,
+                metrics,
+            }),
+        })
+    }
+
+    /// Registers the notifier's metrics (`notifier_*`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.inner.metrics;
+        registry.register(
+            "notifier_records_evaluated",
+            "Records evaluated against the rules",
+            m.records.clone(),
+        );
+        registry.register(
+            "notifier_samples_evaluated",
+            "Metric samples evaluated against metric_threshold rules",
+            m.samples.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_seconds",
+            "Time spent evaluating records, samples and timers",
+            m.evaluation_seconds.clone(),
+        );
+        registry.register(
+            "notifier_notifications",
+            "Notifications finished, by receiver type and outcome",
+            m.sent.clone(),
+        );
+        registry.register(
+            "notifier_notification_retries",
+            "Delivery attempts that failed and will be retried",
+            m.retries.clone(),
+        );
+        registry.register(
+            "notifier_alerts_firing",
+            "Active alerts",
+            m.alerts_firing.clone(),
+        );
+        registry.register(
+            "notifier_queue_pending",
+            "Notifications waiting for delivery",
+            m.queue_pending.clone(),
+        );
+        registry.register("notifier_rules", "Notification rules", m.rules.clone());
+        registry.register(
+            "notifier_state_write_errors",
+            "Failed writes of notifier state",
+            m.errors.clone(),
+        );
+    }
+
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// Runs `f` on the engine, then writes its effects and queues its
+    /// notifications. The engine lock covers the write so that batches
+    /// land in the order they were made.
+    fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, i64) -> T) -> Result<T, NotifierError> {
+        let started = std::time::Instant::now();
+        let now = self.inner.clock.now();
+        let mut engine = lock(&self.inner.engine);
+        let before = engine.next_deadline();
+        let out = f(&mut engine, now);
+        let fx = engine.take_effects();
+        let written = self.inner.db.apply(&fx, engine.next_notification);
+        let after = engine.next_deadline();
+        let (rules, firing) = (engine.rules.len(), engine.alerts.len());
+        drop(engine);
+        let m = &self.inner.metrics;
+        m.rules.set(rules as i64);
+        m.alerts_firing.set(firing as i64);
+        m.evaluation_seconds.inc_by(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
+            m.errors.inc();
+            tracing::error!(error = %e, "notifier state write failed");
+            return Err(e);
+        }
+        if !fx.notifications.is_empty() {
+            let mut q = lock(&self.inner.queue);
+            for n in fx.notifications {
+                q.push(n);
+            }
+            m.queue_pending.set(q.pending.len() as i64);
+            drop(q);
+            self.inner.wake_delivery.notify_one();
+        }
+        if after.is_some() && (before.is_none() || after < before) {
+            self.inner.wake_timer.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Evaluates records just stored by the collector.
+    pub fn on_records(&self, records: &[Record]) {
+        self.inner.metrics.records.inc_by(records.len() as u64);
+        let _ = self.with_engine(|e, now| e.on_records(records, now));
+    }
+
+    /// Evaluates pushed metric samples of `subscription`.
+    pub fn on_samples(&self, subscription: &str, samples: &[SampleRef<'_>]) {
+        self.inner.metrics.samples.inc_by(samples.len() as u64);
+        let _ = self.with_engine(|e, now| e.on_samples(subscription, samples, now));
+    }
+
+    /// Forgets everything of a terminated subscription.
+    pub fn purge(&self, subscription: &str) {
+        let _ = self.with_engine(|e, _| e.purge(subscription));
+    }
+
+    /// Runs the timers due at the clock's now.
+    pub fn tick(&self) {
+        let _ = self.with_engine(|e, now| e.tick(now));
+    }
+
+    /// Starts the timer and delivery tasks on `tracker`.
+    pub fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let me = self.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move { me.timer_loop(stop).await });
+        let me = self.clone();
+        tracker.spawn(async move { me.delivery_loop(shutdown).await });
+    }
+
+    async fn timer_loop(self, shutdown: CancellationToken) {
+        loop {
+            let next = lock(&self.inner.engine).next_deadline();
+            let now = self.inner.clock.now();
+            let wait = match next {
+                Some(t) if t <= now => Duration::ZERO,
+                Some(t) => Duration::from_nanos((t - now) as u64).min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.inner.wake_timer.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            self.tick();
+        }
+    }
+
+    async fn delivery_loop(self, shutdown: CancellationToken) {
+        let cfg = self.inner.config.delivery.clone();
+        let in_flight = TaskTracker::new();
+        loop {
+            let (due, next) = {
+                let mut q = lock(&self.inner.queue);
+                let room = cfg.concurrency.saturating_sub(q.in_flight.len());
+                q.due(room)
+            };
+            for n in due {
+                let me = self.clone();
+                in_flight.spawn(async move { me.deliver(n).await });
+            }
+            let wait = next
+                .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.inner.wake_delivery.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Requests in flight finish (bounded by their timeouts); what is
+        // still pending stays queued in RocksDB for the next start.
+        in_flight.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.wait()).await;
+    }
+
+    async fn deliver(self, mut n: Notification) {
+        let receiver = lock(&self.inner.engine)
+            .receivers
+            .get(&(n.subscription.clone(), n.receiver.clone()))
+            .cloned();
+        let rtype = receiver
+            .as_ref()
+            .map(|r| match r.receiver_type {
+                ReceiverType::Webhook => "webhook",
+                ReceiverType::Alertmanager => "alertmanager",
+            })
+            .unwrap_or("missing");
+        let outcome = delivery::attempt(
+            &self.inner.client,
+            receiver,
+            &n,
+            &self.inner.config.external_url,
+        )
+        .await;
+        let cfg = &self.inner.config.delivery;
+        let now = self.inner.clock.now().max(now_nanos());
+        let finished = delivery::record_outcome(&mut n, &outcome, now, cfg.max_age);
+        let m = &self.inner.metrics;
+        match &outcome {
+            delivery::Attempt::Delivered => {
+                tracing::debug!(id = n.id, receiver = %n.receiver, "notification delivered")
+            }
+            delivery::Attempt::Retry(e) if !finished => {
+                m.retries.inc();
+                tracing::warn!(id = n.id, receiver = %n.receiver, attempts = n.attempts, error = %e, "notification delivery failed; will retry");
+            }
+            delivery::Attempt::Retry(e) | delivery::Attempt::Fail(e) => {
+                tracing::error!(id = n.id, receiver = %n.receiver, error = %e, "notification failed")
+            }
+        }
+        if finished {
+            let outcome = match n.state {
+                DeliveryState::Delivered => "delivered",
+                _ => "failed",
+            };
+            m.sent
+                .get_or_create(&vec![
+                    ("receiver_type".into(), rtype.into()),
+                    ("outcome".into(), outcome.into()),
+                ])
+                .inc();
+        }
+        // Persist the outcome, then update the queue.
+        let value = serde_json::to_vec(&n).unwrap_or_default();
+        if let Err(e) = self.inner.db.put(&keys::notification(n.id), &value, false) {
+            m.errors.inc();
+            tracing::error!(error = %e, "notification status write failed");
+        }
+        let prune = {
+            let mut q = lock(&self.inner.queue);
+            q.in_flight.remove(&n.id);
+            if finished {
+                q.pending.remove(&n.id);
+            } else if let Some(e) = q.pending.get_mut(&n.id) {
+                e.next_at = tokio::time::Instant::now() + delivery::backoff(cfg, n.attempts);
+                e.n = n.clone();
+            }
+            m.queue_pending.set(q.pending.len() as i64);
+            let oldest_pending = q.pending.keys().next().copied().unwrap_or(u64::MAX);
+            (finished && n.id.is_multiple_of(1000))
+                .then(|| n.id.saturating_sub(cfg.history_keep).min(oldest_pending))
+        };
+        if let Some(below) = prune.filter(|b| *b > 0) {
+            let _ = self.inner.db.prune_notifications(below);
+        }
+        self.inner.wake_delivery.notify_one();
+    }
+
+    // ---- rules ---------------------------------------------------------------
+
+    /// `GET /api/v1/notification-rule-types`.
+    pub fn rule_types() -> Value {
+        let types: Vec<Value> = RuleType::ALL
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": t.as_str(),
+                    "description": t.description(),
+                    "params_schema": schemas::notify::params_schema(*t),
+                })
+            })
+            .collect();
+        json!({ "types": types })
+    }
+
+    pub fn rules(&self, scope: &Scope) -> Vec<NotificationRule> {
+        lock(&self.inner.engine)
+            .rules
+            .values()
+            .filter(|r| scope.allows(&r.rule.subscription))
+            .map(|r| r.rule.clone())
+            .collect()
+    }
+
+    pub fn rule(&self, scope: &Scope, id: &str) -> Result<NotificationRule, NotifierError> {
+        lock(&self.inner.engine)
+            .rules
+            .get(id)
+            .filter(|r| scope.allows(&r.rule.subscription))
+            .map(|r| r.rule.clone())
+            .ok_or_else(|| NotifierError::not_found(format!("no notification rule {id:?}")))
+    }
+
+    /// Creates (`id` None: POST) or replaces (`id` Some: PUT) a rule.
+    /// Returns the stored rule, warnings, and whether it was created.
+    pub fn put_rule(
+        &self,
+        scope: &Scope,
+        id: Option<&str>,
+        mut rule: NotificationRule,
+    ) -> Result<(NotificationRule, Vec<String>, bool), NotifierError> {
+        scope.claim("subscription", &mut rule.subscription)?;
+        match id {
+            Some(id) if !rule.id.is_empty() && rule.id != id => {
+                return Err(NotifierError::invalid(
+                    "id",
+                    format!("id {:?} differs from the path's {id:?}", rule.id),
+                ))
+            }
+            Some(id) => rule.id = id.to_string(),
+            None if rule.id.is_empty() => rule.id = random_id("rule"),
+            None => {}
+        }
+        let compiled = Arc::new(rule::compile(rule)?);
+        let rule = compiled.rule.clone();
+        let key = keys::rule(&rule.id);
+        let value = serde_json::to_vec(&rule).unwrap_or_default();
+        let r = rule.clone();
+        self.with_engine(move |e, now| {
+            let existing = e.rules.get(&r.id).cloned();
+            if let Some(old) = &existing {
+                if !scope.allows(&old.rule.subscription) {
+                    return Err(NotifierError::forbidden(
+                        "id",
+                        format!("rule {:?} belongs to another subscription", r.id),
+                    ));
+                }
+                if id.is_none() {
+                    return Err(NotifierError::conflict(
+                        "id",
+                        format!("a rule with id {:?} exists; PUT to replace it", r.id),
+                    ));
+                }
+            }
+            for (i, name) in r.receivers.iter().enumerate() {
+                if !e
+                    .receivers
+                    .contains_key(&(r.subscription.clone(), name.clone()))
+                {
+                    return Err(NotifierError::invalid(
+                        format!("receivers[{i}]"),
+                        format!(
+                            "no receiver {name:?} in subscription {:?}; PUT /api/v1/receivers/{name} first",
+                            r.subscription
+                        ),
+                    ));
+                }
+            }
+            let mut warnings = Vec::new();
+            if compiled.is_pipe_rule() {
+                let known = e.known_pipes(&r.subscription);
+                if !known.is_empty() {
+                    for (i, p) in compiled.pipes.iter().enumerate() {
+                        if !known.iter().any(|k| p.matches(k)) {
+                            warnings.push(format!(
+                                "pipes[{i}]: {:?} matches none of the {} pipes seen in subscription {:?}",
+                                p.as_str(),
+                                known.len(),
+                                r.subscription
+                            ));
+                        }
+                    }
+                }
+            }
+            e.persist(key, value);
+            e.set_rule(compiled, now);
+            Ok((warnings, existing.is_none()))
+        })?
+        .map(|(w, created)| (rule, w, created))
+    }
+
+    pub fn delete_rule(&self, scope: &Scope, id: &str) -> Result<(), NotifierError> {
+        self.with_engine(|e, now| {
+            match e.rules.get(id) {
+                Some(r) if scope.allows(&r.rule.subscription) => {}
+                _ => {
+                    return Err(NotifierError::not_found(format!(
+                        "no notification rule {id:?}"
+                    )))
+                }
+            }
+            e.remove_rule(id, now);
+            e.forget(keys::rule(id));
+            Ok(())
+        })?
+    }
+
+    // ---- receivers -------------------------------------------------------
+
+    fn masked(r: &Receiver) -> Receiver {
+        let mut r = r.clone();
+        if r.secret.is_some() {
+            r.secret = Some("<set>".into());
+        }
+        r
+    }
+
+    pub fn receivers(&self, scope: &Scope) -> Vec<Receiver> {
+        lock(&self.inner.engine)
+            .receivers
+            .values()
+            .filter(|r| scope.allows(&r.subscription))
+            .map(Self::masked)
+            .collect()
+    }
+
+    pub fn receiver(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        name: &str,
+    ) -> Result<Receiver, NotifierError> {
+        let e = lock(&self.inner.engine);
+        e.receivers
+            .values()
+            .find(|r| {
+                r.name == name
+                    && scope.allows(&r.subscription)
+                    && sub.is_none_or(|s| s == r.subscription)
+            })
+            .map(Self::masked)
+            .ok_or_else(|| NotifierError::not_found(format!("no receiver {name:?}")))
+    }
+
+    /// `PUT /api/v1/receivers/{name}`: creates or replaces.
+    pub fn put_receiver(
+        &self,
+        scope: &Scope,
+        name: &str,
+        mut r: Receiver,
+    ) -> Result<(Receiver, bool), NotifierError> {
+        rule::check_id("name", name)?;
+        if !r.name.is_empty() && r.name != name {
+            return Err(NotifierError::invalid(
+                "name",
+                format!("name {:?} differs from the path's {name:?}", r.name),
+            ));
+        }
+        r.name = name.to_string();
+        scope.claim("subscription", &mut r.subscription)?;
+        rule::check_name("subscription", &r.subscription)?;
+        let url = reqwest::Url::parse(&r.url)
+            .map_err(|e| NotifierError::invalid("url", format!("{:?}: {e}", r.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(NotifierError::invalid(
+                "url",
+                format!("{:?} must be an http or https URL with a host", r.url),
+            ));
+        }
+        if r.timeout.0.is_zero() || r.timeout.0 > Duration::from_secs(300) {
+            return Err(NotifierError::invalid(
+                "timeout",
+                "timeout must be between 1ms and 5m",
+            ));
+        }
+        if r.secret.is_some() && r.receiver_type != ReceiverType::Webhook {
+            return Err(NotifierError::invalid(
+                "secret",
+                "a signing secret applies to webhook receivers only",
+            ));
+        }
+        if r.secret.as_deref() == Some("<set>") {
+            // A masked secret sent back: keep the stored one.
+            let e = lock(&self.inner.engine);
+            r.secret = e
+                .receivers
+                .get(&(r.subscription.clone(), r.name.clone()))
+                .and_then(|old| old.secret.clone());
+        }
+        let value = serde_json::to_vec(&r).unwrap_or_default();
+        let masked = Self::masked(&r);
+        let created = self.with_engine(|e, _| {
+            e.persist(keys::receiver(&r.subscription, &r.name), value);
+            e.receivers
+                .insert((r.subscription.clone(), r.name.clone()), r)
+                .is_none()
+        })?;
+        Ok((masked, created))
+    }
+
+    pub fn delete_receiver(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        name: &str,
+    ) -> Result<(), NotifierError> {
+        self.with_engine(|e, _| {
+            let key = e
+                .receivers
+                .keys()
+                .find(|(s, n)| n == name && scope.allows(s) && sub.is_none_or(|x| x == s))
+                .cloned()
+                .ok_or_else(|| NotifierError::not_found(format!("no receiver {name:?}")))?;
+            let users: Vec<String> = e
+                .rules
+                .values()
+                .filter(|r| r.rule.subscription == key.0 && r.rule.receivers.contains(&key.1))
+                .map(|r| r.id().to_string())
+                .collect();
+            if !users.is_empty() {
+                return Err(NotifierError::conflict(
+                    "name",
+                    format!("receiver {name:?} is used by rules {users:?}"),
+                ));
+            }
+            e.receivers.remove(&key);
+            e.forget(keys::receiver(&key.0, &key.1));
+            Ok(())
+        })?
+    }
+
+    // ---- silences ----------------------------------------------------------
+
+    pub fn silences(&self, scope: &Scope) -> Vec<Value> {
+        let e = lock(&self.inner.engine);
+        let now = self.inner.clock.now();
+        e.silences
+            .values()
+            .filter(|s| scope.allows(&s.silence.subscription))
+            .map(|s| {
+                let state = if now < s.starts {
+                    "pending"
+                } else if now < s.ends {
+                    "active"
+                } else {
+                    "expired"
+                };
+                let mut v = serde_json::to_value(&s.silence).unwrap_or(Value::Null);
+                v["status"] = json!({ "state": state });
+                v
+            })
+            .collect()
+    }
+
+    pub fn create_silence(&self, scope: &Scope, mut s: Silence) -> Result<Value, NotifierError> {
+        scope.claim("subscription", &mut s.subscription)?;
+        rule::check_name("subscription", &s.subscription)?;
+        if s.id.is_empty() {
+            s.id = random_id("silence");
+        } else {
+            rule::check_id("id", &s.id)?;
+        }
+        if s.starts_at.is_empty() {
+            s.starts_at = rfc3339_from_nanos(self.inner.clock.now());
+        }
+        let active = ActiveSilence::compile(s.clone())?;
+        let value = serde_json::to_vec(&s).unwrap_or_default();
+        self.with_engine(|e, now| {
+            if let Some(old) = e.silences.get(&s.id) {
+                if !scope.allows(&old.silence.subscription) {
+                    return Err(NotifierError::forbidden(
+                        "id",
+                        "silence belongs to another subscription",
+                    ));
+                }
+            }
+            e.persist(keys::silence(&s.id), value);
+            e.set_silence(active, now);
+            Ok(())
+        })??;
+        Ok(json!({ "silenceID": s.id }))
+    }
+
+    pub fn delete_silence(&self, scope: &Scope, id: &str) -> Result<(), NotifierError> {
+        self.with_engine(|e, now| {
+            match e.silences.get(id) {
+                Some(s) if scope.allows(&s.silence.subscription) => {}
+                _ => return Err(NotifierError::not_found(format!("no silence {id:?}"))),
+            }
+            e.remove_silence(id, now);
+            e.forget(keys::silence(id));
+            Ok(())
+        })?
+    }
+
+    // ---- alerts and history ------------------------------------------------
+
+    /// `GET /api/v1/alerts`: active alerts with why they are quiet, if so.
+    pub fn alerts(&self, scope: &Scope) -> Vec<Value> {
+        let e = lock(&self.inner.engine);
+        let now = self.inner.clock.now();
+        let mut out: Vec<(i64, Value)> = e
+            .alerts
+            .values()
+            .filter(|a| scope.allows(&a.subscription))
+            .map(|a| {
+                let silenced_by = e.silenced_by(a, now);
+                let inhibited = a.inhibited_by.as_ref().map(|fp| {
+                    let src = a.source.clone().unwrap_or_default();
+                    json!({
+                        "fingerprint": fp,
+                        "reason": format!("node_heartbeat_overdue is firing for source {src:?}: its pipes' overdue alerts are suppressed"),
+                    })
+                });
+                let state = if !silenced_by.is_empty() || inhibited.is_some() {
+                    "suppressed"
+                } else {
+                    "active"
+                };
+                (
+                    a.starts_at,
+                    json!({
+                        "fingerprint": a.fingerprint,
+                        "status": {
+                            "state": state,
+                            "silencedBy": silenced_by,
+                            "inhibitedBy": inhibited,
+                        },
+                        "labels": a.labels,
+                        "annotations": a.annotations,
+                        "startsAt": rfc3339_from_nanos(a.starts_at),
+                        "lastEventAt": rfc3339_from_nanos(a.last_event_at),
+                        "eventCount": a.event_count,
+                        "notified": a.notified,
+                        "lastNotifiedAt": a.last_notified_at.map(rfc3339_from_nanos),
+                    }),
+                )
+            })
+            .collect();
+        out.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The raw active alerts (tests and tools).
+    pub fn active_alerts(&self) -> Vec<Alert> {
+        lock(&self.inner.engine).alerts.values().cloned().collect()
+    }
+
+    /// `GET /api/v1/notifications`: newest first.
+    pub fn notifications(
+        &self,
+        scope: &Scope,
+        filter: &NotificationFilter,
+    ) -> Result<Vec<Value>, NotifierError> {
+        let limit = filter.limit.clamp(1, 10_000);
+        let mut out = Vec::new();
+        self.inner.db.notifications_rev(|n| {
+            if scope.allows(&n.subscription) && filter.matches(&n) {
+                out.push(notification_view(&n));
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Raw notifications, oldest first (tests and tools).
+    pub fn notification_log(&self) -> Result<Vec<Notification>, NotifierError> {
+        let mut out = Vec::new();
+        self.inner.db.notifications_rev(|n| {
+            out.push(n);
+            true
+        })?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Notifications waiting for delivery.
+    pub fn pending(&self) -> usize {
+        lock(&self.inner.queue).pending.len()
+    }
+
+    /// Loads a rules file (TOML, or JSON when it ends in `.json`):
+    /// receivers first, then rules, then silences. Entries replace those
+    /// with the same id.
+    pub fn load_file(&self, path: &Path) -> Result<usize, NotifierError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            NotifierError::invalid("rules", format!("read {}: {e}", path.display()))
+        })?;
+        let file: RulesFile = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text)
+                .map_err(|e| NotifierError::invalid("rules", format!("{}: {e}", path.display())))?
+        } else {
+            toml::from_str(&text)
+                .map_err(|e| NotifierError::invalid("rules", format!("{}: {e}", path.display())))?
+        };
+        let n = file.rules.len();
+        for (i, r) in file.receivers.into_iter().enumerate() {
+            let name = r.name.clone();
+            self.put_receiver(&Scope::All, &name, r)
+                .map_err(|e| e.at(&format!("receivers[{i}]")))?;
+        }
+        for (i, r) in file.rules.into_iter().enumerate() {
+            if r.id.is_empty() {
+                return Err(NotifierError::invalid(
+                    format!("rules[{i}].id"),
+                    format!("rules[{i}]: rules in a file need an id"),
+                ));
+            }
+            let id = r.id.clone();
+            let (_, warnings, _) = self
+                .put_rule(&Scope::All, Some(&id), r)
+                .map_err(|e| e.at(&format!("rules[{i}]")))?;
+            for w in warnings {
+                tracing::warn!(rule = %id, "{w}");
+            }
+        }
+        for (i, s) in file.silences.into_iter().enumerate() {
+            self.create_silence(&Scope::All, s)
+                .map_err(|e| e.at(&format!("silences[{i}]")))?;
+        }
+        Ok(n)
+    }
+}
+
+/// Filters of `GET /api/v1/notifications`.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub limit: usize,
+    pub state: Option<String>,
+    pub receiver: Option<String>,
+    pub fingerprint: Option<String>,
+    pub rule_id: Option<String>,
+}
+
+impl NotificationFilter {
+    fn matches(&self, n: &Notification) -> bool {
+        let state = match n.state {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        };
+        self.state.as_deref().is_none_or(|s| s == state)
+            && self.receiver.as_deref().is_none_or(|r| r == n.receiver)
+            && self
+                .fingerprint
+                .as_deref()
+                .is_none_or(|f| f == n.fingerprint)
+            && self.rule_id.as_deref().is_none_or(|r| r == n.rule_id)
+    }
+}
+
+fn notification_view(n: &Notification) -> Value {
+    json!({
+        "id": n.id,
+        "subscription": n.subscription,
+        "receiver": n.receiver,
+        "rule_id": n.rule_id,
+        "fingerprint": n.fingerprint,
+        "kind": n.kind,
+        "status": n.state,
+        "attempts": n.attempts,
+        "last_error": n.last_error,
+        "created_at": rfc3339_from_nanos(n.created_at),
+        "finished_at": n.finished_at.map(rfc3339_from_nanos),
+        "alert": n.alert,
+    })
+}
+
+/// Default repeat interval (Sesam's: one notification per rule per hour).
+pub const DEFAULT_REPEAT: Span = Span::secs(3600);
