@@ -78,6 +78,13 @@ pub struct CollectorConfig {
     pub metric_observers: Vec<Arc<dyn MetricObserver>>,
     /// Bounds of the latest-sample table of pushed metrics.
     pub metric_limits: MetricLimits,
+    /// Receivers, rules and silences loaded into the notifier at start
+    /// (`--rules FILE`, TOML or JSON).
+    pub rules_file: Option<PathBuf>,
+    /// Notifier settings (external URL for links, delivery retries).
+    pub notifier: notifier::NotifierConfig,
+    /// The notifier's clock (tests pass a manual one).
+    pub notifier_clock: Arc<dyn notifier::Clock>,
 }
 
 impl std::fmt::Debug for CollectorConfig {
@@ -116,6 +123,9 @@ impl CollectorConfig {
             observers: Vec::new(),
             metric_observers: Vec::new(),
             metric_limits: MetricLimits::default(),
+            rules_file: None,
+            notifier: notifier::NotifierConfig::default(),
+            notifier_clock: Arc::new(notifier::SystemClock),
         }
     }
 }
@@ -135,6 +145,43 @@ pub enum CollectorError {
     Serve(#[source] std::io::Error),
     #[error("{0}")]
     Task(String),
+    #[error("notifier: {0}")]
+    Notifier(#[from] notifier::NotifierError),
+}
+
+/// Feeds the notifier from the store's commits and the metrics ingest. The
+/// store needs its observers before it opens, the notifier needs the open
+/// store: the hook is filled in between.
+#[derive(Debug, Default)]
+struct NotifierHook(std::sync::OnceLock<notifier::Notifier>);
+
+impl IngestObserver for NotifierHook {
+    fn committed(&self, records: &[schemas::Record]) {
+        if let Some(n) = self.0.get() {
+            n.on_records(records);
+        }
+    }
+    fn subscription_purged(&self, subscription: &str) {
+        if let Some(n) = self.0.get() {
+            n.purge(subscription);
+        }
+    }
+}
+
+impl MetricObserver for NotifierHook {
+    fn samples(&self, subscription: &str, samples: &[MetricSample]) {
+        if let Some(n) = self.0.get() {
+            let refs: Vec<notifier::SampleRef<'_>> = samples
+                .iter()
+                .map(|s| notifier::SampleRef {
+                    name: &s.name,
+                    labels: &s.labels,
+                    value: s.value,
+                })
+                .collect();
+            n.on_samples(subscription, &refs);
+        }
+    }
 }
 
 /// Runs the collector until `shutdown` is cancelled, then stops accepting,
@@ -146,16 +193,35 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let metrics = metrics::Metrics::default();
-    let (data_dir, store_cfg, observers) = (
-        config.data_dir.clone(),
-        config.store.clone(),
-        config.observers.clone(),
-    );
+    let hook = Arc::new(NotifierHook::default());
+    let mut observers = config.observers.clone();
+    observers.push(hook.clone());
+    let (data_dir, store_cfg) = (config.data_dir.clone(), config.store.clone());
     let m = metrics.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, observers))
             .await
             .map_err(|e| CollectorError::Task(format!("open store task: {e}")))??;
+
+    let (db, ncfg, clock, rules_file) = (
+        store.db(),
+        config.notifier.clone(),
+        config.notifier_clock.clone(),
+        config.rules_file.clone(),
+    );
+    let notifier = tokio::task::spawn_blocking(move || {
+        let n = notifier::Notifier::open(db, ncfg, clock)?;
+        if let Some(path) = rules_file {
+            let rules = n.load_file(&path)?;
+            tracing::info!(path = %path.display(), rules, "notification rules loaded");
+        }
+        Ok::<_, notifier::NotifierError>(n)
+    })
+    .await
+    .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
+    let _ = hook.0.set(notifier.clone());
+    let mut metric_observers = config.metric_observers.clone();
+    metric_observers.push(hook);
 
     let listener = match config.listen {
         Listen::Listener(l) => l,
@@ -179,8 +245,9 @@ pub async fn run(
         ready: AtomicBool::new(true),
         metric_store: Arc::new(metrics_ingest::MetricStore::new(
             config.metric_limits.clone(),
-            config.metric_observers.clone(),
+            metric_observers,
         )),
+        notifier: Some(notifier.clone()),
     });
 
     let tracker = TaskTracker::new();
@@ -200,6 +267,7 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    notifier.start(&tracker, shutdown.clone());
     tracker.close();
 
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "collector listening");

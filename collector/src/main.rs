@@ -98,6 +98,15 @@ struct ServeArgs {
     /// Time in-flight requests get after SIGINT/SIGTERM.
     #[arg(long, value_parser = duration, default_value = "10s")]
     shutdown_deadline: Duration,
+    /// Notification receivers, rules and silences to load at start (TOML,
+    /// or JSON when the name ends in .json); they replace entries with the
+    /// same ids.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// The collector's URL as operators reach it (links in notifications);
+    /// default http://<listen>.
+    #[arg(long)]
+    external_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +263,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.max_concurrent_queries = a.max_concurrent_queries;
     config.query_timeout = a.query_timeout;
     config.shutdown_deadline = a.shutdown_deadline;
+    config.rules_file = a.rules;
+    config.notifier.external_url = a.external_url.unwrap_or_else(|| format!("http://{listen}"));
 
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();

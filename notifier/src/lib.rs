@@ -569,7 +569,7 @@ impl Notifier {
         )
         .await;
         let cfg = &self.inner.config.delivery;
-        let now = self.inner.clock.now().max(now_nanos());
+        let now = self.inner.clock.now();
         let finished = delivery::record_outcome(&mut n, &outcome, now, cfg.max_age);
         let m = &self.inner.metrics;
         match &outcome {

@@ -106,6 +106,9 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiErro
     s.metrics.store_disk_bytes.set(disk as i64);
     let mut registry = s.metrics.registry();
     s.metric_store.register(&mut registry);
+    if let Some(n) = &s.notifier {
+        n.register_metrics(&mut registry);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .map_err(|e| ApiError::internal(format!("encode metrics: {e}")))?;

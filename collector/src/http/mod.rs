@@ -13,6 +13,12 @@
 //! | `POST /api/v1/write` | shipper (own subscription), admin | Prometheus remote-write 1.0 |
 //! | `POST /v1/metrics` | shipper (own subscription), admin | OTLP/HTTP metrics (protobuf) |
 //! | `GET /federate?match[]=` | operator (own), admin | newest sample of every fresh pushed series |
+//! | `GET /api/v1/notification-rule-types` | operator, admin | rule types with the JSON Schema of their params |
+//! | `GET, POST /api/v1/notification-rules`, `GET, PUT, DELETE .../{id}` | operator (own), admin | notification rules |
+//! | `GET /api/v1/receivers`, `GET, PUT, DELETE .../{name}` | operator (own), admin | webhook / Alertmanager receivers |
+//! | `GET, POST /api/v1/silences`, `DELETE .../{id}` | operator (own), admin | silences |
+//! | `GET /api/v1/alerts` | operator (own), admin | active alerts, with silences and inhibitions |
+//! | `GET /api/v1/notifications` | operator (own), admin | notification history and queue |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
 //!
 //! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
@@ -20,6 +26,7 @@
 
 mod admin;
 mod ingest;
+mod notify;
 mod params;
 mod search;
 
@@ -62,6 +69,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Metrics ingest: the latest-sample table behind `/federate`.
     pub metric_store: Arc<crate::metrics_ingest::MetricStore>,
+    /// The notifier (rules, alerts, receivers, silences, history).
+    pub notifier: Option<notifier::Notifier>,
 }
 
 impl AppState {
@@ -200,6 +209,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/write", post(metrics_push::remote_write))
         .route("/v1/metrics", post(metrics_push::otlp_metrics))
         .route("/federate", get(metrics_push::federate))
+        .route("/api/v1/notification-rule-types", get(notify::rule_types))
+        .route(
+            "/api/v1/notification-rules",
+            get(notify::list_rules).post(notify::create_rule),
+        )
+        .route(
+            "/api/v1/notification-rules/{id}",
+            get(notify::get_rule)
+                .put(notify::put_rule)
+                .delete(notify::delete_rule),
+        )
+        .route("/api/v1/receivers", get(notify::list_receivers))
+        .route(
+            "/api/v1/receivers/{name}",
+            get(notify::get_receiver)
+                .put(notify::put_receiver)
+                .delete(notify::delete_receiver),
+        )
+        .route(
+            "/api/v1/silences",
+            get(notify::list_silences).post(notify::create_silence),
+        )
+        .route("/api/v1/silences/{id}", delete(notify::delete_silence))
+        .route("/api/v1/alerts", get(notify::alerts))
+        .route("/api/v1/notifications", get(notify::notifications))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

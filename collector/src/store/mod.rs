@@ -31,6 +31,7 @@
 //! | `seqs` | subscription, `0`, source, `0`, seq u64 BE | empty: "this seq is stored" (dedupe) |
 //! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, last seq, counts |
 //! | `meta` | `format`, `next_stream` | `sesam-collector-v1`; next stream id u64 BE |
+//! | `notifier` | see the notifier crate's `store.rs` | rules, receivers, silences, alerts, notification queue and history |
 //!
 //! Subscription and source names never contain a 0 byte (ingest validates
 //! them), so every key of one subscription in `seqs` and `sources` lies in
@@ -343,7 +344,10 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
         ColumnFamilyDescriptor::new(CF_STREAMS, small.clone()),
         ColumnFamilyDescriptor::new(CF_SEQS, seqs),
         ColumnFamilyDescriptor::new(CF_SOURCES, small.clone()),
-        ColumnFamilyDescriptor::new(CF_META, small),
+        ColumnFamilyDescriptor::new(CF_META, small.clone()),
+        // The notifier's state (rules, alerts, queue): small, kept here so
+        // that checkpoints carry it.
+        ColumnFamilyDescriptor::new(notifier::COLUMN_FAMILY, small),
     ];
     DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
         let msg = e.to_string();
@@ -526,6 +530,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The database, for components that keep their state in their own
+    /// column family (the notifier).
+    pub fn db(&self) -> Arc<DB> {
+        self.inner.db.clone()
     }
 
     pub fn has_observers(&self) -> bool {
