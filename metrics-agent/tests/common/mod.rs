@@ -1,0 +1,351 @@
+//! Harness of the agent's integration tests: the collector and a node in
+//! process, the agent binary, and the real Prometheus and node_exporter
+//! (Debian packages) on free loopback ports with temporary directories.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub const SHIP_ACME: &str = "ship-acme";
+pub const OP_ACME: &str = "op-acme";
+pub const NODE_TOKEN: &str = "node-api-token-0123456789";
+
+pub const TOKENS: &str = r#"
+[[tokens]]
+token = "admin-token"
+subscription = "*"
+role = "admin"
+
+[[tokens]]
+token = "ship-acme"
+subscription = "acme"
+role = "shipper"
+
+[[tokens]]
+token = "op-acme"
+subscription = "acme"
+role = "operator"
+"#;
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A Debian package's binary, or `None` with a message saying the test
+/// is skipped.
+pub fn binary(name: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    eprintln!("SKIPPED: {name} is not installed (run ./scripts/setup.sh to install it)");
+    None
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc { child, name }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// SIGTERM, then wait up to 10 s, then SIGKILL.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `url` answers 2xx.
+pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not become ready at {url}");
+}
+
+pub async fn get_text(client: &reqwest::Client, url: &str, token: Option<&str>) -> String {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(r.status().is_success(), "GET {url}: {}", r.status());
+    r.text().await.expect("body")
+}
+
+/// A collector in process.
+pub struct Collector {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), collector::CollectorError>>,
+}
+
+impl Collector {
+    pub async fn start(dir: &Path) -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tokens = collector::Tokens::parse(TOKENS, Path::new("tokens.toml")).unwrap();
+        let config = collector::CollectorConfig::new(
+            dir.join("collector"),
+            collector::Listen::Listener(listener),
+            tokens,
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(collector::run(config, shutdown.clone()));
+        let c = Collector {
+            addr,
+            shutdown,
+            task,
+        };
+        wait_ready(&reqwest::Client::new(), &c.url("/healthz"), "collector").await;
+        c
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A node with one pipe that completes and one that fails, shipping to
+/// `collector` (if given) in process.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), node::NodeError>>,
+}
+
+pub const NODE_CONFIG: &str = r#"[
+  {"_id": "node", "type": "metadata", "monitoring": {"enabled": true}},
+  {"_id": "orders", "type": "pipe",
+   "source": {"type": "embedded", "entities": [{"_id": "o1", "amount": "12"}]},
+   "pump": {"schedule_interval": 3600}},
+  {"_id": "broken", "type": "pipe",
+   "source": {"type": "embedded", "entities": [{"_id": "b1", "amount": "n/a"}]},
+   "transform": {"type": "dtl", "rules": {"default": [["copy", "*"], ["add", "amount", ["integer", "_S.amount"]]]}},
+   "pump": {"schedule_interval": 3600}}
+]"#;
+
+impl Node {
+    pub async fn start(dir: &Path, collector: Option<String>) -> Node {
+        let config_path = dir.join("node-config.json");
+        std::fs::write(&config_path, NODE_CONFIG).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c = node::NodeConfig::new(
+            &config_path,
+            dir.join("node"),
+            node::Listen::Listener(listener),
+        );
+        c.node_id = "node-1".into();
+        c.subscription = "acme".into();
+        c.api_token = Some(NODE_TOKEN.into());
+        c.collector = collector.map(|url| shipper::service::Target {
+            url,
+            token: Some(SHIP_ACME.into()),
+        });
+        let shutdown = CancellationToken::new();
+        let n = node::Node::open(c).await.expect("open node");
+        let task = tokio::spawn(n.run(shutdown.clone()));
+        let node = Node {
+            addr,
+            shutdown,
+            task,
+        };
+        wait_ready(&reqwest::Client::new(), &node.url("/api/ping"), "node").await;
+        node
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    /// Starts both pipes and waits until each has run once.
+    pub async fn run_pipes(&self) {
+        let client = reqwest::Client::new();
+        for pipe in ["orders", "broken"] {
+            let r = client
+                .post(self.url(&format!("/api/pipes/{pipe}/pump")))
+                .bearer_auth(NODE_TOKEN)
+                .form(&[("operation", "start")])
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "start {pipe}: {}", r.status());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = get_text(&client, &self.url("/api/metrics"), Some(NODE_TOKEN)).await;
+            if text.contains("sesam_pump_completed_total{pipe=\"orders\"}")
+                && text.contains("sesam_pump_failed_total{pipe=\"broken\"}")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pipes did not run: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The agent binary built with this package.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sesam-metrics-agent")
+}
+
+/// A real Prometheus with `scrape_configs` (YAML, indented for the list).
+pub struct Prometheus {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(scrape_configs: &str) -> Option<Prometheus> {
+        let bin = binary("prometheus")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}"
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let proc = Proc::spawn(
+            "prometheus",
+            Command::new(bin)
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--web.enable-remote-write-receiver")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        );
+        let p = Prometheus { proc, port, dir };
+        wait_ready(&reqwest::Client::new(), &p.url("/-/ready"), "prometheus").await;
+        Some(p)
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+    /// The result vector of an instant query.
+    pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let r = reqwest::Client::new()
+            .get(self.url("/api/v1/query"))
+            .query(&[("query", q)])
+            .send()
+            .await
+            .expect("query prometheus");
+        let v: serde_json::Value = r.json().await.expect("query json");
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+    /// Polls `q` until it has a result (30 s).
+    pub async fn query_until(&self, q: &str) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.query(q).await;
+            if !r.is_empty() {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result for {q} within 30 s; prometheus log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Metric names a Prometheus exposition declares or contains: sample
+/// names, plus every name a `# TYPE` line implies (counter -> `_total`,
+/// histogram -> `_bucket`/`_sum`/`_count`, summary -> `_sum`/`_count`).
+pub fn exposed_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (p.next(), p.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                let n = if name.ends_with(s) {
+                    name.to_string()
+                } else {
+                    format!("{name}{s}")
+                };
+                out.insert(n);
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            out.insert(line[..end].to_string());
+        }
+    }
+    out
+}
