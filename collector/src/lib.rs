@@ -85,6 +85,9 @@ pub struct CollectorConfig {
     pub notifier: notifier::NotifierConfig,
     /// The notifier's clock (tests pass a manual one).
     pub notifier_clock: Arc<dyn notifier::Clock>,
+    /// Run the notifier (default true; benchmarks turn it off to measure
+    /// its cost).
+    pub notifier_enabled: bool,
 }
 
 impl std::fmt::Debug for CollectorConfig {
@@ -126,6 +129,7 @@ impl CollectorConfig {
             rules_file: None,
             notifier: notifier::NotifierConfig::default(),
             notifier_clock: Arc::new(notifier::SystemClock),
+            notifier_enabled: true,
         }
     }
 }
@@ -209,17 +213,22 @@ pub async fn run(
         config.notifier_clock.clone(),
         config.rules_file.clone(),
     );
-    let notifier = tokio::task::spawn_blocking(move || {
-        let n = notifier::Notifier::open(db, ncfg, clock)?;
-        if let Some(path) = rules_file {
-            let rules = n.load_file(&path)?;
-            tracing::info!(path = %path.display(), rules, "notification rules loaded");
-        }
-        Ok::<_, notifier::NotifierError>(n)
-    })
-    .await
-    .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
-    let _ = hook.0.set(notifier.clone());
+    let notifier = if config.notifier_enabled {
+        let n = tokio::task::spawn_blocking(move || {
+            let n = notifier::Notifier::open(db, ncfg, clock)?;
+            if let Some(path) = rules_file {
+                let rules = n.load_file(&path)?;
+                tracing::info!(path = %path.display(), rules, "notification rules loaded");
+            }
+            Ok::<_, notifier::NotifierError>(n)
+        })
+        .await
+        .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
+        let _ = hook.0.set(n.clone());
+        Some(n)
+    } else {
+        None
+    };
     let mut metric_observers = config.metric_observers.clone();
     metric_observers.push(hook);
 
@@ -247,7 +256,7 @@ pub async fn run(
             config.metric_limits.clone(),
             metric_observers,
         )),
-        notifier: Some(notifier.clone()),
+        notifier: notifier.clone(),
     });
 
     let tracker = TaskTracker::new();
@@ -267,7 +276,9 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    notifier.start(&tracker, shutdown.clone());
+    if let Some(n) = &notifier {
+        n.start(&tracker, shutdown.clone());
+    }
     tracker.close();
 
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "collector listening");

@@ -335,6 +335,8 @@ pub struct Engine {
     started_at: i64,
     external_url: String,
     fx: Effects,
+    /// Loading a rules file: API writes are synced once at the end.
+    pub bulk: bool,
 }
 
 /// The fingerprint of an alert: 16 hex digits of SHA-256 over the rule id
@@ -405,6 +407,7 @@ impl Engine {
             started_at: now,
             external_url: external_url.into(),
             fx: Effects::default(),
+            bulk: false,
         }
     }
 
@@ -435,16 +438,17 @@ impl Engine {
         fx
     }
 
-    /// Writes `value` at `key` with the next batch, synced.
+    /// Writes `value` at `key` with the next batch, synced (unless in bulk
+    /// mode, whose caller syncs once at the end).
     pub fn persist(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.fx.puts.push((key, value));
-        self.fx.sync = true;
+        self.fx.sync = !self.bulk;
     }
 
-    /// Deletes `key` with the next batch, synced.
+    /// Deletes `key` with the next batch, synced (unless in bulk mode).
     pub fn forget(&mut self, key: Vec<u8>) {
         self.fx.deletes.push(key);
-        self.fx.sync = true;
+        self.fx.sync = !self.bulk;
     }
 
     /// The earliest collector-clock deadline.
@@ -792,25 +796,26 @@ impl Engine {
     pub fn on_records(&mut self, records: &[Record], now: i64) {
         let mut touched: Vec<SourceKey> = Vec::new();
         for r in records {
-            let fresh = match touched.last() {
-                Some(k) => k.sub != r.subscription || k.source != r.source,
-                None => true,
-            };
-            if fresh {
+            let same = touched
+                .last()
+                .is_some_and(|k| k.sub == r.subscription && k.source == r.source);
+            if !same {
                 let k = SourceKey {
                     sub: r.subscription.clone(),
                     source: r.source.clone(),
                 };
                 if !touched.contains(&k) {
+                    self.sources.entry(k.clone()).or_default();
+                    touched.push(k);
+                } else {
+                    // Move it last so the next record of it is "same".
+                    touched.retain(|x| x != &k);
                     touched.push(k);
                 }
             }
-            let key = SourceKey {
-                sub: r.subscription.clone(),
-                source: r.source.clone(),
-            };
-            let s = self.sources.entry(key).or_default();
-            s.newest_ts = s.newest_ts.max(r.ts);
+            if let Some(s) = touched.last().and_then(|k| self.sources.get_mut(k)) {
+                s.newest_ts = s.newest_ts.max(r.ts);
+            }
             match &r.body {
                 Body::Execution(e) => self.on_execution(r, e, now),
                 Body::Health(h) => self.on_health(r, h, now),
@@ -823,9 +828,9 @@ impl Engine {
             if let Some(s) = self.sources.get_mut(&k) {
                 s.last_arrival = now;
             }
-            self.fx.dirty_sources.insert(k.clone());
             self.source_alive(&k, now);
             self.run_event_timers(&k, now);
+            self.fx.dirty_sources.insert(k);
         }
     }
 
@@ -868,11 +873,19 @@ impl Engine {
         };
         let ts = r.ts;
         {
-            let p = self.pipes.entry(key.clone()).or_insert_with(|| PipeState {
-                known_since: ts,
-                enabled: true,
-                ..PipeState::default()
-            });
+            if !self.pipes.contains_key(&key) {
+                self.pipes.insert(
+                    key.clone(),
+                    PipeState {
+                        known_since: ts,
+                        enabled: true,
+                        ..PipeState::default()
+                    },
+                );
+            }
+            let Some(p) = self.pipes.get_mut(&key) else {
+                return;
+            };
             let mut changed = true;
             match e.event_type {
                 EventType::PumpStarted => {

@@ -437,12 +437,29 @@ impl Notifier {
     /// notifications. The engine lock covers the write so that batches
     /// land in the order they were made.
     fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, i64) -> T) -> Result<T, NotifierError> {
+        self.evaluate(true, f)
+    }
+
+    /// [`Notifier::with_engine`]; `sync` makes batches that queue
+    /// notifications synced. Evaluations of ingested records skip it: they
+    /// run right after the collector's synced commit, and its next commit
+    /// syncs the WAL again (an unsynced write survives a process crash; only
+    /// a power cut in between could lose it, and the records' shipper then
+    /// has them acknowledged).
+    fn evaluate<T>(
+        &self,
+        sync: bool,
+        f: impl FnOnce(&mut Engine, i64) -> T,
+    ) -> Result<T, NotifierError> {
         let started = std::time::Instant::now();
         let now = self.inner.clock.now();
         let mut engine = lock(&self.inner.engine);
         let before = engine.next_deadline();
         let out = f(&mut engine, now);
-        let fx = engine.take_effects();
+        let mut fx = engine.take_effects();
+        if sync && !fx.notifications.is_empty() {
+            fx.sync = true;
+        }
         let written = self.inner.db.apply(&fx, engine.next_notification);
         let after = engine.next_deadline();
         let (rules, firing) = (engine.rules.len(), engine.alerts.len());
@@ -474,13 +491,13 @@ impl Notifier {
     /// Evaluates records just stored by the collector.
     pub fn on_records(&self, records: &[Record]) {
         self.inner.metrics.records.inc_by(records.len() as u64);
-        let _ = self.with_engine(|e, now| e.on_records(records, now));
+        let _ = self.evaluate(false, |e, now| e.on_records(records, now));
     }
 
     /// Evaluates pushed metric samples of `subscription`.
     pub fn on_samples(&self, subscription: &str, samples: &[SampleRef<'_>]) {
         self.inner.metrics.samples.inc_by(samples.len() as u64);
-        let _ = self.with_engine(|e, now| e.on_samples(subscription, samples, now));
+        let _ = self.evaluate(false, |e, now| e.on_samples(subscription, samples, now));
     }
 
     /// Forgets everything of a terminated subscription.
@@ -666,6 +683,9 @@ impl Notifier {
         mut rule: NotificationRule,
     ) -> Result<(NotificationRule, Vec<String>, bool), NotifierError> {
         scope.claim("subscription", &mut rule.subscription)?;
+        if rule.params.is_null() {
+            rule.params = Value::Object(Default::default());
+        }
         match id {
             Some(id) if !rule.id.is_empty() && rule.id != id => {
                 return Err(NotifierError::invalid(
@@ -1040,6 +1060,15 @@ impl Notifier {
                 .map_err(|e| NotifierError::invalid("rules", format!("{}: {e}", path.display())))?
         };
         let n = file.rules.len();
+        lock(&self.inner.engine).bulk = true;
+        let loaded = self.load_entries(file);
+        lock(&self.inner.engine).bulk = false;
+        loaded?;
+        self.inner.db.sync()?;
+        Ok(n)
+    }
+
+    fn load_entries(&self, file: RulesFile) -> Result<(), NotifierError> {
         for (i, r) in file.receivers.into_iter().enumerate() {
             let name = r.name.clone();
             self.put_receiver(&Scope::All, &name, r)
@@ -1064,7 +1093,7 @@ impl Notifier {
             self.create_silence(&Scope::All, s)
                 .map_err(|e| e.at(&format!("silences[{i}]")))?;
         }
-        Ok(n)
+        Ok(())
     }
 }
 

@@ -15,9 +15,11 @@
 //!
 //! State changes of an evaluation are written in one `WriteBatch`: a
 //! notification and the alert change that caused it land together or not
-//! at all. Batches that queue notifications are synced; the others ride on
-//! the WAL (the collector syncs it with every ingest commit), so a process
-//! crash loses nothing and a power cut at most the latest pipe timestamps.
+//! at all. API changes and timer-driven batches that queue notifications are
+//! synced; evaluations of ingested records ride on the WAL, which the
+//! collector syncs with every ingest commit. An unsynced write survives a
+//! process crash (it is in the OS's page cache), so `kill -9` loses
+//! nothing; a power cut could lose the latest record-driven changes.
 
 use std::sync::Arc;
 
@@ -197,8 +199,13 @@ impl Db {
             b.put_cf(cf, keys::NEXT_ID, next_id.to_be_bytes());
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(fx.sync || !fx.notifications.is_empty());
+        wo.set_sync(fx.sync);
         self.db.write_opt(b, &wo).map_err(|e| storage("write", e))
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<(), NotifierError> {
+        self.db.flush_wal(true).map_err(|e| storage("sync", e))
     }
 
     /// Deletes notification history below `id`.

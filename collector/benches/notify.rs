@@ -1,0 +1,354 @@
+//! Notifier benchmark, over real HTTP into an in-process collector.
+//!
+//! `cargo bench -p collector --bench notify` (release profile). Figures:
+//! 1. latency from a `pump-failed` POSTed to ingest to the webhook request
+//!    received, over `BENCH_NOTIFY_FAILURES` (default 1,000) failures of
+//!    distinct pipes, one at a time;
+//! 2. ingest records/s of a stream of execution events over 100,000 pipes
+//!    (`BENCH_NOTIFY_RECORDS`, default 400,000) with the notifier off, and
+//!    on with 10,000 rules (pump_failed, value too high, started and
+//!    finished overdue, pattern match; 1% with wildcard pipe globs), same
+//!    run, fresh stores.
+//!
+//! Prints one line per figure; BENCHMARKS.md records them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use collector::{CollectorConfig, Listen, Tokens};
+use schemas::{Body, EventType, ExecutionBody, IngestBatch, Record};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const SUB: &str = "bench";
+const PIPES: usize = 100_000;
+const RULES: usize = 10_000;
+const SOURCES: usize = 4;
+const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// A webhook that notes when each alert's pipe first arrived.
+async fn webhook() -> (String, Arrivals) {
+    async fn hook(State(a): State<Arrivals>, body: Bytes) -> &'static str {
+        let at = Instant::now();
+        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+            if let Some(p) = v["alerts"][0]["labels"]["pipe"].as_str() {
+                a.lock().unwrap().entry(p.to_string()).or_insert(at);
+            }
+        }
+        "ok"
+    }
+    let arrivals = Arrivals::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(arrivals.clone());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}/hook"), arrivals)
+}
+
+struct Running {
+    base: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), collector::CollectorError>>,
+    client: reqwest::Client,
+}
+
+async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::fs::create_dir_all(dir).unwrap();
+    let tokens_path = dir.join("tokens.toml");
+    std::fs::write(&tokens_path, TOKENS).unwrap();
+    let tokens = Tokens::load(&tokens_path).unwrap();
+    let mut cfg = CollectorConfig::new(dir.join("data"), Listen::Listener(listener), tokens);
+    cfg.notifier_enabled = enabled;
+    cfg.rules_file = rules.map(Path::to_path_buf);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(collector::run(cfg, stop.clone()));
+    let client = reqwest::Client::new();
+    for _ in 0..6000 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return Running {
+                    base,
+                    stop,
+                    task,
+                    client,
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("collector did not start");
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+    async fn post(&self, body: Vec<u8>) {
+        loop {
+            let r = self
+                .client
+                .post(format!("{}/api/v1/ingest", self.base))
+                .bearer_auth("ship")
+                .header("content-type", "application/msgpack")
+                .header("content-encoding", "zstd")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            assert_eq!(r.status(), 429, "ingest: {}", r.text().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn encode(source: usize, records: Vec<Record>) -> Vec<u8> {
+    let raw = schemas::to_msgpack(&IngestBatch {
+        source: format!("node-{source}"),
+        subscription: SUB.into(),
+        records,
+        dropped: 0,
+    })
+    .unwrap();
+    zstd::encode_all(raw.as_slice(), 1).unwrap()
+}
+
+fn exec(source: usize, seq: u64, ts: i64, pipe: &str, ev: EventType) -> Record {
+    let mut b = ExecutionBody::new(pipe, ev);
+    b.run_id = Some(format!("run-{seq}"));
+    if ev == EventType::PumpCompleted {
+        b.metrics.changes_last_run = Some(seq % 1000);
+        b.metrics.entities_last_run = Some(seq % 5000);
+    }
+    if ev == EventType::PumpFailed {
+        b.reason_why_stopped = Some("read timeout from upstream system".into());
+    }
+    Record {
+        seq,
+        ts,
+        source: format!("node-{source}"),
+        subscription: SUB.into(),
+        body: Body::Execution(Box::new(b)),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency(dir: &Path, n: usize) {
+    let (url, arrivals) = webhook().await;
+    let c = start(dir, true, None).await;
+    let put = |path: &str, body: Value| {
+        c.client
+            .put(format!("{}{path}", c.base))
+            .bearer_auth("op")
+            .json(&body)
+            .send()
+    };
+    let r = put("/api/v1/receivers/hook", json!({"type": "webhook", "url": url}))
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = put(
+        "/api/v1/notification-rules/lat",
+        json!({"name": "lat", "type": "pump_failed", "pipes": ["lat-*"], "receivers": ["hook"]}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let now = schemas::time::now_nanos();
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = encode(
+            0,
+            vec![exec(0, i as u64 + 1, now + i as i64, &format!("lat-{i}"), EventType::PumpFailed)],
+        );
+        let t = Instant::now();
+        c.post(body).await;
+        sent.push(t);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = arrivals.lock().unwrap().clone();
+    assert_eq!(got.len(), n, "every failure notified");
+    let mut ms: Vec<f64> = (0..n)
+        .map(|i| (got[&format!("lat-{i}")] - sent[i]).as_secs_f64() * 1e3)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "notify latency: {n} pump-failed -> webhook received: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        ms[n - 1]
+    );
+    c.stop().await;
+}
+
+fn rules_file(path: &Path, hook: &str) {
+    let mut rules = Vec::with_capacity(RULES);
+    let per = PIPES / RULES;
+    for i in 0..RULES {
+        let pipes: Vec<String> = if i % 100 == 99 {
+            vec![format!("pipe-{}*", i / 10)]
+        } else {
+            (0..per).map(|k| format!("pipe-{}", i * per + k)).collect()
+        };
+        let (ty, params) = match i % 5 {
+            0 => ("pump_failed", json!({})),
+            1 => (
+                "pump_completed_value_too_high",
+                json!({"key": "entities.changes_last_run", "limit": 1e9}),
+            ),
+            2 => ("pump_started_overdue", json!({"interval": "1h"})),
+            3 => ("pump_finished_overdue", json!({"limit": "1h"})),
+            _ => (
+                "pattern_match",
+                json!({"field": "reason_why_stopped", "pattern": "*never seen*"}),
+            ),
+        };
+        rules.push(json!({
+            "id": format!("rule-{i}"), "name": format!("rule {i}"), "type": ty,
+            "subscription": SUB, "pipes": pipes, "params": params, "receivers": ["hook"],
+        }));
+    }
+    let file = json!({
+        "receivers": [{"name": "hook", "subscription": SUB, "type": "webhook", "url": hook}],
+        "rules": rules,
+    });
+    std::fs::write(path, serde_json::to_vec(&file).unwrap()).unwrap();
+}
+
+/// Pre-encoded batches: two runs of every pipe (started, then completed or
+/// 1 in 20 failed), pipes spread over the sources.
+fn stream(total: usize) -> Vec<(usize, Vec<u8>)> {
+    let now = schemas::time::now_nanos() - 3_600_000_000_000;
+    let mut per_source: Vec<Vec<Record>> = vec![Vec::new(); SOURCES];
+    let mut seqs = [0u64; SOURCES];
+    let mut k = 0usize;
+    'outer: for round in 0..usize::MAX {
+        for p in 0..PIPES {
+            let s = p % SOURCES;
+            for ev in [EventType::PumpStarted, EventType::PumpCompleted] {
+                if k == total {
+                    break 'outer;
+                }
+                let ev = if ev == EventType::PumpCompleted && (p + round) % 20 == 0 {
+                    EventType::PumpFailed
+                } else {
+                    ev
+                };
+                seqs[s] += 1;
+                per_source[s].push(exec(s, seqs[s], now + k as i64 * 1000, &format!("pipe-{p}"), ev));
+                k += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (s, recs) in per_source.into_iter().enumerate() {
+        for chunk in recs.chunks(1000) {
+            out.push((s, encode(s, chunk.to_vec())));
+        }
+    }
+    out
+}
+
+async fn throughput(dir: &Path, batches: Arc<Vec<(usize, Vec<u8>)>>, rules: Option<&Path>) -> (f64, f64) {
+    let setup = Instant::now();
+    let c = Arc::new(start(dir, rules.is_some(), rules).await);
+    let setup = setup.elapsed().as_secs_f64();
+    let records: usize = env_usize("BENCH_NOTIFY_RECORDS", 400_000);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // Two connections per source, each source's batches in order per
+    // connection (as shippers do).
+    for conn in 0..SOURCES * 2 {
+        let (c, batches) = (c.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<&Vec<u8>> = batches
+                .iter()
+                .filter(|(s, _)| *s == conn % SOURCES)
+                .map(|(_, b)| b)
+                .enumerate()
+                .filter(|(i, _)| i % 2 == conn / SOURCES)
+                .map(|(_, b)| b)
+                .collect();
+            for b in mine {
+                c.post(b.clone()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = records as f64 / started.elapsed().as_secs_f64();
+    if let Ok(c) = Arc::try_unwrap(c) {
+        c.stop().await;
+    }
+    (rate, setup)
+}
+
+fn main() {
+    let failures = env_usize("BENCH_NOTIFY_FAILURES", 1000);
+    let records = env_usize("BENCH_NOTIFY_RECORDS", 400_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        latency(&tmp.path().join("latency"), failures).await;
+
+        let (hook, arrivals) = webhook().await;
+        let rules = tmp.path().join("rules.json");
+        rules_file(&rules, &hook);
+        let batches = Arc::new(stream(records));
+        // Off and on alternate twice on fresh stores so that drift of this
+        // shared machine hits both; the better run of each is reported.
+        let (mut off, mut on, mut setup) = (0f64, 0f64, 0f64);
+        for round in 0..2 {
+            let off_dir = tmp.path().join(format!("off-{round}"));
+            let on_dir = tmp.path().join(format!("on-{round}"));
+            let (r, _) = throughput(&off_dir, batches.clone(), None).await;
+            println!("  round {round}: notifier off {r:.0} records/s");
+            off = off.max(r);
+            let (r, s) = throughput(&on_dir, batches.clone(), Some(&rules)).await;
+            println!("  round {round}: notifier on, {RULES} rules: {r:.0} records/s");
+            on = on.max(r);
+            setup = s;
+            let _ = std::fs::remove_dir_all(&off_dir);
+            let _ = std::fs::remove_dir_all(&on_dir);
+        }
+        println!(
+            "notify cost: {records} execution records over {PIPES} pipes: notifier off {off:.0} records/s, on with {RULES} rules {on:.0} records/s (ratio {:.2}); {} alerts notified; loading the rules took {setup:.1} s",
+            on / off,
+            arrivals.lock().unwrap().len()
+        );
+    });
+}
