@@ -5,7 +5,9 @@
 //! The library entry point is [`run`]; `main.rs` only parses flags.
 //!
 //! # Hooks for components running inside the collector
-//! The notifier (issue 6) observes every newly stored record through
+//! The notifier (crate `notifier`, opened over the store's database in its
+//! own column family) observes every newly stored record and every pushed
+//! metric sample. Other components can do the same through
 //! [`IngestObserver`]s passed in [`CollectorConfig::observers`]: they are
 //! called on the store's writer thread right after each synced commit (and
 //! before the ingest is answered) with the records stored for the first

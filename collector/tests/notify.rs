@@ -458,3 +458,72 @@ async fn a_real_alertmanager_receives_and_resolves_the_alert() {
     h.stop().await;
     drop(am);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_threshold_fires_from_remote_write_and_resolves() {
+    use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    let (url, got) = webhook().await;
+    let (st, _) = send(
+        &h,
+        "PUT",
+        OP_ACME,
+        "/api/v1/receivers/ops",
+        json!({"type": "webhook", "url": url}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, body) = send(&h, "POST", OP_ACME, "/api/v1/notification-rules", json!({
+        "name": "DiskLow", "type": "metric_threshold", "receivers": ["ops"],
+        "params": {"metric": "node_filesystem_avail_bytes", "labels": {"mountpoint": "/"}, "op": "<", "value": 1000},
+    }))
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let push = |value: f64| {
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![
+                    Label::new("__name__", "node_filesystem_avail_bytes"),
+                    Label::new("instance", "node-1"),
+                    Label::new("mountpoint", "/"),
+                ],
+                samples: vec![Sample {
+                    value,
+                    timestamp: now() / 1_000_000,
+                }],
+                histograms: vec![],
+            }],
+            metadata: vec![],
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .unwrap();
+        h.client
+            .post(h.url("/api/v1/write"))
+            .bearer_auth(SHIP_ACME)
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .body(body)
+            .send()
+    };
+    assert!(push(5000.0).await.unwrap().status().is_success());
+    assert!(push(10.0).await.unwrap().status().is_success());
+    until("firing", || async { got.lock().unwrap().len() == 1 }).await;
+    let p = got.lock().unwrap()[0].clone();
+    assert_eq!(p["status"], "firing");
+    assert_eq!(
+        p["alerts"][0]["labels"]["metric"],
+        "node_filesystem_avail_bytes"
+    );
+    assert_eq!(p["alerts"][0]["labels"]["source"], "node-1");
+    assert_eq!(p["alerts"][0]["labels"]["mountpoint"], "/");
+    assert_eq!(p["alerts"][0]["annotations"]["value"], "10");
+    assert!(push(4000.0).await.unwrap().status().is_success());
+    until("resolved", || async { got.lock().unwrap().len() == 2 }).await;
+    assert_eq!(got.lock().unwrap()[1]["status"], "resolved");
+    h.stop().await;
+}
