@@ -265,7 +265,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         return Err(AgentError::Interval);
     }
     let mut config = config;
-    let metrics = Arc::new(AgentMetrics::default());
+    let metrics = Arc::new(AgentMetrics::new());
     metrics
         .buffer_capacity
         .store(config.buffer_samples.get() as u64, Ordering::Relaxed);

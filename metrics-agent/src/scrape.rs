@@ -78,8 +78,18 @@ impl ScrapeError {
 async fn fetch(
     client: &reqwest::Client,
     target: &ScrapeTarget,
+    timeout: Duration,
     max_bytes: usize,
 ) -> Result<(String, Format), ScrapeError> {
+    let failed = |e: reqwest::Error, body: bool| {
+        if e.is_timeout() {
+            ScrapeError::Timeout(timeout)
+        } else if body {
+            ScrapeError::Body(e.to_string())
+        } else {
+            ScrapeError::Connect(e.to_string())
+        }
+    };
     let mut req = client.get(&target.url).header(
         reqwest::header::ACCEPT,
         "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -88,9 +98,10 @@ async fn fetch(
         req = req.bearer_auth(t.trim());
     }
     let mut resp = req
+        .timeout(timeout)
         .send()
         .await
-        .map_err(|e| ScrapeError::Connect(e.to_string()))?;
+        .map_err(|e| failed(e, false))?;
     if !resp.status().is_success() {
         return Err(ScrapeError::Status(resp.status().as_u16()));
     }
@@ -104,11 +115,7 @@ async fn fetch(
         return Err(ScrapeError::TooLarge(max_bytes));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| ScrapeError::Body(e.to_string()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e, true))? {
         if body.len() + chunk.len() > max_bytes {
             return Err(ScrapeError::TooLarge(max_bytes));
         }
@@ -128,7 +135,7 @@ pub async fn scrape(
     now_ms: i64,
 ) -> (Result<Vec<Sample>, ScrapeError>, Duration) {
     let started = Instant::now();
-    let r = match tokio::time::timeout(timeout, fetch(client, target, max_bytes)).await {
+    let r = match tokio::time::timeout(timeout, fetch(client, target, timeout, max_bytes)).await {
         Err(_) => Err(ScrapeError::Timeout(timeout)),
         Ok(Err(e)) => Err(e),
         Ok(Ok((text, format))) => text::parse(&text, format, now_ms).map_err(ScrapeError::from),

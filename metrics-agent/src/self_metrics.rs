@@ -44,7 +44,29 @@ fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K, n: u64) {
         .or_default() += n;
 }
 
+/// Reasons counted from the start (at 0), so dashboards and alerts see
+/// the series before the first event.
+const DROP_REASONS: [&str; 4] = ["buffer_full", "non_finite", "rejected", "shutdown"];
+const SEND_FAILURES: [&str; 5] = [
+    "network",
+    "status_429",
+    "status_4xx",
+    "status_5xx",
+    "timeout",
+];
+
 impl AgentMetrics {
+    pub fn new() -> AgentMetrics {
+        let m = AgentMetrics::default();
+        for r in DROP_REASONS {
+            bump(&m.dropped, r, 0);
+        }
+        for r in SEND_FAILURES {
+            bump(&m.send_failures, r, 0);
+        }
+        m
+    }
+
     pub fn dropped(&self, reason: &'static str, n: u64) {
         if n > 0 {
             bump(&self.dropped, reason, n);

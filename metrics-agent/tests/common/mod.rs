@@ -131,7 +131,14 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(dir: &Path) -> Collector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Collector::start_at(dir, 0).await
+    }
+
+    /// On a given loopback port (0: any).
+    pub async fn start_at(dir: &Path, port: u16) -> Collector {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let tokens = collector::Tokens::parse(TOKENS, Path::new("tokens.toml")).unwrap();
         let config = collector::CollectorConfig::new(
@@ -179,6 +186,14 @@ pub const NODE_CONFIG: &str = r#"[
 
 impl Node {
     pub async fn start(dir: &Path, collector: Option<String>) -> Node {
+        Node::start_with(dir, collector, |_| {}).await
+    }
+
+    pub async fn start_with(
+        dir: &Path,
+        collector: Option<String>,
+        tweak: impl FnOnce(&mut node::NodeConfig),
+    ) -> Node {
         let config_path = dir.join("node-config.json");
         std::fs::write(&config_path, NODE_CONFIG).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,6 +210,7 @@ impl Node {
             url,
             token: Some(SHIP_ACME.into()),
         });
+        tweak(&mut c);
         let shutdown = CancellationToken::new();
         let n = node::Node::open(c).await.expect("open node");
         let task = tokio::spawn(n.run(shutdown.clone()));
