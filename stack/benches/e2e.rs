@@ -5,7 +5,8 @@
 //! loopback: a collector (`collector::run`) and a node (`node::Node`) whose
 //! in-process shipper delivers its outbox to it, both on RocksDB on disk.
 //! 1. maximum rate: `BENCH_E2E_RECORDS` (default 500,000) log records of
-//!    ~200 bytes appended as fast as the outbox takes them; the rate is
+//!    ~200 bytes appended by 4 concurrent appenders as fast as the outbox
+//!    takes them; the rate is
 //!    records / time until the collector has stored them all;
 //! 2. latency at 50% of that rate for `BENCH_E2E_SECONDS` (default 20):
 //!    every 10 ms a batch is appended with its emission instant; a poller
@@ -106,13 +107,25 @@ fn main() {
         let base_count = stored(&client, &sources).await;
 
         // 1. Maximum rate.
+        // Four appenders, as a node's pipes, logs and health append
+        // concurrently (each append is a synced group commit).
         let started = Instant::now();
-        let mut i = 0u64;
-        while i < total {
-            let n = 1000.min(total - i);
-            let batch: Vec<Record> = (i..i + n).map(record).collect();
-            outbox.append(&batch).await.unwrap();
-            i += n;
+        let mut appenders = Vec::new();
+        for a in 0..4u64 {
+            let outbox = outbox.clone();
+            let share = total / 4 + u64::from(a < total % 4);
+            appenders.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while i < share {
+                    let n = 1000.min(share - i);
+                    let batch: Vec<Record> = (i..i + n).map(|j| record(a * total + j)).collect();
+                    outbox.append(&batch).await.unwrap();
+                    i += n;
+                }
+            }));
+        }
+        for t in appenders {
+            t.await.unwrap();
         }
         let appended = started.elapsed();
         while stored(&client, &sources).await < base_count + total {
