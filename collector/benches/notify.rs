@@ -168,9 +168,12 @@ async fn latency(dir: &Path, n: usize) {
             .json(&body)
             .send()
     };
-    let r = put("/api/v1/receivers/hook", json!({"type": "webhook", "url": url}))
-        .await
-        .unwrap();
+    let r = put(
+        "/api/v1/receivers/hook",
+        json!({"type": "webhook", "url": url}),
+    )
+    .await
+    .unwrap();
     assert!(r.status().is_success());
     let r = put(
         "/api/v1/notification-rules/lat",
@@ -184,7 +187,13 @@ async fn latency(dir: &Path, n: usize) {
     for i in 0..n {
         let body = encode(
             0,
-            vec![exec(0, i as u64 + 1, now + i as i64, &format!("lat-{i}"), EventType::PumpFailed)],
+            vec![exec(
+                0,
+                i as u64 + 1,
+                now + i as i64,
+                &format!("lat-{i}"),
+                EventType::PumpFailed,
+            )],
         );
         let t = Instant::now();
         c.post(body).await;
@@ -264,7 +273,13 @@ fn stream(total: usize) -> Vec<(usize, Vec<u8>)> {
                     ev
                 };
                 seqs[s] += 1;
-                per_source[s].push(exec(s, seqs[s], now + k as i64 * 1000, &format!("pipe-{p}"), ev));
+                per_source[s].push(exec(
+                    s,
+                    seqs[s],
+                    now + k as i64 * 1000,
+                    &format!("pipe-{p}"),
+                    ev,
+                ));
                 k += 1;
             }
         }
@@ -278,7 +293,11 @@ fn stream(total: usize) -> Vec<(usize, Vec<u8>)> {
     out
 }
 
-async fn throughput(dir: &Path, batches: Arc<Vec<(usize, Vec<u8>)>>, rules: Option<&Path>) -> (f64, f64) {
+async fn throughput(
+    dir: &Path,
+    batches: Arc<Vec<(usize, Vec<u8>)>>,
+    rules: Option<&Path>,
+) -> (f64, f64) {
     let setup = Instant::now();
     let c = Arc::new(start(dir, rules.is_some(), rules).await);
     let setup = setup.elapsed().as_secs_f64();

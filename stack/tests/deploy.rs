@@ -23,13 +23,26 @@ fn systemd_units_use_existing_flags() {
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
         let mut words = exec.split_whitespace();
-        let bin = words.next().unwrap().rsplit('/').next().unwrap().to_string();
+        let bin = words
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
         let exe = release_dir().join(&bin);
         if !exe.exists() {
-            eprintln!("SKIPPED {}: {} is not built (cargo build --release --bins)", path.display(), exe.display());
+            eprintln!(
+                "SKIPPED {}: {} is not built (cargo build --release --bins)",
+                path.display(),
+                exe.display()
+            );
             continue;
         }
-        let help = std::process::Command::new(&exe).arg("--help").output().unwrap();
+        let help = std::process::Command::new(&exe)
+            .arg("--help")
+            .output()
+            .unwrap();
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in words.filter(|w| w.starts_with("--")) {
             assert!(
