@@ -17,17 +17,7 @@ use serde_json::Value;
 use crate::NotifierError;
 
 /// The `metrics` keys value rules may watch (Sesam's).
-pub const METRIC_KEYS: [&str; 9] = [
-    "entities.entities_last_run",
-    "entities.changes_last_run",
-    "entities.read_errors_last_run",
-    "entities.write_errors_last_run",
-    "entities.source_time",
-    "entities.transform_time",
-    "entities.sink_time",
-    "entities_per_second",
-    "memory.total-peak",
-];
+pub const METRIC_KEYS: [&str; 9] = schemas::ExecutionMetrics::KEYS;
 
 /// A validated rule, ready to evaluate.
 #[derive(Debug)]
