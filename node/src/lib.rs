@@ -8,7 +8,8 @@
 //! subset), [`store`] (datasets, offsets, secrets; on-disk layout),
 //! [`pump`] (scheduling and runs), [`state`] (shared state, outbox emission),
 //! [`health`], [`metrics`], [`logs`] (tracing layer -> outbox), [`api`],
-//! [`node`] (start, reconfigure, shutdown).
+//! [`node`] (start, reconfigure, shutdown), [`synthetic`] (a load generator
+//! for tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod node;
 pub mod pump;
 pub mod state;
 pub mod store;
+pub mod synthetic;
 
 pub use logs::{outbox_log_layer, LogReceiver, OutboxLogLayer, OutboxLogLevel};
 pub use node::{run, Listen, Node, NodeConfig, NodeError};

@@ -59,6 +59,14 @@ struct Args {
     /// How long shutdown waits for running pumps and tasks.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// Load generator for tests and benchmarks: emit this many synthetic
+    /// INFO log records through the outbox after start.
+    #[arg(long)]
+    synthetic_logs: Option<u64>,
+    /// Pace of --synthetic-logs in records per second (default: as fast as
+    /// the outbox accepts them).
+    #[arg(long, requires = "synthetic_logs")]
+    synthetic_rate: Option<std::num::NonZeroU64>,
 }
 
 #[tokio::main]
@@ -113,6 +121,13 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     config.health_interval = args.health_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.log_records = Some(log_records);
+    config.synthetic =
+        args.synthetic_logs
+            .filter(|n| *n > 0)
+            .map(|count| node::synthetic::SyntheticLogs {
+                count,
+                rate: args.synthetic_rate,
+            });
     if let (Some(url), Some(path)) = (&args.collector, &args.token_file) {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("read the collector token file {}", path.display()))?;

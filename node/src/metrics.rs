@@ -27,6 +27,8 @@ pub struct Metrics {
     pub health: Gauge,
     pub log_records_dropped: Counter,
     pub emit_failures: Counter,
+    /// Records of the `--synthetic-logs` load generator the outbox accepted.
+    pub synthetic_records: Counter,
 }
 
 impl Metrics {
@@ -92,6 +94,11 @@ impl Metrics {
             "sesam_node_emit_failures",
             "Records the node failed to append to the outbox",
             self.emit_failures.clone(),
+        );
+        r.register(
+            "sesam_node_synthetic_records",
+            "Records of the --synthetic-logs load generator appended to the outbox",
+            self.synthetic_records.clone(),
         );
     }
 }

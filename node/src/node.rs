@@ -58,6 +58,8 @@ pub struct NodeConfig {
     /// Ship the outbox to this collector in-process (`--collector URL
     /// --token-file FILE`), redacted by the shipper's default rules.
     pub collector: Option<shipper::service::Target>,
+    /// A load generator of synthetic log records (`--synthetic-logs`), off by default.
+    pub synthetic: Option<crate::synthetic::SyntheticLogs>,
 }
 
 impl NodeConfig {
@@ -79,6 +81,7 @@ impl NodeConfig {
             log_records: None,
             outbox: OutboxConfig::default(),
             collector: None,
+            synthetic: None,
         }
     }
 }
@@ -119,6 +122,7 @@ pub struct Node {
     log_records: Option<LogReceiver>,
     health_interval: Duration,
     shutdown_timeout: Duration,
+    synthetic: Option<crate::synthetic::SyntheticLogs>,
 }
 
 impl Node {
@@ -194,6 +198,7 @@ impl Node {
             log_records: config.log_records,
             health_interval: config.health_interval,
             shutdown_timeout: config.shutdown_timeout,
+            synthetic: config.synthetic,
         })
     }
 
@@ -248,6 +253,9 @@ impl Node {
         start_pumps(&s, &config, &[]).await;
         s.emit_config(&config).await;
         crate::health::spawn(s.clone(), self.health_interval);
+        if let Some(synthetic) = self.synthetic {
+            crate::synthetic::spawn(s.clone(), synthetic);
+        }
         tracing::info!(
             addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             pipes = config.pipes.len(),

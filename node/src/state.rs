@@ -155,14 +155,17 @@ impl Shared {
     }
 
     /// Appends records to the outbox; failures are logged and counted.
-    pub async fn emit(&self, records: Vec<Record>) {
+    /// Returns whether the outbox accepted them.
+    pub async fn emit(&self, records: Vec<Record>) -> bool {
         if records.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = self.outbox.append(&records).await {
             self.metrics.emit_failures.inc_by(records.len() as u64);
             tracing::warn!(target: crate::logs::DRAIN_TARGET, error = %e, records = records.len(), "could not append records to the outbox");
+            return false;
         }
+        true
     }
 
     /// Writes an execution event into the pipe's execution dataset, and into

@@ -1,8 +1,22 @@
 //! Harness shared by the end-to-end tests: helpers that start real
 //! processes and inspect what they left on disk.
+//!
+//! - [`process`]: locating the workspace binaries, child processes killed on
+//!   drop, SIGKILL / SIGTERM, `VmHWM`, free ports, polling, tmpfs mounts;
+//! - [`collector`], [`node`], [`shipper`]: the three binaries with their
+//!   flags, data directories and APIs, restartable on the same port;
+//! - [`webhook`]: a notification receiver served by the test process;
+//! - [`collector::Collector::assert_exactly_once_and_stop`]: the final
+//!   check of every fault test, over HTTP and then offline in the store.
 
+pub mod collector;
+pub mod node;
+pub mod process;
+pub mod shipper;
+pub mod webhook;
+
+use ::shipper::outbox::{Outbox, OutboxError};
 use schemas::Record;
-use shipper::outbox::{Outbox, OutboxError};
 
 /// Every record stored in `outbox`, in seq order, and how many reads on the
 /// way quarantined a record.

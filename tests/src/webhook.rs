@@ -1,0 +1,144 @@
+//! A webhook receiver served by the test process (so it outlives collector
+//! restarts), recording every notification with its `X-Notification-Id`.
+//!
+//! The notifier delivers at least once: a collector killed after the POST
+//! but before it recorded the delivery sends the same notification again,
+//! with the same `X-Notification-Id` and payload. "Exactly once" for a
+//! receiver therefore means: every expected notification arrived, and every
+//! repeat carries an id already seen (so a receiver can drop it) with an
+//! identical body. [`Webhook::assert_exactly`] checks precisely that.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+
+/// One POST received.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub body: Value,
+}
+
+type Got = Arc<Mutex<Vec<Delivery>>>;
+
+#[derive(Debug)]
+pub struct Webhook {
+    pub url: String,
+    got: Got,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What identifies an expected notification: (status, source, pipe).
+pub type Expected<'a> = (&'a str, &'a str, &'a str);
+
+impl Webhook {
+    pub async fn start() -> Webhook {
+        async fn hook(State(got): State<Got>, headers: HeaderMap, body: Bytes) -> &'static str {
+            let id = headers
+                .get("x-notification-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            // Short critical section, never held across an await.
+            got.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Delivery { id, body });
+            "ok"
+        }
+        let got = Got::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind webhook");
+        let addr = listener.local_addr().expect("webhook address");
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(got.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Webhook {
+            url: format!("http://{addr}/hook"),
+            got,
+            task,
+        }
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Distinct notifications by id (first copy) and how many repeats came.
+    /// Panics if a notification has no id or a repeat differs from the first.
+    pub fn distinct(&self) -> (Vec<Delivery>, usize) {
+        let mut by_id: BTreeMap<String, Delivery> = BTreeMap::new();
+        let mut order = Vec::new();
+        let mut repeats = 0;
+        for d in self.deliveries() {
+            assert!(
+                !d.id.is_empty(),
+                "a notification without X-Notification-Id: {}",
+                d.body
+            );
+            match by_id.get(&d.id) {
+                Some(first) => {
+                    assert_eq!(
+                        first.body, d.body,
+                        "notification {} re-sent with a different payload",
+                        d.id
+                    );
+                    repeats += 1;
+                }
+                None => {
+                    order.push(d.id.clone());
+                    by_id.insert(d.id.clone(), d);
+                }
+            }
+        }
+        let distinct = order
+            .into_iter()
+            .filter_map(|id| by_id.remove(&id))
+            .collect();
+        (distinct, repeats)
+    }
+
+    /// Asserts that the distinct notifications received are exactly
+    /// `expected`, each once: (status `firing`/`resolved`, source, pipe).
+    pub fn assert_exactly(&self, expected: &[Expected<'_>]) {
+        let (distinct, repeats) = self.distinct();
+        let mut got: Vec<(String, String, String)> = distinct
+            .iter()
+            .map(|d| {
+                let a = &d.body["alerts"][0];
+                (
+                    a["status"].as_str().unwrap_or("?").to_string(),
+                    a["labels"]["source"].as_str().unwrap_or("?").to_string(),
+                    a["labels"]["pipe"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect();
+        let mut want: Vec<(String, String, String)> = expected
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        got.sort();
+        want.sort();
+        eprintln!(
+            "webhook: {} distinct notification(s), {repeats} repeat(s) with an already-seen X-Notification-Id",
+            distinct.len()
+        );
+        assert_eq!(got, want, "notifications received (status, source, pipe)");
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
