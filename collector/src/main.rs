@@ -98,6 +98,13 @@ struct ServeArgs {
     /// Time in-flight requests get after SIGINT/SIGTERM.
     #[arg(long, value_parser = duration, default_value = "10s")]
     shutdown_deadline: Duration,
+    /// Most pushed metric series kept per subscription (latest-sample
+    /// table behind /federate); samples of new series beyond it are refused.
+    #[arg(long, default_value_t = 100_000)]
+    max_metric_series_per_subscription: usize,
+    /// Most pushed metric series kept in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_metric_series: usize,
     /// Notification receivers, rules and silences to load at start (TOML,
     /// or JSON when the name ends in .json); they replace entries with the
     /// same ids.
@@ -263,6 +270,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.max_concurrent_queries = a.max_concurrent_queries;
     config.query_timeout = a.query_timeout;
     config.shutdown_deadline = a.shutdown_deadline;
+    config.metric_limits.max_series_per_subscription = a.max_metric_series_per_subscription;
+    config.metric_limits.max_series = a.max_metric_series;
     config.rules_file = a.rules;
     config.notifier.external_url = a.external_url.unwrap_or_else(|| format!("http://{listen}"));
 
