@@ -175,6 +175,12 @@ impl IngestObserver for NotifierHook {
 }
 
 impl MetricObserver for NotifierHook {
+    fn wants(&self, subscription: &str, name: &str) -> bool {
+        self.0
+            .get()
+            .is_some_and(|n| n.wants_metric(subscription, name))
+    }
+
     fn samples(&self, subscription: &str, samples: &[MetricSample]) {
         if let Some(n) = self.0.get() {
             let refs: Vec<notifier::SampleRef<'_>> = samples

@@ -23,7 +23,7 @@ pub mod engine;
 pub mod rule;
 pub mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -242,6 +242,9 @@ struct Inner {
     client: reqwest::Client,
     config: NotifierConfig,
     metrics: Metrics,
+    /// Metric names watched by `metric_threshold` rules, per subscription:
+    /// lets the metrics ingest skip building samples nobody evaluates.
+    metric_watch: std::sync::RwLock<HashMap<String, HashSet<String>>>,
 }
 
 /// The notifier. Cheap to clone.
@@ -368,6 +371,7 @@ impl Notifier {
         metrics.rules.set(engine.rules.len() as i64);
         metrics.alerts_firing.set(engine.alerts.len() as i64);
         metrics.queue_pending.set(queue.pending.len() as i64);
+        let watch = metric_watch(&engine);
         Ok(Notifier {
             inner: Arc::new(Inner {
                 db,
@@ -379,8 +383,28 @@ impl Notifier {
                 client,
                 config,
                 metrics,
+                metric_watch: std::sync::RwLock::new(watch),
             }),
         })
+    }
+
+    /// Whether a `metric_threshold` rule of `subscription` watches `name`.
+    pub fn wants_metric(&self, subscription: &str, name: &str) -> bool {
+        self.inner
+            .metric_watch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subscription)
+            .is_some_and(|names| names.contains(name))
+    }
+
+    fn refresh_metric_watch(&self) {
+        let watch = metric_watch(&lock(&self.inner.engine));
+        *self
+            .inner
+            .metric_watch
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = watch;
     }
 
     /// Registers the notifier's metrics (`notifier_*`).
@@ -503,6 +527,7 @@ impl Notifier {
     /// Forgets everything of a terminated subscription.
     pub fn purge(&self, subscription: &str) {
         let _ = self.with_engine(|e, _| e.purge(subscription));
+        self.refresh_metric_watch();
     }
 
     /// Runs the timers due at the clock's now.
@@ -752,7 +777,10 @@ impl Notifier {
             e.set_rule(compiled, now);
             Ok((warnings, existing.is_none()))
         })?
-        .map(|(w, created)| (rule, w, created))
+        .map(|(w, created)| {
+            self.refresh_metric_watch();
+            (rule, w, created)
+        })
     }
 
     pub fn delete_rule(&self, scope: &Scope, id: &str) -> Result<(), NotifierError> {
@@ -768,7 +796,9 @@ impl Notifier {
             e.remove_rule(id, now);
             e.forget(keys::rule(id));
             Ok(())
-        })?
+        })??;
+        self.refresh_metric_watch();
+        Ok(())
     }
 
     // ---- receivers -------------------------------------------------------
@@ -1095,6 +1125,18 @@ impl Notifier {
         }
         Ok(())
     }
+}
+
+fn metric_watch(engine: &Engine) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in engine.rules.values() {
+        if let rule::Kind::Metric { metric, .. } = &r.kind {
+            out.entry(r.rule.subscription.clone())
+                .or_default()
+                .insert(metric.clone());
+        }
+    }
+    out
 }
 
 /// Filters of `GET /api/v1/notifications`.
