@@ -305,58 +305,91 @@ impl Collector {
             .to_string()
     }
 
-    /// Asserts over HTTP that the collector holds exactly the seqs
-    /// `1..=last` of `source` minus `missing`, then stops it (SIGTERM) and
+    /// The final check of the fault tests. Asserts over HTTP that the
+    /// collector holds, of each expected source, exactly the seqs `1..=last`
+    /// minus `missing`; then stops it (SIGTERM, which must succeed) and
     /// audits its store offline: every expected seq stored exactly once,
-    /// nothing else. Returns the stored lines by seq.
+    /// nothing else. Returns the stored lines by seq, per expected source.
     pub async fn assert_exactly_once_and_stop(
         &mut self,
         subscription: &str,
-        source: &str,
-        last: u64,
-        missing: &[u64],
-    ) -> BTreeMap<u64, Value> {
-        let expected = last - missing.len() as u64;
-        let s = self
-            .source(subscription, source)
-            .await
-            .unwrap_or_else(|| panic!("the collector knows no source {source}"));
-        eprintln!(
-            "collector: {source}: {} records, last seq {}, {} duplicate deliveries deduplicated",
-            s.records, s.last_seq, s.duplicates
-        );
-        assert_eq!(
-            (s.records, s.last_seq),
-            (expected, last),
-            "collector's view of {source}: records, last seq"
-        );
-        self.stop();
-        let stored = audit_store(&self.data_dir, subscription, source);
-        let mut lines = BTreeMap::new();
-        let mut dupes = Vec::new();
-        for (seq, copies) in stored {
-            if copies.len() > 1 {
-                dupes.push(seq);
-            }
-            lines.insert(seq, copies.into_iter().next().expect("one copy at least"));
+        expect: &[Expect<'_>],
+    ) -> Vec<BTreeMap<u64, Value>> {
+        for e in expect {
+            let s = self
+                .source(subscription, e.source)
+                .await
+                .unwrap_or_else(|| panic!("the collector knows no source {}", e.source));
+            eprintln!(
+                "collector: {}: {} records, last seq {}, {} duplicate deliveries deduplicated",
+                e.source, s.records, s.last_seq, s.duplicates
+            );
+            assert_eq!(
+                (s.records, s.last_seq),
+                (e.last - e.missing.len() as u64, e.last),
+                "the collector's view of {} (records, last seq)",
+                e.source
+            );
         }
-        assert!(dupes.is_empty(), "seqs stored more than once: {dupes:?}");
-        let unexpected: Vec<u64> = lines
-            .keys()
-            .copied()
-            .filter(|s| *s > last || *s == 0 || missing.contains(s))
-            .take(20)
-            .collect();
-        assert!(
-            unexpected.is_empty(),
-            "unexpected seqs stored: {unexpected:?}"
-        );
-        let absent: Vec<u64> = (1..=last)
-            .filter(|s| !missing.contains(s) && !lines.contains_key(s))
-            .take(20)
-            .collect();
-        assert!(absent.is_empty(), "accepted seqs not stored: {absent:?}...");
-        lines
+        self.stop();
+        let mut out = Vec::new();
+        for e in expect {
+            let stored = audit_store(&self.data_dir, subscription, e.source);
+            let mut lines = BTreeMap::new();
+            let mut dupes = Vec::new();
+            for (seq, copies) in stored {
+                if copies.len() > 1 {
+                    dupes.push(seq);
+                }
+                lines.insert(seq, copies.into_iter().next().expect("one copy at least"));
+            }
+            assert!(
+                dupes.is_empty(),
+                "{}: seqs stored more than once: {dupes:?}",
+                e.source
+            );
+            let unexpected: Vec<u64> = lines
+                .keys()
+                .copied()
+                .filter(|s| *s > e.last || *s == 0 || e.missing.contains(s))
+                .take(20)
+                .collect();
+            assert!(
+                unexpected.is_empty(),
+                "{}: unexpected seqs stored: {unexpected:?}",
+                e.source
+            );
+            let absent: Vec<u64> = (1..=e.last)
+                .filter(|s| !e.missing.contains(s) && !lines.contains_key(s))
+                .take(20)
+                .collect();
+            assert!(
+                absent.is_empty(),
+                "{}: accepted seqs not stored: {absent:?}",
+                e.source
+            );
+            out.push(lines);
+        }
+        out
+    }
+}
+
+/// What the collector must hold of one source: seqs `1..=last` except `missing`.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub source: &'a str,
+    pub last: u64,
+    pub missing: &'a [u64],
+}
+
+impl<'a> Expect<'a> {
+    /// Every seq `1..=last`.
+    pub fn all(source: &'a str, last: u64) -> Expect<'a> {
+        Expect {
+            source,
+            last,
+            missing: &[],
+        }
     }
 }
 

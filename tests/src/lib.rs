@@ -15,7 +15,9 @@ pub mod process;
 pub mod shipper;
 pub mod webhook;
 
-use ::shipper::outbox::{Outbox, OutboxError};
+use std::path::Path;
+
+use ::shipper::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use schemas::Record;
 
 /// Every record stored in `outbox`, in seq order, and how many reads on the
@@ -33,4 +35,15 @@ pub fn read_all(outbox: &Outbox) -> Result<(Vec<Record>, usize), OutboxError> {
         after = b.last_seq;
         records.extend(b.records);
     }
+}
+
+/// The counters of the outbox in `dir` (of a stopped process); all zero if
+/// none was ever created there.
+pub fn outbox_stats(dir: &Path) -> OutboxStats {
+    if !dir.join("CURRENT").exists() {
+        return OutboxStats::default();
+    }
+    Outbox::open(dir, OutboxConfig::default())
+        .unwrap_or_else(|e| panic!("open the outbox {}: {e}", dir.display()))
+        .stats()
 }

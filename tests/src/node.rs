@@ -193,10 +193,11 @@ impl Node {
 
     /// The stopped node's outbox counters.
     pub fn outbox_stats(&self) -> OutboxStats {
-        if !self.data_dir.join("outbox").join("CURRENT").exists() {
-            return OutboxStats::default();
-        }
-        self.outbox().stats()
+        assert!(
+            self.proc.is_none(),
+            "the node must be stopped to open its outbox"
+        );
+        crate::outbox_stats(&self.data_dir.join("outbox"))
     }
 
     /// Records the stopped node's outbox ever accepted (its last seq).

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::shipper::outbox::OutboxStats;
 use serde_json::Value;
 
-use crate::process::{bin, Proc};
+use crate::process::{bin, free_port, Proc};
 
 #[derive(Debug)]
 pub struct Shipper {
@@ -25,7 +26,10 @@ pub struct Shipper {
     pub files: Vec<String>,
     /// Extra flags of every start.
     pub args: Vec<String>,
+    /// `/metrics` address (`--listen`).
+    pub metrics_port: u16,
     proc: Option<Proc>,
+    client: reqwest::Client,
 }
 
 impl Shipper {
@@ -48,7 +52,12 @@ impl Shipper {
             token_file: token_file.to_path_buf(),
             files: files.iter().map(|f| f.display().to_string()).collect(),
             args: Vec::new(),
+            metrics_port: free_port(),
             proc: None,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
         }
     }
 
@@ -63,12 +72,51 @@ impl Shipper {
             .args(["--source", &self.source])
             .args(["--subscription", &self.subscription])
             .arg("--no-kmsg")
+            .args(["--listen", &format!("127.0.0.1:{}", self.metrics_port)])
             .args(&self.args)
             .env("RUST_LOG", "warn");
         for f in &self.files {
             cmd.args(["--file", f]);
         }
         self.proc = Some(Proc::spawn("sesam-shipper", cmd, &self.log));
+    }
+
+    /// Starts the process and waits until it serves `/metrics` (its signal
+    /// handlers are installed by then).
+    pub async fn start(&mut self) {
+        self.spawn();
+        for _ in 0..1200 {
+            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
+                panic!(
+                    "sesam-shipper exited at start ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            if self.metrics().await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sesam-shipper not up within 30 s:\n{}", self.log_text());
+    }
+
+    /// Its `/metrics` text, if it answers.
+    pub async fn metrics(&self) -> Option<String> {
+        let r = self
+            .client
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.text().await.ok()
+    }
+
+    /// The sum of metric `name` in its `/metrics`, if it answers.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        crate::process::metric_sum(&self.metrics().await?, name)
     }
 
     pub fn is_running(&self) -> bool {
@@ -96,6 +144,20 @@ impl Shipper {
                 p.log_tail(30)
             );
         }
+    }
+
+    /// The stopped shipper's outbox counters.
+    pub fn outbox_stats(&self) -> OutboxStats {
+        assert!(
+            self.proc.is_none(),
+            "the shipper must be stopped to open its outbox"
+        );
+        crate::outbox_stats(&self.data_dir.join("outbox"))
+    }
+
+    /// Records the stopped shipper's outbox ever accepted (its last seq).
+    pub fn accepted(&self) -> u64 {
+        self.outbox_stats().next_seq.saturating_sub(1)
     }
 
     pub fn log_text(&self) -> String {

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{operator_token, Collector};
+use e2e::collector::{operator_token, Collector, Expect};
 use e2e::node::{failing_pipe_config, Node};
 use e2e::webhook::Webhook;
 use rand::RngExt;
@@ -104,8 +104,9 @@ async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
     hook.assert_exactly(&[("firing", NODE, PIPE)]);
     let failures = collector.search(&op, &query).await.len();
     let lines = collector
-        .assert_exactly_once_and_stop(SUB, NODE, last, &[])
-        .await;
+        .assert_exactly_once_and_stop(SUB, &[Expect::all(NODE, last)])
+        .await
+        .remove(0);
     let synthetic = lines
         .values()
         .filter(|l| l["target"] == "node::synthetic")

@@ -1,0 +1,110 @@
+//! SIGKILL `sesam-collector` at 10+ random moments while a node streams
+//! 500,000 records into it (`--synthetic-logs`, paced, shipped by the
+//! node's in-process shipper); the collector is restarted on the same port
+//! after each kill. The node's pipe fails several times during the kill
+//! loop, so the notifier inside the collector (its alert state and durable
+//! delivery queue live in the collector's RocksDB) is killed around its
+//! evaluation and deliveries too.
+//!
+//! At the end: every record the node's outbox accepted is stored exactly
+//! once (sources view, then the store audited offline), and the failure
+//! was notified exactly once: one distinct `X-Notification-Id` (a kill
+//! between the webhook's 200 and the recorded delivery re-sends it with
+//! the same id and payload, which the receiver may drop).
+
+use std::time::{Duration, Instant};
+
+use e2e::collector::{Collector, Expect};
+use e2e::node::{failing_pipe_config, Node};
+use e2e::webhook::Webhook;
+use rand::RngExt;
+
+const TOTAL: u64 = 500_000;
+/// Records per second of the node: about 20 s of stream, so collector lives
+/// of 0.2-1.8 s give well over 10 kills while it flows.
+const RATE: u64 = 25_000;
+const SUB: &str = "kill-collector";
+const NODE: &str = "node-steady";
+const PIPE: &str = "orders";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Webhook::start().await;
+    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    collector.start().await;
+    collector
+        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
+        .await;
+    let mut node = Node::new(
+        &dir.path().join("node"),
+        NODE,
+        SUB,
+        &failing_pipe_config(PIPE),
+    );
+    node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
+    node.start(&[
+        "--synthetic-logs".into(),
+        TOTAL.to_string(),
+        "--synthetic-rate".into(),
+        RATE.to_string(),
+    ])
+    .await;
+
+    let mut rng = rand::rng();
+    let (mut lives, mut kills) = (0, 0);
+    let mut pump_starts = 0;
+    loop {
+        lives += 1;
+        let life = Duration::from_millis(rng.random_range(200..1800));
+        tokio::time::sleep(life).await;
+        let stored = collector
+            .source(SUB, NODE)
+            .await
+            .unwrap_or_default()
+            .records;
+        if stored >= TOTAL {
+            break;
+        }
+        collector.kill();
+        kills += 1;
+        // Fail the pipe while the collector is down or coming back up.
+        if kills % 3 == 2 {
+            assert_eq!(node.start_pump(PIPE).await, Some(200));
+            pump_starts += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+        collector.start().await;
+        eprintln!(
+            "life {lives}: killed after {life:?} with {stored} records stored; \
+             node accepted {:?} synthetic records",
+            node.metric("sesam_node_synthetic_records_total").await
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the stream did not finish in time ({stored} of {TOTAL}):\n{}",
+            collector.log_tail(20)
+        );
+    }
+    assert!(kills >= 10, "only {kills} kills happened mid-stream");
+    assert!(pump_starts > 0);
+    let streamed = started.elapsed();
+    let last = node.drain_and_stop(Duration::from_secs(120)).await;
+    assert!(last >= TOTAL, "the outbox accepted only {last} records");
+
+    e2e::process::until("the notification", Duration::from_secs(60), || async {
+        (!hook.deliveries().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hook.assert_exactly(&[("firing", NODE, PIPE)]);
+    collector
+        .assert_exactly_once_and_stop(SUB, &[Expect::all(NODE, last)])
+        .await;
+    eprintln!(
+        "{kills} collector kills mid-stream, {pump_starts} pipe failures among them; \
+         {last} records stored once each; stream {streamed:?}, total {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,134 @@
+//! SIGKILL `sesam-shipper` at 10+ random moments while it tails a file that
+//! grows to 500,000 numbered lines and ships them to a real
+//! `sesam-collector`; after every kill the shipper is restarted.
+//!
+//! At the end: every line is stored in the collector exactly once (each line
+//! number once, and the shipper's seqs 1..=500,000 each once: its sources
+//! view, then its store audited offline) and the shipper's outbox is fully
+//! acknowledged. The collector also serves a node whose pipe fails at a
+//! random moment of the kill loop; that failure is notified exactly once
+//! (file lines themselves never notify: rules evaluate execution, log,
+//! health and metric data only).
+
+use std::time::{Duration, Instant};
+
+use e2e::collector::{Collector, Expect};
+use e2e::node::{failing_pipe_config, Node};
+use e2e::shipper::{line_number, LogWriter, Shipper};
+use e2e::webhook::Webhook;
+use rand::RngExt;
+
+const TOTAL: u64 = 500_000;
+/// Lines per second written: the file grows for 20 s, so lives of 0.3-2.5 s
+/// give well over 10 kills while it grows.
+const RATE: u64 = 25_000;
+const SUB: &str = "kill-shipper";
+const HOST: &str = "host-kill";
+const NODE: &str = "node-steady";
+const PIPE: &str = "orders";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Webhook::start().await;
+    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    collector.start().await;
+    collector
+        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
+        .await;
+    let token = collector.token_file(SUB);
+    let mut node = Node::new(
+        &dir.path().join("node"),
+        NODE,
+        SUB,
+        &failing_pipe_config(PIPE),
+    );
+    node.collector = Some((collector.url.clone(), token.clone()));
+    node.start(&[]).await;
+
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut shipper = Shipper::new(
+        &dir.path().join("shipper"),
+        HOST,
+        SUB,
+        &collector.url,
+        &token,
+        &[&logs.join("*.log")],
+    );
+    let writer = LogWriter::start(&logs.join("app.log"), TOTAL, RATE);
+
+    let mut rng = rand::rng();
+    let (mut lives, mut kills, mut accepted) = (0, 0, 0);
+    let fail_in_life = rng.random_range(2..8);
+    while accepted < TOTAL {
+        lives += 1;
+        shipper.spawn();
+        let life = Duration::from_millis(rng.random_range(300..2500));
+        tokio::time::sleep(life).await;
+        shipper.kill();
+        let before = accepted;
+        accepted = shipper.accepted();
+        if accepted < TOTAL {
+            kills += 1;
+        }
+        eprintln!(
+            "life {lives}: killed after {life:?}; {} lines written, outbox accepted {} more, {accepted} in all",
+            writer.written(),
+            accepted - before
+        );
+        if lives == fail_in_life {
+            assert_eq!(node.start_pump(PIPE).await, Some(200));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the stream did not finish in time ({accepted} of {TOTAL}):\n{}",
+            shipper.log_text()
+        );
+    }
+    assert!(kills >= 10, "only {kills} kills happened mid-stream");
+    assert_eq!(accepted, TOTAL, "one record per line");
+    writer.join();
+    let streamed = started.elapsed();
+
+    // The last life ships the rest; then a graceful stop.
+    shipper.start().await;
+    collector
+        .wait_records(SUB, HOST, TOTAL, Duration::from_secs(120))
+        .await;
+    shipper.stop();
+    let stats = shipper.outbox_stats();
+    assert_eq!(stats.next_seq - 1, TOTAL);
+    assert_eq!(stats.records, 0, "everything acknowledged");
+    assert_eq!(stats.quarantined, 0);
+    let node_last = node.drain_and_stop(Duration::from_secs(60)).await;
+
+    e2e::process::until("the notification", Duration::from_secs(30), || async {
+        (!hook.deliveries().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hook.assert_exactly(&[("firing", NODE, PIPE)]);
+
+    let stored = collector
+        .assert_exactly_once_and_stop(
+            SUB,
+            &[Expect::all(HOST, TOTAL), Expect::all(NODE, node_last)],
+        )
+        .await;
+    // Each line once, in file order along the seqs.
+    let numbers: Vec<u64> = stored[0]
+        .values()
+        .map(|body| line_number(body).unwrap_or_else(|| panic!("not a numbered line: {body}")))
+        .collect();
+    let expected: Vec<u64> = (0..TOTAL).collect();
+    assert!(
+        numbers == expected,
+        "lines out of order, missing or doubled"
+    );
+    eprintln!(
+        "{kills} kills mid-stream; {TOTAL} lines stored once each; stream {streamed:?}, total {:?}",
+        started.elapsed()
+    );
+}
