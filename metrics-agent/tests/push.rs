@@ -28,6 +28,7 @@ type Received = (String, Vec<(String, String)>, f64, i64);
 struct Recv {
     status: Mutex<u16>,
     attempts: Mutex<u64>,
+    attempt_times: Mutex<Vec<Instant>>,
     accepted: Mutex<Vec<Received>>,
 }
 
@@ -59,11 +60,18 @@ impl Recv {
     }
 }
 
-async fn receive(State(r): State<Arc<Recv>>, body: Bytes) -> StatusCode {
+async fn receive(State(r): State<Arc<Recv>>, body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
     *r.attempts.lock().unwrap() += 1;
+    r.attempt_times.lock().unwrap().push(Instant::now());
     let status = *r.status.lock().unwrap();
+    if status == 429 {
+        // Once, with a Retry-After the agent must honour.
+        r.set(204);
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+    }
     if status >= 300 {
-        return StatusCode::from_u16(status).unwrap();
+        return StatusCode::from_u16(status).unwrap().into_response();
     }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(&body)
@@ -92,7 +100,7 @@ async fn receive(State(r): State<Arc<Recv>>, body: Bytes) -> StatusCode {
             g.push((name.clone(), labels.clone(), s.value, s.timestamp));
         }
     }
-    StatusCode::NO_CONTENT
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn receiver(status: u16) -> (Arc<Recv>, String) {
@@ -216,6 +224,34 @@ async fn buffers_while_the_receiver_is_down_and_sends_everything_in_order_when_i
     assert!(rx
         .find("node_memory_MemTotal_bytes", ("job", "sesam-metrics-agent"))
         .is_some());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_after_the_receivers_retry_after() {
+    let (rx, url) = receiver(429).await;
+    let agent = Agent::start(&url, |_| {}).await;
+    until("the retried request", 10, || rx.attempts() >= 2).await;
+    let times = rx.attempt_times.lock().unwrap().clone();
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 honoured (backoff alone would wait at most 200 ms): {gap:?}"
+    );
+    assert!(
+        agent
+            .metric("metrics_agent_send_failures_total{reason=\"status_429\"}")
+            .await
+            >= 1.0
+    );
+    until("delivery after the 429", 10, || {
+        !rx.times("node_load1").is_empty()
+    })
+    .await;
+    assert_eq!(
+        agent.metric("metrics_agent_samples_dropped_total").await,
+        0.0
+    );
     agent.stop().await;
 }
 

@@ -167,8 +167,8 @@ impl MetricStore {
     }
 
     /// Hands the accepted samples of `p` (not staleness markers, not
-    /// `refused`) that an observer [wants](MetricObserver::wants) to it,
-    /// one call per subscription.
+    /// `refused`, sorted indexes into `p.samples`) that an observer
+    /// [wants](MetricObserver::wants) to it, one call per subscription.
     ///
     /// The [`MetricSample`]s are built in a per-thread pool whose strings
     /// are reused from request to request (at most [`POOL_KEEP`] samples
@@ -181,7 +181,7 @@ impl MetricStore {
                     let mut pool = pool.borrow_mut();
                     let mut n = 0;
                     for (i, s) in p.samples.iter().enumerate() {
-                        if s.tenant as usize != ti || s.stale || refused.contains(&i) {
+                        if s.tenant as usize != ti || s.stale || refused.binary_search(&i).is_ok() {
                             continue;
                         }
                         let key = p.key(s);
