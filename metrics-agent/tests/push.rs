@@ -198,7 +198,7 @@ async fn buffers_while_the_receiver_is_down_and_sends_everything_in_order_when_i
     for w in times.windows(2) {
         assert!(w[0] < w[1], "in order: {times:?}");
         assert!(
-            w[1] - w[0] < 1000,
+            w[1] - w[0] < 3000,
             "no collection lost: gap {} ms in {times:?}",
             w[1] - w[0]
         );
@@ -259,7 +259,8 @@ async fn a_429_is_retried_after_the_receivers_retry_after() {
 async fn a_full_buffer_drops_the_oldest_samples_and_counts_them() {
     let (rx, url) = receiver(503).await;
     let agent = Agent::start(&url, |c| {
-        c.buffer_samples = std::num::NonZeroUsize::new(1_000).unwrap();
+        // About three collections.
+        c.buffer_samples = std::num::NonZeroUsize::new(500).unwrap();
     })
     .await;
     let down_since = now();
@@ -287,7 +288,7 @@ async fn a_full_buffer_drops_the_oldest_samples_and_counts_them() {
     assert!(dropped > 0.0, "drops are counted");
     assert_eq!(
         agent.metric("metrics_agent_buffer_capacity_samples").await,
-        1000.0
+        500.0
     );
     agent.stop().await;
 }
