@@ -13,8 +13,8 @@
 //! # Staleness
 //! A series whose newest sample is older than `staleness` (5 minutes, like
 //! Prometheus' lookback) is no longer served, and is evicted by the sweep
-//! that runs at most every 30 s per subscription on ingest, so stale
-//! series stop counting against the limits.
+//! that runs at most every 30 s per subscription on its next push or the
+//! next `/federate`, so stale series stop counting against the limits.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,6 +132,23 @@ impl Table {
             .clone()
     }
 
+    /// Evicts `t`'s stale series if it was not swept for `SWEEP_EVERY_MS`;
+    /// returns how many went.
+    fn sweep(&self, t: &mut Tenant, now_ms: i64) -> u64 {
+        if now_ms - t.last_sweep_ms < SWEEP_EVERY_MS {
+            return 0;
+        }
+        t.last_sweep_ms = now_ms;
+        let stale_before = self.stale_before(now_ms);
+        let before = t.series.len();
+        t.series.retain(|_, l| l.timestamp_ms >= stale_before);
+        let evicted = before - t.series.len();
+        if evicted > 0 {
+            self.series_total.fetch_sub(evicted, Ordering::Relaxed);
+        }
+        evicted as u64
+    }
+
     fn stale_before(&self, now_ms: i64) -> i64 {
         now_ms.saturating_sub(self.limits.staleness.as_millis() as i64)
     }
@@ -140,21 +157,11 @@ impl Table {
     /// ones, staleness markers delete their series.
     pub fn apply(&self, p: &Prepared, now_ms: i64) -> Applied {
         let mut out = Applied::default();
-        let stale_before = self.stale_before(now_ms);
         for (ti, name) in p.tenants.iter().enumerate() {
             let tenant = self.tenant(name);
             // Short critical section without awaits: std Mutex is right.
             let mut t = tenant.lock().unwrap_or_else(|e| e.into_inner());
-            if now_ms - t.last_sweep_ms >= SWEEP_EVERY_MS {
-                t.last_sweep_ms = now_ms;
-                let before = t.series.len();
-                t.series.retain(|_, l| l.timestamp_ms >= stale_before);
-                let evicted = before - t.series.len();
-                if evicted > 0 {
-                    self.series_total.fetch_sub(evicted, Ordering::Relaxed);
-                    out.evicted += evicted as u64;
-                }
-            }
+            out.evicted += self.sweep(&mut t, now_ms);
             for (name, ty) in &p.types {
                 if t.types.len() < self.limits.max_series_per_subscription
                     || t.types.contains_key(name.as_str())
@@ -219,7 +226,10 @@ impl Table {
         };
         let mut rows = Vec::new();
         for (sub, tenant) in &tenants {
-            let t = tenant.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = tenant.lock().unwrap_or_else(|e| e.into_inner());
+            // A subscription that stopped pushing is swept here.
+            self.sweep(&mut t, now_ms);
+            let t = &*t;
             let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
             for (key, l) in &t.series {
                 if l.timestamp_ms < stale_before {
@@ -390,6 +400,16 @@ mod tests {
         let a = push(&t, "acme", &[("__name__", "m9")], 1.0, later, later);
         assert_eq!((a.created, a.evicted), (1, 2));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn federate_sweeps_a_subscription_that_stopped_pushing() {
+        let t = Table::new(MetricLimits::default());
+        let now = 10_000_000;
+        push(&t, "gone", &[("__name__", "m")], 1.0, now, now);
+        assert_eq!(t.len(), 1);
+        assert!(t.select(None, &all(), now + 600_000).is_empty());
+        assert_eq!(t.len(), 0, "evicted, not only hidden");
     }
 
     #[test]
