@@ -4,6 +4,8 @@
 //! Every sample has a sequence number; a request covers a prefix and, when
 //! it succeeds, everything up to its end is removed, even if part of that
 //! prefix was already dropped for space while the request was retried.
+//! (Such samples are counted as dropped and, when that retry succeeds, as
+//! sent too: the receiver got them, but the agent had given them up.)
 
 use std::collections::VecDeque;
 
