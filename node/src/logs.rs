@@ -6,8 +6,12 @@
 //! the node ([`LogReceiver`], drained by `crate::node`) appends batches to the
 //! outbox. When the channel is full the line is dropped and counted
 //! ([`LogReceiver::dropped`], exported as `sesam_node_log_records_dropped_total`).
-//! Events of the drain task itself (target `node::logs`) are not forwarded,
-//! so an outbox failure cannot feed on its own error messages.
+//! Events of the drain task itself (target `node::logs`) and of the outbox's
+//! writer (target `shipper::outbox::writer`, which only reports that the
+//! outbox could not write) are not forwarded, so an outbox failure cannot
+//! feed on its own error messages: with a full disk, every failed append
+//! would otherwise log an error that becomes a record whose append fails
+//! and logs again, a loop that burns a core and floods stdout.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +28,9 @@ use tracing_subscriber::Layer;
 
 /// The drain task's own target; its events stay on stdout only.
 pub const DRAIN_TARGET: &str = "node::logs";
+
+/// The outbox writer's target (write failures); its events stay on stdout only.
+pub const OUTBOX_WRITER_TARGET: &str = "shipper::outbox::writer";
 
 /// Forwards WARN and above (or INFO and above) events into a bounded channel.
 #[derive(Debug, Clone)]
@@ -130,7 +137,10 @@ impl<S: Subscriber> Layer<S> for OutboxLogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         // tracing orders levels by verbosity: TRACE > ... > ERROR.
-        if *meta.level() > self.max_verbosity || meta.target() == DRAIN_TARGET {
+        if *meta.level() > self.max_verbosity
+            || meta.target() == DRAIN_TARGET
+            || meta.target() == OUTBOX_WRITER_TARGET
+        {
             return;
         }
         let mut f = Fields::default();
@@ -175,5 +185,20 @@ mod tests {
         assert_eq!(b.message, "second");
         assert!(rx.rx.try_recv().is_err());
         assert_eq!(rx.dropped(), 1);
+    }
+
+    /// Regression: with a full disk, each failed group commit's error was
+    /// forwarded into the outbox, failed again and logged again, in a loop.
+    #[test]
+    fn outbox_write_failures_are_not_fed_back_into_the_outbox() {
+        let (layer, mut rx) = outbox_log_layer(OutboxLogLevel::Warn, 16);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "shipper::outbox::writer", "outbox: write batch failed");
+            tracing::warn!(target: "shipper::outbox", "outbox: quarantined a corrupt record");
+        });
+        let (_, only) = rx.rx.try_recv().unwrap();
+        assert_eq!(only.target, "shipper::outbox");
+        assert!(rx.rx.try_recv().is_err());
     }
 }
