@@ -14,6 +14,8 @@
 //! 3. the cursor is acknowledged only over the contiguous prefix of
 //!    delivered batches, so a crash re-sends at most what was in flight and
 //!    the receiver's (subscription, source, seq) dedupe makes that harmless.
+//!    An acknowledgement the outbox cannot write (disk full) is retried
+//!    every [`ACK_RETRY`] until it can; delivery goes on meanwhile.
 //!
 //! Drops reported by the outbox (`when_full`) travel in the next batch's
 //! `dropped` field and are acknowledged with the cursor. A batch that is
@@ -120,6 +122,9 @@ pub enum DeliveryError {
     Reader(String),
 }
 
+/// How often a failed acknowledgement is tried again.
+pub const ACK_RETRY: Duration = Duration::from_secs(1);
+
 /// One batch on its way.
 struct Batch {
     first_seq: u64,
@@ -184,9 +189,14 @@ impl<E: Endpoint> Sink<E> {
         let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
         let mut tasks: JoinSet<(u64, bool)> = JoinSet::new();
         let mut producing = true;
+        // Delivered batches whose acknowledgement the outbox refused.
+        let mut ack_failed = false;
         loop {
             let room = tasks.len() < self.config.in_flight.get();
             tokio::select! {
+                _ = tokio::time::sleep(ACK_RETRY), if ack_failed => {
+                    ack_failed = !self.ack_prefix(&mut slots).await;
+                }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     let (first_seq, delivered) = match joined {
                         Ok(v) => v,
@@ -200,7 +210,7 @@ impl<E: Endpoint> Sink<E> {
                         if let Some(s) = slots.get_mut(&first_seq) {
                             s.done = true;
                         }
-                        self.ack_prefix(&mut slots).await?;
+                        ack_failed = !self.ack_prefix(&mut slots).await;
                     }
                     self.metrics.in_flight.get_or_create(&label).set(tasks.len() as i64);
                 }
@@ -218,7 +228,7 @@ impl<E: Endpoint> Sink<E> {
                                 if let Some(s) = slots.get_mut(&b.first_seq) {
                                     s.done = true;
                                 }
-                                self.ack_prefix(&mut slots).await?;
+                                ack_failed = !self.ack_prefix(&mut slots).await;
                                 continue;
                             }
                             tasks.spawn(deliver_batch(
@@ -238,6 +248,12 @@ impl<E: Endpoint> Sink<E> {
                 else => break,
             }
             if !producing && tasks.is_empty() {
+                if ack_failed && !self.ack_prefix(&mut slots).await {
+                    tracing::warn!(
+                        sink = %self.config.sink,
+                        "stopping with delivered records unacknowledged; they will be sent again"
+                    );
+                }
                 break;
             }
         }
@@ -247,14 +263,27 @@ impl<E: Endpoint> Sink<E> {
         }
     }
 
-    async fn ack_prefix(&self, slots: &mut BTreeMap<u64, Slot>) -> Result<(), DeliveryError> {
-        let mut upto = None;
-        while let Some(entry) = slots.first_entry() {
-            if !entry.get().done {
-                break;
+    /// Acknowledges the delivered prefix of `slots` and removes it. Returns
+    /// false (and keeps the prefix, to be tried again) when the outbox
+    /// refuses the acknowledgement, e.g. because its disk is full: that is
+    /// no reason to stop delivering, and the cursor stays where it is
+    /// durably, so nothing is lost either way.
+    async fn ack_prefix(&self, slots: &mut BTreeMap<u64, Slot>) -> bool {
+        let upto = slots
+            .values()
+            .take_while(|s| s.done)
+            .last()
+            .map(|s| (s.last_seq, s.dropped_upto));
+        let mut acked = true;
+        if let Some((seq, dropped)) = upto {
+            match self.outbox.ack(&self.config.sink, seq, dropped).await {
+                Ok(()) => slots.retain(|_, s| s.last_seq > seq),
+                Err(e) => {
+                    tracing::warn!(sink = %self.config.sink, upto = seq, error = %e,
+                        "cannot acknowledge delivered records; retrying");
+                    acked = false;
+                }
             }
-            let s = entry.remove();
-            upto = Some((s.last_seq, s.dropped_upto));
         }
         let label = self.metrics.sink(&self.config.sink);
         let lag = match slots.values().find_map(|s| s.oldest_ts) {
@@ -262,10 +291,7 @@ impl<E: Endpoint> Sink<E> {
             None => 0.0,
         };
         self.metrics.lag_seconds.get_or_create(&label).set(lag);
-        if let Some((seq, dropped)) = upto {
-            self.outbox.ack(&self.config.sink, seq, dropped).await?;
-        }
-        Ok(())
+        acked
     }
 }
 
