@@ -120,17 +120,20 @@ fn find_rotated(path: &Path, inode: u64) -> Option<PathBuf> {
         })
 }
 
-/// Reads whole lines from `file` starting at `offset`; returns the lines and
-/// the offset just after the last complete line.
+/// Reads whole lines from `file` starting at `offset`; returns each line
+/// with the offset just after it (where reading resumes), and the offset
+/// just after the last complete line.
 fn read_lines(
     file: &mut File,
     offset: u64,
     config: &TailConfig,
-) -> std::io::Result<(Vec<String>, u64)> {
+) -> std::io::Result<(Vec<(String, u64)>, u64)> {
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.take(config.max_read_bytes as u64)
         .read_to_end(&mut buf)?;
+    let max = config.max_line_bytes.max(1);
+    let at = |i: usize| offset + i as u64;
     let mut lines = Vec::new();
     let mut consumed = 0usize;
     let mut start = 0usize;
@@ -140,11 +143,19 @@ fn read_lines(
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            for piece in line.chunks(config.max_line_bytes.max(1)) {
-                lines.push(String::from_utf8_lossy(piece).into_owned());
+            // Pieces of an overlong line resume at their boundary; the last
+            // one after the newline.
+            let pieces = line.len().div_ceil(max);
+            for (k, piece) in line.chunks(max).enumerate() {
+                let end = if k + 1 == pieces {
+                    at(i + 1)
+                } else {
+                    at(start + (k + 1) * max)
+                };
+                lines.push((String::from_utf8_lossy(piece).into_owned(), end));
             }
             if line.is_empty() {
-                lines.push(String::new());
+                lines.push((String::new(), at(i + 1)));
             }
             start = i + 1;
             consumed = start;
@@ -152,13 +163,16 @@ fn read_lines(
     }
     // A partial line longer than the cap is shipped in pieces anyway.
     if consumed == 0 && buf.len() >= config.max_line_bytes && config.max_line_bytes > 0 {
-        let n = buf.len() / config.max_line_bytes * config.max_line_bytes;
-        for piece in buf[..n].chunks(config.max_line_bytes) {
-            lines.push(String::from_utf8_lossy(piece).into_owned());
+        let n = buf.len() / max * max;
+        for (k, piece) in buf[..n].chunks(max).enumerate() {
+            lines.push((
+                String::from_utf8_lossy(piece).into_owned(),
+                at((k + 1) * max),
+            ));
         }
         consumed = n;
     }
-    Ok((lines, offset + consumed as u64))
+    Ok((lines, at(consumed)))
 }
 
 fn records(lines: Vec<String>, path: &Path, config: &TailConfig) -> Vec<Record> {
@@ -203,23 +217,79 @@ fn drain(
         if next == *offset {
             return Ok(any);
         }
-        let recs = records(lines, path, config);
+        // One read can hold far more than a small outbox (`max_bytes`)
+        // takes in one append; such an append would be refused forever.
+        // Append in pieces of at most a quarter of it, each committed with
+        // the offset just after its last line.
+        let budget = (outbox.config().max_bytes.get() / 4).clamp(1, 4 << 20);
         let key = meta_key(path);
-        outbox
-            .append_with_meta(&recs, Some((&key, meta_value(inode, next))))
-            .wait()?;
-        *offset = next;
-        any = true;
+        let mut rest = lines.as_slice();
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0u64);
+            while n < rest.len() && n < APPEND_MAX_RECORDS {
+                // An estimate of the encoded record: the line plus its envelope.
+                let size = rest[n].0.len() as u64 + 256;
+                if n > 0 && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            let end = chunk[n - 1].1;
+            let recs = records(chunk.iter().map(|(l, _)| l.clone()).collect(), path, config);
+            outbox
+                .append_with_meta(&recs, Some((&key, meta_value(inode, end))))
+                .wait()?;
+            *offset = end;
+            any = true;
+            rest = tail;
+        }
     }
 }
 
+/// Records per append of the tailer.
+const APPEND_MAX_RECORDS: usize = 10_000;
+
+/// How long the tailer waits before trying again after the outbox refused
+/// its lines.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Tails until `shutdown`. Blocking: run on its own thread.
+///
+/// When the outbox refuses lines (full past its block timeout, disk full)
+/// the tailer logs it and tries again every [`RETRY`] from the positions
+/// last committed with the lines, as after a restart: the files keep the
+/// lines meanwhile, so none is lost or shipped twice.
 pub fn run(
     outbox: &Outbox,
     config: &TailConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
     check_patterns(&config.patterns)?;
+    loop {
+        match tail(outbox, config, shutdown) {
+            Err(TailError::Outbox(OutboxError::Closed)) | Ok(()) => return Ok(()),
+            Err(TailError::Outbox(e)) => {
+                tracing::error!(error = %e, "tail: the outbox refused lines; retrying");
+                let deadline = std::time::Instant::now() + RETRY;
+                while std::time::Instant::now() < deadline {
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(config.poll.min(RETRY));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn tail(
+    outbox: &Outbox,
+    config: &TailConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), TailError> {
     let mut files: BTreeMap<PathBuf, Tailed> = BTreeMap::new();
     while !shutdown.is_cancelled() {
         let mut busy = false;
@@ -425,5 +495,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/var/log/["), "{e}");
+    }
+
+    /// Regression: one read of a backlog (up to 4 MiB of lines, about 10 MB
+    /// of records) was one append, which an outbox with a smaller byte
+    /// limit refused forever (`AppendTooLarge`), so the tailer stopped.
+    #[test]
+    fn a_backlog_larger_than_a_small_outbox_is_appended_in_pieces() {
+        const LINES: usize = 30_000;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("big.log");
+        let text: String = (0..LINES)
+            .map(|i| format!("backlog line {i:06} with some padding text\n"))
+            .collect();
+        append(&log, &text);
+        let outbox = Outbox::open(
+            dir.path().join("ob"),
+            crate::OutboxConfig {
+                max_bytes: std::num::NonZeroU64::new(1 << 20).unwrap(),
+                ..crate::OutboxConfig::default()
+            },
+        )
+        .unwrap();
+        outbox.register_sink("s").wait().unwrap();
+        let stop = CancellationToken::new();
+        let (ob, cfg, s) = (outbox.clone(), config(&log), stop.clone());
+        let tailer = std::thread::spawn(move || run(&ob, &cfg, &s).unwrap());
+        // A sink draining the outbox as a shipper would.
+        let (mut seen, mut after) = (Vec::new(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < LINES && std::time::Instant::now() < deadline {
+            let b = outbox.read(after, 5_000, usize::MAX).unwrap();
+            for r in &b.records {
+                match &r.body {
+                    Body::System(l) => seen.push(l.message.clone()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if b.last_seq > after {
+                after = b.last_seq;
+                outbox.ack("s", after, 0).wait().unwrap();
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        stop.cancel();
+        tailer.join().unwrap();
+        let want: Vec<String> = (0..LINES)
+            .map(|i| format!("backlog line {i:06} with some padding text"))
+            .collect();
+        assert!(
+            seen == want,
+            "{} of {LINES} lines shipped in order",
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn an_overlong_line_resumes_at_a_piece_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        append(&log, "abcdefghij\nk\n");
+        let cfg = TailConfig {
+            max_line_bytes: 4,
+            ..config(&log)
+        };
+        let mut f = File::open(&log).unwrap();
+        let (lines, next) = read_lines(&mut f, 0, &cfg).unwrap();
+        let ends: Vec<(&str, u64)> = lines.iter().map(|(l, e)| (l.as_str(), *e)).collect();
+        assert_eq!(ends, vec![("abcd", 4), ("efgh", 8), ("ij", 11), ("k", 13)]);
+        assert_eq!(next, 13);
+        // Resuming after the first piece gives the same later pieces.
+        let (again, _) = read_lines(&mut f, 4, &cfg).unwrap();
+        assert_eq!(again, lines[1..].to_vec());
     }
 }
