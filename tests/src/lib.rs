@@ -47,3 +47,18 @@ pub fn outbox_stats(dir: &Path) -> OutboxStats {
         .unwrap_or_else(|e| panic!("open the outbox {}: {e}", dir.display()))
         .stats()
 }
+
+/// A temporary directory for one test; kept (and its path printed) when
+/// `E2E_KEEP` is set, to read the processes' logs after a failure.
+pub fn scratch() -> tempfile::TempDir {
+    let keep = std::env::var_os("E2E_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("sesam-e2e-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("create a temporary directory");
+    if keep {
+        eprintln!("E2E_KEEP: keeping {}", dir.path().display());
+    }
+    dir
+}

@@ -27,7 +27,7 @@ const SYNTHETIC: &str = "sesam_node_synthetic_records_total";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_collector_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = e2e::scratch();
     let hook = Webhook::start().await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
     collector.start().await;

@@ -28,7 +28,7 @@ const PIPE: &str = "orders";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = e2e::scratch();
     let hook = Webhook::start().await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
     collector.start().await;

@@ -15,7 +15,7 @@ const KILLS: usize = 24;
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_resurrects_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = e2e::scratch();
     let path = dir.path().join("outbox");
     let mut rng = rand::rng();
     // Reported appends that are not yet known acknowledged: seq -> expected message.
