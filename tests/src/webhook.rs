@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -27,6 +28,13 @@ pub struct Delivery {
 
 type Got = Arc<Mutex<Vec<Delivery>>>;
 
+#[derive(Clone)]
+struct Hook {
+    got: Got,
+    /// How long the answer to the very first request is held back.
+    first_delay: Duration,
+}
+
 #[derive(Debug)]
 pub struct Webhook {
     pub url: String,
@@ -39,17 +47,29 @@ pub type Expected<'a> = (&'a str, &'a str, &'a str);
 
 impl Webhook {
     pub async fn start() -> Webhook {
-        async fn hook(State(got): State<Got>, headers: HeaderMap, body: Bytes) -> &'static str {
+        Webhook::start_slow_first(Duration::ZERO).await
+    }
+
+    /// A receiver that records the first request at once but answers it
+    /// only after `delay`: a sender killed meanwhile has delivered it
+    /// without knowing, and must send it again.
+    pub async fn start_slow_first(delay: Duration) -> Webhook {
+        async fn hook(State(h): State<Hook>, headers: HeaderMap, body: Bytes) -> &'static str {
             let id = headers
                 .get("x-notification-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            // Short critical section, never held across an await.
-            got.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Delivery { id, body });
+            let first = {
+                // Short critical section, never held across an await.
+                let mut got = h.got.lock().unwrap_or_else(|p| p.into_inner());
+                got.push(Delivery { id, body });
+                got.len() == 1
+            };
+            if first {
+                tokio::time::sleep(h.first_delay).await;
+            }
             "ok"
         }
         let got = Got::default();
@@ -57,9 +77,10 @@ impl Webhook {
             .await
             .expect("bind webhook");
         let addr = listener.local_addr().expect("webhook address");
-        let app = Router::new()
-            .route("/hook", post(hook))
-            .with_state(got.clone());
+        let app = Router::new().route("/hook", post(hook)).with_state(Hook {
+            got: got.clone(),
+            first_delay: delay,
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -110,7 +131,8 @@ impl Webhook {
 
     /// Asserts that the distinct notifications received are exactly
     /// `expected`, each once: (status `firing`/`resolved`, source, pipe).
-    pub fn assert_exactly(&self, expected: &[Expected<'_>]) {
+    /// Returns how many repeats (same id, same payload) came.
+    pub fn assert_exactly(&self, expected: &[Expected<'_>]) -> usize {
         let (distinct, repeats) = self.distinct();
         let mut got: Vec<(String, String, String)> = distinct
             .iter()
@@ -134,6 +156,7 @@ impl Webhook {
             distinct.len()
         );
         assert_eq!(got, want, "notifications received (status, source, pipe)");
+        repeats
     }
 }
 

@@ -8,9 +8,11 @@
 //!
 //! At the end: every record the node's outbox accepted is stored exactly
 //! once (sources view, then the store audited offline), and the failure
-//! was notified exactly once: one distinct `X-Notification-Id` (a kill
-//! between the webhook's 200 and the recorded delivery re-sends it with
-//! the same id and payload, which the receiver may drop).
+//! was notified exactly once: one distinct `X-Notification-Id`. The
+//! webhook holds its answer to the first request back until the collector
+//! has been killed, so the re-send of a notification whose delivery was
+//! never recorded is exercised: it must come again with the same id and
+//! payload (which a receiver may drop), never as a new notification.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,6 @@ use e2e::node::{failing_pipe_config, Node};
 use e2e::webhook::Webhook;
 use rand::RngExt;
 
-const TOTAL: u64 = 500_000;
 /// Records per second of the node: about 20 s of stream, so collector lives
 /// of 0.2-1.8 s give well over 10 kills while it flows.
 const RATE: u64 = 25_000;
@@ -29,9 +30,25 @@ const PIPE: &str = "orders";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
+    run(500_000, 10).await;
+}
+
+/// Long mode (`cargo test --release -p e2e -- --ignored`): 2,000,000
+/// records and 40 or more kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long mode: about 1.5 minutes"]
+async fn sigkill_of_the_collector_long() {
+    run(2_000_000, 40).await;
+}
+
+/// Streams `total` records, killing the collector at random moments, at
+/// least `min_kills` times before the stream ends.
+async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
     let dir = e2e::scratch();
-    let hook = Webhook::start().await;
+    // The first notification is answered only after 3 s: the collector is
+    // killed before (its lives last at most 1.8 s), so it must send it again.
+    let hook = Webhook::start_slow_first(Duration::from_secs(3)).await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
     collector.start().await;
     collector
@@ -46,7 +63,7 @@ async fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
     node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
     node.start(&[
         "--synthetic-logs".into(),
-        TOTAL.to_string(),
+        total.to_string(),
         "--synthetic-rate".into(),
         RATE.to_string(),
     ])
@@ -64,7 +81,7 @@ async fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
             .await
             .unwrap_or_default()
             .records;
-        if stored >= TOTAL {
+        if stored >= total {
             break;
         }
         collector.kill();
@@ -82,23 +99,27 @@ async fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
             node.metric("sesam_node_synthetic_records_total").await
         );
         assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "the stream did not finish in time ({stored} of {TOTAL}):\n{}",
+            started.elapsed() < Duration::from_secs(total / RATE * 4 + 160),
+            "the stream did not finish in time ({stored} of {total}):\n{}",
             collector.log_tail(20)
         );
     }
-    assert!(kills >= 10, "only {kills} kills happened mid-stream");
+    assert!(kills >= min_kills, "only {kills} kills happened mid-stream");
     assert!(pump_starts > 0);
     let streamed = started.elapsed();
     let last = node.drain_and_stop(Duration::from_secs(120)).await;
-    assert!(last >= TOTAL, "the outbox accepted only {last} records");
+    assert!(last >= total, "the outbox accepted only {last} records");
 
     e2e::process::until("the notification", Duration::from_secs(60), || async {
         (!hook.deliveries().is_empty()).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    hook.assert_exactly(&[("firing", NODE, PIPE)]);
+    let repeats = hook.assert_exactly(&[("firing", NODE, PIPE)]);
+    assert!(
+        repeats >= 1,
+        "the notification answered after the collector's death was not sent again"
+    );
     collector
         .assert_exactly_once_and_stop(SUB, &[Expect::all(NODE, last)])
         .await;

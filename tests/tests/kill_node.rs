@@ -17,7 +17,6 @@ use e2e::node::{failing_pipe_config, Node};
 use e2e::webhook::Webhook;
 use rand::RngExt;
 
-const TOTAL: u64 = 500_000;
 /// Records per second: the stream lasts about 20 s of node uptime, so that
 /// lives of 0.3-2.5 s give well over 10 kills before it ends.
 const RATE: u64 = 25_000;
@@ -27,6 +26,20 @@ const PIPE: &str = "orders";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
+    run(500_000, 10).await;
+}
+
+/// Long mode (`cargo test --release -p e2e -- --ignored`): 2,000,000
+/// records and 40 or more kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long mode: about 1.5 minutes"]
+async fn sigkill_of_the_node_long() {
+    run(2_000_000, 40).await;
+}
+
+/// Streams `total` records, killing the node at random moments, at
+/// least `min_kills` times before the stream ends.
+async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
     let dir = e2e::scratch();
     let hook = Webhook::start().await;
@@ -45,9 +58,9 @@ async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
 
     let mut rng = rand::rng();
     let (mut lives, mut kills, mut accepted) = (0, 0, 0);
-    while accepted < TOTAL {
+    while accepted < total {
         lives += 1;
-        let rest = (TOTAL - accepted).to_string();
+        let rest = (total - accepted).to_string();
         node.spawn(&[
             "--synthetic-logs".into(),
             rest,
@@ -64,7 +77,7 @@ async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
         node.kill();
         let before = accepted;
         accepted = node.accepted();
-        if accepted < TOTAL {
+        if accepted < total {
             kills += 1;
         }
         eprintln!(
@@ -73,12 +86,12 @@ async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
             accepted - before
         );
         assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "the stream did not finish in time ({accepted} of {TOTAL}):\n{}",
+            started.elapsed() < Duration::from_secs(total / RATE * 4 + 160),
+            "the stream did not finish in time ({accepted} of {total}):\n{}",
             node.log_tail(20)
         );
     }
-    assert!(kills >= 10, "only {kills} kills happened mid-stream");
+    assert!(kills >= min_kills, "only {kills} kills happened mid-stream");
     let streamed = started.elapsed();
 
     // A last life: fail the pipe once more for sure, drain, stop gracefully.
@@ -93,7 +106,7 @@ async fn sigkill_of_the_node_loses_and_duplicates_nothing() {
     )
     .await;
     let last = node.drain_and_stop(Duration::from_secs(120)).await;
-    assert!(last >= TOTAL, "the outbox accepted only {last} records");
+    assert!(last >= total, "the outbox accepted only {last} records");
 
     e2e::process::until("the notification", Duration::from_secs(30), || async {
         (!hook.deliveries().is_empty()).then_some(())

@@ -18,7 +18,6 @@ use e2e::shipper::{line_number, LogWriter, Shipper};
 use e2e::webhook::Webhook;
 use rand::RngExt;
 
-const TOTAL: u64 = 500_000;
 /// Lines per second written: the file grows for 20 s, so lives of 0.3-2.5 s
 /// give well over 10 kills while it grows.
 const RATE: u64 = 25_000;
@@ -29,6 +28,20 @@ const PIPE: &str = "orders";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
+    run(500_000, 10).await;
+}
+
+/// Long mode (`cargo test --release -p e2e -- --ignored`): 2,000,000
+/// records and 40 or more kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long mode: about 1.5 minutes"]
+async fn sigkill_of_the_shipper_long() {
+    run(2_000_000, 40).await;
+}
+
+/// Streams `total` records, killing the shipper at random moments, at
+/// least `min_kills` times before the stream ends.
+async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
     let dir = e2e::scratch();
     let hook = Webhook::start().await;
@@ -57,12 +70,12 @@ async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
         &token,
         &[&logs.join("*.log")],
     );
-    let writer = LogWriter::start(&logs.join("app.log"), TOTAL, RATE);
+    let writer = LogWriter::start(&logs.join("app.log"), total, RATE);
 
     let mut rng = rand::rng();
     let (mut lives, mut kills, mut accepted) = (0, 0, 0);
     let fail_in_life = rng.random_range(2..8);
-    while accepted < TOTAL {
+    while accepted < total {
         lives += 1;
         shipper.spawn();
         let life = Duration::from_millis(rng.random_range(300..2500));
@@ -70,7 +83,7 @@ async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
         shipper.kill();
         let before = accepted;
         accepted = shipper.accepted();
-        if accepted < TOTAL {
+        if accepted < total {
             kills += 1;
         }
         eprintln!(
@@ -82,24 +95,24 @@ async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
             assert_eq!(node.start_pump(PIPE).await, Some(200));
         }
         assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "the stream did not finish in time ({accepted} of {TOTAL}):\n{}",
+            started.elapsed() < Duration::from_secs(total / RATE * 4 + 160),
+            "the stream did not finish in time ({accepted} of {total}):\n{}",
             shipper.log_text()
         );
     }
-    assert!(kills >= 10, "only {kills} kills happened mid-stream");
-    assert_eq!(accepted, TOTAL, "one record per line");
+    assert!(kills >= min_kills, "only {kills} kills happened mid-stream");
+    assert_eq!(accepted, total, "one record per line");
     writer.join();
     let streamed = started.elapsed();
 
     // The last life ships the rest; then a graceful stop.
     shipper.start().await;
     collector
-        .wait_records(SUB, HOST, TOTAL, Duration::from_secs(120))
+        .wait_records(SUB, HOST, total, Duration::from_secs(120))
         .await;
     shipper.stop();
     let stats = shipper.outbox_stats();
-    assert_eq!(stats.next_seq - 1, TOTAL);
+    assert_eq!(stats.next_seq - 1, total);
     assert_eq!(stats.records, 0, "everything acknowledged");
     assert_eq!(stats.quarantined, 0);
     let node_last = node.drain_and_stop(Duration::from_secs(60)).await;
@@ -114,7 +127,7 @@ async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
     let stored = collector
         .assert_exactly_once_and_stop(
             SUB,
-            &[Expect::all(HOST, TOTAL), Expect::all(NODE, node_last)],
+            &[Expect::all(HOST, total), Expect::all(NODE, node_last)],
         )
         .await;
     // Each line once, in file order along the seqs.
@@ -122,13 +135,13 @@ async fn sigkill_of_the_shipper_loses_and_duplicates_nothing() {
         .values()
         .map(|body| line_number(body).unwrap_or_else(|| panic!("not a numbered line: {body}")))
         .collect();
-    let expected: Vec<u64> = (0..TOTAL).collect();
+    let expected: Vec<u64> = (0..total).collect();
     assert!(
         numbers == expected,
         "lines out of order, missing or doubled"
     );
     eprintln!(
-        "{kills} kills mid-stream; {TOTAL} lines stored once each; stream {streamed:?}, total {:?}",
+        "{kills} kills mid-stream; {total} lines stored once each; stream {streamed:?}, total {:?}",
         started.elapsed()
     );
 }
