@@ -462,7 +462,7 @@ fn a_restart_mid_incident_neither_pages_again_nor_forgets_to_resolve() {
     );
     h.send(failed("orders", "x"));
     assert_eq!(h.kinds(), vec![K::Firing]);
-    h.restart();
+    h = h.restarted();
     assert_eq!(h.firing(), 1);
     h.send(failed("orders", "x again"));
     h.advance(60);
@@ -477,7 +477,7 @@ fn a_restart_mid_incident_neither_pages_again_nor_forgets_to_resolve() {
     // record before the collector went down for an hour.
     h.send(health(HealthStatus::Ok));
     h.clock.advance(std::time::Duration::from_secs(3600));
-    h.restart();
+    h = h.restarted();
     h.advance(9 * 60);
     assert_eq!(h.firing(), 0);
     h.advance(61);

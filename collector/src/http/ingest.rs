@@ -20,7 +20,7 @@ enum Refused {
 }
 
 /// Seconds a client is told to wait when the write path is saturated.
-const RETRY_AFTER_SECS: u64 = 1;
+use crate::http::RETRY_AFTER_SECS;
 
 fn ingest_error(e: &IngestError) -> ApiError {
     let status = match e {
@@ -86,30 +86,8 @@ pub async fn ingest(
     }
     // Bounded memory: at most `ingest_slots` bodies are held, decoded or
     // waiting for their commit at once; beyond that the client backs off.
-    let Ok(permit) = s.ingest_slots.clone().try_acquire_owned() else {
-        m.reject("busy");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ingest is saturated; retry later",
-        )
-        .retry_after(RETRY_AFTER_SECS));
-    };
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            m.reject("body_too_large");
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {limit} bytes"),
-            )
-            .with_field("body")
-        } else {
-            m.reject("body_read");
-            ApiError::bad_request(format!("cannot read body: {e}"), "body")
-        }
-    })?;
+    let permit = crate::http::ingest_slot(&s, |r| m.reject(r))?;
+    let bytes = crate::http::read_body(body, limit, |r| m.reject(r)).await?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());

@@ -109,6 +109,51 @@ impl AppState {
     }
 }
 
+/// Seconds a client is told to wait after a 429 / 503 of ingest.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Takes one of the ingest slots that bound the bodies held in memory
+/// (ingest and metrics push share them), or answers 429; `reject` counts the
+/// refusal under its reason.
+pub fn ingest_slot(
+    s: &AppState,
+    reject: impl Fn(&'static str),
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    s.ingest_slots.clone().try_acquire_owned().map_err(|_| {
+        reject("busy");
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ingest is saturated; retry later",
+        )
+        .retry_after(RETRY_AFTER_SECS)
+    })
+}
+
+/// Reads a request body of at most `limit` bytes: 413 above it, 400 when it
+/// cannot be read; `reject` counts the refusal under its reason.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    reject: impl Fn(&'static str),
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            reject("body_too_large");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the limit of {limit} bytes"),
+            )
+            .with_field("body")
+        } else {
+            reject("body_read");
+            ApiError::bad_request(format!("cannot read body: {e}"), "body")
+        }
+    })
+}
+
 /// An error answer: status plus a JSON body naming the field at fault.
 #[derive(Debug)]
 pub struct ApiError {

@@ -15,9 +15,6 @@ use super::{otlp, remote_write, Protocol};
 use crate::auth::Role;
 use crate::http::{ApiError, AppState};
 
-/// Seconds a client is told to wait when ingest is saturated.
-const RETRY_AFTER_SECS: u64 = 1;
-
 fn now_ms() -> i64 {
     schemas::time::now_nanos() / 1_000_000
 }
@@ -90,30 +87,8 @@ async fn admit(
         )
         .with_field("Content-Type"));
     }
-    let Ok(permit) = s.ingest_slots.clone().try_acquire_owned() else {
-        ms.reject_request("busy");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ingest is saturated; retry later",
-        )
-        .retry_after(RETRY_AFTER_SECS));
-    };
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            ms.reject_request("body_too_large");
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {limit} bytes"),
-            )
-            .with_field("body")
-        } else {
-            ms.reject_request("body_read");
-            ApiError::bad_request(format!("cannot read body: {e}"), "body")
-        }
-    })?;
+    let permit = crate::http::ingest_slot(s, |r| ms.reject_request(r))?;
+    let bytes = crate::http::read_body(body, limit, |r| ms.reject_request(r)).await?;
     Ok((principal, bytes, permit))
 }
 

@@ -51,27 +51,18 @@ impl H {
         h
     }
 
-    /// Closes and reopens the notifier on the same database (a restart).
-    pub fn restart(&mut self) {
-        let placeholder = {
-            let d = tempfile::tempdir().unwrap();
-            let n = Notifier::open(
-                open_db(d.path()),
-                NotifierConfig::default(),
-                self.clock.clone(),
-            )
-            .unwrap();
-            (n, d)
-        };
-        let old = std::mem::replace(&mut self.n, placeholder.0);
-        drop(old);
-        drop(placeholder.1);
-        self.n = Notifier::open(
-            open_db(self.dir.path()),
+    /// Closes the notifier and opens it again on the same database (a
+    /// collector restart).
+    pub fn restarted(self) -> H {
+        let H { n, clock, dir, seq } = self;
+        drop(n); // releases the RocksDB lock
+        let n = Notifier::open(
+            open_db(dir.path()),
             NotifierConfig::default(),
-            self.clock.clone(),
+            clock.clone(),
         )
         .unwrap();
+        H { n, clock, dir, seq }
     }
 
     pub fn now(&self) -> i64 {
