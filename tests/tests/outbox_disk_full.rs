@@ -177,11 +177,15 @@ async fn full_disk_refuses_appends_clearly_and_recovers_losing_nothing() {
     // the space): the node's appends and its shipper's acknowledgements fail.
     let ballast = node.data_dir.join("outbox").join("ballast");
     let refused = node.metric(REFUSED).await.unwrap();
-    fill(&ballast);
+    // The outbox frees files as the collector drains it, so the ballast
+    // takes up whatever space that frees until an append is refused.
     until(
         "appends to be refused again",
-        Duration::from_secs(30),
-        || async { (node.metric(REFUSED).await? > refused).then_some(()) },
+        Duration::from_secs(60),
+        || async {
+            fill(&ballast);
+            (node.metric(REFUSED).await? > refused).then_some(())
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -284,7 +288,11 @@ async fn full_disk_refuses_appends_clearly_and_recovers_losing_nothing() {
 /// Writes `path` until the filesystem is full, to the last byte.
 fn fill(path: &std::path::Path) {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     let mut size = 1 << 20;
     let chunk = vec![0u8; size];
     while size > 0 {
