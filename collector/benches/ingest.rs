@@ -132,6 +132,7 @@ fn ingest_bench(dir: &Path, total: usize) {
             })
             .collect();
         let raw = schemas::to_msgpack(&IngestBatch {
+            epoch: String::new(),
             source: format!("node-{source}"),
             subscription: SUB.into(),
             records,

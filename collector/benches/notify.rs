@@ -126,6 +126,7 @@ impl Running {
 
 fn encode(source: usize, records: Vec<Record>) -> Vec<u8> {
     let raw = schemas::to_msgpack(&IngestBatch {
+        epoch: String::new(),
         source: format!("node-{source}"),
         subscription: SUB.into(),
         records,

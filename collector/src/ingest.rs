@@ -496,6 +496,7 @@ mod tests {
 
     fn encode(records: Vec<Record>) -> Vec<u8> {
         schemas::to_msgpack(&IngestBatch {
+            epoch: String::new(),
             source: "n1".into(),
             subscription: "acme".into(),
             records,
@@ -516,6 +517,7 @@ mod tests {
     fn a_bad_record_is_named_by_its_index() {
         // Record 1 gets an unknown kind.
         let mut v: serde_json::Value = serde_json::to_value(IngestBatch {
+            epoch: String::new(),
             source: "n1".into(),
             subscription: "acme".into(),
             records: vec![rec(1, 5), rec(2, 6), rec(3, 7)],

@@ -22,6 +22,7 @@ fn batch(n: usize) -> Vec<u8> {
         })
         .collect();
     schemas::to_msgpack(&IngestBatch {
+        epoch: String::new(),
         source: "n".into(),
         subscription: "a".into(),
         records,

@@ -5,6 +5,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
 
+/// Longest accepted [`IngestBatch::epoch`].
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// Whether `epoch` is an acceptable [`IngestBatch::epoch`].
+pub fn valid_epoch(epoch: &str) -> bool {
+    epoch.len() <= MAX_EPOCH_LEN
+        && epoch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Body of `POST /api/v1/ingest` (MessagePack, usually zstd-compressed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct IngestBatch {
@@ -12,6 +23,13 @@ pub struct IngestBatch {
     pub source: String,
     /// The tenant the records belong to.
     pub subscription: String,
+    /// The outbox epoch: a random id made when the source's outbox was
+    /// created. Sequence numbers are unique within one epoch; a wiped outbox
+    /// (or a second node with the same id) has a new epoch and so a new
+    /// sequence space. Empty from shippers that predate epochs. At most
+    /// [`MAX_EPOCH_LEN`] characters of `[0-9A-Za-z_-]`.
+    #[serde(default)]
+    pub epoch: String,
     pub records: Vec<Record>,
     /// Records the source's outbox dropped (by its `when_full` policy) since
     /// the previous acknowledged batch.

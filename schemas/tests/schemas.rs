@@ -147,6 +147,7 @@ fn sample_records_validate_against_committed_schemas() {
         assert!(validator(&body_file).is_valid(&v["body"]), "{body_file}");
     }
     let b = IngestBatch {
+        epoch: String::new(),
         source: "acme-prod".into(),
         subscription: "sub-1".into(),
         records: samples,
@@ -177,6 +178,7 @@ fn messagepack_round_trips_every_kind() {
         assert_eq!(back, r);
     }
     let b = IngestBatch {
+        epoch: String::new(),
         source: "s".into(),
         subscription: "t".into(),
         records: samples(),

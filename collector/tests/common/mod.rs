@@ -221,6 +221,7 @@ pub fn exec_record(
 
 pub fn batch(sub: &str, source: &str, records: Vec<Record>) -> IngestBatch {
     IngestBatch {
+        epoch: String::new(),
         source: source.into(),
         subscription: sub.into(),
         records,

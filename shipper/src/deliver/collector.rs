@@ -65,6 +65,7 @@ pub fn encode_ingest_body(
 ) -> Result<Vec<u8>, String> {
     let first = records.first().ok_or("empty batch")?;
     let batch = IngestBatch {
+        epoch: String::new(),
         source: first.source.clone(),
         subscription: first.subscription.clone(),
         records: records.to_vec(),
