@@ -11,7 +11,8 @@
 
 pub mod collector;
 pub mod node;
-pub mod process;
+/// Moved to the shared `testkit` crate; re-exported for the tests here.
+pub use testkit::process;
 pub mod shipper;
 pub mod webhook;
 
