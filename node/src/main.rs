@@ -50,9 +50,11 @@ struct Args {
     /// Interval of health records, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     health_interval: Duration,
-    /// Ship the outbox to this collector (base URL) with the in-process shipper.
+    /// Ship the outbox to this collector (base URL) with the in-process
+    /// shipper. Repeat it for collectors to fail over between (tried in
+    /// order, sticky to the one that works).
     #[arg(long, requires = "token_file")]
-    collector: Option<String>,
+    collector: Vec<String>,
     /// File holding the collector token (role shipper).
     #[arg(long, requires = "collector")]
     token_file: Option<PathBuf>,
@@ -128,7 +130,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
                 count,
                 rate: args.synthetic_rate,
             });
-    if let (Some(url), Some(path)) = (&args.collector, &args.token_file) {
+    if let (false, Some(path)) = (args.collector.is_empty(), &args.token_file) {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("read the collector token file {}", path.display()))?;
         let token = token.trim().to_string();
@@ -137,12 +139,11 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
             "the collector token file {} is empty",
             path.display()
         );
-        anyhow::ensure!(
-            url.starts_with("http://") || url.starts_with("https://"),
-            "--collector {url:?} must start with http:// or https://"
-        );
+        for url in &args.collector {
+            shipper::deliver::collector::check_url(url).context("--collector")?;
+        }
         config.collector = Some(shipper::service::Target {
-            url: url.clone(),
+            urls: args.collector.clone(),
             token: Some(token),
         });
     }

@@ -239,7 +239,7 @@ impl Node {
             ) {
                 Ok(sink) => {
                     let stop = s.shutdown.clone();
-                    tracing::info!(collector = %target.url, "shipping the outbox to the collector");
+                    tracing::info!(collector = %sink.endpoint.current(), collectors = target.urls.len(), "shipping the outbox to the collector");
                     s.tracker.spawn(async move {
                         if let Err(e) = sink.run(stop).await {
                             tracing::error!(error = %e, "in-process shipper stopped");

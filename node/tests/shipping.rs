@@ -22,7 +22,7 @@ async fn node_ships_its_outbox_redacted_to_the_collector() {
     let (base, _seen) = http_system().await;
     let node = start_with(dir.path(), &example_config(&base), |c| {
         c.collector = Some(shipper::service::Target {
-            url: collector.clone(),
+            urls: vec![collector.clone()],
             token: Some("test-token".into()),
         });
     })

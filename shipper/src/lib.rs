@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod redact;
 pub mod service;
 pub mod tail;
+pub mod units;
 
 pub use outbox::{Outbox, OutboxConfig, OutboxError, WhenFull};
 /// A stand-in ingest receiver for tests and benchmarks.

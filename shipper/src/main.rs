@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use shipper::deliver::DeliveryConfig;
+use shipper::deliver::{Backoff, DeliveryConfig};
 use shipper::redact::RedactConfig;
 use shipper::service::{ShipperConfig, Target};
 use shipper::OutboxConfig;
@@ -23,9 +23,11 @@ struct Args {
     /// Directory for the shipper's outbox.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Collector base URL, e.g. https://collector.example:9400.
+    /// Collector base URL, e.g. https://collector.example:9400. Repeat it
+    /// for collectors to fail over between (tried in order, sticky to the
+    /// one that works).
     #[arg(long)]
-    collector: Option<String>,
+    collector: Vec<String>,
     /// File holding the collector token (role shipper).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -56,12 +58,31 @@ struct Args {
     /// Serve /metrics here.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Batches delivered concurrently.
-    #[arg(long, default_value_t = 4)]
-    in_flight: usize,
-    /// Upper bound of the outbox in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
+    /// Batches delivered concurrently (1-64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    in_flight: u16,
+    /// Upper bound of the outbox (e.g. 1GiB, 512M; 1MiB-1TiB).
+    #[arg(long, default_value = "1GiB", value_parser = size(1 << 20, 1 << 40))]
     outbox_max_bytes: u64,
+    /// Records per batch (1-100000).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_max_records: u32,
+    /// Stored bytes read into one batch (1KiB-64MiB).
+    #[arg(long, default_value = "4MiB", value_parser = size(1 << 10, 64 << 20))]
+    batch_max_bytes: u64,
+    /// How long a batch waits to fill before it is sent (0-60s).
+    #[arg(long, default_value = "200ms", value_parser = duration(Duration::ZERO, Duration::from_secs(60)))]
+    linger: Duration,
+    /// Timeout of one delivery request (1s-10m).
+    #[arg(long, default_value = "30s", value_parser = duration(Duration::from_secs(1), Duration::from_secs(600)))]
+    request_timeout: Duration,
+    /// Longest wait between retries of a failed delivery (100ms-1h).
+    #[arg(long, default_value = "30s", value_parser = duration(Duration::from_millis(100), Duration::from_secs(3600)))]
+    backoff_max: Duration,
+    /// Longest wait a receiver's Retry-After can impose; longer ones are
+    /// clamped to it (100ms-1h).
+    #[arg(long, default_value = "300s", value_parser = duration(Duration::from_millis(100), Duration::from_secs(3600)))]
+    max_retry_after: Duration,
     /// Log format of the shipper's own logs.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -71,6 +92,16 @@ struct Args {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// A clap parser of durations within bounds (see `shipper::units`).
+fn duration(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s| shipper::units::parse_duration(s, min, max)
+}
+
+/// A clap parser of byte sizes within bounds (see `shipper::units`).
+fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |s| shipper::units::parse_size(s, min, max)
 }
 
 fn read_token(path: &PathBuf) -> anyhow::Result<String> {
@@ -97,24 +128,37 @@ async fn main() -> anyhow::Result<()> {
     match args.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(filter)
+            .init(),
     }
 
-    let collector = match (&args.collector, &args.token_file) {
-        (Some(url), Some(tf)) => Some(Target {
-            url: url.clone(),
-            token: Some(read_token(tf)?),
-        }),
-        (Some(_), None) => bail!("--collector needs --token-file"),
-        (None, _) => None,
+    let collector = match (args.collector.is_empty(), &args.token_file) {
+        (false, Some(tf)) => {
+            for url in &args.collector {
+                shipper::deliver::collector::check_url(url).context("--collector")?;
+            }
+            Some(Target {
+                urls: args.collector.clone(),
+                token: Some(read_token(tf)?),
+            })
+        }
+        (false, None) => bail!("--collector needs --token-file"),
+        (true, _) => None,
     };
     let otlp = match &args.otlp {
-        Some(url) => Some(Target {
-            url: url.clone(),
-            token: args.otlp_token_file.as_ref().map(read_token).transpose()?,
-        }),
+        Some(url) => {
+            shipper::deliver::collector::check_url(url).context("--otlp")?;
+            Some(Target::new(
+                url.clone(),
+                args.otlp_token_file.as_ref().map(read_token).transpose()?,
+            ))
+        }
         None => None,
     };
     if collector.is_none() && otlp.is_none() {
@@ -124,8 +168,10 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => RedactConfig::from_file(p)?,
         None => RedactConfig::default(),
     };
-    let in_flight =
-        std::num::NonZeroUsize::new(args.in_flight).context("--in-flight must be at least 1")?;
+    let nonzero = |n: u64, flag: &str| {
+        std::num::NonZeroUsize::new(usize::try_from(n).unwrap_or(usize::MAX))
+            .with_context(|| format!("{flag} must be at least 1"))
+    };
     let config = ShipperConfig {
         data_dir: args.data_dir.clone(),
         source: args
@@ -139,8 +185,15 @@ async fn main() -> anyhow::Result<()> {
         files: args.files.clone(),
         redact,
         delivery: DeliveryConfig {
-            in_flight,
-            max_batch_records: std::num::NonZeroUsize::new(2_000).expect("non-zero"),
+            in_flight: nonzero(args.in_flight.into(), "--in-flight")?,
+            max_batch_records: nonzero(args.batch_max_records.into(), "--batch-max-records")?,
+            max_batch_bytes: nonzero(args.batch_max_bytes, "--batch-max-bytes")?,
+            linger: args.linger,
+            backoff: Backoff {
+                cap: args.backoff_max,
+                ..Backoff::default()
+            },
+            max_retry_after: args.max_retry_after,
             ..DeliveryConfig::default()
         },
         // A shipper's outbox is written at modest rates by its own sources
@@ -154,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             ..OutboxConfig::default()
         },
         listen: args.listen,
-        request_timeout: Duration::from_secs(30),
+        request_timeout: args.request_timeout,
     };
 
     let shutdown = CancellationToken::new();

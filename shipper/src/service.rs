@@ -23,11 +23,22 @@ use crate::outbox::{Outbox, OutboxConfig, OutboxError};
 use crate::redact::{RedactConfig, RedactError, Redactor};
 use crate::tail::{TailConfig, TailError};
 
-/// A receiver address and its credentials.
+/// A receiver and its credentials: one URL, or several collectors to fail
+/// over between (tried in this order, sticky to the one that works).
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub url: String,
+    pub urls: Vec<String>,
     pub token: Option<String>,
+}
+
+impl Target {
+    /// A single receiver.
+    pub fn new(url: impl Into<String>, token: Option<String>) -> Target {
+        Target {
+            urls: vec![url.into()],
+            token,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,8 +91,11 @@ pub fn collector_sink(
     metrics: DeliveryMetrics,
     timeout: Duration,
 ) -> Result<Sink<CollectorEndpoint>, EndpointError> {
-    let endpoint =
-        CollectorEndpoint::new(&target.url, target.token.as_deref().unwrap_or(""), timeout)?;
+    let endpoint = CollectorEndpoint::with_failover(
+        &target.urls,
+        target.token.as_deref().unwrap_or(""),
+        timeout,
+    )?;
     Ok(Sink {
         outbox,
         endpoint: Arc::new(endpoint),
@@ -129,15 +143,44 @@ async fn serve_metrics(
     }))
 }
 
+/// Unregisters the outbox sinks that are not configured any more (e.g. an
+/// OTLP endpoint dropped from the flags): a sink nobody drains would keep
+/// the outbox from ever shrinking. Their cursors are gone for good; said
+/// with a warning naming the sink and what it had not received.
+pub async fn unregister_stale_sinks(outbox: &Outbox, keep: &[&str]) -> Result<(), OutboxError> {
+    let stats = outbox.stats();
+    for (name, state) in &stats.sinks {
+        if keep.contains(&name.as_str()) {
+            continue;
+        }
+        let pending = stats.next_seq.saturating_sub(1).saturating_sub(state.acked);
+        tracing::warn!(sink = %name, pending_records = pending,
+            "outbox sink is not configured any more; unregistering it so the outbox can shrink (its undelivered records will not be sent to it)");
+        outbox.unregister_sink(name).await?;
+    }
+    Ok(())
+}
+
 /// Runs the shipper until `shutdown` is cancelled.
 pub async fn run(config: ShipperConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
     let redactor = Arc::new(Redactor::new(&config.redact)?);
     let outbox = Outbox::open(config.data_dir.join("outbox"), config.outbox.clone())?;
+    tracing::info!(epoch = outbox.epoch(), path = %outbox.path().display(), "outbox open");
     let mut registry = Registry::default();
     outbox.metrics().register(&mut registry);
     redactor.register_metrics(&mut registry);
     let metrics = DeliveryMetrics::default();
     metrics.register(&mut registry);
+
+    let otlp_sink = "otlp";
+    let mut keep = Vec::new();
+    if config.collector.is_some() {
+        keep.push(config.delivery.sink.as_str());
+    }
+    if config.otlp.is_some() {
+        keep.push(otlp_sink);
+    }
+    unregister_stale_sinks(&outbox, &keep).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(target) = &config.collector {
@@ -150,6 +193,12 @@ pub async fn run(config: ShipperConfig, shutdown: CancellationToken) -> Result<(
             metrics.clone(),
             config.request_timeout,
         )?;
+        registry.register(
+            "shipper_collector_failovers",
+            "Switches from a failing collector to the next one",
+            sink.endpoint.failovers(),
+        );
+        tracing::info!(collectors = ?target.urls.iter().map(|u| crate::deliver::collector::check_url(u).unwrap_or_default()).collect::<Vec<_>>(), "shipping to the collector");
         let s = shutdown.clone();
         tasks.spawn(async move {
             sink.run(s)
@@ -158,8 +207,9 @@ pub async fn run(config: ShipperConfig, shutdown: CancellationToken) -> Result<(
         });
     }
     if let Some(target) = &config.otlp {
+        let url = target.urls.first().ok_or(EndpointError::NoUrl)?;
         let endpoint = OtlpEndpoint::new(
-            &target.url,
+            url,
             target.token.as_deref(),
             "sesam-shipper",
             config.request_timeout,
@@ -170,7 +220,7 @@ pub async fn run(config: ShipperConfig, shutdown: CancellationToken) -> Result<(
             redactor: redactor.clone(),
             filter: None,
             config: DeliveryConfig {
-                sink: "otlp".into(),
+                sink: otlp_sink.into(),
                 ..config.delivery.clone()
             },
             metrics: metrics.clone(),
@@ -208,6 +258,7 @@ pub async fn run(config: ShipperConfig, shutdown: CancellationToken) -> Result<(
             patterns: config.files.clone(),
             source: config.source.clone(),
             subscription: config.subscription.clone(),
+            redactor: Some(redactor.clone()),
             ..TailConfig::default()
         };
         let (ob, s) = (outbox.clone(), shutdown.clone());

@@ -16,21 +16,27 @@
 //!   rotation scheme itself (as with every tailer).
 //!
 //! Only complete lines (ending in `\n`) are shipped; a line longer than
-//! `max_line_bytes` is shipped in pieces of that size.
+//! `max_line_bytes` is redacted first and then shipped in pieces of that
+//! size (all in one append, committed with the offset after the line), so a
+//! secret is never cut in two halves that redaction would not recognise.
+//! An unterminated line that already fills `max_line_bytes` is shipped in
+//! pieces too, up to a cut that splits no secret.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::{Body, Record, SystemBody};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, OutboxError};
+use crate::redact::Redactor;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TailConfig {
     /// Paths or globs (`*`, `?`, `[...]`), re-expanded every poll.
     pub patterns: Vec<String>,
@@ -38,8 +44,26 @@ pub struct TailConfig {
     pub subscription: String,
     pub poll: Duration,
     pub max_line_bytes: usize,
-    /// Bytes read from one file per round, so one busy file cannot starve others.
+    /// Bytes read from one file per round, so one busy file cannot starve
+    /// others; also the read buffer's size.
     pub max_read_bytes: usize,
+    /// Redacts overlong lines before they are cut into pieces (the shipper's
+    /// redaction, which runs again on every record before it leaves).
+    pub redactor: Option<Arc<Redactor>>,
+}
+
+impl std::fmt::Debug for TailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailConfig")
+            .field("patterns", &self.patterns)
+            .field("source", &self.source)
+            .field("subscription", &self.subscription)
+            .field("poll", &self.poll)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .field("max_read_bytes", &self.max_read_bytes)
+            .field("redactor", &self.redactor.is_some())
+            .finish()
+    }
 }
 
 impl Default for TailConfig {
@@ -51,6 +75,7 @@ impl Default for TailConfig {
             poll: Duration::from_millis(250),
             max_line_bytes: 64 << 10,
             max_read_bytes: 4 << 20,
+            redactor: None,
         }
     }
 }
@@ -120,59 +145,150 @@ fn find_rotated(path: &Path, inode: u64) -> Option<PathBuf> {
         })
 }
 
-/// Reads whole lines from `file` starting at `offset`; returns each line
-/// with the offset just after it (where reading resumes), and the offset
-/// just after the last complete line.
+/// What one line of a file becomes: one record, or several pieces of an
+/// overlong line, shipped in one append with the offset after the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unit {
+    pieces: Vec<String>,
+    /// Where reading resumes after this unit.
+    end: u64,
+}
+
+/// Bytes of an unterminated overlong line kept back from a cut (and read
+/// again with what follows), so that a secret that straddles the place the
+/// line would be cut is seen whole by the redaction and the cut moved before
+/// it.
+const CUT_LOOKAHEAD: usize = 4096;
+
+/// Text of `bytes` with invalid UTF-8 replaced (U+FFFD), and a way back
+/// from a position in the text to one in `bytes`.
+struct Lossy {
+    text: String,
+    /// (text position, byte position, valid) at the start of each chunk.
+    segments: Vec<(usize, usize, bool)>,
+}
+
+impl Lossy {
+    fn new(bytes: &[u8]) -> Lossy {
+        let mut text = String::with_capacity(bytes.len());
+        let mut segments = Vec::new();
+        let mut at = 0;
+        for chunk in bytes.utf8_chunks() {
+            segments.push((text.len(), at, true));
+            text.push_str(chunk.valid());
+            at += chunk.valid().len();
+            if !chunk.invalid().is_empty() {
+                segments.push((text.len(), at, false));
+                text.push(char::REPLACEMENT_CHARACTER);
+                at += chunk.invalid().len();
+            }
+        }
+        Lossy { text, segments }
+    }
+
+    /// The byte position of text position `pos` (a char boundary).
+    fn byte_at(&self, pos: usize) -> usize {
+        let i = self.segments.partition_point(|(t, _, _)| *t <= pos);
+        match i.checked_sub(1).map(|i| self.segments[i]) {
+            Some((t, b, true)) => b + (pos - t),
+            // Inside or at a replacement character: before the invalid bytes.
+            Some((_, b, false)) => b,
+            None => 0,
+        }
+    }
+}
+
+/// Cuts `text` into pieces of at most `max` bytes, on char boundaries (a
+/// piece holds at least one char).
+fn pieces(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(text.len() / max.max(1) + 1);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = max.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        out.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    out
+}
+
+/// An overlong text redacted first and then cut into pieces, so that no
+/// secret is split between two pieces (where neither half is recognised).
+fn redacted_pieces(text: String, config: &TailConfig) -> Vec<String> {
+    let mut text = text;
+    if let Some(r) = &config.redactor {
+        r.scrub(&mut text);
+    }
+    pieces(&text, config.max_line_bytes.max(1))
+}
+
+/// Reads whole lines from `file` starting at `offset` into `buf` (reused
+/// between calls); returns one [`Unit`] per line and the offset just after
+/// the last complete line. A line longer than `max_line_bytes` is redacted
+/// and cut into pieces of one unit; an unterminated line that already fills
+/// `max_line_bytes` is shipped in pieces up to a cut that splits no secret.
 fn read_lines(
     file: &mut File,
     offset: u64,
     config: &TailConfig,
-) -> std::io::Result<(Vec<(String, u64)>, u64)> {
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(Vec<Unit>, u64)> {
     file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    file.take(config.max_read_bytes as u64)
-        .read_to_end(&mut buf)?;
+    buf.clear();
+    file.take(config.max_read_bytes as u64).read_to_end(buf)?;
     let max = config.max_line_bytes.max(1);
     let at = |i: usize| offset + i as u64;
-    let mut lines = Vec::new();
+    let mut units = Vec::new();
     let mut consumed = 0usize;
     let mut start = 0usize;
-    for (i, b) in buf.iter().enumerate() {
-        if *b == b'\n' {
-            let mut line = &buf[start..i];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            // Pieces of an overlong line resume at their boundary; the last
-            // one after the newline.
-            let pieces = line.len().div_ceil(max);
-            for (k, piece) in line.chunks(max).enumerate() {
-                let end = if k + 1 == pieces {
-                    at(i + 1)
-                } else {
-                    at(start + (k + 1) * max)
-                };
-                lines.push((String::from_utf8_lossy(piece).into_owned(), end));
-            }
-            if line.is_empty() {
-                lines.push((String::new(), at(i + 1)));
-            }
-            start = i + 1;
-            consumed = start;
+    while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+        let i = start + nl;
+        let mut line = &buf[start..i];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
         }
+        let text = String::from_utf8_lossy(line).into_owned();
+        let pieces = if text.len() <= max {
+            vec![text]
+        } else {
+            redacted_pieces(text, config)
+        };
+        units.push(Unit {
+            pieces,
+            end: at(i + 1),
+        });
+        start = i + 1;
+        consumed = start;
     }
-    // A partial line longer than the cap is shipped in pieces anyway.
-    if consumed == 0 && buf.len() >= config.max_line_bytes && config.max_line_bytes > 0 {
-        let n = buf.len() / max * max;
-        for (k, piece) in buf[..n].chunks(max).enumerate() {
-            lines.push((
-                String::from_utf8_lossy(piece).into_owned(),
-                at((k + 1) * max),
-            ));
+    // An unterminated line that is already overlong is shipped in pieces
+    // anyway, up to a cut that leaves a lookahead (or the whole window).
+    if consumed == 0 && buf.len() >= max {
+        let lossy = Lossy::new(buf);
+        let keep = CUT_LOOKAHEAD.min(lossy.text.len() / 2);
+        let mut want = lossy.text.len() - keep;
+        while !lossy.text.is_char_boundary(want) {
+            want -= 1;
         }
-        consumed = n;
+        let cut = match &config.redactor {
+            Some(r) => r.safe_cut(&lossy.text, want),
+            None => want,
+        };
+        let (cut, bytes) = match lossy.byte_at(cut) {
+            0 => (lossy.text.len(), buf.len()),
+            b => (cut, b),
+        };
+        units.push(Unit {
+            pieces: redacted_pieces(lossy.text[..cut].to_string(), config),
+            end: at(bytes),
+        });
+        consumed = bytes;
     }
-    Ok((lines, at(consumed)))
+    Ok((units, at(consumed)))
 }
 
 fn records(lines: Vec<String>, path: &Path, config: &TailConfig) -> Vec<Record> {
@@ -204,10 +320,11 @@ fn drain(
     inode: u64,
     offset: &mut u64,
     config: &TailConfig,
+    buf: &mut Vec<u8>,
 ) -> Result<bool, OutboxError> {
     let mut any = false;
     loop {
-        let (lines, next) = match read_lines(file, *offset, config) {
+        let (units, next) = match read_lines(file, *offset, config, buf) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "tail: read failed");
@@ -217,27 +334,37 @@ fn drain(
         if next == *offset {
             return Ok(any);
         }
-        // One read can hold far more than a small outbox (`max_bytes`)
-        // takes in one append; such an append would be refused forever.
-        // Append in pieces of at most a quarter of it, each committed with
-        // the offset just after its last line.
+        // One read can hold more than a small outbox (`max_bytes`) takes in
+        // one append; such an append would be refused forever. Append in
+        // pieces of at most a quarter of it, each committed with the offset
+        // just after its last line. The pieces of one overlong line always
+        // travel in one append, so a crash can neither ship nor lose half
+        // a line.
         let budget = (outbox.config().max_bytes.get() / 4).clamp(1, 4 << 20);
         let key = meta_key(path);
-        let mut rest = lines.as_slice();
+        let mut rest = units.as_slice();
         while !rest.is_empty() {
-            let (mut n, mut bytes) = (0, 0u64);
-            while n < rest.len() && n < APPEND_MAX_RECORDS {
-                // An estimate of the encoded record: the line plus its envelope.
-                let size = rest[n].0.len() as u64 + 256;
+            let (mut n, mut bytes, mut count) = (0, 0u64, 0usize);
+            while n < rest.len() && count < APPEND_MAX_RECORDS {
+                // An estimate of the encoded records: the text plus envelopes.
+                let size: u64 = rest[n].pieces.iter().map(|p| p.len() as u64 + 256).sum();
                 if n > 0 && bytes + size > budget {
                     break;
                 }
                 bytes += size;
+                count += rest[n].pieces.len();
                 n += 1;
             }
             let (chunk, tail) = rest.split_at(n);
-            let end = chunk[n - 1].1;
-            let recs = records(chunk.iter().map(|(l, _)| l.clone()).collect(), path, config);
+            let end = chunk[n - 1].end;
+            let recs = records(
+                chunk
+                    .iter()
+                    .flat_map(|u| u.pieces.iter().cloned())
+                    .collect(),
+                path,
+                config,
+            );
             outbox
                 .append_with_meta(&recs, Some((&key, meta_value(inode, end))))
                 .wait()?;
@@ -291,6 +418,8 @@ fn tail(
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
     let mut files: BTreeMap<PathBuf, Tailed> = BTreeMap::new();
+    // One read buffer for every file, reused: it grows to `max_read_bytes`.
+    let mut buf = Vec::new();
     while !shutdown.is_cancelled() {
         let mut busy = false;
         for path in expand(&config.patterns) {
@@ -308,7 +437,7 @@ fn tail(
                     if let Some(old) = find_rotated(&path, inode) {
                         if let Ok(mut f) = File::open(&old) {
                             let mut off = offset;
-                            drain(outbox, &path, &mut f, inode, &mut off, config)?;
+                            drain(outbox, &path, &mut f, inode, &mut off, config, &mut buf)?;
                         }
                     } else {
                         tracing::warn!(path = %path.display(), "tail: file rotated while stopped and the old one is gone; lines may be missing");
@@ -337,7 +466,7 @@ fn tail(
                 // Renamed away: drain the old file through our handle.
                 if let Some(mut f) = t.file.take() {
                     let mut off = t.offset;
-                    busy |= drain(outbox, &path, &mut f, t.inode, &mut off, config)?;
+                    busy |= drain(outbox, &path, &mut f, t.inode, &mut off, config, &mut buf)?;
                 }
                 t.inode = meta.ino();
                 t.offset = 0;
@@ -357,7 +486,7 @@ fn tail(
             if meta.len() > t.offset {
                 let (inode, mut offset) = (t.inode, t.offset);
                 if let Some(f) = t.file.as_mut() {
-                    busy |= drain(outbox, &path, f, inode, &mut offset, config)?;
+                    busy |= drain(outbox, &path, f, inode, &mut offset, config, &mut buf)?;
                 }
                 t.offset = offset;
             }
@@ -552,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn an_overlong_line_resumes_at_a_piece_boundary() {
+    fn an_overlong_line_is_one_unit_of_pieces() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
         append(&log, "abcdefghij\nk\n");
@@ -561,12 +690,123 @@ mod tests {
             ..config(&log)
         };
         let mut f = File::open(&log).unwrap();
-        let (lines, next) = read_lines(&mut f, 0, &cfg).unwrap();
-        let ends: Vec<(&str, u64)> = lines.iter().map(|(l, e)| (l.as_str(), *e)).collect();
-        assert_eq!(ends, vec![("abcd", 4), ("efgh", 8), ("ij", 11), ("k", 13)]);
+        let mut buf = Vec::new();
+        let (units, next) = read_lines(&mut f, 0, &cfg, &mut buf).unwrap();
+        let got: Vec<(Vec<&str>, u64)> = units
+            .iter()
+            .map(|u| (u.pieces.iter().map(String::as_str).collect(), u.end))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(vec!["abcd", "efgh", "ij"], 11), (vec!["k"], 13)],
+            "the pieces of a line resume after the line, together"
+        );
         assert_eq!(next, 13);
-        // Resuming after the first piece gives the same later pieces.
-        let (again, _) = read_lines(&mut f, 4, &cfg).unwrap();
-        assert_eq!(again, lines[1..].to_vec());
+    }
+
+    fn redacting(pattern: &Path) -> TailConfig {
+        TailConfig {
+            redactor: Some(Arc::new(
+                Redactor::new(&crate::redact::RedactConfig::default()).unwrap(),
+            )),
+            ..config(pattern)
+        }
+    }
+
+    /// Regression: a secret on an overlong line was cut in two pieces, and
+    /// neither half was recognised by the redaction of single records.
+    #[test]
+    fn an_overlong_line_is_redacted_before_it_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        let token = "ghp_Zq3xT7vN2mK8pL4rW9sY6uB1cD5eF0gH2jQ4";
+        // The 64-byte piece boundary falls inside each secret.
+        let line = format!(
+            "{} {token} {} password=hunter2-but-longer {}\n",
+            "x".repeat(50),
+            "y".repeat(40),
+            "z".repeat(70)
+        );
+        append(&log, &line);
+        let cfg = TailConfig {
+            max_line_bytes: 64,
+            ..redacting(&log)
+        };
+        let mut f = File::open(&log).unwrap();
+        let (units, _) = read_lines(&mut f, 0, &cfg, &mut Vec::new()).unwrap();
+        assert_eq!(units.len(), 1);
+        assert!(units[0].pieces.len() > 1);
+        assert!(units[0].pieces.iter().all(|p| p.len() <= 64));
+        let joined = units[0].pieces.concat();
+        assert!(
+            !joined.contains("ghp_") && !joined.contains("Zq3xT7"),
+            "{joined}"
+        );
+        assert!(!joined.contains("hunter"), "{joined}");
+        assert!(joined.contains("password=[REDACTED]"), "{joined}");
+    }
+
+    #[test]
+    fn an_unterminated_overlong_line_is_cut_before_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        let token = "ghp_Zq3xT7vN2mK8pL4rW9sY6uB1cD5eF0gH2jQ4";
+        // Read windows of 8192 bytes: the first cut would fall at 4096,
+        // inside the token at 4080..4120.
+        let text = format!("{} {token} {}", "a".repeat(4079), "b".repeat(4880));
+        assert_eq!(text.find("ghp_"), Some(4080));
+        append(&log, &text);
+        let cfg = TailConfig {
+            max_line_bytes: 64,
+            max_read_bytes: 8192,
+            ..redacting(&log)
+        };
+        let mut f = File::open(&log).unwrap();
+        let mut buf = Vec::new();
+        let (mut offset, mut shipped) = (0, Vec::new());
+        loop {
+            let (units, next) = read_lines(&mut f, offset, &cfg, &mut buf).unwrap();
+            if next == offset {
+                break;
+            }
+            for u in units {
+                shipped.extend(u.pieces);
+            }
+            offset = next;
+        }
+        assert!(offset > 4120, "the token was shipped: {offset}");
+        for piece in &shipped {
+            for k in 0..token.len() - 6 {
+                let fragment = &token[k..k + 6];
+                assert!(!piece.contains(fragment), "{fragment} in {piece}");
+            }
+        }
+        assert!(shipped.iter().any(|p| p.contains("[REDACTED]")));
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_unterminated_line_maps_back_to_file_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        let mut bytes = vec![b'a'; 100];
+        bytes[10] = 0xff;
+        bytes[50] = 0xfe;
+        std::fs::write(&log, &bytes).unwrap();
+        let cfg = TailConfig {
+            max_line_bytes: 16,
+            ..config(&log)
+        };
+        let mut f = File::open(&log).unwrap();
+        let (units, next) = read_lines(&mut f, 0, &cfg, &mut Vec::new()).unwrap();
+        // 100 bytes, half kept back: the cut is at byte 50 (the text has
+        // two more bytes per replacement character before it).
+        assert_eq!(next, units[0].end);
+        assert!(next > 0 && next <= 100, "{next}");
+        let shipped: String = units[0].pieces.concat();
+        assert_eq!(
+            shipped.replace(char::REPLACEMENT_CHARACTER, "?").len() as u64,
+            next,
+            "{shipped}"
+        );
     }
 }

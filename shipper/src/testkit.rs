@@ -20,8 +20,14 @@ use schemas::{Body, IngestBatch, IngestResponse, Record};
 pub struct Faults {
     /// Answer the next N requests with 503.
     pub unavailable: u32,
-    /// Answer the next N requests with 429 and `Retry-After: 0.05`.
+    /// Answer the next N requests with 429 and `Retry-After: 0.05` (or
+    /// `retry_after`).
     pub throttled: u32,
+    /// The `Retry-After` value of throttled answers, when not `0.05`.
+    pub retry_after: Option<String>,
+    /// Answer the next N requests with 409 `{"reason": "source_conflict"}`
+    /// as the collector does for a second epoch on one source.
+    pub conflict: u32,
     /// Answer the next N requests with 200 and a body that is not JSON.
     pub garbage: u32,
     /// Refuse (400) any batch holding a log/system message containing this.
@@ -41,6 +47,8 @@ pub struct Received {
     pub duplicates: u64,
     pub dropped_reported: u64,
     pub rejected: u64,
+    /// Every outbox epoch batches arrived with.
+    pub epochs: std::collections::BTreeSet<String>,
     /// Decompressed request bodies, when `keep_bodies` is on.
     pub bodies: Vec<Vec<u8>>,
     pub keep_bodies: bool,
@@ -72,12 +80,21 @@ async fn ingest(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         } else if f.garbage > 0 {
             f.garbage -= 1;
             Some(200)
+        } else if f.conflict > 0 {
+            f.conflict -= 1;
+            Some(409)
         } else {
             None
         }
     };
     rx.received.lock().unwrap().requests += 1;
-    let delay = rx.faults.lock().unwrap().delay;
+    let (delay, retry_after) = {
+        let f = rx.faults.lock().unwrap();
+        (
+            f.delay,
+            f.retry_after.clone().unwrap_or_else(|| "0.05".into()),
+        )
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -86,8 +103,15 @@ async fn ingest(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         Some(429) => {
             return (
                 StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", "0.05")],
+                [("retry-after", retry_after)],
                 "slow down",
+            )
+                .into_response()
+        }
+        Some(409) => {
+            return (
+                StatusCode::CONFLICT,
+                r#"{"error":"source node-a of subscription sub-1 is written by another outbox epoch","field":"epoch","reason":"source_conflict"}"#,
             )
                 .into_response()
         }
@@ -145,6 +169,7 @@ async fn ingest(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         got.bodies.push(raw);
     }
     got.dropped_reported += batch.dropped;
+    got.epochs.insert(batch.epoch.clone());
     let (mut accepted, mut duplicates) = (0, 0);
     for r in batch.records {
         if blackhole {

@@ -93,7 +93,7 @@ fn main() {
         ncfg.subscription = "bench".into();
         ncfg.health_interval = Duration::from_secs(3600);
         ncfg.collector = Some(shipper::service::Target {
-            url: base.clone(),
+            urls: vec![base.clone()],
             token: Some("ship".into()),
         });
         let node = node::Node::open(ncfg).await.unwrap();

@@ -330,7 +330,7 @@ pub async fn run(
     ncfg.health_interval = config.health_interval;
     ncfg.log_records = log_records;
     ncfg.collector = Some(shipper::service::Target {
-        url: collector_url.clone(),
+        urls: vec![collector_url.clone()],
         token: Some(shipper_token.clone()),
     });
     let nstop = stop.clone();

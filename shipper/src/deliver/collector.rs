@@ -1,41 +1,111 @@
 //! The collector's ingest endpoint: `POST {url}/api/v1/ingest` with a
-//! zstd-compressed MessagePack [`IngestBatch`] and a bearer token.
+//! zstd-compressed MessagePack [`IngestBatch`] and a bearer token, with
+//! failover between several collectors.
+//!
+//! Failover: the endpoint keeps a *current* collector and sends there. A
+//! request that fails in a way another collector may not (network error,
+//! timeout, 5xx, 429) is sent again at once to the next collector in the
+//! list, and the next one becomes current (sticky: later batches go straight
+//! to the collector that works). When every collector failed, the outcome of
+//! the round is a retry for the caller's backoff. Exactly-once effect
+//! survives failover because collectors dedupe by (subscription, source,
+//! epoch, seq).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use schemas::{IngestBatch, IngestResponse, Record};
 
-use super::{Endpoint, SendOutcome};
+use super::{Endpoint, SendOutcome, MAX_RETRY_AFTER};
 
 /// Media type of an ingest body.
 pub const MSGPACK: &str = "application/msgpack";
 
-#[derive(Debug, Clone)]
+/// The most of a receiver's answer body that is read; the rest is not
+/// needed to classify the answer, and a hostile receiver must not be able
+/// to make the shipper buffer an endless body.
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// The longest receiver URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+#[derive(Debug)]
 pub struct CollectorEndpoint {
     client: reqwest::Client,
-    url: String,
+    /// Full ingest URLs, in failover order.
+    urls: Vec<String>,
+    /// `scheme://host:port` of each, for logs (never credentials).
+    names: Vec<String>,
+    /// Index of the collector batches go to first.
+    current: AtomicUsize,
     zstd_level: i32,
+    failovers: Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("collector URL {0:?} must start with http:// or https://")]
-    BadUrl(String),
+    #[error("receiver URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("no collector URL given")]
+    NoUrl,
     #[error("token contains characters not allowed in an HTTP header")]
     BadToken,
     #[error("build HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
 
+/// Checks a receiver base URL; returns a name for logs (`scheme://host:port`,
+/// without any credentials or path).
+pub fn check_url(url: &str) -> Result<String, EndpointError> {
+    let bad = |reason: &str| EndpointError::BadUrl {
+        url: url.chars().take(200).collect(),
+        reason: reason.to_string(),
+    };
+    if url.len() > MAX_URL_LEN {
+        return Err(bad(&format!("longer than {MAX_URL_LEN} bytes")));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad("must start with http:// or https://"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let host = parsed.host_str().ok_or_else(|| bad("has no host"))?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(match parsed.port() {
+        Some(p) => format!("{}://{host}:{p}", parsed.scheme()),
+        None => format!("{}://{host}", parsed.scheme()),
+    })
+}
+
 impl CollectorEndpoint {
     /// `base` is the collector's base URL (e.g. `http://127.0.0.1:9400`).
     pub fn new(base: &str, token: &str, timeout: Duration) -> Result<Self, EndpointError> {
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(EndpointError::BadUrl(base.to_string()));
+        Self::with_failover(&[base], token, timeout)
+    }
+
+    /// Several collectors sharing one store (or one dedupe), tried in this
+    /// order, with the same token.
+    pub fn with_failover<S: AsRef<str>>(
+        bases: &[S],
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Self, EndpointError> {
+        if bases.is_empty() {
+            return Err(EndpointError::NoUrl);
+        }
+        let mut urls = Vec::with_capacity(bases.len());
+        let mut names = Vec::with_capacity(bases.len());
+        for b in bases {
+            let b = b.as_ref();
+            names.push(check_url(b)?);
+            urls.push(format!("{}/api/v1/ingest", b.trim_end_matches('/')));
         }
         let mut headers = HeaderMap::new();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -51,21 +121,36 @@ impl CollectorEndpoint {
             .build()?;
         Ok(CollectorEndpoint {
             client,
-            url: format!("{}/api/v1/ingest", base.trim_end_matches('/')),
+            urls,
+            names,
+            current: AtomicUsize::new(0),
             zstd_level: 3,
+            failovers: Counter::default(),
         })
+    }
+
+    /// Counts switches from one collector to the next
+    /// (`shipper_collector_failovers_total`).
+    pub fn failovers(&self) -> Counter {
+        self.failovers.clone()
+    }
+
+    /// The collector (`scheme://host:port`) batches currently go to.
+    pub fn current(&self) -> &str {
+        &self.names[self.current.load(Ordering::Relaxed) % self.names.len()]
     }
 }
 
 /// Encodes records as the ingest body: MessagePack batch, zstd-compressed.
 pub fn encode_ingest_body(
+    epoch: &str,
     records: &[Record],
     dropped: u64,
     zstd_level: i32,
 ) -> Result<Vec<u8>, String> {
     let first = records.first().ok_or("empty batch")?;
     let batch = IngestBatch {
-        epoch: String::new(),
+        epoch: epoch.to_string(),
         source: first.source.clone(),
         subscription: first.subscription.clone(),
         records: records.to_vec(),
@@ -75,14 +160,30 @@ pub fn encode_ingest_body(
     zstd::bulk::compress(&raw, zstd_level).map_err(|e| format!("zstd: {e}"))
 }
 
-/// Parses `Retry-After` given in seconds (the HTTP-date form is rare from
-/// APIs and falls back to our own backoff).
+/// Parses a `Retry-After` value given in seconds (integer or decimal),
+/// clamped to [`MAX_RETRY_AFTER`]. Anything else (negative, NaN, infinite,
+/// an HTTP date, garbage, an absurdly long value) is `None`: the caller's
+/// own backoff applies. Never panics, whatever the input.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 32 {
+        return None;
+    }
+    let secs: f64 = v.parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
+}
+
+/// The `Retry-After` of an answer, see [`parse_retry_after`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// Whether a failed attempt may succeed on another collector.
+fn fails_over(reason: &str) -> bool {
+    matches!(reason, "network" | "timeout" | "server_error" | "throttled")
 }
 
 impl Endpoint for CollectorEndpoint {
@@ -90,50 +191,123 @@ impl Endpoint for CollectorEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
-    fn encode(&self, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
-        encode_ingest_body(records, dropped, self.zstd_level)
+    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
+        encode_ingest_body(epoch, records, dropped, self.zstd_level)
     }
 
-    async fn send(&self, body: Vec<u8>) -> SendOutcome {
-        let (status, after, bytes) = match post(&self.client, &self.url, body).await {
-            Ok(answer) => answer,
-            Err(outcome) => return outcome,
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        classify(status, after, &text)
+    async fn send(&self, body: Bytes) -> SendOutcome {
+        let n = self.urls.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        // The round's verdict when every collector failed: the shortest
+        // Retry-After, if every collector gave one.
+        let mut all_after: Option<Option<Duration>> = None;
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let outcome = match post(&self.client, &self.urls[i], body.clone()).await {
+                Ok((status, after, bytes)) => {
+                    classify(status, after, &String::from_utf8_lossy(&bytes))
+                }
+                Err(outcome) => outcome,
+            };
+            let SendOutcome::Retry { reason, after, .. } = &outcome else {
+                return outcome;
+            };
+            if n == 1 || !fails_over(reason) {
+                return outcome;
+            }
+            let next = (i + 1) % n;
+            if self
+                .current
+                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.failovers.inc();
+                tracing::warn!(from = %self.names[i], to = %self.names[next], reason,
+                    "collector failed; failing over");
+            }
+            all_after = Some(match (all_after, after) {
+                (None, a) => *a,
+                (Some(Some(x)), Some(y)) => Some(x.min(*y)),
+                _ => None,
+            });
+            last = Some(outcome);
+        }
+        match last {
+            Some(SendOutcome::Retry {
+                reason, message, ..
+            }) => SendOutcome::Retry {
+                reason,
+                after: all_after.flatten(),
+                message,
+            },
+            Some(other) => other,
+            None => SendOutcome::Retry {
+                reason: "network",
+                after: None,
+                message: None,
+            },
+        }
     }
 }
 
-/// POSTs `body` and reads the whole answer: (status, `Retry-After`, body).
-/// A transport failure is already the outcome (a retry).
+/// POSTs `body` and reads the answer (at most [`MAX_ANSWER_BYTES`] of its
+/// body): (status, `Retry-After`, body). A transport failure is already the
+/// outcome (a retry).
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
-    body: Vec<u8>,
+    body: Bytes,
 ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), SendOutcome> {
-    let response = match client.post(url).body(body).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = if e.is_timeout() { "timeout" } else { "network" };
-            return Err(SendOutcome::Retry {
-                reason,
-                after: None,
-            });
-        }
+    let network = |e: &reqwest::Error| SendOutcome::Retry {
+        reason: if e.is_timeout() { "timeout" } else { "network" },
+        after: None,
+        message: None,
     };
+    let mut response = client
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| network(&e))?;
     let status = response.status();
     let after = retry_after(response.headers());
-    match response.bytes().await {
-        Ok(b) => Ok((status, after, b.to_vec())),
-        Err(_) => Err(SendOutcome::Retry {
-            reason: "network",
-            after: None,
-        }),
+    let mut out = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ANSWER_BYTES - out.len();
+                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if out.len() >= MAX_ANSWER_BYTES {
+                    // Enough to classify; the rest is dropped with the connection.
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(network(&e)),
+        }
     }
+    Ok((status, after, out))
+}
+
+/// The collector's explanation in an error answer: its `error` field (and
+/// `reason`), else the start of the body.
+fn explain(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let text = match parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|e| e.as_str())
+    {
+        Some(e) => e.to_string(),
+        None => body.to_string(),
+    };
+    text.chars().take(500).collect()
 }
 
 /// Maps an ingest answer to an outcome. A 2xx that is not an
-/// [`IngestResponse`] is not proof of delivery: retried.
+/// [`IngestResponse`] is not proof of delivery: retried. See the retry
+/// policy in [`crate::deliver`].
 pub fn classify(status: StatusCode, after: Option<Duration>, body: &str) -> SendOutcome {
     if status.is_success() {
         return match serde_json::from_str::<IngestResponse>(body) {
@@ -141,29 +315,107 @@ pub fn classify(status: StatusCode, after: Option<Duration>, body: &str) -> Send
             Err(_) => SendOutcome::Retry {
                 reason: "garbage_answer",
                 after: None,
+                message: None,
             },
         };
     }
+    let retry = |reason: &'static str, after: Option<Duration>| SendOutcome::Retry {
+        reason,
+        after,
+        message: Some(explain(body)),
+    };
     match status.as_u16() {
         400 | 413 => SendOutcome::Reject {
             status: status.as_u16(),
-            message: body.chars().take(500).collect(),
+            message: explain(body),
         },
-        429 => SendOutcome::Retry {
-            reason: "throttled",
-            after,
-        },
-        401 | 403 => SendOutcome::Retry {
-            reason: "unauthorized",
-            after: None,
-        },
-        s if s >= 500 => SendOutcome::Retry {
-            reason: "server_error",
-            after,
-        },
-        _ => SendOutcome::Retry {
-            reason: "client_error",
-            after: None,
-        },
+        409 => {
+            let reason = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(String::from));
+            match reason.as_deref() {
+                Some("source_conflict") => retry("source_conflict", None),
+                _ => retry("conflict", None),
+            }
+        }
+        429 => retry("throttled", after),
+        401 | 403 => retry("unauthorized", None),
+        s if s >= 500 => retry("server_error", after),
+        _ => retry("client_error", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_clamped_and_garbage_is_ignored() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 0.25 "),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        // Regression: 1e20 panicked in Duration::from_secs_f64.
+        assert_eq!(parse_retry_after("1e20"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("99999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("301"), Some(MAX_RETRY_AFTER));
+        for bad in [
+            "-1",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "garbage",
+            "",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "1_000",
+            &"9".repeat(100),
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_and_named_without_credentials() {
+        assert_eq!(
+            check_url("https://user:pw@collector.example:9400/base").unwrap(),
+            "https://collector.example:9400"
+        );
+        assert_eq!(check_url("http://127.0.0.1").unwrap(), "http://127.0.0.1");
+        for bad in ["ftp://x", "collector:9400", "http://", "http://a/?q=1"] {
+            let e = check_url(bad).unwrap_err().to_string();
+            assert!(e.contains("receiver URL"), "{bad}: {e}");
+        }
+        let long = format!("http://a/{}", "x".repeat(MAX_URL_LEN));
+        assert!(check_url(&long).unwrap_err().to_string().contains("longer"));
+        assert!(matches!(
+            CollectorEndpoint::with_failover::<&str>(&[], "t", Duration::from_secs(1)),
+            Err(EndpointError::NoUrl)
+        ));
+    }
+
+    #[test]
+    fn a_source_conflict_is_a_retry_with_the_collectors_message() {
+        let body = r#"{"error":"source acme: epoch abc conflicts with epoch def","field":"epoch","reason":"source_conflict"}"#;
+        match classify(StatusCode::CONFLICT, None, body) {
+            SendOutcome::Retry {
+                reason: "source_conflict",
+                message: Some(m),
+                ..
+            } => assert!(m.contains("epoch abc conflicts"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(StatusCode::CONFLICT, None, "busy"),
+            SendOutcome::Retry {
+                reason: "conflict",
+                ..
+            }
+        ));
     }
 }

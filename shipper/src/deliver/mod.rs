@@ -5,17 +5,49 @@
 //! 1. a *producer* reads the outbox after its read position (waiting for new
 //!    records on the outbox's watch channel, lingering up to `linger` to fill
 //!    a batch), filters, redacts and encodes a batch on a blocking thread;
-//! 2. a *dispatcher* keeps up to `in_flight` batches in delivery; each batch
-//!    task retries until its whole seq range is delivered (network errors,
-//!    timeouts, 429 honouring `Retry-After`, 5xx, 401/403 and answers that
-//!    are not the receiver's: exponential backoff with full jitter, forever),
-//!    splitting on 400/413 down to single records, and moving a single
-//!    rejected record to the outbox quarantine (dead letter);
+//! 2. a *dispatcher* keeps up to `in_flight` batches in delivery; a batch in
+//!    flight is its seq range and its encoded body, never the decoded
+//!    records: a batch task retries until its whole seq range is delivered,
+//!    and whatever it needs again (a half after a split, the range after a
+//!    failed task) it reads back from the outbox, where the records stay
+//!    until acknowledged;
 //! 3. the cursor is acknowledged only over the contiguous prefix of
 //!    delivered batches, so a crash re-sends at most what was in flight and
-//!    the receiver's (subscription, source, seq) dedupe makes that harmless.
-//!    An acknowledgement the outbox cannot write (disk full) is retried
-//!    every [`ACK_RETRY`] until it can; delivery goes on meanwhile.
+//!    the receiver's (subscription, source, epoch, seq) dedupe makes that
+//!    harmless. An acknowledgement the outbox cannot write (disk full) is
+//!    retried every [`ACK_RETRY`] until it can; delivery goes on meanwhile.
+//!
+//! # Retry policy
+//!
+//! One policy for every sink (the collector and OTLP), applied to each
+//! attempt's answer:
+//!
+//! | answer | what happens | counted as `reason` |
+//! |---|---|---|
+//! | 2xx with a receiver's answer (`IngestResponse`, OTLP response) | delivered | - |
+//! | 2xx with anything else (a proxy page) | retried: not proof of delivery | `garbage_answer` |
+//! | connection error, timeout | next collector at once, then retried with backoff | `network`, `timeout` |
+//! | 5xx | next collector at once, then retried (`Retry-After` honoured) | `server_error` |
+//! | 429 | next collector at once, then retried after `Retry-After` (else backoff) | `throttled` |
+//! | 409 `{"reason": "source_conflict"}` | retried with backoff, logged at ERROR with the collector's message every round; never split, never dead-lettered | `source_conflict` |
+//! | other 409 | retried with backoff | `conflict` |
+//! | 401, 403 | retried with backoff (a token being rotated must not lose data) | `unauthorized` |
+//! | 400, 413 | the batch is split in halves down to single records; a single record still refused is dead-lettered (moved to the outbox `quarantine` family) and counted | `rejected_400`, `rejected_413` |
+//! | any other status | retried with backoff | `client_error` |
+//!
+//! Backoff is exponential with full jitter (100 ms doubling to 30 s), for
+//! ever: the outbox keeps everything meanwhile. A `Retry-After` (seconds) is
+//! clamped to [0.1 s, `max_retry_after`] (default [`MAX_RETRY_AFTER`], 300 s;
+//! `--max-retry-after`); a negative, NaN, infinite or
+//! unparsable one is ignored for the backoff. "Next collector at once" is
+//! failover between several collectors (see [`collector`]); the backoff
+//! starts when every collector failed in a round.
+//!
+//! A batch task that fails (a panic in an endpoint, a failed read of its
+//! range) is re-dispatched for the same seq range after a backoff: a failed
+//! task never leaves a hole that the cursor could skip, and never stops the
+//! sink. Counted as `task_failed`; a failed read or build of a batch by the
+//! producer is retried the same way (`build_failed`).
 //!
 //! Drops reported by the outbox (`when_full`) travel in the next batch's
 //! `dropped` field and are acknowledged with the cursor. A batch that is
@@ -28,12 +60,13 @@ pub mod collector;
 mod metrics;
 pub mod otlp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use schemas::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -41,7 +74,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
 pub use collector::CollectorEndpoint;
-pub use metrics::{DeliveryMetrics, SinkLabel};
+pub use metrics::{DeliveryMetrics, ReasonLabel, SinkLabel};
 pub use otlp::OtlpEndpoint;
 
 use crate::outbox::{Outbox, OutboxError};
@@ -52,17 +85,20 @@ use crate::redact::Redactor;
 /// without being sent.
 pub type RecordFilter = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
 
-/// The longest `Retry-After` honoured; a larger one is clamped to it.
+/// The longest `Retry-After` honoured by default; a larger one is clamped
+/// to it ([`DeliveryConfig::max_retry_after`]); parsing clamps to it too.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// What a receiver made of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     Delivered,
-    /// Try again later; `after` is the receiver's `Retry-After`, if any.
+    /// Try again later; `after` is the receiver's `Retry-After`, if any;
+    /// `message` its explanation, if it gave one.
     Retry {
         reason: &'static str,
         after: Option<Duration>,
+        message: Option<String>,
     },
     /// The receiver refused the content (400/413): split, and dead-letter a
     /// single record it still refuses.
@@ -80,10 +116,12 @@ pub trait Endpoint: Send + Sync + 'static {
         let _ = (a, b);
         true
     }
-    /// Encodes already-redacted records into a request body.
-    fn encode(&self, records: &[Record], dropped: u64) -> Result<Vec<u8>, String>;
-    /// Sends one body. Must not panic; every failure is an outcome.
-    fn send(&self, body: Vec<u8>) -> impl Future<Output = SendOutcome> + Send;
+    /// Encodes already-redacted records of the outbox of epoch `epoch` into
+    /// a request body.
+    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String>;
+    /// Sends one body. Every failure should be an outcome; a panic is
+    /// survived (the batch is re-dispatched) but is a bug.
+    fn send(&self, body: Bytes) -> impl Future<Output = SendOutcome> + Send;
 }
 
 /// Settings of one delivery sink.
@@ -99,6 +137,9 @@ pub struct DeliveryConfig {
     /// Batches delivered concurrently.
     pub in_flight: NonZeroUsize,
     pub backoff: Backoff,
+    /// The longest wait a receiver's `Retry-After` can impose; a longer one
+    /// is clamped to it (default [`MAX_RETRY_AFTER`]).
+    pub max_retry_after: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -110,6 +151,7 @@ impl Default for DeliveryConfig {
             linger: Duration::from_millis(200),
             in_flight: NonZeroUsize::new(4).expect("non-zero"),
             backoff: Backoff::default(),
+            max_retry_after: MAX_RETRY_AFTER,
         }
     }
 }
@@ -118,30 +160,42 @@ impl Default for DeliveryConfig {
 pub enum DeliveryError {
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
-    #[error("reader thread failed: {0}")]
+    #[error("reader task failed: {0}")]
     Reader(String),
 }
 
 /// How often a failed acknowledgement is tried again.
 pub const ACK_RETRY: Duration = Duration::from_secs(1);
 
-/// One batch on its way.
+/// An encoded request and the seqs of the records in it.
+#[derive(Debug)]
+struct Built {
+    /// The body, or why the records could not be encoded together.
+    body: Result<Bytes, String>,
+    seqs: Vec<u64>,
+    oldest_ts: Option<i64>,
+}
+
+/// One batch on its way: a seq range and what to send for it (`None` when
+/// every record of the range was filtered out).
+#[derive(Debug)]
 struct Batch {
     first_seq: u64,
     last_seq: u64,
-    records: Vec<Record>,
-    body: Option<Vec<u8>>,
+    built: Option<Built>,
     dropped: u64,
     /// Value of the outbox's drop counter this batch reports up to.
     dropped_upto: u64,
-    oldest_ts: Option<i64>,
 }
 
 struct Slot {
     last_seq: u64,
     done: bool,
+    dropped: u64,
     dropped_upto: u64,
     oldest_ts: Option<i64>,
+    /// How often its task failed and was dispatched again.
+    restarts: u32,
 }
 
 /// Everything a sink needs; build one per receiver.
@@ -163,56 +217,117 @@ impl<E: Endpoint> std::fmt::Debug for Sink<E> {
     }
 }
 
+/// What the producer and the batch tasks of one sink share.
+struct Ctx<E: Endpoint> {
+    outbox: Outbox,
+    endpoint: Arc<E>,
+    redactor: Arc<Redactor>,
+    filter: Option<RecordFilter>,
+    config: DeliveryConfig,
+    metrics: DeliveryMetrics,
+    label: SinkLabel,
+    shutdown: CancellationToken,
+}
+
+impl<E: Endpoint> Ctx<E> {
+    fn fail(&self, reason: &str) {
+        self.metrics
+            .failures
+            .get_or_create(&ReasonLabel {
+                sink: self.label.sink.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sleeps `d` unless shutdown comes first; returns false on shutdown.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
 impl<E: Endpoint> Sink<E> {
     /// Delivers until `shutdown` is cancelled. On shutdown, stops reading,
     /// lets in-flight batches finish their current attempt, acknowledges the
     /// delivered prefix and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
         let state = self.outbox.register_sink(&self.config.sink).await?;
-        let label = self.metrics.sink(&self.config.sink);
+        let ctx = Arc::new(Ctx {
+            label: self.metrics.sink(&self.config.sink),
+            outbox: self.outbox,
+            endpoint: self.endpoint,
+            redactor: self.redactor,
+            filter: self.filter,
+            config: self.config,
+            metrics: self.metrics,
+            shutdown: shutdown.clone(),
+        });
         // One batch ready ahead of the in-flight ones is enough to keep the
-        // pipe full; more would only hold decoded records in memory.
+        // pipe full; more would only hold memory.
         let (tx, mut rx) = mpsc::channel::<Batch>(1);
         let producer = tokio::spawn(produce(
-            self.outbox.clone(),
-            self.endpoint.clone(),
-            self.redactor.clone(),
-            self.filter.clone(),
-            self.config.clone(),
-            self.metrics.clone(),
+            ctx.clone(),
             state.acked,
             state.dropped_reported,
             tx,
-            shutdown.clone(),
         ));
 
         let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
         let mut tasks: JoinSet<(u64, bool)> = JoinSet::new();
+        // Which batch (first seq) each running task delivers.
+        let mut running: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut producing = true;
         // Delivered batches whose acknowledgement the outbox refused.
         let mut ack_failed = false;
         loop {
-            let room = tasks.len() < self.config.in_flight.get();
+            let room = tasks.len() < ctx.config.in_flight.get();
             tokio::select! {
                 _ = tokio::time::sleep(ACK_RETRY), if ack_failed => {
-                    ack_failed = !self.ack_prefix(&mut slots).await;
+                    ack_failed = !ack_prefix(&ctx, &mut slots).await;
                 }
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    let (first_seq, delivered) = match joined {
-                        Ok(v) => v,
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    match joined {
+                        Ok((id, (first_seq, delivered))) => {
+                            running.remove(&id);
+                            if delivered {
+                                if let Some(s) = slots.get_mut(&first_seq) {
+                                    s.done = true;
+                                }
+                                ack_failed = !ack_prefix(&ctx, &mut slots).await;
+                            }
+                        }
                         Err(e) => {
-                            // A panicking batch task is a bug; keep the cursor where it is.
-                            tracing::error!(error = %e, "delivery task failed");
-                            continue;
+                            let Some(first_seq) = running.remove(&e.id()) else {
+                                continue;
+                            };
+                            if e.is_cancelled() || shutdown.is_cancelled() {
+                                continue;
+                            }
+                            // The task died (a panic): its range is still in
+                            // the outbox, unacknowledged. Deliver it again.
+                            let Some(slot) = slots.get_mut(&first_seq) else {
+                                continue;
+                            };
+                            slot.restarts = slot.restarts.saturating_add(1);
+                            ctx.fail("task_failed");
+                            tracing::error!(sink = %ctx.label.sink, first_seq,
+                                last_seq = slot.last_seq, restarts = slot.restarts, error = %e,
+                                "delivery task failed; delivering its records again");
+                            let batch = Batch {
+                                first_seq,
+                                last_seq: slot.last_seq,
+                                built: None,
+                                dropped: slot.dropped,
+                                dropped_upto: slot.dropped_upto,
+                            };
+                            let h = tasks.spawn(deliver_batch(ctx.clone(), batch, slot.restarts));
+                            running.insert(h.id(), first_seq);
                         }
-                    };
-                    if delivered {
-                        if let Some(s) = slots.get_mut(&first_seq) {
-                            s.done = true;
-                        }
-                        ack_failed = !self.ack_prefix(&mut slots).await;
                     }
-                    self.metrics.in_flight.get_or_create(&label).set(tasks.len() as i64);
+                    ctx.metrics.in_flight.get_or_create(&ctx.label).set(tasks.len() as i64);
                 }
                 batch = rx.recv(), if room && producing => {
                     match batch {
@@ -220,27 +335,23 @@ impl<E: Endpoint> Sink<E> {
                             slots.insert(b.first_seq, Slot {
                                 last_seq: b.last_seq,
                                 done: false,
+                                dropped: b.dropped,
                                 dropped_upto: b.dropped_upto,
-                                oldest_ts: b.oldest_ts,
+                                oldest_ts: b.built.as_ref().and_then(|x| x.oldest_ts),
+                                restarts: 0,
                             });
-                            if b.records.is_empty() {
+                            if b.built.is_none() {
                                 // Everything in it was filtered: nothing to send.
                                 if let Some(s) = slots.get_mut(&b.first_seq) {
                                     s.done = true;
                                 }
-                                ack_failed = !self.ack_prefix(&mut slots).await;
+                                ack_failed = !ack_prefix(&ctx, &mut slots).await;
                                 continue;
                             }
-                            tasks.spawn(deliver_batch(
-                                b,
-                                self.endpoint.clone(),
-                                self.outbox.clone(),
-                                self.config.backoff,
-                                self.metrics.clone(),
-                                label.clone(),
-                                shutdown.clone(),
-                            ));
-                            self.metrics.in_flight.get_or_create(&label).set(tasks.len() as i64);
+                            let first_seq = b.first_seq;
+                            let h = tasks.spawn(deliver_batch(ctx.clone(), b, 0));
+                            running.insert(h.id(), first_seq);
+                            ctx.metrics.in_flight.get_or_create(&ctx.label).set(tasks.len() as i64);
                         }
                         None => producing = false,
                     }
@@ -248,9 +359,9 @@ impl<E: Endpoint> Sink<E> {
                 else => break,
             }
             if !producing && tasks.is_empty() {
-                if ack_failed && !self.ack_prefix(&mut slots).await {
+                if ack_failed && !ack_prefix(&ctx, &mut slots).await {
                     tracing::warn!(
-                        sink = %self.config.sink,
+                        sink = %ctx.label.sink,
                         "stopping with delivered records unacknowledged; they will be sent again"
                     );
                 }
@@ -262,70 +373,65 @@ impl<E: Endpoint> Sink<E> {
             Err(e) => Err(DeliveryError::Reader(e.to_string())),
         }
     }
+}
 
-    /// Acknowledges the delivered prefix of `slots` and removes it. Returns
-    /// false (and keeps the prefix, to be tried again) when the outbox
-    /// refuses the acknowledgement, e.g. because its disk is full: that is
-    /// no reason to stop delivering, and the cursor stays where it is
-    /// durably, so nothing is lost either way.
-    async fn ack_prefix(&self, slots: &mut BTreeMap<u64, Slot>) -> bool {
-        let upto = slots
-            .values()
-            .take_while(|s| s.done)
-            .last()
-            .map(|s| (s.last_seq, s.dropped_upto));
-        let mut acked = true;
-        if let Some((seq, dropped)) = upto {
-            match self.outbox.ack(&self.config.sink, seq, dropped).await {
-                Ok(()) => slots.retain(|_, s| s.last_seq > seq),
-                Err(e) => {
-                    tracing::warn!(sink = %self.config.sink, upto = seq, error = %e,
-                        "cannot acknowledge delivered records; retrying");
-                    acked = false;
-                }
+/// Acknowledges the delivered prefix of `slots` and removes it. Returns
+/// false (and keeps the prefix, to be tried again) when the outbox refuses
+/// the acknowledgement, e.g. because its disk is full: that is no reason to
+/// stop delivering, and the cursor stays where it is durably, so nothing is
+/// lost either way.
+async fn ack_prefix<E: Endpoint>(ctx: &Ctx<E>, slots: &mut BTreeMap<u64, Slot>) -> bool {
+    let upto = slots
+        .values()
+        .take_while(|s| s.done)
+        .last()
+        .map(|s| (s.last_seq, s.dropped_upto));
+    let mut acked = true;
+    if let Some((seq, dropped)) = upto {
+        match ctx.outbox.ack(&ctx.config.sink, seq, dropped).await {
+            Ok(()) => slots.retain(|_, s| s.last_seq > seq),
+            Err(e) => {
+                tracing::warn!(sink = %ctx.config.sink, upto = seq, error = %e,
+                    "cannot acknowledge delivered records; retrying");
+                acked = false;
             }
         }
-        let label = self.metrics.sink(&self.config.sink);
-        let lag = match slots.values().find_map(|s| s.oldest_ts) {
-            Some(ts) => ((schemas::time::now_nanos() - ts) as f64 / 1e9).max(0.0),
-            None => 0.0,
-        };
-        self.metrics.lag_seconds.get_or_create(&label).set(lag);
-        acked
     }
+    let lag = match slots.values().find_map(|s| s.oldest_ts) {
+        Some(ts) => ((schemas::time::now_nanos() - ts) as f64 / 1e9).max(0.0),
+        None => 0.0,
+    };
+    ctx.metrics.lag_seconds.get_or_create(&ctx.label).set(lag);
+    acked
 }
 
 /// Reads, filters, redacts and encodes batches in seq order.
-#[allow(clippy::too_many_arguments)]
 async fn produce<E: Endpoint>(
-    outbox: Outbox,
-    endpoint: Arc<E>,
-    redactor: Arc<Redactor>,
-    filter: Option<RecordFilter>,
-    config: DeliveryConfig,
-    metrics: DeliveryMetrics,
+    ctx: Arc<Ctx<E>>,
     mut read_pos: u64,
     mut dropped_sent: u64,
     tx: mpsc::Sender<Batch>,
-    shutdown: CancellationToken,
 ) -> Result<(), DeliveryError> {
-    let mut appended = outbox.watch();
-    let label = metrics.sink(&config.sink);
-    let max_records = config.max_batch_records.get();
+    let mut appended = ctx.outbox.watch();
+    let max_records = ctx.config.max_batch_records.get();
+    let shutdown = ctx.shutdown.clone();
+    // Consecutive failed builds, for the backoff.
+    let mut failures = 0u32;
+    let mut unhealthy_logged: Option<Instant> = None;
     loop {
         // Wait for records, then linger for a full batch.
         let mut since: Option<Instant> = None;
         loop {
-            let available = outbox.last_seq().saturating_sub(read_pos);
+            let available = ctx.outbox.last_seq().saturating_sub(read_pos);
             if available >= max_records as u64 {
                 break;
             }
             if available > 0 {
                 let started = *since.get_or_insert_with(Instant::now);
-                if started.elapsed() >= config.linger {
+                if started.elapsed() >= ctx.config.linger {
                     break;
                 }
-                let left = config.linger.saturating_sub(started.elapsed());
+                let left = ctx.config.linger.saturating_sub(started.elapsed());
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(left) => {}
@@ -345,33 +451,56 @@ async fn produce<E: Endpoint>(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let (ob, ep, rd, fl) = (
-            outbox.clone(),
-            endpoint.clone(),
-            redactor.clone(),
-            filter.clone(),
-        );
-        let max_bytes = config.max_batch_bytes.get();
-        let built = tokio::task::spawn_blocking(move || {
-            build_batch(
-                &ob,
-                &*ep,
-                &rd,
-                fl.as_ref(),
-                read_pos,
-                max_records,
-                max_bytes,
-                dropped_sent,
-            )
-        })
-        .await
-        .map_err(|e| DeliveryError::Reader(e.to_string()))??;
-        let Some((batch, filtered)) = built else {
+        // Fail closed: while the redaction cannot be trusted to know every
+        // secret, nothing leaves.
+        if let Err(e) = ctx.redactor.check() {
+            if unhealthy_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::error!(sink = %ctx.label.sink, error = %e,
+                    "redaction is not ready; shipping paused until it is");
+                unhealthy_logged = Some(Instant::now());
+            }
+            ctx.fail("redaction_unavailable");
+            if !ctx.pause(Duration::from_secs(1)).await {
+                return Ok(());
+            }
             continue;
-        };
-        if filtered > 0 {
-            metrics.filtered.get_or_create(&label).inc_by(filtered);
         }
+        let c = ctx.clone();
+        let built =
+            tokio::task::spawn_blocking(move || build_batch(&c, read_pos, dropped_sent)).await;
+        let batch = match built {
+            Ok(Ok(Some((batch, filtered)))) => {
+                failures = 0;
+                if filtered > 0 {
+                    ctx.metrics
+                        .filtered
+                        .get_or_create(&ctx.label)
+                        .inc_by(filtered);
+                }
+                batch
+            }
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::error!(sink = %ctx.label.sink, after = read_pos, error = %e,
+                    "cannot read the next batch from the outbox; retrying");
+                ctx.fail("build_failed");
+                if !ctx.pause(ctx.config.backoff.delay(failures)).await {
+                    return Ok(());
+                }
+                failures = failures.saturating_add(1);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(sink = %ctx.label.sink, after = read_pos, error = %e,
+                    "building the next batch failed; retrying");
+                ctx.fail("build_failed");
+                if !ctx.pause(ctx.config.backoff.delay(failures)).await {
+                    return Ok(());
+                }
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
         read_pos = batch.last_seq;
         dropped_sent = batch.dropped_upto;
         tokio::select! {
@@ -385,161 +514,228 @@ async fn produce<E: Endpoint>(
     }
 }
 
+/// Filters, redacts and encodes `records` (all compatible, in seq order).
+fn build<E: Endpoint>(ctx: &Ctx<E>, records: Vec<Record>, dropped: u64) -> (Option<Built>, u64) {
+    let mut kept = Vec::with_capacity(records.len());
+    let mut filtered = 0u64;
+    for mut r in records {
+        if ctx.filter.as_ref().is_some_and(|f| !f(&r)) {
+            filtered += 1;
+            continue;
+        }
+        ctx.redactor.redact(&mut r);
+        kept.push(r);
+    }
+    if kept.is_empty() {
+        return (None, filtered);
+    }
+    let body = ctx
+        .endpoint
+        .encode(ctx.outbox.epoch(), &kept, dropped)
+        .map(Bytes::from);
+    let built = Built {
+        body,
+        seqs: kept.iter().map(|r| r.seq).collect(),
+        oldest_ts: kept.iter().map(|r| r.ts).min(),
+    };
+    (Some(built), filtered)
+}
+
 /// Builds the next batch after `after`. Blocking: runs on a blocking thread.
-#[allow(clippy::too_many_arguments)]
 fn build_batch<E: Endpoint>(
-    outbox: &Outbox,
-    endpoint: &E,
-    redactor: &Redactor,
-    filter: Option<&RecordFilter>,
+    ctx: &Ctx<E>,
     after: u64,
-    max_records: usize,
-    max_bytes: usize,
     dropped_sent: u64,
 ) -> Result<Option<(Batch, u64)>, DeliveryError> {
-    let read = outbox.read(after, max_records, max_bytes)?;
+    let read = ctx.outbox.read(
+        after,
+        ctx.config.max_batch_records.get(),
+        ctx.config.max_batch_bytes.get(),
+    )?;
     if read.last_seq == after {
         return Ok(None);
     }
     let mut last_seq = read.last_seq;
-    let mut records = Vec::with_capacity(read.records.len());
-    let mut filtered = 0u64;
-    let mut first: Option<Record> = None;
-    for mut r in read.records {
-        if let Some(f) = &first {
-            if !endpoint.compatible(f, &r) {
-                // Cut here; the rest goes in the next batch.
-                last_seq = r.seq - 1;
-                break;
-            }
-        } else {
-            first = Some(r.clone());
+    let mut records = read.records;
+    // One source and subscription per request: cut at the first record that
+    // cannot travel with the first; the rest goes in the next batch.
+    if let Some(first) = records.first() {
+        if let Some(cut) = records
+            .iter()
+            .position(|r| !ctx.endpoint.compatible(first, r))
+        {
+            last_seq = records[cut].seq - 1;
+            records.truncate(cut);
         }
-        if filter.is_some_and(|f| !f(&r)) {
-            filtered += 1;
-            continue;
-        }
-        redactor.redact(&mut r);
-        records.push(r);
     }
-    let total_dropped = outbox.stats().dropped_total();
+    let total_dropped = ctx.outbox.stats().dropped_total();
     let dropped = total_dropped.saturating_sub(dropped_sent);
-    let oldest_ts = records.iter().map(|r| r.ts).min();
-    let body = if records.is_empty() {
-        None
-    } else {
-        Some(
-            endpoint
-                .encode(&records, dropped)
-                .map_err(DeliveryError::Reader)?,
-        )
-    };
+    let (built, filtered) = build(ctx, records, dropped);
     Ok(Some((
         Batch {
             first_seq: after + 1,
             last_seq,
-            records,
-            body,
+            built,
             dropped,
             dropped_upto: total_dropped,
-            oldest_ts,
         },
         filtered,
     )))
 }
 
+/// Builds the request for the records still stored in `from..=to` (a
+/// batch's range, or part of it). Blocking.
+fn build_range<E: Endpoint>(
+    ctx: &Ctx<E>,
+    from: u64,
+    to: u64,
+    dropped: u64,
+) -> Result<Option<Built>, OutboxError> {
+    let span = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(usize::MAX);
+    let mut records = ctx.outbox.read(from - 1, span, usize::MAX)?.records;
+    records.retain(|r| r.seq <= to);
+    Ok(build(ctx, records, dropped).0)
+}
+
+/// Part of a batch still to deliver.
+struct Part {
+    from: u64,
+    to: u64,
+    dropped: u64,
+    built: Option<Built>,
+}
+
+/// Reads and builds `part` again, retrying until it works. `None` on
+/// shutdown; `Some(None)` when none of its records is left to send.
+async fn rebuild<E: Endpoint>(ctx: &Arc<Ctx<E>>, part: &Part) -> Option<Option<Built>> {
+    let mut failures = 0u32;
+    loop {
+        let (c, from, to, dropped) = (ctx.clone(), part.from, part.to, part.dropped);
+        match tokio::task::spawn_blocking(move || build_range(&c, from, to, dropped)).await {
+            Ok(Ok(built)) => return Some(built),
+            Ok(Err(e)) => {
+                tracing::error!(sink = %ctx.label.sink, from, to, error = %e,
+                    "cannot read a batch back from the outbox; retrying");
+            }
+            Err(e) => {
+                tracing::error!(sink = %ctx.label.sink, from, to, error = %e,
+                    "building a batch failed; retrying");
+            }
+        }
+        ctx.fail("build_failed");
+        if !ctx.pause(ctx.config.backoff.delay(failures)).await {
+            return None;
+        }
+        failures = failures.saturating_add(1);
+    }
+}
+
 /// Delivers one batch completely (retrying, splitting, dead-lettering).
 /// Returns (first_seq, delivered); `delivered` is false only on shutdown.
-async fn deliver_batch<E: Endpoint>(
-    batch: Batch,
-    endpoint: Arc<E>,
-    outbox: Outbox,
-    backoff: Backoff,
-    metrics: DeliveryMetrics,
-    label: SinkLabel,
-    shutdown: CancellationToken,
-) -> (u64, bool) {
+/// `restarts` > 0 when an earlier task for this batch failed: it waits for
+/// a backoff first and reads the batch back from the outbox.
+async fn deliver_batch<E: Endpoint>(ctx: Arc<Ctx<E>>, batch: Batch, restarts: u32) -> (u64, bool) {
     let first_seq = batch.first_seq;
-    // Parts still to deliver, in order; the first carries the drop count.
-    let mut parts: Vec<(Vec<Record>, Option<Vec<u8>>, u64)> =
-        vec![(batch.records, batch.body, batch.dropped)];
-    while let Some((records, body, dropped)) = parts.pop() {
-        let mut body = body;
+    if restarts > 0 && !ctx.pause(ctx.config.backoff.delay(restarts - 1)).await {
+        return (first_seq, false);
+    }
+    // Parts still to deliver, in order (a stack: the next is last).
+    let mut parts = vec![Part {
+        from: batch.first_seq,
+        to: batch.last_seq,
+        dropped: batch.dropped,
+        built: batch.built,
+    }];
+    while let Some(mut part) = parts.pop() {
+        let built = match part.built.take() {
+            Some(b) => b,
+            None => match rebuild(&ctx, &part).await {
+                None => return (first_seq, false),
+                Some(None) => continue,
+                Some(Some(b)) => b,
+            },
+        };
+        let body = match built.body {
+            Ok(body) => body,
+            Err(e) => {
+                // Records that cannot be encoded together: alone, each
+                // either encodes or is dead-lettered.
+                tracing::error!(sink = %ctx.label.sink, error = %e, "encode batch");
+                if !refuse(
+                    &ctx,
+                    &mut parts,
+                    &part,
+                    &built.seqs,
+                    &format!("cannot encode: {e}"),
+                )
+                .await
+                {
+                    return (first_seq, false);
+                }
+                continue;
+            }
+        };
         let mut attempt = 0u32;
         loop {
-            let payload = match body.take() {
-                Some(b) => b,
-                None => match endpoint.encode(&records, dropped) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Cannot happen for records that decoded from the
-                        // outbox; dead-letter rather than wedge.
-                        tracing::error!(error = %e, "encode batch");
-                        dead_letter(&outbox, &records, &e, &metrics, &label).await;
-                        break;
-                    }
-                },
-            };
-            let size = payload.len() as u64;
             let started = Instant::now();
             let outcome = tokio::select! {
-                _ = shutdown.cancelled() => return (first_seq, false),
-                o = endpoint.send(payload.clone()) => o,
+                _ = ctx.shutdown.cancelled() => return (first_seq, false),
+                o = ctx.endpoint.send(body.clone()) => o,
             };
-            metrics
+            ctx.metrics
                 .request_duration
-                .get_or_create(&label)
+                .get_or_create(&ctx.label)
                 .observe(started.elapsed().as_secs_f64());
             match outcome {
                 SendOutcome::Delivered => {
-                    metrics
-                        .records_sent
-                        .get_or_create(&label)
-                        .inc_by(records.len() as u64);
-                    metrics.batches_sent.get_or_create(&label).inc();
-                    metrics.bytes_sent.get_or_create(&label).inc_by(size);
+                    let m = &ctx.metrics;
+                    m.records_sent
+                        .get_or_create(&ctx.label)
+                        .inc_by(built.seqs.len() as u64);
+                    m.batches_sent.get_or_create(&ctx.label).inc();
+                    m.bytes_sent
+                        .get_or_create(&ctx.label)
+                        .inc_by(body.len() as u64);
                     break;
                 }
-                SendOutcome::Retry { reason, after } => {
-                    metrics
-                        .failures
-                        .get_or_create(&metrics::ReasonLabel {
-                            sink: label.sink.clone(),
-                            reason: reason.to_string(),
-                        })
-                        .inc();
-                    metrics.retries.get_or_create(&label).inc();
+                SendOutcome::Retry {
+                    reason,
+                    after,
+                    message,
+                } => {
+                    ctx.fail(reason);
+                    ctx.metrics.retries.get_or_create(&ctx.label).inc();
                     // A receiver's Retry-After wins, within reason.
-                    let wait = after
-                        .map(|a| a.min(MAX_RETRY_AFTER))
-                        .unwrap_or_else(|| backoff.delay(attempt));
+                    let wait = match after {
+                        Some(a) => {
+                            let max = ctx.config.max_retry_after;
+                            a.min(max).max(ctx.config.backoff.base.min(max))
+                        }
+                        None => ctx.config.backoff.delay(attempt),
+                    };
                     attempt = attempt.saturating_add(1);
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        tracing::warn!(sink = %label.sink, reason, attempt, ?wait, first_seq, "delivery failed; retrying");
+                    let message = message.unwrap_or_default();
+                    if reason == "source_conflict" {
+                        // Not something a retry alone fixes: an operator must
+                        // look. Said once per backoff round, never skipped.
+                        tracing::error!(sink = %ctx.label.sink, attempt, ?wait,
+                            from = part.from, to = part.to, epoch = ctx.outbox.epoch(),
+                            collector_message = %message,
+                            "the collector refuses this source's records (source_conflict: another outbox epoch writes this source, or a seq was re-sent with different content); retrying");
+                    } else if attempt == 1 || attempt.is_multiple_of(10) {
+                        tracing::warn!(sink = %ctx.label.sink, reason, attempt, ?wait,
+                            from = part.from, to = part.to, receiver_message = %message,
+                            "delivery failed; retrying");
                     }
-                    body = Some(payload);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return (first_seq, false),
-                        _ = tokio::time::sleep(wait) => {}
+                    if !ctx.pause(wait).await {
+                        return (first_seq, false);
                     }
                 }
                 SendOutcome::Reject { status, message } => {
-                    metrics
-                        .failures
-                        .get_or_create(&metrics::ReasonLabel {
-                            sink: label.sink.clone(),
-                            reason: format!("rejected_{status}"),
-                        })
-                        .inc();
-                    if records.len() == 1 {
-                        let reason = format!("receiver answered {status}: {message}");
-                        dead_letter(&outbox, &records, &reason, &metrics, &label).await;
-                    } else {
-                        let mut left = records;
-                        let right = left.split_off(left.len() / 2);
-                        // Stack: push the later half first so the earlier goes next.
-                        parts.push((right, None, 0));
-                        parts.push((left, None, dropped));
+                    ctx.fail(&format!("rejected_{status}"));
+                    let reason = format!("receiver answered {status}: {message}");
+                    if !refuse(&ctx, &mut parts, &part, &built.seqs, &reason).await {
+                        return (first_seq, false);
                     }
                     break;
                 }
@@ -549,20 +745,65 @@ async fn deliver_batch<E: Endpoint>(
     (first_seq, true)
 }
 
-async fn dead_letter(
-    outbox: &Outbox,
-    records: &[Record],
+/// A part the receiver refused (or that cannot be encoded): split it in two
+/// halves by record count, or dead-letter its single record. Returns false
+/// on shutdown.
+async fn refuse<E: Endpoint>(
+    ctx: &Ctx<E>,
+    parts: &mut Vec<Part>,
+    part: &Part,
+    seqs: &[u64],
     reason: &str,
-    metrics: &DeliveryMetrics,
-    label: &SinkLabel,
-) {
-    for r in records {
-        tracing::error!(seq = r.seq, %reason, "record rejected by the receiver; moved to the outbox quarantine");
-        match outbox.quarantine(r.seq, reason).await {
-            Ok(_) => {
-                metrics.dead_letters.get_or_create(label).inc();
+) -> bool {
+    if seqs.len() <= 1 {
+        for &seq in seqs {
+            if !dead_letter(ctx, seq, reason).await {
+                return false;
             }
-            Err(e) => tracing::error!(seq = r.seq, error = %e, "quarantine rejected record"),
+        }
+        return true;
+    }
+    let mid = seqs[seqs.len() / 2];
+    // Stack: push the later half first so the earlier goes next; the
+    // earlier carries the drop count.
+    parts.push(Part {
+        from: mid,
+        to: part.to,
+        dropped: 0,
+        built: None,
+    });
+    parts.push(Part {
+        from: part.from,
+        to: mid - 1,
+        dropped: part.dropped,
+        built: None,
+    });
+    true
+}
+
+/// Moves record `seq` to the outbox quarantine, retrying until the outbox
+/// takes it: the batch must not count as done while the record is neither
+/// delivered nor dead-lettered. Returns false on shutdown.
+async fn dead_letter<E: Endpoint>(ctx: &Ctx<E>, seq: u64, reason: &str) -> bool {
+    let mut failures = 0u32;
+    loop {
+        match ctx.outbox.quarantine(seq, reason).await {
+            Ok(moved) => {
+                if moved {
+                    tracing::error!(sink = %ctx.label.sink, seq, %reason,
+                        "record refused; moved to the outbox quarantine (dead letter)");
+                    ctx.metrics.dead_letters.get_or_create(&ctx.label).inc();
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(sink = %ctx.label.sink, seq, error = %e,
+                    "cannot quarantine a rejected record; retrying");
+                if !ctx.pause(ctx.config.backoff.delay(failures)).await {
+                    return false;
+                }
+                failures = failures.saturating_add(1);
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //! can go to any OpenTelemetry Collector, Loki's OTLP endpoint, or others.
 //!
 //! Mapping: one `ResourceLogs` per request with resource attributes
-//! `service.name`, `host.name` (the record's source) and
-//! `sesam.subscription`; each record is a `LogRecord` with `time_unix_nano`
+//! `service.name`, `host.name` (the record's source),
+//! `sesam.subscription` and `sesam.outbox.epoch` (the outbox epoch: with
+//! `sesam.seq` it identifies a record uniquely, for receivers that dedupe); each record is a `LogRecord` with `time_unix_nano`
 //! = the record's `ts`, a severity derived from its level / priority / event
 //! type, the message (log, system) or the JSON body (others) as body, and
 //! attributes `sesam.kind`, `sesam.seq` plus the record's key fields
@@ -11,6 +12,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -40,9 +42,7 @@ impl OtlpEndpoint {
         service_name: &str,
         timeout: Duration,
     ) -> Result<Self, EndpointError> {
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(EndpointError::BadUrl(endpoint.to_string()));
-        }
+        super::collector::check_url(endpoint)?;
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
@@ -181,8 +181,13 @@ pub fn log_record(r: &Record, observed: u64) -> LogRecord {
     }
 }
 
-/// Builds the export request for records of one source and subscription.
-pub fn export_request(records: &[Record], service_name: &str) -> ExportLogsServiceRequest {
+/// Builds the export request for records of one source and subscription
+/// from the outbox of epoch `epoch`.
+pub fn export_request(
+    epoch: &str,
+    records: &[Record],
+    service_name: &str,
+) -> ExportLogsServiceRequest {
     let observed = schemas::time::now_nanos().max(0) as u64;
     let (source, subscription) = records
         .first()
@@ -195,6 +200,7 @@ pub fn export_request(records: &[Record], service_name: &str) -> ExportLogsServi
                     kv("service.name", s(service_name)),
                     kv("host.name", s(source)),
                     kv("sesam.subscription", s(subscription)),
+                    kv("sesam.outbox.epoch", s(epoch)),
                 ],
                 ..Default::default()
             }),
@@ -217,11 +223,11 @@ impl Endpoint for OtlpEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
-    fn encode(&self, records: &[Record], _dropped: u64) -> Result<Vec<u8>, String> {
-        Ok(export_request(records, &self.service_name).encode_to_vec())
+    fn encode(&self, epoch: &str, records: &[Record], _dropped: u64) -> Result<Vec<u8>, String> {
+        Ok(export_request(epoch, records, &self.service_name).encode_to_vec())
     }
 
-    async fn send(&self, body: Vec<u8>) -> SendOutcome {
+    async fn send(&self, body: Bytes) -> SendOutcome {
         let (status, after, bytes) =
             match super::collector::post(&self.client, &self.url, body).await {
                 Ok(answer) => answer,
@@ -234,6 +240,7 @@ impl Endpoint for OtlpEndpoint {
                 Err(_) => SendOutcome::Retry {
                     reason: "garbage_answer",
                     after: None,
+                    message: None,
                 },
             };
         }
@@ -273,7 +280,7 @@ mod tests {
                 body: Body::Execution(Box::new(e)),
             },
         ];
-        let bytes = export_request(&records, "sesam-node").encode_to_vec();
+        let bytes = export_request("0123abcd", &records, "sesam-node").encode_to_vec();
         let back = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
         let rl = &back.resource_logs[0];
         let attrs: Vec<(String, String)> = rl
@@ -292,6 +299,7 @@ mod tests {
         assert!(attrs.contains(&("service.name".into(), "sesam-node".into())));
         assert!(attrs.contains(&("host.name".into(), "acme".into())));
         assert!(attrs.contains(&("sesam.subscription".into(), "sub".into())));
+        assert!(attrs.contains(&("sesam.outbox.epoch".into(), "0123abcd".into())));
         let logs = &rl.scope_logs[0].log_records;
         assert_eq!(logs.len(), 2);
         assert_eq!(logs[0].time_unix_nano, 1_700_000_000_000_000_000);

@@ -49,16 +49,25 @@ async fn start(
     filter: Option<RecordFilter>,
     redactor: Arc<Redactor>,
 ) -> Running {
+    let endpoint = CollectorEndpoint::new(url, "test-token", Duration::from_secs(5)).unwrap();
+    start_with(outbox, Arc::new(endpoint), filter, redactor, config())
+}
+
+fn start_with<E: Endpoint>(
+    outbox: &Outbox,
+    endpoint: Arc<E>,
+    filter: Option<RecordFilter>,
+    redactor: Arc<Redactor>,
+    config: DeliveryConfig,
+) -> Running {
     let shutdown = CancellationToken::new();
     let metrics = DeliveryMetrics::default();
     let sink = Sink {
         outbox: outbox.clone(),
-        endpoint: Arc::new(
-            CollectorEndpoint::new(url, "test-token", Duration::from_secs(5)).unwrap(),
-        ),
+        endpoint,
         redactor,
         filter,
-        config: config(),
+        config,
         metrics: metrics.clone(),
     };
     let task = tokio::spawn(sink.run(shutdown.clone()));
@@ -67,6 +76,15 @@ async fn start(
         task,
         metrics,
     }
+}
+
+fn failures(m: &DeliveryMetrics, reason: &str) -> u64 {
+    m.failures
+        .get_or_create(&metrics::ReasonLabel {
+            sink: "collector".into(),
+            reason: reason.into(),
+        })
+        .get()
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -344,7 +362,7 @@ fn answers_are_classified() {
     ));
     assert!(matches!(
         collector::classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), ""),
-        SendOutcome::Retry { reason: "throttled", after: Some(d) } if d == Duration::from_secs(2)
+        SendOutcome::Retry { reason: "throttled", after: Some(d), .. } if d == Duration::from_secs(2)
     ));
     assert!(matches!(
         collector::classify(StatusCode::BAD_GATEWAY, None, ""),
@@ -458,4 +476,293 @@ async fn otlp_sink_exports_every_record_over_http_after_a_failure() {
         !s.bodies.iter().any(|b| b.contains("AKIAIOSFODNN7EXAMPLE")),
         "redacted before export"
     );
+}
+
+/// An endpoint whose first `panics` sends panic, as a bug in an endpoint
+/// (or in the code under it) would.
+struct Panicky {
+    inner: CollectorEndpoint,
+    panics: std::sync::atomic::AtomicU32,
+}
+
+impl Endpoint for Panicky {
+    fn compatible(&self, a: &Record, b: &Record) -> bool {
+        self.inner.compatible(a, b)
+    }
+    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
+        self.inner.encode(epoch, records, dropped)
+    }
+    async fn send(&self, body: bytes::Bytes) -> SendOutcome {
+        use std::sync::atomic::Ordering;
+        if self
+            .panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("endpoint bug (injected by the test)");
+        }
+        self.inner.send(body).await
+    }
+}
+
+/// Regression: a panicking batch task left its slot undone for good, so the
+/// cursor never moved past it again and the outbox never drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_batch_task_is_dispatched_again_and_leaves_no_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let endpoint = Panicky {
+        inner: CollectorEndpoint::new(&url, "test-token", Duration::from_secs(5)).unwrap(),
+        panics: 3.into(),
+    };
+    let run = start_with(
+        &outbox,
+        Arc::new(endpoint),
+        None,
+        default_redactor(),
+        config(),
+    );
+    outbox
+        .append(&(0..500).map(|i| log(i, "p")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_for("every record stored and the outbox drained", || {
+        rx.stored() == 500 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    assert_eq!(failures(&run.metrics, "task_failed"), 3);
+    let got = rx.received.lock().unwrap();
+    assert!((1..=500u64).all(|seq| got.records.contains_key(&(
+        "sub-1".into(),
+        "node-a".into(),
+        seq
+    ))));
+    assert_eq!(outbox.sink("collector").unwrap().acked, 500);
+}
+
+/// Regression: `Retry-After: 1e20` panicked the delivery task
+/// (`Duration::from_secs_f64`); other nonsense must not wedge it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_retry_after_values_are_clamped_or_ignored() {
+    for value in ["1e20", "-1", "NaN", "garbage", "99999999999999999999999"] {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+        let rx = Receiver::default();
+        {
+            let mut f = rx.faults.lock().unwrap();
+            f.throttled = 3;
+            f.retry_after = Some(value.into());
+        }
+        let (url, _server) = rx.start().await.unwrap();
+        let endpoint = CollectorEndpoint::new(&url, "test-token", Duration::from_secs(5)).unwrap();
+        let run = start_with(
+            &outbox,
+            Arc::new(endpoint),
+            None,
+            default_redactor(),
+            DeliveryConfig {
+                max_retry_after: Duration::from_millis(200),
+                ..config()
+            },
+        );
+        outbox
+            .append(&(0..200).map(|i| log(i, "t")).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        wait_for("stored", || {
+            rx.stored() == 200 && outbox.stats().records == 0
+        })
+        .await;
+        run.shutdown.cancel();
+        run.task.await.unwrap().unwrap();
+        assert_eq!(failures(&run.metrics, "throttled"), 3, "{value}");
+        assert_eq!(failures(&run.metrics, "task_failed"), 0, "{value}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_conflict_is_retried_never_split_or_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.faults.lock().unwrap().conflict = 5;
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    outbox
+        .append(&(0..300).map(|i| log(i, "c")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_for("stored once the conflict clears", || {
+        rx.stored() == 300 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    assert_eq!(failures(&run.metrics, "source_conflict"), 5);
+    let label = run.metrics.sink("collector");
+    assert_eq!(run.metrics.dead_letters.get_or_create(&label).get(), 0);
+    assert!(outbox.quarantined(10).unwrap().is_empty());
+    // Never split: 300 records in batches of 100 are 3 batches, each
+    // delivered whole.
+    assert_eq!(run.metrics.batches_sent.get_or_create(&label).get(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_epoch_travels_with_every_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let run = start(&outbox, &url, None, default_redactor()).await;
+    outbox
+        .append(&(0..250).map(|i| log(i, "e")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_for("stored", || rx.stored() == 250).await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let epochs = rx.received.lock().unwrap().epochs.clone();
+    assert_eq!(
+        epochs.into_iter().collect::<Vec<_>>(),
+        vec![outbox.epoch().to_string()]
+    );
+}
+
+/// A port nothing listens on.
+fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_fails_over_to_the_next_and_stays_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    // The first collector refuses connections, the second answers 503 for
+    // ever, the third works.
+    let broken = Receiver::default();
+    broken.faults.lock().unwrap().unavailable = u32::MAX;
+    let (broken_url, _b) = broken.start().await.unwrap();
+    let rx = Receiver::default();
+    let (url, _server) = rx.start().await.unwrap();
+    let endpoint = Arc::new(
+        CollectorEndpoint::with_failover(
+            &[closed_port_url(), broken_url.clone(), url.clone()],
+            "test-token",
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let failovers = endpoint.failovers();
+    let run = start_with(
+        &outbox,
+        endpoint.clone(),
+        None,
+        default_redactor(),
+        config(),
+    );
+    for chunk in 0..10u64 {
+        outbox
+            .append(
+                &(0..100)
+                    .map(|i| log(chunk * 100 + i, "f"))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for("stored by the working collector", || {
+        rx.stored() == 1000 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    assert_eq!(
+        failovers.get(),
+        2,
+        "one switch per failed collector: sticky"
+    );
+    assert_eq!(endpoint.current(), url.as_str());
+    // Only the batches in flight at the switch reached the broken one.
+    let broken_requests = broken.received.lock().unwrap().requests;
+    assert!(
+        broken_requests <= 4,
+        "{broken_requests} requests to the 503 collector"
+    );
+    assert_eq!(rx.received.lock().unwrap().duplicates, 0);
+    assert_eq!(
+        failures(&run.metrics, "network"),
+        0,
+        "failover within a round is not a failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_collector_fails_the_round_backs_off_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.faults.lock().unwrap().unavailable = 4;
+    let (url, _server) = rx.start().await.unwrap();
+    let endpoint = Arc::new(
+        CollectorEndpoint::with_failover(
+            &[closed_port_url(), url.clone()],
+            "test-token",
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let run = start_with(&outbox, endpoint, None, default_redactor(), config());
+    outbox
+        .append(&(0..100).map(|i| log(i, "r")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_for("stored", || {
+        rx.stored() == 100 && outbox.stats().records == 0
+    })
+    .await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    assert!(failures(&run.metrics, "server_error") + failures(&run.metrics, "network") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_leaves_while_the_secret_values_cannot_be_compiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let rx = Receiver::default();
+    rx.received.lock().unwrap().keep_bodies = true;
+    let (url, _server) = rx.start().await.unwrap();
+    let redactor = default_redactor();
+    redactor.set_secrets_size_limit(64);
+    let secrets: Vec<String> = (0..50).map(|i| format!("new-node-secret-{i:04}")).collect();
+    assert!(redactor.try_set_secrets(&secrets).is_err());
+    assert!(redactor.check().is_err());
+    let run = start(&outbox, &url, None, redactor.clone()).await;
+    outbox
+        .append(&[log(0, "login with new-node-secret-0007")])
+        .await
+        .unwrap();
+    wait_for("the producer noticed", || {
+        failures(&run.metrics, "redaction_unavailable") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rx.received.lock().unwrap().requests, 0, "fail closed");
+    redactor.set_secrets_size_limit(64 << 20);
+    assert_eq!(redactor.try_set_secrets(&secrets).unwrap(), 50);
+    wait_for("shipped once redaction is whole", || rx.stored() == 1).await;
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+    let got = rx.received.lock().unwrap();
+    assert!(!got
+        .bodies
+        .iter()
+        .any(|b| b.windows(15).any(|w| w == b"new-node-secret")));
 }

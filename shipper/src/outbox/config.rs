@@ -42,14 +42,12 @@ mod humantime_secs {
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
+    /// Between a millisecond and a day: `Duration::from_secs_f64` panics
+    /// on a huge value, and a zero interval or timeout makes no sense.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
-        if !(secs.is_finite() && secs > 0.0) {
-            return Err(serde::de::Error::custom(
-                "sync interval must be a positive number of seconds",
-            ));
-        }
-        Ok(Duration::from_secs_f64(secs))
+        crate::units::seconds(secs, Duration::from_millis(1), Duration::from_secs(86_400))
+            .map_err(serde::de::Error::custom)
     }
 }
 

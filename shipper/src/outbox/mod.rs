@@ -30,6 +30,8 @@
 //! | `quarantine` | seq, u64 big-endian | `[reason len u16 BE][reason utf-8][original stored value]` |
 //!
 //! `meta` keys (values big-endian): `format` = `sesam-outbox-v1`;
+//! `epoch` (32 lowercase hex characters, random, made once with the outbox:
+//! seqs are unique within an epoch, see [`Outbox::epoch`]);
 //! `next_seq` (u64, next seq to assign); `head` (u64, every record below it
 //! is deleted); `stats` (records u64, bytes u64 of stored values);
 //! `counters` (dropped_newest, dropped_oldest, quarantined, u64 each);
@@ -88,6 +90,7 @@ const CF_QUARANTINE: &str = "quarantine";
 const FORMAT: &[u8] = b"sesam-outbox-v1";
 
 const META_FORMAT: &[u8] = b"format";
+const META_EPOCH: &[u8] = b"epoch";
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 const META_HEAD: &[u8] = b"head";
 const META_STATS: &[u8] = b"stats";
@@ -194,8 +197,10 @@ pub struct ReadBatch {
     pub records: Vec<Record>,
     /// Bytes of the stored values read.
     pub bytes: usize,
-    /// The highest seq this read covered, including records it quarantined;
-    /// acknowledge up to it once the records are delivered.
+    /// The highest seq this read covered, including records it quarantined
+    /// and, when the read reached the last appended record, seqs that are no
+    /// longer stored (quarantined or dropped earlier); acknowledge up to it
+    /// once the records are delivered.
     pub last_seq: u64,
     /// Records quarantined by this read.
     pub quarantined: usize,
@@ -220,6 +225,7 @@ struct Shared {
 
 struct Inner {
     path: PathBuf,
+    epoch: String,
     db: Arc<DB>,
     tx: mpsc::Sender<Op>,
     shared: Arc<Shared>,
@@ -342,6 +348,7 @@ impl Outbox {
         })?;
         let db = Arc::new(db);
         let state = load_state(&db, &path, existed)?;
+        let epoch = load_epoch(&db, &path)?;
 
         let shared = Arc::new(Shared {
             visible_seq: AtomicU64::new(state.next_seq - 1),
@@ -379,6 +386,7 @@ impl Outbox {
         Ok(Outbox {
             inner: Arc::new(Inner {
                 path,
+                epoch,
                 db,
                 tx,
                 shared,
@@ -390,6 +398,16 @@ impl Outbox {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The outbox epoch: a random id (32 lowercase hex characters) made
+    /// once, when the outbox was created (or, for an outbox created before
+    /// epochs existed, at its first open since). Seqs are unique within an
+    /// epoch; a wiped and recreated outbox starts a new epoch, so a receiver
+    /// keys its dedupe by (subscription, source, epoch, seq). Every batch
+    /// this outbox's records travel in carries it.
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
     }
 
     pub fn config(&self) -> &OutboxConfig {
@@ -662,14 +680,19 @@ impl Outbox {
         let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_RECORDS), opts);
         it.seek(seq_key(after + 1));
         let mut faults = Vec::new();
+        // Whether the scan stopped at a limit rather than at `visible`.
+        let mut stopped = false;
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                stopped = true;
                 break;
             };
             let Some(seq) = key_seq(k) else {
+                stopped = true;
                 break;
             };
             if !out.is_empty() && bytes + v.len() > max_bytes {
+                stopped = true;
                 break;
             }
             match decode_record_value(v) {
@@ -682,6 +705,7 @@ impl Outbox {
             bytes += v.len();
             last_seq = seq;
             if out.len() >= max_records {
+                stopped = true;
                 break;
             }
             it.next();
@@ -691,6 +715,14 @@ impl Outbox {
             source: e,
         })?;
         drop(it);
+        if !stopped {
+            // Every seq up to `visible` was scanned: those not seen are gone
+            // (acknowledged, dropped or quarantined earlier), so the read
+            // covers them too. Without this a reader whose cursor sits
+            // before a tail of quarantined records would read nothing,
+            // forever, and never move past them.
+            last_seq = visible;
+        }
         for (seq, reason) in faults {
             tracing::warn!(seq, %reason, "outbox: quarantined a corrupt record");
             if self.quarantine(seq, &reason).wait()? {
@@ -781,6 +813,40 @@ fn check_directory(path: &Path) -> Result<bool, OutboxError> {
             Ok(false)
         }
     }
+}
+
+/// A new random epoch: the 128 random bits of a v4 UUID as 32 hex digits.
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Reads the outbox's epoch, making and durably storing one if it has none
+/// (a new outbox, or one created before epochs existed). A stored epoch that
+/// is not a valid one is damage, not something to paper over: replacing it
+/// would put records the receiver already has under a new epoch.
+fn load_epoch(db: &DB, path: &Path) -> Result<String, OutboxError> {
+    let storage = |e| OutboxError::Storage {
+        op: "read or store the outbox epoch",
+        source: e,
+    };
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("column family created at open");
+    if let Some(v) = db.get_cf(meta, META_EPOCH).map_err(storage)? {
+        return match String::from_utf8(v) {
+            Ok(e) if !e.is_empty() && schemas::batch::valid_epoch(&e) => Ok(e),
+            _ => Err(OutboxError::Damaged {
+                path: path.to_path_buf(),
+                reason: "the stored epoch is not a valid epoch".into(),
+            }),
+        };
+    }
+    let epoch = new_epoch();
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.put_cf_opt(meta, META_EPOCH, epoch.as_bytes(), &wo)
+        .map_err(storage)?;
+    Ok(epoch)
 }
 
 fn load_state(db: &DB, path: &Path, existed: bool) -> Result<State, OutboxError> {

@@ -424,3 +424,95 @@ async fn tickets_are_awaitable() {
     ob.ack("c", 1, 0).await.unwrap();
     assert_eq!(ob.stats().records, 0);
 }
+
+#[test]
+fn an_outbox_has_one_random_epoch_for_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let epoch_a = Outbox::open(&a, OutboxConfig::default())
+        .unwrap()
+        .epoch()
+        .to_string();
+    assert_eq!(epoch_a.len(), 32, "{epoch_a}");
+    assert!(
+        epoch_a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+        "{epoch_a}"
+    );
+    assert!(schemas::batch::valid_epoch(&epoch_a));
+    let reopened = Outbox::open(&a, OutboxConfig::default()).unwrap();
+    assert_eq!(reopened.epoch(), epoch_a, "kept across reopens");
+    drop(reopened);
+    let other = Outbox::open(&b, OutboxConfig::default()).unwrap();
+    assert_ne!(other.epoch(), epoch_a, "each outbox makes its own");
+}
+
+/// An outbox written before epochs existed has no `epoch` key: it gets one
+/// at its first open, once, and keeps it.
+#[test]
+fn an_outbox_from_before_epochs_gets_one_at_first_open_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ob");
+    {
+        let ob = Outbox::open(&path, OutboxConfig::default()).unwrap();
+        ob.append(&[log(1)]).wait().unwrap();
+    }
+    {
+        // Remove the key as an older version would have left the outbox.
+        let opts = Options::default();
+        let db = DB::open_cf(&opts, &path, [CF_RECORDS, CF_META, CF_QUARANTINE]).unwrap();
+        let meta = db.cf_handle(CF_META).unwrap();
+        db.delete_cf(meta, META_EPOCH).unwrap();
+        assert!(db.get_cf(meta, META_EPOCH).unwrap().is_none());
+    }
+    let first = Outbox::open(&path, OutboxConfig::default())
+        .unwrap()
+        .epoch()
+        .to_string();
+    assert_eq!(first.len(), 32);
+    let again = Outbox::open(&path, OutboxConfig::default()).unwrap();
+    assert_eq!(again.epoch(), first, "made once, then kept");
+    assert_eq!(again.read(0, 10, usize::MAX).unwrap().records.len(), 1);
+}
+
+#[test]
+fn a_damaged_epoch_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ob");
+    drop(Outbox::open(&path, OutboxConfig::default()).unwrap());
+    {
+        let db = DB::open_cf(
+            &Options::default(),
+            &path,
+            [CF_RECORDS, CF_META, CF_QUARANTINE],
+        )
+        .unwrap();
+        let meta = db.cf_handle(CF_META).unwrap();
+        db.put_cf(meta, META_EPOCH, b"not an epoch!").unwrap();
+    }
+    let e = Outbox::open(&path, OutboxConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("epoch") && e.contains("ob"), "{e}");
+}
+
+/// Regression: a reader whose cursor sat just before a tail of quarantined
+/// (dead-lettered) records read nothing and no `last_seq` past its cursor,
+/// so a shipper restarted after dead-lettering the last record spun on it.
+#[test]
+fn a_read_covers_a_tail_of_records_that_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path().join("ob"), OutboxConfig::default()).unwrap();
+    ob.append(&(0..4).map(log).collect::<Vec<_>>())
+        .wait()
+        .unwrap();
+    assert!(ob.quarantine(3, "test").wait().unwrap());
+    assert!(ob.quarantine(4, "test").wait().unwrap());
+    let b = ob.read(2, 10, usize::MAX).unwrap();
+    assert!(b.records.is_empty());
+    assert_eq!(b.last_seq, 4, "the read covers the quarantined tail");
+    // A read stopped by its record limit covers only what it saw.
+    let b = ob.read(0, 1, usize::MAX).unwrap();
+    assert_eq!(b.last_seq, 1);
+}

@@ -30,12 +30,19 @@ pub struct UserPattern {
 #[serde(deny_unknown_fields, default)]
 pub struct RedactConfig {
     /// Case-insensitive regexes; a map key matching one has its whole value
-    /// masked, at any depth.
+    /// masked, at any depth. With the `key_value` built-in they also find
+    /// `key=value` pairs in free text, where they are matched inside a key
+    /// word (unanchored: `^`/`$` would never match there).
     pub key_patterns: Vec<String>,
     /// Fields removed wherever they appear (never shipped, not even masked).
     pub remove_fields: Vec<String>,
-    /// Built-in value patterns to apply, by name: `bearer_token`, `jwt`,
-    /// `url_credentials`, `pem_private_key`, `aws_access_key`, `card_number`.
+    /// Built-in value patterns to apply, by name (see [`BUILTIN_PATTERNS`]):
+    /// `key_value` (the key patterns applied to `key=value`, `key: value`,
+    /// `"key": "value"` and query strings in free text), `bearer_token`,
+    /// `auth_header`, `api_key_header`, `basic_auth`, `jwt`,
+    /// `url_credentials`, `pem_private_key`, `aws_access_key`,
+    /// `github_token`, `slack_token`, `stripe_key`, `google_api_key`,
+    /// `card_number`. Default: all of them.
     pub builtin_patterns: Vec<String>,
     /// Extra value patterns.
     pub patterns: Vec<UserPattern>,
@@ -47,12 +54,23 @@ pub struct RedactConfig {
     pub strip_embedded_entities: bool,
 }
 
-pub const BUILTIN_PATTERNS: [&str; 6] = [
+/// Every built-in value pattern, in the order they are applied. Order
+/// matters only for what is left readable: the header and key=value rules
+/// come first so that they keep the key or scheme and mask the value.
+pub const BUILTIN_PATTERNS: [&str; 14] = [
+    "pem_private_key",
     "bearer_token",
+    "auth_header",
+    "api_key_header",
+    "key_value",
+    "basic_auth",
     "jwt",
     "url_credentials",
-    "pem_private_key",
     "aws_access_key",
+    "github_token",
+    "slack_token",
+    "stripe_key",
+    "google_api_key",
     "card_number",
 ];
 

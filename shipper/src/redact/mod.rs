@@ -9,9 +9,20 @@
 //!   (`password`, `secret`, `token`, `api[_-]?key`, `authorization`,
 //!   `private[_-]?key`, case-insensitive, at any depth);
 //! - replaces, in every string (and map key), matches of the value
-//!   patterns: bearer tokens, JWTs, `user:password@` in URLs, PEM private
-//!   keys, AWS access key ids, Luhn-valid card numbers, user regexes, and
-//!   every resolved secret value registered with [`Redactor::set_secrets`].
+//!   patterns: the key patterns in free text (`password=...`,
+//!   `Password: ...`, `"password": "..."`, `?api_key=...`), bearer tokens,
+//!   `Authorization:` and API-key headers, `Basic` credentials, JWTs, the
+//!   password of `user:password@` in URLs (which may contain `@`), PEM
+//!   private keys, AWS access key ids, GitHub / Slack / Stripe / Google API
+//!   tokens, Luhn-valid card numbers, user regexes, and every resolved secret
+//!   value registered with [`Redactor::set_secrets`].
+//!
+//! Bounds and failure: a scrubbed string is never longer than
+//! [`max_scrubbed_len`] of the original (a string that would grow beyond is
+//! replaced whole); empty matches replace nothing. If the set of secret
+//! values cannot be compiled, the previous set stays in force and
+//! [`Redactor::check`] fails until a set compiles: delivery pauses
+//! meanwhile (fail closed), it never ships with secrets it does not know.
 //!
 //! `execution` and `health` bodies are allow-listed by their Rust types:
 //! a field not declared in `schemas` does not survive decoding (fail closed).
@@ -21,7 +32,7 @@
 mod config;
 mod patterns;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::RwLock;
 
 use hmac::{KeyInit, Mac};
@@ -61,11 +72,23 @@ pub enum RedactError {
     },
     #[error("redaction rule {rule:?}: invalid regex: {message}")]
     BadPattern { rule: String, message: String },
-    #[error("redaction rule {0:?} is not a built-in pattern (known: bearer_token, jwt, url_credentials, pem_private_key, aws_access_key, card_number)")]
+    #[error("redaction rule {0:?} is not a built-in pattern (known: {known})", known = BUILTIN_PATTERNS.join(", "))]
     UnknownBuiltin(String),
     #[error("replacement = \"hash\" needs hash_key")]
     MissingHashKey,
+    #[error("the {count} secret values cannot be compiled for redaction ({message}); the previous set stays in force and shipping is paused until they can")]
+    Secrets { count: usize, message: String },
 }
+
+/// The longest a string of `len` bytes can become through [`Redactor::scrub`]:
+/// `3 × len + 32`. Masks are longer than the shortest secrets, so text dense
+/// with tiny secrets grows; past this bound the whole string is replaced.
+pub fn max_scrubbed_len(len: usize) -> usize {
+    len.saturating_mul(3).saturating_add(32)
+}
+
+/// Default bound of the compiled secret-values regex.
+const SECRETS_SIZE_LIMIT: usize = 64 << 20;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabel {
@@ -76,7 +99,88 @@ struct RuleLabel {
 struct ValueRule {
     name: String,
     re: Regex,
-    luhn: bool,
+    /// Capture groups to replace (named `secret*`); empty: the whole match.
+    groups: Vec<usize>,
+    /// A check a match must pass to be replaced (e.g. Luhn).
+    validate: Option<fn(&str) -> bool>,
+}
+
+impl ValueRule {
+    fn new(name: &str, re: Regex) -> ValueRule {
+        let groups = re
+            .capture_names()
+            .enumerate()
+            .filter(|(_, n)| n.is_some_and(|n| n.starts_with("secret")))
+            .map(|(i, _)| i)
+            .collect();
+        ValueRule {
+            name: name.to_string(),
+            validate: patterns::validator(name),
+            re,
+            groups,
+        }
+    }
+
+    /// Byte ranges this rule replaces in `s`.
+    fn spans(&self, s: &str, out: &mut Vec<std::ops::Range<usize>>) {
+        let mut keep = |m: regex::Match<'_>| {
+            if replaceable(m.as_str()) && self.validate.is_none_or(|v| v(m.as_str())) {
+                out.push(m.range());
+            }
+        };
+        if self.groups.is_empty() {
+            self.re.find_iter(s).for_each(&mut keep);
+        } else {
+            for c in self.re.captures_iter(s) {
+                self.groups
+                    .iter()
+                    .filter_map(|&g| c.get(g))
+                    .for_each(&mut keep);
+            }
+        }
+    }
+}
+
+/// Adds [start, end) to `found` (start -> (end, rule)), merging it with
+/// every range it overlaps: the one starting before it (at most one, as the
+/// ranges are disjoint) and those starting inside it.
+fn add_span<'a>(
+    found: &mut BTreeMap<usize, (usize, &'a str)>,
+    start: usize,
+    end: usize,
+    rule: &'a str,
+) {
+    let (mut start, mut end, mut rule) = (start, end, rule);
+    if let Some((&s0, &(e0, r0))) = found.range(..start).next_back() {
+        if e0 > start {
+            found.remove(&s0);
+            (start, rule) = (s0, r0);
+            end = end.max(e0);
+        }
+    }
+    while let Some((&s1, &(e1, r1))) = found.range(start..end).next() {
+        found.remove(&s1);
+        end = end.max(e1);
+        if s1 == start {
+            rule = r1;
+        }
+    }
+    found.insert(start, (end, rule));
+}
+
+/// Whether a matched value is worth replacing: not empty, and not what an
+/// earlier redaction left (so redacting twice changes nothing).
+fn replaceable(m: &str) -> bool {
+    !m.is_empty() && !m.starts_with("[REDACTED")
+}
+
+/// The compiled literal secret values.
+#[derive(Debug, Default)]
+struct Secrets {
+    re: Option<Regex>,
+    /// Why the last set could not be compiled (then `re` is the one before).
+    stale: Option<String>,
+    size_limit: usize,
 }
 
 /// Compiled redaction rules; cheap to share (`Arc<Redactor>`).
@@ -87,7 +191,7 @@ pub struct Redactor {
     rules: Vec<ValueRule>,
     any_rule: RegexSet,
     /// Literal secret values (an escaped alternation), replaced at runtime.
-    secrets: RwLock<Option<Regex>>,
+    secrets: RwLock<Secrets>,
     replacement: Replacement,
     hash_key: Vec<u8>,
     strip_embedded: bool,
@@ -123,20 +227,19 @@ impl Redactor {
         };
         let mut rules = Vec::new();
         for name in &config.builtin_patterns {
+            if name == "key_value" {
+                if !config.key_patterns.is_empty() {
+                    let re = compile(name, &patterns::key_value(&config.key_patterns), false)?;
+                    rules.push(ValueRule::new(name, re));
+                }
+                continue;
+            }
             let pattern =
                 patterns::builtin(name).ok_or_else(|| RedactError::UnknownBuiltin(name.clone()))?;
-            rules.push(ValueRule {
-                name: name.clone(),
-                re: compile(name, pattern, false)?,
-                luhn: name == "card_number",
-            });
+            rules.push(ValueRule::new(name, compile(name, pattern, false)?));
         }
         for p in &config.patterns {
-            rules.push(ValueRule {
-                name: p.name.clone(),
-                re: compile(&p.name, &p.regex, false)?,
-                luhn: false,
-            });
+            rules.push(ValueRule::new(&p.name, compile(&p.name, &p.regex, false)?));
         }
         let any_rule = RegexSet::new(rules.iter().map(|r| r.re.as_str())).map_err(|e| {
             RedactError::BadPattern {
@@ -155,7 +258,10 @@ impl Redactor {
             remove,
             rules,
             any_rule,
-            secrets: RwLock::new(None),
+            secrets: RwLock::new(Secrets {
+                size_limit: SECRETS_SIZE_LIMIT,
+                ..Secrets::default()
+            }),
             replacement: config.replacement,
             hash_key,
             strip_embedded: config.strip_embedded_entities,
@@ -164,8 +270,25 @@ impl Redactor {
     }
 
     /// Replaces the set of resolved secret values scrubbed as literals.
-    /// Values shorter than [`MIN_SECRET_LEN`] are ignored.
+    /// Values shorter than [`MIN_SECRET_LEN`] are ignored. A set that cannot
+    /// be compiled is logged at ERROR and handled as [`Redactor::try_set_secrets`]
+    /// describes (fail closed).
     pub fn set_secrets<I, S>(&self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        if let Err(e) = self.try_set_secrets(values) {
+            tracing::error!(error = %e, "redaction: secret values not updated");
+        }
+    }
+
+    /// Replaces the set of resolved secret values scrubbed as literals;
+    /// returns how many are scrubbed. If they cannot be compiled, the
+    /// previous set stays in force and [`Redactor::check`] fails until a set
+    /// compiles, so that delivery pauses rather than ship a secret it was
+    /// told about.
+    pub fn try_set_secrets<I, S>(&self, values: I) -> Result<usize, RedactError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -176,17 +299,57 @@ impl Redactor {
             .map(|v| regex::escape(v.as_ref()))
             .collect();
         // Longest first, so a secret containing another is replaced whole.
-        lits.sort_by_key(|l| std::cmp::Reverse(l.len()));
+        lits.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         lits.dedup();
-        let re = if lits.is_empty() {
-            None
+        let count = lits.len();
+        let size_limit = self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .size_limit;
+        let built = if lits.is_empty() {
+            Ok(None)
         } else {
             RegexBuilder::new(&lits.join("|"))
-                .size_limit(64 << 20)
+                .size_limit(size_limit)
                 .build()
-                .ok()
+                .map(Some)
         };
-        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = re;
+        let mut secrets = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        match built {
+            Ok(re) => {
+                secrets.re = re;
+                secrets.stale = None;
+                Ok(count)
+            }
+            Err(e) => {
+                let message = e.to_string().chars().take(300).collect::<String>();
+                secrets.stale = Some(message.clone());
+                Err(RedactError::Secrets { count, message })
+            }
+        }
+    }
+
+    /// Whether the redaction knows every secret it was told about: fails
+    /// while the last [`Redactor::try_set_secrets`] could not be compiled.
+    pub fn check(&self) -> Result<(), RedactError> {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        match &secrets.stale {
+            None => Ok(()),
+            Some(message) => Err(RedactError::Secrets {
+                count: 0,
+                message: message.clone(),
+            }),
+        }
+    }
+
+    /// Test hook: the size bound of the compiled secret values (64 MiB).
+    #[doc(hidden)]
+    pub fn set_secrets_size_limit(&self, bytes: usize) {
+        self.secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .size_limit = bytes;
     }
 
     /// Registers `shipper_redactions_total{rule}`.
@@ -228,46 +391,88 @@ impl Redactor {
         }
     }
 
+    /// Byte ranges of `s` to replace, sorted and disjoint, each with the
+    /// rule that found it first. Matches of every rule (and of the secret
+    /// values) are found on the original text; where two overlap they are
+    /// merged into one replaced range, so a secret inside a larger match
+    /// (or straddling two) can never leave part of either readable.
+    fn spans(&self, s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+        // start -> (end, rule)
+        let mut found: BTreeMap<usize, (usize, &str)> = BTreeMap::new();
+        {
+            let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(re) = secrets.re.as_ref() {
+                for m in re.find_iter(s) {
+                    if !m.is_empty() {
+                        add_span(&mut found, m.start(), m.end(), "secret_value");
+                    }
+                }
+            }
+        }
+        if !self.rules.is_empty() {
+            let mut ranges = Vec::new();
+            for i in self.any_rule.matches(s).into_iter() {
+                let rule = &self.rules[i];
+                ranges.clear();
+                rule.spans(s, &mut ranges);
+                for r in ranges.drain(..) {
+                    add_span(&mut found, r.start, r.end, rule.name.as_str());
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|(start, (end, rule))| (start..end, rule))
+            .collect()
+    }
+
     /// Scrubs one string in place. Returns whether it changed.
     pub fn scrub(&self, s: &mut String) -> bool {
-        let mut changed = false;
-        // Secrets first: a secret inside a URL or token must go whole.
-        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(re) = secrets.as_ref() {
-            let mut n = 0u64;
-            let out = re.replace_all(s, |c: &regex::Captures<'_>| {
-                n += 1;
-                self.replacement_for(&c[0])
-            });
-            if n > 0 {
-                *s = out.into_owned();
-                self.hit("secret_value", n);
-                changed = true;
+        let spans = self.spans(s);
+        if spans.is_empty() {
+            return false;
+        }
+        let mut out = String::with_capacity(s.len() + spans.len() * MASK.len());
+        let mut at = 0;
+        for (r, rule) in &spans {
+            out.push_str(&s[at..r.start]);
+            out.push_str(&self.replacement_for(&s[r.clone()]));
+            at = r.end;
+            self.hit(rule, 1);
+        }
+        out.push_str(&s[at..]);
+        if out.len() > max_scrubbed_len(s.len()) {
+            self.hit("oversized", 1);
+            out = MASK.to_string();
+        }
+        *s = out;
+        true
+    }
+
+    /// The largest cut position `<= at` (on a char boundary) that does not
+    /// fall inside anything redaction would replace in `text`, so that
+    /// cutting a long text into pieces never splits a secret between two
+    /// pieces (where neither half would be recognised). `at` itself when no
+    /// such position exists above 0.
+    pub fn safe_cut(&self, text: &str, at: usize) -> usize {
+        let mut at = at.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let spans = self.spans(text);
+        let mut cut = at;
+        // Spans are sorted and disjoint: walking back over the ones that
+        // contain the cut ends at a safe place.
+        for (r, _) in spans.iter().rev() {
+            if r.start < cut && cut < r.end {
+                cut = r.start;
             }
         }
-        drop(secrets);
-        if self.rules.is_empty() {
-            return changed;
+        if cut == 0 {
+            at
+        } else {
+            cut
         }
-        let matched: Vec<usize> = self.any_rule.matches(s).into_iter().collect();
-        for i in matched {
-            let rule = &self.rules[i];
-            let mut n = 0u64;
-            let out = rule.re.replace_all(s, |c: &regex::Captures<'_>| {
-                let m = &c[0];
-                if rule.luhn && !luhn_valid(m) {
-                    return m.to_string();
-                }
-                n += 1;
-                self.replacement_for(m)
-            });
-            if n > 0 {
-                *s = out.into_owned();
-                self.hit(&rule.name, n);
-                changed = true;
-            }
-        }
-        changed
     }
 
     fn scrub_opt(&self, s: &mut Option<String>) {
@@ -333,18 +538,7 @@ impl Redactor {
 
     /// Whether `s` would change, without counting.
     fn would_scrub(&self, s: &str) -> bool {
-        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
-        if secrets.as_ref().is_some_and(|re| re.is_match(s)) {
-            return true;
-        }
-        drop(secrets);
-        let matched: Vec<usize> = self.any_rule.matches(s).into_iter().collect();
-        matched.into_iter().any(|i| {
-            let rule = &self.rules[i];
-            rule.re
-                .find_iter(s)
-                .any(|m| !rule.luhn || luhn_valid(m.as_str()))
-        })
+        !self.spans(s).is_empty()
     }
 
     /// Redacts one record in place.

@@ -29,7 +29,7 @@ fn builtin_value_patterns_are_replaced() {
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
     let cases = [
         ("Authorization: Bearer abc.DEF-123_x", "abc.DEF-123_x"),
-        (&*format!("token={jwt} end"), jwt),
+        (&*format!("id {jwt} end"), jwt),
         ("GET https://alice:s3cr3tpw@db.example.com/x", "s3cr3tpw"),
         ("key AKIAIOSFODNN7EXAMPLE used", "AKIAIOSFODNN7EXAMPLE"),
         ("card 4111 1111 1111 1111 charged", "4111 1111 1111 1111"),
@@ -236,4 +236,148 @@ fn log_fields_are_redacted_and_keys_carrying_secrets_renamed() {
     for secret in ["abcd1234", "s3cr3t-value", "pw12345"] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
+}
+
+/// Regression (the shapes found stored unredacted from a tailed file).
+#[test]
+fn free_text_secrets_from_the_issue_are_redacted() {
+    let r = redactor();
+    let cases = [
+        ("password=hunter2", "password=[REDACTED]"),
+        (
+            "GET /v1/charges?api_key=sk_live_4eC39HqLyjWDarjtT1zdp7dc&limit=3 200",
+            "GET /v1/charges?api_key=[REDACTED]&limit=3 200",
+        ),
+        (
+            "Authorization: Basic dXNlcjpodW50ZXIy",
+            "Authorization: Basic [REDACTED]",
+        ),
+        (
+            "Authorization: token ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+            "Authorization: token [REDACTED]",
+        ),
+        ("X-Api-Key: 3f9a1c0de55b4b8e", "X-Api-Key: [REDACTED]"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [REDACTED]",
+        ),
+        (
+            "connect postgres://admin:p@ss@db/app failed",
+            "connect postgres://admin:[REDACTED]@db/app failed",
+        ),
+        (
+            r#"{"user": "bob", "password": "hunter2", "n": 1}"#,
+            r#"{"user": "bob", "password": "[REDACTED]", "n": 1}"#,
+        ),
+        (
+            "Password: hunter2\nnext line",
+            "Password: [REDACTED]\nnext line",
+        ),
+        (
+            "slack xoxb-263594206564-2343594206574-FGqddMF8t08v8N7Oq4i57vs1 ok",
+            "slack [REDACTED] ok",
+        ),
+        (
+            "key rk_live_51H8abcdEFGHijklMNOP in use",
+            "key [REDACTED] in use",
+        ),
+        (
+            "maps AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY here",
+            "maps [REDACTED] here",
+        ),
+        (
+            "token github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv done",
+            "token [REDACTED] done",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(scrubbed(&r, input), want, "{input}");
+    }
+    // Ordinary text that only looks alike survives.
+    for text in [
+        "a basic example of what the password policy requires",
+        "see https://example.com/a@b and http://host:8080/path",
+        "Basic information about the run",
+        "pk_live_1234567890abcdef is a publishable key",
+    ] {
+        assert_eq!(scrubbed(&r, text), text);
+    }
+    assert!(r.count("key_value") >= 4);
+    assert_eq!(r.count("url_credentials"), 1);
+}
+
+#[test]
+fn redacting_twice_changes_nothing_more() {
+    for replacement in [Replacement::Mask, Replacement::Hash] {
+        let r = Redactor::new(&RedactConfig {
+            replacement,
+            hash_key: Some("k".into()),
+            ..RedactConfig::default()
+        })
+        .unwrap();
+        let once = scrubbed(&r, "password=hunter2 and Bearer abc.def and token: xyz");
+        assert_eq!(scrubbed(&r, &once), once, "{replacement:?}");
+    }
+}
+
+#[test]
+fn output_is_bounded_and_empty_matches_replace_nothing() {
+    let r = Redactor::new(&RedactConfig {
+        patterns: vec![UserPattern {
+            name: "anything".into(),
+            regex: "x*".into(),
+        }],
+        ..RedactConfig::default()
+    })
+    .unwrap();
+    assert_eq!(scrubbed(&r, "abc"), "abc", "empty matches are not replaced");
+    // Dense tiny secrets in hash mode would grow 7x: replaced whole.
+    let h = Redactor::new(&RedactConfig {
+        replacement: Replacement::Hash,
+        hash_key: Some("k".into()),
+        ..RedactConfig::default()
+    })
+    .unwrap();
+    let dense = "token=a&".repeat(200);
+    let out = scrubbed(&h, &dense);
+    assert!(out.len() <= max_scrubbed_len(dense.len()), "{}", out.len());
+    assert_eq!(out, MASK);
+    assert_eq!(h.count("oversized"), 1);
+}
+
+#[test]
+fn a_secret_set_that_cannot_compile_fails_closed_and_keeps_the_last_good_one() {
+    let r = redactor();
+    assert_eq!(r.try_set_secrets(["old-secret-value"]).unwrap(), 1);
+    r.set_secrets_size_limit(16);
+    let e = r
+        .try_set_secrets((0..100).map(|i| format!("new-secret-{i:03}")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("100 secret values") && e.contains("paused"),
+        "{e}"
+    );
+    assert!(r.check().is_err());
+    assert_eq!(
+        scrubbed(&r, "old-secret-value"),
+        MASK,
+        "the last good set stays"
+    );
+    r.set_secrets_size_limit(64 << 20);
+    r.set_secrets(["new-secret-001"]);
+    assert!(r.check().is_ok());
+    assert_eq!(scrubbed(&r, "x new-secret-001"), "x [REDACTED]");
+}
+
+#[test]
+fn a_safe_cut_never_falls_inside_a_secret() {
+    let r = redactor();
+    let text = "aaaa password=hunter2 bbbb";
+    let inside = text.find("hunter2").unwrap() + 3;
+    assert_eq!(r.safe_cut(text, inside), text.find("hunter2").unwrap());
+    assert_eq!(r.safe_cut(text, 3), 3, "nothing to avoid");
+    assert_eq!(r.safe_cut(text, 1000), text.len());
+    let multi = "é".repeat(10);
+    assert!(multi.is_char_boundary(r.safe_cut(&multi, 5)));
 }
