@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,15 +22,46 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{ConfigError, ConfigErrors, Schedule};
+use crate::limits::{Limits, DEFAULT_PAGE_ENTITIES, MAX_ID_CHARS, MAX_PUMP_BODY_BYTES};
+use crate::metrics::ReasonLabel;
 use crate::pump::{Pump, StartRefused};
 use crate::state::{blocking, Shared};
 use crate::store::{ReadOptions, StoreError};
 
-/// An API error: a status and a JSON body naming what was wrong.
+/// An API error: a status and a JSON body naming what was wrong, plus the
+/// reason it is counted under in `sesam_node_api_refused_total`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    reason: &'static str,
+}
+
+/// The refusal reason of an error response, read by [`count_refusals`].
+#[derive(Debug, Clone, Copy)]
+struct Refused(&'static str);
+
+fn default_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "body_too_large",
+        503 => "busy",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// An id echoed in an error, cut short: ids come from the request path.
+fn echo(id: &str) -> String {
+    if id.chars().count() <= 200 {
+        id.to_string()
+    } else {
+        let mut s: String = id.chars().take(200).collect();
+        s.push_str("...");
+        s
+    }
 }
 
 impl ApiError {
@@ -37,14 +69,22 @@ impl ApiError {
         ApiError {
             status,
             body: json!({"error": error.into()}),
+            reason: default_reason(status),
         }
     }
 
     fn field(status: StatusCode, id: &str, field: &str, error: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: json!({"error": error.into(), "_id": id, "field": field}),
+            body: json!({"error": error.into(), "_id": echo(id), "field": field}),
+            reason: default_reason(status),
         }
+    }
+
+    /// Overrides the reason the refusal is counted under.
+    fn reason(mut self, reason: &'static str) -> ApiError {
+        self.reason = reason;
+        self
     }
 
     fn not_found(what: &str, id: &str) -> ApiError {
@@ -52,7 +92,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             id,
             "_id",
-            format!("no {what} with _id {id:?}"),
+            format!("no {what} with _id {:?}", echo(id)),
         )
     }
 }
@@ -82,14 +122,46 @@ impl From<ConfigErrors> for ApiError {
                 "field": first.field,
                 "errors": e.0,
             }),
+            reason: "invalid_config",
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r.extensions_mut().insert(Refused(self.reason));
+        r
     }
+}
+
+/// A request body within `limit` bytes (`flag` names the bound), or a 413
+/// that says so; a body that cannot be read is a 400.
+fn body(b: Result<Bytes, BytesRejection>, limit: usize, flag: &str) -> ApiResult<Bytes> {
+    match b {
+        Ok(b) if b.len() <= limit => Ok(b),
+        Ok(_) => Err(too_large(limit, flag)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(limit, flag)),
+        Err(r) => Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "body",
+            format!("could not read the request body: {}", r.body_text()),
+        )),
+    }
+}
+
+fn too_large(limit: usize, flag: &str) -> ApiError {
+    ApiError::field(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "",
+        "body",
+        format!("the request body is larger than {limit} bytes ({flag})"),
+    )
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -97,6 +169,7 @@ type AppState = State<Arc<Shared>>;
 
 /// The API router.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let l = &shared.limits;
     let protected = Router::new()
         .route("/api/status", get(status))
         .route("/api/pipes", get(pipes))
@@ -104,24 +177,75 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/pipes/{id}/config", get(pipe_config))
         .route("/api/pipes/{id}/log", get(pipe_log))
         .route("/api/pipes/{id}/entities", get(pipe_entities))
-        .route("/api/pipes/{id}/pump", get(pump_get).post(pump_post))
+        .route(
+            "/api/pipes/{id}/pump",
+            get(pump_get)
+                .post(pump_post)
+                .layer(DefaultBodyLimit::max(MAX_PUMP_BODY_BYTES)),
+        )
         .route("/api/datasets", get(datasets))
         .route("/api/datasets/{id}", get(dataset))
         .route("/api/datasets/{id}/entities", get(dataset_entities))
-        .route("/api/config", get(config_get).put(config_put))
+        .route(
+            "/api/config",
+            get(config_get)
+                .put(config_put)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
         .route(
             "/api/secrets",
-            get(secrets_get).put(secrets_put).post(secrets_post),
+            get(secrets_get)
+                .put(secrets_put)
+                .post(secrets_post)
+                .layer(DefaultBodyLimit::max(l.max_secrets_bytes)),
         )
         .route("/api/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), slots));
     Router::new()
         .route("/api/ping", get(ping))
         .route("/api/health", get(health))
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
-        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(DefaultBodyLimit::max(MAX_PUMP_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_refusals,
+        ))
         .with_state(shared)
+}
+
+/// Counts every refused request by its reason.
+async fn count_refusals(State(s): AppState, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if let Some(Refused(reason)) = r.extensions().get::<Refused>() {
+        s.metrics
+            .api_refused
+            .get_or_create(&ReasonLabel {
+                reason: (*reason).to_string(),
+            })
+            .inc();
+    }
+    r
+}
+
+/// Bounds the requests handled at once; beyond it 503 + `Retry-After`.
+async fn slots(State(s): AppState, req: Request, next: Next) -> Response {
+    match s.request_slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let r = next.run(req).await;
+            drop(permit);
+            r
+        }
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many API requests at once (--max-concurrent-requests {}); retry",
+                s.limits.max_concurrent_requests
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn auth(State(s): AppState, req: Request, next: Next) -> Response {
@@ -137,12 +261,16 @@ async fn auth(State(s): AppState, req: Request, next: Next) -> Response {
     match presented {
         // Comparing digests keeps the comparison constant-time in the token length too.
         Some(d) if bool::from(d.as_slice().ct_eq(&expected)) => next.run(req).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "missing or wrong bearer token"})),
-        )
-            .into_response(),
+        _ => {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "missing or wrong bearer token", "field": "Authorization"})),
+            )
+                .into_response();
+            r.extensions_mut().insert(Refused("unauthorized"));
+            r
+        }
     }
 }
 
@@ -151,17 +279,20 @@ async fn ping() -> Json<Value> {
 }
 
 async fn health(State(s): AppState) -> Response {
-    let body = crate::health::check(&s).await;
-    s.health_wakeup.notify_one();
-    let ok = body.status == schemas::HealthStatus::Ok;
+    let (body, fresh) = crate::health::cached(&s).await;
+    if fresh {
+        s.health_wakeup.notify_one();
+    }
     let mut v = serde_json::to_value(&body).unwrap_or(Value::Null);
-    if !ok {
+    if body.status != schemas::HealthStatus::Ok {
         v["message"] = json!("The sesam-node isn't feeling well.");
     }
-    let code = if ok {
-        StatusCode::OK
-    } else {
+    // 503 only when the node cannot work: a load balancer must not take a
+    // working node out of service because one pipe failed.
+    let code = if body.status == schemas::HealthStatus::Failed {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, Json(v)).into_response()
 }
@@ -276,12 +407,12 @@ fn bool_param(q: &HashMap<String, String>, name: &str, default: bool) -> ApiResu
             StatusCode::BAD_REQUEST,
             "",
             name,
-            format!("{name} must be true or false, not {v:?}"),
+            format!("{name} must be true or false, not {:?}", echo(&v)),
         )),
     }
 }
 
-fn read_options(q: &HashMap<String, String>) -> ApiResult<ReadOptions> {
+fn read_options(q: &HashMap<String, String>, limits: &Limits) -> ApiResult<ReadOptions> {
     let since = match q.get("since").map(|s| s.trim()) {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
@@ -289,27 +420,43 @@ fn read_options(q: &HashMap<String, String>) -> ApiResult<ReadOptions> {
                 StatusCode::BAD_REQUEST,
                 "",
                 "since",
-                format!("since must be an _updated value (a non-negative integer), not {s:?}"),
+                format!(
+                    "since must be an _updated value (a non-negative integer), not {:?}",
+                    echo(s)
+                ),
             )
         })?),
     };
     let limit = match q.get("limit") {
-        None => 10_000,
+        None => DEFAULT_PAGE_ENTITIES.min(limits.max_page_entities),
         Some(l) => l.trim().parse::<usize>().map_err(|_| {
             ApiError::field(
                 StatusCode::BAD_REQUEST,
                 "",
                 "limit",
-                format!("limit must be a non-negative integer, not {l:?}"),
+                format!("limit must be a non-negative integer, not {:?}", echo(l)),
             )
         })?,
     };
+    if limit > limits.max_page_entities {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "limit",
+            format!(
+                "limit is at most {} (--max-page-entities); page with since",
+                limits.max_page_entities
+            ),
+        )
+        .reason("limit_too_large"));
+    }
     Ok(ReadOptions {
         since,
         limit,
         history: bool_param(q, "history", true)?,
         deleted: bool_param(q, "deleted", true)?,
         reverse: bool_param(q, "reverse", false)?,
+        max_bytes: limits.max_page_bytes,
     })
 }
 
@@ -318,7 +465,7 @@ async fn entities(
     dataset: String,
     q: &HashMap<String, String>,
 ) -> ApiResult<Json<Value>> {
-    let opts = read_options(q)?;
+    let opts = read_options(q, &s.limits)?;
     let store = s.store.clone();
     let list = blocking(move || store.read_entities(&dataset, opts)).await?;
     Ok(Json(Value::Array(list)))
@@ -361,9 +508,10 @@ async fn pump_post(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let p = find_pump(&s, &id)?;
+    let body = body(raw, MAX_PUMP_BODY_BYTES, "64 KiB")?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -433,7 +581,7 @@ async fn pump_post(
                 StatusCode::BAD_REQUEST,
                 &id,
                 "operation",
-                format!("The pump doesn't support the operation {other:?}; supported: start, stop, enable, disable"),
+                format!("The pump doesn't support the operation {:?}; supported: start, stop, enable, disable", echo(other)),
             ))
         }
     }
@@ -529,8 +677,35 @@ async fn config_get(State(s): AppState) -> Json<Value> {
     Json(Value::Array(s.config().entities.clone()))
 }
 
-async fn config_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let config = crate::config::parse(&body)?;
+async fn config_put(
+    State(s): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_config_bytes, "--max-config-bytes")?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "",
+            format!("the configuration is not valid JSON: {e}"),
+        )
+        .reason("invalid_config")
+    })?;
+    if let Some(n) = value.as_array().map(Vec::len) {
+        if n > s.limits.max_config_entities {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "",
+                "",
+                format!(
+                    "the configuration has {n} entities; at most {} are accepted (--max-config-entities)",
+                    s.limits.max_config_entities
+                ),
+            )
+            .reason("too_many_entities"));
+        }
+    }
+    let config = crate::config::from_value(value)?;
     let hash = config.hash.clone();
     crate::node::apply_config(&s, config).await;
     Ok(Json(
@@ -538,7 +713,7 @@ async fn config_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
     ))
 }
 
-fn parse_secrets(body: &[u8]) -> ApiResult<BTreeMap<String, String>> {
+fn parse_secrets(body: &[u8], limits: &Limits) -> ApiResult<BTreeMap<String, String>> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         // The error names a position, never the (possibly secret) content.
         ApiError::field(
@@ -559,8 +734,19 @@ fn parse_secrets(body: &[u8]) -> ApiResult<BTreeMap<String, String>> {
             "the body must be a JSON object of secret names to string values",
         ));
     };
+    if m.len() > limits.max_secrets {
+        return Err(too_many_secrets(m.len(), limits));
+    }
     let mut out = BTreeMap::new();
     for (k, v) in m {
+        if k.chars().count() > MAX_ID_CHARS {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &k,
+                "",
+                format!("a secret name is at most {MAX_ID_CHARS} characters"),
+            ));
+        }
         if k.is_empty()
             || !k
                 .chars()
@@ -605,8 +791,25 @@ impl ClassifyMessage for serde_json::Error {
     }
 }
 
-async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let secrets = parse_secrets(&body)?;
+fn too_many_secrets(n: usize, limits: &Limits) -> ApiError {
+    ApiError::field(
+        StatusCode::BAD_REQUEST,
+        "",
+        "",
+        format!(
+            "{n} secrets; at most {} are stored (--max-secrets)",
+            limits.max_secrets
+        ),
+    )
+    .reason("too_many_secrets")
+}
+
+async fn secrets_put(
+    State(s): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_secrets_bytes, "--max-secrets-bytes")?;
+    let secrets = parse_secrets(&bytes, &s.limits)?;
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
     blocking(move || store.replace_secrets(&secrets)).await?;
@@ -615,11 +818,28 @@ async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> 
     Ok(Json(json!(names)))
 }
 
-async fn secrets_post(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let secrets = parse_secrets(&body)?;
+async fn secrets_post(
+    State(s): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_secrets_bytes, "--max-secrets-bytes")?;
+    let secrets = parse_secrets(&bytes, &s.limits)?;
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
-    blocking(move || store.merge_secrets(&secrets)).await?;
+    let max = s.limits.max_secrets;
+    let merged = blocking(move || -> Result<Result<(), usize>, StoreError> {
+        let existing = store.secret_names()?;
+        let total = existing.len() + secrets.keys().filter(|k| !existing.contains(*k)).count();
+        if total > max {
+            return Ok(Err(total));
+        }
+        store.merge_secrets(&secrets)?;
+        Ok(Ok(()))
+    })
+    .await?;
+    if let Err(total) = merged {
+        return Err(too_many_secrets(total, &s.limits));
+    }
     s.refresh_redaction_secrets().await;
     tracing::info!(count = names.len(), "secrets updated");
     Ok(Json(json!(names)))

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::dtl::Dtl;
+use crate::limits::{MAX_BATCH_SIZE, MAX_HEADERS, MAX_ID_CHARS, MAX_URL_CHARS};
 
 /// One problem of a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -347,6 +348,14 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
             continue;
         };
         let id = match obj.get("_id") {
+            Some(Value::String(s)) if s.chars().count() > MAX_ID_CHARS => {
+                errors.push(err(
+                    &format!("#{i}"),
+                    "_id",
+                    format!("an _id is at most {MAX_ID_CHARS} characters"),
+                ));
+                continue;
+            }
             Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => s.clone(),
             _ => {
                 errors.push(err(
@@ -384,6 +393,26 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
                     for (field, s) in strings {
                         if let Err(m) = secret_refs(s) {
                             errors.push(err(&id, field, m));
+                            ok = false;
+                        }
+                    }
+                    if sys.headers.len() > MAX_HEADERS {
+                        errors.push(err(&id, "headers", format!("a system has at most {MAX_HEADERS} headers, not {}", sys.headers.len())));
+                        ok = false;
+                    }
+                    for k in sys.headers.keys() {
+                        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                            errors.push(err(&id, format!("headers.{k}"), format!("{k:?} is not a valid HTTP header name")));
+                            ok = false;
+                        }
+                    }
+                    for (field, u) in [("base_url", &sys.base_url), ("url_pattern", &sys.url_pattern)] {
+                        let Some(u) = u else { continue };
+                        if u.chars().count() > MAX_URL_CHARS {
+                            errors.push(err(&id, field, format!("{field} is longer than {MAX_URL_CHARS} characters")));
+                            ok = false;
+                        } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            errors.push(err(&id, field, format!("{field} must start with http:// or https://")));
                             ok = false;
                         }
                     }
@@ -510,11 +539,15 @@ fn resolve_pipe(
                 format!("no system:url with _id {system:?}"),
             ));
         }
-        Some(SourceConfig::Dataset { dataset }) if dataset.is_empty() || dataset.contains('\0') => {
+        Some(SourceConfig::Dataset { dataset })
+            if dataset.is_empty()
+                || dataset.contains('\0')
+                || dataset.chars().count() > MAX_ID_CHARS =>
+        {
             errors.push(err(
                 id,
                 "source.dataset",
-                "a dataset name must be non-empty",
+                format!("a dataset name must be non-empty and at most {MAX_ID_CHARS} characters"),
             ));
         }
         _ => {}
@@ -554,6 +587,13 @@ fn resolve_pipe(
         },
     };
     match &sink {
+        Some(SinkConfig::Json { batch_size, .. }) if batch_size.get() > MAX_BATCH_SIZE => {
+            errors.push(err(
+                id,
+                "sink.batch_size",
+                format!("batch_size is at most {MAX_BATCH_SIZE}"),
+            ));
+        }
         Some(SinkConfig::Json { system, .. }) if !systems.contains_key(system) => {
             errors.push(err(
                 id,
@@ -562,12 +602,15 @@ fn resolve_pipe(
             ));
         }
         Some(SinkConfig::Dataset { dataset: Some(d) })
-            if d.is_empty() || d.starts_with("system:") || d.contains('\0') =>
+            if d.is_empty()
+                || d.starts_with("system:")
+                || d.contains('\0')
+                || d.chars().count() > MAX_ID_CHARS =>
         {
             errors.push(err(
                 id,
                 "sink.dataset",
-                "a sink dataset name must be non-empty and not start with \"system:\"",
+                format!("a sink dataset name must be non-empty, at most {MAX_ID_CHARS} characters and not start with \"system:\""),
             ));
         }
         _ => {}

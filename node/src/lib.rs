@@ -9,14 +9,17 @@
 //! [`pump`] (scheduling and runs), [`state`] (shared state, outbox emission),
 //! [`health`], [`metrics`], [`logs`] (tracing layer -> outbox), [`api`],
 //! [`node`] (start, reconfigure, shutdown), [`synthetic`] (a load generator
-//! for tests and benchmarks).
+//! for tests and benchmarks), [`limits`] (every bound and its default),
+//! [`files`] (private directories and files).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 pub mod dtl;
+pub mod files;
 pub mod health;
+pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod node;
@@ -25,5 +28,6 @@ pub mod state;
 pub mod store;
 pub mod synthetic;
 
+pub use limits::Limits;
 pub use logs::{outbox_log_layer, LogReceiver, OutboxLogLayer, OutboxLogLevel};
 pub use node::{run, Listen, Node, NodeConfig, NodeError};

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigErrors, PipeConfig, ResolvedConfig, SinkConfig, SourceConfig};
+use crate::limits::Limits;
 use crate::logs::LogReceiver;
 use crate::metrics::Metrics;
 use crate::pump::Pump;
@@ -60,6 +61,8 @@ pub struct NodeConfig {
     pub collector: Option<shipper::service::Target>,
     /// A load generator of synthetic log records (`--synthetic-logs`), off by default.
     pub synthetic: Option<crate::synthetic::SyntheticLogs>,
+    /// Bounds of the API and of what systems may send.
+    pub limits: Limits,
 }
 
 impl NodeConfig {
@@ -82,6 +85,7 @@ impl NodeConfig {
             outbox: OutboxConfig::default(),
             collector: None,
             synthetic: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -111,6 +115,12 @@ pub enum NodeError {
     Serve(#[source] std::io::Error),
     #[error("build the HTTP client: {0}")]
     Http(#[source] reqwest::Error),
+    #[error("create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A node that is open but not yet running.
@@ -137,8 +147,16 @@ impl Node {
             errors,
         })?;
         let store_dir = config.data_dir.join("node");
-        let store = blocking(move || Store::open(&store_dir)).await?;
         let outbox_dir = config.data_dir.join("outbox");
+        // Data directories are private (0700) whatever the umask: the node's
+        // store holds secret values, the outbox unredacted records.
+        for dir in [&config.data_dir, &store_dir, &outbox_dir] {
+            crate::files::private_dir(dir).map_err(|source| NodeError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let store = blocking(move || Store::open(&store_dir)).await?;
         let outbox_config = config.outbox.clone();
         let outbox = blocking(move || Outbox::open(outbox_dir, outbox_config)).await?;
         let listener = match config.listen {
@@ -166,8 +184,10 @@ impl Node {
         });
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(NodeError::Http)?;
+        let limits = config.limits;
         let shared = Arc::new(Shared {
             node_id: config.node_id,
             subscription: config.subscription,
@@ -189,6 +209,12 @@ impl Node {
                 .api_token
                 .map(|t| Sha256::digest(t.trim().as_bytes()).into()),
             redactor,
+            request_slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_requests.max(1),
+            )),
+            limits,
+            outbox_refusing: Default::default(),
+            health_cache: Mutex::new(None),
         });
         *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
         Ok(Node {
@@ -289,6 +315,39 @@ impl Node {
         }
         served.map_err(NodeError::Serve)
     }
+}
+
+/// Redirects a `json` system may answer: at most
+/// [`crate::limits::MAX_REDIRECTS`], and only to the same scheme, host and
+/// port. A system is configured by the operator, so the node may reach its
+/// URL; a redirect is chosen by the system, and following it elsewhere
+/// would let an upstream steer the node at any address it can reach.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > crate::limits::MAX_REDIRECTS {
+            return attempt.error(format!(
+                "more than {} redirects",
+                crate::limits::MAX_REDIRECTS
+            ));
+        }
+        let same = attempt.previous().first().is_some_and(|first| {
+            first.scheme() == attempt.url().scheme()
+                && first.host_str() == attempt.url().host_str()
+                && first.port_or_known_default() == attempt.url().port_or_known_default()
+        });
+        if same {
+            attempt.follow()
+        } else {
+            let to = format!(
+                "{}://{}",
+                attempt.url().scheme(),
+                attempt.url().host_str().unwrap_or("")
+            );
+            attempt.error(format!(
+                "refused a redirect to another origin ({to}); only same-origin redirects are followed"
+            ))
+        }
+    })
 }
 
 /// Opens a node and runs it until `shutdown` is cancelled.

@@ -343,6 +343,27 @@ fn body_excerpt(b: &str) -> String {
     }
 }
 
+enum BodyError {
+    TooLarge,
+    Read(reqwest::Error),
+}
+
+/// Reads a response body of at most `limit` bytes, refusing a larger one
+/// as soon as it shows (by `Content-Length` or while streaming).
+async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Reads the source: (entities, new offset for dataset sources, sync type).
 async fn read_source(
     shared: &Arc<Shared>,
@@ -418,12 +439,21 @@ async fn read_source(
                     f
                 })?;
             let status = resp.status();
-            let text = resp.text().await.map_err(|e| {
-                fail(format!(
-                    "could not read the response of system {system:?}: {}",
-                    error_chain(&e)
-                ))
+            let limit = shared.limits.max_source_bytes;
+            let bytes = read_limited(resp, limit).await.map_err(|e| {
+                let mut f = fail(match e {
+                    BodyError::TooLarge => format!(
+                        "the response of system {system:?} is larger than {limit} bytes (--max-source-response-bytes)"
+                    ),
+                    BodyError::Read(e) => format!(
+                        "could not read the response of system {system:?}: {}",
+                        error_chain(&e)
+                    ),
+                });
+                f.read_errors = 1;
+                f
             })?;
+            let text = String::from_utf8_lossy(&bytes);
             if !status.is_success() {
                 let mut f = fail(format!(
                     "system {system:?} answered HTTP {status}: {}",
@@ -540,7 +570,11 @@ async fn write_sink(
                     }
                     Ok(r) => {
                         let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
+                        // Only an excerpt is kept: never buffer a large error body.
+                        let text = match read_limited(r, 64 << 10).await {
+                            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                            Err(_) => String::new(),
+                        };
                         (
                             status.as_u16().to_string(),
                             status.is_server_error() || status.as_u16() == 429,

@@ -18,12 +18,13 @@
 //! pump run that produced the event.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::registry::Registry;
 use schemas::{Body, ConfigBody, EventType, ExecutionBody, HealthBody, Record};
 use serde_json::Value;
-use shipper::outbox::Outbox;
+use shipper::outbox::{Outbox, OutboxError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +64,16 @@ pub struct Shared {
     /// The in-process shipper's redaction; it knows every secret value so
     /// that none can leave the host in any record.
     pub redactor: Arc<shipper::redact::Redactor>,
+    /// Bounds of the API and of what systems may send.
+    pub limits: crate::limits::Limits,
+    /// Whether the last append to the outbox was refused (full past its
+    /// block timeout, disk error): the health check reports `failed` then.
+    pub outbox_refusing: AtomicBool,
+    /// The last health round of `GET /api/health` and when it ran (std
+    /// lock, never held across an `.await`).
+    pub health_cache: Mutex<Option<(std::time::Instant, HealthBody)>>,
+    /// API requests in flight (`limits.max_concurrent_requests`).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -162,9 +173,18 @@ impl Shared {
         }
         if let Err(e) = self.outbox.append(&records).await {
             self.metrics.emit_failures.inc_by(records.len() as u64);
+            // Only refusals that every append would meet make the node
+            // unable to work; one oversized record does not.
+            if matches!(
+                e,
+                OutboxError::Full { .. } | OutboxError::Storage { .. } | OutboxError::Closed
+            ) {
+                self.outbox_refusing.store(true, Ordering::Relaxed);
+            }
             tracing::warn!(target: crate::logs::DRAIN_TARGET, error = %e, records = records.len(), "could not append records to the outbox");
             return false;
         }
+        self.outbox_refusing.store(false, Ordering::Relaxed);
         true
     }
 

@@ -122,6 +122,9 @@ pub struct ReadOptions {
     pub deleted: bool,
     /// Newest first.
     pub reverse: bool,
+    /// Stop once the stored versions read add up to this many bytes (at
+    /// least one version is always returned, so `since` paging progresses).
+    pub max_bytes: usize,
 }
 
 impl Default for ReadOptions {
@@ -132,6 +135,7 @@ impl Default for ReadOptions {
             history: true,
             deleted: true,
             reverse: false,
+            max_bytes: usize::MAX,
         }
     }
 }
@@ -397,6 +401,7 @@ impl Store {
         opts: ReadOptions,
     ) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         if opts.limit == 0 {
             return Ok(out);
         }
@@ -439,7 +444,8 @@ impl Store {
                 }
             }
             out.push(entity);
-            if out.len() >= opts.limit {
+            bytes = bytes.saturating_add(v.len());
+            if out.len() >= opts.limit || bytes >= opts.max_bytes {
                 break;
             }
         }

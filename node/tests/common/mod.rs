@@ -214,7 +214,9 @@ pub struct Seen {
 /// An HTTP system on a loopback port: `GET /api/contacts` answers entities,
 /// `GET /api/slow` answers after 3 s, `POST /api/sink` stores the batch,
 /// `POST /api/broken` answers 500 echoing the Authorization header,
-/// `GET /api/notjson` answers text.
+/// `GET /api/notjson` answers text, `GET /api/big` about 2.5 MB of
+/// entities, `GET /api/redirect-same` redirects to `/api/contacts` and
+/// `GET /api/redirect-away` to another origin.
 pub async fn http_system() -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s1 = seen.clone();
@@ -266,7 +268,26 @@ pub async fn http_system() -> (String, Arc<Mutex<Seen>>) {
                 )
             }),
         )
-        .route("/api/notjson", get(|| async { "this is not json" }));
+        .route("/api/notjson", get(|| async { "this is not json" }))
+        .route(
+            "/api/big",
+            get(|| async {
+                let entities: Vec<Value> = (0..20_000)
+                    .map(|i| json!({"_id": format!("big-{i}"), "padding": "x".repeat(100)}))
+                    .collect();
+                axum::Json(entities)
+            }),
+        )
+        .route(
+            "/api/redirect-same",
+            get(|| async { axum::response::Redirect::temporary("/api/contacts") }),
+        )
+        .route(
+            "/api/redirect-away",
+            get(|| async {
+                axum::response::Redirect::temporary("http://localhost:9/api/contacts")
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
