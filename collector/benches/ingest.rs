@@ -93,6 +93,10 @@ fn ingest_bench(dir: &Path, total: usize) {
         "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n",
     )
     .expect("write tokens");
+    // The collector refuses a tokens file others may read.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod tokens");
+
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -266,6 +270,7 @@ fn build_search_store(path: &Path, total: usize, now: i64) -> Store {
                 DecodedBatch {
                     source: format!("node-{source}"),
                     subscription: SUB.into(),
+                    epoch: String::new(),
                     records,
                     dropped: 0,
                 },
@@ -329,6 +334,7 @@ fn search_bench(dir: &Path, total: usize) {
             backward: true,
             subscription: Some(SUB.into()),
             deadline: far,
+            max_bytes: usize::MAX,
         };
         let t = Instant::now();
         let r = query::search(&store, &q, &p).expect("search");
@@ -353,6 +359,7 @@ fn search_bench(dir: &Path, total: usize) {
         backward: true,
         subscription: None,
         deadline: far,
+        max_bytes: usize::MAX,
     };
     let mut best = None::<(Duration, u64, u64)>;
     for _ in 0..2 {

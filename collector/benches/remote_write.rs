@@ -254,6 +254,9 @@ fn main() {
         "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"bench-admin\"\nsubscription = \"*\"\nrole = \"admin\"\n",
     )
     .expect("tokens");
+    // The collector refuses a tokens file others may read.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod tokens");
     let data = dir.join("rw-collector");
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();

@@ -59,7 +59,9 @@ fn take_inner(store: &Store, dir: &Path, keep: usize) -> Result<PathBuf, Checkpo
         path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    // Checkpoints hold every tenant's records: the directory is 0700.
+    crate::store::create_private_dir(dir).map_err(dir_err)?;
+    crate::store::restrict_dir(dir);
     let stamp = schemas::time::rfc3339_from_nanos(schemas::time::now_nanos()).replace(':', "-");
     let mut name = format!("{PREFIX}{stamp}");
     let mut n = 1;

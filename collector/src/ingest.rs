@@ -19,8 +19,8 @@ use serde::Deserializer;
 use schemas::Record;
 
 use crate::store::{
-    record_labels, record_labels_key, record_line, PreparedBatch, PreparedEntry, PreparedStream,
-    ENTRY_V1_BYTE,
+    labels_key, overflow_labels, record_labels, record_labels_key, record_line, PreparedBatch,
+    PreparedEntry, PreparedStream, ENTRY_V1_BYTE, FREE_FORM_LABEL,
 };
 
 /// Limits applied to every ingest request.
@@ -39,6 +39,10 @@ pub struct IngestLimits {
     pub accept_past: std::time::Duration,
     /// Newest accepted record time, relative to now (clock skew allowance).
     pub accept_future: std::time::Duration,
+    /// Longest value of a stream label taken from a record (`pipe`); a
+    /// longer one is not refused: the record goes to its stream without
+    /// `pipe` (`overflow="pipe"`).
+    pub max_label_value_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -50,6 +54,7 @@ impl Default for IngestLimits {
             max_record_bytes: 256 << 10,
             accept_past: std::time::Duration::from_secs(720 * 3600),
             accept_future: std::time::Duration::from_secs(600),
+            max_label_value_bytes: 1024,
         }
     }
 }
@@ -199,6 +204,8 @@ fn read_bounded(
 pub struct DecodedBatch {
     pub source: String,
     pub subscription: String,
+    /// The outbox epoch; "" when the sender has none.
+    pub epoch: String,
     pub records: Vec<Record>,
     pub dropped: u64,
 }
@@ -266,11 +273,13 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
         let mut source = None;
         let mut subscription = None;
         let mut records = None;
+        let mut epoch = String::new();
         let mut dropped = 0u64;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "source" => source = Some(map.next_value::<String>()?),
                 "subscription" => subscription = Some(map.next_value::<String>()?),
+                "epoch" => epoch = map.next_value::<String>()?,
                 "dropped" => dropped = map.next_value()?,
                 "records" => {
                     records = Some(map.next_value_seed(RecordsSeed {
@@ -288,6 +297,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
             source: source.ok_or_else(|| de::Error::missing_field("source"))?,
             subscription: subscription.ok_or_else(|| de::Error::missing_field("subscription"))?,
             records: records.ok_or_else(|| de::Error::missing_field("records"))?,
+            epoch,
             dropped,
         })
     }
@@ -362,6 +372,16 @@ pub fn prepare(
             });
         }
     }
+    if !schemas::batch::valid_epoch(&batch.epoch) {
+        return Err(IngestError::BadBatch {
+            field: "epoch",
+            message: format!(
+                "must be at most {} characters of [0-9A-Za-z_-], got {:?}",
+                schemas::batch::MAX_EPOCH_LEN,
+                truncate(&batch.epoch, 80)
+            ),
+        });
+    }
     let newest_allowed =
         now.saturating_add(i64::try_from(limits.accept_future.as_nanos()).unwrap_or(i64::MAX));
     let mut streams: Vec<PreparedStream> = Vec::new();
@@ -425,20 +445,32 @@ pub fn prepare(
             Some(i) => *i,
             None => {
                 let labels = record_labels(r);
-                for (name, v) in &labels {
-                    if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
-                        return Err(bad(
-                            "body",
-                            format!(
-                                "label {name} must be at most 1024 bytes without control characters"
-                            ),
-                        ));
-                    }
-                }
-                streams.push(PreparedStream {
-                    labels,
-                    key: key.clone(),
+                // Only `pipe` comes from the record itself (subscription and
+                // source were checked above, the others are enums). A value
+                // that cannot be a label is not a reason to refuse the
+                // record: it goes to the stream without `pipe`.
+                let bad_pipe = labels.get(FREE_FORM_LABEL).is_some_and(|v| {
+                    v.len() > limits.max_label_value_bytes || v.chars().any(|c| c.is_control())
                 });
+                let overflow = overflow_labels(&labels).map(|l| {
+                    let k = labels_key(&l);
+                    (l, k)
+                });
+                let prepared = match (bad_pipe, overflow) {
+                    (true, Some((l, k))) => PreparedStream {
+                        labels: l,
+                        key: k,
+                        overflow: None,
+                        overflowed: true,
+                    },
+                    (_, overflow) => PreparedStream {
+                        labels,
+                        key: key.clone(),
+                        overflow,
+                        overflowed: false,
+                    },
+                };
+                streams.push(prepared);
                 stream_idx.insert(key.clone(), streams.len() - 1);
                 streams.len() - 1
             }
@@ -446,16 +478,22 @@ pub fn prepare(
         let mut value = Vec::with_capacity(line.len() + 1);
         value.push(ENTRY_V1_BYTE);
         value.extend_from_slice(&line);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&r.ts.to_be_bytes());
+        h.update(key.as_bytes());
+        h.update(&line);
         entries.push(PreparedEntry {
             seq: r.seq,
             ts: r.ts,
             stream,
             value,
+            digest: h.finalize(),
         });
     }
     Ok(PreparedBatch {
         subscription: batch.subscription,
         source: batch.source,
+        epoch: batch.epoch,
         dropped: batch.dropped,
         streams,
         entries,
@@ -592,6 +630,7 @@ mod tests {
         let batch = |records| DecodedBatch {
             source: "n1".into(),
             subscription: "acme".into(),
+            epoch: String::new(),
             records,
             dropped: 0,
         };

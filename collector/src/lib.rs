@@ -22,11 +22,11 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod metrics_ingest;
+pub mod pattern;
 pub mod query;
 pub mod retention;
 pub mod store;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
+pub use http::{AdmissionLimits, ReadLimits, ServerLimits};
 pub use ingest::IngestLimits;
 pub use metrics_ingest::{MetricLimits, MetricObserver, MetricSample};
 pub use retention::RetentionPolicy;
@@ -66,10 +67,15 @@ pub struct CollectorConfig {
     pub retention_interval: Duration,
     pub limits: IngestLimits,
     pub store: StoreConfig,
-    /// Ingest requests held at once (decoding or waiting for their commit);
-    /// beyond it ingest answers 429. Bounds ingest memory to about this
-    /// many times (`max_body_bytes` + 3 x `max_decompressed_bytes`).
-    pub max_concurrent_ingests: usize,
+    /// Connection limits and timeouts of the HTTP server.
+    pub server: ServerLimits,
+    /// Body budget, body deadlines and decode slots of the write endpoints
+    /// (ingest, remote-write, OTLP). Decoding memory is bounded by
+    /// `max_concurrent_ingests` x 3 x `max_decompressed_bytes`, bodies by
+    /// `max_inflight_body_bytes`.
+    pub admission: AdmissionLimits,
+    /// Bounds of queries and answers.
+    pub read: ReadLimits,
     pub max_concurrent_queries: usize,
     pub query_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests get to finish.
@@ -121,7 +127,9 @@ impl CollectorConfig {
             retention_interval: Duration::from_secs(60),
             limits: IngestLimits::default(),
             store: StoreConfig::default(),
-            max_concurrent_ingests: 16,
+            server: ServerLimits::default(),
+            admission: AdmissionLimits::default(),
+            read: ReadLimits::default(),
             max_concurrent_queries: 4,
             query_timeout: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(10),
@@ -253,10 +261,11 @@ pub async fn run(
         tokens: config.tokens,
         limits: config.limits,
         retention: config.retention.clone(),
+        admission: http::Admission::new(config.admission.clone(), &metrics),
         metrics: metrics.clone(),
-        ingest_slots: Arc::new(Semaphore::new(config.max_concurrent_ingests.max(1))),
         query_slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
         query_timeout: config.query_timeout,
+        read_limits: config.read.clone(),
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
@@ -291,25 +300,24 @@ pub async fn run(
 
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "collector listening");
     let app = http::router(state.clone());
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let served = tokio::select! {
+    // Serves until the shutdown signal, then drains the connections for at
+    // most the deadline.
+    let mut server = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        config.server.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        config.shutdown_deadline,
+    ));
+    let early = tokio::select! {
         r = &mut server => Some(r),
         _ = shutdown.cancelled() => None,
     };
     state.ready.store(false, Ordering::Release);
-    let served = match served {
+    let served = match early {
         Some(r) => r,
-        None => match tokio::time::timeout(config.shutdown_deadline, &mut server).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(deadline = ?config.shutdown_deadline, "requests still running at the shutdown deadline; abandoning them");
-                server.abort();
-                Ok(Ok(()))
-            }
-        },
+        None => server.await,
     };
     if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
         .await
@@ -322,9 +330,7 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     tracing::info!("collector stopped");
     match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CollectorError::Serve(e)),
-        Err(e) if e.is_cancelled() => Ok(()),
+        Ok(()) => Ok(()),
         Err(e) => Err(CollectorError::Task(format!("server task: {e}"))),
     }
 }

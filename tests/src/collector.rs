@@ -69,6 +69,9 @@ impl Collector {
         }
         let tokens = root.join("tokens.toml");
         std::fs::write(&tokens, toml).expect("write tokens");
+        // The collector refuses a tokens file others may read.
+        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod tokens");
         let port = free_port();
         Collector {
             root: root.to_path_buf(),
@@ -403,6 +406,7 @@ pub fn audit_store(data_dir: &Path, subscription: &str, source: &str) -> BTreeMa
             block_cache_bytes: 8 << 20,
             write_buffer_bytes: 8 << 20,
             queue_batches: 1,
+            ..StoreConfig::default()
         },
         collector::metrics::Metrics::default(),
         Vec::new(),

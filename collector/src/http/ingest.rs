@@ -4,23 +4,21 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use schemas::IngestResponse;
 use serde_json::json;
 
-use super::{ApiError, AppState};
-use crate::auth::Role;
+use super::admission::{admit, Spec};
+use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::ingest::{decode, decompress, prepare, IngestError};
 use crate::store::StoreError;
 
 enum Refused {
     Invalid(IngestError),
     Subscription(String),
+    Source(String),
 }
-
-/// Seconds a client is told to wait when the write path is saturated.
-use crate::http::RETRY_AFTER_SECS;
 
 fn ingest_error(e: &IngestError) -> ApiError {
     let status = match e {
@@ -35,6 +33,20 @@ fn ingest_error(e: &IngestError) -> ApiError {
     err
 }
 
+fn msgpack(ct: &str) -> bool {
+    ct.is_empty()
+        || ct.starts_with("application/msgpack")
+        || ct.starts_with("application/x-msgpack")
+        || ct.starts_with("application/vnd.msgpack")
+        || ct.starts_with("application/octet-stream")
+}
+
+const SPEC: Spec = Spec {
+    what: "ingest",
+    content_type: msgpack,
+    want: "MessagePack (application/msgpack)",
+};
+
 #[tracing::instrument(name = "ingest", skip_all)]
 pub async fn ingest(
     State(s): State<Arc<AppState>>,
@@ -42,60 +54,18 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let m = &s.metrics;
-    let principal = s
-        .authenticate(&headers)
-        .inspect_err(|_| m.reject("unauthorized"))?;
-    if !matches!(principal.role, Role::Shipper | Role::Admin) {
-        m.reject("forbidden");
-        return Err(ApiError::forbidden(format!(
-            "role {:?} may not ingest (shipper or admin tokens only)",
-            principal.role
-        ))
-        .with_field("Authorization"));
-    }
-    let limit = s.limits.max_body_bytes;
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            m.reject("body_too_large");
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body of {len} bytes is over the limit of {limit} bytes"),
-            )
-            .with_field("body"));
-        }
-    }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if !(ct.is_empty()
-            || ct.starts_with("application/msgpack")
-            || ct.starts_with("application/x-msgpack")
-            || ct.starts_with("application/vnd.msgpack")
-            || ct.starts_with("application/octet-stream"))
-        {
-            m.reject("unsupported_media_type");
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Type {ct:?} is not MessagePack (use application/msgpack)"),
-            )
-            .with_field("Content-Type"));
-        }
-    }
-    // Bounded memory: at most `ingest_slots` bodies are held, decoded or
-    // waiting for their commit at once; beyond that the client backs off.
-    let permit = crate::http::ingest_slot(&s, |r| m.reject(r))?;
-    let bytes = crate::http::read_body(body, limit, |r| m.reject(r)).await?;
+    let admitted = admit(&s, &headers, body, SPEC, |r| m.reject(r)).await?;
+    let principal = admitted.principal;
+    let bytes = admitted.body;
     let encoding = headers
-        .get(header::CONTENT_ENCODING)
+        .get(axum::http::header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());
     let received = bytes.len() as u64;
 
     // Decompression, decoding and validation are CPU work: off the reactor.
     let state = s.clone();
     let keep = s.store.has_observers();
+    let p = principal.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         let raw = decompress(
             encoding.as_deref(),
@@ -104,8 +74,11 @@ pub async fn ingest(
         )
         .map_err(Refused::Invalid)?;
         let decoded = decode(&raw, state.limits.max_records).map_err(Refused::Invalid)?;
-        if !principal.covers(&decoded.subscription) {
+        if !p.covers(&decoded.subscription) {
             return Err(Refused::Subscription(decoded.subscription));
+        }
+        if !p.may_write_source(&decoded.source) {
+            return Err(Refused::Source(decoded.source));
         }
         let now = schemas::time::now_nanos();
         let window = state
@@ -124,10 +97,24 @@ pub async fn ingest(
         }
         Refused::Subscription(sub) => {
             m.reject("subscription_mismatch");
+            if let Some(own) = principal.subscription() {
+                m.refuse_tenant(own, "subscription_mismatch");
+            }
             ApiError::forbidden(format!(
                 "this token may not ingest for subscription {sub:?}"
             ))
             .with_field("subscription")
+        }
+        Refused::Source(source) => {
+            m.reject("source_forbidden");
+            if let Some(own) = principal.subscription() {
+                m.refuse_tenant(own, "source_forbidden");
+            }
+            ApiError::forbidden(format!(
+                "this token may only write the sources {:?} of its tokens file entry, not {source:?}",
+                principal.sources.as_deref().unwrap_or_default()
+            ))
+            .with_field("source")
         }
     })?;
 
@@ -139,6 +126,7 @@ pub async fn ingest(
                 StatusCode::TOO_MANY_REQUESTS,
                 "write queue is full; retry later",
             )
+            .with("reason", json!("busy"))
             .retry_after(RETRY_AFTER_SECS));
         }
         Err(e) => {
@@ -146,12 +134,32 @@ pub async fn ingest(
             return Err(ApiError::unavailable(e.to_string()).retry_after(RETRY_AFTER_SECS));
         }
     };
-    let outcome = rx.await.unwrap_or(Err(StoreError::Closed)).map_err(|e| {
-        m.reject("storage");
-        tracing::error!(error = %e, "ingest not stored");
-        ApiError::unavailable(format!("not stored: {e}")).retry_after(RETRY_AFTER_SECS)
-    })?;
-    drop(permit);
+    let outcome = rx
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+        .map_err(|e| match &e {
+            StoreError::SourceConflict { field, .. } => {
+                m.reject("source_conflict");
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+                    .with_field(field.clone())
+                    .with("reason", json!("source_conflict"))
+            }
+            StoreError::SourceLimit { limit, .. } => {
+                m.reject("source_limit");
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+                    .with_field("source")
+                    .with("reason", json!("source_limit"))
+                    .with("limit", json!(*limit))
+                    .retry_after(60)
+            }
+            e => {
+                m.reject("storage");
+                tracing::error!(error = %e, "ingest not stored");
+                ApiError::unavailable(format!("not stored: {e}")).retry_after(RETRY_AFTER_SECS)
+            }
+        })?;
+    drop(admitted.slot);
+    drop(admitted.reservation);
     m.ingest_batches.inc();
     m.ingest_bytes.inc_by(received);
     Ok(Json(IngestResponse {

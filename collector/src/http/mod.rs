@@ -22,13 +22,22 @@
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
 //!
 //! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
-//! for a bad record, `column` for a query parse error) with a 4xx/5xx.
+//! for a bad record, `column` for a query parse error, `reason` for
+//! refusals a client acts on: `source_conflict`, `source_limit`,
+//! `body_budget`, `busy`) with a 4xx/5xx.
+//!
+//! The server itself (connection limits and timeouts) is [`serve`]; the
+//! path every pushed body takes (budget, deadlines, fair slots) is
+//! [`admission`].
 
 mod admin;
+pub mod admission;
+mod answer;
 mod ingest;
 mod notify;
 mod params;
 mod search;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,10 +55,40 @@ use crate::auth::{Principal, Role, Tokens};
 use crate::ingest::IngestLimits;
 use crate::metrics::Metrics;
 use crate::metrics_ingest::handlers as metrics_push;
+use crate::query::QueryLimits;
 use crate::retention::RetentionPolicy;
 use crate::store::Store;
 
+pub use admission::{Admission, AdmissionLimits};
+pub(crate) use answer::text_chunks as answer_text;
 pub use params::parse_time;
+pub use serve::ServerLimits;
+
+/// Bounds of read requests: query size, regexes, answers.
+#[derive(Debug, Clone)]
+pub struct ReadLimits {
+    /// LogQL bounds (matchers, stages, regex memory); the regex budget
+    /// also bounds each `/federate` request's selectors.
+    pub query: QueryLimits,
+    /// Bytes of log lines in one answer (`/api/v1/logs`, Loki
+    /// `query_range`); the answer stops there, marked truncated.
+    pub max_answer_bytes: usize,
+    /// `match[]` selectors of one `/federate` request.
+    pub max_federate_selectors: usize,
+    /// Bytes of one `/federate` answer; past it the request is refused.
+    pub max_federate_bytes: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            query: QueryLimits::default(),
+            max_answer_bytes: 32 << 20,
+            max_federate_selectors: 64,
+            max_federate_bytes: 256 << 20,
+        }
+    }
+}
 
 /// Everything handlers share.
 #[derive(Debug)]
@@ -59,11 +98,12 @@ pub struct AppState {
     pub limits: IngestLimits,
     pub retention: RetentionPolicy,
     pub metrics: Metrics,
-    /// Ingests being decoded or waiting for their commit: bounds memory.
-    pub ingest_slots: Arc<Semaphore>,
+    /// Body budget, deadlines and decode slots of every write endpoint.
+    pub admission: Admission,
     /// Queries running at once.
     pub query_slots: Arc<Semaphore>,
     pub query_timeout: Duration,
+    pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_keep: usize,
     pub ready: AtomicBool,
@@ -111,48 +151,6 @@ impl AppState {
 
 /// Seconds a client is told to wait after a 429 / 503 of ingest.
 pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// Takes one of the ingest slots that bound the bodies held in memory
-/// (ingest and metrics push share them), or answers 429; `reject` counts the
-/// refusal under its reason.
-pub fn ingest_slot(
-    s: &AppState,
-    reject: impl Fn(&'static str),
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    s.ingest_slots.clone().try_acquire_owned().map_err(|_| {
-        reject("busy");
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ingest is saturated; retry later",
-        )
-        .retry_after(RETRY_AFTER_SECS)
-    })
-}
-
-/// Reads a request body of at most `limit` bytes: 413 above it, 400 when it
-/// cannot be read; `reject` counts the refusal under its reason.
-pub async fn read_body(
-    body: axum::body::Body,
-    limit: usize,
-    reject: impl Fn(&'static str),
-) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            reject("body_too_large");
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {limit} bytes"),
-            )
-            .with_field("body")
-        } else {
-            reject("body_read");
-            ApiError::bad_request(format!("cannot read body: {e}"), "body")
-        }
-    })
-}
 
 /// An error answer: status plus a JSON body naming the field at fault.
 #[derive(Debug)]

@@ -5,35 +5,56 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::answer::{json_list, push_json_str, push_raw_line};
 use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Role};
 use crate::metrics::EndpointLabel;
-use crate::query::{self, Hit, Query, SearchError, SearchParams, SearchResult};
+use crate::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
 
 const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
 
-fn parse_query(q: &HashMap<String, String>) -> Result<Query, ApiError> {
-    let text = q
-        .get("query")
+/// A Loki stream of an answer: its labels and its (time, line) values.
+type LokiStream = (BTreeMap<String, String>, Vec<(i64, Vec<u8>)>);
+
+fn query_text(q: &HashMap<String, String>) -> Result<String, ApiError> {
+    q.get("query")
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing query", "query"))?;
-    query::parse(text).map_err(|e| {
-        ApiError::bad_request(e.to_string(), "query")
-            .with("column", json!(e.column))
-            .with("expected", json!(e.expected))
-    })
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("missing query", "query"))
 }
 
-/// Runs a search on the blocking pool, bounded by the query slots.
+/// The 400 of a query that does not parse or passes a bound; counted by
+/// reason.
+fn parse_error(s: &AppState, principal: &Principal, e: ParseError) -> ApiError {
+    s.metrics.refuse_query(e.reason);
+    if e.reason != "syntax" {
+        if let Some(sub) = principal.subscription() {
+            s.metrics.refuse_tenant(sub, "query_limit");
+        }
+    }
+    ApiError::bad_request(e.to_string(), "query")
+        .with("column", json!(e.column))
+        .with("expected", json!(e.expected))
+        .with("reason", json!(e.reason))
+}
+
+enum Failed {
+    Parse(ParseError),
+    Search(SearchError),
+}
+
+/// Parses and runs a search on the blocking pool, bounded by the query
+/// slots: regexes are compiled off the async workers too.
 async fn run_search(
     s: &Arc<AppState>,
     principal: &Principal,
-    query: Query,
+    text: String,
     r: &RangeParams,
     endpoint: &'static str,
 ) -> Result<(SearchResult, Duration), ApiError> {
@@ -50,86 +71,113 @@ async fn run_search(
         backward: r.backward,
         subscription: principal.subscription().map(str::to_string),
         deadline: Instant::now() + s.query_timeout,
+        max_bytes: s.read_limits.max_answer_bytes,
     };
     let store = s.store.clone();
+    let limits = s.read_limits.query.clone();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || query::search(&store, &query, &params))
-        .await
-        .map_err(|e| ApiError::internal(format!("search task failed: {e}")))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
+        query::search(&store, &query, &params).map_err(Failed::Search)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("search task failed: {e}")))?;
     let took = started.elapsed();
     s.metrics
         .query_duration
         .get_or_create(&EndpointLabel { endpoint })
         .observe(took.as_secs_f64());
     match result {
-        Ok(r) => Ok((r, took)),
-        Err(SearchError::Timeout) => Err(ApiError::new(
+        Ok(r) => {
+            if r.truncated {
+                s.metrics
+                    .answers_truncated
+                    .get_or_create(&EndpointLabel { endpoint })
+                    .inc();
+            }
+            Ok((r, took))
+        }
+        Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
+        Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             SearchError::Timeout.to_string(),
         )
         .with_field("query")),
-        Err(e @ (SearchError::Store(_) | SearchError::Panicked)) => {
+        Err(Failed::Search(e @ (SearchError::Store(_) | SearchError::Panicked))) => {
             Err(ApiError::internal(e.to_string()))
         }
     }
 }
 
-fn line_str(h: &Hit) -> String {
-    String::from_utf8_lossy(&h.line).into_owned()
-}
-
-fn stats(r: &SearchResult, took: Duration) -> Value {
+fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
     json!({
         "streams": r.streams,
         "scanned_records": r.scanned,
         "scanned_bytes": r.scanned_bytes,
         "returned": r.hits.len(),
+        "returned_bytes": r.bytes,
+        "truncated": r.truncated,
+        "max_answer_bytes": max_bytes,
         "duration_seconds": took.as_secs_f64(),
     })
 }
 
+fn json_response(body: axum::body::Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// One record of `/api/v1/logs`, the stored line copied as its body.
+fn write_record(buf: &mut Vec<u8>, h: Hit) {
+    let l = &h.stream.labels;
+    let label = |k: &str| l.get(k).map(String::as_str).unwrap_or("");
+    buf.extend_from_slice(format!("{{\"ts\":{},\"time\":", h.ts).as_bytes());
+    push_json_str(buf, &schemas::time::rfc3339_from_nanos(h.ts));
+    buf.extend_from_slice(format!(",\"seq\":{},\"subscription\":", h.seq).as_bytes());
+    push_json_str(buf, label("subscription"));
+    buf.extend_from_slice(b",\"source\":");
+    push_json_str(buf, label("source"));
+    buf.extend_from_slice(b",\"kind\":");
+    push_json_str(buf, label("kind"));
+    buf.extend_from_slice(b",\"labels\":");
+    let _ = serde_json::to_writer(&mut *buf, l.as_ref());
+    buf.extend_from_slice(b",\"body\":");
+    push_raw_line(buf, &h.line);
+    if let Some(fields) = &h.extracted {
+        let map: BTreeMap<&str, &str> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        buf.extend_from_slice(b",\"fields\":");
+        let _ = serde_json::to_writer(&mut *buf, &map);
+    }
+    buf.push(b'}');
+}
+
 /// `GET /api/v1/logs?query=&start=&end=&limit=&direction=&since=`
+///
+/// The answer holds at most `--max-answer-bytes` of lines; a cut answer
+/// says `"truncated": true` in its stats (page on with the last time).
 #[tracing::instrument(name = "logs", skip_all)]
 pub async fn logs(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let principal = s.require(&headers, &READ_ROLES)?;
-    let query = parse_query(&q)?;
+    let text = query_text(&q)?;
     let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
-    let (result, took) = run_search(&s, &principal, query, &r, "logs").await?;
-    let records: Vec<Value> = result
-        .hits
-        .iter()
-        .map(|h| {
-            let body: Value = serde_json::from_slice(&h.line).unwrap_or(Value::Null);
-            let l = &h.stream.labels;
-            let mut rec = json!({
-                "ts": h.ts,
-                "time": schemas::time::rfc3339_from_nanos(h.ts),
-                "seq": h.seq,
-                "subscription": l.get("subscription"),
-                "source": l.get("source"),
-                "kind": l.get("kind"),
-                "labels": l.as_ref(),
-                "body": body,
-            });
-            if let Some(fields) = &h.extracted {
-                let map: BTreeMap<&str, &str> = fields
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                rec["fields"] = json!(map);
-            }
-            rec
-        })
-        .collect();
-    Ok(Json(json!({
-        "status": "success",
-        "records": records,
-        "stats": stats(&result, took),
-    })))
+    let (mut result, took) = run_search(&s, &principal, text, &r, "logs").await?;
+    let tail = format!(
+        "],\"stats\":{}}}",
+        stats(&result, took, s.read_limits.max_answer_bytes)
+    );
+    let hits = std::mem::take(&mut result.hits);
+    Ok(json_response(json_list(
+        "{\"status\":\"success\",\"records\":[".to_string(),
+        hits,
+        tail,
+        write_record,
+    )))
 }
 
 /// `GET /loki/api/v1/query_range`: Loki's streams result.
@@ -138,77 +186,98 @@ pub async fn loki_query_range(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let principal = s.require(&headers, &READ_ROLES)?;
-    let query = parse_query(&q)?;
+    let text = query_text(&q)?;
     let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
-    let (result, took) = run_search(&s, &principal, query, &r, "loki_query_range").await?;
+    let (mut result, took) = run_search(&s, &principal, text, &r, "loki_query_range").await?;
     // Group by the full label set (stream labels plus extracted fields, as
     // Loki does), keeping the order of first appearance.
-    let mut order: Vec<BTreeMap<String, String>> = Vec::new();
-    let mut groups: HashMap<BTreeMap<String, String>, Vec<Value>> = HashMap::new();
-    for h in &result.hits {
+    let hits = std::mem::take(&mut result.hits);
+    let mut order: Vec<LokiStream> = Vec::new();
+    let mut index: HashMap<BTreeMap<String, String>, usize> = HashMap::new();
+    for h in hits {
         let mut labels: BTreeMap<String, String> = (*h.stream.labels).clone();
-        if let Some(fields) = &h.extracted {
+        if let Some(fields) = h.extracted {
             for (k, v) in fields {
-                labels.insert(k.clone(), v.clone());
+                labels.insert(k, v);
             }
         }
-        let entry = json!([h.ts.to_string(), line_str(h)]);
-        match groups.get_mut(&labels) {
-            Some(v) => v.push(entry),
+        let i = match index.get(&labels) {
+            Some(i) => *i,
             None => {
-                order.push(labels.clone());
-                groups.insert(labels, vec![entry]);
+                index.insert(labels.clone(), order.len());
+                order.push((labels, Vec::new()));
+                order.len() - 1
             }
-        }
+        };
+        order[i].1.push((h.ts, h.line));
     }
-    let streams: Vec<Value> = order
-        .into_iter()
-        .map(|labels| {
-            let values = groups.remove(&labels).unwrap_or_default();
-            json!({"stream": labels, "values": values})
-        })
-        .collect();
-    Ok(Json(json!({
-        "status": "success",
-        "data": {
-            "resultType": "streams",
-            "result": streams,
-            "stats": {
-                "summary": {
-                    "totalEntriesReturned": result.hits.len(),
-                    "totalLinesProcessed": result.scanned,
-                    "totalBytesProcessed": result.scanned_bytes,
-                    "execTime": took.as_secs_f64(),
+    drop(index);
+    let entries: usize = order.iter().map(|(_, v)| v.len()).sum();
+    let tail = format!(
+        "],\"stats\":{{\"summary\":{}}},\"truncated\":{}}}}}",
+        json!({
+            "totalEntriesReturned": entries,
+            "totalLinesProcessed": result.scanned,
+            "totalBytesProcessed": result.scanned_bytes,
+            "execTime": took.as_secs_f64(),
+        }),
+        result.truncated
+    );
+    Ok(json_response(json_list(
+        "{\"status\":\"success\",\"data\":{\"resultType\":\"streams\",\"result\":[".to_string(),
+        order,
+        tail,
+        |buf: &mut Vec<u8>, (labels, values): LokiStream| {
+            buf.extend_from_slice(b"{\"stream\":");
+            let _ = serde_json::to_writer(&mut *buf, &labels);
+            buf.extend_from_slice(b",\"values\":[");
+            for (i, (ts, line)) in values.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
                 }
+                buf.extend_from_slice(format!("[\"{ts}\",").as_bytes());
+                push_json_str(buf, &String::from_utf8_lossy(line));
+                buf.push(b']');
             }
-        }
-    })))
+            buf.extend_from_slice(b"]}");
+        },
+    )))
 }
 
 /// Streams visible to the caller in the request's range (Loki's default
 /// for label queries: the last 6 hours), optionally narrowed by `query`.
-fn label_streams(
-    s: &AppState,
+/// Runs on the blocking pool (the query's regexes are compiled there).
+async fn label_streams(
+    s: &Arc<AppState>,
     principal: &Principal,
     q: &HashMap<String, String>,
 ) -> Result<Vec<Arc<crate::store::StreamInfo>>, ApiError> {
     let r = range_params(q, schemas::time::now_nanos(), Duration::from_secs(6 * 3600))?;
-    let query = match q.get("query").filter(|s| !s.trim().is_empty()) {
-        Some(_) => parse_query(q)?,
-        None => Query {
-            matchers: Vec::new(),
-            stages: Vec::new(),
-        },
-    };
-    Ok(query::select_streams(
-        &s.store,
-        &query,
-        principal.subscription(),
-        r.start,
-        r.end,
-    ))
+    let text = q.get("query").filter(|s| !s.trim().is_empty()).cloned();
+    let store = s.store.clone();
+    let limits = s.read_limits.query.clone();
+    let sub = principal.subscription().map(str::to_string);
+    let result = tokio::task::spawn_blocking(move || {
+        let query = match text {
+            Some(t) => query::parse_with(&t, &limits)?,
+            None => Query {
+                matchers: Vec::new(),
+                stages: Vec::new(),
+            },
+        };
+        Ok::<_, ParseError>(query::select_streams(
+            &store,
+            &query,
+            sub.as_deref(),
+            r.start,
+            r.end,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("label task failed: {e}")))?;
+    result.map_err(|e| parse_error(s, principal, e))
 }
 
 /// `GET /loki/api/v1/labels`
@@ -219,7 +288,8 @@ pub async fn loki_labels(
 ) -> Result<Json<Value>, ApiError> {
     let principal = s.require(&headers, &READ_ROLES)?;
     let started = Instant::now();
-    let names: BTreeSet<String> = label_streams(&s, &principal, &q)?
+    let names: BTreeSet<String> = label_streams(&s, &principal, &q)
+        .await?
         .iter()
         .flat_map(|st| st.labels.keys().cloned().collect::<Vec<_>>())
         .collect();
@@ -239,7 +309,8 @@ pub async fn loki_label_values(
 ) -> Result<Json<Value>, ApiError> {
     let principal = s.require(&headers, &READ_ROLES)?;
     let started = Instant::now();
-    let values: BTreeSet<String> = label_streams(&s, &principal, &q)?
+    let values: BTreeSet<String> = label_streams(&s, &principal, &q)
+        .await?
         .iter()
         .filter_map(|st| st.labels.get(&name).cloned())
         .collect();

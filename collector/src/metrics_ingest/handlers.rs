@@ -13,83 +13,37 @@ use super::series::SeriesBuilder;
 use super::table::encode_text;
 use super::{otlp, remote_write, Protocol};
 use crate::auth::Role;
+use crate::http::admission::{admit, Spec};
 use crate::http::{ApiError, AppState};
+use crate::pattern::RegexBudget;
 
 fn now_ms() -> i64 {
     schemas::time::now_nanos() / 1_000_000
 }
 
-/// Authentication, size and media-type checks, the ingest slot, and the
-/// body; shared by both receivers.
-async fn admit(
-    s: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Body,
-    protocol: Protocol,
-) -> Result<
-    (
-        crate::auth::Principal,
-        Bytes,
-        tokio::sync::OwnedSemaphorePermit,
-    ),
-    ApiError,
-> {
-    let ms = &s.metric_store;
-    let principal = s
-        .require(headers, &[Role::Shipper, Role::Admin])
-        .inspect_err(|e| {
-            ms.reject_request(if e.status == StatusCode::FORBIDDEN {
-                "forbidden"
-            } else {
-                "unauthorized"
-            })
-        })?;
-    let limit = s.limits.max_body_bytes;
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            ms.reject_request("body_too_large");
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body of {len} bytes is over the limit of {limit} bytes"),
-            )
-            .with_field("body"));
-        }
+fn remote_write_type(ct: &str) -> bool {
+    // Remote-write 2.0 announces itself with a `proto=` parameter.
+    (ct.is_empty() || ct.starts_with("application/x-protobuf"))
+        && (!ct.contains("proto=") || ct.contains("proto=prometheus.writerequest"))
+}
+
+fn otlp_type(ct: &str) -> bool {
+    ct.starts_with("application/x-protobuf")
+}
+
+fn spec(protocol: Protocol) -> Spec {
+    match protocol {
+        Protocol::RemoteWrite => Spec {
+            what: "remote-write",
+            content_type: remote_write_type,
+            want: "remote-write 1.0: application/x-protobuf (prometheus.WriteRequest)",
+        },
+        Protocol::Otlp => Spec {
+            what: "OTLP metrics",
+            content_type: otlp_type,
+            want: "OTLP/HTTP protobuf: application/x-protobuf (JSON OTLP is not supported)",
+        },
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase())
-        .unwrap_or_default();
-    let ct_ok = match protocol {
-        // Remote-write 2.0 announces itself with a `proto=` parameter.
-        Protocol::RemoteWrite => {
-            (ct.is_empty() || ct.starts_with("application/x-protobuf"))
-                && (!ct.contains("proto=") || ct.contains("proto=prometheus.writerequest"))
-        }
-        Protocol::Otlp => ct.starts_with("application/x-protobuf"),
-    };
-    if !ct_ok {
-        ms.reject_request("unsupported_media_type");
-        let want = match protocol {
-            Protocol::RemoteWrite => {
-                "remote-write 1.0: application/x-protobuf (prometheus.WriteRequest)"
-            }
-            Protocol::Otlp => {
-                "OTLP/HTTP protobuf: application/x-protobuf (JSON OTLP is not supported)"
-            }
-        };
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type {ct:?} is not supported; send {want}"),
-        )
-        .with_field("Content-Type"));
-    }
-    let permit = crate::http::ingest_slot(s, |r| ms.reject_request(r))?;
-    let bytes = crate::http::read_body(body, limit, |r| ms.reject_request(r)).await?;
-    Ok((principal, bytes, permit))
 }
 
 /// Undoes remote-write's snappy block compression within `limit` bytes.
@@ -128,7 +82,8 @@ fn ingest_blocking(
 ) -> Result<Option<ApiError>, (&'static str, ApiError)> {
     let now = now_ms();
     let future = i64::try_from(s.limits.accept_future.as_millis()).unwrap_or(i64::MAX);
-    let mut builder = SeriesBuilder::new(forced, now, future);
+    let mut builder = SeriesBuilder::new(forced, now, future)
+        .with_label_limits(s.metric_store.table.limits().labels);
     let limit = s.limits.max_decompressed_bytes;
     let malformed = |e: prost::DecodeError| {
         (
@@ -197,10 +152,13 @@ fn ingest_blocking(
             protocol: protocol.as_str(),
         })
         .inc_by(applied.accepted);
-    for &i in &applied.refused {
+    for &(i, reason) in &applied.refused {
         let what = super::table::Table::describe(&prepared, i);
-        prepared.refused.add("series_limit", 1, || {
-            format!("new series {what} is over the series limit of its subscription")
+        prepared.refused.add(reason, 1, || match reason {
+            "series_bytes_limit" => format!(
+                "new series {what} would pass its subscription's series memory limit (--max-metric-bytes-per-subscription, --max-metric-bytes)"
+            ),
+            _ => format!("new series {what} is over the series limit of its subscription"),
         });
     }
     for (reason, n) in &prepared.refused.by_reason {
@@ -208,10 +166,16 @@ fn ingest_blocking(
             .samples_refused
             .get_or_create(&crate::metrics::ReasonLabel { reason })
             .inc_by(*n);
+        if matches!(
+            *reason,
+            "series_limit" | "series_bytes_limit" | "label_limit"
+        ) {
+            for sub in &prepared.tenants {
+                s.metrics.refuse_tenant(sub, reason);
+            }
+        }
     }
-    if std::env::var_os("XX_NO_NOTIFY").is_none() {
-        ms.notify(&prepared, &applied.refused);
-    }
+    ms.notify(&prepared, &applied.refused_indexes());
     if prepared.refused.total == 0 {
         return Ok(None);
     }
@@ -225,9 +189,16 @@ fn ingest_blocking(
         .refused
         .by_reason
         .iter()
-        .all(|(r, _)| *r == "series_limit")
+        .all(|(r, _)| matches!(*r, "series_limit" | "series_bytes_limit"))
     {
         "series"
+    } else if prepared
+        .refused
+        .by_reason
+        .iter()
+        .all(|(r, _)| *r == "label_limit")
+    {
+        "labels"
     } else {
         "value"
     };
@@ -253,7 +224,9 @@ async fn receive(
     body: Body,
     protocol: Protocol,
 ) -> Result<(), ApiError> {
-    let (principal, bytes, permit) = admit(&s, &headers, body, protocol).await?;
+    let ms = &s.metric_store;
+    let admitted = admit(&s, &headers, body, spec(protocol), |r| ms.reject_request(r)).await?;
+    let (principal, bytes) = (admitted.principal, admitted.body);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());
@@ -269,7 +242,8 @@ async fn receive(
     })
     .await
     .map_err(|e| ApiError::internal(format!("metrics decoder task failed: {e}")))?;
-    drop(permit);
+    drop(admitted.slot);
+    drop(admitted.reservation);
     match outcome {
         Ok(None) => Ok(()),
         Ok(Some(partial)) => Err(partial),
@@ -345,6 +319,12 @@ pub fn match_params(query: &str) -> Vec<String> {
 
 /// `GET /federate?match[]=...`: the newest sample of every fresh series
 /// that matches, in Prometheus' text format.
+///
+/// Bounded before it runs: at most `--max-federate-selectors` `match[]`,
+/// each with at most 32 matchers, their regexes within the request's regex
+/// budget (`--max-query-regex-bytes`), compiled off the async workers;
+/// an answer that would pass `--max-federate-bytes` is refused (narrow the
+/// selectors) rather than cut, so a scrape never sees half a tenant.
 #[tracing::instrument(name = "federate", skip_all)]
 pub async fn federate(
     State(s): State<Arc<AppState>>,
@@ -353,41 +333,116 @@ pub async fn federate(
 ) -> Result<Response, ApiError> {
     let principal = s.require(&headers, &[Role::Operator, Role::Admin])?;
     let params = match_params(query.as_deref().unwrap_or(""));
+    let limits = s.read_limits.clone();
+    let refuse = |reason: &'static str, e: ApiError| {
+        s.metrics.refuse_query(reason);
+        if let Some(sub) = principal.subscription() {
+            s.metrics.refuse_tenant(sub, "query_limit");
+        }
+        e.with("reason", json!(reason))
+    };
     if params.is_empty() {
         return Err(ApiError::bad_request(
             "give at least one match[] selector, e.g. match[]={__name__=~\".+\"}",
             "match[]",
         ));
     }
-    let selectors = params
-        .iter()
-        .map(|p| Selector::parse(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            ApiError::bad_request(e.to_string(), "match[]").with("column", json!(e.column))
-        })?;
+    if params.len() > limits.max_federate_selectors {
+        return Err(refuse(
+            "too_many_selectors",
+            ApiError::bad_request(
+                format!(
+                    "{} match[] selectors, over the limit of {} (--max-federate-selectors)",
+                    params.len(),
+                    limits.max_federate_selectors
+                ),
+                "match[]",
+            ),
+        ));
+    }
     let state = s.clone();
     let sub = principal.subscription().map(str::to_string);
-    let text = tokio::task::spawn_blocking(move || {
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut budget = RegexBudget::new(limits.query.max_regex_bytes);
+        let selectors = params
+            .iter()
+            .map(|p| Selector::parse_with(p, &mut budget, super::selector::MAX_MATCHERS))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Err)?;
         let rows = state
             .metric_store
             .table
-            .select(sub.as_deref(), &selectors, now_ms());
+            .select_bounded(
+                sub.as_deref(),
+                &selectors,
+                now_ms(),
+                limits.max_federate_bytes,
+            )
+            .map_err(Ok)?;
         state
             .metric_store
             .counters
             .federate_series
             .inc_by(rows.len() as u64);
-        encode_text(&rows)
+        Ok(rows)
     })
     .await
     .map_err(|e| ApiError::internal(format!("federate task failed: {e}")))?;
+    let rows = match answer {
+        Ok(rows) => rows,
+        Err(Err(e)) => {
+            return Err(refuse(
+                if e.message.contains("--max-query-regex-bytes") {
+                    "regex_budget"
+                } else {
+                    "syntax"
+                },
+                ApiError::bad_request(e.to_string(), "match[]").with("column", json!(e.column)),
+            ))
+        }
+        Err(Ok(too_large)) => {
+            return Err(refuse(
+                "answer_too_large",
+                ApiError::bad_request(
+                    format!(
+                        "the answer would pass {} bytes (--max-federate-bytes); narrow the match[] selectors",
+                        too_large.limit
+                    ),
+                    "match[]",
+                ),
+            ))
+        }
+    };
+    // Encoded in pieces of a few hundred series while the client reads.
+    let mut rows = rows.into_iter().peekable();
+    let mut last: Option<String> = None;
+    let pieces = std::iter::from_fn(move || {
+        rows.peek()?;
+        let mut chunk = Vec::with_capacity(256);
+        while chunk.len() < 256 {
+            match rows.next() {
+                Some(r) => chunk.push(r),
+                None => break,
+            }
+        }
+        // A # TYPE line only where the name changes, across pieces too.
+        let text = encode_text(&chunk);
+        let text = match (&last, chunk.first()) {
+            (Some(prev), Some(first)) if *prev == first.name => text
+                .split_once('\n')
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_default(),
+            _ => text,
+        };
+        last = chunk.last().map(|r| r.name.clone());
+        Some(text)
+    });
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        crate::http::answer_text(pieces),
     )
         .into_response())
 }

@@ -2,8 +2,16 @@
 //! `name{label="v", label!="v", label=~"re", label!~"re"}` (name or
 //! braces optional, regexes fully anchored). Like Prometheus, a selector
 //! must have at least one matcher that does not match the empty string.
+//! Regexes are compiled within the request's regex budget (see
+//! `crate::pattern`), and a selector has at most a bounded count of
+//! matchers.
 
-use regex::Regex;
+use regex_automata::meta::Regex;
+
+use crate::pattern::{PatternError, RegexBudget};
+
+/// Matchers of one selector, by default.
+pub const MAX_MATCHERS: usize = 32;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -109,12 +117,27 @@ impl<'a> Parser<'a> {
     }
 }
 
-fn anchored(re: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())
-}
-
 impl Selector {
+    /// Parses with a budget of its own (tests, one-off selectors).
     pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        Selector::parse_with(s, &mut RegexBudget::new(8 << 20), MAX_MATCHERS)
+    }
+
+    /// Parses `s`, compiling its regexes within `budget` (shared by every
+    /// selector of one request), with at most `max_matchers` matchers.
+    pub fn parse_with(
+        s: &str,
+        budget: &mut RegexBudget,
+        max_matchers: usize,
+    ) -> Result<Selector, SelectorError> {
+        let mut anchored = |re: &str| -> Result<Regex, String> {
+            budget.compile(re, true).map_err(|e| match e {
+                PatternError::Invalid(m) => m,
+                PatternError::OverBudget { limit, .. } => format!(
+                    "regular expressions over the request's regex size limit of {limit} bytes (--max-query-regex-bytes)"
+                ),
+            })
+        };
         let mut p = Parser { s, pos: 0 };
         let mut matchers = Vec::new();
         p.skip_ws();
@@ -135,6 +158,9 @@ impl Selector {
                 if p.peek() == Some('}') {
                     p.pos += 1;
                     break;
+                }
+                if matchers.len() >= max_matchers {
+                    return Err(p.err(format!("more than {max_matchers} matchers in one selector")));
                 }
                 let label = p.ident(false);
                 if label.is_empty() {

@@ -144,6 +144,26 @@ impl Prepared {
     }
 }
 
+/// Bounds of one series' labels (`__name__` included): a series past one is
+/// refused with all its samples (`label_limit`), the rest of the request is
+/// stored.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelLimits {
+    pub max_labels: usize,
+    pub max_name_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for LabelLimits {
+    fn default() -> Self {
+        LabelLimits {
+            max_labels: 40,
+            max_name_bytes: 128,
+            max_value_bytes: 2048,
+        }
+    }
+}
+
 /// Builds a [`Prepared`] request series by series.
 #[derive(Debug)]
 pub struct SeriesBuilder<'a> {
@@ -152,6 +172,7 @@ pub struct SeriesBuilder<'a> {
     forced: Option<&'a str>,
     now_ms: i64,
     max_future_ms: i64,
+    labels: LabelLimits,
     pub prepared: Prepared,
 }
 
@@ -176,8 +197,15 @@ impl<'a> SeriesBuilder<'a> {
             forced,
             now_ms,
             max_future_ms,
+            labels: LabelLimits::default(),
             prepared: Prepared::default(),
         }
+    }
+
+    /// The same with other label bounds.
+    pub fn with_label_limits(mut self, limits: LabelLimits) -> Self {
+        self.labels = limits;
+        self
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -213,6 +241,45 @@ impl<'a> SeriesBuilder<'a> {
         labels: &[(&str, &str)],
         samples: impl Iterator<Item = (f64, i64)>,
     ) -> Result<(), SeriesError> {
+        let lim = self.labels;
+        let too_big = if labels.len() > lim.max_labels {
+            Some(format!(
+                "{} labels, over the limit of {} (--max-metric-labels-per-series)",
+                labels.len(),
+                lim.max_labels
+            ))
+        } else if let Some((k, _)) = labels.iter().find(|(k, _)| k.len() > lim.max_name_bytes) {
+            Some(format!(
+                "label name {:?}... is {} bytes, over the limit of {} (--max-metric-label-name-bytes)",
+                k.chars().take(32).collect::<String>(),
+                k.len(),
+                lim.max_name_bytes
+            ))
+        } else {
+            labels
+                .iter()
+                .find(|(_, v)| v.len() > lim.max_value_bytes)
+                .map(|(k, v)| {
+                    format!(
+                        "value of label {:?} is {} bytes, over the limit of {} (--max-metric-label-value-bytes)",
+                        k.chars().take(64).collect::<String>(),
+                        v.len(),
+                        lim.max_value_bytes
+                    )
+                })
+        };
+        if let Some(why) = too_big {
+            let n = samples.count() as u64;
+            let name: String = labels
+                .iter()
+                .find(|(k, _)| *k == "__name__")
+                .map(|(_, v)| v.chars().take(64).collect())
+                .unwrap_or_default();
+            self.prepared.refused.add("label_limit", n.max(1), || {
+                format!("series {index} ({name}): {why}")
+            });
+            return Ok(());
+        }
         let mut name = None;
         let mut sub_label = None;
         let mut prev: Option<&str> = None;
@@ -450,6 +517,58 @@ mod tests {
         let p = build(&[("__name__", "x")], f64::from_bits(STALE_NAN_BITS)).unwrap();
         assert!(p.samples[0].stale);
         assert_eq!(p.refused.total, 0);
+    }
+
+    #[test]
+    fn series_over_the_label_limits_are_refused_alone() {
+        let limits = LabelLimits {
+            max_labels: 3,
+            max_name_bytes: 8,
+            max_value_bytes: 16,
+        };
+        let mut b = SeriesBuilder::new(Some("acme"), 1_000_000, 600_000).with_label_limits(limits);
+        let long = "v".repeat(17);
+        b.series(
+            0,
+            &[("__name__", "ok"), ("a", "1")],
+            std::iter::once((1.0, 999_000)),
+        )
+        .unwrap();
+        b.series(
+            1,
+            &[("__name__", "x"), ("a", &long)],
+            std::iter::once((1.0, 999_000)),
+        )
+        .unwrap();
+        b.series(
+            2,
+            &[("__name__", "x"), ("a", "1"), ("b", "1"), ("c", "1")],
+            [(1.0, 999_000), (2.0, 999_001)].into_iter(),
+        )
+        .unwrap();
+        b.series(
+            3,
+            &[("__name__", "x"), ("longlabelname", "1")],
+            std::iter::once((1.0, 999_000)),
+        )
+        .unwrap();
+        let p = b.prepared;
+        assert_eq!(p.samples.len(), 1, "only the first series is kept");
+        assert_eq!(p.refused.by_reason, vec![("label_limit", 4)]);
+        assert!(
+            p.refused.examples[0].contains("--max-metric-label-value-bytes"),
+            "{:?}",
+            p.refused.examples
+        );
+        assert!(
+            p.refused.examples[1].contains("4 labels"),
+            "{:?}",
+            p.refused.examples
+        );
+        assert!(
+            !p.refused.examples.concat().contains(&long),
+            "messages stay short"
+        );
     }
 
     #[test]

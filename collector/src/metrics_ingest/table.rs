@@ -5,10 +5,13 @@
 //! At most `max_series_per_subscription` series per subscription and
 //! `max_series` in all; a sample of a new series beyond either limit is
 //! refused and counted (`reason="series_limit"`), existing series still
-//! update. A series is about its key (name and labels, typically
-//! 100-200 bytes) plus ~50 bytes of map overhead, so the defaults (100,000
-//! per subscription, 1,000,000 in all) bound the table at roughly 25 MiB
-//! per subscription and 250 MiB in all.
+//! update. A series costs its key (name and labels, typically 100-200
+//! bytes, bounded by the label limits of `series.rs`) plus
+//! [`SERIES_OVERHEAD`] bytes; that cost is counted per subscription and in
+//! all, and a new series past `max_bytes_per_subscription` or `max_bytes`
+//! is refused too (`reason="series_bytes_limit"`). The defaults bound the
+//! table at 64 MiB per subscription and 512 MiB in all, whatever the
+//! labels.
 //!
 //! # Staleness
 //! A series whose newest sample is older than `staleness` (5 minutes, like
@@ -29,6 +32,12 @@ use super::series::{display_key, split_key, MetricType, Prepared};
 pub struct MetricLimits {
     pub max_series_per_subscription: usize,
     pub max_series: usize,
+    /// Bytes of series (keys plus overhead) per subscription.
+    pub max_bytes_per_subscription: usize,
+    /// Bytes of series in all.
+    pub max_bytes: usize,
+    /// Bounds of one series' labels.
+    pub labels: super::series::LabelLimits,
     /// Series not updated for this long are not served and get evicted.
     pub staleness: Duration,
 }
@@ -38,9 +47,19 @@ impl Default for MetricLimits {
         MetricLimits {
             max_series_per_subscription: 100_000,
             max_series: 1_000_000,
+            max_bytes_per_subscription: 64 << 20,
+            max_bytes: 512 << 20,
+            labels: super::series::LabelLimits::default(),
             staleness: Duration::from_secs(300),
         }
     }
+}
+
+/// Bytes a series costs besides its key (map entry, sample, hash).
+pub const SERIES_OVERHEAD: usize = 64;
+
+fn series_cost(key: &[u8]) -> usize {
+    key.len() + SERIES_OVERHEAD
 }
 
 const SWEEP_EVERY_MS: i64 = 30_000;
@@ -61,6 +80,8 @@ struct Tenant {
     series: SeriesMap,
     types: HashMap<Box<str>, MetricType>,
     last_sweep_ms: i64,
+    /// Cost of its series ([`series_cost`]).
+    bytes: usize,
 }
 
 /// What applying a request did.
@@ -70,8 +91,22 @@ pub struct Applied {
     pub created: u64,
     pub deleted: u64,
     pub evicted: u64,
-    /// Indexes into `Prepared::samples` refused for the series limit.
-    pub refused: Vec<usize>,
+    /// Indexes into `Prepared::samples` refused for a series limit, with
+    /// the reason (`series_limit`, `series_bytes_limit`), in index order.
+    pub refused: Vec<(usize, &'static str)>,
+}
+
+impl Applied {
+    /// The refused indexes alone, sorted.
+    pub fn refused_indexes(&self) -> Vec<usize> {
+        self.refused.iter().map(|(i, _)| *i).collect()
+    }
+}
+
+/// A `/federate` answer that would pass its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerTooLarge {
+    pub limit: usize,
 }
 
 /// One federated series.
@@ -90,6 +125,7 @@ pub struct Row {
 pub struct Table {
     tenants: RwLock<HashMap<String, Arc<Mutex<Tenant>>>>,
     series_total: AtomicUsize,
+    bytes_total: AtomicUsize,
     limits: MetricLimits,
 }
 
@@ -98,8 +134,43 @@ impl Table {
         Table {
             tenants: RwLock::default(),
             series_total: AtomicUsize::new(0),
+            bytes_total: AtomicUsize::new(0),
             limits,
         }
+    }
+
+    /// Bytes of series held, all subscriptions ([`SERIES_OVERHEAD`] included).
+    pub fn bytes(&self) -> usize {
+        self.bytes_total.load(Ordering::Relaxed)
+    }
+
+    /// Series and bytes of one subscription.
+    pub fn usage(&self, subscription: &str) -> (usize, usize) {
+        let t = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subscription)
+            .cloned();
+        t.map_or((0, 0), |t| {
+            let t = t.lock().unwrap_or_else(|e| e.into_inner());
+            (t.series.len(), t.bytes)
+        })
+    }
+
+    /// Drops every series of `subscription` (termination); returns how many.
+    pub fn purge(&self, subscription: &str) -> usize {
+        let t = self
+            .tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(subscription);
+        let Some(t) = t else { return 0 };
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        self.series_total
+            .fetch_sub(t.series.len(), Ordering::Relaxed);
+        self.bytes_total.fetch_sub(t.bytes, Ordering::Relaxed);
+        t.series.len()
     }
 
     pub fn limits(&self) -> &MetricLimits {
@@ -141,10 +212,19 @@ impl Table {
         t.last_sweep_ms = now_ms;
         let stale_before = self.stale_before(now_ms);
         let before = t.series.len();
-        t.series.retain(|_, l| l.timestamp_ms >= stale_before);
+        let mut freed = 0usize;
+        t.series.retain(|k, l| {
+            let keep = l.timestamp_ms >= stale_before;
+            if !keep {
+                freed += series_cost(k);
+            }
+            keep
+        });
         let evicted = before - t.series.len();
         if evicted > 0 {
             self.series_total.fetch_sub(evicted, Ordering::Relaxed);
+            self.bytes_total.fetch_sub(freed, Ordering::Relaxed);
+            t.bytes -= freed;
         }
         evicted as u64
     }
@@ -177,6 +257,9 @@ impl Table {
                 if s.stale {
                     if t.series.remove(key).is_some() {
                         self.series_total.fetch_sub(1, Ordering::Relaxed);
+                        self.bytes_total
+                            .fetch_sub(series_cost(key), Ordering::Relaxed);
+                        t.bytes -= series_cost(key);
                         out.deleted += 1;
                     }
                     out.accepted += 1;
@@ -196,10 +279,19 @@ impl Table {
                 if t.series.len() >= self.limits.max_series_per_subscription
                     || self.series_total.load(Ordering::Relaxed) >= self.limits.max_series
                 {
-                    out.refused.push(i);
+                    out.refused.push((i, "series_limit"));
+                    continue;
+                }
+                let cost = series_cost(key);
+                if t.bytes + cost > self.limits.max_bytes_per_subscription
+                    || self.bytes_total.load(Ordering::Relaxed) + cost > self.limits.max_bytes
+                {
+                    out.refused.push((i, "series_bytes_limit"));
                     continue;
                 }
                 t.series.insert(key.into(), new);
+                t.bytes += cost;
+                self.bytes_total.fetch_add(cost, Ordering::Relaxed);
                 self.series_total.fetch_add(1, Ordering::Relaxed);
                 out.created += 1;
                 out.accepted += 1;
@@ -216,6 +308,20 @@ impl Table {
         selectors: &[Selector],
         now_ms: i64,
     ) -> Vec<Row> {
+        self.select_bounded(subscription, selectors, now_ms, usize::MAX)
+            .unwrap_or_default()
+    }
+
+    /// [`Table::select`] that gives up once the text answer would pass
+    /// `max_bytes` (estimated from the rows, before encoding).
+    pub fn select_bounded(
+        &self,
+        subscription: Option<&str>,
+        selectors: &[Selector],
+        now_ms: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Row>, AnswerTooLarge> {
+        let mut answer = 0usize;
         let stale_before = self.stale_before(now_ms);
         let tenants: Vec<(String, Arc<Mutex<Tenant>>)> = {
             let all = self.tenants.read().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +357,16 @@ impl Table {
                 if !selectors.iter().any(|s| s.matches(name, &labels)) {
                     continue;
                 }
+                // name{k="v",...} value timestamp, plus a # TYPE line at most.
+                answer += name.len() * 2
+                    + 64
+                    + labels
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 4)
+                        .sum::<usize>();
+                if answer > max_bytes {
+                    return Err(AnswerTooLarge { limit: max_bytes });
+                }
                 rows.push(Row {
                     name: name.to_string(),
                     labels: labels
@@ -264,7 +380,7 @@ impl Table {
             }
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.labels.cmp(&b.labels)));
-        rows
+        Ok(rows)
     }
 
     /// Describes a refused sample of `p`, for messages.
@@ -385,6 +501,7 @@ mod tests {
         }
         let a = push(&t, "acme", &[("__name__", "m9")], 1.0, now, now);
         assert_eq!((a.accepted, a.refused.len()), (0, 1));
+        assert_eq!(a.refused[0].1, "series_limit");
         let a = push(&t, "acme", &[("__name__", "m0")], 3.0, now + 1, now);
         assert_eq!(
             (a.accepted, a.refused.len()),
@@ -401,6 +518,67 @@ mod tests {
         let a = push(&t, "acme", &[("__name__", "m9")], 1.0, later, later);
         assert_eq!((a.created, a.evicted), (1, 2));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn series_bytes_are_bounded_per_subscription_and_freed_by_purge() {
+        let t = Table::new(MetricLimits {
+            max_bytes_per_subscription: 4 * (SERIES_OVERHEAD + 40),
+            ..MetricLimits::default()
+        });
+        let now = 100_000_000;
+        let mut refused = Vec::new();
+        for i in 0..10 {
+            let a = push(
+                &t,
+                "acme",
+                &[("__name__", &format!("m{i:02}")), ("l", "x")],
+                1.0,
+                now,
+                now,
+            );
+            refused.extend(a.refused);
+        }
+        let (series, bytes) = t.usage("acme");
+        assert!((2..10).contains(&series), "{series} series");
+        assert!(bytes <= 4 * (SERIES_OVERHEAD + 40), "{bytes} bytes");
+        assert!(refused.iter().all(|(_, r)| *r == "series_bytes_limit"));
+        assert_eq!(series + refused.len(), 10);
+        assert_eq!(t.bytes(), bytes);
+        // Another subscription is not held back.
+        assert_eq!(
+            push(&t, "beta", &[("__name__", "m")], 1.0, now, now).created,
+            1
+        );
+        assert_eq!(t.purge("acme"), series);
+        assert_eq!(t.usage("acme"), (0, 0));
+        assert_eq!(t.len(), 1);
+        assert!(t.select(Some("acme"), &all(), now).is_empty());
+    }
+
+    #[test]
+    fn bounded_select_gives_up_at_its_byte_budget() {
+        let t = Table::new(MetricLimits::default());
+        let now = 100_000_000;
+        for i in 0..100 {
+            push(
+                &t,
+                "acme",
+                &[("__name__", &format!("metric_{i}")), ("l", "x")],
+                1.0,
+                now,
+                now,
+            );
+        }
+        assert_eq!(
+            t.select_bounded(None, &all(), now, 1 << 20)
+                .map(|r| r.len()),
+            Ok(100)
+        );
+        assert_eq!(
+            t.select_bounded(None, &all(), now, 2000),
+            Err(AnswerTooLarge { limit: 2000 })
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! `direction=backward`, Loki's default) until `limit` lines passed every
 //! stage. Line filters run on the stored bytes before anything is decoded;
 //! `| json` parses a line only when the earlier stages kept it.
+//!
+//! Bounds: only the caller's subscription's part of the stream index is
+//! read (one tenant's streams never slow another's queries); the answer
+//! stops at `max_bytes` of lines (and extracted fields), marked
+//! `truncated`, whatever `limit` asked for; the deadline is checked every
+//! few thousand entries.
 
 pub mod parser;
 
@@ -15,7 +21,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use parser::{parse, ParseError, Query, Stage};
+pub use parser::{parse, parse_with, ParseError, Query, QueryLimits, Stage};
 
 use crate::store::{EntryIter, Store, StoreError, StreamInfo};
 
@@ -35,6 +41,8 @@ pub struct SearchParams {
     pub subscription: Option<String>,
     /// Give up (with [`SearchError::Timeout`]) after this instant.
     pub deadline: Instant,
+    /// Stop once the hits hold this many bytes (lines and extracted fields).
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +76,21 @@ pub struct SearchResult {
     pub scanned_bytes: u64,
     /// Streams selected.
     pub streams: usize,
+    /// The answer stopped at `max_bytes` before `limit` hits.
+    pub truncated: bool,
+    /// Bytes of the hits (lines and extracted fields).
+    pub bytes: usize,
+}
+
+impl Hit {
+    /// What the hit weighs against the answer's byte budget.
+    pub fn weight(&self) -> usize {
+        self.line.len()
+            + self
+                .extracted
+                .as_ref()
+                .map_or(0, |f| f.iter().map(|(k, v)| k.len() + v.len() + 8).sum())
+    }
 }
 
 /// The streams a query selects for a caller.
@@ -79,9 +102,8 @@ pub fn select_streams(
     end: i64,
 ) -> Vec<Arc<StreamInfo>> {
     let mut streams: Vec<Arc<StreamInfo>> = store
-        .streams()
+        .streams_of(subscription)
         .into_iter()
-        .filter(|s| subscription.is_none_or(|sub| s.subscription() == sub))
         .filter(|s| s.records > 0 && s.min_ts < end && s.max_ts >= start)
         .filter(|s| {
             query
@@ -250,6 +272,11 @@ pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchRe
     let ra = ra?;
     let rb = rb.map_err(|_| SearchError::Panicked)??;
     let mut hits = Vec::with_capacity(ra.hits.len() + rb.hits.len());
+    // A half cut at the byte budget has no hits past its cut: the merge
+    // must stop when it runs out of that half's hits.
+    let (cut_a, cut_b) = (ra.truncated, rb.truncated);
+    let mut truncated = false;
+    let mut bytes = 0usize;
     let (mut ia, mut ib) = (
         ra.hits.into_iter().peekable(),
         rb.hits.into_iter().peekable(),
@@ -265,18 +292,39 @@ pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchRe
                     kx <= ky
                 }
             }
+            (Some(_), None) if cut_b => {
+                truncated = true;
+                break;
+            }
             (Some(_), None) => true,
+            (None, Some(_)) if cut_a => {
+                truncated = true;
+                break;
+            }
             (None, Some(_)) => false,
-            (None, None) => break,
+            (None, None) => {
+                truncated = cut_a || cut_b;
+                break;
+            }
         };
         let next = if take_a { ia.next() } else { ib.next() };
-        hits.extend(next);
+        if let Some(h) = next {
+            let w = h.weight();
+            if !hits.is_empty() && bytes + w > p.max_bytes {
+                truncated = true;
+                break;
+            }
+            bytes += w;
+            hits.push(h);
+        }
     }
     Ok(SearchResult {
         hits,
         scanned: ra.scanned + rb.scanned,
         scanned_bytes: ra.scanned_bytes + rb.scanned_bytes,
         streams: streams.len(),
+        truncated,
+        bytes,
     })
 }
 
@@ -306,13 +354,20 @@ fn search_streams(
             result.scanned_bytes += line.len() as u64;
             let stream = &streams[head.idx];
             if let Some(extracted) = run_stages(query, stream, line) {
-                result.hits.push(Hit {
+                let hit = Hit {
                     ts,
                     seq,
                     stream: stream.clone(),
                     line: line.to_vec(),
                     extracted,
-                });
+                };
+                let w = hit.weight();
+                if !result.hits.is_empty() && result.bytes + w > p.max_bytes {
+                    result.truncated = true;
+                    break;
+                }
+                result.bytes += w;
+                result.hits.push(hit);
                 if result.hits.len() >= p.limit {
                     break;
                 }

@@ -12,20 +12,43 @@
 //! ```
 //!
 //! Selector and label-filter regexes are anchored (`=~ "orders.*"` matches
-//! the whole value), line-filter regexes are not, as in Loki. Every regex is
-//! compiled with size limits, so a pathological pattern is refused with a
-//! 400 instead of eating memory (the regex crate never backtracks).
-//! Errors carry the 1-based column and what was expected.
+//! the whole value), line-filter regexes are not, as in Loki. A query is
+//! bounded before anything runs ([`QueryLimits`]): its length, its count of
+//! matchers and of stages, and the memory of all its regexes together (see
+//! `crate::pattern`); a query past a bound is refused with a 400 naming the
+//! bound. Literal line filters (`|=`, `!=`) are substring searches, not
+//! regexes. Errors carry the 1-based column and what was expected.
 
-use regex::bytes::{Regex as BytesRegex, RegexBuilder as BytesRegexBuilder};
-use regex::{Regex, RegexBuilder};
+use memchr::memmem::Finder;
+use regex_automata::meta::Regex;
 
-/// Compiled-program size limit of every regex in a query.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+use crate::pattern::{PatternError, RegexBudget};
+
 /// Longest query text accepted.
 pub const MAX_QUERY_LEN: usize = 16 << 10;
 
-/// A query that does not parse.
+/// Bounds of one query, checked while it is parsed.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Matchers in the stream selector.
+    pub max_matchers: usize,
+    /// Stages (line filters, `| json`, label filters).
+    pub max_stages: usize,
+    /// Memory of all the query's compiled regexes together.
+    pub max_regex_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_matchers: 32,
+            max_stages: 64,
+            max_regex_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A query that does not parse, or passes a bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("parse error at column {column}: expected {expected}, found {found}")]
 pub struct ParseError {
@@ -33,6 +56,9 @@ pub struct ParseError {
     pub column: usize,
     pub expected: String,
     pub found: String,
+    /// `syntax`, or the bound it passed: `too_many_matchers`,
+    /// `too_many_stages`, `regex_budget`, `too_long`.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,24 +150,34 @@ impl LabelFilter {
     }
 }
 
+#[derive(Debug, Clone)]
+enum LineMatch {
+    Literal(Box<Finder<'static>>),
+    Regex(Regex),
+}
+
 /// A line filter.
 #[derive(Debug, Clone)]
 pub struct LineFilter {
     pub negate: bool,
     /// The literal (`|=`, `!=`) or the pattern (`|~`, `!~`).
     pub text: String,
-    re: BytesRegex,
+    m: LineMatch,
 }
 
 impl LineFilter {
     pub fn matches(&self, line: &[u8]) -> bool {
-        self.re.is_match(line) != self.negate
+        let found = match &self.m {
+            LineMatch::Literal(f) => f.find(line).is_some(),
+            LineMatch::Regex(re) => re.is_match(line),
+        };
+        found != self.negate
     }
 }
 
 #[derive(Debug, Clone)]
 pub enum Stage {
-    Line(LineFilter),
+    Line(Box<LineFilter>),
     Json,
     Label(LabelFilter),
 }
@@ -229,6 +265,7 @@ impl<'a> Lexer<'a> {
             column,
             expected: expected.into(),
             found,
+            reason: "syntax",
         }
     }
 
@@ -384,45 +421,31 @@ struct Parser<'a> {
     lex: Lexer<'a>,
     tok: Tok,
     col: usize,
+    limits: &'a QueryLimits,
+    budget: RegexBudget,
 }
 
-fn regex(pattern: &str, anchored: bool, col: usize) -> Result<Regex, ParseError> {
-    let p = if anchored {
-        format!("^(?:{pattern})$")
-    } else {
-        pattern.to_string()
-    };
-    RegexBuilder::new(&p)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .nest_limit(64)
-        .build()
-        .map_err(|e| ParseError {
-            column: col,
-            expected: "a valid regular expression within the size limit".into(),
-            found: format!("{pattern:?} ({})", first_line(&e.to_string())),
-        })
-}
-
-fn bytes_regex(pattern: &str, col: usize) -> Result<BytesRegex, ParseError> {
-    BytesRegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .nest_limit(64)
-        .build()
-        .map_err(|e| ParseError {
-            column: col,
-            expected: "a valid regular expression within the size limit".into(),
-            found: format!("{pattern:?} ({})", first_line(&e.to_string())),
-        })
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or(s)
-        .trim()
-        .to_string()
+impl Parser<'_> {
+    fn regex(&mut self, pattern: &str, anchored: bool, col: usize) -> Result<Regex, ParseError> {
+        self.budget
+            .compile(pattern, anchored)
+            .map_err(|e| match e {
+                PatternError::Invalid(m) => ParseError {
+                    column: col,
+                    expected: "a valid regular expression".into(),
+                    found: format!("{pattern:?} ({m})"),
+                    reason: "syntax",
+                },
+                PatternError::OverBudget { left, limit } => ParseError {
+                    column: col,
+                    expected: format!(
+                        "regular expressions within the query's regex size limit of {limit} bytes (--max-query-regex-bytes; {left} bytes were left)"
+                    ),
+                    found: format!("{:?}", pattern.chars().take(40).collect::<String>()),
+                    reason: "regex_budget",
+                },
+            })
+    }
 }
 
 impl Parser<'_> {
@@ -438,6 +461,7 @@ impl Parser<'_> {
             column: self.col,
             expected: expected.into(),
             found: self.tok.describe(),
+            reason: "syntax",
         })
     }
 
@@ -464,6 +488,17 @@ impl Parser<'_> {
             return Ok(out);
         }
         loop {
+            if out.len() >= self.limits.max_matchers {
+                return Err(ParseError {
+                    column: self.col,
+                    expected: format!(
+                        "at most {} matchers in the stream selector (--max-query-matchers)",
+                        self.limits.max_matchers
+                    ),
+                    found: format!("matcher {}", out.len() + 1),
+                    reason: "too_many_matchers",
+                });
+            }
             let name = match &self.tok {
                 Tok::Ident(s) => s.clone(),
                 _ => return self.fail("a label name"),
@@ -479,7 +514,7 @@ impl Parser<'_> {
             self.bump()?;
             let (value, col) = self.string("a quoted label value")?;
             let re = match op {
-                MatchOp::Re | MatchOp::NotRe => Some(regex(&value, true, col)?),
+                MatchOp::Re | MatchOp::NotRe => Some(self.regex(&value, true, col)?),
                 _ => None,
             };
             out.push(Matcher {
@@ -516,12 +551,12 @@ impl Parser<'_> {
         };
         self.bump()?;
         let (text, col) = self.string("a quoted string after the line filter")?;
-        let re = if is_re {
-            bytes_regex(&text, col)?
+        let m = if is_re {
+            LineMatch::Regex(self.regex(&text, false, col)?)
         } else {
-            bytes_regex(&regex::escape(&text), col)?
+            LineMatch::Literal(Box::new(Finder::new(text.as_bytes()).into_owned()))
         };
-        Ok(Stage::Line(LineFilter { negate, text, re }))
+        Ok(Stage::Line(Box::new(LineFilter { negate, text, m })))
     }
 
     fn pipe_stage(&mut self) -> Result<Stage, ParseError> {
@@ -556,12 +591,13 @@ impl Parser<'_> {
         };
         self.bump()?;
         let re = match (&value, op) {
-            (FilterValue::Str(s), CmpOp::Re | CmpOp::NotRe) => Some(regex(s, true, col)?),
+            (FilterValue::Str(s), CmpOp::Re | CmpOp::NotRe) => Some(self.regex(s, true, col)?),
             (FilterValue::Str(_), CmpOp::Gt | CmpOp::Ge | CmpOp::Lt | CmpOp::Le) => {
                 return Err(ParseError {
                     column: col,
                     expected: "a number for a numeric comparison".into(),
                     found: "a string".into(),
+                    reason: "syntax",
                 })
             }
             (FilterValue::Num(_), CmpOp::Re | CmpOp::NotRe) => {
@@ -569,6 +605,7 @@ impl Parser<'_> {
                     column: col,
                     expected: "a quoted regular expression".into(),
                     found: "a number".into(),
+                    reason: "syntax",
                 })
             }
             _ => None,
@@ -582,24 +619,43 @@ impl Parser<'_> {
     }
 }
 
-/// Parses a LogQL query.
+/// Parses a LogQL query with the default [`QueryLimits`].
 pub fn parse(src: &str) -> Result<Query, ParseError> {
+    parse_with(src, &QueryLimits::default())
+}
+
+/// Parses a LogQL query within `limits`.
+pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> {
     if src.len() > MAX_QUERY_LEN {
         return Err(ParseError {
             column: 1,
             expected: format!("a query of at most {MAX_QUERY_LEN} bytes"),
             found: format!("{} bytes", src.len()),
+            reason: "too_long",
         });
     }
     let mut p = Parser {
         lex: Lexer::new(src),
         tok: Tok::Eof,
         col: 1,
+        limits,
+        budget: RegexBudget::new(limits.max_regex_bytes),
     };
     p.bump()?;
     let matchers = p.selector()?;
     let mut stages = Vec::new();
     while p.tok != Tok::Eof {
+        if stages.len() >= limits.max_stages {
+            return Err(ParseError {
+                column: p.col,
+                expected: format!(
+                    "at most {} stages (line filters, | json, label filters; --max-query-stages)",
+                    limits.max_stages
+                ),
+                found: format!("stage {}", stages.len() + 1),
+                reason: "too_many_stages",
+            });
+        }
         stages.push(p.stage()?);
     }
     Ok(Query { matchers, stages })
@@ -676,6 +732,48 @@ mod tests {
         let q = r#"{} |~ "(\w{100}){100}""#;
         let e = parse(q).expect_err("too big");
         assert!(e.expected.contains("size limit"), "{e}");
+        assert_eq!(e.reason, "regex_budget");
+    }
+
+    #[test]
+    fn counts_and_the_total_regex_budget_are_bounded() {
+        let limits = QueryLimits {
+            max_matchers: 3,
+            max_stages: 5,
+            max_regex_bytes: 1 << 20,
+        };
+        let q = r#"{a="1", b="2", c="3", d="4"}"#;
+        let e = parse_with(q, &limits).expect_err("4 matchers");
+        assert_eq!(e.reason, "too_many_matchers");
+        assert!(e.expected.contains("at most 3 matchers"), "{e}");
+        let q = format!("{{}}{}", r#" |= "x""#.repeat(6));
+        let e = parse_with(&q, &limits).expect_err("6 stages");
+        assert_eq!(e.reason, "too_many_stages");
+        assert!(e.expected.contains("--max-query-stages"), "{e}");
+        assert!(parse_with(&format!("{{}}{}", r#" |= "x""#.repeat(5)), &limits).is_ok());
+        // Regexes that each fit but not all together.
+        let limits = QueryLimits {
+            max_matchers: 100,
+            max_stages: 700,
+            max_regex_bytes: 1 << 20,
+        };
+        let q = format!("{{}}{}", r#" |~ "\\d{10}x""#.repeat(700));
+        let e = parse_with(&q, &limits).expect_err("700 regexes");
+        assert_eq!(e.reason, "regex_budget", "{e}");
+        assert!(e.expected.contains("--max-query-regex-bytes"), "{e}");
+    }
+
+    #[test]
+    fn literal_filters_match_bytes_without_regex_meaning() {
+        let q = parse(r#"{} |= "a.b" != "(x""#).expect("parse");
+        let f = |i: usize| match &q.stages[i] {
+            Stage::Line(f) => (**f).clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(f(0).matches(b"xa.by"));
+        assert!(!f(0).matches(b"axb"));
+        assert!(f(1).matches(b"plain"));
+        assert!(!f(1).matches(b"a (x b"));
     }
 
     #[test]

@@ -24,14 +24,33 @@ use schemas::{Body, EventType, HealthStatus, Record};
 pub type Labels = BTreeMap<String, String>;
 
 /// Label names every stream may have, in the order they are documented.
-pub const LABEL_NAMES: [&str; 6] = [
+pub const LABEL_NAMES: [&str; 7] = [
     "subscription",
     "source",
     "kind",
     "level",
     "pipe",
     "event_type",
+    OVERFLOW_LABEL,
 ];
+
+/// The label of streams that hold records whose free-form label was
+/// dropped; its value names the dropped label.
+pub const OVERFLOW_LABEL: &str = "overflow";
+/// The free-form label that counts against the stream limit.
+pub const FREE_FORM_LABEL: &str = "pipe";
+
+/// `labels` without the free-form label, marked with `overflow="pipe"`;
+/// `None` when `labels` has no free-form label.
+pub fn overflow_labels(labels: &Labels) -> Option<Labels> {
+    if !labels.contains_key(FREE_FORM_LABEL) {
+        return None;
+    }
+    let mut l = labels.clone();
+    l.remove(FREE_FORM_LABEL);
+    l.insert(OVERFLOW_LABEL.into(), FREE_FORM_LABEL.into());
+    Some(l)
+}
 
 /// The record-specific label values: (pipe, event_type, level).
 fn parts(record: &Record) -> (Option<&str>, Option<&'static str>, &'static str) {
@@ -218,6 +237,23 @@ mod tests {
             record_labels_key(r, &mut buf);
             assert_eq!(buf, labels_key(&record_labels(r)), "{r:?}");
         }
+    }
+
+    #[test]
+    fn overflow_labels_drop_pipe_and_mark_the_stream() {
+        let mut fields = BTreeMap::new();
+        fields.insert("pipe".to_string(), serde_json::json!("crm"));
+        let l = record_labels(&rec(Body::Log(LogBody {
+            level: Level::Warn,
+            target: "t".into(),
+            message: "m".into(),
+            fields,
+        })));
+        let o = overflow_labels(&l).expect("has a pipe");
+        assert!(!o.contains_key("pipe"));
+        assert_eq!(o["overflow"], "pipe");
+        assert_eq!(o["level"], "WARN");
+        assert_eq!(overflow_labels(&o), None, "no pipe left to drop");
     }
 
     #[test]

@@ -16,9 +16,25 @@
 //! - An ingest is answered only after its records are in a synced write
 //!   batch (group commit: concurrent ingests share one batch and one fsync,
 //!   see `writer.rs`).
-//! - Each (subscription, source, seq) is stored at most once: the writer
-//!   keeps the highest seq stored per source in memory (a higher seq is new
-//!   without a lookup) and otherwise looks the `seqs` key up.
+//! - Each (subscription, source, epoch, seq) is stored at most once: the
+//!   writer keeps the highest seq stored per source epoch in memory (a
+//!   higher seq is new without a lookup) and otherwise looks the `seqs` key
+//!   up. The key's value is a digest of the record (time, labels, line): a
+//!   seq re-sent with other content is refused as a conflict, never
+//!   silently answered as a duplicate.
+//! - Outbox epochs (`IngestBatch.epoch`): each epoch of a source is its own
+//!   sequence space with a small id (the legacy epoch "" is id 0). A batch
+//!   of an unknown epoch starts a new space and becomes the source's
+//!   current epoch; new records of an epoch older than the current one are
+//!   refused as a conflict (two live outboxes writing one source), while
+//!   pure re-sends of an older epoch's stored records are still answered as
+//!   duplicates. A new epoch that follows the legacy epoch first looks seqs
+//!   up in the legacy space (a shipper upgraded while a batch was in
+//!   flight re-sends it with its new epoch: same digest, a duplicate).
+//! - Per subscription at most `max_sources_per_subscription` sources (a new
+//!   one beyond it is refused, retryably) and `max_streams_per_subscription`
+//!   streams with a free-form `pipe` label (a record that would pass it is
+//!   stored in its stream without `pipe`, see `labels.rs`).
 //! - Every mutation goes through the single writer thread, so the in-memory
 //!   stream index and source table always describe what is committed.
 //!
@@ -26,11 +42,11 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `entries` | stream id u64 BE, ts i64 BE with the sign bit flipped, seq u64 BE (24 bytes) | `[1u8 version][line]`, line = the record's body as compact JSON |
+//! | `entries` | stream id u64 BE, ts i64 BE with the sign bit flipped, \[epoch id u32 BE,\] seq u64 BE (24 bytes for epoch 0, 28 otherwise) | `[1u8 version][line]`, line = the record's body as compact JSON |
 //! | `streams` | stream id u64 BE | MessagePack [`StreamMeta`]: labels, oldest/newest ts, entry count |
-//! | `seqs` | subscription, `0`, source, `0`, seq u64 BE | empty: "this seq is stored" (dedupe) |
-//! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, last seq, counts |
-//! | `meta` | `format`, `next_stream` | `sesam-collector-v1`; next stream id u64 BE |
+//! | `seqs` | subscription, `0`, source, `0`, seq u64 BE (epoch 0); subscription, `0`, source, `1`, epoch id u32 BE, seq u64 BE (others) | CRC-32 of the record (4 bytes BE; empty in stores written before epochs): "this seq is stored" (dedupe) |
+//! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, current epoch and its last seq, older epochs, counts |
+//! | `meta` | `format`, `next_stream` | `sesam-collector-v2` (a v1 store, from before epochs, opens as is and is marked v2); next stream id u64 BE |
 //! | `notifier` | see the notifier crate's `store.rs` | rules, receivers, silences, alerts, notification queue and history |
 //!
 //! Subscription and source names never contain a 0 byte (ingest validates
@@ -74,7 +90,10 @@ use schemas::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use labels::{labels_key, record_labels, record_labels_key, record_line, Labels, LABEL_NAMES};
+pub use labels::{
+    labels_key, overflow_labels, record_labels, record_labels_key, record_line, Labels,
+    FREE_FORM_LABEL, LABEL_NAMES, OVERFLOW_LABEL,
+};
 
 use crate::metrics::Metrics;
 
@@ -83,7 +102,10 @@ pub(crate) const CF_STREAMS: &str = "streams";
 pub(crate) const CF_SEQS: &str = "seqs";
 pub(crate) const CF_SOURCES: &str = "sources";
 pub(crate) const CF_META: &str = "meta";
-const FORMAT: &[u8] = b"sesam-collector-v1";
+const FORMAT: &[u8] = b"sesam-collector-v2";
+/// Stores from before outbox epochs: read as is (their keys are the legacy
+/// epoch's), then marked [`FORMAT`].
+const FORMAT_V1: &[u8] = b"sesam-collector-v1";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_NEXT_STREAM: &[u8] = b"next_stream";
 /// Version byte in front of every stored line.
@@ -104,6 +126,25 @@ pub enum StoreError {
     Closed,
     #[error("write queue is full")]
     Busy,
+    /// A batch that contradicts what is stored for its source: a seq
+    /// re-sent with other content, or new records of an outbox epoch older
+    /// than the source's current one. Nothing of the batch is stored.
+    #[error("source {source_name:?} of subscription {subscription:?}: {detail}")]
+    SourceConflict {
+        subscription: String,
+        source_name: String,
+        /// `epoch`, or `records[i]` for the record at fault.
+        field: String,
+        detail: String,
+    },
+    /// A batch of a new source when its subscription has
+    /// `max_sources_per_subscription` sources already.
+    #[error("subscription {subscription:?} has {limit} sources, its limit; source {source_name:?} is new (raise --max-sources-per-subscription or terminate unused sources)")]
+    SourceLimit {
+        subscription: String,
+        source_name: String,
+        limit: usize,
+    },
 }
 
 impl StoreError {
@@ -124,6 +165,12 @@ pub struct StoreConfig {
     pub write_buffer_bytes: usize,
     /// Ingest batches waiting for the writer; beyond it ingest answers 429.
     pub queue_batches: usize,
+    /// Streams with a free-form `pipe` label per subscription; records
+    /// that would make more are stored without `pipe` (`overflow="pipe"`).
+    pub max_streams_per_subscription: usize,
+    /// Sources per subscription; a batch of a new source beyond it is
+    /// refused (429, retried by shippers) until sources go away.
+    pub max_sources_per_subscription: usize,
 }
 
 impl Default for StoreConfig {
@@ -132,6 +179,8 @@ impl Default for StoreConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
             queue_batches: 16,
+            max_streams_per_subscription: 50_000,
+            max_sources_per_subscription: 1_000,
         }
     }
 }
@@ -166,6 +215,22 @@ impl StreamInfo {
     }
 }
 
+/// An outbox epoch of a source that is no longer its current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochMeta {
+    pub epoch: String,
+    /// Its id in the store's keys.
+    pub id: u32,
+    /// Highest seq stored in it.
+    pub last_seq: u64,
+    /// Wall-clock time (Unix ns) it stopped being current.
+    pub ended: i64,
+}
+
+/// Older epochs remembered per source (their re-sent records are answered
+/// as duplicates); the oldest is forgotten beyond it.
+pub const MAX_OLD_EPOCHS: usize = 16;
+
 /// Persisted state of one (subscription, source).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceMeta {
@@ -173,8 +238,27 @@ pub struct SourceMeta {
     /// one of its records.
     pub first_seen: i64,
     pub last_seen: i64,
-    /// Highest seq ever stored.
+    /// Highest seq stored in the current epoch.
     pub last_seq: u64,
+    /// The current outbox epoch ("" for shippers without epochs).
+    #[serde(default)]
+    pub epoch: String,
+    /// Its id in the store's keys (0 for the legacy epoch "").
+    #[serde(default)]
+    pub epoch_id: u32,
+    /// The id the next new epoch gets.
+    #[serde(default)]
+    pub next_epoch_id: u32,
+    /// Earlier epochs, oldest first (at most [`MAX_OLD_EPOCHS`]).
+    #[serde(default)]
+    pub old_epochs: Vec<EpochMeta>,
+    /// When the current epoch directly follows the legacy epoch: the legacy
+    /// epoch's last seq (seqs up to it are looked up there first).
+    #[serde(default)]
+    pub legacy_last_seq: u64,
+    /// Batches refused as conflicts (409 source_conflict).
+    #[serde(default)]
+    pub conflicts: u64,
     /// Records stored now (retention subtracts what it deletes).
     pub records: u64,
     /// Newest record time (`ts`, Unix ns) ever stored.
@@ -207,6 +291,11 @@ pub trait IngestObserver: Send + Sync + 'static {
     fn committed(&self, records: &[Record]);
     /// Every record of `subscription` was deleted (termination).
     fn subscription_purged(&self, _subscription: &str) {}
+    /// A batch of `source` was refused as a conflict (a seq re-sent with
+    /// other content, or two outbox epochs writing one source); `detail`
+    /// says which. Called on the store's event thread, off the request
+    /// path, at most once a minute per source.
+    fn source_conflict(&self, _subscription: &str, _source: &str, _detail: &str) {}
 }
 
 /// One distinct label set of an ingest batch.
@@ -214,6 +303,12 @@ pub trait IngestObserver: Send + Sync + 'static {
 pub struct PreparedStream {
     pub labels: Labels,
     pub key: String,
+    /// For a stream with the free-form `pipe` label: the labels (and key)
+    /// its records go to when the subscription's stream limit is reached.
+    pub overflow: Option<(Labels, String)>,
+    /// Its labels are already overflow labels: the record's `pipe` value
+    /// was over the label size limit or held control characters.
+    pub overflowed: bool,
 }
 
 /// One validated record, ready to store.
@@ -225,6 +320,9 @@ pub struct PreparedEntry {
     pub stream: usize,
     /// The line with its version byte.
     pub value: Vec<u8>,
+    /// CRC-32 of the record's time, stream labels and line: tells a retry
+    /// (same digest) from another record with the same seq.
+    pub digest: u32,
 }
 
 /// A validated ingest batch of one (subscription, source).
@@ -232,6 +330,8 @@ pub struct PreparedEntry {
 pub struct PreparedBatch {
     pub subscription: String,
     pub source: String,
+    /// The outbox epoch ("" from shippers without epochs).
+    pub epoch: String,
     pub dropped: u64,
     pub streams: Vec<PreparedStream>,
     pub entries: Vec<PreparedEntry>,
@@ -245,6 +345,9 @@ pub struct PreparedBatch {
 pub struct IngestOutcome {
     pub accepted: u64,
     pub duplicates: u64,
+    /// Accepted records stored without their `pipe` label (stream limit
+    /// or label size).
+    pub overflowed: u64,
 }
 
 /// What a subscription purge deleted.
@@ -255,8 +358,86 @@ pub struct PurgeReport {
     pub sources: u64,
 }
 
+/// The streams of one subscription, as readers see them.
+pub(crate) type TenantStreams = RwLock<HashMap<u64, Arc<StreamInfo>>>;
+
+/// The stream index: per subscription, so that a query of one tenant never
+/// walks (or waits for) another tenant's streams.
+#[derive(Default)]
+pub(crate) struct StreamIndex {
+    tenants: RwLock<HashMap<String, Arc<TenantStreams>>>,
+}
+
+impl StreamIndex {
+    fn tenant(&self, subscription: &str) -> Option<Arc<TenantStreams>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subscription)
+            .cloned()
+    }
+
+    fn tenant_or_insert(&self, subscription: &str) -> Arc<TenantStreams> {
+        if let Some(t) = self.tenant(subscription) {
+            return t;
+        }
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(subscription.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Publishes (or replaces) `info` under its subscription.
+    pub(crate) fn insert(&self, info: Arc<StreamInfo>) {
+        let t = self.tenant_or_insert(info.subscription());
+        // Short critical section; never held across a blocking call.
+        t.write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id, info);
+    }
+
+    pub(crate) fn remove(&self, subscription: &str, id: u64) {
+        if let Some(t) = self.tenant(subscription) {
+            t.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+    }
+
+    pub(crate) fn remove_tenant(&self, subscription: &str) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(subscription);
+    }
+
+    /// The streams of `subscription`, or of every subscription.
+    pub(crate) fn list(&self, subscription: Option<&str>) -> Vec<Arc<StreamInfo>> {
+        let tenants: Vec<Arc<TenantStreams>> = match subscription {
+            Some(s) => self.tenant(s).into_iter().collect(),
+            None => self
+                .tenants
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for t in tenants {
+            out.extend(
+                t.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned(),
+            );
+        }
+        out
+    }
+}
+
 pub(crate) struct Shared {
-    pub streams: RwLock<HashMap<u64, Arc<StreamInfo>>>,
+    pub streams: StreamIndex,
     pub sources: RwLock<BTreeMap<(String, String), SourceMeta>>,
     pub metrics: Metrics,
     pub observers: Vec<Arc<dyn IngestObserver>>,
@@ -268,6 +449,7 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<writer::Op>>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    events: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -282,6 +464,11 @@ impl Inner {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // The writer held the only sender of the event channel.
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = events {
             let _ = h.join();
         }
     }
@@ -389,9 +576,47 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| open_err(format!("create directory: {e}")))
+            create_private_dir(path).map_err(|e| open_err(format!("create directory: {e}")))
         }
         Err(e) => Err(open_err(e.to_string())),
+    }?;
+    restrict_dir(path);
+    Ok(())
+}
+
+/// Creates `path` (and missing parents) with mode 0700: the store holds
+/// every tenant's records.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
+}
+
+/// Takes group and other permissions off an existing directory that has
+/// them (a data or checkpoint directory made by hand); logs when it cannot.
+pub fn restrict_dir(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(m) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), from = format!("{mode:o}"), "directory made private (mode 0700)")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "directory is readable by others and cannot be made private")
+                }
+            }
+        }
     }
 }
 
@@ -413,6 +638,13 @@ impl Store {
             .map_err(|e| StoreError::storage("read format", e))?
         {
             Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT_V1 => {
+                let mut wo = rocksdb::WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, META_FORMAT, FORMAT, &wo)
+                    .map_err(|e| StoreError::storage("write format", e))?;
+                tracing::info!(path = %path.display(), "log store format v1 read as v2 (outbox epochs); older collectors can no longer open it");
+            }
             Some(f) => {
                 return Err(StoreError::Open {
                     path,
@@ -486,13 +718,12 @@ impl Store {
             .map_err(|e| StoreError::storage("load sources", e))?;
         drop(it);
 
+        let index = StreamIndex::default();
+        for (id, m) in &streams {
+            index.insert(Arc::new(stream_info(*id, m)));
+        }
         let shared = Arc::new(Shared {
-            streams: RwLock::new(
-                streams
-                    .iter()
-                    .map(|(id, m)| (*id, Arc::new(stream_info(*id, m))))
-                    .collect(),
-            ),
+            streams: index,
             sources: RwLock::new(sources.clone()),
             metrics,
             observers,
@@ -501,6 +732,23 @@ impl Store {
         shared.metrics.store_records.set(records as i64);
         shared.metrics.store_streams.set(streams.len() as i64);
 
+        // Conflict events go to the observers on their own thread, so a slow
+        // observer never holds the writer (or an ingest answer).
+        let (events_tx, events_rx) = std::sync::mpsc::sync_channel::<writer::Event>(256);
+        let event_shared = shared.clone();
+        let events = std::thread::Builder::new()
+            .name("store-events".into())
+            .spawn(move || {
+                while let Ok(e) = events_rx.recv() {
+                    for o in &event_shared.observers {
+                        o.source_conflict(&e.subscription, &e.source, &e.detail);
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("start event thread: {e}"),
+            })?;
         let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
         let w = writer::Writer::new(
             db.clone(),
@@ -509,6 +757,8 @@ impl Store {
             streams,
             sources,
             next_stream,
+            &config,
+            events_tx,
         )?;
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -524,6 +774,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 shared,
                 writer: Mutex::new(Some(handle)),
+                events: Mutex::new(Some(events)),
             }),
         })
     }
@@ -623,14 +874,13 @@ impl Store {
 
     /// Every stream, unordered.
     pub fn streams(&self) -> Vec<Arc<StreamInfo>> {
-        self.inner
-            .shared
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.inner.shared.streams.list(None)
+    }
+
+    /// The streams of `subscription` (every stream when `None`), unordered;
+    /// reads only that subscription's part of the index.
+    pub fn streams_of(&self, subscription: Option<&str>) -> Vec<Arc<StreamInfo>> {
+        self.inner.shared.streams.list(subscription)
     }
 
     /// Every source, ordered by (subscription, source).
@@ -675,6 +925,7 @@ impl Store {
     ) -> Result<EntryIter<'_>, StoreError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(keys::entry_bound(stream, start).to_vec());
+        // Both key generations of `end` sort at or after this 16-byte prefix.
         opts.set_iterate_upper_bound(keys::entry_bound(stream, end).to_vec());
         opts.fill_cache(false);
         let mut it = self
@@ -743,13 +994,18 @@ impl EntryIter<'_> {
     /// The entry under the cursor: (ts, seq, line). Entries whose key or
     /// version byte is malformed are skipped by [`EntryIter::advance`].
     pub fn current(&self) -> Option<(i64, u64, &[u8])> {
+        self.entry().map(|(k, line)| (k.ts, k.seq, line))
+    }
+
+    /// The entry under the cursor with its full key (epoch id included).
+    pub fn entry(&self) -> Option<(keys::EntryKeyParts, &[u8])> {
         if !self.it.valid() {
             return None;
         }
-        let (_, ts, seq) = keys::parse_entry_key(self.it.key()?)?;
+        let k = keys::parse_entry_key(self.it.key()?)?;
         let v = self.it.value()?;
         match v.split_first() {
-            Some((&ENTRY_V1, line)) => Some((ts, seq, line)),
+            Some((&ENTRY_V1, line)) => Some((k, line)),
             _ => None,
         }
     }

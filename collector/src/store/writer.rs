@@ -11,20 +11,21 @@
 //! Retention (`Expire`) and termination (`Purge`) run as their own groups
 //! between ingest groups, so the in-memory state never mixes them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{
-    entry_bound, entry_key, parse_entry_key, seq_key, source_key, stream_key, sub_prefix,
-    sub_prefix_end,
+    digest_value, entry_bound, entry_key, parse_digest, parse_entry_key, seq_key, source_key,
+    stream_key, sub_prefix, sub_prefix_end, LEGACY_EPOCH,
 };
 use super::{
-    cf, stream_info, IngestOutcome, PreparedBatch, PurgeReport, Shared, SourceMeta, StoreError,
-    StreamMeta, CF_ENTRIES, CF_META, CF_SEQS, CF_SOURCES, CF_STREAMS, META_NEXT_STREAM,
+    cf, stream_info, EpochMeta, IngestOutcome, PreparedBatch, PurgeReport, Shared, SourceMeta,
+    StoreConfig, StoreError, StreamMeta, CF_ENTRIES, CF_META, CF_SEQS, CF_SOURCES, CF_STREAMS,
+    FREE_FORM_LABEL, MAX_OLD_EPOCHS, META_NEXT_STREAM,
 };
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -49,9 +50,18 @@ pub(crate) enum Op {
     },
 }
 
+/// A source conflict for the observers (see `IngestObserver::source_conflict`).
+pub(crate) struct Event {
+    pub subscription: String,
+    pub source: String,
+    pub detail: String,
+}
+
 /// Bounds of one group commit.
 const GROUP_MAX_OPS: usize = 256;
 const GROUP_MAX_RECORDS: usize = 200_000;
+/// At most one conflict event per source in this interval.
+const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
 type SourceId = (String, String);
 
@@ -66,6 +76,14 @@ pub(crate) struct Writer {
     /// Compactions started after purges; joined before the writer stops so
     /// that nothing holds the database once the store is closed.
     background: Vec<std::thread::JoinHandle<()>>,
+    max_streams: usize,
+    max_sources: usize,
+    /// Per subscription: streams with the free-form label.
+    free_form: HashMap<String, usize>,
+    /// Per subscription: sources.
+    source_counts: HashMap<String, usize>,
+    events: std::sync::mpsc::SyncSender<Event>,
+    last_event: HashMap<SourceId, Instant>,
 }
 
 /// One ingest group in the making; applied to the writer's state only once
@@ -76,18 +94,40 @@ struct Group {
     new_ids: HashMap<String, u64>,
     streams: HashMap<u64, StreamMeta>,
     sources: HashMap<SourceId, SourceMeta>,
-    /// Seqs stored by earlier ops of this group, per source.
-    seen: HashMap<SourceId, HashSet<u64>>,
+    /// Seqs (with their digests) stored by earlier ops of this group, per
+    /// source epoch.
+    seen: HashMap<(SourceId, u32), HashMap<u64, u32>>,
     next_stream: u64,
     done: Vec<(Reply<IngestOutcome>, IngestOutcome, Instant)>,
     new_records: Vec<schemas::Record>,
     accepted: u64,
     duplicates: u64,
+    overflowed: u64,
     bytes: u64,
     records: usize,
+    new_free_form: HashMap<String, usize>,
+    new_sources: HashMap<String, usize>,
+}
+
+/// Which sequence space of its source a batch writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Space {
+    /// The source's current epoch.
+    Current,
+    /// An epoch the source had before its current one.
+    Old { id: u32, last_seq: u64 },
+    /// An epoch never seen: the source switches to it.
+    New,
+}
+
+enum Verdict {
+    New,
+    Duplicate,
+    Conflict { field: String, detail: String },
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Arc<DB>,
         rx: mpsc::Receiver<Op>,
@@ -95,11 +135,24 @@ impl Writer {
         streams: HashMap<u64, StreamMeta>,
         sources: std::collections::BTreeMap<SourceId, SourceMeta>,
         next_stream: u64,
+        config: &StoreConfig,
+        events: std::sync::mpsc::SyncSender<Event>,
     ) -> Result<Writer, StoreError> {
         let stream_ids = streams
             .iter()
             .map(|(id, m)| (super::labels_key(&m.labels), *id))
             .collect();
+        let mut free_form: HashMap<String, usize> = HashMap::new();
+        for m in streams.values() {
+            if m.labels.contains_key(FREE_FORM_LABEL) {
+                let sub = m.labels.get("subscription").cloned().unwrap_or_default();
+                *free_form.entry(sub).or_default() += 1;
+            }
+        }
+        let mut source_counts: HashMap<String, usize> = HashMap::new();
+        for (sub, _) in sources.keys() {
+            *source_counts.entry(sub.clone()).or_default() += 1;
+        }
         Ok(Writer {
             db,
             rx,
@@ -109,6 +162,12 @@ impl Writer {
             sources: sources.into_iter().collect(),
             next_stream,
             background: Vec::new(),
+            max_streams: config.max_streams_per_subscription,
+            max_sources: config.max_sources_per_subscription,
+            free_form,
+            source_counts,
+            events,
+            last_event: HashMap::new(),
         })
     }
 
@@ -180,107 +239,331 @@ impl Writer {
         })
     }
 
+    /// Whether the stored `seqs` key of (`epoch`, `seq`) exists, and its
+    /// digest if it has one.
+    fn lookup(
+        &self,
+        seqs_cf: &rocksdb::ColumnFamily,
+        sid: &SourceId,
+        epoch: u32,
+        seq: u64,
+    ) -> Result<Option<Option<u32>>, StoreError> {
+        self.db
+            .get_pinned_cf(seqs_cf, seq_key(&sid.0, &sid.1, epoch, seq))
+            .map(|v| v.map(|v| parse_digest(&v)))
+            .map_err(|e| StoreError::storage("look up seq", e))
+    }
+
+    /// Refuses `reply`'s batch as a conflict: counted, remembered on the
+    /// source (persisted with the group), and told to the observers.
+    #[allow(clippy::too_many_arguments)]
+    fn conflict(
+        &mut self,
+        g: &mut Group,
+        sid: SourceId,
+        before: Option<SourceMeta>,
+        kind: &'static str,
+        field: String,
+        detail: String,
+        reply: Reply<IngestOutcome>,
+    ) {
+        let m = &self.shared.metrics;
+        m.source_conflicts
+            .get_or_create(&crate::metrics::ReasonLabel { reason: kind })
+            .inc();
+        m.refuse_tenant(&sid.0, "source_conflict");
+        if let Some(mut src) = before {
+            src.conflicts += 1;
+            g.sources.insert(sid.clone(), src);
+        }
+        tracing::warn!(subscription = %sid.0, source = %sid.1, %detail, "ingest refused: source conflict");
+        let now = Instant::now();
+        let due = self
+            .last_event
+            .get(&sid)
+            .is_none_or(|t| now.duration_since(*t) >= EVENT_INTERVAL);
+        if due && !self.shared.observers.is_empty() {
+            self.last_event.insert(sid.clone(), now);
+            // A full channel drops the event: the refusal itself is counted.
+            let _ = self.events.try_send(Event {
+                subscription: sid.0.clone(),
+                source: sid.1.clone(),
+                detail: detail.clone(),
+            });
+        }
+        let _ = reply.send(Err(StoreError::SourceConflict {
+            subscription: sid.0,
+            source_name: sid.1,
+            field,
+            detail,
+        }));
+    }
+
     /// Adds one ingest to the group, or answers it with an error.
-    fn add(&self, op: IngestOp, g: &mut Group) {
+    fn add(&mut self, op: IngestOp, g: &mut Group) {
         let IngestOp {
             batch,
             reply,
             started,
         } = op;
         let sid: SourceId = (batch.subscription.clone(), batch.source.clone());
-        let seqs_cf = match cf(&self.db, CF_SEQS) {
+        let db = self.db.clone();
+        let seqs_cf = match cf(&db, CF_SEQS) {
             Ok(c) => c,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
-        let src_before = g
+        let now = schemas::time::now_nanos();
+        let before = g
             .sources
             .get(&sid)
             .or_else(|| self.sources.get(&sid))
             .cloned();
-        let mut max_seq = src_before.as_ref().map_or(0, |s| s.last_seq);
-        let group_seen = g.seen.get(&sid);
+        let mut src = match &before {
+            Some(s) => s.clone(),
+            None => {
+                let have = self.source_counts.get(&sid.0).copied().unwrap_or(0)
+                    + g.new_sources.get(&sid.0).copied().unwrap_or(0);
+                if have >= self.max_sources {
+                    self.shared.metrics.refuse_tenant(&sid.0, "source_limit");
+                    let _ = reply.send(Err(StoreError::SourceLimit {
+                        subscription: sid.0,
+                        source_name: sid.1,
+                        limit: self.max_sources,
+                    }));
+                    return;
+                }
+                let legacy = batch.epoch.is_empty();
+                SourceMeta {
+                    first_seen: now,
+                    epoch: batch.epoch.clone(),
+                    epoch_id: if legacy { LEGACY_EPOCH } else { 1 },
+                    next_epoch_id: if legacy { 1 } else { 2 },
+                    ..SourceMeta::default()
+                }
+            }
+        };
 
-        // Pass 1 (read-only): which records are new.
-        let mut is_new = Vec::with_capacity(batch.entries.len());
-        let mut local: HashSet<u64> = HashSet::new();
-        for e in &batch.entries {
-            let new = if e.seq > max_seq {
-                max_seq = e.seq;
-                true
-            } else if local.contains(&e.seq) || group_seen.is_some_and(|s| s.contains(&e.seq)) {
-                false
+        let space = if batch.epoch == src.epoch {
+            Space::Current
+        } else if let Some(o) = src.old_epochs.iter().find(|o| o.epoch == batch.epoch) {
+            Space::Old {
+                id: o.id,
+                last_seq: o.last_seq,
+            }
+        } else {
+            Space::New
+        };
+        if space == Space::New {
+            let legacy_last = if src.epoch_id == LEGACY_EPOCH && !batch.epoch.is_empty() {
+                src.last_seq
             } else {
-                match self
-                    .db
-                    .get_pinned_cf(seqs_cf, seq_key(&sid.0, &sid.1, e.seq))
-                {
-                    Ok(found) => found.is_none(),
-                    Err(e) => {
-                        let _ = reply.send(Err(StoreError::storage("look up seq", e)));
-                        return;
+                0
+            };
+            src.old_epochs.push(EpochMeta {
+                epoch: std::mem::take(&mut src.epoch),
+                id: src.epoch_id,
+                last_seq: src.last_seq,
+                ended: now,
+            });
+            if src.old_epochs.len() > MAX_OLD_EPOCHS {
+                let excess = src.old_epochs.len() - MAX_OLD_EPOCHS;
+                src.old_epochs.drain(..excess);
+            }
+            src.epoch = batch.epoch.clone();
+            src.epoch_id = if batch.epoch.is_empty() {
+                LEGACY_EPOCH
+            } else {
+                let id = src.next_epoch_id.max(1);
+                src.next_epoch_id = id + 1;
+                id
+            };
+            src.last_seq = 0;
+            src.legacy_last_seq = legacy_last;
+        }
+        let epoch_id = match space {
+            Space::Old { id, .. } => id,
+            _ => src.epoch_id,
+        };
+
+        // Pass 1 (read-only): which records are new, which are re-sends.
+        let mut max_seq = match space {
+            Space::Old { last_seq, .. } => last_seq,
+            _ => src.last_seq,
+        };
+        let gkey = (sid.clone(), epoch_id);
+        let mut is_new = Vec::with_capacity(batch.entries.len());
+        let mut local: HashMap<u64, u32> = HashMap::new();
+        for (i, e) in batch.entries.iter().enumerate() {
+            let prior = local
+                .get(&e.seq)
+                .or_else(|| g.seen.get(&gkey).and_then(|s| s.get(&e.seq)))
+                .copied();
+            let content = |seq: u64| {
+                Verdict::Conflict {
+                field: format!("records[{i}]"),
+                detail: format!(
+                    "seq {seq} of epoch {:?} was stored with other content (two outboxes share an epoch and a source, or the record changed before a re-send); nothing of the batch was stored",
+                    batch.epoch
+                ),
+            }
+            };
+            let old_epoch = |seq: u64| {
+                Verdict::Conflict {
+                field: "epoch".into(),
+                detail: format!(
+                    "epoch {:?} is older than the source's current epoch {:?} and seq {seq} is new to it: two live outboxes write this source (e.g. two nodes with the same --node-id); nothing of the batch was stored",
+                    batch.epoch, src.epoch
+                ),
+            }
+            };
+            let verdict = if let Some(d) = prior {
+                if d == e.digest {
+                    Verdict::Duplicate
+                } else {
+                    content(e.seq)
+                }
+            } else if let Space::Old { .. } = space {
+                if e.seq > max_seq {
+                    old_epoch(e.seq)
+                } else {
+                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
+                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
+                        Ok(Some(_)) => Verdict::Duplicate,
+                        Ok(None) => old_epoch(e.seq),
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                    }
+                }
+            } else {
+                // A new epoch right after the legacy one: the same record
+                // re-sent by an upgraded shipper is a duplicate.
+                let legacy_dup = epoch_id != LEGACY_EPOCH
+                    && e.seq <= src.legacy_last_seq
+                    && match self.lookup(seqs_cf, &sid, LEGACY_EPOCH, e.seq) {
+                        Ok(found) => found == Some(Some(e.digest)),
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                    };
+                if legacy_dup {
+                    Verdict::Duplicate
+                } else if e.seq > max_seq {
+                    Verdict::New
+                } else {
+                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
+                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
+                        Ok(Some(_)) => Verdict::Duplicate,
+                        Ok(None) => Verdict::New,
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
                     }
                 }
             };
-            if new {
-                local.insert(e.seq);
+            match verdict {
+                Verdict::New => {
+                    local.insert(e.seq, e.digest);
+                    max_seq = max_seq.max(e.seq);
+                    is_new.push(true);
+                }
+                Verdict::Duplicate => is_new.push(false),
+                Verdict::Conflict { field, detail } => {
+                    let kind = if field == "epoch" { "epoch" } else { "content" };
+                    self.conflict(g, sid, before, kind, field, detail, reply);
+                    return;
+                }
             }
-            is_new.push(new);
+        }
+        if space == Space::New && before.is_some() {
+            tracing::info!(
+                subscription = %sid.0,
+                source = %sid.1,
+                epoch = %batch.epoch,
+                "source started a new outbox epoch (a new sequence space)"
+            );
         }
 
-        // Pass 2: stream ids of the batch's label sets.
-        let mut ids = Vec::with_capacity(batch.streams.len());
-        for s in &batch.streams {
-            let id = match self
+        // Pass 2: the stream of every new record (streams are made only for
+        // records that are stored, so duplicates never create empty ones).
+        let sub = batch.subscription.as_str();
+        let mut ids: Vec<Option<(u64, bool)>> = vec![None; batch.streams.len()];
+        for (e, new) in batch.entries.iter().zip(&is_new) {
+            if !*new || ids.get(e.stream).is_none_or(|x| x.is_some()) {
+                continue;
+            }
+            let s = &batch.streams[e.stream];
+            let resolved = match self
                 .stream_ids
                 .get(&s.key)
                 .or_else(|| g.new_ids.get(&s.key))
             {
-                Some(id) => *id,
+                Some(id) => (*id, s.overflowed),
                 None => {
-                    let id = g.next_stream;
-                    g.next_stream += 1;
-                    g.new_ids.insert(s.key.clone(), id);
-                    g.streams.insert(
-                        id,
-                        StreamMeta {
-                            labels: s.labels.clone(),
-                            min_ts: i64::MAX,
-                            max_ts: i64::MIN,
-                            records: 0,
-                        },
-                    );
-                    id
+                    let used = self.free_form.get(sub).copied().unwrap_or(0)
+                        + g.new_free_form.get(sub).copied().unwrap_or(0);
+                    let (labels, key, over) = match &s.overflow {
+                        Some((ol, ok)) if used >= self.max_streams => (ol, ok, true),
+                        _ => (&s.labels, &s.key, s.overflowed),
+                    };
+                    match self.stream_ids.get(key).or_else(|| g.new_ids.get(key)) {
+                        Some(id) => (*id, over),
+                        None => {
+                            let id = g.next_stream;
+                            g.next_stream += 1;
+                            g.new_ids.insert(key.clone(), id);
+                            g.streams.insert(
+                                id,
+                                StreamMeta {
+                                    labels: labels.clone(),
+                                    min_ts: i64::MAX,
+                                    max_ts: i64::MIN,
+                                    records: 0,
+                                },
+                            );
+                            if labels.contains_key(FREE_FORM_LABEL) {
+                                *g.new_free_form.entry(sub.to_string()).or_default() += 1;
+                            }
+                            (id, over)
+                        }
+                    }
                 }
             };
-            ids.push(id);
+            ids[e.stream] = Some(resolved);
         }
 
         // Pass 3: the writes.
-        let now = schemas::time::now_nanos();
-        let mut src = src_before.unwrap_or(SourceMeta {
-            first_seen: now,
-            ..SourceMeta::default()
-        });
         let entries_cf = cf(&self.db, CF_ENTRIES).ok();
         let mut outcome = IngestOutcome::default();
-        let seen = g.seen.entry(sid.clone()).or_default();
+        let seen = g.seen.entry(gkey).or_default();
         let mut bytes = 0u64;
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if !*new {
                 outcome.duplicates += 1;
                 continue;
             }
-            seen.insert(e.seq);
+            seen.insert(e.seq, e.digest);
             outcome.accepted += 1;
             bytes += e.value.len() as u64;
-            let id = ids.get(e.stream).copied().unwrap_or(0);
-            if let Some(ecf) = entries_cf {
-                g.batch.put_cf(ecf, entry_key(id, e.ts, e.seq), &e.value);
+            let (id, over) = ids.get(e.stream).copied().flatten().unwrap_or((0, false));
+            if over {
+                outcome.overflowed += 1;
             }
-            g.batch.put_cf(seqs_cf, seq_key(&sid.0, &sid.1, e.seq), []);
+            if let Some(ecf) = entries_cf {
+                g.batch
+                    .put_cf(ecf, entry_key(id, e.ts, epoch_id, e.seq), &e.value);
+            }
+            g.batch.put_cf(
+                seqs_cf,
+                seq_key(&sid.0, &sid.1, epoch_id, e.seq),
+                digest_value(e.digest),
+            );
             src.last_seq = src.last_seq.max(e.seq);
             src.newest_ts = if src.records == 0 && src.newest_ts == 0 {
                 e.ts
@@ -291,7 +574,7 @@ impl Writer {
         }
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if *new {
-                let id = ids.get(e.stream).copied().unwrap_or(0);
+                let id = ids.get(e.stream).copied().flatten().map_or(0, |x| x.0);
                 let m = self.stream_meta(g, id);
                 m.min_ts = m.min_ts.min(e.ts);
                 m.max_ts = m.max_ts.max(e.ts);
@@ -303,6 +586,9 @@ impl Writer {
         }
         src.dropped += batch.dropped;
         src.duplicates += outcome.duplicates;
+        if before.is_none() && !g.sources.contains_key(&sid) {
+            *g.new_sources.entry(sid.0.clone()).or_default() += 1;
+        }
         g.sources.insert(sid, src);
         if let Some(records) = batch.records {
             g.new_records.extend(
@@ -313,15 +599,21 @@ impl Writer {
                     .map(|(r, _)| r),
             );
         }
+        if outcome.overflowed > 0 {
+            let m = &self.shared.metrics;
+            m.stream_overflow_records.inc_by(outcome.overflowed);
+            m.tenant_overflow(sub, outcome.overflowed);
+        }
         g.accepted += outcome.accepted;
         g.duplicates += outcome.duplicates;
+        g.overflowed += outcome.overflowed;
         g.bytes += bytes;
         g.records += batch.entries.len();
         g.done.push((reply, outcome, started));
     }
 
     fn commit(&mut self, mut g: Group) {
-        if g.done.is_empty() {
+        if g.done.is_empty() && g.sources.is_empty() {
             return;
         }
         let result = self.write_group(&mut g);
@@ -336,18 +628,17 @@ impl Writer {
                     self.streams.insert(id, meta);
                 }
                 self.stream_ids.extend(g.new_ids);
-                {
-                    // Short critical sections; never held across a blocking call.
-                    let mut idx = self
-                        .shared
-                        .streams
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner());
-                    for info in infos {
-                        idx.insert(info.id, info);
-                    }
+                for (sub, n) in g.new_free_form {
+                    *self.free_form.entry(sub).or_default() += n;
+                }
+                for (sub, n) in g.new_sources {
+                    *self.source_counts.entry(sub).or_default() += n;
+                }
+                for info in infos {
+                    self.shared.streams.insert(info);
                 }
                 {
+                    // Short critical section; never held across a blocking call.
                     let mut s = self
                         .shared
                         .sources
@@ -434,15 +725,15 @@ impl Writer {
         let mut stop: Option<(Vec<u8>, i64)> = None;
         while it.valid() {
             let Some(k) = it.key() else { break };
-            let Some((_, ts, seq)) = parse_entry_key(k) else {
+            let Some(p) = parse_entry_key(k) else {
                 it.next();
                 continue;
             };
-            if ts >= cutoff || deleted as usize >= max {
-                stop = Some((k.to_vec(), ts));
+            if p.ts >= cutoff || deleted as usize >= max {
+                stop = Some((k.to_vec(), p.ts));
                 break;
             }
-            batch.delete_cf(seqs_cf, seq_key(&sub, &source, seq));
+            batch.delete_cf(seqs_cf, seq_key(&sub, &source, p.epoch, p.seq));
             deleted += 1;
             it.next();
         }
@@ -484,21 +775,21 @@ impl Writer {
             .write_opt(batch, &wo)
             .map_err(|e| StoreError::storage("write retention batch", e))?;
 
-        {
-            let mut idx = self
-                .shared
+        if emptied {
+            self.shared.streams.remove(&sid.0, stream);
+        } else {
+            self.shared
                 .streams
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if emptied {
-                idx.remove(&stream);
-            } else {
-                idx.insert(stream, Arc::new(stream_info(stream, &new_meta)));
-            }
+                .insert(Arc::new(stream_info(stream, &new_meta)));
         }
         if emptied {
             self.streams.remove(&stream);
             self.stream_ids.remove(&super::labels_key(&meta.labels));
+            if meta.labels.contains_key(FREE_FORM_LABEL) {
+                if let Some(n) = self.free_form.get_mut(&sid.0) {
+                    *n = n.saturating_sub(1);
+                }
+            }
         } else {
             self.streams.insert(stream, new_meta);
         }
@@ -547,16 +838,10 @@ impl Writer {
             .write_opt(batch, &wo)
             .map_err(|e| StoreError::storage("write purge batch", e))?;
 
-        {
-            let mut idx = self
-                .shared
-                .streams
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            for id in &ids {
-                idx.remove(id);
-            }
-        }
+        self.shared.streams.remove_tenant(subscription);
+        self.free_form.remove(subscription);
+        self.source_counts.remove(subscription);
+        self.last_event.retain(|(s, _), _| s != subscription);
         for id in &ids {
             if let Some(m) = self.streams.remove(id) {
                 self.stream_ids.remove(&super::labels_key(&m.labels));
