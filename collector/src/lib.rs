@@ -89,7 +89,8 @@ pub struct CollectorConfig {
     /// Receivers, rules and silences loaded into the notifier at start
     /// (`--rules FILE`, TOML or JSON).
     pub rules_file: Option<PathBuf>,
-    /// Notifier settings (external URL for links, delivery retries).
+    /// Notifier settings (external URL for links, delivery retries,
+    /// limits, egress policy).
     pub notifier: notifier::NotifierConfig,
     /// The notifier's clock (tests pass a manual one).
     pub notifier_clock: Arc<dyn notifier::Clock>,
@@ -255,6 +256,10 @@ pub async fn run(
             .map_err(|source| CollectorError::Bind { addr, source })?,
     };
     let local = listener.local_addr().map_err(CollectorError::Serve)?;
+    if let Some(n) = &notifier {
+        // Receivers may never point at the collector itself.
+        n.set_own_address(local);
+    }
 
     let state = Arc::new(http::AppState {
         store: store.clone(),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::auth::{add_token, Role};
 use collector::{CollectorConfig, Listen, Tokens};
+use notifier::Limits;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -207,6 +208,103 @@ struct ServeArgs {
     /// default http://<listen>.
     #[arg(long)]
     external_url: Option<String>,
+    #[command(flatten)]
+    notifier: NotifierArgs,
+}
+
+fn cidr(s: &str) -> Result<notifier::Cidr, String> {
+    s.parse()
+}
+
+/// Bounds of the notifier (see README, Notifier: limits); the defaults are
+/// `notifier::Limits::default()`.
+#[derive(Debug, Args)]
+struct NotifierArgs {
+    /// Receivers may send to this range although the egress policy denies
+    /// it by default (loopback, private, link-local, ...), e.g.
+    /// 127.0.0.1/32 for a webhook on this host (repeatable). The
+    /// collector's own address stays refused.
+    #[arg(long = "egress-allow", value_parser = cidr)]
+    egress_allow: Vec<notifier::Cidr>,
+    /// Notification rules per subscription.
+    #[arg(long, default_value_t = Limits::default().max_rules_per_subscription)]
+    max_rules_per_subscription: usize,
+    /// Receivers per subscription.
+    #[arg(long, default_value_t = Limits::default().max_receivers_per_subscription)]
+    max_receivers_per_subscription: usize,
+    /// Silences per subscription.
+    #[arg(long, default_value_t = Limits::default().max_silences_per_subscription)]
+    max_silences_per_subscription: usize,
+    /// Matchers of one silence.
+    #[arg(long, default_value_t = Limits::default().max_matchers_per_silence)]
+    max_matchers_per_silence: usize,
+    /// Compiled-regex budget of one rule or silence, bytes (shared by its
+    /// regexes).
+    #[arg(long, default_value_t = Limits::default().max_regex_bytes)]
+    max_regex_bytes: usize,
+    /// Length of one pattern, glob or matcher value, bytes.
+    #[arg(long, default_value_t = Limits::default().max_pattern_bytes)]
+    max_pattern_bytes: usize,
+    /// Longest duration in a rule (repeat_interval, grace, interval,
+    /// limit, for, resolve_after).
+    #[arg(long, value_parser = duration, default_value = "30days")]
+    max_rule_duration: Duration,
+    /// Longest silence, and how far ahead it may start.
+    #[arg(long, value_parser = duration, default_value = "366days")]
+    max_silence_duration: Duration,
+    /// Evaluation time of one subscription's rules per commit group; its
+    /// records beyond it are not evaluated (counted, logged).
+    #[arg(long, value_parser = duration, default_value = "50ms")]
+    notifier_eval_budget: Duration,
+    /// Bytes of a text a pattern_match rule looks at.
+    #[arg(long, default_value_t = Limits::default().max_match_bytes)]
+    max_match_bytes: usize,
+    /// Pipes tracked per subscription for overdue rules.
+    #[arg(long, default_value_t = Limits::default().max_pipes_per_subscription)]
+    max_pipes_per_subscription: usize,
+    /// Sources tracked per subscription.
+    #[arg(long, default_value_t = Limits::default().max_sources_per_subscription)]
+    max_sources_per_subscription: usize,
+    /// Active alerts per subscription.
+    #[arg(long, default_value_t = Limits::default().max_alerts_per_subscription)]
+    max_alerts_per_subscription: usize,
+    /// Armed deadlines per subscription (overdue, heartbeat, repeat, ...).
+    #[arg(long, default_value_t = Limits::default().max_timers_per_subscription)]
+    max_timers_per_subscription: usize,
+    /// Value windows and metric series states per subscription.
+    #[arg(long, default_value_t = Limits::default().max_series_per_subscription)]
+    max_series_per_subscription: usize,
+    /// Notifications waiting for delivery per subscription; beyond it a new
+    /// one fails at once ("queue full").
+    #[arg(long, default_value_t = Limits::default().max_pending_per_subscription)]
+    max_pending_notifications_per_subscription: usize,
+    /// Deliveries in flight per subscription.
+    #[arg(long, default_value_t = Limits::default().max_in_flight_per_subscription)]
+    max_deliveries_per_subscription: usize,
+}
+
+impl NotifierArgs {
+    fn apply(self, c: &mut notifier::NotifierConfig) {
+        c.egress.allow = self.egress_allow;
+        let l = &mut c.limits;
+        l.max_rules_per_subscription = self.max_rules_per_subscription;
+        l.max_receivers_per_subscription = self.max_receivers_per_subscription;
+        l.max_silences_per_subscription = self.max_silences_per_subscription;
+        l.max_matchers_per_silence = self.max_matchers_per_silence;
+        l.max_regex_bytes = self.max_regex_bytes;
+        l.max_pattern_bytes = self.max_pattern_bytes;
+        l.max_rule_duration = self.max_rule_duration;
+        l.max_silence_duration = self.max_silence_duration;
+        l.eval_budget = self.notifier_eval_budget;
+        l.max_match_bytes = self.max_match_bytes;
+        l.max_pipes_per_subscription = self.max_pipes_per_subscription;
+        l.max_sources_per_subscription = self.max_sources_per_subscription;
+        l.max_alerts_per_subscription = self.max_alerts_per_subscription;
+        l.max_timers_per_subscription = self.max_timers_per_subscription;
+        l.max_series_per_subscription = self.max_series_per_subscription;
+        l.max_pending_per_subscription = self.max_pending_notifications_per_subscription;
+        l.max_in_flight_per_subscription = self.max_deliveries_per_subscription;
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +511,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     config.rules_file = a.rules;
     config.notifier.external_url = a.external_url.unwrap_or_else(|| format!("http://{listen}"));
+    a.notifier.apply(&mut config.notifier);
 
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -24,17 +24,32 @@
 //! pops, the condition is evaluated from current state and the entry is
 //! re-armed at the new deadline if the pipe moved on in between. Nothing
 //! scans all pipes periodically.
+//!
+//! # Bounds
+//! Tenants choose rules, silences and what their records say, so every
+//! piece of state is per subscription and bounded ([`Limits`]): rules,
+//! silences and receivers (checked by the API), tracked pipes and sources,
+//! armed timers, value windows and metric series, active alerts. Past a
+//! bound the state is not created and the event is counted
+//! ([`Effects::limited`]). Deadline arithmetic saturates, and one
+//! [`Engine::tick`] runs at most [`MAX_TIMERS_PER_TICK`] timers, so no rule
+//! can make the engine loop while its lock is held. Records of a
+//! subscription whose evaluation exceeded its time budget in one call are
+//! not evaluated against its rules for the rest of that call ([`Budget`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use schemas::notify::{NotificationRule, Receiver, ReceiverType, RuleType, Silence, WebhookAlert};
+use schemas::notify::{NotificationRule, Receiver, ReceiverType, RuleType, WebhookAlert};
 use schemas::time::rfc3339_from_nanos;
 use schemas::{Body, EventType, ExecutionBody, HealthBody, HealthStatus, LogBody, Record};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::rule::{CompiledRule, Kind};
+use crate::limits::Limits;
+use crate::rule::{CompiledRule, Kind, RuleKey};
+use crate::silence::ActiveSilence;
 use crate::store::keys;
 
 const NANOS: i64 = 1_000_000_000;
@@ -42,6 +57,17 @@ const NANOS: i64 = 1_000_000_000;
 pub const METRIC_STALE_NANOS: i64 = 5 * 60 * NANOS;
 /// Zero time in Alertmanager's payloads (`endsAt` of a firing alert).
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+/// Timers one [`Engine::tick`] runs at most; the caller ticks again, with
+/// the engine lock released in between, while [`Engine::tick`] says more
+/// are due.
+pub const MAX_TIMERS_PER_TICK: usize = 1024;
+/// A summed value window keeps at most about this many entries: runs
+/// closer together than 1/1024 of the window are added up in one entry.
+const WINDOW_BUCKETS: i64 = 1024;
+/// Longest schedule interval taken from a node's config (a year).
+const MAX_SCHEDULE_SECS: f64 = 366.0 * 86_400.0;
+/// Longest cron expression taken from a node's config.
+const MAX_CRON_BYTES: usize = 256;
 
 /// A source: (subscription, source).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,8 +159,15 @@ pub struct Alert {
     pub last_notified_at: Option<i64>,
     /// Fingerprint of the `node_heartbeat_overdue` alert suppressing it.
     pub inhibited_by: Option<String>,
-    /// Log-pattern alerts resolve at this time without a new match.
+    /// Log-pattern and source-conflict alerts resolve at this time without
+    /// a new event.
     pub resolve_at: Option<i64>,
+}
+
+impl Alert {
+    fn rule_key(&self) -> RuleKey {
+        RuleKey::new(&self.subscription, &self.rule_id)
+    }
 }
 
 /// What a notification says.
@@ -188,6 +221,9 @@ pub struct Effects {
     pub notifications: Vec<Notification>,
     /// Sync the batch (API changes and notifications).
     pub sync: bool,
+    /// State not created because a per-subscription bound was reached:
+    /// (subscription, which bound), for `/metrics`.
+    pub limited: Vec<(String, &'static str)>,
     dirty_pipes: HashSet<PipeKey>,
     dirty_sources: HashSet<SourceKey>,
     dirty_windows: HashSet<String>,
@@ -199,90 +235,100 @@ impl Effects {
     }
 }
 
-/// A compiled silence.
-#[derive(Debug, Clone)]
-pub struct ActiveSilence {
-    pub silence: Silence,
-    pub starts: i64,
-    pub ends: i64,
-    pub matchers: Vec<(String, Option<regex::Regex>, String, bool)>,
+/// Evaluation time per subscription within one call of
+/// [`Engine::on_records`]: once a subscription has used `limit`, the rest
+/// of its records in the call are not evaluated against its rules (only
+/// its pipe and source clocks are kept, so overdue rules stay right).
+#[derive(Debug)]
+pub struct Budget {
+    limit: Duration,
+    spent: HashMap<String, Duration>,
+    /// Records not evaluated, per subscription.
+    pub skipped: HashMap<String, u64>,
 }
 
-impl ActiveSilence {
-    pub fn compile(silence: Silence) -> Result<ActiveSilence, crate::NotifierError> {
-        let starts = schemas::time::parse_rfc3339(&silence.starts_at).ok_or_else(|| {
-            crate::NotifierError::invalid("startsAt", "startsAt must be an RFC 3339 time")
-        })?;
-        let ends = schemas::time::parse_rfc3339(&silence.ends_at).ok_or_else(|| {
-            crate::NotifierError::invalid("endsAt", "endsAt must be an RFC 3339 time")
-        })?;
-        if ends <= starts {
-            return Err(crate::NotifierError::invalid(
-                "endsAt",
-                "endsAt must be after startsAt",
-            ));
+impl Budget {
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            limit,
+            spent: HashMap::new(),
+            skipped: HashMap::new(),
         }
-        if silence.matchers.is_empty() {
-            return Err(crate::NotifierError::invalid(
-                "matchers",
-                "a silence needs at least one matcher",
-            ));
-        }
-        let mut matchers = Vec::new();
-        for (i, m) in silence.matchers.iter().enumerate() {
-            if m.name.is_empty() {
-                return Err(crate::NotifierError::invalid(
-                    format!("matchers[{i}].name"),
-                    "label name must not be empty",
-                ));
-            }
-            let re = if m.is_regex {
-                Some(
-                    regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
-                        crate::NotifierError::invalid(
-                            format!("matchers[{i}].value"),
-                            format!("bad regex: {e}"),
-                        )
-                    })?,
-                )
-            } else {
-                None
-            };
-            matchers.push((m.name.clone(), re, m.value.clone(), m.is_equal));
-        }
-        Ok(ActiveSilence {
-            silence,
-            starts,
-            ends,
-            matchers,
-        })
     }
 
-    fn matches(&self, alert: &Alert, now: i64) -> bool {
-        if now < self.starts || now >= self.ends || self.silence.subscription != alert.subscription
-        {
-            return false;
+    /// No limit (tests).
+    pub fn unlimited() -> Budget {
+        Budget::new(Duration::MAX)
+    }
+
+    fn over(&self, sub: &str) -> bool {
+        self.spent.get(sub).is_some_and(|d| *d > self.limit)
+    }
+
+    fn charge(&mut self, sub: &str, d: Duration) {
+        match self.spent.get_mut(sub) {
+            Some(s) => *s = s.saturating_add(d),
+            None => {
+                self.spent.insert(sub.to_string(), d);
+            }
         }
-        self.matchers.iter().all(|(name, re, value, equal)| {
-            let v = alert.labels.get(name).map(String::as_str).unwrap_or("");
-            let m = match re {
-                Some(re) => re.is_match(v),
-                None => v == value,
-            };
-            m == *equal
-        })
+    }
+
+    fn skip(&mut self, sub: &str) {
+        match self.skipped.get_mut(sub) {
+            Some(n) => *n += 1,
+            None => {
+                self.skipped.insert(sub.to_string(), 1);
+            }
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Timer {
-    Started { rule: String, pipe: PipeKey },
-    Finished { rule: String, pipe: PipeKey },
-    Heartbeat { rule: String, source: SourceKey },
-    PatternResolve { fp: String },
-    Repeat { fp: String },
-    Metric { key: String },
-    SilenceEdge { id: String },
+    Started {
+        rule: RuleKey,
+        pipe: PipeKey,
+    },
+    Finished {
+        rule: RuleKey,
+        pipe: PipeKey,
+    },
+    Heartbeat {
+        rule: RuleKey,
+        source: SourceKey,
+    },
+    /// A pattern or conflict alert resolves if nothing new came.
+    ResolveAt {
+        sub: String,
+        fp: String,
+    },
+    Repeat {
+        sub: String,
+        fp: String,
+    },
+    /// `<sub>\0<rule id>\0<series>`
+    Metric {
+        key: String,
+    },
+    SilenceEdge {
+        sub: String,
+        id: String,
+    },
+}
+
+impl Timer {
+    fn sub(&self) -> &str {
+        match self {
+            Timer::Started { rule, .. }
+            | Timer::Finished { rule, .. }
+            | Timer::Heartbeat { rule, .. } => &rule.sub,
+            Timer::ResolveAt { sub, .. }
+            | Timer::Repeat { sub, .. }
+            | Timer::SilenceEdge { sub, .. } => sub,
+            Timer::Metric { key } => key.split('\0').next().unwrap_or(""),
+        }
+    }
 }
 
 /// Rules matching one (subscription, source, pipe).
@@ -294,36 +340,54 @@ struct SubIndex {
     literal: HashMap<String, Vec<Arc<CompiledRule>>>,
     /// Pipe rules with a wildcard pattern.
     wild: Vec<Arc<CompiledRule>>,
-    /// Heartbeat and health rules.
+    /// Heartbeat, health and source-conflict rules.
     source_rules: Vec<Arc<CompiledRule>>,
     /// Metric rules by metric name.
     metric: HashMap<String, Vec<Arc<CompiledRule>>>,
-    generation: u64,
+    /// Rules by `<source>\0<pipe>`; cleared when the rules change, and
+    /// when it outgrows its bound.
+    cache: HashMap<String, RuleSet>,
 }
 
 #[derive(Debug)]
 struct MetricState {
-    rule: String,
+    rule: RuleKey,
     labels: Vec<(String, String)>,
     value: f64,
     since: i64,
     last_seen: i64,
 }
 
+/// Counts of bounded state of one subscription.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    pipes: usize,
+    sources: usize,
+    alerts: usize,
+    timers: usize,
+    series: usize,
+}
+
 /// The engine state. Not thread safe: the notifier holds it in a mutex.
 #[derive(Debug)]
 pub struct Engine {
-    pub rules: BTreeMap<String, Arc<CompiledRule>>,
+    pub rules: BTreeMap<RuleKey, Arc<CompiledRule>>,
     subs: HashMap<String, SubIndex>,
-    cache: HashMap<String, (u64, RuleSet)>,
     scratch: String,
     pub receivers: BTreeMap<(String, String), Receiver>,
-    pub silences: BTreeMap<String, ActiveSilence>,
+    /// By (subscription, id).
+    pub silences: BTreeMap<(String, String), ActiveSilence>,
+    /// By fingerprint (which covers the subscription).
     pub alerts: HashMap<String, Alert>,
-    firing_by_rule: HashMap<String, usize>,
+    /// Fingerprints of the active alerts of each subscription.
+    alerts_of: HashMap<String, BTreeSet<String>>,
+    firing_by_rule: HashMap<RuleKey, usize>,
     pub pipes: HashMap<PipeKey, PipeState>,
     pub sources: HashMap<SourceKey, SourceState>,
+    counts: HashMap<String, Counts>,
+    /// `<sub>\0<rule id>\0<source>\0<pipe>`
     windows: HashMap<String, VecDeque<(i64, f64)>>,
+    /// `<sub>\0<rule id>\0<series>`
     metric: HashMap<String, MetricState>,
     event_timers: HashMap<SourceKey, BTreeSet<(i64, Timer)>>,
     wall_timers: BTreeSet<(i64, Timer)>,
@@ -335,6 +399,7 @@ pub struct Engine {
     started_at: i64,
     external_url: String,
     fx: Effects,
+    limits: Limits,
     /// Loading a rules file: API writes are synced once at the end.
     pub bulk: bool,
 }
@@ -354,7 +419,8 @@ fn opt_ts(ts: i64) -> String {
     rfc3339_from_nanos(ts)
 }
 
-fn short(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes (on a character boundary).
+pub fn short(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -365,9 +431,30 @@ fn short(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// `s` cut to at most `max` bytes, without a marker (text to match).
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn secs(n: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs((n / NANOS).max(0) as u64))
         .to_string()
+}
+
+/// The entries of `map` keyed by (`sub`, _).
+fn of_sub<'a, V>(
+    map: &'a BTreeMap<(String, String), V>,
+    sub: &'a str,
+) -> impl Iterator<Item = (&'a (String, String), &'a V)> + 'a {
+    map.range((sub.to_string(), String::new())..)
+        .take_while(move |((s, _), _)| s == sub)
 }
 
 /// What a firing condition says about the event that caused it.
@@ -385,18 +472,19 @@ struct Fire<'a> {
 }
 
 impl Engine {
-    pub fn new(external_url: impl Into<String>, now: i64) -> Engine {
+    pub fn new(external_url: impl Into<String>, now: i64, limits: Limits) -> Engine {
         Engine {
             rules: BTreeMap::new(),
             subs: HashMap::new(),
-            cache: HashMap::new(),
             scratch: String::new(),
             receivers: BTreeMap::new(),
             silences: BTreeMap::new(),
             alerts: HashMap::new(),
+            alerts_of: HashMap::new(),
             firing_by_rule: HashMap::new(),
             pipes: HashMap::new(),
             sources: HashMap::new(),
+            counts: HashMap::new(),
             windows: HashMap::new(),
             metric: HashMap::new(),
             event_timers: HashMap::new(),
@@ -407,8 +495,13 @@ impl Engine {
             started_at: now,
             external_url: external_url.into(),
             fx: Effects::default(),
+            limits,
             bulk: false,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The changes since the last call.
@@ -456,6 +549,46 @@ impl Engine {
         self.wall_timers.first().map(|(d, _)| *d)
     }
 
+    fn count(&mut self, sub: &str) -> &mut Counts {
+        if !self.counts.contains_key(sub) {
+            self.counts.insert(sub.to_string(), Counts::default());
+        }
+        self.counts.get_mut(sub).expect("inserted above")
+    }
+
+    fn limited(&mut self, sub: &str, what: &'static str) {
+        self.fx.limited.push((sub.to_string(), what));
+    }
+
+    /// Rules of `sub`.
+    pub fn rule_count(&self, sub: &str) -> usize {
+        self.rules
+            .range(RuleKey::new(sub, "")..)
+            .take_while(|(k, _)| k.sub == sub)
+            .count()
+    }
+
+    /// Rules of `sub`, in id order.
+    pub fn rules_of<'a>(
+        &'a self,
+        sub: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<CompiledRule>> + 'a {
+        self.rules
+            .range(RuleKey::new(sub, "")..)
+            .take_while(move |(k, _)| k.sub == sub)
+            .map(|(_, r)| r)
+    }
+
+    /// Receivers of `sub`.
+    pub fn receiver_count(&self, sub: &str) -> usize {
+        of_sub(&self.receivers, sub).count()
+    }
+
+    /// Silences of `sub`.
+    pub fn silence_count(&self, sub: &str) -> usize {
+        of_sub(&self.silences, sub).count()
+    }
+
     // ---- restore -------------------------------------------------------
 
     /// Restores persisted state (after the rules, receivers and silences
@@ -471,12 +604,19 @@ impl Engine {
             if let ScheduleSpec::Cron(expr) = &p.schedule {
                 p.cron = parse_cron(expr).map(Arc::new);
             }
+            self.count(&k.sub).pipes += 1;
             self.pipes.insert(k, p);
         }
-        self.sources.extend(sources);
-        self.windows.extend(windows);
+        for (k, s) in sources {
+            self.count(&k.sub).sources += 1;
+            self.sources.insert(k, s);
+        }
+        for (k, w) in windows {
+            let sub = k.split('\0').next().unwrap_or("").to_string();
+            self.count(&sub).series += 1;
+            self.windows.insert(k, w);
+        }
         for a in alerts {
-            *self.firing_by_rule.entry(a.rule_id.clone()).or_default() += 1;
             if a.rule_type == RuleType::NodeHeartbeatOverdue {
                 if let Some(src) = &a.source {
                     self.heartbeat_firing.insert(
@@ -488,7 +628,7 @@ impl Engine {
                     );
                 }
             }
-            self.alerts.insert(a.fingerprint.clone(), a);
+            self.insert_alert(a);
         }
         let fps: Vec<String> = self.alerts.keys().cloned().collect();
         for fp in fps {
@@ -502,7 +642,7 @@ impl Engine {
         for k in source_keys {
             self.arm_heartbeats(&k);
         }
-        let ids: Vec<String> = self.silences.keys().cloned().collect();
+        let ids: Vec<(String, String)> = self.silences.keys().cloned().collect();
         for id in ids {
             self.arm_silence(&id);
         }
@@ -512,17 +652,77 @@ impl Engine {
         let Some(a) = self.alerts.get(fp) else { return };
         let repeat = self
             .rules
-            .get(&a.rule_id)
+            .get(&a.rule_key())
             .map(|r| r.repeat_nanos)
             .unwrap_or(3600 * NANOS);
-        let at = a.last_notified_at.map(|t| t + repeat);
+        let at = a.last_notified_at.map(|t| t.saturating_add(repeat));
         let resolve_at = a.resolve_at;
+        let sub = a.subscription.clone();
         if let Some(at) = at {
-            self.arm_wall(Timer::Repeat { fp: fp.to_string() }, at);
+            self.arm_wall(
+                Timer::Repeat {
+                    sub: sub.clone(),
+                    fp: fp.to_string(),
+                },
+                at,
+            );
         }
         if let Some(at) = resolve_at {
-            self.arm_wall(Timer::PatternResolve { fp: fp.to_string() }, at);
+            self.arm_wall(
+                Timer::ResolveAt {
+                    sub,
+                    fp: fp.to_string(),
+                },
+                at,
+            );
         }
+    }
+
+    fn insert_alert(&mut self, a: Alert) {
+        *self.firing_by_rule.entry(a.rule_key()).or_default() += 1;
+        self.count(&a.subscription).alerts += 1;
+        self.alerts_of
+            .entry(a.subscription.clone())
+            .or_default()
+            .insert(a.fingerprint.clone());
+        self.alerts.insert(a.fingerprint.clone(), a);
+    }
+
+    fn remove_alert(&mut self, fp: &str) -> Option<Alert> {
+        let a = self.alerts.remove(fp)?;
+        let rk = a.rule_key();
+        if let Some(n) = self.firing_by_rule.get_mut(&rk) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.firing_by_rule.remove(&rk);
+            }
+        }
+        let c = self.count(&a.subscription);
+        c.alerts = c.alerts.saturating_sub(1);
+        if let Some(set) = self.alerts_of.get_mut(&a.subscription) {
+            set.remove(fp);
+            if set.is_empty() {
+                self.alerts_of.remove(&a.subscription);
+            }
+        }
+        Some(a)
+    }
+
+    /// Fingerprints of the active alerts of `sub`.
+    fn fps_of(&self, sub: &str) -> Vec<String> {
+        self.alerts_of
+            .get(sub)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Active alerts of `sub`.
+    pub fn alerts_of<'a>(&'a self, sub: &'a str) -> impl Iterator<Item = &'a Alert> + 'a {
+        self.alerts_of
+            .get(sub)
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .filter_map(|fp| self.alerts.get(fp))
     }
 
     // ---- rules, receivers, silences ------------------------------------
@@ -530,35 +730,35 @@ impl Engine {
     /// Adds or replaces a rule. Alerts of a replaced rule whose type
     /// changed are resolved.
     pub fn set_rule(&mut self, rule: Arc<CompiledRule>, now: i64) {
-        let id = rule.id().to_string();
-        if let Some(old) = self.rules.get(&id).cloned() {
+        let key = rule.key();
+        if let Some(old) = self.rules.get(&key).cloned() {
             self.unindex(&old);
-            if old.rule_type() != rule.rule_type()
-                || old.rule.subscription != rule.rule.subscription
-            {
-                self.resolve_rule_alerts(&id, now);
+            if old.rule_type() != rule.rule_type() {
+                self.resolve_rule_alerts(&key, now);
             }
         }
-        self.rules.insert(id, rule.clone());
+        self.rules.insert(key, rule.clone());
         self.index(&rule);
         self.arm_rule(&rule, now);
     }
 
     /// Removes a rule and resolves its alerts.
-    pub fn remove_rule(&mut self, id: &str, now: i64) -> Option<Arc<CompiledRule>> {
+    pub fn remove_rule(&mut self, key: &RuleKey, now: i64) -> Option<Arc<CompiledRule>> {
         // Resolve first: the resolved notifications go to the rule's
         // receivers.
-        self.resolve_rule_alerts(id, now);
-        let old = self.rules.remove(id)?;
+        self.resolve_rule_alerts(key, now);
+        let old = self.rules.remove(key)?;
         self.unindex(&old);
         Some(old)
     }
 
-    fn resolve_rule_alerts(&mut self, id: &str, now: i64) {
+    fn resolve_rule_alerts(&mut self, key: &RuleKey, now: i64) {
+        if !self.firing_by_rule.contains_key(key) {
+            return;
+        }
         let fps: Vec<String> = self
-            .alerts
-            .values()
-            .filter(|a| a.rule_id == id)
+            .alerts_of(&key.sub)
+            .filter(|a| a.rule_id == key.id)
             .map(|a| a.fingerprint.clone())
             .collect();
         for fp in fps {
@@ -567,10 +767,12 @@ impl Engine {
     }
 
     fn index(&mut self, rule: &Arc<CompiledRule>) {
-        let idx = self.subs.entry(rule.rule.subscription.clone()).or_default();
-        idx.generation += 1;
+        let idx = self.subs.entry(rule.sub().to_string()).or_default();
+        idx.cache.clear();
         match &rule.kind {
-            Kind::Heartbeat { .. } | Kind::Unhealthy { .. } => idx.source_rules.push(rule.clone()),
+            Kind::Heartbeat { .. } | Kind::Unhealthy { .. } | Kind::Conflict { .. } => {
+                idx.source_rules.push(rule.clone())
+            }
             Kind::Metric { metric, .. } => idx
                 .metric
                 .entry(metric.clone())
@@ -591,16 +793,19 @@ impl Engine {
     }
 
     fn unindex(&mut self, rule: &Arc<CompiledRule>) {
-        let Some(idx) = self.subs.get_mut(&rule.rule.subscription) else {
+        let Some(idx) = self.subs.get_mut(rule.sub()) else {
             return;
         };
-        idx.generation += 1;
+        idx.cache.clear();
         let id = rule.id();
         idx.wild.retain(|r| r.id() != id);
         idx.source_rules.retain(|r| r.id() != id);
         if let Kind::Metric { metric, .. } = &rule.kind {
             if let Some(v) = idx.metric.get_mut(metric) {
                 v.retain(|r| r.id() != id);
+                if v.is_empty() {
+                    idx.metric.remove(metric);
+                }
             }
         }
         if let Some(names) = &rule.literal_pipes {
@@ -623,7 +828,7 @@ impl Engine {
                     .pipes
                     .keys()
                     .filter(|k| {
-                        k.sub == rule.rule.subscription
+                        k.sub == rule.sub()
                             && rule.matches_source(&k.source)
                             && rule.matches_pipe(&k.pipe)
                     })
@@ -637,7 +842,7 @@ impl Engine {
                 let keys: Vec<SourceKey> = self
                     .sources
                     .keys()
-                    .filter(|k| k.sub == rule.rule.subscription && rule.matches_source(&k.source))
+                    .filter(|k| k.sub == rule.sub() && rule.matches_source(&k.source))
                     .cloned()
                     .collect();
                 for k in keys {
@@ -657,49 +862,67 @@ impl Engine {
             .collect()
     }
 
+    /// Adds or replaces a silence.
     pub fn set_silence(&mut self, s: ActiveSilence, now: i64) {
-        let id = s.silence.id.clone();
-        self.silences.insert(id.clone(), s);
-        self.arm_silence(&id);
-        self.flush_pending(now);
+        let key = (s.silence.subscription.clone(), s.silence.id.clone());
+        self.disarm_silence(&key);
+        self.silences.insert(key.clone(), s);
+        self.arm_silence(&key);
+        self.flush_pending(&key.0, now);
     }
 
-    pub fn remove_silence(&mut self, id: &str, now: i64) -> Option<ActiveSilence> {
-        let s = self.silences.remove(id)?;
-        self.flush_pending(now);
+    pub fn remove_silence(&mut self, key: &(String, String), now: i64) -> Option<ActiveSilence> {
+        self.disarm_silence(key);
+        let s = self.silences.remove(key)?;
+        self.flush_pending(&key.0, now);
         Some(s)
     }
 
-    fn arm_silence(&mut self, id: &str) {
-        let Some(s) = self.silences.get(id) else {
-            return;
+    fn silence_edges(&self, key: &(String, String)) -> Option<[(i64, Timer); 2]> {
+        let s = self.silences.get(key)?;
+        let t = Timer::SilenceEdge {
+            sub: key.0.clone(),
+            id: key.1.clone(),
         };
-        let (starts, ends) = (s.starts, s.ends);
-        self.wall_timers
-            .insert((starts, Timer::SilenceEdge { id: id.to_string() }));
-        self.wall_timers
-            .insert((ends, Timer::SilenceEdge { id: id.to_string() }));
+        Some([(s.starts, t.clone()), (s.ends, t)])
+    }
+
+    fn arm_silence(&mut self, key: &(String, String)) {
+        if let Some(edges) = self.silence_edges(key) {
+            self.wall_timers.extend(edges);
+        }
+    }
+
+    fn disarm_silence(&mut self, key: &(String, String)) {
+        if let Some(edges) = self.silence_edges(key) {
+            for e in &edges {
+                self.wall_timers.remove(e);
+            }
+        }
     }
 
     /// Ids of the silences muting `alert` now.
     pub fn silenced_by(&self, alert: &Alert, now: i64) -> Vec<String> {
-        self.silences
-            .values()
-            .filter(|s| s.matches(alert, now))
-            .map(|s| s.silence.id.clone())
+        of_sub(&self.silences, &alert.subscription)
+            .filter(|(_, s)| s.mutes(&alert.subscription, &alert.labels, now))
+            .map(|((_, id), _)| id.clone())
             .collect()
     }
 
-    fn suppressed(&self, alert: &Alert, now: i64) -> bool {
-        alert.inhibited_by.is_some() || self.silences.values().any(|s| s.matches(alert, now))
+    fn silenced(&self, alert: &Alert, now: i64) -> bool {
+        of_sub(&self.silences, &alert.subscription)
+            .any(|(_, s)| s.mutes(&alert.subscription, &alert.labels, now))
     }
 
-    /// Notifies firing alerts whose notification was held back by a
-    /// silence or an inhibition that no longer applies.
-    fn flush_pending(&mut self, now: i64) {
+    fn suppressed(&self, alert: &Alert, now: i64) -> bool {
+        alert.inhibited_by.is_some() || self.silenced(alert, now)
+    }
+
+    /// Notifies firing alerts of `sub` whose notification was held back by
+    /// a silence or an inhibition that no longer applies.
+    fn flush_pending(&mut self, sub: &str, now: i64) {
         let fps: Vec<String> = self
-            .alerts
-            .values()
+            .alerts_of(sub)
             .filter(|a| !a.notified)
             .map(|a| a.fingerprint.clone())
             .collect();
@@ -708,92 +931,83 @@ impl Engine {
         }
     }
 
-    /// Drops everything of a terminated subscription.
+    /// Drops everything of a terminated subscription from memory (the
+    /// store deletes its keys by range).
     pub fn purge(&mut self, sub: &str) {
-        let ids: Vec<String> = self
-            .rules
-            .values()
-            .filter(|r| r.rule.subscription == sub)
-            .map(|r| r.id().to_string())
-            .collect();
-        for id in &ids {
-            if let Some(r) = self.rules.remove(id) {
-                self.unindex(&r);
-            }
-            self.fx.deletes.push(keys::rule(id));
+        let keys: Vec<RuleKey> = self.rules_of(sub).map(|r| r.key()).collect();
+        for k in &keys {
+            self.rules.remove(k);
         }
         self.subs.remove(sub);
-        self.receivers.retain(|(s, name), _| {
-            if s == sub {
-                self.fx.deletes.push(keys::receiver(s, name));
-                false
-            } else {
-                true
-            }
-        });
-        let fx = &mut self.fx;
-        self.silences.retain(|id, s| {
-            if s.silence.subscription == sub {
-                fx.deletes.push(keys::silence(id));
-                false
-            } else {
-                true
-            }
-        });
-        self.alerts.retain(|fp, a| {
-            if a.subscription == sub {
-                fx.deletes.push(keys::alert(fp));
-                false
-            } else {
-                true
-            }
-        });
-        self.firing_by_rule.retain(|id, _| !ids.contains(id));
+        self.receivers.retain(|(s, _), _| s != sub);
+        self.silences.retain(|(s, _), _| s != sub);
+        for fp in self.fps_of(sub) {
+            self.remove_alert(&fp);
+        }
+        self.firing_by_rule.retain(|k, _| k.sub != sub);
         self.heartbeat_firing.retain(|k, _| k.sub != sub);
-        let pipes: Vec<PipeKey> = self
-            .pipes
-            .keys()
-            .filter(|k| k.sub == sub)
-            .cloned()
-            .collect();
-        for k in pipes {
-            self.pipes.remove(&k);
-            self.fx.dirty_pipes.insert(k);
-        }
-        let sources: Vec<SourceKey> = self
-            .sources
-            .keys()
-            .filter(|k| k.sub == sub)
-            .cloned()
-            .collect();
-        for k in sources {
-            self.sources.remove(&k);
-            self.event_timers.remove(&k);
-            self.fx.dirty_sources.insert(k);
-        }
+        self.pipes.retain(|k, _| k.sub != sub);
+        self.sources.retain(|k, _| k.sub != sub);
+        self.event_timers.retain(|k, _| k.sub != sub);
         let prefix = format!("{sub}\0");
-        let wins: Vec<String> = self
-            .windows
-            .keys()
-            .filter(|k| {
-                k.split_once('\0')
-                    .is_some_and(|(_, rest)| rest.starts_with(&prefix))
-            })
-            .cloned()
-            .collect();
-        for k in wins {
-            self.windows.remove(&k);
-            self.fx.dirty_windows.insert(k);
-        }
-        self.metric
-            .retain(|k, _| k.split('\0').nth(1).is_none_or(|s| s != sub));
-        self.cache.retain(|k, _| !k.starts_with(&prefix));
+        self.windows.retain(|k, _| !k.starts_with(&prefix));
+        self.metric.retain(|k, _| !k.starts_with(&prefix));
+        self.wall_timers.retain(|(_, t)| t.sub() != sub);
+        self.armed.retain(|t, _| t.sub() != sub);
+        self.counts.remove(sub);
+        self.alerts_of.remove(sub);
+        // Pending dirty state of the subscription must not be written back.
+        self.fx.dirty_pipes.retain(|k| k.sub != sub);
+        self.fx.dirty_sources.retain(|k| k.sub != sub);
+        self.fx.dirty_windows.retain(|k| !k.starts_with(&prefix));
+        self.fx.notifications.retain(|n| n.subscription != sub);
     }
 
     // ---- records -------------------------------------------------------
 
-    /// Evaluates records just stored (one commit group).
-    pub fn on_records(&mut self, records: &[Record], now: i64) {
+    /// Starts tracking `key` if the subscription's bound allows; whether
+    /// it is tracked.
+    fn track_source(&mut self, key: &SourceKey) -> bool {
+        if self.sources.contains_key(key) {
+            return true;
+        }
+        if self.count(&key.sub).sources >= self.limits.max_sources_per_subscription {
+            self.limited(&key.sub, "sources");
+            return false;
+        }
+        self.count(&key.sub).sources += 1;
+        self.sources.insert(key.clone(), SourceState::default());
+        true
+    }
+
+    /// Starts tracking `key` (first seen at event time `ts`) if its source
+    /// is tracked and the subscription's bound allows; whether it is.
+    fn track_pipe(&mut self, key: &PipeKey, ts: i64) -> bool {
+        if self.pipes.contains_key(key) {
+            return true;
+        }
+        if !self.sources.contains_key(&key.source_key()) {
+            return false;
+        }
+        if self.count(&key.sub).pipes >= self.limits.max_pipes_per_subscription {
+            self.limited(&key.sub, "pipes");
+            return false;
+        }
+        self.count(&key.sub).pipes += 1;
+        self.pipes.insert(
+            key.clone(),
+            PipeState {
+                known_since: ts,
+                enabled: true,
+                ..PipeState::default()
+            },
+        );
+        self.fx.dirty_pipes.insert(key.clone());
+        true
+    }
+
+    /// Evaluates records just stored (one commit group) within `budget`.
+    pub fn on_records(&mut self, records: &[Record], now: i64, budget: &mut Budget) {
         let mut touched: Vec<SourceKey> = Vec::new();
         for r in records {
             let same = touched
@@ -804,24 +1018,36 @@ impl Engine {
                     sub: r.subscription.clone(),
                     source: r.source.clone(),
                 };
-                if !touched.contains(&k) {
-                    self.sources.entry(k.clone()).or_default();
-                    touched.push(k);
-                } else {
+                if let Some(i) = touched.iter().position(|x| x == &k) {
                     // Move it last so the next record of it is "same".
-                    touched.retain(|x| x != &k);
+                    let k = touched.remove(i);
+                    touched.push(k);
+                } else if self.track_source(&k) {
                     touched.push(k);
                 }
             }
-            if let Some(s) = touched.last().and_then(|k| self.sources.get_mut(k)) {
+            if let Some(s) = touched
+                .last()
+                .filter(|k| k.sub == r.subscription && k.source == r.source)
+                .and_then(|k| self.sources.get_mut(k))
+            {
                 s.newest_ts = s.newest_ts.max(r.ts);
             }
+            // Subscriptions without rules cost nothing to evaluate.
+            let ruled = self.subs.contains_key(&r.subscription);
+            let over = ruled && budget.over(&r.subscription);
+            let started = (ruled && !over).then(Instant::now);
             match &r.body {
-                Body::Execution(e) => self.on_execution(r, e, now),
-                Body::Health(h) => self.on_health(r, h, now),
+                Body::Execution(e) => self.on_execution(r, e, now, over),
+                Body::Health(h) if !over => self.on_health(r, h, now),
                 Body::Config(c) => self.on_config(r, &c.config),
-                Body::Log(l) => self.on_log(r, l, now),
-                Body::System(_) => {}
+                Body::Log(l) if !over => self.on_log(r, l, now),
+                _ => {}
+            }
+            match started {
+                Some(t) => budget.charge(&r.subscription, t.elapsed()),
+                None if over => budget.skip(&r.subscription),
+                None => {}
             }
         }
         for k in touched {
@@ -834,20 +1060,21 @@ impl Engine {
         }
     }
 
-    fn pipe_rules(&mut self, sub: &str, source: &str, pipe: &str) -> Arc<[Arc<CompiledRule>]> {
-        let Some(idx) = self.subs.get(sub) else {
+    fn pipe_rules(&mut self, sub: &str, source: &str, pipe: &str) -> RuleSet {
+        let cap = self
+            .limits
+            .max_pipes_per_subscription
+            .saturating_mul(2)
+            .clamp(1024, 1 << 20);
+        let Some(idx) = self.subs.get_mut(sub) else {
             return Arc::from(Vec::new());
         };
         self.scratch.clear();
-        self.scratch.push_str(sub);
-        self.scratch.push('\0');
         self.scratch.push_str(source);
         self.scratch.push('\0');
         self.scratch.push_str(pipe);
-        if let Some((g, rules)) = self.cache.get(&self.scratch) {
-            if *g == idx.generation {
-                return rules.clone();
-            }
+        if let Some(rules) = idx.cache.get(&self.scratch) {
+            return rules.clone();
         }
         let mut out: Vec<Arc<CompiledRule>> = Vec::new();
         if let Some(v) = idx.literal.get(pipe) {
@@ -859,30 +1086,26 @@ impl Engine {
                 .filter(|r| r.matches_source(source) && r.matches_pipe(pipe))
                 .cloned(),
         );
-        let rules: Arc<[Arc<CompiledRule>]> = Arc::from(out);
-        self.cache
-            .insert(self.scratch.clone(), (idx.generation, rules.clone()));
+        let rules: RuleSet = Arc::from(out);
+        // Log records name arbitrary pipes: the cache stays bounded.
+        if idx.cache.len() >= cap {
+            idx.cache.clear();
+        }
+        idx.cache.insert(self.scratch.clone(), rules.clone());
         rules
     }
 
-    fn on_execution(&mut self, r: &Record, e: &ExecutionBody, now: i64) {
+    /// `over`: the subscription is over its evaluation budget; only the
+    /// pipe's state and its overdue rules (cheap, and needed for later
+    /// deadlines to be right) are kept up.
+    fn on_execution(&mut self, r: &Record, e: &ExecutionBody, now: i64, over: bool) {
         let key = PipeKey {
             sub: r.subscription.clone(),
             source: r.source.clone(),
             pipe: e.pipe.clone(),
         };
         let ts = r.ts;
-        {
-            if !self.pipes.contains_key(&key) {
-                self.pipes.insert(
-                    key.clone(),
-                    PipeState {
-                        known_since: ts,
-                        enabled: true,
-                        ..PipeState::default()
-                    },
-                );
-            }
+        if self.track_pipe(&key, ts) {
             let Some(p) = self.pipes.get_mut(&key) else {
                 return;
             };
@@ -905,7 +1128,16 @@ impl Engine {
             }
         }
         let rules = self.pipe_rules(&r.subscription, &r.source, &e.pipe);
+        let max_match = self.limits.max_match_bytes;
         for rule in rules.iter() {
+            if over
+                && !matches!(
+                    rule.kind,
+                    Kind::StartedOverdue { .. } | Kind::FinishedOverdue { .. }
+                )
+            {
+                continue;
+            }
             match &rule.kind {
                 Kind::PumpFailed => match e.event_type {
                     EventType::PumpFailed => {
@@ -915,7 +1147,7 @@ impl Engine {
                             ann.push(("original_error_message", short(m, 2000)));
                         }
                         if let Some(id) = &e.run_id {
-                            ann.push(("run_id", id.clone()));
+                            ann.push(("run_id", short(id, 200)));
                         }
                         self.fire(
                             Fire {
@@ -927,8 +1159,8 @@ impl Engine {
                                 event_ts: ts,
                                 summary: format!(
                                     "Pipe {} on {} failed: {}",
-                                    e.pipe,
-                                    r.source,
+                                    short(&e.pipe, 200),
+                                    short(&r.source, 200),
                                     short(&reason, 300)
                                 ),
                                 annotations: ann,
@@ -939,7 +1171,12 @@ impl Engine {
                     EventType::PumpCompleted => self.resolve_pipe(rule, &key, now),
                     _ => {}
                 },
-                Kind::Pattern { field, matcher, .. } => {
+                Kind::Pattern {
+                    field,
+                    matcher,
+                    pattern,
+                    ..
+                } => {
                     let text = match field {
                         schemas::notify::PatternField::ReasonWhyStopped => {
                             e.reason_why_stopped.as_deref()
@@ -950,7 +1187,7 @@ impl Engine {
                         }
                         schemas::notify::PatternField::LogMessage => None,
                     };
-                    if let Some(text) = text.filter(|t| matcher.is_match(t)) {
+                    if let Some(text) = text.filter(|t| matcher.is_match(prefix(t, max_match))) {
                         self.fire(
                             Fire {
                                 rule,
@@ -962,9 +1199,9 @@ impl Engine {
                                 summary: format!(
                                     "{} of pipe {} on {} matched {:?}",
                                     field.as_str(),
-                                    e.pipe,
-                                    r.source,
-                                    short(matcher.as_str(), 100)
+                                    short(&e.pipe, 200),
+                                    short(&r.source, 200),
+                                    short(pattern, 100)
                                 ),
                                 annotations: vec![
                                     (
@@ -997,15 +1234,11 @@ impl Engine {
                     let measured = match interval {
                         Some(iv) => {
                             let wk =
-                                format!("{}\0{}\0{}\0{}", rule.id(), key.sub, key.source, key.pipe);
-                            let w = self.windows.entry(wk.clone()).or_default();
-                            w.push_back((ts, v));
-                            while w.front().is_some_and(|(t, _)| *t <= ts - iv) {
-                                w.pop_front();
+                                format!("{}\0{}\0{}\0{}", key.sub, rule.id(), key.source, key.pipe);
+                            match self.window_add(&wk, &key.sub, ts, v, *iv) {
+                                Some(sum) => sum,
+                                None => continue,
                             }
-                            let sum = w.iter().map(|(_, v)| v).sum::<f64>();
-                            self.fx.dirty_windows.insert(wk);
-                            sum
                         }
                         None => v,
                     };
@@ -1029,8 +1262,8 @@ impl Engine {
                                 event_ts: ts,
                                 summary: format!(
                                     "{mkey} of pipe {} on {} is {measured} {what} ({} {limit})",
-                                    e.pipe,
-                                    r.source,
+                                    short(&e.pipe, 200),
+                                    short(&r.source, 200),
                                     if *high { "above" } else { "below" }
                                 ),
                                 annotations: vec![
@@ -1071,6 +1304,37 @@ impl Engine {
         }
     }
 
+    /// Adds a completed run's value to the window `wk` (`iv` long) and
+    /// returns the window's sum; `None` when the subscription's bound on
+    /// windows and series is reached.
+    fn window_add(&mut self, wk: &str, sub: &str, ts: i64, v: f64, iv: i64) -> Option<f64> {
+        if !self.windows.contains_key(wk) {
+            if self.count(sub).series >= self.limits.max_series_per_subscription {
+                self.limited(sub, "series");
+                return None;
+            }
+            self.count(sub).series += 1;
+            self.windows.insert(wk.to_string(), VecDeque::new());
+        }
+        let w = self.windows.get_mut(wk)?;
+        let bucket = (iv / WINDOW_BUCKETS).max(1);
+        match w.back_mut() {
+            Some((t, sum)) if ts >= *t && ts - *t < bucket => *sum += v,
+            _ => w.push_back((ts, v)),
+        }
+        let cut = ts.saturating_sub(iv);
+        while w.front().is_some_and(|(t, _)| *t <= cut) {
+            w.pop_front();
+        }
+        // Runs out of order can defeat the bucketing: a hard bound.
+        while w.len() > 2 * WINDOW_BUCKETS as usize {
+            w.pop_front();
+        }
+        let sum = w.iter().map(|(_, v)| v).sum::<f64>();
+        self.fx.dirty_windows.insert(wk.to_string());
+        Some(sum)
+    }
+
     fn on_health(&mut self, r: &Record, h: &HealthBody, now: i64) {
         let Some(idx) = self.subs.get(&r.subscription) else {
             return;
@@ -1092,9 +1356,15 @@ impl Engine {
                     .checks
                     .iter()
                     .filter(|c| c.status != HealthStatus::Ok)
+                    .take(20)
                     .map(|c| match &c.detail {
-                        Some(d) => format!("{} ({}): {}", c.name, c.status.as_str(), d),
-                        None => format!("{} ({})", c.name, c.status.as_str()),
+                        Some(d) => format!(
+                            "{} ({}): {}",
+                            short(&c.name, 100),
+                            c.status.as_str(),
+                            short(d, 200)
+                        ),
+                        None => format!("{} ({})", short(&c.name, 100), c.status.as_str()),
                     })
                     .collect();
                 self.fire(
@@ -1107,7 +1377,7 @@ impl Engine {
                         event_ts: r.ts,
                         summary: format!(
                             "{} is {}: {}",
-                            r.source,
+                            short(&r.source, 200),
                             h.status.as_str(),
                             short(&bad.join("; "), 1000)
                         ),
@@ -1143,28 +1413,36 @@ impl Engine {
             let cron_expr = pump
                 .and_then(|p| p.get("cron_expr"))
                 .and_then(|v| v.as_str());
-            let spec = if mode != "scheduled" {
-                ScheduleSpec::Manual
+            let (spec, cron) = if mode != "scheduled" {
+                (ScheduleSpec::Manual, None)
             } else if let Some(c) = cron_expr {
-                ScheduleSpec::Cron(c.to_string())
+                // An unparsable or never-firing expression expects nothing.
+                match parse_cron(c) {
+                    Some(s) => (ScheduleSpec::Cron(c.to_string()), Some(Arc::new(s))),
+                    None => (ScheduleSpec::Unknown, None),
+                }
             } else {
-                ScheduleSpec::Interval(interval.unwrap_or(30.0))
+                match interval.unwrap_or(30.0) {
+                    s if s.is_finite() && s > 0.0 => (
+                        ScheduleSpec::Interval(s.clamp(1.0, MAX_SCHEDULE_SECS)),
+                        None,
+                    ),
+                    _ => (ScheduleSpec::Unknown, None),
+                }
             };
             let key = PipeKey {
                 sub: r.subscription.clone(),
                 source: r.source.clone(),
                 pipe: id.to_string(),
             };
-            let p = self.pipes.entry(key.clone()).or_insert_with(|| PipeState {
-                known_since: r.ts,
-                enabled: true,
-                ..PipeState::default()
-            });
+            if !self.track_pipe(&key, r.ts) {
+                continue;
+            }
+            let Some(p) = self.pipes.get_mut(&key) else {
+                continue;
+            };
             if p.schedule != spec {
-                p.cron = match &spec {
-                    ScheduleSpec::Cron(c) => parse_cron(c).map(Arc::new),
-                    _ => None,
-                };
+                p.cron = cron;
                 p.schedule = spec;
                 self.fx.dirty_pipes.insert(key.clone());
             }
@@ -1199,19 +1477,21 @@ impl Engine {
             .unwrap_or("")
             .to_string();
         let rules = self.pipe_rules(&r.subscription, &r.source, &pipe);
+        let text = prefix(&l.message, self.limits.max_match_bytes);
         for rule in rules.iter() {
             let Kind::Pattern {
                 field: schemas::notify::PatternField::LogMessage,
                 matcher,
+                pattern,
                 resolve_after,
             } = &rule.kind
             else {
                 continue;
             };
-            if !matcher.is_match(&l.message) {
+            if !matcher.is_match(text) {
                 continue;
             }
-            let fp = self.fire(
+            let Some(fp) = self.fire(
                 Fire {
                     rule,
                     source: Some(&r.source),
@@ -1222,20 +1502,73 @@ impl Engine {
                     summary: format!(
                         "A {} log of {} matched {:?}: {}",
                         l.level.as_str(),
-                        r.source,
-                        short(matcher.as_str(), 100),
+                        short(&r.source, 200),
+                        short(pattern, 100),
                         short(&l.message, 300)
                     ),
                     annotations: vec![("message", short(&l.message, 2000))],
                 },
                 now,
-            );
-            let at = now + resolve_after;
-            if let Some(a) = self.alerts.get_mut(&fp) {
-                a.resolve_at = Some(at);
-                self.fx.puts.push((keys::alert(&fp), json(&*a)));
-            }
-            self.arm_wall(Timer::PatternResolve { fp }, at);
+            ) else {
+                continue;
+            };
+            self.resolve_later(&fp, now.saturating_add(*resolve_after));
+        }
+    }
+
+    /// The alert `fp` resolves at `at` unless an event pushes that later.
+    fn resolve_later(&mut self, fp: &str, at: i64) {
+        let Some(a) = self.alerts.get_mut(fp) else {
+            return;
+        };
+        a.resolve_at = Some(at);
+        let sub = a.subscription.clone();
+        self.fx.puts.push((keys::alert(&sub, fp), json(&*a)));
+        self.arm_wall(
+            Timer::ResolveAt {
+                sub,
+                fp: fp.to_string(),
+            },
+            at,
+        );
+    }
+
+    /// The collector refused records of `source` (two outbox epochs, or a
+    /// seq re-sent with other content): `source_conflict` rules fire.
+    pub fn on_source_conflict(&mut self, sub: &str, source: &str, detail: &str, now: i64) {
+        let Some(idx) = self.subs.get(sub) else {
+            return;
+        };
+        let rules: Vec<Arc<CompiledRule>> = idx
+            .source_rules
+            .iter()
+            .filter(|r| matches!(r.kind, Kind::Conflict { .. }) && r.matches_source(source))
+            .cloned()
+            .collect();
+        for rule in &rules {
+            let Kind::Conflict { resolve_after } = rule.kind else {
+                continue;
+            };
+            let Some(fp) = self.fire(
+                Fire {
+                    rule,
+                    source: Some(source),
+                    pipe: None,
+                    extra: Vec::new(),
+                    identity: String::new(),
+                    event_ts: now,
+                    summary: format!(
+                        "Records of {} were refused: {}",
+                        short(source, 200),
+                        short(detail, 300)
+                    ),
+                    annotations: vec![("description", short(detail, 2000))],
+                },
+                now,
+            ) else {
+                continue;
+            };
+            self.resolve_later(&fp, now.saturating_add(resolve_after));
         }
     }
 
@@ -1289,32 +1622,56 @@ impl Engine {
                 continue;
             };
             let series = series_id(s.name, s.labels);
-            let key = format!("{}\0{}\0{}", rule.id(), sub, series);
+            let key = format!("{sub}\0{}\0{series}", rule.id());
             if !s.value.is_finite() || !op.holds(s.value, *value) {
-                self.metric.remove(&key);
+                if self.metric.remove(&key).is_some() {
+                    let c = self.count(sub);
+                    c.series = c.series.saturating_sub(1);
+                }
                 let fp = fingerprint(rule.id(), sub, "", "", &series);
                 self.resolve(&fp, now);
                 continue;
             }
-            let st = self
-                .metric
-                .entry(key.clone())
-                .or_insert_with(|| MetricState {
-                    rule: rule.id().to_string(),
-                    labels: s.labels.to_vec(),
-                    value: s.value,
-                    since: now,
-                    last_seen: now,
-                });
+            if !self.metric.contains_key(&key) {
+                if self.count(sub).series >= self.limits.max_series_per_subscription {
+                    self.limited(sub, "series");
+                    continue;
+                }
+                self.count(sub).series += 1;
+                self.metric.insert(
+                    key.clone(),
+                    MetricState {
+                        rule: rule.key(),
+                        labels: s.labels.to_vec(),
+                        value: s.value,
+                        since: now,
+                        last_seen: now,
+                    },
+                );
+            }
+            let Some(st) = self.metric.get_mut(&key) else {
+                continue;
+            };
             st.value = s.value;
             st.last_seen = now;
-            let due = st.since + for_;
+            let due = st.since.saturating_add(*for_);
             if now >= due {
                 self.fire_metric(&key, now);
-                self.arm_wall(Timer::Metric { key }, now + METRIC_STALE_NANOS);
+                self.arm_wall(
+                    Timer::Metric { key },
+                    now.saturating_add(METRIC_STALE_NANOS),
+                );
             } else {
                 self.arm_wall(Timer::Metric { key }, due);
             }
+        }
+    }
+
+    fn drop_metric(&mut self, key: &str) {
+        if self.metric.remove(key).is_some() {
+            let sub = key.split('\0').next().unwrap_or("").to_string();
+            let c = self.count(&sub);
+            c.series = c.series.saturating_sub(1);
         }
     }
 
@@ -1323,7 +1680,7 @@ impl Engine {
             return;
         };
         let Some(rule) = self.rules.get(&st.rule).cloned() else {
-            self.metric.remove(key);
+            self.drop_metric(key);
             return;
         };
         let Kind::Metric {
@@ -1341,7 +1698,11 @@ impl Engine {
             .iter()
             .find(|(k, _)| k == "instance")
             .map(|(_, v)| v.clone());
-        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let shown: Vec<String> = labels
+            .iter()
+            .take(30)
+            .map(|(k, v)| format!("{}={:?}", short(k, 100), short(v, 200)))
+            .collect();
         let mut extra: Vec<(String, String)> = labels
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "subscription" | "__name__"))
@@ -1374,36 +1735,65 @@ impl Engine {
 
     // ---- timers -----------------------------------------------------------
 
-    fn arm_wall(&mut self, t: Timer, at: i64) {
-        match self.armed.get(&t) {
-            Some(&x) if x <= at => {}
-            _ => {
+    /// Records `t` as armed at `at`; `Some(previous)` when it was armed
+    /// already at a later time (the caller moves it), `None` when it is
+    /// armed at or before `at` already, or the subscription's timer bound
+    /// is reached.
+    fn rearm(&mut self, t: &Timer, at: i64) -> Option<Option<i64>> {
+        match self.armed.get(t) {
+            Some(&x) if x <= at => None,
+            Some(&x) => {
                 self.armed.insert(t.clone(), at);
-                self.wall_timers.insert((at, t));
+                Some(Some(x))
+            }
+            None => {
+                let sub = t.sub().to_string();
+                if self.count(&sub).timers >= self.limits.max_timers_per_subscription {
+                    self.limited(&sub, "timers");
+                    return None;
+                }
+                self.count(&sub).timers += 1;
+                self.armed.insert(t.clone(), at);
+                Some(None)
             }
         }
     }
 
-    fn arm_event(&mut self, source: &SourceKey, t: Timer, at: i64) {
-        match self.armed.get(&t) {
-            Some(&x) if x <= at => {}
-            _ => {
-                self.armed.insert(t.clone(), at);
-                self.event_timers
-                    .entry(source.clone())
-                    .or_default()
-                    .insert((at, t));
+    fn arm_wall(&mut self, t: Timer, at: i64) {
+        if let Some(previous) = self.rearm(&t, at) {
+            if let Some(x) = previous {
+                self.wall_timers.remove(&(x, t.clone()));
             }
+            self.wall_timers.insert((at, t));
+        }
+    }
+
+    fn arm_event(&mut self, source: &SourceKey, t: Timer, at: i64) {
+        if let Some(previous) = self.rearm(&t, at) {
+            let set = self.event_timers.entry(source.clone()).or_default();
+            if let Some(x) = previous {
+                set.remove(&(x, t.clone()));
+            }
+            set.insert((at, t));
         }
     }
 
     /// Takes an armed timer that popped at `at`; false when it was stale.
     fn disarm(&mut self, t: &Timer, at: i64) -> bool {
         if self.armed.get(t) == Some(&at) {
-            self.armed.remove(t);
+            self.unarm(t);
             true
         } else {
             false
+        }
+    }
+
+    /// Forgets `t` (its set entry, if any, is stale from now on).
+    fn unarm(&mut self, t: &Timer) {
+        if self.armed.remove(t).is_some() {
+            let sub = t.sub().to_string();
+            let c = self.count(&sub);
+            c.timers = c.timers.saturating_sub(1);
         }
     }
 
@@ -1421,17 +1811,17 @@ impl Engine {
         let (timer, deadline) = match rule.kind {
             Kind::StartedOverdue { .. } => (
                 Timer::Started {
-                    rule: rule.id().to_string(),
+                    rule: rule.key(),
                     pipe: key.clone(),
                 },
                 started_deadline(rule, p),
             ),
             Kind::FinishedOverdue { limit } => (
                 Timer::Finished {
-                    rule: rule.id().to_string(),
+                    rule: rule.key(),
                     pipe: key.clone(),
                 },
-                p.running_since.map(|t| t + limit),
+                p.running_since.map(|t| t.saturating_add(limit)),
             ),
             _ => return,
         };
@@ -1457,7 +1847,7 @@ impl Engine {
 
     fn heartbeat_deadline(&self, interval: i64, key: &SourceKey) -> Option<i64> {
         let s = self.sources.get(key)?;
-        Some(s.last_arrival.max(self.started_at) + interval)
+        Some(s.last_arrival.max(self.started_at).saturating_add(interval))
     }
 
     fn arm_heartbeat(&mut self, rule: &Arc<CompiledRule>, key: &SourceKey) {
@@ -1471,7 +1861,7 @@ impl Engine {
         if let Some(d) = self.heartbeat_deadline(interval, key) {
             self.arm_wall(
                 Timer::Heartbeat {
-                    rule: rule.id().to_string(),
+                    rule: rule.key(),
                     source: key.clone(),
                 },
                 d,
@@ -1548,10 +1938,10 @@ impl Engine {
                     d,
                     format!(
                         "Pipe {} on {} has not started since {} (expected by {}, grace {})",
-                        key.pipe,
-                        key.source,
+                        short(&key.pipe, 200),
+                        short(&key.source, 200),
                         opt_ts(since),
-                        opt_ts(d - grace),
+                        opt_ts(d.saturating_sub(grace)),
                         secs(grace)
                     ),
                     vec![("expected_by", opt_ts(d))],
@@ -1562,11 +1952,11 @@ impl Engine {
                     return;
                 };
                 (
-                    started + limit,
+                    started.saturating_add(limit),
                     format!(
                         "Pipe {} on {} has been running since {}, longer than {}",
-                        key.pipe,
-                        key.source,
+                        short(&key.pipe, 200),
+                        short(&key.source, 200),
                         opt_ts(started),
                         secs(limit)
                     ),
@@ -1595,17 +1985,24 @@ impl Engine {
         );
     }
 
-    /// Runs the collector-clock deadlines up to `now`.
-    pub fn tick(&mut self, now: i64) {
+    /// Runs the collector-clock deadlines up to `now`, at most
+    /// [`MAX_TIMERS_PER_TICK`] of them; true when more are due (tick
+    /// again, after releasing the engine's lock).
+    pub fn tick(&mut self, now: i64) -> bool {
+        let mut ran = 0;
         while let Some((at, _)) = self.wall_timers.first() {
             if *at > now {
-                break;
+                return false;
             }
+            if ran == MAX_TIMERS_PER_TICK {
+                return true;
+            }
+            ran += 1;
             let Some((at, t)) = self.wall_timers.pop_first() else {
                 break;
             };
-            if let Timer::SilenceEdge { .. } = t {
-                self.flush_pending(now);
+            if let Timer::SilenceEdge { sub, .. } = &t {
+                self.flush_pending(sub, now);
                 continue;
             }
             if !self.disarm(&t, at) {
@@ -1644,7 +2041,7 @@ impl Engine {
                             event_ts: d,
                             summary: format!(
                                 "No record from {} for {} (last received {})",
-                                source.source,
+                                short(&source.source, 200),
                                 secs(interval),
                                 opt_ts(last)
                             ),
@@ -1653,57 +2050,57 @@ impl Engine {
                         now,
                     );
                 }
-                Timer::PatternResolve { fp } => {
+                Timer::ResolveAt { sub, fp } => {
                     let Some(a) = self.alerts.get(&fp) else {
                         continue;
                     };
                     match a.resolve_at {
                         Some(r) if r <= now => self.resolve(&fp, now),
-                        Some(r) => self.arm_wall(Timer::PatternResolve { fp }, r),
+                        Some(r) => self.arm_wall(Timer::ResolveAt { sub, fp }, r),
                         None => {}
                     }
                 }
-                Timer::Repeat { fp } => self.repeat(&fp, now),
+                Timer::Repeat { fp, .. } => self.repeat(&fp, now),
                 Timer::Metric { key } => {
                     let Some(st) = self.metric.get(&key) else {
                         continue;
                     };
-                    if now - st.last_seen >= METRIC_STALE_NANOS {
+                    if now.saturating_sub(st.last_seen) >= METRIC_STALE_NANOS {
                         // No sample for 5 minutes: the series is stale.
                         let rule = st.rule.clone();
-                        self.metric.remove(&key);
-                        let mut parts = key.splitn(3, '\0');
-                        let sub = parts.nth(1).unwrap_or("").to_string();
-                        let series = parts.next().unwrap_or("").to_string();
-                        let fp = fingerprint(&rule, &sub, "", "", &series);
+                        self.drop_metric(&key);
+                        let series = key.splitn(3, '\0').nth(2).unwrap_or("").to_string();
+                        let fp = fingerprint(&rule.id, &rule.sub, "", "", &series);
                         self.resolve(&fp, now);
                         continue;
                     }
                     let Some(Kind::Metric { for_, .. }) = self.rules.get(&st.rule).map(|r| &r.kind)
                     else {
-                        self.metric.remove(&key);
+                        self.drop_metric(&key);
                         continue;
                     };
-                    if now >= st.since + for_ {
-                        let next = st.last_seen + METRIC_STALE_NANOS;
+                    let due = st.since.saturating_add(*for_);
+                    if now >= due {
+                        let next = st.last_seen.saturating_add(METRIC_STALE_NANOS);
                         self.fire_metric(&key, now);
                         self.arm_wall(Timer::Metric { key }, next);
                     } else {
-                        let next = st.since + for_;
-                        self.arm_wall(Timer::Metric { key }, next);
+                        self.arm_wall(Timer::Metric { key }, due);
                     }
                 }
                 Timer::Started { .. } | Timer::Finished { .. } | Timer::SilenceEdge { .. } => {}
             }
         }
+        false
     }
 
     // ---- alert lifecycle ---------------------------------------------------
 
-    /// Fires (or re-fires) the alert of `f`; returns its fingerprint.
-    fn fire(&mut self, f: Fire<'_>, now: i64) -> String {
+    /// Fires (or re-fires) the alert of `f`; returns its fingerprint, or
+    /// `None` when the subscription's bound on active alerts is reached.
+    fn fire(&mut self, f: Fire<'_>, now: i64) -> Option<String> {
         let rule = f.rule;
-        let sub = rule.rule.subscription.as_str();
+        let sub = rule.sub();
         let fp = fingerprint(
             rule.id(),
             sub,
@@ -1712,7 +2109,7 @@ impl Engine {
             &f.identity,
         );
         if let Some(a) = self.alerts.get_mut(&fp) {
-            a.event_count += 1;
+            a.event_count = a.event_count.saturating_add(1);
             a.last_event_at = a.last_event_at.max(f.event_ts);
             a.annotations.insert("summary".into(), f.summary);
             for (k, v) in f.annotations {
@@ -1723,19 +2120,32 @@ impl Engine {
             a.annotations
                 .insert("last_event_timestamp".into(), opt_ts(a.last_event_at));
             if a.notified {
-                a.unnotified_events += 1;
-                let due = a.last_notified_at.unwrap_or(0) + rule.repeat_nanos;
+                a.unnotified_events = a.unnotified_events.saturating_add(1);
+                let due = a
+                    .last_notified_at
+                    .unwrap_or(0)
+                    .saturating_add(rule.repeat_nanos);
                 if now >= due {
                     self.repeat(&fp, now);
                 } else {
-                    self.fx.puts.push((keys::alert(&fp), json(&*a)));
-                    self.arm_wall(Timer::Repeat { fp: fp.clone() }, due);
+                    self.fx.puts.push((keys::alert(sub, &fp), json(&*a)));
+                    self.arm_wall(
+                        Timer::Repeat {
+                            sub: sub.to_string(),
+                            fp: fp.clone(),
+                        },
+                        due,
+                    );
                 }
             } else {
-                self.fx.puts.push((keys::alert(&fp), json(&*a)));
+                self.fx.puts.push((keys::alert(sub, &fp), json(&*a)));
                 self.try_notify(&fp, NotificationKind::Firing, now);
             }
-            return fp;
+            return Some(fp);
+        }
+        if self.counts.get(sub).map_or(0, |c| c.alerts) >= self.limits.max_alerts_per_subscription {
+            self.limited(sub, "alerts");
+            return None;
         }
         let mut labels = BTreeMap::new();
         for (k, v) in f.extra {
@@ -1795,12 +2205,8 @@ impl Engine {
             inhibited_by,
             resolve_at: None,
         };
-        self.fx.puts.push((keys::alert(&fp), json(&alert)));
-        self.alerts.insert(fp.clone(), alert);
-        *self
-            .firing_by_rule
-            .entry(rule.id().to_string())
-            .or_default() += 1;
+        self.fx.puts.push((keys::alert(sub, &fp), json(&alert)));
+        self.insert_alert(alert);
         if rule.rule_type() == RuleType::NodeHeartbeatOverdue {
             if let Some(k) = source_key {
                 self.inhibit_source(&k, &fp);
@@ -1808,22 +2214,26 @@ impl Engine {
             }
         }
         self.try_notify(&fp, NotificationKind::Firing, now);
-        fp
+        Some(fp)
     }
 
     /// A heartbeat alert for `source` started: its pipes' overdue alerts
     /// are inhibited.
     fn inhibit_source(&mut self, source: &SourceKey, by: &str) {
-        for a in self.alerts.values_mut() {
+        for fp in self.fps_of(&source.sub) {
+            let Some(a) = self.alerts.get_mut(&fp) else {
+                continue;
+            };
             if matches!(
                 a.rule_type,
                 RuleType::PumpStartedOverdue | RuleType::PumpFinishedOverdue
-            ) && a.subscription == source.sub
-                && a.source.as_deref() == Some(source.source.as_str())
+            ) && a.source.as_deref() == Some(source.source.as_str())
                 && a.inhibited_by.is_none()
             {
                 a.inhibited_by = Some(by.to_string());
-                self.fx.puts.push((keys::alert(&a.fingerprint), json(&*a)));
+                self.fx
+                    .puts
+                    .push((keys::alert(&source.sub, &fp), json(&*a)));
             }
         }
     }
@@ -1835,7 +2245,7 @@ impl Engine {
         if self.suppressed(a, now) {
             return;
         }
-        let Some(rule) = self.rules.get(&a.rule_id).cloned() else {
+        let Some(rule) = self.rules.get(&a.rule_key()).cloned() else {
             return;
         };
         let a = a.clone();
@@ -1845,11 +2255,16 @@ impl Engine {
             a.last_notified_at = Some(now);
             a.unnotified_events = 0;
             a.annotations.remove("triggered_additional");
-            self.fx.puts.push((keys::alert(fp), json(&*a)));
+            self.fx
+                .puts
+                .push((keys::alert(&a.subscription, fp), json(&*a)));
         }
         self.arm_wall(
-            Timer::Repeat { fp: fp.to_string() },
-            now + rule.repeat_nanos,
+            Timer::Repeat {
+                sub: a.subscription.clone(),
+                fp: fp.to_string(),
+            },
+            now.saturating_add(rule.repeat_nanos),
         );
     }
 
@@ -1857,22 +2272,26 @@ impl Engine {
         let Some(a) = self.alerts.get(fp) else {
             return;
         };
-        let Some(rule) = self.rules.get(&a.rule_id).cloned() else {
+        let Some(rule) = self.rules.get(&a.rule_key()).cloned() else {
             return;
         };
         if !a.notified {
             return;
         }
-        let due = a.last_notified_at.unwrap_or(0) + rule.repeat_nanos;
+        let timer = Timer::Repeat {
+            sub: a.subscription.clone(),
+            fp: fp.to_string(),
+        };
+        let due = a
+            .last_notified_at
+            .unwrap_or(0)
+            .saturating_add(rule.repeat_nanos);
         if now < due {
-            self.arm_wall(Timer::Repeat { fp: fp.to_string() }, due);
+            self.arm_wall(timer, due);
             return;
         }
         if self.suppressed(a, now) {
-            self.arm_wall(
-                Timer::Repeat { fp: fp.to_string() },
-                now + rule.repeat_nanos,
-            );
+            self.arm_wall(timer, now.saturating_add(rule.repeat_nanos));
             return;
         }
         let mut a = a.clone();
@@ -1894,16 +2313,15 @@ impl Engine {
         if let Some(stored) = self.alerts.get_mut(fp) {
             stored.last_notified_at = Some(now);
             stored.unnotified_events = 0;
-            self.fx.puts.push((keys::alert(fp), json(&*stored)));
+            self.fx
+                .puts
+                .push((keys::alert(&stored.subscription, fp), json(&*stored)));
         }
-        self.arm_wall(
-            Timer::Repeat { fp: fp.to_string() },
-            now + rule.repeat_nanos,
-        );
+        self.arm_wall(timer, now.saturating_add(rule.repeat_nanos));
     }
 
     fn resolve_pipe(&mut self, rule: &CompiledRule, key: &PipeKey, now: i64) {
-        if self.firing_by_rule.get(rule.id()).copied().unwrap_or(0) == 0 {
+        if !self.firing_by_rule.contains_key(&rule.key()) {
             return;
         }
         let fp = fingerprint(rule.id(), &key.sub, &key.source, &key.pipe, "");
@@ -1913,21 +2331,20 @@ impl Engine {
     /// Resolves the alert `fp` (if firing) and notifies its resolution
     /// when its firing was notified.
     pub fn resolve(&mut self, fp: &str, now: i64) {
-        let Some(a) = self.alerts.remove(fp) else {
+        let Some(a) = self.remove_alert(fp) else {
             return;
         };
-        self.fx.deletes.push(keys::alert(fp));
-        if let Some(n) = self.firing_by_rule.get_mut(&a.rule_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.firing_by_rule.remove(&a.rule_id);
-            }
-        }
-        self.armed.remove(&Timer::Repeat { fp: fp.to_string() });
-        self.armed
-            .remove(&Timer::PatternResolve { fp: fp.to_string() });
-        if a.notified && !self.silences.values().any(|s| s.matches(&a, now)) {
-            if let Some(rule) = self.rules.get(&a.rule_id).cloned() {
+        self.fx.deletes.push(keys::alert(&a.subscription, fp));
+        self.unarm(&Timer::Repeat {
+            sub: a.subscription.clone(),
+            fp: fp.to_string(),
+        });
+        self.unarm(&Timer::ResolveAt {
+            sub: a.subscription.clone(),
+            fp: fp.to_string(),
+        });
+        if a.notified && !self.silenced(&a, now) {
+            if let Some(rule) = self.rules.get(&a.rule_key()).cloned() {
                 self.enqueue(&rule, &a, NotificationKind::Resolved, now);
             }
         }
@@ -1941,15 +2358,16 @@ impl Engine {
                     self.heartbeat_firing.remove(&k);
                 }
                 let freed: Vec<String> = self
-                    .alerts
-                    .values()
+                    .alerts_of(&a.subscription)
                     .filter(|x| x.inhibited_by.as_deref() == Some(fp))
                     .map(|x| x.fingerprint.clone())
                     .collect();
                 for f in freed {
                     if let Some(x) = self.alerts.get_mut(&f) {
                         x.inhibited_by = None;
-                        self.fx.puts.push((keys::alert(&f), json(&*x)));
+                        self.fx
+                            .puts
+                            .push((keys::alert(&a.subscription, &f), json(&*x)));
                     }
                     self.try_notify(&f, NotificationKind::Firing, now);
                 }
@@ -2003,7 +2421,7 @@ impl Engine {
                 fingerprint: a.fingerprint.clone(),
                 kind,
                 alert: alert.clone(),
-                expires_at: now + 3 * rule.repeat_nanos,
+                expires_at: now.saturating_add(rule.repeat_nanos.saturating_mul(3)),
                 created_at: now,
                 state: DeliveryState::Pending,
                 attempts: 0,
@@ -2029,8 +2447,8 @@ fn started_deadline(rule: &CompiledRule, p: &PipeState) -> Option<i64> {
         (None, None) => p.known_since,
     };
     let expected = match (interval, &p.schedule) {
-        (Some(i), _) => base + i,
-        (None, ScheduleSpec::Interval(s)) => base + (s * 1e9) as i64,
+        (Some(i), _) => base.saturating_add(i),
+        (None, ScheduleSpec::Interval(s)) => base.saturating_add((s * 1e9) as i64),
         (None, ScheduleSpec::Cron(_)) => {
             let c = p.cron.as_ref()?;
             let after = chrono::DateTime::from_timestamp_nanos(base);
@@ -2039,17 +2457,25 @@ fn started_deadline(rule: &CompiledRule, p: &PipeState) -> Option<i64> {
         }
         (None, ScheduleSpec::Unknown | ScheduleSpec::Manual) => return None,
     };
-    Some(expected + grace)
+    Some(expected.saturating_add(grace))
 }
 
+/// A node's cron expression, if it is short, valid and fires at all.
 fn parse_cron(expr: &str) -> Option<cron::Schedule> {
     use std::str::FromStr;
+    if expr.len() > MAX_CRON_BYTES {
+        return None;
+    }
     let full = if expr.split_whitespace().count() == 5 {
         format!("0 {expr}")
     } else {
         expr.to_string()
     };
-    cron::Schedule::from_str(&full).ok()
+    let s = cron::Schedule::from_str(&full).ok()?;
+    // An expression that never fires (Feb 30th) would make every deadline
+    // computation search the calendar in vain.
+    s.upcoming(chrono::Utc).next()?;
+    Some(s)
 }
 
 /// A series identity: name and sorted labels.

@@ -7,27 +7,39 @@
 //!
 //! The collector hosts it: it passes its database (opened with the
 //! [`COLUMN_FAMILY`] column family), calls [`Notifier::on_records`] after
-//! every synced ingest commit and [`Notifier::on_samples`] for pushed
-//! metrics, and serves the API over [`Notifier`]'s methods.
+//! every synced ingest commit, [`Notifier::on_samples`] for pushed
+//! metrics and [`Notifier::on_source_conflict`] for refused sources, and
+//! serves the API over [`Notifier`]'s methods.
+//!
+//! Tenants are isolated: rule and silence ids are scoped by subscription,
+//! every input is bounded ([`Limits`]), each subscription's evaluation has
+//! a time budget, and receivers only reach destinations the egress policy
+//! allows ([`EgressPolicy`]).
 //!
 //! - `engine.rs`: rules against records, samples and timers; alert
 //!   lifecycle. Deterministic, driven by a [`Clock`].
-//! - `rule.rs`: validation of rules into typed, compiled rules.
+//! - `rule.rs`, `silence.rs`, `receiver.rs`: validation into typed,
+//!   compiled objects.
+//! - `limits.rs`: the bounds; `egress.rs`: the egress policy.
 //! - `store.rs`: the persisted layout.
 //! - `delivery.rs`: the durable queue and the HTTP calls.
 
 #![forbid(unsafe_code)]
 
 pub mod delivery;
+pub mod egress;
 pub mod engine;
+pub mod limits;
+pub mod receiver;
 pub mod rule;
+pub mod silence;
 pub mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,8 +56,12 @@ use tokio_util::task::TaskTracker;
 
 pub use delivery::DeliveryConfig;
 use delivery::Queue;
-use engine::{ActiveSilence, PipeKey, PipeState, SourceKey, SourceState};
+pub use egress::{Cidr, EgressPolicy};
 pub use engine::{Alert, DeliveryState, Engine, Notification, NotificationKind};
+use engine::{Budget, PipeKey, PipeState, SourceKey, SourceState};
+pub use limits::Limits;
+pub use rule::RuleKey;
+use silence::ActiveSilence;
 pub use store::COLUMN_FAMILY;
 use store::{keys, Db};
 
@@ -105,6 +121,9 @@ pub struct NotifierError {
     pub kind: ErrorKind,
     pub message: String,
     pub field: Option<String>,
+    /// The limit that refused the request, for `/metrics`
+    /// (`notifier_refusals_total{reason}`); `None` for other errors.
+    pub reason: Option<&'static str>,
 }
 
 impl NotifierError {
@@ -113,6 +132,7 @@ impl NotifierError {
             kind: ErrorKind::Invalid,
             message: message.into(),
             field: Some(field.into()),
+            reason: None,
         }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -120,6 +140,7 @@ impl NotifierError {
             kind: ErrorKind::NotFound,
             message: message.into(),
             field: None,
+            reason: None,
         }
     }
     pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
@@ -127,6 +148,7 @@ impl NotifierError {
             kind: ErrorKind::Forbidden,
             message: message.into(),
             field: Some(field.into()),
+            reason: None,
         }
     }
     pub fn conflict(field: &str, message: impl Into<String>) -> Self {
@@ -134,6 +156,7 @@ impl NotifierError {
             kind: ErrorKind::Conflict,
             message: message.into(),
             field: Some(field.into()),
+            reason: None,
         }
     }
     pub fn storage(message: impl Into<String>) -> Self {
@@ -141,7 +164,13 @@ impl NotifierError {
             kind: ErrorKind::Storage,
             message: message.into(),
             field: None,
+            reason: None,
         }
+    }
+    /// Marks the error as a refusal by the limit `reason`.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
     fn at(mut self, prefix: &str) -> Self {
         self.field = Some(match self.field {
@@ -163,14 +192,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn allows(&self, sub: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Subscription(s) => s == sub,
-        }
-    }
-
-    /// Fills an empty subscription with the caller's, and refuses another.
+    /// The subscription a caller names for an object: an operator's own
+    /// (an explicit other one is refused); for an admin the given one.
     fn claim(&self, field: &str, sub: &mut String) -> Result<(), NotifierError> {
         match self {
             Scope::Subscription(s) if sub.is_empty() => {
@@ -186,6 +209,24 @@ impl Scope {
                 "subscription is required for an admin token",
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// The subscription a caller means in a path lookup (`sub` from
+    /// `?subscription=`): an operator's own whatever it says; an admin's
+    /// choice (`None`: find it).
+    fn lookup<'a>(&'a self, sub: Option<&'a str>) -> Option<&'a str> {
+        match self {
+            Scope::Subscription(s) => Some(s.as_str()),
+            Scope::All => sub,
+        }
+    }
+
+    /// The subscription to count a refusal under.
+    fn label(&self, sub: &str) -> String {
+        match self {
+            Scope::Subscription(s) => s.clone(),
+            Scope::All => sub.to_string(),
         }
     }
 }
@@ -205,6 +246,10 @@ pub struct NotifierConfig {
     /// Base URL of the collector as operators reach it (links in payloads).
     pub external_url: String,
     pub delivery: DeliveryConfig,
+    /// Bounds on what tenants store and make the notifier do.
+    pub limits: Limits,
+    /// Where receivers may send (`--egress-allow`).
+    pub egress: EgressPolicy,
 }
 
 impl Default for NotifierConfig {
@@ -212,8 +257,19 @@ impl Default for NotifierConfig {
         NotifierConfig {
             external_url: "http://127.0.0.1:3100".into(),
             delivery: DeliveryConfig::default(),
+            limits: Limits::default(),
+            egress: EgressPolicy::default(),
         }
     }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[derive(Debug, Default, Clone)]
@@ -221,12 +277,20 @@ struct Metrics {
     records: Counter,
     samples: Counter,
     evaluation_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    sent: Family<Vec<(String, String)>, Counter>,
+    sent: Family<Labels, Counter>,
     retries: Counter,
     alerts_firing: Gauge,
     queue_pending: Gauge,
     rules: Gauge,
     errors: Counter,
+    /// API requests refused, by reason and subscription.
+    refusals: Family<Labels, Counter>,
+    /// Records not evaluated: the subscription was over its budget.
+    skipped: Family<Labels, Counter>,
+    /// State not kept: a per-subscription bound was reached.
+    limited: Family<Labels, Counter>,
+    /// Deliveries refused by the egress policy, by subscription.
+    egress_refused: Family<Labels, Counter>,
 }
 
 #[derive(Debug)]
@@ -241,10 +305,17 @@ struct Inner {
     wake_timer: tokio::sync::Notify,
     client: reqwest::Client,
     config: NotifierConfig,
+    policy: egress::SharedPolicy,
     metrics: Metrics,
     /// Metric names watched by `metric_threshold` rules, per subscription:
     /// lets the metrics ingest skip building samples nobody evaluates.
     metric_watch: std::sync::RwLock<HashMap<String, HashSet<String>>>,
+    /// When a (subscription, reason) warning was last logged: one line a
+    /// minute at most. Short critical sections.
+    warned: Mutex<HashMap<(String, &'static str), Instant>>,
+    /// Notifications finished per subscription since its history was
+    /// last pruned. Short critical sections.
+    finished: Mutex<HashMap<String, u64>>,
 }
 
 /// The notifier. Cheap to clone.
@@ -284,18 +355,30 @@ fn random_id(prefix: &str) -> String {
     format!("{prefix}-{n:016x}")
 }
 
+/// Finished notifications of a subscription between history prunes.
+const PRUNE_EVERY: u64 = 100;
+
 impl Notifier {
     /// Opens the notifier over `db` (which has [`COLUMN_FAMILY`]) and
-    /// restores its state. Call [`Notifier::start`] to run its timers and
-    /// deliveries.
+    /// restores its state (migrating an older layout first). Call
+    /// [`Notifier::start`] to run its timers and deliveries.
     pub fn open(
         db: Arc<rocksdb::DB>,
         config: NotifierConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Notifier, NotifierError> {
         let db = Db::new(db)?;
+        let moved = db.migrate()?;
+        if moved > 0 {
+            tracing::info!(
+                entries = moved,
+                "notifier state migrated to layout {}",
+                store::LAYOUT
+            );
+        }
         let now = clock.now();
-        let mut engine = Engine::new(config.external_url.clone(), now);
+        let limits = config.limits.clone();
+        let mut engine = Engine::new(config.external_url.clone(), now, limits.clone());
         for (k, v) in db.scan(keys::RECEIVERS)? {
             if let Some(r) = parse::<Receiver>(&k, &v) {
                 engine
@@ -307,7 +390,7 @@ impl Notifier {
             let Some(r) = parse::<NotificationRule>(&k, &v) else {
                 continue;
             };
-            match rule::compile(r) {
+            match rule::compile(r, &limits) {
                 Ok(c) => engine.set_rule(Arc::new(c), now),
                 Err(e) => {
                     tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "stored rule no longer valid; skipped")
@@ -315,9 +398,13 @@ impl Notifier {
             }
         }
         for (k, v) in db.scan(keys::SILENCES)? {
-            if let Some(s) = parse::<Silence>(&k, &v) {
-                if let Ok(a) = ActiveSilence::compile(s) {
-                    engine.silences.insert(a.silence.id.clone(), a);
+            let Some(s) = parse::<Silence>(&k, &v) else {
+                continue;
+            };
+            match ActiveSilence::compile(s, None, &limits) {
+                Ok(a) => engine.set_silence(a, now),
+                Err(e) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "stored silence no longer valid; skipped")
                 }
             }
         }
@@ -362,9 +449,15 @@ impl Notifier {
         for n in fx.notifications {
             queue.push(n);
         }
+        let policy: egress::SharedPolicy = Arc::new(std::sync::RwLock::new(config.egress.clone()));
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("sesam-notifier/", env!("CARGO_PKG_VERSION")))
+            // The egress policy is enforced on the connected address: a
+            // redirect or a proxy would connect somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(egress::EgressResolver::new(policy.clone())))
             .build()
             .map_err(|e| NotifierError::storage(format!("HTTP client: {e}")))?;
         let metrics = Metrics::default();
@@ -382,10 +475,27 @@ impl Notifier {
                 wake_timer: tokio::sync::Notify::new(),
                 client,
                 config,
+                policy,
                 metrics,
                 metric_watch: std::sync::RwLock::new(watch),
+                warned: Mutex::new(HashMap::new()),
+                finished: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Tells the egress policy where the collector listens (it never
+    /// sends notifications to itself).
+    pub fn set_own_address(&self, addr: std::net::SocketAddr) {
+        self.inner
+            .policy
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .own_address = Some(addr);
+    }
+
+    fn policy(&self) -> EgressPolicy {
+        egress::read(&self.inner.policy)
     }
 
     /// Whether a `metric_threshold` rule of `subscription` watches `name`.
@@ -451,10 +561,61 @@ impl Notifier {
             "Failed writes of notifier state",
             m.errors.clone(),
         );
+        registry.register(
+            "notifier_refusals",
+            "API requests refused by a limit (or as invalid), by reason and subscription",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_skipped_records",
+            "Records not evaluated because their subscription used up its evaluation budget, by subscription",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "notifier_limited",
+            "State not kept because a per-subscription bound was reached, by reason and subscription",
+            m.limited.clone(),
+        );
+        registry.register(
+            "notifier_egress_refused",
+            "Deliveries refused by the egress policy, by subscription",
+            m.egress_refused.clone(),
+        );
     }
 
     pub fn now(&self) -> i64 {
         self.inner.clock.now()
+    }
+
+    /// Logs a warning about `sub` at most once a minute per `reason`.
+    fn warn_throttled(&self, sub: &str, reason: &'static str, message: &str) {
+        let mut w = lock(&self.inner.warned);
+        let now = Instant::now();
+        let key = (sub.to_string(), reason);
+        if w.get(&key)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        if w.len() > 10_000 {
+            w.clear();
+        }
+        w.insert(key, now);
+        drop(w);
+        tracing::warn!(subscription = %sub, reason, "{message}");
+    }
+
+    /// Counts an API refusal under its reason and `sub`.
+    fn refused(&self, sub: &str, e: &NotifierError) {
+        if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Storage) {
+            return;
+        }
+        let reason = e.reason.unwrap_or("invalid");
+        self.inner
+            .metrics
+            .refusals
+            .get_or_create(&labels(&[("reason", reason), ("subscription", sub)]))
+            .inc();
     }
 
     /// Runs `f` on the engine, then writes its effects and queues its
@@ -475,7 +636,7 @@ impl Notifier {
         sync: bool,
         f: impl FnOnce(&mut Engine, i64) -> T,
     ) -> Result<T, NotifierError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let now = self.inner.clock.now();
         let mut engine = lock(&self.inner.engine);
         let before = engine.next_deadline();
@@ -483,6 +644,27 @@ impl Notifier {
         let mut fx = engine.take_effects();
         if sync && !fx.notifications.is_empty() {
             fx.sync = true;
+        }
+        // A subscription whose queue is full gets its new notifications
+        // recorded as failed at once (they stay in its history).
+        let mut overflow = Vec::new();
+        {
+            let q = lock(&self.inner.queue);
+            let max = self.inner.config.limits.max_pending_per_subscription;
+            let mut adding: HashMap<&str, usize> = HashMap::new();
+            for n in &mut fx.notifications {
+                let k = adding.entry(n.subscription.as_str()).or_default();
+                if q.pending_of(&n.subscription) + *k >= max {
+                    n.state = DeliveryState::Failed;
+                    n.finished_at = Some(now);
+                    n.last_error = Some(format!(
+                        "not sent: the subscription's notification queue is full ({max} pending)"
+                    ));
+                    overflow.push(n.subscription.clone());
+                } else {
+                    *k += 1;
+                }
+            }
         }
         let written = self.inner.db.apply(&fx, engine.next_notification);
         let after = engine.next_deadline();
@@ -492,14 +674,34 @@ impl Notifier {
         m.rules.set(rules as i64);
         m.alerts_firing.set(firing as i64);
         m.evaluation_seconds.inc_by(started.elapsed().as_secs_f64());
+        for (sub, what) in fx
+            .limited
+            .iter()
+            .map(|(s, w)| (s.as_str(), *w))
+            .chain(overflow.iter().map(|s| (s.as_str(), "queue_full")))
+        {
+            m.limited
+                .get_or_create(&labels(&[("reason", what), ("subscription", sub)]))
+                .inc();
+            self.warn_throttled(
+                sub,
+                what,
+                &format!("notifier state not kept: the subscription reached its bound on {what}"),
+            );
+        }
         if let Err(e) = written {
             m.errors.inc();
             tracing::error!(error = %e, "notifier state write failed");
             return Err(e);
         }
-        if !fx.notifications.is_empty() {
+        let queued: Vec<Notification> = fx
+            .notifications
+            .into_iter()
+            .filter(|n| n.state == DeliveryState::Pending)
+            .collect();
+        if !queued.is_empty() {
             let mut q = lock(&self.inner.queue);
-            for n in fx.notifications {
+            for n in queued {
                 q.push(n);
             }
             m.queue_pending.set(q.pending.len() as i64);
@@ -512,10 +714,29 @@ impl Notifier {
         Ok(out)
     }
 
-    /// Evaluates records just stored by the collector.
+    /// Evaluates records just stored by the collector. Each subscription
+    /// gets the evaluation budget ([`Limits::eval_budget`]) in this call;
+    /// its records beyond it are not evaluated against its rules (counted
+    /// in `notifier_evaluation_skipped_records_total` and logged).
     pub fn on_records(&self, records: &[Record]) {
         self.inner.metrics.records.inc_by(records.len() as u64);
-        let _ = self.evaluate(false, |e, now| e.on_records(records, now));
+        let mut budget = Budget::new(self.inner.config.limits.eval_budget);
+        let _ = self.evaluate(false, |e, now| e.on_records(records, now, &mut budget));
+        for (sub, n) in &budget.skipped {
+            self.inner
+                .metrics
+                .skipped
+                .get_or_create(&labels(&[("subscription", sub)]))
+                .inc_by(*n);
+            self.warn_throttled(
+                sub,
+                "eval_budget",
+                &format!(
+                    "{n} records not evaluated against the subscription's rules: its rules used up the evaluation budget of {} (--notifier-eval-budget); reduce or simplify them",
+                    limits::human(self.inner.config.limits.eval_budget)
+                ),
+            );
+        }
     }
 
     /// Evaluates pushed metric samples of `subscription`.
@@ -524,15 +745,49 @@ impl Notifier {
         let _ = self.evaluate(false, |e, now| e.on_samples(subscription, samples, now));
     }
 
-    /// Forgets everything of a terminated subscription.
+    /// The collector refused records of `source` of `subscription`: two
+    /// outbox epochs write it, or a seq was re-sent with different content
+    /// (`detail` says which). `source_conflict` rules fire.
+    pub fn on_source_conflict(&self, subscription: &str, source: &str, detail: &str) {
+        let _ = self.with_engine(|e, now| e.on_source_conflict(subscription, source, detail, now));
+    }
+
+    /// Forgets everything of a terminated subscription: rules, receivers,
+    /// silences, alerts, pipe and source state, timers, windows, metric
+    /// series, the delivery queue and the notification history, in memory
+    /// and on disk.
     pub fn purge(&self, subscription: &str) {
-        let _ = self.with_engine(|e, _| e.purge(subscription));
+        let mut engine = lock(&self.inner.engine);
+        engine.purge(subscription);
+        let fx = engine.take_effects();
+        if let Err(e) = self.inner.db.apply(&fx, engine.next_notification) {
+            tracing::error!(error = %e, "notifier state write failed");
+        }
+        {
+            // Under the queue lock: a delivery that ends now finds its
+            // notification gone and writes nothing back.
+            let mut q = lock(&self.inner.queue);
+            q.purge(subscription);
+            self.inner.metrics.queue_pending.set(q.pending.len() as i64);
+            if let Err(e) = self.inner.db.purge(subscription) {
+                self.inner.metrics.errors.inc();
+                tracing::error!(subscription, error = %e, "notifier purge failed");
+            }
+        }
+        drop(engine);
+        lock(&self.inner.finished).remove(subscription);
         self.refresh_metric_watch();
     }
 
-    /// Runs the timers due at the clock's now.
+    /// Runs the timers due at the clock's now (in rounds of bounded work,
+    /// releasing the engine lock in between).
     pub fn tick(&self) {
-        let _ = self.with_engine(|e, now| e.tick(now));
+        loop {
+            match self.with_engine(|e, now| e.tick(now)) {
+                Ok(true) => continue,
+                _ => return,
+            }
+        }
     }
 
     /// Starts the timer and delivery tasks on `tracker`.
@@ -550,7 +805,8 @@ impl Notifier {
             let now = self.inner.clock.now();
             let wait = match next {
                 Some(t) if t <= now => Duration::ZERO,
-                Some(t) => Duration::from_nanos((t - now) as u64).min(Duration::from_secs(1)),
+                Some(t) => Duration::from_nanos(t.saturating_sub(now).unsigned_abs())
+                    .min(Duration::from_secs(1)),
                 None => Duration::from_secs(1),
             };
             tokio::select! {
@@ -558,18 +814,26 @@ impl Notifier {
                 _ = self.inner.wake_timer.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            self.tick();
+            // Timers write RocksDB: off the async workers.
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.tick()).await;
         }
     }
 
     async fn delivery_loop(self, shutdown: CancellationToken) {
         let cfg = self.inner.config.delivery.clone();
+        let per_sub = self
+            .inner
+            .config
+            .limits
+            .max_in_flight_per_subscription
+            .max(1);
         let in_flight = TaskTracker::new();
         loop {
             let (due, next) = {
                 let mut q = lock(&self.inner.queue);
                 let room = cfg.concurrency.saturating_sub(q.in_flight.len());
-                q.due(room)
+                q.due(room, per_sub)
             };
             for n in due {
                 let me = self.clone();
@@ -608,23 +872,29 @@ impl Notifier {
             receiver,
             &n,
             &self.inner.config.external_url,
+            &self.policy(),
         )
         .await;
-        let cfg = &self.inner.config.delivery;
+        let cfg = self.inner.config.delivery.clone();
         let now = self.inner.clock.now();
         let finished = delivery::record_outcome(&mut n, &outcome, now, cfg.max_age);
         let m = &self.inner.metrics;
         match &outcome {
             delivery::Attempt::Delivered => {
-                tracing::debug!(id = n.id, receiver = %n.receiver, "notification delivered")
+                tracing::debug!(id = n.id, subscription = %n.subscription, receiver = %n.receiver, "notification delivered")
             }
-            delivery::Attempt::Retry(e) if !finished => {
+            delivery::Attempt::Retry { detail, .. } if !finished => {
                 m.retries.inc();
-                tracing::warn!(id = n.id, receiver = %n.receiver, attempts = n.attempts, error = %e, "notification delivery failed; will retry");
+                tracing::warn!(id = n.id, subscription = %n.subscription, receiver = %n.receiver, attempts = n.attempts, error = %detail, "notification delivery failed; will retry");
             }
-            delivery::Attempt::Retry(e) | delivery::Attempt::Fail(e) => {
-                tracing::error!(id = n.id, receiver = %n.receiver, error = %e, "notification failed")
+            delivery::Attempt::Retry { detail, .. } | delivery::Attempt::Fail { detail, .. } => {
+                tracing::error!(id = n.id, subscription = %n.subscription, receiver = %n.receiver, error = %detail, "notification failed")
             }
+        }
+        if outcome.refused() {
+            m.egress_refused
+                .get_or_create(&labels(&[("subscription", &n.subscription)]))
+                .inc();
         }
         if finished {
             let outcome = match n.state {
@@ -632,36 +902,65 @@ impl Notifier {
                 _ => "failed",
             };
             m.sent
-                .get_or_create(&vec![
-                    ("receiver_type".into(), rtype.into()),
-                    ("outcome".into(), outcome.into()),
-                ])
+                .get_or_create(&labels(&[("receiver_type", rtype), ("outcome", outcome)]))
                 .inc();
         }
-        // Persist the outcome, then update the queue.
-        let value = serde_json::to_vec(&n).unwrap_or_default();
-        if let Err(e) = self.inner.db.put(&keys::notification(n.id), &value, false) {
-            m.errors.inc();
-            tracing::error!(error = %e, "notification status write failed");
-        }
-        let prune = {
-            let mut q = lock(&self.inner.queue);
-            q.in_flight.remove(&n.id);
-            if finished {
-                q.pending.remove(&n.id);
-            } else if let Some(e) = q.pending.get_mut(&n.id) {
-                e.next_at = tokio::time::Instant::now() + delivery::backoff(cfg, n.attempts);
-                e.n = n.clone();
-            }
-            m.queue_pending.set(q.pending.len() as i64);
-            let oldest_pending = q.pending.keys().next().copied().unwrap_or(u64::MAX);
-            (finished && n.id.is_multiple_of(1000))
-                .then(|| n.id.saturating_sub(cfg.history_keep).min(oldest_pending))
-        };
-        if let Some(below) = prune.filter(|b| *b > 0) {
-            let _ = self.inner.db.prune_notifications(below);
+        // Persist the outcome (off the async workers), then update the
+        // queue; a notification purged meanwhile is not written back.
+        let me = self.clone();
+        let done = n.clone();
+        let prune = tokio::task::spawn_blocking(move || me.land(done, finished))
+            .await
+            .unwrap_or(None);
+        if let Some((sub, oldest_pending)) = prune {
+            let me = self.clone();
+            let keep = cfg.history_keep;
+            let _ = tokio::task::spawn_blocking(move || {
+                me.inner.db.prune_history(&sub, keep, oldest_pending)
+            })
+            .await;
         }
         self.inner.wake_delivery.notify_one();
+    }
+
+    /// Records the outcome of a delivery of `n`; returns the subscription
+    /// and its oldest pending id when its history is due for pruning.
+    fn land(&self, n: Notification, finished: bool) -> Option<(String, u64)> {
+        let cfg = &self.inner.config.delivery;
+        let mut q = lock(&self.inner.queue);
+        q.landed(&n);
+        if !q.pending.contains_key(&n.id) {
+            return None;
+        }
+        let value = serde_json::to_vec(&n).unwrap_or_default();
+        if let Err(e) = self
+            .inner
+            .db
+            .put(&keys::notification(&n.subscription, n.id), &value, false)
+        {
+            self.inner.metrics.errors.inc();
+            tracing::error!(error = %e, "notification status write failed");
+        }
+        if finished {
+            q.remove(n.id);
+        } else if let Some(e) = q.pending.get_mut(&n.id) {
+            e.next_at = tokio::time::Instant::now() + delivery::backoff(cfg, n.attempts);
+            e.n = n.clone();
+        }
+        self.inner.metrics.queue_pending.set(q.pending.len() as i64);
+        if !finished {
+            return None;
+        }
+        let oldest = q.oldest_pending_of(&n.subscription);
+        drop(q);
+        let mut f = lock(&self.inner.finished);
+        let c = f.entry(n.subscription.clone()).or_default();
+        *c += 1;
+        if *c < PRUNE_EVERY {
+            return None;
+        }
+        *c = 0;
+        Some((n.subscription, oldest))
     }
 
     // ---- rules ---------------------------------------------------------------
@@ -681,31 +980,75 @@ impl Notifier {
         json!({ "types": types })
     }
 
-    pub fn rules(&self, scope: &Scope) -> Vec<NotificationRule> {
-        lock(&self.inner.engine)
-            .rules
-            .values()
-            .filter(|r| scope.allows(&r.rule.subscription))
-            .map(|r| r.rule.clone())
-            .collect()
+    /// The rules `scope` may see (an admin may narrow to `sub`).
+    pub fn rules(&self, scope: &Scope, sub: Option<&str>) -> Vec<NotificationRule> {
+        let e = lock(&self.inner.engine);
+        match scope.lookup(sub) {
+            Some(s) => e.rules_of(s).map(|r| r.rule.clone()).collect(),
+            None => e.rules.values().map(|r| r.rule.clone()).collect(),
+        }
     }
 
-    pub fn rule(&self, scope: &Scope, id: &str) -> Result<NotificationRule, NotifierError> {
-        lock(&self.inner.engine)
-            .rules
-            .get(id)
-            .filter(|r| scope.allows(&r.rule.subscription))
+    /// The key of rule `id` as `scope` means it: its own subscription, or
+    /// for an admin `sub` or the only subscription that has such a rule.
+    fn find_rule(
+        e: &Engine,
+        scope: &Scope,
+        sub: Option<&str>,
+        id: &str,
+    ) -> Result<RuleKey, NotifierError> {
+        let missing = || NotifierError::not_found(format!("no notification rule {id:?}"));
+        if let Some(s) = scope.lookup(sub) {
+            let k = RuleKey::new(s, id);
+            return e.rules.contains_key(&k).then_some(k).ok_or_else(missing);
+        }
+        let found: Vec<&RuleKey> = e.rules.keys().filter(|k| k.id == id).take(2).collect();
+        match found.as_slice() {
+            [k] => Ok((*k).clone()),
+            [] => Err(missing()),
+            _ => Err(NotifierError::invalid(
+                "subscription",
+                format!("several subscriptions have a rule {id:?}; give ?subscription="),
+            )),
+        }
+    }
+
+    pub fn rule(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        id: &str,
+    ) -> Result<NotificationRule, NotifierError> {
+        let e = lock(&self.inner.engine);
+        let k = Self::find_rule(&e, scope, sub, id)?;
+        e.rules
+            .get(&k)
             .map(|r| r.rule.clone())
             .ok_or_else(|| NotifierError::not_found(format!("no notification rule {id:?}")))
     }
 
     /// Creates (`id` None: POST) or replaces (`id` Some: PUT) a rule.
     /// Returns the stored rule, warnings, and whether it was created.
+    /// Compiles regexes: call it off the async workers.
     pub fn put_rule(
         &self,
         scope: &Scope,
         id: Option<&str>,
         mut rule: NotificationRule,
+    ) -> Result<(NotificationRule, Vec<String>, bool), NotifierError> {
+        let label = scope.label(&rule.subscription);
+        let r = self.put_rule_inner(scope, id, &mut rule);
+        if let Err(e) = &r {
+            self.refused(&label, e);
+        }
+        r
+    }
+
+    fn put_rule_inner(
+        &self,
+        scope: &Scope,
+        id: Option<&str>,
+        rule: &mut NotificationRule,
     ) -> Result<(NotificationRule, Vec<String>, bool), NotifierError> {
         scope.claim("subscription", &mut rule.subscription)?;
         if rule.params.is_null() {
@@ -722,26 +1065,30 @@ impl Notifier {
             None if rule.id.is_empty() => rule.id = random_id("rule"),
             None => {}
         }
-        let compiled = Arc::new(rule::compile(rule)?);
+        let limits = &self.inner.config.limits;
+        let compiled = Arc::new(rule::compile(rule.clone(), limits)?);
         let rule = compiled.rule.clone();
-        let key = keys::rule(&rule.id);
+        let key = keys::rule(&rule.subscription, &rule.id);
         let value = serde_json::to_vec(&rule).unwrap_or_default();
         let r = rule.clone();
-        self.with_engine(move |e, now| {
-            let existing = e.rules.get(&r.id).cloned();
-            if let Some(old) = &existing {
-                if !scope.allows(&old.rule.subscription) {
-                    return Err(NotifierError::forbidden(
-                        "id",
-                        format!("rule {:?} belongs to another subscription", r.id),
-                    ));
-                }
-                if id.is_none() {
-                    return Err(NotifierError::conflict(
-                        "id",
-                        format!("a rule with id {:?} exists; PUT to replace it", r.id),
-                    ));
-                }
+        let max_rules = limits.max_rules_per_subscription;
+        let (warnings, created) = self.with_engine(move |e, now| {
+            let exists = e.rules.contains_key(&compiled.key());
+            if exists && id.is_none() {
+                return Err(NotifierError::conflict(
+                    "id",
+                    format!("a rule with id {:?} exists; PUT to replace it", r.id),
+                ));
+            }
+            if !exists && e.rule_count(&r.subscription) >= max_rules {
+                return Err(NotifierError::invalid(
+                    "id",
+                    format!(
+                        "subscription {:?} has {max_rules} rules, the limit (--max-rules-per-subscription)",
+                        r.subscription
+                    ),
+                )
+                .with_reason("rules"));
             }
             for (i, name) in r.receivers.iter().enumerate() {
                 if !e
@@ -775,26 +1122,24 @@ impl Notifier {
             }
             e.persist(key, value);
             e.set_rule(compiled, now);
-            Ok((warnings, existing.is_none()))
-        })?
-        .map(|(w, created)| {
-            self.refresh_metric_watch();
-            (rule, w, created)
-        })
+            Ok((warnings, !exists))
+        })??;
+        self.refresh_metric_watch();
+        Ok((rule, warnings, created))
     }
 
-    pub fn delete_rule(&self, scope: &Scope, id: &str) -> Result<(), NotifierError> {
+    /// Deletes a rule (resolving its alerts). Writes RocksDB: call it off
+    /// the async workers.
+    pub fn delete_rule(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        id: &str,
+    ) -> Result<(), NotifierError> {
         self.with_engine(|e, now| {
-            match e.rules.get(id) {
-                Some(r) if scope.allows(&r.rule.subscription) => {}
-                _ => {
-                    return Err(NotifierError::not_found(format!(
-                        "no notification rule {id:?}"
-                    )))
-                }
-            }
-            e.remove_rule(id, now);
-            e.forget(keys::rule(id));
+            let k = Self::find_rule(e, scope, sub, id)?;
+            e.remove_rule(&k, now);
+            e.forget(keys::rule(&k.sub, &k.id));
             Ok(())
         })??;
         self.refresh_metric_watch();
@@ -811,11 +1156,12 @@ impl Notifier {
         r
     }
 
-    pub fn receivers(&self, scope: &Scope) -> Vec<Receiver> {
+    pub fn receivers(&self, scope: &Scope, sub: Option<&str>) -> Vec<Receiver> {
+        let want = scope.lookup(sub);
         lock(&self.inner.engine)
             .receivers
             .values()
-            .filter(|r| scope.allows(&r.subscription))
+            .filter(|r| want.is_none_or(|s| s == r.subscription))
             .map(Self::masked)
             .collect()
     }
@@ -827,13 +1173,10 @@ impl Notifier {
         name: &str,
     ) -> Result<Receiver, NotifierError> {
         let e = lock(&self.inner.engine);
+        let want = scope.lookup(sub);
         e.receivers
             .values()
-            .find(|r| {
-                r.name == name
-                    && scope.allows(&r.subscription)
-                    && sub.is_none_or(|s| s == r.subscription)
-            })
+            .find(|r| r.name == name && want.is_none_or(|s| s == r.subscription))
             .map(Self::masked)
             .ok_or_else(|| NotifierError::not_found(format!("no receiver {name:?}")))
     }
@@ -845,6 +1188,20 @@ impl Notifier {
         name: &str,
         mut r: Receiver,
     ) -> Result<(Receiver, bool), NotifierError> {
+        let label = scope.label(&r.subscription);
+        let out = self.put_receiver_inner(scope, name, &mut r);
+        if let Err(e) = &out {
+            self.refused(&label, e);
+        }
+        out
+    }
+
+    fn put_receiver_inner(
+        &self,
+        scope: &Scope,
+        name: &str,
+        r: &mut Receiver,
+    ) -> Result<(Receiver, bool), NotifierError> {
         rule::check_id("name", name)?;
         if !r.name.is_empty() && r.name != name {
             return Err(NotifierError::invalid(
@@ -854,27 +1211,8 @@ impl Notifier {
         }
         r.name = name.to_string();
         scope.claim("subscription", &mut r.subscription)?;
-        rule::check_name("subscription", &r.subscription)?;
-        let url = reqwest::Url::parse(&r.url)
-            .map_err(|e| NotifierError::invalid("url", format!("{:?}: {e}", r.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(NotifierError::invalid(
-                "url",
-                format!("{:?} must be an http or https URL with a host", r.url),
-            ));
-        }
-        if r.timeout.0.is_zero() || r.timeout.0 > Duration::from_secs(300) {
-            return Err(NotifierError::invalid(
-                "timeout",
-                "timeout must be between 1ms and 5m",
-            ));
-        }
-        if r.secret.is_some() && r.receiver_type != ReceiverType::Webhook {
-            return Err(NotifierError::invalid(
-                "secret",
-                "a signing secret applies to webhook receivers only",
-            ));
-        }
+        let limits = &self.inner.config.limits;
+        receiver::validate(r, limits, &self.policy())?;
         if r.secret.as_deref() == Some("<set>") {
             // A masked secret sent back: keep the stored one.
             let e = lock(&self.inner.engine);
@@ -883,14 +1221,27 @@ impl Notifier {
                 .get(&(r.subscription.clone(), r.name.clone()))
                 .and_then(|old| old.secret.clone());
         }
+        let r = r.clone();
         let value = serde_json::to_vec(&r).unwrap_or_default();
         let masked = Self::masked(&r);
+        let max = limits.max_receivers_per_subscription;
         let created = self.with_engine(|e, _| {
+            let key = (r.subscription.clone(), r.name.clone());
+            let exists = e.receivers.contains_key(&key);
+            if !exists && e.receiver_count(&r.subscription) >= max {
+                return Err(NotifierError::invalid(
+                    "name",
+                    format!(
+                        "subscription {:?} has {max} receivers, the limit (--max-receivers-per-subscription)",
+                        r.subscription
+                    ),
+                )
+                .with_reason("receivers"));
+            }
             e.persist(keys::receiver(&r.subscription, &r.name), value);
-            e.receivers
-                .insert((r.subscription.clone(), r.name.clone()), r)
-                .is_none()
-        })?;
+            e.receivers.insert(key, r);
+            Ok(!exists)
+        })??;
         Ok((masked, created))
     }
 
@@ -900,18 +1251,19 @@ impl Notifier {
         sub: Option<&str>,
         name: &str,
     ) -> Result<(), NotifierError> {
+        let want = scope.lookup(sub);
         self.with_engine(|e, _| {
             let key = e
                 .receivers
                 .keys()
-                .find(|(s, n)| n == name && scope.allows(s) && sub.is_none_or(|x| x == s))
+                .find(|(s, n)| n == name && want.is_none_or(|x| x == s))
                 .cloned()
                 .ok_or_else(|| NotifierError::not_found(format!("no receiver {name:?}")))?;
             let users: Vec<String> = e
-                .rules
-                .values()
-                .filter(|r| r.rule.subscription == key.0 && r.rule.receivers.contains(&key.1))
+                .rules_of(&key.0)
+                .filter(|r| r.rule.receivers.contains(&key.1))
                 .map(|r| r.id().to_string())
+                .take(20)
                 .collect();
             if !users.is_empty() {
                 return Err(NotifierError::conflict(
@@ -927,64 +1279,93 @@ impl Notifier {
 
     // ---- silences ----------------------------------------------------------
 
-    pub fn silences(&self, scope: &Scope) -> Vec<Value> {
+    pub fn silences(&self, scope: &Scope, sub: Option<&str>) -> Vec<Value> {
         let e = lock(&self.inner.engine);
         let now = self.inner.clock.now();
+        let want = scope.lookup(sub);
         e.silences
             .values()
-            .filter(|s| scope.allows(&s.silence.subscription))
+            .filter(|s| want.is_none_or(|w| w == s.silence.subscription))
             .map(|s| {
-                let state = if now < s.starts {
-                    "pending"
-                } else if now < s.ends {
-                    "active"
-                } else {
-                    "expired"
-                };
                 let mut v = serde_json::to_value(&s.silence).unwrap_or(Value::Null);
-                v["status"] = json!({ "state": state });
+                v["status"] = json!({ "state": s.state(now) });
                 v
             })
             .collect()
     }
 
+    /// `POST /api/v1/silences`: creates, or replaces the silence with the
+    /// same id in the subscription. Compiles regexes: call it off the
+    /// async workers.
     pub fn create_silence(&self, scope: &Scope, mut s: Silence) -> Result<Value, NotifierError> {
+        let label = scope.label(&s.subscription);
+        let out = self.create_silence_inner(scope, &mut s);
+        if let Err(e) = &out {
+            self.refused(&label, e);
+        }
+        out
+    }
+
+    fn create_silence_inner(&self, scope: &Scope, s: &mut Silence) -> Result<Value, NotifierError> {
         scope.claim("subscription", &mut s.subscription)?;
         rule::check_name("subscription", &s.subscription)?;
         if s.id.is_empty() {
             s.id = random_id("silence");
-        } else {
-            rule::check_id("id", &s.id)?;
         }
+        let now = self.inner.clock.now();
         if s.starts_at.is_empty() {
-            s.starts_at = rfc3339_from_nanos(self.inner.clock.now());
+            s.starts_at = rfc3339_from_nanos(now);
         }
-        let active = ActiveSilence::compile(s.clone())?;
-        let value = serde_json::to_vec(&s).unwrap_or_default();
+        let limits = &self.inner.config.limits;
+        let active = ActiveSilence::compile(s.clone(), Some(now), limits)?;
+        let value = serde_json::to_vec(&*s).unwrap_or_default();
+        let (sub, id) = (s.subscription.clone(), s.id.clone());
+        let max = limits.max_silences_per_subscription;
         self.with_engine(|e, now| {
-            if let Some(old) = e.silences.get(&s.id) {
-                if !scope.allows(&old.silence.subscription) {
-                    return Err(NotifierError::forbidden(
-                        "id",
-                        "silence belongs to another subscription",
-                    ));
-                }
+            let exists = e.silences.contains_key(&(sub.clone(), id.clone()));
+            if !exists && e.silence_count(&sub) >= max {
+                return Err(NotifierError::invalid(
+                    "id",
+                    format!(
+                        "subscription {sub:?} has {max} silences, the limit (--max-silences-per-subscription); delete expired ones"
+                    ),
+                )
+                .with_reason("silences"));
             }
-            e.persist(keys::silence(&s.id), value);
+            e.persist(keys::silence(&sub, &id), value);
             e.set_silence(active, now);
             Ok(())
         })??;
         Ok(json!({ "silenceID": s.id }))
     }
 
-    pub fn delete_silence(&self, scope: &Scope, id: &str) -> Result<(), NotifierError> {
+    pub fn delete_silence(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        id: &str,
+    ) -> Result<(), NotifierError> {
+        let want = scope.lookup(sub);
         self.with_engine(|e, now| {
-            match e.silences.get(id) {
-                Some(s) if scope.allows(&s.silence.subscription) => {}
-                _ => return Err(NotifierError::not_found(format!("no silence {id:?}"))),
-            }
-            e.remove_silence(id, now);
-            e.forget(keys::silence(id));
+            let found: Vec<(String, String)> = e
+                .silences
+                .keys()
+                .filter(|(s, i)| i == id && want.is_none_or(|w| w == s))
+                .take(2)
+                .cloned()
+                .collect();
+            let key = match found.as_slice() {
+                [k] => k.clone(),
+                [] => return Err(NotifierError::not_found(format!("no silence {id:?}"))),
+                _ => {
+                    return Err(NotifierError::invalid(
+                        "subscription",
+                        format!("several subscriptions have a silence {id:?}; give ?subscription="),
+                    ))
+                }
+            };
+            e.remove_silence(&key, now);
+            e.forget(keys::silence(&key.0, &key.1));
             Ok(())
         })?
     }
@@ -992,13 +1373,16 @@ impl Notifier {
     // ---- alerts and history ------------------------------------------------
 
     /// `GET /api/v1/alerts`: active alerts with why they are quiet, if so.
-    pub fn alerts(&self, scope: &Scope) -> Vec<Value> {
+    pub fn alerts(&self, scope: &Scope, sub: Option<&str>) -> Vec<Value> {
         let e = lock(&self.inner.engine);
         let now = self.inner.clock.now();
-        let mut out: Vec<(i64, Value)> = e
-            .alerts
-            .values()
-            .filter(|a| scope.allows(&a.subscription))
+        let want = scope.lookup(sub);
+        let list: Vec<&Alert> = match want {
+            Some(s) => e.alerts_of(s).collect(),
+            None => e.alerts.values().collect(),
+        };
+        let mut out: Vec<(i64, Value)> = list
+            .into_iter()
             .map(|a| {
                 let silenced_by = e.silenced_by(a, now);
                 let inhibited = a.inhibited_by.as_ref().map(|fp| {
@@ -1042,31 +1426,44 @@ impl Notifier {
         lock(&self.inner.engine).alerts.values().cloned().collect()
     }
 
-    /// `GET /api/v1/notifications`: newest first.
+    /// `GET /api/v1/notifications`: newest first. Reads RocksDB: call it
+    /// off the async workers.
     pub fn notifications(
         &self,
         scope: &Scope,
         filter: &NotificationFilter,
     ) -> Result<Vec<Value>, NotifierError> {
         let limit = filter.limit.clamp(1, 10_000);
-        let mut out = Vec::new();
-        self.inner.db.notifications_rev(|n| {
-            if scope.allows(&n.subscription) && filter.matches(&n) {
-                out.push(notification_view(&n));
-            }
-            out.len() < limit
-        })?;
-        Ok(out)
+        let subs = match scope.lookup(filter.subscription.as_deref()) {
+            Some(s) => vec![s.to_string()],
+            None => self.inner.db.notification_subscriptions()?,
+        };
+        let mut found: Vec<Notification> = Vec::new();
+        for sub in &subs {
+            let mut n_sub = 0;
+            self.inner.db.notifications_rev(sub, |n| {
+                if filter.matches(&n) {
+                    found.push(n);
+                    n_sub += 1;
+                }
+                n_sub < limit
+            })?;
+        }
+        found.sort_by_key(|n| std::cmp::Reverse(n.id));
+        found.truncate(limit);
+        Ok(found.iter().map(notification_view).collect())
     }
 
     /// Raw notifications, oldest first (tests and tools).
     pub fn notification_log(&self) -> Result<Vec<Notification>, NotifierError> {
-        let mut out = Vec::new();
-        self.inner.db.notifications_rev(|n| {
-            out.push(n);
-            true
-        })?;
-        out.reverse();
+        let mut out: Vec<Notification> = self
+            .inner
+            .db
+            .scan(keys::NOTIFICATIONS)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        out.sort_by_key(|n| n.id);
         Ok(out)
     }
 
@@ -1143,6 +1540,8 @@ fn metric_watch(engine: &Engine) -> HashMap<String, HashSet<String>> {
 #[derive(Debug, Clone, Default)]
 pub struct NotificationFilter {
     pub limit: usize,
+    /// An admin's choice of subscription (operators see their own).
+    pub subscription: Option<String>,
     pub state: Option<String>,
     pub receiver: Option<String>,
     pub fingerprint: Option<String>,

@@ -366,6 +366,15 @@ pub async fn run(
     );
     ccfg.rules_file = Some(rules_path);
     ccfg.notifier.external_url = collector_url.clone();
+    // The built-in webhook listens on this host: let the notifier reach it
+    // (the egress policy refuses loopback and private addresses otherwise).
+    let demo_ip = config.demo_listen.ip();
+    let bits = if demo_ip.is_ipv4() { 32 } else { 128 };
+    ccfg.notifier.egress.allow.push(
+        format!("{demo_ip}/{bits}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    );
     ccfg.checkpoint_dir = Some(dir.join("checkpoints"));
     let cstop = collector_stop.clone();
     back.spawn(async move { collector::run(ccfg, cstop).await.context("collector") });

@@ -14,8 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of the workspace binary `name`.
+/// The path of the workspace binary `name`: in `$SESAM_BIN_DIR` when set
+/// (binaries copied aside, e.g. when several worktrees share one target
+/// directory), else next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SESAM_BIN_DIR") {
+        let p = Path::new(&dir).join(name);
+        assert!(
+            p.is_file(),
+            "binary {name} not found in SESAM_BIN_DIR {}",
+            p.display()
+        );
+        return p;
+    }
     let exe = std::env::current_exe().expect("path of the test executable");
     for dir in exe.ancestors().skip(1).take(3) {
         let p = dir.join(name);

@@ -80,7 +80,9 @@ impl Collector {
             log: root.join("collector.log"),
             port,
             url: format!("http://127.0.0.1:{port}"),
-            args: Vec::new(),
+            // The tests' webhooks listen on this host's loopback, which the
+            // notifier's egress policy refuses unless allowed.
+            args: vec!["--egress-allow".into(), "127.0.0.1/32".into()],
             proc: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

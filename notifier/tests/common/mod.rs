@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notifier::{ManualClock, Notification, NotificationKind, Notifier, NotifierConfig, Scope};
+use notifier::{
+    EgressPolicy, ManualClock, Notification, NotificationKind, Notifier, NotifierConfig, Scope,
+};
 use schemas::notify::{NotificationRule, Receiver};
 use schemas::{Body, EventType, ExecutionBody, HealthBody, HealthStatus, Level, LogBody, Record};
 use serde_json::{json, Value};
@@ -16,6 +18,15 @@ pub const SRC: &str = "node-1";
 /// 2026-01-01T00:00:00Z
 pub const T0: i64 = 1_767_225_600_000_000_000;
 pub const SEC: i64 = 1_000_000_000;
+
+/// The harness's config: receivers on this host are allowed (the tests'
+/// webhooks listen on loopback).
+pub fn notifier_config() -> NotifierConfig {
+    NotifierConfig {
+        egress: EgressPolicy::allowing(&["127.0.0.1/32"]),
+        ..NotifierConfig::default()
+    }
+}
 
 pub fn open_db(dir: &Path) -> Arc<rocksdb::DB> {
     let mut opts = rocksdb::Options::default();
@@ -35,12 +46,7 @@ impl H {
     pub fn new() -> H {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let n = Notifier::open(
-            open_db(dir.path()),
-            NotifierConfig::default(),
-            clock.clone(),
-        )
-        .unwrap();
+        let n = Notifier::open(open_db(dir.path()), notifier_config(), clock.clone()).unwrap();
         let mut h = H {
             n,
             clock,
@@ -56,12 +62,7 @@ impl H {
     pub fn restarted(self) -> H {
         let H { n, clock, dir, seq } = self;
         drop(n); // releases the RocksDB lock
-        let n = Notifier::open(
-            open_db(dir.path()),
-            NotifierConfig::default(),
-            clock.clone(),
-        )
-        .unwrap();
+        let n = Notifier::open(open_db(dir.path()), notifier_config(), clock.clone()).unwrap();
         H { n, clock, dir, seq }
     }
 
