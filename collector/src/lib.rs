@@ -181,6 +181,11 @@ impl IngestObserver for NotifierHook {
             n.purge(subscription);
         }
     }
+    fn source_conflict(&self, subscription: &str, source: &str, detail: &str) {
+        if let Some(n) = self.0.get() {
+            n.on_source_conflict(subscription, source, detail);
+        }
+    }
 }
 
 impl MetricObserver for NotifierHook {
