@@ -262,9 +262,6 @@ struct NotifierArgs {
     /// Pipes tracked per subscription for overdue rules.
     #[arg(long, default_value_t = Limits::default().max_pipes_per_subscription)]
     max_pipes_per_subscription: usize,
-    /// Sources tracked per subscription.
-    #[arg(long, default_value_t = Limits::default().max_sources_per_subscription)]
-    max_sources_per_subscription: usize,
     /// Active alerts per subscription.
     #[arg(long, default_value_t = Limits::default().max_alerts_per_subscription)]
     max_alerts_per_subscription: usize,
@@ -298,7 +295,6 @@ impl NotifierArgs {
         l.eval_budget = self.notifier_eval_budget;
         l.max_match_bytes = self.max_match_bytes;
         l.max_pipes_per_subscription = self.max_pipes_per_subscription;
-        l.max_sources_per_subscription = self.max_sources_per_subscription;
         l.max_alerts_per_subscription = self.max_alerts_per_subscription;
         l.max_timers_per_subscription = self.max_timers_per_subscription;
         l.max_series_per_subscription = self.max_series_per_subscription;
@@ -512,6 +508,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.rules_file = a.rules;
     config.notifier.external_url = a.external_url.unwrap_or_else(|| format!("http://{listen}"));
     a.notifier.apply(&mut config.notifier);
+    // One bound on a subscription's sources, for the store and the notifier.
+    config.notifier.limits.max_sources_per_subscription = a.max_sources_per_subscription;
 
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();

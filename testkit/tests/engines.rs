@@ -46,9 +46,15 @@ fn clickhouse_answers_queries_and_restarts_on_its_data() {
 #[test]
 fn two_clickhouse_replicas_replicate_through_zookeeper() {
     let zk = ZooKeeper::start().expect("start zookeeper");
-    assert!(four_letter(&zk.address(), "srvr")
-        .unwrap()
-        .contains("Mode: standalone"));
+    // `srvr` may answer empty while the server is still settling.
+    let srvr = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            four_letter(&zk.address(), "srvr").unwrap_or_default()
+        })
+        .find(|s| s.contains("Mode:"))
+        .expect("srvr answers");
+    assert!(srvr.contains("Mode: standalone"), "{srvr}");
     let (p1, p2) = (ClickHouse::reserve_ports(), ClickHouse::reserve_ports());
     let replica = |name: &str, ports| ClickHouseOptions {
         zookeeper: Some(zk.address()),

@@ -34,6 +34,11 @@ async fn fifty_shippers_are_shed_with_429_in_bounded_memory_losing_nothing() {
     let dir = e2e::scratch();
     let hook = Webhook::start().await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    // Admission waits for a decode slot (default 2 s) before it sheds; this
+    // test wants the shedding path under load, so it barely waits.
+    collector
+        .args
+        .extend(["--admission-wait".into(), "1ms".into()]);
     collector.start().await;
     collector
         .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
