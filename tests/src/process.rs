@@ -14,8 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of the workspace binary `name`.
+/// The path of the workspace binary `name`: from `$E2E_BIN_DIR` when set
+/// (binaries copied aside, so that builds of other checkouts sharing the
+/// target directory cannot swap them during a run), else next to the test
+/// executable.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        assert!(p.is_file(), "E2E_BIN_DIR has no {name}: {}", p.display());
+        return p;
+    }
     let exe = std::env::current_exe().expect("path of the test executable");
     for dir in exe.ancestors().skip(1).take(3) {
         let p = dir.join(name);
