@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of the workspace binary `name`: in `$SESAM_BIN_DIR` when set
-/// (binaries copied aside, e.g. when several worktrees share one target
-/// directory), else next to the test executable.
+/// The path of the workspace binary `name`: in `$SESAM_BIN_DIR` (or its
+/// older name `$E2E_BIN_DIR`) when set (binaries copied aside, so that
+/// builds of other checkouts sharing the target directory cannot swap them
+/// during a run), else next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("SESAM_BIN_DIR") {
+    if let Some(dir) = std::env::var_os("SESAM_BIN_DIR").or_else(|| std::env::var_os("E2E_BIN_DIR"))
+    {
         let p = Path::new(&dir).join(name);
         assert!(
             p.is_file(),
