@@ -19,6 +19,7 @@ pub mod config;
 pub mod dtl;
 pub mod files;
 pub mod health;
+pub mod history;
 pub mod limits;
 pub mod logs;
 pub mod metrics;

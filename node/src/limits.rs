@@ -24,6 +24,12 @@ pub const MAX_PUMP_BODY_BYTES: usize = 64 << 10;
 pub const DEFAULT_PAGE_ENTITIES: usize = 10_000;
 /// Redirects a `json` system may answer (same origin only).
 pub const MAX_REDIRECTS: usize = 5;
+/// Longest `_id` of an entity a pipe writes into a dataset (a longer one
+/// is a `write-error`).
+pub const MAX_ENTITY_ID_CHARS: usize = 4096;
+/// `read-error` and `write-error` events recorded per run (every error is
+/// counted in the run's metrics; only the first ones become events).
+pub const MAX_ERROR_EVENTS: usize = 100;
 
 /// The machine-sized bounds; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,9 +24,18 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "sesam-node", version)]
 struct Args {
-    /// Configuration file: a JSON array of pipe, system:url and metadata entities.
+    /// Configuration file: a JSON array of pipe, system:url and metadata
+    /// entities. It seeds a node without a stored configuration; after that
+    /// the node runs the last configuration it accepted (see --config-from-file).
     #[arg(long)]
     config: PathBuf,
+    /// Run --config even when the stored configuration differs from it
+    /// (the file becomes a new configuration version).
+    #[arg(long)]
+    config_from_file: bool,
+    /// Configuration versions kept in the history (GET /api/config/history).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    config_history: u64,
     /// Data directory: the node database (`node/`) and the outbox (`outbox/`).
     #[arg(long)]
     data_dir: PathBuf,
@@ -175,6 +184,8 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     config.health_interval = args.health_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.log_records = Some(log_records);
+    config.config_from_file = args.config_from_file;
+    config.config_history = args.config_history;
     config.outbox.max_bytes = args.outbox_max_bytes;
     config.outbox.max_records = args.outbox_max_records;
     config.outbox.block_timeout = args.outbox_block_timeout;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use schemas::{Body, Record};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shipper::outbox::{Outbox, OutboxConfig, OutboxError};
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigErrors, PipeConfig, ResolvedConfig, SinkConfig, SourceConfig};
+use crate::history::{Author, Changes};
 use crate::limits::Limits;
 use crate::logs::LogReceiver;
 use crate::metrics::Metrics;
@@ -63,6 +65,11 @@ pub struct NodeConfig {
     pub synthetic: Option<crate::synthetic::SyntheticLogs>,
     /// Bounds of the API and of what systems may send.
     pub limits: Limits,
+    /// Configuration versions kept in the node's history (at least 1).
+    pub config_history: u64,
+    /// Run `config_path` even when the stored configuration differs (it
+    /// becomes a new version); by default the file only seeds an empty node.
+    pub config_from_file: bool,
 }
 
 impl NodeConfig {
@@ -86,6 +93,8 @@ impl NodeConfig {
             collector: None,
             synthetic: None,
             limits: Limits::default(),
+            config_history: 20,
+            config_from_file: false,
         }
     }
 }
@@ -101,6 +110,12 @@ pub enum NodeError {
     },
     #[error("configuration file {path} is invalid: {errors}")]
     Config { path: PathBuf, errors: ConfigErrors },
+    #[error("the stored configuration (version {version}) is invalid ({errors}) and the configuration file cannot replace it: {file}")]
+    StoredConfig {
+        version: u64,
+        errors: ConfigErrors,
+        file: Box<NodeError>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -138,14 +153,7 @@ pub struct Node {
 impl Node {
     /// Opens storage and the outbox, loads the configuration, binds the API.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
-        let bytes = std::fs::read(&config.config_path).map_err(|source| NodeError::ReadConfig {
-            path: config.config_path.clone(),
-            source,
-        })?;
-        let resolved = crate::config::parse(&bytes).map_err(|errors| NodeError::Config {
-            path: config.config_path.clone(),
-            errors,
-        })?;
+        let file_config = read_config_file(&config.config_path);
         let store_dir = config.data_dir.join("node");
         let outbox_dir = config.data_dir.join("outbox");
         // Data directories are private (0700) whatever the umask: the node's
@@ -157,6 +165,14 @@ impl Node {
             })?;
         }
         let store = blocking(move || Store::open(&store_dir)).await?;
+        let (resolved, version) = initial_config(
+            &store,
+            &config.config_path,
+            file_config,
+            config.config_from_file,
+            config.config_history,
+        )
+        .await?;
         let outbox_config = config.outbox.clone();
         let outbox = blocking(move || Outbox::open(outbox_dir, outbox_config)).await?;
         let listener = match config.listen {
@@ -215,6 +231,8 @@ impl Node {
             limits,
             outbox_refusing: Default::default(),
             health_cache: Mutex::new(None),
+            config_version: std::sync::atomic::AtomicU64::new(version),
+            config_history: config.config_history.max(1),
         });
         *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
         Ok(Node {
@@ -240,7 +258,7 @@ impl Node {
     /// Runs until `shutdown` is cancelled, then stops every task within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
-        let s = self.shared.clone();
+        let s = self.shared;
         if s.api_token_sha256.is_none() {
             tracing::warn!(
                 "no --api-token-file given: the node API is open to anyone who can reach it"
@@ -278,6 +296,7 @@ impl Node {
         let config = s.config();
         start_pumps(&s, &config, &[]).await;
         s.emit_config(&config).await;
+        log_warnings(&config);
         crate::health::spawn(s.clone(), self.health_interval);
         if let Some(synthetic) = self.synthetic {
             crate::synthetic::spawn(s.clone(), synthetic);
@@ -300,9 +319,12 @@ impl Node {
             }
         });
         let serve_stop = s.shutdown.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
-            .await;
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+        .await;
         // If the server failed on its own, stop everything else too.
         s.shutdown.cancel();
         tracing::info!("sesam-node shutting down");
@@ -312,7 +334,17 @@ impl Node {
             .is_err()
         {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown deadline passed; abandoning the remaining tasks");
+        } else {
+            // Connection tasks of the server may still be dropping their
+            // handles; the store and outbox close with the last one, so that
+            // when `run` returns they can be opened again (a restart in the
+            // same process, a test reading the outbox).
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&s) > 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
+        drop(s);
         served.map_err(NodeError::Serve)
     }
 }
@@ -353,6 +385,175 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 /// Opens a node and runs it until `shutdown` is cancelled.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     Node::open(config).await?.run(shutdown).await
+}
+
+fn read_config_file(path: &std::path::Path) -> Result<ResolvedConfig, NodeError> {
+    let bytes = std::fs::read(path).map_err(|source| NodeError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::config::parse(&bytes).map_err(|errors| NodeError::Config {
+        path: path.to_path_buf(),
+        errors,
+    })
+}
+
+/// Stores `config` as the next configuration version.
+async fn store_version(
+    store: &Store,
+    previous: Option<&crate::history::ConfigVersion>,
+    config: &ResolvedConfig,
+    who: Author,
+    keep: u64,
+) -> Result<u64, StoreError> {
+    let old_entities = previous.and_then(|p| p.entities().ok()).unwrap_or_default();
+    let version = crate::history::ConfigVersion {
+        version: previous.map_or(0, |p| p.version) + 1,
+        time_us: schemas::time::now_nanos() / 1_000,
+        hash: config.hash.clone(),
+        who,
+        changes: Changes::between(&old_entities, &config.entities),
+        entities_json: Value::Array(config.entities.clone()).to_string(),
+    };
+    let n = version.version;
+    let store = store.clone();
+    blocking(move || store.put_config_version(&version, keep)).await?;
+    Ok(n)
+}
+
+/// The configuration a start runs, and its version: the stored one (the
+/// last the node accepted, through the API or a file), or the file when
+/// nothing is stored yet (it seeds the node) or when asked to.
+async fn initial_config(
+    store: &Store,
+    path: &std::path::Path,
+    file: Result<ResolvedConfig, NodeError>,
+    from_file: bool,
+    keep: u64,
+) -> Result<(ResolvedConfig, u64), NodeError> {
+    let st = store.clone();
+    let stored = blocking(move || st.current_config()).await?;
+    let Some(stored) = stored else {
+        let config = file?;
+        let v = store_version(store, None, &config, Author::file(path), keep).await?;
+        tracing::info!(path = %path.display(), version = v, "configuration seeded from the configuration file");
+        return Ok((config, v));
+    };
+    let resolved = stored
+        .entities()
+        .map_err(|e| {
+            crate::config::ConfigErrors(vec![crate::config::ConfigError {
+                entity: String::new(),
+                field: String::new(),
+                message: format!("the stored entities do not decode: {e}"),
+            }])
+        })
+        .and_then(crate::config::resolve);
+    match (resolved, file) {
+        (Ok(c), Ok(f)) if f.hash == c.hash => {
+            tracing::info!(
+                version = stored.version,
+                "running the stored configuration (the same as the configuration file)"
+            );
+            Ok((c, stored.version))
+        }
+        (Ok(c), Ok(f)) => {
+            if from_file {
+                let v = store_version(store, Some(&stored), &f, Author::file(path), keep).await?;
+                tracing::warn!(path = %path.display(), replaced = stored.version, version = v, "--config-from-file: the configuration file replaces the stored configuration");
+                Ok((f, v))
+            } else {
+                tracing::warn!(
+                    path = %path.display(),
+                    version = stored.version,
+                    changed_by = %stored.who.operation,
+                    "the stored configuration differs from the configuration file; running the stored one (the file only seeds an empty node; see GET /api/config/history, or start with --config-from-file to run the file)"
+                );
+                Ok((c, stored.version))
+            }
+        }
+        (Ok(c), Err(e)) => {
+            tracing::warn!(error = %e, version = stored.version, "the configuration file cannot be used; running the stored configuration");
+            Ok((c, stored.version))
+        }
+        (Err(errors), Ok(f)) => {
+            tracing::error!(%errors, version = stored.version, path = %path.display(), "the stored configuration is invalid; running the configuration file instead");
+            let v = store_version(store, Some(&stored), &f, Author::file(path), keep).await?;
+            Ok((f, v))
+        }
+        (Err(errors), Err(e)) => Err(NodeError::StoredConfig {
+            version: stored.version,
+            errors,
+            file: Box::new(e),
+        }),
+    }
+}
+
+/// Why a configuration change was not made.
+#[derive(Debug)]
+pub enum ReconfigureError<E> {
+    /// The edit itself refused (e.g. the pipe to replace does not exist).
+    Edit(E),
+    /// The result is not a valid configuration.
+    Invalid(ConfigErrors),
+    /// More entities than `--max-config-entities`.
+    TooManyEntities { count: usize, limit: usize },
+    /// The new version could not be stored; nothing changed.
+    Store(StoreError),
+}
+
+/// What a configuration change did.
+#[derive(Debug, Clone)]
+pub struct Reconfigured {
+    pub config: Arc<ResolvedConfig>,
+    /// The version now running (unchanged when the result equals the
+    /// running configuration).
+    pub version: u64,
+    pub changed: bool,
+}
+
+/// Changes the configuration: `edit` turns the running entities into the
+/// new ones; the result is validated, stored as a new version (synced),
+/// then applied. Changes are serialized, so concurrent edits never lose
+/// each other's work.
+pub async fn reconfigure<E>(
+    s: &Arc<Shared>,
+    who: Author,
+    edit: impl FnOnce(&[Value]) -> Result<Vec<Value>, E>,
+) -> Result<Reconfigured, ReconfigureError<E>> {
+    let _serial = s.reconfigure.lock().await;
+    let old = s.config();
+    let entities = edit(&old.entities).map_err(ReconfigureError::Edit)?;
+    if entities.len() > s.limits.max_config_entities {
+        return Err(ReconfigureError::TooManyEntities {
+            count: entities.len(),
+            limit: s.limits.max_config_entities,
+        });
+    }
+    let config = crate::config::resolve(entities).map_err(ReconfigureError::Invalid)?;
+    let current = s.config_version.load(std::sync::atomic::Ordering::SeqCst);
+    if config.hash == old.hash {
+        return Ok(Reconfigured {
+            config: old,
+            version: current,
+            changed: false,
+        });
+    }
+    let st = s.store.clone();
+    let previous = blocking(move || st.current_config())
+        .await
+        .map_err(ReconfigureError::Store)?;
+    let version = store_version(&s.store, previous.as_ref(), &config, who, s.config_history)
+        .await
+        .map_err(ReconfigureError::Store)?;
+    s.config_version
+        .store(version, std::sync::atomic::Ordering::SeqCst);
+    apply_locked(s, config).await;
+    Ok(Reconfigured {
+        config: s.config(),
+        version,
+        changed: true,
+    })
 }
 
 /// Whether a pipe can keep running unchanged under `new`.
@@ -429,11 +630,11 @@ async fn start_pumps(s: &Arc<Shared>, config: &ResolvedConfig, keep: &[String]) 
     }
 }
 
-/// Replaces the running configuration with a validated one: pipes that are
-/// unchanged keep running, changed pipes are restarted (a running run is
-/// stopped), removed pipes are stopped and forgotten.
-pub async fn apply_config(s: &Arc<Shared>, config: ResolvedConfig) {
-    let _serial = s.reconfigure.lock().await;
+/// Replaces the running configuration with a validated one (the caller
+/// holds the reconfiguration lock): pipes that are unchanged keep running,
+/// changed pipes are restarted (a running run is stopped), removed pipes
+/// are stopped and forgotten.
+async fn apply_locked(s: &Arc<Shared>, config: ResolvedConfig) {
     let old = s.config();
     let mut keep = Vec::new();
     for p in s.pumps() {
@@ -485,8 +686,16 @@ pub async fn apply_config(s: &Arc<Shared>, config: ResolvedConfig) {
     if old.hash != config.hash {
         s.emit_config(&config).await;
         tracing::info!(hash = %config.hash, pipes = config.pipes.len(), "configuration replaced");
+        log_warnings(&config);
     }
     s.health_wakeup.notify_one();
+}
+
+/// Logs every warning of a configuration (unknown properties, ignored).
+fn log_warnings(config: &ResolvedConfig) {
+    for w in &config.warnings {
+        tracing::warn!(entity = %w.entity, field = %w.field, "configuration warning: {}", w.message);
+    }
 }
 
 /// Appends service log lines to the outbox in batches.

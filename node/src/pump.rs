@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{secret_refs, PipeConfig, Schedule, SinkConfig, SourceConfig, UrlSystem};
+use crate::limits::{MAX_ENTITY_ID_CHARS, MAX_ERROR_EVENTS};
 use crate::metrics::Metrics;
 use crate::state::{blocking, Shared};
 use crate::store::{PumpMeta, ReadOptions};
@@ -232,8 +233,85 @@ struct Failure {
     original: String,
     traceback: String,
     exception_entity: Option<Value>,
-    read_errors: u64,
-    write_errors: Vec<ExecutionBody>,
+    read_errors: EntityErrors,
+    write_errors: EntityErrors,
+}
+
+/// The `read-error` or `write-error` events of one run: every error is
+/// counted, the first [`MAX_ERROR_EVENTS`] become events (so a source of a
+/// million bad entities cannot flood the execution dataset).
+#[derive(Debug, Default)]
+struct EntityErrors {
+    count: u64,
+    events: Vec<ExecutionBody>,
+}
+
+impl EntityErrors {
+    fn push(&mut self, event: ExecutionBody) {
+        self.count += 1;
+        if self.events.len() < MAX_ERROR_EVENTS {
+            self.events.push(event);
+        }
+    }
+
+    fn append(&mut self, other: EntityErrors) {
+        self.count += other.count;
+        for e in other.events {
+            if self.events.len() < MAX_ERROR_EVENTS {
+                self.events.push(e);
+            }
+        }
+    }
+}
+
+/// An entity `_id` as an event may carry it: control characters escaped
+/// (a NUL cannot be a key of the execution dataset) and cut at
+/// [`crate::limits::MAX_ID_CHARS`].
+fn printable_id(id: &str) -> String {
+    let mut out = String::new();
+    for c in id.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.chars().count() >= crate::limits::MAX_ID_CHARS {
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+/// A `read-error` or `write-error` event about one entity: its `_id` when
+/// it has one, never the entity itself.
+fn entity_error(
+    pipe: &str,
+    event_type: EventType,
+    entity_id: Option<&str>,
+    message: String,
+) -> ExecutionBody {
+    let mut e = ExecutionBody::new(pipe.to_string(), event_type);
+    e.entity_id = entity_id.map(printable_id);
+    e.original_error_message = Some(message);
+    e.end_time = Some(rfc3339_from_nanos(now_nanos()));
+    e
+}
+
+/// What a source read.
+#[derive(Debug, Default)]
+struct SourceBatch {
+    entities: Vec<Value>,
+    /// The new offset of a dataset source.
+    offset: Option<u64>,
+    read_errors: EntityErrors,
+}
+
+/// What a sink wrote.
+#[derive(Debug, Default)]
+struct SinkResult {
+    changes: u64,
+    write_errors: EntityErrors,
 }
 
 /// Secrets resolved for one run, scrubbed from its error messages.
@@ -369,38 +447,50 @@ async fn read_source(
     shared: &Arc<Shared>,
     config: &PipeConfig,
     secrets: &mut Secrets,
-) -> Result<(Vec<Value>, Option<u64>, SyncType), Box<Failure>> {
+) -> Result<SourceBatch, Box<Failure>> {
     match &config.source {
-        SourceConfig::Embedded { entities } => Ok((entities.clone(), None, SyncType::Full)),
+        SourceConfig::Embedded { entities } => Ok(SourceBatch {
+            entities: entities.clone(),
+            ..SourceBatch::default()
+        }),
         SourceConfig::Dataset { dataset } => {
             let store = shared.store.clone();
             let pipe = config.id.clone();
-            let dataset = dataset.clone();
+            let name = dataset.clone();
             let r = blocking(move || {
                 let since = store.pipe_offset(&pipe)?;
-                let entities = store.read_entities(
-                    &dataset,
+                let mut damaged = Vec::new();
+                let entities = store.read_entities_lenient(
+                    &name,
                     ReadOptions {
                         since: Some(since),
                         history: false,
                         ..ReadOptions::default()
                     },
+                    &mut damaged,
                 )?;
-                Ok::<_, crate::store::StoreError>((since, entities))
+                Ok::<_, crate::store::StoreError>((since, entities, damaged))
             })
             .await;
-            let (since, entities) =
+            let (since, entities, damaged) =
                 r.map_err(|e| fail(format!("could not read the source dataset: {e}")))?;
+            // Damaged versions are passed over (the offset moves past them)
+            // and recorded, so that one cannot stop the pipe forever.
+            let mut read_errors = EntityErrors::default();
+            for (updated, why) in &damaged {
+                read_errors.push(entity_error(
+                    &config.id,
+                    EventType::ReadError,
+                    None,
+                    format!("the version with _updated {updated} of dataset {dataset:?} is damaged and was skipped: {why}"),
+                ));
+            }
             let last = entities
                 .iter()
                 .filter_map(|e| e.get("_updated").and_then(Value::as_u64))
+                .chain(damaged.iter().map(|(u, _)| *u))
                 .max()
                 .unwrap_or(since);
-            let sync = if since == 0 {
-                SyncType::Full
-            } else {
-                SyncType::Incremental
-            };
             // The store's own properties are regenerated by the sink.
             let entities = entities
                 .into_iter()
@@ -413,7 +503,11 @@ async fn read_source(
                     e
                 })
                 .collect();
-            Ok((entities, Some(last), sync))
+            Ok(SourceBatch {
+                entities,
+                offset: Some(last),
+                read_errors,
+            })
         }
         SourceConfig::Json { system, url } => {
             let sys = shared
@@ -435,7 +529,7 @@ async fn read_source(
                         "could not read from system {system:?}: {}",
                         error_chain(&e)
                     ));
-                    f.read_errors = 1;
+                    f.read_errors.count = 1;
                     f
                 })?;
             let status = resp.status();
@@ -450,7 +544,7 @@ async fn read_source(
                         error_chain(&e)
                     ),
                 });
-                f.read_errors = 1;
+                f.read_errors.count = 1;
                 f
             })?;
             let text = String::from_utf8_lossy(&bytes);
@@ -459,7 +553,7 @@ async fn read_source(
                     "system {system:?} answered HTTP {status}: {}",
                     body_excerpt(&text)
                 ));
-                f.read_errors = 1;
+                f.read_errors.count = 1;
                 return Err(f);
             }
             let v: Value = serde_json::from_str(&text)
@@ -473,17 +567,28 @@ async fn read_source(
                     )))
                 }
             };
-            for (i, e) in entities.iter().enumerate() {
-                if !matches!(e.get("_id"), Some(Value::String(s)) if !s.is_empty()) {
-                    let mut f = fail(format!(
-                        "entity {i} from system {system:?} has no string _id"
-                    ));
-                    f.exception_entity = Some(e.clone());
-                    f.read_errors = 1;
-                    return Err(f);
+            // An entity without a usable `_id` cannot be processed: it is a
+            // read error (recorded, counted) and the others go on.
+            let mut read_errors = EntityErrors::default();
+            let mut good = Vec::with_capacity(entities.len());
+            for (i, e) in entities.into_iter().enumerate() {
+                match e.get("_id") {
+                    Some(Value::String(s)) if !s.is_empty() => good.push(e),
+                    _ => read_errors.push(entity_error(
+                        &config.id,
+                        EventType::ReadError,
+                        None,
+                        format!(
+                            "entity {i} of the answer of system {system:?} has no non-empty string _id; it was skipped"
+                        ),
+                    )),
                 }
             }
-            Ok((entities, None, SyncType::Full))
+            Ok(SourceBatch {
+                entities: good,
+                offset: None,
+                read_errors,
+            })
         }
     }
 }
@@ -500,7 +605,19 @@ fn transform(config: &PipeConfig, entities: Vec<Value>) -> Result<Vec<Value>, Bo
         for (i, t) in config.transforms.iter().enumerate() {
             match t.apply(&m) {
                 Ok(Some(next)) => m = next,
-                Ok(None) => continue 'entities,
+                Ok(None) => {
+                    // As in Sesam, a filtered entity is deleted from the sink
+                    // if an earlier run wrote it (the sink skips the
+                    // tombstone of an entity it never had).
+                    if let Some(id) = m.get("_id").cloned() {
+                        let mut tomb = serde_json::Map::new();
+                        tomb.insert("_id".into(), id);
+                        tomb.insert("_deleted".into(), Value::Bool(true));
+                        tomb.insert("_filtered".into(), Value::Bool(true));
+                        out.push(Value::Object(tomb));
+                    }
+                    continue 'entities;
+                }
                 Err(err) => {
                     let id = m
                         .get("_id")
@@ -527,19 +644,61 @@ fn transform(config: &PipeConfig, entities: Vec<Value>) -> Result<Vec<Value>, Bo
 }
 
 /// Writes the sink: (changes, write errors count).
+/// Why the store would refuse an entity, checked before the write so that
+/// one bad entity is a write error and not a failed batch.
+fn unstorable(e: &Value) -> Option<String> {
+    let Value::Object(m) = e else {
+        return Some("the entity is not a JSON object".into());
+    };
+    match m.get("_id") {
+        Some(Value::String(id)) if id.is_empty() => Some("the entity's _id is empty".into()),
+        Some(Value::String(id)) if id.contains('\0') => {
+            Some("the entity's _id contains a NUL character".into())
+        }
+        Some(Value::String(id)) if id.chars().count() > MAX_ENTITY_ID_CHARS => Some(format!(
+            "the entity's _id is longer than {MAX_ENTITY_ID_CHARS} characters"
+        )),
+        Some(Value::String(_)) => None,
+        _ => Some("the entity has no string _id".into()),
+    }
+}
+
 async fn write_sink(
     shared: &Arc<Shared>,
     config: &PipeConfig,
     secrets: &mut Secrets,
     entities: Vec<Value>,
-) -> Result<u64, Box<Failure>> {
+) -> Result<SinkResult, Box<Failure>> {
     match &config.sink {
         SinkConfig::Dataset { dataset } => {
             let name = dataset.clone().unwrap_or_else(|| config.id.clone());
+            let mut write_errors = EntityErrors::default();
+            let mut good = Vec::with_capacity(entities.len());
+            for e in entities {
+                match unstorable(&e) {
+                    None => good.push(e),
+                    Some(why) => {
+                        let mut w = entity_error(
+                            &config.id,
+                            EventType::WriteError,
+                            e.get("_id").and_then(Value::as_str),
+                            format!("could not write to dataset {name:?}: {why}"),
+                        );
+                        w.error_code = Some("invalid-entity".into());
+                        w.retryable = Some(false);
+                        write_errors.push(w);
+                    }
+                }
+            }
             let store = shared.store.clone();
-            let r = blocking(move || store.write_entities(&name, &entities)).await;
-            r.map(|s| s.changes)
-                .map_err(|e| fail(format!("could not write the sink dataset: {e}")))
+            let r = blocking(move || store.write_entities(&name, &good)).await;
+            let changes = r
+                .map(|s| s.changes)
+                .map_err(|e| fail(format!("could not write the sink dataset: {e}")))?;
+            Ok(SinkResult {
+                changes,
+                write_errors,
+            })
         }
         SinkConfig::Json {
             system,
@@ -554,6 +713,12 @@ async fn write_sink(
                 .ok_or_else(|| fail(format!("system {system:?} is not configured")))?;
             let t = target(shared, secrets, &sys, url.as_deref())?;
             let mut written = 0u64;
+            // The receiving system never had a filtered entity's tombstone
+            // to act on; only a dataset sink keeps what was written.
+            let entities: Vec<Value> = entities
+                .into_iter()
+                .filter(|e| e.get("_filtered") != Some(&Value::Bool(true)))
+                .collect();
             for chunk in entities.chunks(batch_size.get()) {
                 let res = shared
                     .http
@@ -599,18 +764,25 @@ async fn write_sink(
                 let mut f = fail(format!("{message} ({} entities not written)", chunk.len()));
                 f.original = message.clone();
                 for e in chunk {
-                    let mut w = ExecutionBody::new(config.id.clone(), EventType::WriteError);
-                    w.entity_id = e.get("_id").and_then(Value::as_str).map(str::to_string);
+                    let mut w = entity_error(
+                        &config.id,
+                        EventType::WriteError,
+                        e.get("_id").and_then(Value::as_str),
+                        message.clone(),
+                    );
                     w.error_code = Some(code.clone());
                     w.retryable = Some(retryable);
-                    w.original_error_message = Some(message.clone());
-                    w.end_time = Some(rfc3339_from_nanos(now_nanos()));
+                    // Sesam's write-error keeps the entity in the node's
+                    // execution dataset; it never goes into the outbox.
                     w.entity = Some(e.clone());
                     f.write_errors.push(w);
                 }
                 return Err(f);
             }
-            Ok(written)
+            Ok(SinkResult {
+                changes: written,
+                write_errors: EntityErrors::default(),
+            })
         }
     }
 }
@@ -678,22 +850,28 @@ async fn run_once(
     let mut times = [0.0f64; 3];
     let mut seen = 0u64;
     let mut changes = 0u64;
+    let mut read_errors = EntityErrors::default();
+    let mut write_errors = EntityErrors::default();
     let result = {
         let work = async {
             let t = Instant::now();
             let read = read_source(shared, &config, &mut secrets).await;
             times[0] = t.elapsed().as_secs_f64();
-            let (entities, offset, _) = read?;
-            seen = entities.len() as u64;
+            let batch = read?;
+            read_errors.append(batch.read_errors);
+            let offset = batch.offset;
+            seen = batch.entities.len() as u64;
             pump.update(|s| s.progress = seen);
             // Stage times are recorded whether or not the stage fails.
             let t = Instant::now();
-            let out = transform(&config, entities);
+            let out = transform(&config, batch.entities);
             times[1] = t.elapsed().as_secs_f64();
             let t = Instant::now();
             let written = write_sink(shared, &config, &mut secrets, out?).await;
             times[2] = t.elapsed().as_secs_f64();
-            changes = written?;
+            let written = written?;
+            changes = written.changes;
+            write_errors.append(written.write_errors);
             if let Some(o) = offset {
                 let store = shared.store.clone();
                 let id = config.id.clone();
@@ -739,6 +917,24 @@ async fn run_once(
         .schedule
         .next_after(chrono::Utc::now())
         .map(|d| d.as_secs_f64());
+    let result = result.map_err(|mut f| {
+        read_errors.append(std::mem::take(&mut f.read_errors));
+        write_errors.append(std::mem::take(&mut f.write_errors));
+        f
+    });
+    // Per-entity errors first, then the run's end, as Sesam orders them.
+    for mut e in read_errors
+        .events
+        .drain(..)
+        .chain(write_errors.events.drain(..))
+    {
+        e.run_id = Some(run_id.clone());
+        if let Some(m) = e.original_error_message.take() {
+            e.original_error_message = Some(secrets.scrub(&m));
+        }
+        shared.execution_event(e, config.monitoring).await;
+    }
+    let (read_n, write_n) = (read_errors.count, write_errors.count);
     match result {
         Ok(()) => {
             let mut ev = ExecutionBody::new(config.id.clone(), EventType::PumpCompleted);
@@ -748,9 +944,9 @@ async fn run_once(
             ev.total_time = Some(total);
             ev.sync_type = Some(sync_type);
             ev.next_interval = next_interval;
-            ev.metrics = metrics_of(seen, changes, 0, 0, times);
-            ev.entities_succeeded = Some(seen);
-            ev.entities_failed = Some(0);
+            ev.metrics = metrics_of(seen, changes, read_n, write_n, times);
+            ev.entities_succeeded = Some(seen.saturating_sub(write_n));
+            ev.entities_failed = Some(read_n + write_n);
             shared.execution_event(ev, config.monitoring).await;
             shared.metrics.pump_completed.get_or_create(&label).inc();
             shared
@@ -772,13 +968,17 @@ async fn run_once(
                 s.success = Some(true);
                 s.last_error = None;
             });
-            tracing::info!(pipe = %config.id, seen, changes, "pump completed");
+            // A run that changed nothing is routine: the log at INFO reads as
+            // a record of changes (and of errors).
+            if changes == 0 && read_n == 0 && write_n == 0 {
+                tracing::debug!(pipe = %config.id, seen, "pump completed with nothing to do");
+            } else if read_n + write_n > 0 {
+                tracing::warn!(pipe = %config.id, seen, changes, read_errors = read_n, write_errors = write_n, "pump completed with entity errors");
+            } else {
+                tracing::info!(pipe = %config.id, seen, changes, "pump completed");
+            }
         }
         Err(f) => {
-            let write_errors = f.write_errors.len() as u64;
-            for w in f.write_errors {
-                shared.execution_event(w, config.monitoring).await;
-            }
             let reason = secrets.scrub(&f.reason);
             let mut ev = ExecutionBody::new(config.id.clone(), EventType::PumpFailed);
             ev.run_id = Some(run_id);
@@ -790,7 +990,7 @@ async fn run_once(
             ev.reason_why_stopped = Some(reason.clone());
             ev.original_error_message = Some(secrets.scrub(&f.original));
             ev.traceback = Some(secrets.scrub(&f.traceback));
-            ev.metrics = metrics_of(seen, changes, f.read_errors, write_errors, times);
+            ev.metrics = metrics_of(seen, changes, read_n, write_n, times);
             ev.entity_id = f
                 .exception_entity
                 .as_ref()

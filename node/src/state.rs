@@ -74,6 +74,10 @@ pub struct Shared {
     pub health_cache: Mutex<Option<(std::time::Instant, HealthBody)>>,
     /// API requests in flight (`limits.max_concurrent_requests`).
     pub request_slots: Arc<tokio::sync::Semaphore>,
+    /// The running configuration version (see [`crate::history`]).
+    pub config_version: std::sync::atomic::AtomicU64,
+    /// Configuration versions kept.
+    pub config_history: u64,
 }
 
 impl Shared {
@@ -204,6 +208,17 @@ impl Shared {
             tracing::error!(pipe = %body.pipe, event = %body.event_type, error = %e, "could not write to the execution dataset");
         }
         if monitoring {
+            let mut body = body;
+            // Per-entity error events carry the entity `_id` only: the
+            // entity itself stays in the node's execution dataset and is
+            // not even written to the outbox.
+            if matches!(
+                body.event_type,
+                EventType::ReadError | EventType::WriteError
+            ) {
+                body.entity = None;
+                body.exception_entity = None;
+            }
             let record = self.record(Body::Execution(Box::new(body)));
             self.emit(vec![record]).await;
         }

@@ -50,11 +50,13 @@ async fn invalid_configs_are_refused_whole_and_valid_ones_replace_the_running_co
             "pump.cron_expr",
             "every tuesday",
         ),
+        // A misspelt required property: the unknown one is only a warning,
+        // the missing one is the error.
         (
-            json!([{"_id": "g", "type": "pipe", "source": {"type": "embedded", "entities": []}, "sorce": {}}]),
+            json!([{"_id": "g", "type": "pipe", "sorce": {"type": "embedded", "entities": []}}]),
             "g",
-            "sorce",
-            "sorce",
+            "source",
+            "needs a source",
         ),
     ];
     for (config, id, field, mention) in cases {
