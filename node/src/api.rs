@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -27,10 +26,11 @@ use crate::config::{ConfigError, ConfigErrors, ResolvedConfig, Schedule};
 use crate::history::Author;
 use crate::limits::{Limits, DEFAULT_PAGE_ENTITIES, MAX_ID_CHARS, MAX_PUMP_BODY_BYTES};
 use crate::metrics::ReasonLabel;
-use crate::node::{reconfigure, ReconfigureError};
 use crate::pump::{Pump, StartRefused};
-use crate::state::{blocking, Shared};
+use crate::state::Shared;
+use crate::store::blocking;
 use crate::store::{ReadOptions, StoreError};
+use crate::supervisor::ReconfigureError;
 
 /// An API error: a status and a JSON body naming what was wrong, plus the
 /// reason it is counted under in `sesam_node_api_refused_total`.
@@ -642,8 +642,8 @@ async fn pump_post(
         "stop" => {
             p.stop();
         }
-        "enable" => crate::pump::set_enabled(&s, &p, true).await?,
-        "disable" => crate::pump::set_enabled(&s, &p, false).await?,
+        "enable" => s.supervisor.set_enabled(&p, true).await?,
+        "disable" => s.supervisor.set_enabled(&p, false).await?,
         other => {
             return Err(ApiError::field(
                 StatusCode::BAD_REQUEST,
@@ -793,11 +793,13 @@ async fn config_put(
             ApiError::from,
         ));
     };
-    let r = reconfigure(&s, author("PUT /api/config".into(), addr), |_| {
-        Ok::<_, ApiError>(entities)
-    })
-    .await
-    .map_err(reconfigure_error)?;
+    let r = s
+        .supervisor
+        .reconfigure(author("PUT /api/config".into(), addr), |_| {
+            Ok::<_, ApiError>(entities)
+        })
+        .await
+        .map_err(reconfigure_error)?;
     Ok(Json(json!({
         "status": "ok",
         "hash": r.config.hash,
@@ -811,7 +813,7 @@ async fn config_put(
 async fn config_history(State(s): AppState) -> ApiResult<Json<Value>> {
     let store = s.store.clone();
     let versions = blocking(move || store.config_versions()).await?;
-    let current = s.config_version.load(Ordering::SeqCst);
+    let current = s.supervisor.version();
     Ok(Json(Value::Array(
         versions.iter().map(|v| v.summary(current)).collect(),
     )))
@@ -835,7 +837,7 @@ async fn config_version(State(s): AppState, Path(version): Path<String>) -> ApiR
                 &version,
             )
         })?;
-    let mut out = v.summary(s.config_version.load(Ordering::SeqCst));
+    let mut out = v.summary(s.supervisor.version());
     out["config"] = Value::Array(v.entities().map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -950,8 +952,9 @@ async fn entity_post(
         .filter_map(entity_id)
         .map(str::to_string)
         .collect();
-    let r = reconfigure(
-        &s,
+    let r = s
+        .supervisor
+        .reconfigure(
         author(format!("POST /api/{}", kind.path()), addr),
         |current| {
             for id in &ids {
@@ -987,26 +990,27 @@ async fn entity_put(
 ) -> ApiResult<Json<Value>> {
     let bytes = body(raw, s.limits.max_config_bytes, "--max-config-bytes")?;
     let entity = uploaded(kind, parse_json(&bytes)?, Some(&id))?;
-    let r = reconfigure(
-        &s,
-        author(
-            format!("PUT /api/{}/{}/config", kind.path(), echo(&id)),
-            addr,
-        ),
-        |current| {
-            let mut next = current.to_vec();
-            let Some(slot) = next
-                .iter_mut()
-                .find(|e| entity_id(e) == Some(&id) && kind.is(e))
-            else {
-                return Err(ApiError::not_found(kind.name(), &id));
-            };
-            *slot = entity;
-            Ok(next)
-        },
-    )
-    .await
-    .map_err(reconfigure_error)?;
+    let r = s
+        .supervisor
+        .reconfigure(
+            author(
+                format!("PUT /api/{}/{}/config", kind.path(), echo(&id)),
+                addr,
+            ),
+            |current| {
+                let mut next = current.to_vec();
+                let Some(slot) = next
+                    .iter_mut()
+                    .find(|e| entity_id(e) == Some(&id) && kind.is(e))
+                else {
+                    return Err(ApiError::not_found(kind.name(), &id));
+                };
+                *slot = entity;
+                Ok(next)
+            },
+        )
+        .await
+        .map_err(reconfigure_error)?;
     object_of(&s, kind, &id, &r.config)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(kind.name(), &id))
@@ -1019,23 +1023,23 @@ async fn entity_delete(
     addr: SocketAddr,
 ) -> ApiResult<Json<Value>> {
     let before = object_of(&s, kind, &id, &s.config());
-    reconfigure(
-        &s,
-        author(format!("DELETE /api/{}/{}", kind.path(), echo(&id)), addr),
-        |current| {
-            let next: Vec<Value> = current
-                .iter()
-                .filter(|e| !(entity_id(e) == Some(&id) && kind.is(e)))
-                .cloned()
-                .collect();
-            if next.len() == current.len() {
-                return Err(ApiError::not_found(kind.name(), &id));
-            }
-            Ok(next)
-        },
-    )
-    .await
-    .map_err(reconfigure_error)?;
+    s.supervisor
+        .reconfigure(
+            author(format!("DELETE /api/{}/{}", kind.path(), echo(&id)), addr),
+            |current| {
+                let next: Vec<Value> = current
+                    .iter()
+                    .filter(|e| !(entity_id(e) == Some(&id) && kind.is(e)))
+                    .cloned()
+                    .collect();
+                if next.len() == current.len() {
+                    return Err(ApiError::not_found(kind.name(), &id));
+                }
+                Ok(next)
+            },
+        )
+        .await
+        .map_err(reconfigure_error)?;
     Ok(Json(before.unwrap_or_else(|| json!({"_id": id}))))
 }
 

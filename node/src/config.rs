@@ -155,6 +155,12 @@ pub struct PipeConfig {
     pub transforms: Vec<Dtl>,
     pub sink: SinkConfig,
     pub schedule: Schedule,
+    /// The `system:url` of its `json` source, resolved: a pipe carries
+    /// what it needs to run, and a change of its system is a change of the
+    /// pipe.
+    pub source_system: Option<Arc<UrlSystem>>,
+    /// The `system:url` of its `json` sink, resolved.
+    pub sink_system: Option<Arc<UrlSystem>>,
     /// Whether the pipe's execution events go to the outbox.
     pub monitoring: bool,
     /// The entity as written by the operator.
@@ -773,6 +779,14 @@ fn resolve_pipe(
         return Err(vec![err(id, "source", "invalid pipe")]);
     };
     let monitoring_on = monitoring.enabled.unwrap_or(monitoring_default);
+    let source_system = match &source {
+        SourceConfig::Json { system, .. } => systems.get(system).cloned(),
+        _ => None,
+    };
+    let sink_system = match &sink {
+        SinkConfig::Json { system, .. } => systems.get(system).cloned(),
+        _ => None,
+    };
     let mut effective = obj.clone();
     effective.insert(
         "sink".into(),
@@ -805,6 +819,8 @@ fn resolve_pipe(
         transforms,
         sink,
         schedule,
+        source_system,
+        sink_system,
         monitoring: monitoring_on,
         original: Value::Object(raw.clone()),
         effective: Value::Object(effective),

@@ -10,25 +10,26 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemas::{Body, Record};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shipper::outbox::{Outbox, OutboxConfig, OutboxError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigErrors, PipeConfig, ResolvedConfig, SinkConfig, SourceConfig};
-use crate::history::{Author, Changes};
+use crate::config::{ConfigErrors, ResolvedConfig};
+use crate::emit::Emitter;
+use crate::history::Author;
 use crate::limits::Limits;
 use crate::logs::LogReceiver;
 use crate::metrics::Metrics;
-use crate::pump::Pump;
-use crate::state::{blocking, Shared};
-use crate::store::{Store, StoreError};
+use crate::pump::PumpContext;
+use crate::state::Shared;
+use crate::store::{blocking, Store, StoreError};
+use crate::supervisor::{store_version, Supervisor};
 
 /// Where the API listens.
 #[derive(Debug)]
@@ -200,27 +201,53 @@ impl Node {
         });
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .redirect(same_origin_redirects())
+            .redirect(crate::pump::system::same_origin_redirects())
             .build()
             .map_err(NodeError::Http)?;
         let limits = config.limits;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let health_wakeup = Arc::new(tokio::sync::Notify::new());
+        let emitter = Emitter::new(
+            &config.node_id,
+            &config.subscription,
+            outbox.clone(),
+            store.clone(),
+            metrics.clone(),
+        );
+        let ctx = PumpContext {
+            store: store.clone(),
+            http,
+            events: emitter.clone(),
+            metrics: metrics.clone(),
+            max_source_bytes: limits.max_source_bytes,
+            shutdown: shutdown.clone(),
+            run_grace: config.shutdown_timeout.mul_f64(0.7),
+            tracker: tracker.clone(),
+            health_wakeup: health_wakeup.clone(),
+        };
+        let supervisor = Supervisor::new(
+            ctx,
+            resolved,
+            version,
+            config.config_history,
+            limits.max_config_entities,
+        );
         let shared = Arc::new(Shared {
             node_id: config.node_id,
             subscription: config.subscription,
             start_nanos: schemas::time::now_nanos(),
             store,
             outbox,
+            emitter,
             metrics,
             registry,
-            http,
-            config: RwLock::new(Arc::new(ResolvedConfig::empty())),
-            pumps: Mutex::new(Default::default()),
-            reconfigure: tokio::sync::Mutex::new(()),
-            health_wakeup: tokio::sync::Notify::new(),
+            supervisor,
+            health_wakeup,
             last_health: Mutex::new(None),
-            shutdown: CancellationToken::new(),
-            run_grace: config.shutdown_timeout.mul_f64(0.7),
-            tracker: TaskTracker::new(),
+            health_cache: Mutex::new(None),
+            shutdown,
+            tracker,
             api_token_sha256: config
                 .api_token
                 .map(|t| Sha256::digest(t.trim().as_bytes()).into()),
@@ -229,12 +256,7 @@ impl Node {
                 limits.max_concurrent_requests.max(1),
             )),
             limits,
-            outbox_refusing: Default::default(),
-            health_cache: Mutex::new(None),
-            config_version: std::sync::atomic::AtomicU64::new(version),
-            config_history: config.config_history.max(1),
         });
-        *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
         Ok(Node {
             shared,
             collector,
@@ -293,10 +315,8 @@ impl Node {
                 Err(e) => tracing::error!(error = %e, "in-process shipper not started"),
             }
         }
+        s.supervisor.start().await;
         let config = s.config();
-        start_pumps(&s, &config, &[]).await;
-        s.emit_config(&config).await;
-        log_warnings(&config);
         crate::health::spawn(s.clone(), self.health_interval);
         if let Some(synthetic) = self.synthetic {
             crate::synthetic::spawn(s.clone(), synthetic);
@@ -349,39 +369,6 @@ impl Node {
     }
 }
 
-/// Redirects a `json` system may answer: at most
-/// [`crate::limits::MAX_REDIRECTS`], and only to the same scheme, host and
-/// port. A system is configured by the operator, so the node may reach its
-/// URL; a redirect is chosen by the system, and following it elsewhere
-/// would let an upstream steer the node at any address it can reach.
-fn same_origin_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.previous().len() > crate::limits::MAX_REDIRECTS {
-            return attempt.error(format!(
-                "more than {} redirects",
-                crate::limits::MAX_REDIRECTS
-            ));
-        }
-        let same = attempt.previous().first().is_some_and(|first| {
-            first.scheme() == attempt.url().scheme()
-                && first.host_str() == attempt.url().host_str()
-                && first.port_or_known_default() == attempt.url().port_or_known_default()
-        });
-        if same {
-            attempt.follow()
-        } else {
-            let to = format!(
-                "{}://{}",
-                attempt.url().scheme(),
-                attempt.url().host_str().unwrap_or("")
-            );
-            attempt.error(format!(
-                "refused a redirect to another origin ({to}); only same-origin redirects are followed"
-            ))
-        }
-    })
-}
-
 /// Opens a node and runs it until `shutdown` is cancelled.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     Node::open(config).await?.run(shutdown).await
@@ -396,29 +383,6 @@ fn read_config_file(path: &std::path::Path) -> Result<ResolvedConfig, NodeError>
         path: path.to_path_buf(),
         errors,
     })
-}
-
-/// Stores `config` as the next configuration version.
-async fn store_version(
-    store: &Store,
-    previous: Option<&crate::history::ConfigVersion>,
-    config: &ResolvedConfig,
-    who: Author,
-    keep: u64,
-) -> Result<u64, StoreError> {
-    let old_entities = previous.and_then(|p| p.entities().ok()).unwrap_or_default();
-    let version = crate::history::ConfigVersion {
-        version: previous.map_or(0, |p| p.version) + 1,
-        time_us: schemas::time::now_nanos() / 1_000,
-        hash: config.hash.clone(),
-        who,
-        changes: Changes::between(&old_entities, &config.entities),
-        entities_json: Value::Array(config.entities.clone()).to_string(),
-    };
-    let n = version.version;
-    let store = store.clone();
-    blocking(move || store.put_config_version(&version, keep)).await?;
-    Ok(n)
 }
 
 /// The configuration a start runs, and its version: the stored one (the
@@ -486,215 +450,6 @@ async fn initial_config(
             errors,
             file: Box::new(e),
         }),
-    }
-}
-
-/// Why a configuration change was not made.
-#[derive(Debug)]
-pub enum ReconfigureError<E> {
-    /// The edit itself refused (e.g. the pipe to replace does not exist).
-    Edit(E),
-    /// The result is not a valid configuration.
-    Invalid(ConfigErrors),
-    /// More entities than `--max-config-entities`.
-    TooManyEntities { count: usize, limit: usize },
-    /// The new version could not be stored; nothing changed.
-    Store(StoreError),
-}
-
-/// What a configuration change did.
-#[derive(Debug, Clone)]
-pub struct Reconfigured {
-    pub config: Arc<ResolvedConfig>,
-    /// The version now running (unchanged when the result equals the
-    /// running configuration).
-    pub version: u64,
-    pub changed: bool,
-}
-
-/// Changes the configuration: `edit` turns the running entities into the
-/// new ones; the result is validated, stored as a new version (synced),
-/// then applied. Changes are serialized, so concurrent edits never lose
-/// each other's work.
-pub async fn reconfigure<E>(
-    s: &Arc<Shared>,
-    who: Author,
-    edit: impl FnOnce(&[Value]) -> Result<Vec<Value>, E>,
-) -> Result<Reconfigured, ReconfigureError<E>> {
-    let _serial = s.reconfigure.lock().await;
-    let old = s.config();
-    let entities = edit(&old.entities).map_err(ReconfigureError::Edit)?;
-    if entities.len() > s.limits.max_config_entities {
-        return Err(ReconfigureError::TooManyEntities {
-            count: entities.len(),
-            limit: s.limits.max_config_entities,
-        });
-    }
-    let config = crate::config::resolve(entities).map_err(ReconfigureError::Invalid)?;
-    let current = s.config_version.load(std::sync::atomic::Ordering::SeqCst);
-    if config.hash == old.hash {
-        return Ok(Reconfigured {
-            config: old,
-            version: current,
-            changed: false,
-        });
-    }
-    let st = s.store.clone();
-    let previous = blocking(move || st.current_config())
-        .await
-        .map_err(ReconfigureError::Store)?;
-    let version = store_version(&s.store, previous.as_ref(), &config, who, s.config_history)
-        .await
-        .map_err(ReconfigureError::Store)?;
-    s.config_version
-        .store(version, std::sync::atomic::Ordering::SeqCst);
-    apply_locked(s, config).await;
-    Ok(Reconfigured {
-        config: s.config(),
-        version,
-        changed: true,
-    })
-}
-
-/// Whether a pipe can keep running unchanged under `new`.
-fn unchanged(
-    old: &PipeConfig,
-    new: &PipeConfig,
-    old_cfg: &ResolvedConfig,
-    new_cfg: &ResolvedConfig,
-) -> bool {
-    if old.original != new.original || old.monitoring != new.monitoring {
-        return false;
-    }
-    let system = |p: &PipeConfig| -> Option<String> {
-        match (&p.source, &p.sink) {
-            (SourceConfig::Json { system, .. }, _) | (_, SinkConfig::Json { system, .. }) => {
-                Some(system.clone())
-            }
-            _ => None,
-        }
-    };
-    match system(new) {
-        None => true,
-        Some(sys) => old_cfg.systems.get(&sys) == new_cfg.systems.get(&sys),
-    }
-}
-
-/// Creates and starts pumps for the pipes of `config` not in `keep`.
-async fn start_pumps(s: &Arc<Shared>, config: &ResolvedConfig, keep: &[String]) {
-    for (id, pipe) in &config.pipes {
-        if keep.contains(id) {
-            continue;
-        }
-        let existing = s.pump(id);
-        let pump = match existing {
-            Some(p) => {
-                p.set_config(pipe.clone());
-                p
-            }
-            None => {
-                let store = s.store.clone();
-                let pid = id.clone();
-                let meta = blocking(move || store.pump_meta(&pid)).await.unwrap_or_else(|e| {
-                    tracing::warn!(pipe = %id, error = %e, "could not read the pump state; assuming enabled");
-                    Default::default()
-                });
-                let p = Arc::new(Pump::new(pipe.clone(), meta));
-                let ss = s.clone();
-                let pp = p.clone();
-                blocking(move || pp.restore(&ss)).await;
-                s.pumps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), p.clone());
-                p
-            }
-        };
-        let label = Metrics::pipe(id);
-        s.metrics
-            .pipe_enabled
-            .get_or_create(&label)
-            .set(i64::from(!pump.state().disabled));
-        // Every pipe has its series from the start, so "0 runs" is not "absent".
-        let m = &s.metrics;
-        for family in [
-            &m.pump_started,
-            &m.pump_completed,
-            &m.pump_failed,
-            &m.entities_changes,
-            &m.entities_seen,
-        ] {
-            let _ = family.get_or_create(&label);
-        }
-        crate::pump::spawn(s.clone(), pump);
-    }
-}
-
-/// Replaces the running configuration with a validated one (the caller
-/// holds the reconfiguration lock): pipes that are unchanged keep running,
-/// changed pipes are restarted (a running run is stopped), removed pipes
-/// are stopped and forgotten.
-async fn apply_locked(s: &Arc<Shared>, config: ResolvedConfig) {
-    let old = s.config();
-    let mut keep = Vec::new();
-    for p in s.pumps() {
-        let new = config.pipes.get(&p.id);
-        match new {
-            Some(n) if unchanged(&p.config(), n, &old, &config) => {
-                p.set_config(n.clone());
-                keep.push(p.id.clone());
-            }
-            Some(_) => p.cancel_task(),
-            None => {
-                p.cancel_task();
-                s.pumps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&p.id);
-                let label = Metrics::pipe(&p.id);
-                let m = &s.metrics;
-                m.pipe_enabled.remove(&label);
-                for family in [
-                    &m.pump_started,
-                    &m.pump_completed,
-                    &m.pump_failed,
-                    &m.entities_changes,
-                    &m.entities_seen,
-                ] {
-                    family.remove(&label);
-                }
-                m.last_completed_time.remove(&label);
-                m.total_time.remove(&label);
-            }
-        }
-    }
-    let config = Arc::new(config);
-    *s.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
-    // Wait (bounded) for cancelled pumps to record their stopped run, so
-    // that a restarted pump never overlaps with its previous task.
-    for _ in 0..100 {
-        let busy = s
-            .pumps()
-            .iter()
-            .any(|p| !keep.contains(&p.id) && p.state().is_running);
-        if !busy {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start_pumps(s, &config, &keep).await;
-    if old.hash != config.hash {
-        s.emit_config(&config).await;
-        tracing::info!(hash = %config.hash, pipes = config.pipes.len(), "configuration replaced");
-        log_warnings(&config);
-    }
-    s.health_wakeup.notify_one();
-}
-
-/// Logs every warning of a configuration (unknown properties, ignored).
-fn log_warnings(config: &ResolvedConfig) {
-    for w in &config.warnings {
-        tracing::warn!(entity = %w.entity, field = %w.field, "configuration warning: {}", w.message);
     }
 }
 

@@ -89,6 +89,14 @@ pub enum StoreError {
     Damaged { key: String, message: String },
 }
 
+/// Runs blocking storage work off the async worker threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 fn storage(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
     move |source| StoreError::Storage { op, source }
 }

@@ -427,3 +427,56 @@ async fn entity_read_and_write_errors_are_events_without_the_entity() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_pipe_is_stopped_and_recorded_before_the_change_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = http_system().await;
+    let slow = |timeout: u64| {
+        json!([
+            {"_id": "api", "type": "system:url", "base_url": format!("{base}/api"), "timeout": timeout},
+            {"_id": "slow", "type": "pipe", "source": {"type": "json", "system": "api", "url": "slow"}, "pump": {"mode": "manual"}},
+        ])
+    };
+    let node = start(dir.path(), &slow(30)).await;
+    let since = node.log_head("slow").await;
+    let (status, _) = node.pump("slow", "start").await;
+    assert_eq!(status, 200);
+    // Wait until the run has started reading.
+    for _ in 0..200 {
+        let (_, log, _) = node
+            .get(&format!("/api/pipes/slow/log?since={since}"))
+            .await;
+        if !log.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The system changes, so the pipe is restarted: by the time the change
+    // is acknowledged the interrupted run is recorded and the pump is idle.
+    let (status, body) = node.put_json("/api/config", &slow(29)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, log, _) = node
+        .get(&format!("/api/pipes/slow/log?since={since}"))
+        .await;
+    let failed = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "pump-failed")
+        .cloned()
+        .unwrap_or_else(|| panic!("no pump-failed recorded before the change returned: {log}"));
+    assert!(
+        failed["reason_why_stopped"]
+            .as_str()
+            .unwrap()
+            .contains("configuration changed"),
+        "{failed}"
+    );
+    let (_, pump, _) = node.get("/api/pipes/slow/pump").await;
+    assert_eq!(pump["runtime"]["is-running"], false, "{pump}");
+    // And the restarted pump runs.
+    let (status, _) = node.pump("slow", "start").await;
+    assert_eq!(status, 200);
+    node.stop().await;
+}
