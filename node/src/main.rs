@@ -113,6 +113,9 @@ struct Args {
     /// Shortest time between two fresh rounds of GET /api/health.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     health_min_interval: Duration,
+    /// Entities a dataset source reads, transforms and writes at a time.
+    #[arg(long, default_value_t = 10_000)]
+    source_page_entities: usize,
 }
 
 #[tokio::main]
@@ -170,6 +173,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
         ("--max-page-entities", args.max_page_entities),
         ("--max-page-bytes", args.max_page_bytes),
         ("--max-concurrent-requests", args.max_concurrent_requests),
+        ("--source-page-entities", args.source_page_entities),
     ] {
         anyhow::ensure!(v > 0, "{flag} must be positive");
     }
@@ -199,6 +203,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
         max_source_bytes: args.max_source_response_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
         health_min_interval: args.health_min_interval,
+        source_page_entities: args.source_page_entities,
     };
     config.synthetic =
         args.synthetic_logs

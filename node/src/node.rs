@@ -221,6 +221,7 @@ impl Node {
             events: emitter.clone(),
             metrics: metrics.clone(),
             max_source_bytes: limits.max_source_bytes,
+            source_page_entities: limits.source_page_entities,
             shutdown: shutdown.clone(),
             run_grace: config.shutdown_timeout.mul_f64(0.7),
             tracker: tracker.clone(),

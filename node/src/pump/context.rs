@@ -20,6 +20,8 @@ pub struct PumpContext {
     pub metrics: Metrics,
     /// The largest answer a `json` source may send (`--max-source-response-bytes`).
     pub max_source_bytes: u64,
+    /// Entities a dataset source reads per page (`--source-page-entities`).
+    pub source_page_entities: usize,
     /// The node's shutdown; every pump task stops with it.
     pub shutdown: CancellationToken,
     /// How long a running pump may go on after shutdown began.

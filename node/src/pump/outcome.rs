@@ -97,6 +97,8 @@ pub struct SourceBatch {
     /// The new offset of a dataset source.
     pub offset: Option<u64>,
     pub read_errors: EntityErrors,
+    /// Whether the source may have more after this page.
+    pub more: bool,
 }
 
 /// What a sink wrote.

@@ -147,31 +147,41 @@ pub async fn run_once(
     let mut write_errors = EntityErrors::default();
     let result = {
         let work = async {
-            let t = Instant::now();
-            let read = read_source(ctx, &config, &mut secrets).await;
-            times[0] = t.elapsed().as_secs_f64();
-            let batch = read?;
-            read_errors.append(batch.read_errors);
-            let offset = batch.offset;
-            seen = batch.entities.len() as u64;
-            progress(seen);
-            // Stage times are recorded whether or not the stage fails.
-            let t = Instant::now();
-            let out = transform(&config, batch.entities);
-            times[1] = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let written = write_sink(ctx, &config, &mut secrets, out?).await;
-            times[2] = t.elapsed().as_secs_f64();
-            let written = written?;
-            changes = written.changes;
-            write_errors.append(written.write_errors);
-            if let Some(o) = offset {
-                let store = ctx.store.clone();
-                let id = config.id.clone();
-                blocking(move || store.set_pipe_offset(&id, o))
-                    .await
-                    .map_err(|e| fail(format!("could not save the pipe offset: {e}")))?;
-                last_seen = Some(o);
+            // A dataset source is read in pages, each written and its
+            // offset saved before the next, so that a run's memory is
+            // bounded whatever the backlog (a failure keeps the progress of
+            // the pages before it). Other sources are one page.
+            loop {
+                let t = Instant::now();
+                let read = read_source(ctx, &config, &mut secrets).await;
+                // Stage times add up over pages and are recorded whether or
+                // not the stage fails.
+                times[0] += t.elapsed().as_secs_f64();
+                let batch = read?;
+                read_errors.append(batch.read_errors);
+                let (offset, more) = (batch.offset, batch.more);
+                seen += batch.entities.len() as u64;
+                progress(seen);
+                let t = Instant::now();
+                let out = transform(&config, batch.entities);
+                times[1] += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let written = write_sink(ctx, &config, &mut secrets, out?).await;
+                times[2] += t.elapsed().as_secs_f64();
+                let written = written?;
+                changes += written.changes;
+                write_errors.append(written.write_errors);
+                if let Some(o) = offset {
+                    let store = ctx.store.clone();
+                    let id = config.id.clone();
+                    blocking(move || store.set_pipe_offset(&id, o))
+                        .await
+                        .map_err(|e| fail(format!("could not save the pipe offset: {e}")))?;
+                    last_seen = Some(o);
+                }
+                if !more {
+                    break;
+                }
             }
             Ok::<(), Box<Failure>>(())
         };
