@@ -163,6 +163,9 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
                 .with_context(|| format!("read the API token file {}", p.display()))?;
             let t = t.trim().to_string();
             anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", p.display());
+            if node::files::mode(p).is_ok_and(|m| m & 0o077 != 0) {
+                tracing::warn!(path = %p.display(), "the API token file is readable by other users; chmod 600 it");
+            }
             Some(t)
         }
     };
