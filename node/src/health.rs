@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use schemas::{HealthBody, HealthCheck, HealthStatus};
 
-use crate::state::{blocking, Shared};
+use crate::state::Shared;
+use crate::store::blocking;
 
 fn worst(a: HealthStatus, b: HealthStatus) -> HealthStatus {
     let rank = |s| match s {
@@ -56,9 +57,7 @@ pub async fn check(shared: &Arc<Shared>) -> HealthBody {
     let c = shared.outbox.config();
     let fill = (stats.records as f64 / c.max_records.get() as f64)
         .max(stats.bytes as f64 / c.max_bytes.get() as f64);
-    let refusing = shared
-        .outbox_refusing
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let refusing = shared.emitter.refusing();
     let (status, detail) = if refusing {
         (
             HealthStatus::Failed,
@@ -162,7 +161,7 @@ pub fn spawn(shared: Arc<Shared>, interval: Duration) {
                 tracing::info!(status = body.status.as_str(), "node health changed");
             }
             if periodic || changed {
-                s.emit_health(body).await;
+                s.emitter.emit_health(body).await;
             }
         }
     });

@@ -24,6 +24,15 @@ pub const MAX_PUMP_BODY_BYTES: usize = 64 << 10;
 pub const DEFAULT_PAGE_ENTITIES: usize = 10_000;
 /// Redirects a `json` system may answer (same origin only).
 pub const MAX_REDIRECTS: usize = 5;
+/// Longest `_id` of an entity a pipe writes into a dataset (a longer one
+/// is a `write-error`).
+pub const MAX_ENTITY_ID_CHARS: usize = 4096;
+/// Stored bytes a dataset source reads per page (a page also ends at
+/// `--source-page-entities`).
+pub const SOURCE_PAGE_BYTES: usize = 32 << 20;
+/// `read-error` and `write-error` events recorded per run (every error is
+/// counted in the run's metrics; only the first ones become events).
+pub const MAX_ERROR_EVENTS: usize = 100;
 
 /// The machine-sized bounds; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +59,9 @@ pub struct Limits {
     /// this often; calls in between get the last result, so the open
     /// endpoint cannot be used to drive the disk.
     pub health_min_interval: Duration,
+    /// Entities a dataset source reads, transforms and writes at a time:
+    /// a run's memory is bounded by a page, whatever the backlog.
+    pub source_page_entities: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +76,7 @@ impl Default for Limits {
             max_source_bytes: 256 << 20,
             max_concurrent_requests: 64,
             health_min_interval: Duration::from_secs(1),
+            source_page_entities: 10_000,
         }
     }
 }

@@ -24,9 +24,18 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "sesam-node", version)]
 struct Args {
-    /// Configuration file: a JSON array of pipe, system:url and metadata entities.
+    /// Configuration file: a JSON array of pipe, system:url and metadata
+    /// entities. It seeds a node without a stored configuration; after that
+    /// the node runs the last configuration it accepted (see --config-from-file).
     #[arg(long)]
     config: PathBuf,
+    /// Run --config even when the stored configuration differs from it
+    /// (the file becomes a new configuration version).
+    #[arg(long)]
+    config_from_file: bool,
+    /// Configuration versions kept in the history (GET /api/config/history).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    config_history: u64,
     /// Data directory: the node database (`node/`) and the outbox (`outbox/`).
     #[arg(long)]
     data_dir: PathBuf,
@@ -106,6 +115,9 @@ struct Args {
     /// Shortest time between two fresh rounds of GET /api/health.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     health_min_interval: Duration,
+    /// Entities a dataset source reads, transforms and writes at a time.
+    #[arg(long, default_value_t = 10_000)]
+    source_page_entities: usize,
 }
 
 #[tokio::main]
@@ -153,6 +165,9 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
                 .with_context(|| format!("read the API token file {}", p.display()))?;
             let t = t.trim().to_string();
             anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", p.display());
+            if node::files::mode(p).is_ok_and(|m| m & 0o077 != 0) {
+                tracing::warn!(path = %p.display(), "the API token file is readable by other users; chmod 600 it");
+            }
             Some(t)
         }
     };
@@ -163,6 +178,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
         ("--max-page-entities", args.max_page_entities),
         ("--max-page-bytes", args.max_page_bytes),
         ("--max-concurrent-requests", args.max_concurrent_requests),
+        ("--source-page-entities", args.source_page_entities),
     ] {
         anyhow::ensure!(v > 0, "{flag} must be positive");
     }
@@ -177,6 +193,8 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     config.health_interval = args.health_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.log_records = Some(log_records);
+    config.config_from_file = args.config_from_file;
+    config.config_history = args.config_history;
     config.outbox.max_bytes = args.outbox_max_bytes;
     config.outbox.max_records = args.outbox_max_records;
     config.outbox.block_timeout = args.outbox_block_timeout;
@@ -190,6 +208,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
         max_source_bytes: args.max_source_response_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
         health_min_interval: args.health_min_interval,
+        source_page_entities: args.source_page_entities,
     };
     config.synthetic =
         args.synthetic_logs

@@ -293,7 +293,8 @@ async fn concurrent_requests_are_bounded() {
     .unwrap();
     stalled.flush().unwrap();
     let mut busy = None;
-    for _ in 0..100 {
+    // Generous: a loaded machine may take a while to read the stalled headers.
+    for _ in 0..500 {
         let r = node
             .client
             .get(node.url("/api/pipes"))
@@ -308,7 +309,17 @@ async fn concurrent_requests_are_bounded() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let busy = busy.expect("a second request is refused while the slot is held");
+    let busy = busy.unwrap_or_else(|| {
+        stalled
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = stalled.read(&mut buf).unwrap_or(0);
+        panic!(
+            "a second request is refused while the slot is held; the stalled request got: {}",
+            String::from_utf8_lossy(&buf[..n])
+        )
+    });
     assert!(
         busy["error"]
             .as_str()

@@ -358,7 +358,7 @@ async fn node_bounds_are_flags_and_refusals_name_field_and_limit() {
             )
         }
     };
-    let (code, body) = get(format!("{}/api/datasets/many/entities?limit=6", node.url)).await;
+    let (code, body) = get(format!("{}/api/pipes/many/log?limit=6", node.url)).await;
     assert_eq!(
         (code, body["field"].as_str()),
         (400, Some("limit")),
