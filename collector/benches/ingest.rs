@@ -335,6 +335,7 @@ fn search_bench(dir: &Path, total: usize) {
             subscription: Some(SUB.into()),
             deadline: far,
             max_bytes: usize::MAX,
+            parallel: true,
         };
         let t = Instant::now();
         let r = query::search(&store, &q, &p).expect("search");
@@ -360,6 +361,7 @@ fn search_bench(dir: &Path, total: usize) {
         subscription: None,
         deadline: far,
         max_bytes: usize::MAX,
+        parallel: true,
     };
     let mut best = None::<(Duration, u64, u64)>;
     for _ in 0..2 {

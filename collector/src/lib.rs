@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -263,7 +262,11 @@ pub async fn run(
         retention: config.retention.clone(),
         admission: http::Admission::new(config.admission.clone(), &metrics),
         metrics: metrics.clone(),
-        query_slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
+        query_pool: query::pool::QueryPool::new(
+            config.max_concurrent_queries,
+            config.read.max_queries_per_subscription,
+            config.read.query_nice,
+        ),
         query_timeout: config.query_timeout,
         read_limits: config.read.clone(),
         checkpoint_dir: config.checkpoint_dir.clone(),
@@ -325,6 +328,7 @@ pub async fn run(
     {
         tracing::warn!("background tasks still running at the shutdown deadline");
     }
+    state.query_pool.stop();
     // Commits what is queued, then stops the writer.
     let closing = store.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;

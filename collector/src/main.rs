@@ -116,8 +116,17 @@ struct ServeArgs {
     /// headers (408 below it).
     #[arg(long, default_value_t = 32 << 10)]
     body_min_rate: u64,
+    /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
+    /// Searches running at once for one subscription; more wait (429
+    /// after --query-timeout).
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the collector's priority (0:
+    /// none): searches get the CPU ingest leaves.
+    #[arg(long, default_value_t = 10)]
+    query_nice: i32,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
     /// Matchers in a LogQL stream selector.
@@ -388,6 +397,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.max_answer_bytes = a.max_answer_bytes;
     config.read.max_federate_selectors = a.max_federate_selectors;
     config.read.max_federate_bytes = a.max_federate_bytes;
+    config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
+    config.read.query_nice = a.query_nice;
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;

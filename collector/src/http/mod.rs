@@ -49,7 +49,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::auth::{Principal, Role, Tokens};
 use crate::ingest::IngestLimits;
@@ -77,6 +76,11 @@ pub struct ReadLimits {
     pub max_federate_selectors: usize,
     /// Bytes of one `/federate` answer; past it the request is refused.
     pub max_federate_bytes: usize,
+    /// Searches running at once for one subscription (of
+    /// `max_concurrent_queries`).
+    pub max_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the process (0: none).
+    pub query_nice: i32,
 }
 
 impl Default for ReadLimits {
@@ -86,6 +90,8 @@ impl Default for ReadLimits {
             max_answer_bytes: 32 << 20,
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
+            max_queries_per_subscription: 2,
+            query_nice: 10,
         }
     }
 }
@@ -100,8 +106,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Body budget, deadlines and decode slots of every write endpoint.
     pub admission: Admission,
-    /// Queries running at once.
-    pub query_slots: Arc<Semaphore>,
+    /// The threads searches run on, with per-subscription slots.
+    pub query_pool: Arc<crate::query::pool::QueryPool>,
     pub query_timeout: Duration,
     pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,

@@ -4,17 +4,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::answer::{json_list, push_json_str, push_raw_line};
+use super::answer::{chunks_body, json_list, push_json_str, push_raw_line};
 use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Role};
 use crate::metrics::EndpointLabel;
+use crate::query::pool::PoolError;
 use crate::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
 
 const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
@@ -49,22 +51,21 @@ enum Failed {
     Search(SearchError),
 }
 
-/// Parses and runs a search on the blocking pool, bounded by the query
-/// slots: regexes are compiled off the async workers too.
-async fn run_search(
+/// Parses, runs and renders a search on a query thread (niced, with the
+/// subscription's slot; see `query::pool`): regexes are compiled and the
+/// answer is written there, never on the async workers.
+async fn run_search<R>(
     s: &Arc<AppState>,
     principal: &Principal,
     text: String,
     r: &RangeParams,
     endpoint: &'static str,
-) -> Result<(SearchResult, Duration), ApiError> {
-    let _permit = s
-        .query_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::unavailable("shutting down"))?;
-    let params = SearchParams {
+    render: R,
+) -> Result<Vec<Bytes>, ApiError>
+where
+    R: FnOnce(SearchResult, Duration, usize) -> Vec<Bytes> + Send + 'static,
+{
+    let mut params = SearchParams {
         start: r.start,
         end: r.end,
         limit: r.limit,
@@ -72,30 +73,52 @@ async fn run_search(
         subscription: principal.subscription().map(str::to_string),
         deadline: Instant::now() + s.query_timeout,
         max_bytes: s.read_limits.max_answer_bytes,
+        parallel: false,
     };
     let store = s.store.clone();
     let limits = s.read_limits.query.clone();
+    let max_bytes = s.read_limits.max_answer_bytes;
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
-        let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
-        query::search(&store, &query, &params).map_err(Failed::Search)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("search task failed: {e}")))?;
-    let took = started.elapsed();
+    let key = principal.subscription().unwrap_or("*").to_string();
+    let result = s
+        .query_pool
+        .run(&key, s.query_timeout, move |alone| {
+            let t = Instant::now();
+            params.parallel = alone;
+            let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
+            let result = query::search(&store, &query, &params).map_err(Failed::Search)?;
+            let truncated = result.truncated;
+            Ok((render(result, t.elapsed(), max_bytes), truncated))
+        })
+        .await
+        .map_err(|e| match e {
+            PoolError::Busy(wait) => {
+                s.metrics.refuse_query("busy");
+                s.metrics.refuse_tenant(&key, "busy");
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "this subscription's queries took every slot it may use for {wait:?} (--max-concurrent-queries-per-subscription); retry later"
+                    ),
+                )
+                .with("reason", json!("busy"))
+                .retry_after(super::RETRY_AFTER_SECS)
+            }
+            PoolError::Stopped => ApiError::unavailable("shutting down"),
+        })?;
     s.metrics
         .query_duration
         .get_or_create(&EndpointLabel { endpoint })
-        .observe(took.as_secs_f64());
+        .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(r) => {
-            if r.truncated {
+        Ok((chunks, truncated)) => {
+            if truncated {
                 s.metrics
                     .answers_truncated
                     .get_or_create(&EndpointLabel { endpoint })
                     .inc();
             }
-            Ok((r, took))
+            Ok(chunks)
         }
         Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
         Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
@@ -122,8 +145,12 @@ fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
     })
 }
 
-fn json_response(body: axum::body::Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+fn json_response(chunks: Vec<Bytes>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        chunks_body(chunks),
+    )
+        .into_response()
 }
 
 /// One record of `/api/v1/logs`, the stored line copied as its body.
@@ -153,6 +180,17 @@ fn write_record(buf: &mut Vec<u8>, h: Hit) {
     buf.push(b'}');
 }
 
+fn render_logs(mut result: SearchResult, took: Duration, max_bytes: usize) -> Vec<Bytes> {
+    let tail = format!("],\"stats\":{}}}", stats(&result, took, max_bytes));
+    let hits = std::mem::take(&mut result.hits);
+    json_list(
+        "{\"status\":\"success\",\"records\":[".to_string(),
+        hits,
+        tail,
+        write_record,
+    )
+}
+
 /// `GET /api/v1/logs?query=&start=&end=&limit=&direction=&since=`
 ///
 /// The answer holds at most `--max-answer-bytes` of lines; a cut answer
@@ -166,31 +204,11 @@ pub async fn logs(
     let principal = s.require(&headers, &READ_ROLES)?;
     let text = query_text(&q)?;
     let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
-    let (mut result, took) = run_search(&s, &principal, text, &r, "logs").await?;
-    let tail = format!(
-        "],\"stats\":{}}}",
-        stats(&result, took, s.read_limits.max_answer_bytes)
-    );
-    let hits = std::mem::take(&mut result.hits);
-    Ok(json_response(json_list(
-        "{\"status\":\"success\",\"records\":[".to_string(),
-        hits,
-        tail,
-        write_record,
-    )))
+    let chunks = run_search(&s, &principal, text, &r, "logs", render_logs).await?;
+    Ok(json_response(chunks))
 }
 
-/// `GET /loki/api/v1/query_range`: Loki's streams result.
-#[tracing::instrument(name = "loki_query_range", skip_all)]
-pub async fn loki_query_range(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    QueryParams(q): QueryParams<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let principal = s.require(&headers, &READ_ROLES)?;
-    let text = query_text(&q)?;
-    let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
-    let (mut result, took) = run_search(&s, &principal, text, &r, "loki_query_range").await?;
+fn render_loki(mut result: SearchResult, took: Duration, _max_bytes: usize) -> Vec<Bytes> {
     // Group by the full label set (stream labels plus extracted fields, as
     // Loki does), keeping the order of first appearance.
     let hits = std::mem::take(&mut result.hits);
@@ -225,7 +243,7 @@ pub async fn loki_query_range(
         }),
         result.truncated
     );
-    Ok(json_response(json_list(
+    json_list(
         "{\"status\":\"success\",\"data\":{\"resultType\":\"streams\",\"result\":[".to_string(),
         order,
         tail,
@@ -243,7 +261,21 @@ pub async fn loki_query_range(
             }
             buf.extend_from_slice(b"]}");
         },
-    )))
+    )
+}
+
+/// `GET /loki/api/v1/query_range`: Loki's streams result.
+#[tracing::instrument(name = "loki_query_range", skip_all)]
+pub async fn loki_query_range(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let principal = s.require(&headers, &READ_ROLES)?;
+    let text = query_text(&q)?;
+    let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
+    let chunks = run_search(&s, &principal, text, &r, "loki_query_range", render_loki).await?;
+    Ok(json_response(chunks))
 }
 
 /// Streams visible to the caller in the request's range (Loki's default

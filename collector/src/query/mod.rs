@@ -15,6 +15,7 @@
 //! few thousand entries.
 
 pub mod parser;
+pub mod pool;
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -43,6 +44,9 @@ pub struct SearchParams {
     pub deadline: Instant,
     /// Stop once the hits hold this many bytes (lines and extracted fields).
     pub max_bytes: usize,
+    /// Whether the search may split into two threads (when nothing else
+    /// is searching: under load one query per thread is fairer).
+    pub parallel: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +249,7 @@ pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchRe
             ..SearchResult::default()
         });
     }
-    if streams.len() < 2 {
+    if streams.len() < 2 || !p.parallel {
         return search_streams(store, query, p, &streams);
     }
     let mut by_size = streams.clone();

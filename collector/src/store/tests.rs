@@ -295,6 +295,7 @@ async fn search_over_many_streams_matches_a_brute_force_answer() {
             subscription: Some("a".into()),
             deadline: std::time::Instant::now() + Duration::from_secs(60),
             max_bytes: usize::MAX,
+            parallel: true,
         };
         let r = crate::query::search(&store, &q, &p).expect("search");
         let mut expected: Vec<i64> = all
