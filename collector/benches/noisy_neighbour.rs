@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use schemas::{Body, IngestBatch, Level, LogBody, Record};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};

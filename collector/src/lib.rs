@@ -18,14 +18,14 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod compression;
+pub mod fair;
 pub mod http;
-pub mod ingest;
+pub mod logs;
 pub mod metrics;
-pub mod metrics_ingest;
 pub mod pattern;
-pub mod query;
-pub mod retention;
-pub mod store;
+pub mod private;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,10 +38,11 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
 pub use http::{AdmissionLimits, ReadLimits, ServerLimits};
-pub use ingest::IngestLimits;
-pub use metrics_ingest::{MetricLimits, MetricObserver, MetricSample};
-pub use retention::RetentionPolicy;
-pub use store::{IngestObserver, Store, StoreConfig};
+pub use logs::ingest::IngestLimits;
+pub use logs::retention::RetentionPolicy;
+pub use logs::rocks::{Store, StoreConfig};
+pub use logs::{IngestObserver, LogStore};
+pub use metrics::{MetricLimits, MetricObserver, MetricSample};
 
 /// Where to listen.
 #[derive(Debug)]
@@ -147,7 +148,7 @@ impl CollectorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] logs::StoreError),
     #[error("bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -211,7 +212,7 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
-    let metrics = metrics::Metrics::default();
+    let metrics = telemetry::Metrics::default();
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
@@ -255,14 +256,17 @@ pub async fn run(
     };
     let local = listener.local_addr().map_err(CollectorError::Serve)?;
 
+    // The HTTP layer, retention and checkpoints see the store only as a
+    // LogStore; the notifier needs the RocksDB database itself (above).
+    let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
     let state = Arc::new(http::AppState {
-        store: store.clone(),
+        store: log_store.clone(),
         tokens: config.tokens,
         limits: config.limits,
         retention: config.retention.clone(),
         admission: http::Admission::new(config.admission.clone(), &metrics),
         metrics: metrics.clone(),
-        query_pool: query::pool::QueryPool::new(
+        query_pool: logs::query::pool::QueryPool::new(
             config.max_concurrent_queries,
             config.read.max_queries_per_subscription,
             config.read.query_nice,
@@ -272,7 +276,7 @@ pub async fn run(
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
-        metric_store: Arc::new(metrics_ingest::MetricStore::new(
+        metric_store: Arc::new(metrics::MetricStore::new(
             config.metric_limits.clone(),
             metric_observers,
         )),
@@ -280,15 +284,15 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    tracker.spawn(retention::run(
-        store.clone(),
+    tracker.spawn(logs::retention::run(
+        log_store.clone(),
         config.retention,
         config.retention_interval,
         shutdown.clone(),
     ));
     if let Some(dir) = config.checkpoint_dir.clone() {
         tracker.spawn(checkpoint::run(
-            store.clone(),
+            log_store.clone(),
             dir,
             config.checkpoint_keep,
             config.checkpoint_interval,

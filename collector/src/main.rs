@@ -389,7 +389,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_header_bytes: a.max_header_bytes,
         ..collector::ServerLimits::default()
     };
-    config.read.query = collector::query::QueryLimits {
+    config.read.query = collector::logs::query::QueryLimits {
         max_matchers: a.max_query_matchers,
         max_stages: a.max_query_stages,
         max_regex_bytes: a.max_query_regex_bytes,
@@ -408,7 +408,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.metric_limits.max_series = a.max_metric_series;
     config.metric_limits.max_bytes_per_subscription = a.max_metric_bytes_per_subscription;
     config.metric_limits.max_bytes = a.max_metric_bytes;
-    config.metric_limits.labels = collector::metrics_ingest::series::LabelLimits {
+    config.metric_limits.labels = collector::metrics::series::LabelLimits {
         max_labels: a.max_metric_labels_per_series,
         max_name_bytes: a.max_metric_label_name_bytes,
         max_value_bytes: a.max_metric_label_value_bytes,
@@ -544,7 +544,7 @@ async fn checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
     let (Some(data_dir), Some(dir)) = (a.data_dir, a.checkpoint_dir) else {
         bail!("give --data-dir and --checkpoint-dir (collector stopped), or --url (collector running)");
     };
-    let metrics = collector::metrics::Metrics::default();
+    let metrics = collector::telemetry::Metrics::default();
     let path = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
         let store = collector::Store::open(
             &data_dir,

@@ -33,10 +33,10 @@
 mod admin;
 pub mod admission;
 mod answer;
-mod ingest;
+mod logs;
+mod metrics;
 mod notify;
 mod params;
-mod search;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -51,12 +51,11 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::auth::{Principal, Role, Tokens};
-use crate::ingest::IngestLimits;
-use crate::metrics::Metrics;
-use crate::metrics_ingest::handlers as metrics_push;
-use crate::query::QueryLimits;
-use crate::retention::RetentionPolicy;
-use crate::store::Store;
+use crate::logs::ingest::IngestLimits;
+use crate::logs::query::QueryLimits;
+use crate::logs::retention::RetentionPolicy;
+use crate::logs::LogStore;
+use crate::telemetry::Metrics;
 
 pub use admission::{Admission, AdmissionLimits};
 pub(crate) use answer::text_chunks as answer_text;
@@ -99,7 +98,8 @@ impl Default for ReadLimits {
 /// Everything handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub store: Store,
+    /// The log store, whatever its backend.
+    pub store: Arc<dyn LogStore>,
     pub tokens: Tokens,
     pub limits: IngestLimits,
     pub retention: RetentionPolicy,
@@ -107,14 +107,14 @@ pub struct AppState {
     /// Body budget, deadlines and decode slots of every write endpoint.
     pub admission: Admission,
     /// The threads searches run on, with per-subscription slots.
-    pub query_pool: Arc<crate::query::pool::QueryPool>,
+    pub query_pool: Arc<crate::logs::query::pool::QueryPool>,
     pub query_timeout: Duration,
     pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_keep: usize,
     pub ready: AtomicBool,
     /// Metrics ingest: the latest-sample table behind `/federate`.
-    pub metric_store: Arc<crate::metrics_ingest::MetricStore>,
+    pub metric_store: Arc<crate::metrics::MetricStore>,
     /// The notifier (rules, alerts, receivers, silences, history).
     pub notifier: Option<notifier::Notifier>,
 }
@@ -243,21 +243,21 @@ async fn not_found() -> ApiError {
 /// The collector's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/v1/ingest", post(ingest::ingest))
-        .route("/api/v1/logs", get(search::logs))
-        .route("/loki/api/v1/query_range", get(search::loki_query_range))
-        .route("/loki/api/v1/labels", get(search::loki_labels))
+        .route("/api/v1/ingest", post(logs::ingest))
+        .route("/api/v1/logs", get(logs::logs))
+        .route("/loki/api/v1/query_range", get(logs::loki_query_range))
+        .route("/loki/api/v1/labels", get(logs::loki_labels))
         .route(
             "/loki/api/v1/label/{name}/values",
-            get(search::loki_label_values),
+            get(logs::loki_label_values),
         )
         .route("/api/v1/sources", get(admin::sources))
         .route("/api/v1/subscriptions/{id}", delete(admin::purge))
         .route("/api/v1/checkpoints", post(admin::checkpoint))
         .route("/metrics", get(admin::metrics))
-        .route("/api/v1/write", post(metrics_push::remote_write))
-        .route("/v1/metrics", post(metrics_push::otlp_metrics))
-        .route("/federate", get(metrics_push::federate))
+        .route("/api/v1/write", post(metrics::remote_write))
+        .route("/v1/metrics", post(metrics::otlp_metrics))
+        .route("/federate", get(metrics::federate))
         .route("/api/v1/notification-rule-types", get(notify::rule_types))
         .route(
             "/api/v1/notification-rules",

@@ -346,7 +346,7 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-    use crate::metrics_ingest::series::Prepared;
+    use crate::metrics::series::Prepared;
 
     fn both(body: &[u8]) -> (Result<Prepared, String>, Result<Prepared, String>) {
         let mut a = SeriesBuilder::new(Some("t"), 1_000_000, 1_000);

@@ -325,7 +325,7 @@ impl Writer {
     ) {
         let m = &self.shared.metrics;
         m.source_conflicts
-            .get_or_create(&crate::metrics::ReasonLabel { reason: kind })
+            .get_or_create(&crate::telemetry::ReasonLabel { reason: kind })
             .inc();
         m.refuse_tenant(&sid.0, "source_conflict");
         if let Some(mut src) = before {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::http::admission::Slots;
+use crate::fair::Slots;
 
 type Job = Box<dyn FnOnce() + Send>;
 

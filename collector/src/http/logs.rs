@@ -1,23 +1,31 @@
-//! Search endpoints: `/api/v1/logs` and the Loki-compatible ones.
+//! The logs endpoints: `POST /api/v1/ingest`, `GET /api/v1/logs` and the
+//! Loki-compatible ones. Validation, storage and search are the logs
+//! domain's (`crate::logs`); here are admission, the answers and the
+//! mapping of errors to statuses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use schemas::IngestResponse;
+
+use super::admission::{admit, Spec};
 use super::answer::{chunks_body, json_list, push_json_str, push_raw_line};
 use super::params::{range_params, RangeParams};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
-use crate::metrics::EndpointLabel;
-use crate::query::pool::PoolError;
-use crate::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
+use crate::logs::ingest::{decode, decompress, prepare, IngestError};
+use crate::logs::query::pool::PoolError;
+use crate::logs::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
+use crate::logs::StoreError;
+use crate::telemetry::EndpointLabel;
 
 const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
 
@@ -86,7 +94,7 @@ where
             let t = Instant::now();
             params.parallel = alone;
             let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
-            let result = query::search(&store, &query, &params).map_err(Failed::Search)?;
+            let result = store.search(&query, &params).map_err(Failed::Search)?;
             let truncated = result.truncated;
             Ok((render(result, t.elapsed(), max_bytes), truncated))
         })
@@ -285,7 +293,7 @@ async fn label_streams(
     s: &Arc<AppState>,
     principal: &Principal,
     q: &HashMap<String, String>,
-) -> Result<Vec<Arc<crate::store::StreamInfo>>, ApiError> {
+) -> Result<Vec<Arc<crate::logs::StreamInfo>>, ApiError> {
     let r = range_params(q, schemas::time::now_nanos(), Duration::from_secs(6 * 3600))?;
     let text = q.get("query").filter(|s| !s.trim().is_empty()).cloned();
     let store = s.store.clone();
@@ -299,13 +307,7 @@ async fn label_streams(
                 stages: Vec::new(),
             },
         };
-        Ok::<_, ParseError>(query::select_streams(
-            &store,
-            &query,
-            sub.as_deref(),
-            r.start,
-            r.end,
-        ))
+        Ok::<_, ParseError>(store.select_streams(&query, sub.as_deref(), r.start, r.end))
     })
     .await
     .map_err(|e| ApiError::internal(format!("label task failed: {e}")))?;
@@ -353,4 +355,158 @@ pub async fn loki_label_values(
         })
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(json!({"status": "success", "data": values})))
+}
+
+enum Refused {
+    Invalid(IngestError),
+    Subscription(String),
+    Source(String),
+}
+
+fn ingest_error(e: &IngestError) -> ApiError {
+    let status = match e {
+        IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        e if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut err = ApiError::new(status, e.to_string()).with_field(e.field());
+    if let Some(i) = e.index() {
+        err = err.with("index", json!(i));
+    }
+    err
+}
+
+fn msgpack(ct: &str) -> bool {
+    ct.is_empty()
+        || ct.starts_with("application/msgpack")
+        || ct.starts_with("application/x-msgpack")
+        || ct.starts_with("application/vnd.msgpack")
+        || ct.starts_with("application/octet-stream")
+}
+
+const SPEC: Spec = Spec {
+    what: "ingest",
+    content_type: msgpack,
+    want: "MessagePack (application/msgpack)",
+};
+
+#[tracing::instrument(name = "ingest", skip_all)]
+pub async fn ingest(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let m = &s.metrics;
+    let admitted = admit(&s, &headers, body, SPEC, |r| m.reject(r)).await?;
+    let principal = admitted.principal;
+    let bytes = admitted.body;
+    let encoding = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let received = bytes.len() as u64;
+
+    // Decompression, decoding and validation are CPU work: off the reactor.
+    let state = s.clone();
+    let keep = s.store.wants_records();
+    let p = principal.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let raw = decompress(
+            encoding.as_deref(),
+            &bytes,
+            state.limits.max_decompressed_bytes,
+        )
+        .map_err(Refused::Invalid)?;
+        let decoded = decode(&raw, state.limits.max_records).map_err(Refused::Invalid)?;
+        if !p.covers(&decoded.subscription) {
+            return Err(Refused::Subscription(decoded.subscription));
+        }
+        if !p.may_write_source(&decoded.source) {
+            return Err(Refused::Source(decoded.source));
+        }
+        let now = schemas::time::now_nanos();
+        let window = state
+            .limits
+            .accept_past
+            .min(state.retention.for_subscription(&decoded.subscription));
+        let oldest = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
+        prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))?
+    .map_err(|r| match r {
+        Refused::Invalid(e) => {
+            m.reject(e.reason());
+            ingest_error(&e)
+        }
+        Refused::Subscription(sub) => {
+            m.reject("subscription_mismatch");
+            if let Some(own) = principal.subscription() {
+                m.refuse_tenant(own, "subscription_mismatch");
+            }
+            ApiError::forbidden(format!(
+                "this token may not ingest for subscription {sub:?}"
+            ))
+            .with_field("subscription")
+        }
+        Refused::Source(source) => {
+            m.reject("source_forbidden");
+            if let Some(own) = principal.subscription() {
+                m.refuse_tenant(own, "source_forbidden");
+            }
+            ApiError::forbidden(format!(
+                "this token may only write the sources {:?} of its tokens file entry, not {source:?}",
+                principal.sources.as_deref().unwrap_or_default()
+            ))
+            .with_field("source")
+        }
+    })?;
+
+    let rx = match s.store.try_ingest(prepared) {
+        Ok(rx) => rx,
+        Err(StoreError::Busy) => {
+            m.reject("busy");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "write queue is full; retry later",
+            )
+            .with("reason", json!("busy"))
+            .retry_after(RETRY_AFTER_SECS));
+        }
+        Err(e) => {
+            m.reject("unavailable");
+            return Err(ApiError::unavailable(e.to_string()).retry_after(RETRY_AFTER_SECS));
+        }
+    };
+    let outcome = rx
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+        .map_err(|e| match &e {
+            StoreError::SourceConflict { field, .. } => {
+                m.reject("source_conflict");
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+                    .with_field(field.clone())
+                    .with("reason", json!("source_conflict"))
+            }
+            StoreError::SourceLimit { limit, .. } => {
+                m.reject("source_limit");
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+                    .with_field("source")
+                    .with("reason", json!("source_limit"))
+                    .with("limit", json!(*limit))
+                    .retry_after(60)
+            }
+            e => {
+                m.reject("storage");
+                tracing::error!(error = %e, "ingest not stored");
+                ApiError::unavailable(format!("not stored: {e}")).retry_after(RETRY_AFTER_SECS)
+            }
+        })?;
+    drop(admitted.slot);
+    drop(admitted.reservation);
+    m.ingest_batches.inc();
+    m.ingest_bytes.inc_by(received);
+    Ok(Json(IngestResponse {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+    }))
 }
