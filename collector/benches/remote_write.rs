@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -18,14 +18,14 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod compression;
+pub mod fair;
 pub mod http;
-pub mod ingest;
+pub mod logs;
 pub mod metrics;
-pub mod metrics_ingest;
 pub mod pattern;
-pub mod query;
-pub mod retention;
-pub mod store;
+pub mod private;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,16 +33,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
 pub use http::{AdmissionLimits, ReadLimits, ServerLimits};
-pub use ingest::IngestLimits;
-pub use metrics_ingest::{MetricLimits, MetricObserver, MetricSample};
-pub use retention::RetentionPolicy;
-pub use store::{IngestObserver, Store, StoreConfig};
+pub use logs::ingest::IngestLimits;
+pub use logs::retention::RetentionPolicy;
+pub use logs::rocks::{Store, StoreConfig};
+pub use logs::{IngestObserver, LogStore};
+pub use metrics::{MetricLimits, MetricObserver, MetricSample};
 
 /// Where to listen.
 #[derive(Debug)]
@@ -149,7 +149,7 @@ impl CollectorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] logs::StoreError),
     #[error("bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -218,7 +218,7 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
-    let metrics = metrics::Metrics::default();
+    let metrics = telemetry::Metrics::default();
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
@@ -266,20 +266,27 @@ pub async fn run(
         n.set_own_address(local);
     }
 
+    // The HTTP layer, retention and checkpoints see the store only as a
+    // LogStore; the notifier needs the RocksDB database itself (above).
+    let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
     let state = Arc::new(http::AppState {
-        store: store.clone(),
+        store: log_store.clone(),
         tokens: config.tokens,
         limits: config.limits,
         retention: config.retention.clone(),
         admission: http::Admission::new(config.admission.clone(), &metrics),
         metrics: metrics.clone(),
-        query_slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
+        query_pool: logs::query::pool::QueryPool::new(
+            config.max_concurrent_queries,
+            config.read.max_queries_per_subscription,
+            config.read.query_nice,
+        ),
         query_timeout: config.query_timeout,
         read_limits: config.read.clone(),
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
-        metric_store: Arc::new(metrics_ingest::MetricStore::new(
+        metric_store: Arc::new(metrics::MetricStore::new(
             config.metric_limits.clone(),
             metric_observers,
         )),
@@ -287,15 +294,15 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    tracker.spawn(retention::run(
-        store.clone(),
+    tracker.spawn(logs::retention::run(
+        log_store.clone(),
         config.retention,
         config.retention_interval,
         shutdown.clone(),
     ));
     if let Some(dir) = config.checkpoint_dir.clone() {
         tracker.spawn(checkpoint::run(
-            store.clone(),
+            log_store.clone(),
             dir,
             config.checkpoint_keep,
             config.checkpoint_interval,
@@ -335,6 +342,7 @@ pub async fn run(
     {
         tracing::warn!("background tasks still running at the shutdown deadline");
     }
+    state.query_pool.stop();
     // Commits what is queued, then stops the writer.
     let closing = store.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;

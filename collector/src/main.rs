@@ -117,8 +117,17 @@ struct ServeArgs {
     /// headers (408 below it).
     #[arg(long, default_value_t = 32 << 10)]
     body_min_rate: u64,
+    /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
+    /// Searches running at once for one subscription; more wait (429
+    /// after --query-timeout).
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the collector's priority (0:
+    /// none): searches get the CPU ingest leaves.
+    #[arg(long, default_value_t = 10)]
+    query_nice: i32,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
     /// Matchers in a LogQL stream selector.
@@ -474,7 +483,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_header_bytes: a.max_header_bytes,
         ..collector::ServerLimits::default()
     };
-    config.read.query = collector::query::QueryLimits {
+    config.read.query = collector::logs::query::QueryLimits {
         max_matchers: a.max_query_matchers,
         max_stages: a.max_query_stages,
         max_regex_bytes: a.max_query_regex_bytes,
@@ -482,6 +491,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.max_answer_bytes = a.max_answer_bytes;
     config.read.max_federate_selectors = a.max_federate_selectors;
     config.read.max_federate_bytes = a.max_federate_bytes;
+    config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
+    config.read.query_nice = a.query_nice;
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;
@@ -491,7 +502,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.metric_limits.max_series = a.max_metric_series;
     config.metric_limits.max_bytes_per_subscription = a.max_metric_bytes_per_subscription;
     config.metric_limits.max_bytes = a.max_metric_bytes;
-    config.metric_limits.labels = collector::metrics_ingest::series::LabelLimits {
+    config.metric_limits.labels = collector::metrics::series::LabelLimits {
         max_labels: a.max_metric_labels_per_series,
         max_name_bytes: a.max_metric_label_name_bytes,
         max_value_bytes: a.max_metric_label_value_bytes,
@@ -630,7 +641,7 @@ async fn checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
     let (Some(data_dir), Some(dir)) = (a.data_dir, a.checkpoint_dir) else {
         bail!("give --data-dir and --checkpoint-dir (collector stopped), or --url (collector running)");
     };
-    let metrics = collector::metrics::Metrics::default();
+    let metrics = collector::telemetry::Metrics::default();
     let path = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
         let store = collector::Store::open(
             &data_dir,

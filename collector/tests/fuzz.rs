@@ -11,12 +11,12 @@
 //! all); `FUZZ_CASES=1000000 cargo test --release -p collector --test fuzz`
 //! is the long run recorded in BENCHMARKS.md ("Fuzzing").
 
-use collector::ingest::{decode, decompress, prepare, IngestLimits};
-use collector::metrics_ingest::otlp;
-use collector::metrics_ingest::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
-use collector::metrics_ingest::selector::Selector;
-use collector::metrics_ingest::series::SeriesBuilder;
-use collector::query::parse;
+use collector::logs::ingest::{decode, decompress, prepare, IngestLimits};
+use collector::logs::query::parse;
+use collector::metrics::otlp;
+use collector::metrics::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::selector::Selector;
+use collector::metrics::series::SeriesBuilder;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{

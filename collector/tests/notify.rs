@@ -470,7 +470,7 @@ async fn a_real_alertmanager_receives_and_resolves_the_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_threshold_fires_from_remote_write_and_resolves() {
-    use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+    use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
     use prost::Message;
 
     let dir = tempfile::tempdir().unwrap();

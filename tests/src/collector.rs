@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use collector::store::StoreConfig;
+use collector::logs::rocks::StoreConfig;
 use serde_json::{json, Value};
 
 use crate::process::{bin, free_port, until, Proc};
@@ -410,7 +410,7 @@ pub fn audit_store(data_dir: &Path, subscription: &str, source: &str) -> BTreeMa
             queue_batches: 1,
             ..StoreConfig::default()
         },
-        collector::metrics::Metrics::default(),
+        collector::telemetry::Metrics::default(),
         Vec::new(),
     )
     .unwrap_or_else(|e| panic!("open the collector store {}: {e}", data_dir.display()));

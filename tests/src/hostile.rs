@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use schemas::{Body, IngestBatch, Level, LogBody, Record};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -103,11 +103,12 @@ pub async fn checkpoint(
     let store = s.store.clone();
     let keep = s.checkpoint_keep;
     let metrics = s.metrics.clone();
-    let path =
-        tokio::task::spawn_blocking(move || crate::checkpoint::take(&store, &dir, keep, &metrics))
-            .await
-            .map_err(|e| ApiError::internal(format!("checkpoint task failed: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let path = tokio::task::spawn_blocking(move || {
+        crate::checkpoint::take(store.as_ref(), &dir, keep, &metrics)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("checkpoint task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(json!({"path": path.display().to_string()})))
 }
 

@@ -32,19 +32,26 @@ where
 }
 
 /// Writes `head`, then every item (separated by commas) with `write`, then
-/// `tail`, in chunks of about [`CHUNK_BYTES`].
-pub fn json_list<T, F>(head: String, items: Vec<T>, tail: String, write: F) -> Body
+/// `tail`, as chunks of about [`CHUNK_BYTES`]. Each item is dropped once
+/// written, so the items and their text are never both held whole. Called
+/// on a query thread: the async workers then only copy chunks to sockets.
+pub fn json_list<T, F>(head: String, items: Vec<T>, tail: String, write: F) -> Vec<Bytes>
 where
-    T: Send + 'static,
-    F: FnMut(&mut Vec<u8>, T) + Send + Unpin + 'static,
+    F: FnMut(&mut Vec<u8>, T),
 {
-    Body::new(IterBody(ListChunks {
+    ListChunks {
         head: Some(head),
         items: items.into_iter(),
         tail: Some(tail),
         write,
         first: true,
-    }))
+    }
+    .collect()
+}
+
+/// A body of chunks made beforehand.
+pub fn chunks_body(chunks: Vec<Bytes>) -> Body {
+    Body::new(IterBody(chunks.into_iter()))
 }
 
 struct ListChunks<T, F> {

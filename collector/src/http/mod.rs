@@ -33,10 +33,10 @@
 mod admin;
 pub mod admission;
 mod answer;
-mod ingest;
+mod logs;
+mod metrics;
 mod notify;
 mod params;
-mod search;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -49,15 +49,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::auth::{Principal, Role, Tokens};
-use crate::ingest::IngestLimits;
-use crate::metrics::Metrics;
-use crate::metrics_ingest::handlers as metrics_push;
-use crate::query::QueryLimits;
-use crate::retention::RetentionPolicy;
-use crate::store::Store;
+use crate::logs::ingest::IngestLimits;
+use crate::logs::query::QueryLimits;
+use crate::logs::retention::RetentionPolicy;
+use crate::logs::LogStore;
+use crate::telemetry::Metrics;
 
 pub use admission::{Admission, AdmissionLimits};
 pub(crate) use answer::text_chunks as answer_text;
@@ -77,6 +75,11 @@ pub struct ReadLimits {
     pub max_federate_selectors: usize,
     /// Bytes of one `/federate` answer; past it the request is refused.
     pub max_federate_bytes: usize,
+    /// Searches running at once for one subscription (of
+    /// `max_concurrent_queries`).
+    pub max_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the process (0: none).
+    pub query_nice: i32,
 }
 
 impl Default for ReadLimits {
@@ -86,6 +89,8 @@ impl Default for ReadLimits {
             max_answer_bytes: 32 << 20,
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
+            max_queries_per_subscription: 2,
+            query_nice: 10,
         }
     }
 }
@@ -93,22 +98,23 @@ impl Default for ReadLimits {
 /// Everything handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub store: Store,
+    /// The log store, whatever its backend.
+    pub store: Arc<dyn LogStore>,
     pub tokens: Tokens,
     pub limits: IngestLimits,
     pub retention: RetentionPolicy,
     pub metrics: Metrics,
     /// Body budget, deadlines and decode slots of every write endpoint.
     pub admission: Admission,
-    /// Queries running at once.
-    pub query_slots: Arc<Semaphore>,
+    /// The threads searches run on, with per-subscription slots.
+    pub query_pool: Arc<crate::logs::query::pool::QueryPool>,
     pub query_timeout: Duration,
     pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_keep: usize,
     pub ready: AtomicBool,
     /// Metrics ingest: the latest-sample table behind `/federate`.
-    pub metric_store: Arc<crate::metrics_ingest::MetricStore>,
+    pub metric_store: Arc<crate::metrics::MetricStore>,
     /// The notifier (rules, alerts, receivers, silences, history).
     pub notifier: Option<notifier::Notifier>,
 }
@@ -237,21 +243,21 @@ async fn not_found() -> ApiError {
 /// The collector's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/v1/ingest", post(ingest::ingest))
-        .route("/api/v1/logs", get(search::logs))
-        .route("/loki/api/v1/query_range", get(search::loki_query_range))
-        .route("/loki/api/v1/labels", get(search::loki_labels))
+        .route("/api/v1/ingest", post(logs::ingest))
+        .route("/api/v1/logs", get(logs::logs))
+        .route("/loki/api/v1/query_range", get(logs::loki_query_range))
+        .route("/loki/api/v1/labels", get(logs::loki_labels))
         .route(
             "/loki/api/v1/label/{name}/values",
-            get(search::loki_label_values),
+            get(logs::loki_label_values),
         )
         .route("/api/v1/sources", get(admin::sources))
         .route("/api/v1/subscriptions/{id}", delete(admin::purge))
         .route("/api/v1/checkpoints", post(admin::checkpoint))
         .route("/metrics", get(admin::metrics))
-        .route("/api/v1/write", post(metrics_push::remote_write))
-        .route("/v1/metrics", post(metrics_push::otlp_metrics))
-        .route("/federate", get(metrics_push::federate))
+        .route("/api/v1/write", post(metrics::remote_write))
+        .route("/v1/metrics", post(metrics::otlp_metrics))
+        .route("/federate", get(metrics::federate))
         .route("/api/v1/notification-rule-types", get(notify::rule_types))
         .route(
             "/api/v1/notification-rules",

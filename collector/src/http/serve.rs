@@ -57,7 +57,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::ApiError;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::telemetry::{Metrics, ReasonLabel};
 
 /// Connection limits and timeouts; see the module documentation.
 #[derive(Debug, Clone)]

@@ -2,8 +2,9 @@
 //! snappy block-compressed protobuf) and their decoding into a
 //! [`Prepared`](super::series::Prepared) request.
 //!
-//! The prost types describe the wire format (tests, benchmarks and other
-//! senders encode with them). The ingest path reads a request with
+//! The prost types (`schemas::prom`, shared with the metrics agent)
+//! describe the wire format (tests, benchmarks and other senders encode
+//! with them). The ingest path reads a request with
 //! [`prepare_raw`] instead: a walk over the protobuf bytes that hands each
 //! series' labels to the validator as `&str` slices of the body, without
 //! allocating per series or per label (prost's decode allocated two
@@ -15,68 +16,7 @@ use bytes::Bytes;
 
 use super::series::{MetricType, SeriesBuilder, SeriesError};
 
-/// `prometheus.WriteRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-    #[prost(message, repeated, tag = "3")]
-    pub metadata: Vec<MetricMetadata>,
-}
-
-/// `prometheus.TimeSeries`. Exemplars (tag 3) are skipped; native
-/// histograms (tag 4) are only counted, as unsupported.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-    #[prost(bytes = "bytes", repeated, tag = "4")]
-    pub histograms: Vec<Bytes>,
-}
-
-/// `prometheus.Label`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Label {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub name: Bytes,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub value: Bytes,
-}
-
-impl Label {
-    pub fn new(name: &str, value: &str) -> Label {
-        Label {
-            name: Bytes::copy_from_slice(name.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        }
-    }
-}
-
-/// `prometheus.Sample`: a value and its time in Unix milliseconds.
-#[derive(Clone, Copy, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
-
-/// `prometheus.MetricMetadata`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MetricMetadata {
-    /// `MetricType`: 0 unknown, 1 counter, 2 gauge, 3 histogram,
-    /// 4 gaugehistogram, 5 summary, 6 info, 7 stateset.
-    #[prost(int32, tag = "1")]
-    pub r#type: i32,
-    #[prost(string, tag = "2")]
-    pub metric_family_name: String,
-    #[prost(string, tag = "4")]
-    pub help: String,
-    #[prost(string, tag = "5")]
-    pub unit: String,
-}
+pub use schemas::prom::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 
 /// Decodes a decompressed `WriteRequest` body.
 pub fn decode(body: Bytes) -> Result<WriteRequest, prost::DecodeError> {
@@ -309,16 +249,7 @@ pub fn prepare(req: &WriteRequest, builder: &mut SeriesBuilder) -> Result<(), Se
     for (index, ts) in req.timeseries.iter().enumerate() {
         labels.clear();
         for l in &ts.labels {
-            let name = std::str::from_utf8(&l.name)
-                .map_err(|_| SeriesError::new(index, "labels", "label name is not UTF-8"))?;
-            let value = std::str::from_utf8(&l.value).map_err(|_| {
-                SeriesError::new(
-                    index,
-                    "labels",
-                    format!("value of label {name:?} is not UTF-8"),
-                )
-            })?;
-            labels.push((name, value));
+            labels.push((l.name.as_str(), l.value.as_str()));
         }
         builder.series(
             index,
@@ -346,7 +277,7 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-    use crate::metrics_ingest::series::Prepared;
+    use crate::metrics::series::Prepared;
 
     fn both(body: &[u8]) -> (Result<Prepared, String>, Result<Prepared, String>) {
         let mut a = SeriesBuilder::new(Some("t"), 1_000_000, 1_000);
@@ -397,9 +328,7 @@ mod tests {
                         if rng.random_range(0..10) > 0 {
                             ls.sort_by(|a, b| a.name.cmp(&b.name));
                         }
-                        if ls.iter().all(|l| &l.name[..] != b"__name__")
-                            && rng.random_range(0..4) > 0
-                        {
+                        if ls.iter().all(|l| l.name != "__name__") && rng.random_range(0..4) > 0 {
                             ls.insert(0, Label::new("__name__", &format!("m{i}")));
                             ls.sort_by(|a, b| a.name.cmp(&b.name));
                         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use schemas::{Body, Level, LogBody, Record};
 
 use super::*;
-use crate::ingest::{prepare, DecodedBatch, IngestLimits};
-use crate::retention::{self, RetentionPolicy};
+use crate::logs::ingest::{prepare, DecodedBatch, IngestLimits};
+use crate::logs::retention::RetentionPolicy;
 
 fn rec(sub: &str, source: &str, seq: u64, ts: i64, level: Level) -> Record {
     Record {
@@ -146,7 +146,8 @@ async fn retention_deletes_expired_prefixes_in_slices_and_keeps_the_rest() {
     policy
         .overrides
         .insert("a".into(), Duration::from_secs(5 * 3600));
-    let deleted = retention::apply(&store, &policy, base + 11 * hour)
+    let deleted = store
+        .retention_pass(&policy, base + 11 * hour)
         .await
         .expect("retention");
     assert_eq!(deleted, 25_000);
@@ -182,7 +183,8 @@ async fn retention_deletes_expired_prefixes_in_slices_and_keeps_the_rest() {
         .await
         .expect("ingest");
     assert_eq!(o.duplicates, 1);
-    let deleted = retention::apply(&store, &policy, base + 100 * hour)
+    let deleted = store
+        .retention_pass(&policy, base + 100 * hour)
         .await
         .expect("retention");
     assert_eq!(deleted, 10);
@@ -280,14 +282,15 @@ async fn search_over_many_streams_matches_a_brute_force_answer() {
             .expect("ingest");
     }
     assert_eq!(store.streams().len(), 15);
-    let q = crate::query::parse(r#"{subscription="a"} |~ `message [0-9]*7"`"#).expect("parse");
+    let q =
+        crate::logs::query::parse(r#"{subscription="a"} |~ `message [0-9]*7"`"#).expect("parse");
     for (backward, limit, start, end) in [
         (true, 50, 0, 1000),
         (false, 50, 0, 1000),
         (true, 5000, 100, 900),
         (false, 1, 500, 501),
     ] {
-        let p = crate::query::SearchParams {
+        let p = crate::logs::query::SearchParams {
             start,
             end,
             limit,
@@ -295,8 +298,9 @@ async fn search_over_many_streams_matches_a_brute_force_answer() {
             subscription: Some("a".into()),
             deadline: std::time::Instant::now() + Duration::from_secs(60),
             max_bytes: usize::MAX,
+            parallel: true,
         };
-        let r = crate::query::search(&store, &q, &p).expect("search");
+        let r = search::search(&store, &q, &p).expect("search");
         let mut expected: Vec<i64> = all
             .iter()
             .filter(|(ts, seq, _)| *ts >= start && *ts < end && seq % 10 == 7)

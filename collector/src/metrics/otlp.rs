@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality};
 
 use super::series::{MetricType, SeriesBuilder, SeriesError, STALE_NAN_BITS};
-use super::table::push_float;
+use schemas::prom::text::push_float;
 
 /// Decodes a (decompressed) protobuf body.
 pub fn decode(body: &[u8]) -> Result<ExportMetricsServiceRequest, prost::DecodeError> {

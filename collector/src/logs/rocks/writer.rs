@@ -10,8 +10,17 @@
 //!
 //! Retention (`Expire`) and termination (`Purge`) run as their own groups
 //! between ingest groups, so the in-memory state never mixes them.
+//!
+//! Fairness: when batches of several subscriptions wait, one group takes
+//! at most [`GROUP_TENANT_RECORDS`] records of one subscription (a single
+//! larger batch goes alone); that tenant's further batches wait for the
+//! next group, in their order, while other tenants' batches join this one.
+//! A flood of one tenant thus delays another's small batch by at most about
+//! one capped group, not by the whole flood queued before it. A tenant
+//! alone is never capped. Order per subscription (and so per source) is
+//! kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +69,8 @@ pub(crate) struct Event {
 /// Bounds of one group commit.
 const GROUP_MAX_OPS: usize = 256;
 const GROUP_MAX_RECORDS: usize = 200_000;
+/// Records of one subscription in one group (see the module docs).
+const GROUP_TENANT_RECORDS: usize = 5_000;
 /// At most one conflict event per source in this interval.
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -107,6 +118,18 @@ struct Group {
     records: usize,
     new_free_form: HashMap<String, usize>,
     new_sources: HashMap<String, usize>,
+}
+
+/// How full the group in the making is, per subscription.
+#[derive(Default)]
+struct Fill {
+    /// Several subscriptions wait: each gets its share of the group.
+    capped: bool,
+    ops: usize,
+    per_tenant: HashMap<String, usize>,
+    /// Subscriptions with a batch held for the next group.
+    held: std::collections::HashSet<String>,
+    later: VecDeque<IngestOp>,
 }
 
 /// Which sequence space of its source a batch writes.
@@ -173,59 +196,92 @@ impl Writer {
 
     pub fn run(mut self) {
         let mut pending: Option<Op> = None;
+        let mut deferred: VecDeque<IngestOp> = VecDeque::new();
         loop {
-            let first = match pending.take() {
-                Some(op) => op,
-                None => match self.rx.blocking_recv() {
+            if deferred.is_empty() {
+                let op = match pending.take() {
                     Some(op) => op,
-                    None => break,
-                },
-            };
-            match first {
-                Op::Expire {
-                    stream,
-                    cutoff,
-                    max,
-                    reply,
-                } => {
-                    let r = self.expire(stream, cutoff, max);
-                    let _ = reply.send(r);
-                }
-                Op::Purge {
-                    subscription,
-                    reply,
-                } => {
-                    let r = self.purge(&subscription);
-                    let _ = reply.send(r);
-                }
-                Op::Ingest(first) => {
-                    let mut g = Group {
-                        next_stream: self.next_stream,
-                        ..Group::default()
-                    };
-                    self.add(first, &mut g);
-                    let mut ops = 1;
-                    while ops < GROUP_MAX_OPS && g.records < GROUP_MAX_RECORDS {
-                        match self.rx.try_recv() {
-                            Ok(Op::Ingest(op)) => {
-                                self.add(op, &mut g);
-                                ops += 1;
-                            }
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+                    None => match self.rx.blocking_recv() {
+                        Some(op) => op,
+                        None => break,
+                    },
+                };
+                match op {
+                    Op::Expire {
+                        stream,
+                        cutoff,
+                        max,
+                        reply,
+                    } => {
+                        let r = self.expire(stream, cutoff, max);
+                        let _ = reply.send(r);
+                        continue;
                     }
-                    self.commit(g);
+                    Op::Purge {
+                        subscription,
+                        reply,
+                    } => {
+                        let r = self.purge(&subscription);
+                        let _ = reply.send(r);
+                        continue;
+                    }
+                    Op::Ingest(op) => deferred.push_back(op),
                 }
             }
+            // One group: the ingests held back from the last group first,
+            // then whatever waits, each subscription capped.
+            let mut g = Group {
+                next_stream: self.next_stream,
+                ..Group::default()
+            };
+            // What waits now (the queue is short: it is bounded).
+            let mut waiting = std::mem::take(&mut deferred);
+            let mut records: usize = waiting.iter().map(|op| op.batch.entries.len()).sum();
+            while pending.is_none() && waiting.len() < GROUP_MAX_OPS && records < GROUP_MAX_RECORDS
+            {
+                match self.rx.try_recv() {
+                    Ok(Op::Ingest(op)) => {
+                        records += op.batch.entries.len();
+                        waiting.push_back(op);
+                    }
+                    Ok(other) => pending = Some(other),
+                    Err(_) => break,
+                }
+            }
+            let mut fill = Fill {
+                capped: waiting
+                    .iter()
+                    .any(|op| op.batch.subscription != waiting[0].batch.subscription),
+                ..Fill::default()
+            };
+            for op in waiting {
+                self.admit(op, &mut g, &mut fill);
+            }
+            deferred = fill.later;
+            self.commit(g);
         }
         for h in self.background.drain(..) {
             let _ = h.join();
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// Adds `op` to the group, or holds it for the next one when its
+    /// subscription has its share of this group (or an earlier batch of
+    /// it is held already: order per subscription is kept).
+    fn admit(&mut self, op: IngestOp, g: &mut Group, fill: &mut Fill) {
+        let sub = op.batch.subscription.as_str();
+        let taken = fill.per_tenant.get(sub).copied().unwrap_or(0);
+        if fill.held.contains(sub)
+            || (fill.capped && taken > 0 && taken + op.batch.entries.len() > GROUP_TENANT_RECORDS)
+        {
+            fill.held.insert(sub.to_string());
+            fill.later.push_back(op);
+            return;
+        }
+        *fill.per_tenant.entry(sub.to_string()).or_default() += op.batch.entries.len();
+        fill.ops += 1;
+        self.add(op, g);
     }
 
     fn stream_meta<'a>(&'a self, g: &'a mut Group, id: u64) -> &'a mut StreamMeta {
@@ -269,7 +325,7 @@ impl Writer {
     ) {
         let m = &self.shared.metrics;
         m.source_conflicts
-            .get_or_create(&crate::metrics::ReasonLabel { reason: kind })
+            .get_or_create(&crate::telemetry::ReasonLabel { reason: kind })
             .inc();
         m.refuse_tenant(&sid.0, "source_conflict");
         if let Some(mut src) = before {

@@ -74,7 +74,7 @@
 //!   `--data-dir` can open.
 
 pub mod keys;
-pub mod labels;
+mod search;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,16 +86,24 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRawIterator, Options,
     ReadOptions, DB,
 };
-use schemas::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use labels::{
+pub use crate::logs::labels::{
     labels_key, overflow_labels, record_labels, record_labels_key, record_line, Labels,
     FREE_FORM_LABEL, LABEL_NAMES, OVERFLOW_LABEL,
 };
+pub use crate::logs::model::{
+    EpochMeta, IngestObserver, IngestOutcome, PreparedBatch, PreparedEntry, PreparedStream,
+    PurgeReport, SourceInfo, SourceMeta, StoreError, StreamInfo, ENTRY_V1, ENTRY_V1_BYTE,
+    MAX_OLD_EPOCHS,
+};
+use crate::logs::query::{Query, SearchError, SearchParams, SearchResult};
+use crate::logs::retention::RetentionPolicy;
+use crate::logs::{IngestReceipt, LogStore, StoreFuture};
+use crate::private::{create_private_dir, restrict_dir};
 
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 pub(crate) const CF_ENTRIES: &str = "entries";
 pub(crate) const CF_STREAMS: &str = "streams";
@@ -108,54 +116,6 @@ const FORMAT: &[u8] = b"sesam-collector-v2";
 const FORMAT_V1: &[u8] = b"sesam-collector-v1";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_NEXT_STREAM: &[u8] = b"next_stream";
-/// Version byte in front of every stored line.
-pub(crate) const ENTRY_V1: u8 = 1;
-/// The version byte new entries are written with.
-pub const ENTRY_V1_BYTE: u8 = ENTRY_V1;
-
-/// Everything that can go wrong in the store.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("open log store {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("log store {path} is locked by another process (is a collector running on it?)")]
-    Locked { path: PathBuf },
-    #[error("log store storage failed to {op}: {message}")]
-    Storage { op: &'static str, message: String },
-    #[error("log store is closed")]
-    Closed,
-    #[error("write queue is full")]
-    Busy,
-    /// A batch that contradicts what is stored for its source: a seq
-    /// re-sent with other content, or new records of an outbox epoch older
-    /// than the source's current one. Nothing of the batch is stored.
-    #[error("source {source_name:?} of subscription {subscription:?}: {detail}")]
-    SourceConflict {
-        subscription: String,
-        source_name: String,
-        /// `epoch`, or `records[i]` for the record at fault.
-        field: String,
-        detail: String,
-    },
-    /// A batch of a new source when its subscription has
-    /// `max_sources_per_subscription` sources already.
-    #[error("subscription {subscription:?} has {limit} sources, its limit; source {source_name:?} is new (raise --max-sources-per-subscription or terminate unused sources)")]
-    SourceLimit {
-        subscription: String,
-        source_name: String,
-        limit: usize,
-    },
-}
-
-impl StoreError {
-    pub(crate) fn storage(op: &'static str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Storage {
-            op,
-            message: e.to_string(),
-        }
-    }
-}
-
 /// Tuning of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -194,168 +154,6 @@ pub struct StreamMeta {
     pub max_ts: i64,
     /// Entries stored.
     pub records: u64,
-}
-
-/// A stream as the readers see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamInfo {
-    pub id: u64,
-    pub labels: Arc<Labels>,
-    pub min_ts: i64,
-    pub max_ts: i64,
-    pub records: u64,
-}
-
-impl StreamInfo {
-    pub fn subscription(&self) -> &str {
-        self.labels
-            .get("subscription")
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-}
-
-/// An outbox epoch of a source that is no longer its current one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochMeta {
-    pub epoch: String,
-    /// Its id in the store's keys.
-    pub id: u32,
-    /// Highest seq stored in it.
-    pub last_seq: u64,
-    /// Wall-clock time (Unix ns) it stopped being current.
-    pub ended: i64,
-}
-
-/// Older epochs remembered per source (their re-sent records are answered
-/// as duplicates); the oldest is forgotten beyond it.
-pub const MAX_OLD_EPOCHS: usize = 16;
-
-/// Persisted state of one (subscription, source).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceMeta {
-    /// Wall-clock time (Unix ns) of the first and last ingest that stored
-    /// one of its records.
-    pub first_seen: i64,
-    pub last_seen: i64,
-    /// Highest seq stored in the current epoch.
-    pub last_seq: u64,
-    /// The current outbox epoch ("" for shippers without epochs).
-    #[serde(default)]
-    pub epoch: String,
-    /// Its id in the store's keys (0 for the legacy epoch "").
-    #[serde(default)]
-    pub epoch_id: u32,
-    /// The id the next new epoch gets.
-    #[serde(default)]
-    pub next_epoch_id: u32,
-    /// Earlier epochs, oldest first (at most [`MAX_OLD_EPOCHS`]).
-    #[serde(default)]
-    pub old_epochs: Vec<EpochMeta>,
-    /// When the current epoch directly follows the legacy epoch: the legacy
-    /// epoch's last seq (seqs up to it are looked up there first).
-    #[serde(default)]
-    pub legacy_last_seq: u64,
-    /// Batches refused as conflicts (409 source_conflict).
-    #[serde(default)]
-    pub conflicts: u64,
-    /// Records stored now (retention subtracts what it deletes).
-    pub records: u64,
-    /// Newest record time (`ts`, Unix ns) ever stored.
-    pub newest_ts: i64,
-    /// Records the source's outbox reported dropped, summed over batches.
-    #[serde(default)]
-    pub dropped: u64,
-    /// Duplicates received (retries of stored records).
-    #[serde(default)]
-    pub duplicates: u64,
-}
-
-/// A source as `/api/v1/sources` reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceInfo {
-    pub subscription: String,
-    pub source: String,
-    pub meta: SourceMeta,
-}
-
-/// Told about every record the store commits for the first time.
-///
-/// Observers are called on the writer thread right after the synced write
-/// and before the ingest request is answered, in commit order, with only
-/// the newly stored records (never duplicates). They must return quickly
-/// (hand the records to a channel or a task); a slow observer slows ingest.
-/// This is the hook the notifier (issue 6) uses.
-pub trait IngestObserver: Send + Sync + 'static {
-    /// `records` were just stored durably, all of one commit group.
-    fn committed(&self, records: &[Record]);
-    /// Every record of `subscription` was deleted (termination).
-    fn subscription_purged(&self, _subscription: &str) {}
-    /// A batch of `source` was refused as a conflict (a seq re-sent with
-    /// other content, or two outbox epochs writing one source); `detail`
-    /// says which. Called on the store's event thread, off the request
-    /// path, at most once a minute per source.
-    fn source_conflict(&self, _subscription: &str, _source: &str, _detail: &str) {}
-}
-
-/// One distinct label set of an ingest batch.
-#[derive(Debug, Clone)]
-pub struct PreparedStream {
-    pub labels: Labels,
-    pub key: String,
-    /// For a stream with the free-form `pipe` label: the labels (and key)
-    /// its records go to when the subscription's stream limit is reached.
-    pub overflow: Option<(Labels, String)>,
-    /// Its labels are already overflow labels: the record's `pipe` value
-    /// was over the label size limit or held control characters.
-    pub overflowed: bool,
-}
-
-/// One validated record, ready to store.
-#[derive(Debug, Clone)]
-pub struct PreparedEntry {
-    pub seq: u64,
-    pub ts: i64,
-    /// Index into [`PreparedBatch::streams`].
-    pub stream: usize,
-    /// The line with its version byte.
-    pub value: Vec<u8>,
-    /// CRC-32 of the record's time, stream labels and line: tells a retry
-    /// (same digest) from another record with the same seq.
-    pub digest: u32,
-}
-
-/// A validated ingest batch of one (subscription, source).
-#[derive(Debug, Clone)]
-pub struct PreparedBatch {
-    pub subscription: String,
-    pub source: String,
-    /// The outbox epoch ("" from shippers without epochs).
-    pub epoch: String,
-    pub dropped: u64,
-    pub streams: Vec<PreparedStream>,
-    pub entries: Vec<PreparedEntry>,
-    /// The decoded records, in the order of `entries`; only kept when an
-    /// observer wants them.
-    pub records: Option<Vec<Record>>,
-}
-
-/// What one ingest changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IngestOutcome {
-    pub accepted: u64,
-    pub duplicates: u64,
-    /// Accepted records stored without their `pipe` label (stream limit
-    /// or label size).
-    pub overflowed: u64,
-}
-
-/// What a subscription purge deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PurgeReport {
-    pub streams: u64,
-    pub records: u64,
-    pub sources: u64,
 }
 
 /// The streams of one subscription, as readers see them.
@@ -584,42 +382,6 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates `path` (and missing parents) with mode 0700: the store holds
-/// every tenant's records.
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(path)
-}
-
-/// Takes group and other permissions off an existing directory that has
-/// them (a data or checkpoint directory made by hand); logs when it cannot.
-pub fn restrict_dir(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(m) = std::fs::metadata(path) else {
-            return;
-        };
-        let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), from = format!("{mode:o}"), "directory made private (mode 0700)")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "directory is readable by others and cannot be made private")
-                }
-            }
-        }
-    }
-}
-
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(
@@ -805,10 +567,7 @@ impl Store {
     /// Queues `batch` for the writer without waiting for room: `Busy` when
     /// the queue is full. The returned future resolves once the batch is
     /// durable (or failed).
-    pub fn try_ingest(
-        &self,
-        batch: PreparedBatch,
-    ) -> Result<oneshot::Receiver<Result<IngestOutcome, StoreError>>, StoreError> {
+    pub fn try_ingest(&self, batch: PreparedBatch) -> Result<IngestReceipt, StoreError> {
         let (reply, rx) = oneshot::channel();
         let op = writer::Op::Ingest(writer::IngestOp {
             batch,
@@ -952,6 +711,103 @@ impl Store {
             .map_err(|e| StoreError::storage("prepare checkpoint", e))?;
         cp.create_checkpoint(dir)
             .map_err(|e| StoreError::storage("create checkpoint", e))
+    }
+}
+
+impl Store {
+    /// The streams `query`'s selector picks of `subscription` in
+    /// `[start, end)`, walking only that subscription's part of the index.
+    pub fn select_streams(
+        &self,
+        query: &Query,
+        subscription: Option<&str>,
+        start: i64,
+        end: i64,
+    ) -> Vec<Arc<StreamInfo>> {
+        crate::logs::query::filter_streams(self.streams_of(subscription), query, start, end)
+    }
+
+    /// One retention pass at `now` (Unix ns): for each stream whose oldest
+    /// entry is older than its subscription's cutoff, the writer deletes
+    /// the expired prefix in slices of [`RETENTION_SLICE`] entries, so a
+    /// large backlog never holds the writer (and ingest) for long.
+    pub async fn retention_pass(
+        &self,
+        policy: &RetentionPolicy,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for s in self.streams() {
+            let keep = policy.for_subscription(s.subscription());
+            let cutoff = now.saturating_sub(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
+            if s.min_ts >= cutoff {
+                continue;
+            }
+            loop {
+                let n = self.expire(s.id, cutoff, RETENTION_SLICE).await?;
+                deleted += n;
+                if (n as usize) < RETENTION_SLICE {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Entries deleted per writer operation of a retention pass.
+pub const RETENTION_SLICE: usize = 10_000;
+
+impl LogStore for Store {
+    fn try_ingest(&self, batch: PreparedBatch) -> Result<IngestReceipt, StoreError> {
+        Store::try_ingest(self, batch)
+    }
+
+    fn wants_records(&self) -> bool {
+        self.has_observers()
+    }
+
+    fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult, SearchError> {
+        search::search(self, query, params)
+    }
+
+    fn select_streams(
+        &self,
+        query: &Query,
+        subscription: Option<&str>,
+        start: i64,
+        end: i64,
+    ) -> Vec<Arc<StreamInfo>> {
+        Store::select_streams(self, query, subscription, start, end)
+    }
+
+    fn sources(&self) -> Vec<SourceInfo> {
+        Store::sources(self)
+    }
+
+    fn apply_retention<'a>(
+        &'a self,
+        policy: &'a RetentionPolicy,
+        now: i64,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(self.retention_pass(policy, now))
+    }
+
+    fn purge<'a>(&'a self, subscription: &'a str) -> StoreFuture<'a, PurgeReport> {
+        Box::pin(Store::purge(self, subscription))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        Store::disk_bytes(self)
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        Store::checkpoint(self, dir)
+    }
+
+    fn close(&self) {
+        Store::close(self)
     }
 }
 

@@ -11,17 +11,18 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
 
 use schemas::Record;
 
-use crate::store::{
-    labels_key, overflow_labels, record_labels, record_labels_key, record_line, PreparedBatch,
-    PreparedEntry, PreparedStream, ENTRY_V1_BYTE, FREE_FORM_LABEL,
+use crate::compression::DecompressError;
+
+use crate::logs::labels::{
+    labels_key, overflow_labels, record_labels, record_labels_key, record_line, FREE_FORM_LABEL,
 };
+use crate::logs::model::{PreparedBatch, PreparedEntry, PreparedStream, ENTRY_V1_BYTE};
 
 /// Limits applied to every ingest request.
 #[derive(Debug, Clone)]
@@ -149,54 +150,26 @@ impl IngestError {
     }
 }
 
-/// Undoes `Content-Encoding`, reading at most `limit` bytes of output.
+/// Undoes `Content-Encoding`, reading at most `limit` bytes of output
+/// (see [`crate::compression`]).
 pub fn decompress<'a>(
     encoding: Option<&str>,
     body: &'a [u8],
     limit: usize,
 ) -> Result<std::borrow::Cow<'a, [u8]>, IngestError> {
-    let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
-    match enc.as_deref() {
-        None | Some("") | Some("identity") => {
-            if body.len() > limit {
-                return Err(IngestError::DecompressedTooLarge { limit });
-            }
-            Ok(std::borrow::Cow::Borrowed(body))
-        }
-        Some("zstd") => {
-            let dec = zstd::stream::read::Decoder::new(body).map_err(|e| {
-                IngestError::BadCompression {
-                    encoding: "zstd",
-                    message: e.to_string(),
-                }
-            })?;
-            read_bounded(dec, limit, "zstd").map(std::borrow::Cow::Owned)
-        }
-        Some("gzip") | Some("x-gzip") => {
-            read_bounded(flate2::read::GzDecoder::new(body), limit, "gzip")
-                .map(std::borrow::Cow::Owned)
-        }
-        Some(other) => Err(IngestError::UnsupportedEncoding(other.to_string())),
-    }
+    crate::compression::decompress(encoding, body, limit).map_err(IngestError::from)
 }
 
-fn read_bounded(
-    r: impl Read,
-    limit: usize,
-    encoding: &'static str,
-) -> Result<Vec<u8>, IngestError> {
-    let mut out = Vec::new();
-    let mut taken = r.take(limit as u64 + 1);
-    taken
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::BadCompression {
-            encoding,
-            message: e.to_string(),
-        })?;
-    if out.len() > limit {
-        return Err(IngestError::DecompressedTooLarge { limit });
+impl From<DecompressError> for IngestError {
+    fn from(e: DecompressError) -> IngestError {
+        match e {
+            DecompressError::Unsupported(enc) => IngestError::UnsupportedEncoding(enc),
+            DecompressError::Bad { encoding, message } => {
+                IngestError::BadCompression { encoding, message }
+            }
+            DecompressError::TooLarge { limit } => IngestError::DecompressedTooLarge { limit },
+        }
     }
-    Ok(out)
 }
 
 /// A decoded batch.

@@ -1,20 +1,16 @@
 //! Retention: every record older than its subscription's retention is
-//! deleted in the background.
-//!
-//! A pass walks the stream index; for each stream whose oldest entry is
-//! older than the cutoff it asks the store writer to delete the expired
-//! prefix in slices of [`SLICE`] entries, so a large backlog never holds the
-//! writer (and ingest) for long: ingest groups are committed between slices.
+//! deleted in the background, one pass every interval. How a pass deletes
+//! is the store's business ([`LogStore::apply_retention`]; the RocksDB
+//! store deletes each stream's expired prefix in slices so that ingest
+//! goes on between them).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError};
-
-/// Entries deleted per writer operation.
-pub const SLICE: usize = 10_000;
+use crate::logs::{LogStore, StoreError};
 
 /// How long each subscription keeps its records.
 #[derive(Debug, Clone)]
@@ -41,30 +37,9 @@ impl RetentionPolicy {
     }
 }
 
-/// One retention pass at time `now` (Unix ns); returns the entries deleted.
-pub async fn apply(store: &Store, policy: &RetentionPolicy, now: i64) -> Result<u64, StoreError> {
-    let mut deleted = 0;
-    for s in store.streams() {
-        let keep = policy.for_subscription(s.subscription());
-        let cutoff = now.saturating_sub(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
-        if s.min_ts >= cutoff {
-            continue;
-        }
-        loop {
-            let n = store.expire(s.id, cutoff, SLICE).await?;
-            deleted += n;
-            if (n as usize) < SLICE {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(deleted)
-}
-
 /// Runs a pass every `interval` until `shutdown`.
 pub async fn run(
-    store: Store,
+    store: Arc<dyn LogStore>,
     policy: RetentionPolicy,
     interval: Duration,
     shutdown: CancellationToken,
@@ -74,7 +49,10 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match apply(&store, &policy, schemas::time::now_nanos()).await {
+        match store
+            .apply_retention(&policy, schemas::time::now_nanos())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention pass"),
             Err(StoreError::Closed) => return,

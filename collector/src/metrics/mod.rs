@@ -12,12 +12,14 @@
 //! serves every fresh series that matches a `match[]` selector, with its
 //! `subscription` and `instance` labels.
 //!
-//! Modules: [`remote_write`] (wire types, decoding), [`otlp`] (OTLP to
-//! Prometheus series), [`series`] (validation, keys), [`table`] (the
-//! latest-sample table, staleness, text encoding), [`selector`]
-//! (`match[]`), [`handlers`] (HTTP).
+//! Modules: [`ingest`] (one push: decode, validate, apply, observe),
+//! [`remote_write`] (the protobuf walk), [`otlp`] (OTLP to Prometheus
+//! series), [`series`] (validation, keys), [`table`] (the latest-sample
+//! table, staleness, memory bounds), [`federate`] and [`selector`]
+//! (`match[]`, the answer). HTTP is `crate::http::metrics`.
 
-pub mod handlers;
+pub mod federate;
+pub mod ingest;
 pub mod otlp;
 pub mod remote_write;
 pub mod selector;
@@ -32,7 +34,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::ReasonLabel;
+use crate::telemetry::ReasonLabel;
 pub use series::MetricType;
 pub use table::{MetricLimits, Table};
 

@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::selector::Selector;
+use schemas::prom::text;
+
 use super::series::{display_key, split_key, MetricType, Prepared};
 
 /// Bounds of the table.
@@ -392,55 +394,22 @@ impl Table {
 /// Writes `rows` in the Prometheus text format 0.0.4, with one `# TYPE`
 /// line per metric name and the sample timestamps.
 pub fn encode_text(rows: &[Row]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(rows.len() * 128);
     let mut last: Option<&str> = None;
     for r in rows {
         if last != Some(r.name.as_str()) {
-            let _ = writeln!(out, "# TYPE {} {}", r.name, r.metric_type.as_str());
+            text::write_type(&mut out, &r.name, r.metric_type);
             last = Some(r.name.as_str());
         }
-        out.push_str(&r.name);
-        out.push('{');
-        for (i, (k, v)) in r.labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(&mut out, v);
-            out.push('"');
-        }
-        out.push_str("} ");
-        push_float(&mut out, r.value);
-        let _ = writeln!(out, " {}", r.timestamp_ms);
+        text::write_sample(
+            &mut out,
+            &r.name,
+            r.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            r.value,
+            Some(r.timestamp_ms),
+        );
     }
     out
-}
-
-fn escape_label_value(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// A float as Prometheus' text format writes it.
-pub fn push_float(out: &mut String, v: f64) {
-    use std::fmt::Write as _;
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        let _ = write!(out, "{v}");
-    }
 }
 
 #[cfg(test)]

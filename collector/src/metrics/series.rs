@@ -28,38 +28,7 @@ pub const UNKNOWN_INSTANCE: &str = "unknown";
 const LABEL_SEP: u8 = 0xFF;
 const VALUE_SEP: u8 = 0xFE;
 
-/// The Prometheus type of a metric family, as far as the sender told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricType {
-    Untyped,
-    Counter,
-    Gauge,
-    Histogram,
-    Summary,
-}
-
-impl MetricType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Untyped => "untyped",
-            MetricType::Counter => "counter",
-            MetricType::Gauge => "gauge",
-            MetricType::Histogram => "histogram",
-            MetricType::Summary => "summary",
-        }
-    }
-
-    /// From remote-write's `MetricMetadata.MetricType`.
-    pub fn from_remote_write(t: i32) -> MetricType {
-        match t {
-            1 => MetricType::Counter,
-            2 => MetricType::Gauge,
-            3 => MetricType::Histogram,
-            5 => MetricType::Summary,
-            _ => MetricType::Untyped,
-        }
-    }
-}
+pub use schemas::prom::MetricType;
 
 /// A request refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
