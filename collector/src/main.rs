@@ -163,6 +163,10 @@ struct NotifierArgs {
     /// records beyond it are not evaluated (counted, logged).
     #[arg(long, value_parser = duration, default_value = "50ms")]
     notifier_eval_budget: Duration,
+    /// Records of one subscription waiting for evaluation once it used up
+    /// its budget; beyond it they are not evaluated (counted).
+    #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
+    max_deferred_records_per_subscription: usize,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]
     max_match_bytes: usize,
@@ -203,6 +207,7 @@ impl NotifierArgs {
         l.max_rule_duration = self.max_rule_duration;
         l.max_silence_duration = self.max_silence_duration;
         l.eval_budget = self.notifier_eval_budget;
+        l.max_deferred_per_subscription = self.max_deferred_records_per_subscription;
         l.max_match_bytes = self.max_match_bytes;
         l.max_pipes_per_subscription = self.max_pipes_per_subscription;
         l.max_sources_per_subscription = self.max_sources_per_subscription;

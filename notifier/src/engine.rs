@@ -235,50 +235,90 @@ impl Effects {
     }
 }
 
-/// Evaluation time per subscription within one call of
-/// [`Engine::on_records`]: once a subscription has used `limit`, the rest
-/// of its records in the call are not evaluated against its rules (only
-/// its pipe and source clocks are kept, so overdue rules stay right).
+/// What one subscription may spend on evaluation in one call of
+/// [`Engine::on_records`] or [`Engine::drain`]: once it is used up, the
+/// subscription's further records are deferred (evaluated later, in
+/// order); a single record whose evaluation alone outlasts it is cut (its
+/// remaining rules skipped).
 #[derive(Debug)]
 pub struct Budget {
-    limit: Duration,
-    spent: HashMap<String, Duration>,
-    /// Records not evaluated, per subscription.
+    meter: Meter,
+    spent: HashMap<String, (Duration, u64)>,
+    /// Records deferred, per subscription.
+    pub deferred: HashMap<String, u64>,
+    /// Records not (fully) evaluated, per subscription: cut, or dropped
+    /// because the subscription's backlog was full.
     pub skipped: HashMap<String, u64>,
 }
 
-impl Budget {
-    pub fn new(limit: Duration) -> Budget {
-        Budget {
-            limit,
-            spent: HashMap::new(),
-            skipped: HashMap::new(),
+#[derive(Debug, Clone, Copy)]
+enum Meter {
+    Time(Duration),
+    Records(u64),
+}
+
+fn bump(m: &mut HashMap<String, u64>, sub: &str) {
+    match m.get_mut(sub) {
+        Some(n) => *n += 1,
+        None => {
+            m.insert(sub.to_string(), 1);
         }
     }
+}
 
-    /// No limit (tests).
+impl Budget {
+    /// Evaluation time per subscription.
+    pub fn new(limit: Duration) -> Budget {
+        Budget::with(Meter::Time(limit))
+    }
+
+    /// A number of records per subscription, never cut (deterministic
+    /// tests).
+    pub fn records(n: u64) -> Budget {
+        Budget::with(Meter::Records(n))
+    }
+
+    /// No limit.
     pub fn unlimited() -> Budget {
         Budget::new(Duration::MAX)
     }
 
+    fn with(meter: Meter) -> Budget {
+        Budget {
+            meter,
+            spent: HashMap::new(),
+            deferred: HashMap::new(),
+            skipped: HashMap::new(),
+        }
+    }
+
     fn over(&self, sub: &str) -> bool {
-        self.spent.get(sub).is_some_and(|d| *d > self.limit)
+        let (t, n) = self.spent.get(sub).copied().unwrap_or_default();
+        match self.meter {
+            Meter::Time(limit) => t > limit,
+            Meter::Records(max) => n >= max,
+        }
+    }
+
+    /// When a record started at `t` must stop evaluating.
+    fn deadline(&self, t: Instant, sub: &str) -> Option<Instant> {
+        match self.meter {
+            Meter::Time(limit) => {
+                let (spent, _) = self.spent.get(sub).copied().unwrap_or_default();
+                t.checked_add(limit.saturating_sub(spent))
+            }
+            Meter::Records(_) => None,
+        }
     }
 
     fn charge(&mut self, sub: &str, d: Duration) {
         match self.spent.get_mut(sub) {
-            Some(s) => *s = s.saturating_add(d),
-            None => {
-                self.spent.insert(sub.to_string(), d);
+            Some((t, n)) => {
+                *t = t.saturating_add(d);
+                *n += 1;
             }
-        }
-    }
-
-    fn skip(&mut self, sub: &str) {
-        match self.skipped.get_mut(sub) {
-            Some(n) => *n += 1,
             None => {
-                self.skipped.insert(sub.to_string(), 1);
+                self.spent.insert(sub.to_string(), (d, 1));
             }
         }
     }
@@ -402,6 +442,15 @@ pub struct Engine {
     limits: Limits,
     /// Loading a rules file: API writes are synced once at the end.
     pub bulk: bool,
+    /// Records of subscriptions that used up their evaluation budget,
+    /// waiting (in order) for [`Engine::drain`].
+    backlog: HashMap<String, VecDeque<Record>>,
+    /// Subscriptions with a backlog, in drain order.
+    backlog_order: VecDeque<String>,
+    /// While a record is evaluated: when its subscription's budget runs out.
+    deadline: Option<Instant>,
+    /// Rules of the record being evaluated were skipped for lack of time.
+    cut: bool,
 }
 
 /// The fingerprint of an alert: 16 hex digits of SHA-256 over the rule id
@@ -497,7 +546,20 @@ impl Engine {
             fx: Effects::default(),
             limits,
             bulk: false,
+            backlog: HashMap::new(),
+            backlog_order: VecDeque::new(),
+            deadline: None,
+            cut: false,
         }
+    }
+
+    /// Whether the record being evaluated is past its subscription's
+    /// budget (then its remaining rules are skipped).
+    fn out_of_time(&mut self) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.cut = true;
+        }
+        self.cut
     }
 
     pub fn limits(&self) -> &Limits {
@@ -544,9 +606,18 @@ impl Engine {
         self.fx.sync = !self.bulk;
     }
 
-    /// The earliest collector-clock deadline.
+    /// The earliest collector-clock deadline (`i64::MIN` while deferred
+    /// records wait: now).
     pub fn next_deadline(&self) -> Option<i64> {
+        if !self.backlog_order.is_empty() {
+            return Some(i64::MIN);
+        }
         self.wall_timers.first().map(|(d, _)| *d)
+    }
+
+    /// Deferred records waiting for evaluation.
+    pub fn deferred(&self) -> usize {
+        self.backlog.values().map(VecDeque::len).sum()
     }
 
     fn count(&mut self, sub: &str) -> &mut Counts {
@@ -956,6 +1027,8 @@ impl Engine {
         self.armed.retain(|t, _| t.sub() != sub);
         self.counts.remove(sub);
         self.alerts_of.remove(sub);
+        self.backlog.remove(sub);
+        self.backlog_order.retain(|s| s != sub);
         // Pending dirty state of the subscription must not be written back.
         self.fx.dirty_pipes.retain(|k| k.sub != sub);
         self.fx.dirty_sources.retain(|k| k.sub != sub);
@@ -1007,49 +1080,114 @@ impl Engine {
     }
 
     /// Evaluates records just stored (one commit group) within `budget`.
+    /// A subscription past its budget has the rest of its records deferred
+    /// ([`Engine::drain`] evaluates them later, in order); while it has
+    /// deferred records, its new ones queue behind them.
     pub fn on_records(&mut self, records: &[Record], now: i64, budget: &mut Budget) {
         let mut touched: Vec<SourceKey> = Vec::new();
         for r in records {
-            let same = touched
-                .last()
-                .is_some_and(|k| k.sub == r.subscription && k.source == r.source);
-            if !same {
-                let k = SourceKey {
-                    sub: r.subscription.clone(),
-                    source: r.source.clone(),
-                };
-                if let Some(i) = touched.iter().position(|x| x == &k) {
-                    // Move it last so the next record of it is "same".
-                    let k = touched.remove(i);
-                    touched.push(k);
-                } else if self.track_source(&k) {
-                    touched.push(k);
-                }
+            let sub = r.subscription.as_str();
+            let waiting = self.backlog.get(sub).is_some_and(|q| !q.is_empty());
+            if waiting || (self.subs.contains_key(sub) && budget.over(sub)) {
+                self.defer(r, budget);
+                continue;
             }
-            if let Some(s) = touched
-                .last()
-                .filter(|k| k.sub == r.subscription && k.source == r.source)
-                .and_then(|k| self.sources.get_mut(k))
-            {
-                s.newest_ts = s.newest_ts.max(r.ts);
-            }
-            // Subscriptions without rules cost nothing to evaluate.
-            let ruled = self.subs.contains_key(&r.subscription);
-            let over = ruled && budget.over(&r.subscription);
-            let started = (ruled && !over).then(Instant::now);
-            match &r.body {
-                Body::Execution(e) => self.on_execution(r, e, now, over),
-                Body::Health(h) if !over => self.on_health(r, h, now),
-                Body::Config(c) => self.on_config(r, &c.config),
-                Body::Log(l) if !over => self.on_log(r, l, now),
-                _ => {}
-            }
-            match started {
-                Some(t) => budget.charge(&r.subscription, t.elapsed()),
-                None if over => budget.skip(&r.subscription),
-                None => {}
+            self.evaluate_record(r, now, budget, &mut touched);
+        }
+        self.finish_sources(touched, now);
+    }
+
+    fn defer(&mut self, r: &Record, budget: &mut Budget) {
+        let sub = r.subscription.as_str();
+        let len = self.backlog.get(sub).map_or(0, VecDeque::len);
+        if len >= self.limits.max_deferred_per_subscription {
+            bump(&mut budget.skipped, sub);
+            return;
+        }
+        bump(&mut budget.deferred, sub);
+        if len == 0 {
+            self.backlog_order.push_back(sub.to_string());
+        }
+        self.backlog
+            .entry(sub.to_string())
+            .or_default()
+            .push_back(r.clone());
+    }
+
+    /// Evaluates deferred records of the next subscription that has some,
+    /// within `budget`; true while deferred records remain.
+    pub fn drain(&mut self, now: i64, budget: &mut Budget) -> bool {
+        let Some(sub) = self.backlog_order.pop_front() else {
+            return false;
+        };
+        let mut touched = Vec::new();
+        while !budget.over(&sub) {
+            let Some(r) = self.backlog.get_mut(&sub).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            self.evaluate_record(&r, now, budget, &mut touched);
+        }
+        self.finish_sources(touched, now);
+        if self.backlog.get(&sub).is_some_and(|q| !q.is_empty()) {
+            self.backlog_order.push_back(sub);
+        } else {
+            self.backlog.remove(&sub);
+        }
+        !self.backlog_order.is_empty()
+    }
+
+    fn evaluate_record(
+        &mut self,
+        r: &Record,
+        now: i64,
+        budget: &mut Budget,
+        touched: &mut Vec<SourceKey>,
+    ) {
+        let same = touched
+            .last()
+            .is_some_and(|k| k.sub == r.subscription && k.source == r.source);
+        if !same {
+            let k = SourceKey {
+                sub: r.subscription.clone(),
+                source: r.source.clone(),
+            };
+            if let Some(i) = touched.iter().position(|x| x == &k) {
+                // Move it last so the next record of it is "same".
+                let k = touched.remove(i);
+                touched.push(k);
+            } else if self.track_source(&k) {
+                touched.push(k);
             }
         }
+        if let Some(s) = touched
+            .last()
+            .filter(|k| k.sub == r.subscription && k.source == r.source)
+            .and_then(|k| self.sources.get_mut(k))
+        {
+            s.newest_ts = s.newest_ts.max(r.ts);
+        }
+        // Subscriptions without rules cost nothing to evaluate.
+        let started = self.subs.contains_key(&r.subscription).then(Instant::now);
+        self.deadline = started.and_then(|t| budget.deadline(t, &r.subscription));
+        self.cut = false;
+        match &r.body {
+            Body::Execution(e) => self.on_execution(r, e, now),
+            Body::Health(h) => self.on_health(r, h, now),
+            Body::Config(c) => self.on_config(r, &c.config),
+            Body::Log(l) => self.on_log(r, l, now),
+            Body::System(_) => {}
+        }
+        self.deadline = None;
+        if let Some(t) = started {
+            budget.charge(&r.subscription, t.elapsed());
+            if self.cut {
+                bump(&mut budget.skipped, &r.subscription);
+            }
+        }
+    }
+
+    /// After records of `touched` sources: their clocks moved.
+    fn finish_sources(&mut self, touched: Vec<SourceKey>, now: i64) {
         for k in touched {
             if let Some(s) = self.sources.get_mut(&k) {
                 s.last_arrival = now;
@@ -1095,10 +1233,10 @@ impl Engine {
         rules
     }
 
-    /// `over`: the subscription is over its evaluation budget; only the
-    /// pipe's state and its overdue rules (cheap, and needed for later
-    /// deadlines to be right) are kept up.
-    fn on_execution(&mut self, r: &Record, e: &ExecutionBody, now: i64, over: bool) {
+    /// Past the record's deadline, only the pipe's state and its overdue
+    /// rules (cheap, and needed for later deadlines to be right) are kept
+    /// up.
+    fn on_execution(&mut self, r: &Record, e: &ExecutionBody, now: i64) {
         let key = PipeKey {
             sub: r.subscription.clone(),
             source: r.source.clone(),
@@ -1130,11 +1268,10 @@ impl Engine {
         let rules = self.pipe_rules(&r.subscription, &r.source, &e.pipe);
         let max_match = self.limits.max_match_bytes;
         for rule in rules.iter() {
-            if over
-                && !matches!(
-                    rule.kind,
-                    Kind::StartedOverdue { .. } | Kind::FinishedOverdue { .. }
-                )
+            if !matches!(
+                rule.kind,
+                Kind::StartedOverdue { .. } | Kind::FinishedOverdue { .. }
+            ) && self.out_of_time()
             {
                 continue;
             }
@@ -1488,7 +1625,7 @@ impl Engine {
             else {
                 continue;
             };
-            if !matcher.is_match(text) {
+            if self.out_of_time() || !matcher.is_match(text) {
                 continue;
             }
             let Some(fp) = self.fire(

@@ -285,8 +285,12 @@ struct Metrics {
     errors: Counter,
     /// API requests refused, by reason and subscription.
     refusals: Family<Labels, Counter>,
-    /// Records not evaluated: the subscription was over its budget.
+    /// Records not (fully) evaluated: cut, or its backlog was full.
     skipped: Family<Labels, Counter>,
+    /// Records deferred: the subscription had used up its budget.
+    deferred: Family<Labels, Counter>,
+    /// Deferred records waiting.
+    backlog: Gauge,
     /// State not kept: a per-subscription bound was reached.
     limited: Family<Labels, Counter>,
     /// Deliveries refused by the egress policy, by subscription.
@@ -357,6 +361,8 @@ fn random_id(prefix: &str) -> String {
 
 /// Finished notifications of a subscription between history prunes.
 const PRUNE_EVERY: u64 = 100;
+/// Rounds of timers and deferred evaluation one [`Notifier::tick`] runs.
+const TICK_ROUNDS: usize = 16;
 
 impl Notifier {
     /// Opens the notifier over `db` (which has [`COLUMN_FAMILY`]) and
@@ -568,8 +574,18 @@ impl Notifier {
         );
         registry.register(
             "notifier_evaluation_skipped_records",
-            "Records not evaluated because their subscription used up its evaluation budget, by subscription",
+            "Records not (fully) evaluated: one record outlasted its subscription's evaluation budget, or the subscription's backlog of deferred records was full; by subscription",
             m.skipped.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_deferred_records",
+            "Records whose evaluation was deferred because their subscription used up its evaluation budget, by subscription",
+            m.deferred.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_backlog_records",
+            "Deferred records waiting for evaluation",
+            m.backlog.clone(),
         );
         registry.register(
             "notifier_limited",
@@ -716,27 +732,50 @@ impl Notifier {
 
     /// Evaluates records just stored by the collector. Each subscription
     /// gets the evaluation budget ([`Limits::eval_budget`]) in this call;
-    /// its records beyond it are not evaluated against its rules (counted
-    /// in `notifier_evaluation_skipped_records_total` and logged).
+    /// its records beyond it are deferred to the background evaluation
+    /// (counted in `notifier_evaluation_deferred_records_total` and logged),
+    /// never charged to another subscription.
     pub fn on_records(&self, records: &[Record]) {
         self.inner.metrics.records.inc_by(records.len() as u64);
         let mut budget = Budget::new(self.inner.config.limits.eval_budget);
         let _ = self.evaluate(false, |e, now| e.on_records(records, now, &mut budget));
-        for (sub, n) in &budget.skipped {
-            self.inner
-                .metrics
-                .skipped
+        self.account(&budget);
+    }
+
+    /// Counts and logs what a budget deferred and skipped.
+    fn account(&self, budget: &Budget) {
+        let m = &self.inner.metrics;
+        let limit = limits::human(self.inner.config.limits.eval_budget);
+        for (sub, n) in &budget.deferred {
+            m.deferred
                 .get_or_create(&labels(&[("subscription", sub)]))
                 .inc_by(*n);
             self.warn_throttled(
                 sub,
                 "eval_budget",
                 &format!(
-                    "{n} records not evaluated against the subscription's rules: its rules used up the evaluation budget of {} (--notifier-eval-budget); reduce or simplify them",
-                    limits::human(self.inner.config.limits.eval_budget)
+                    "{n} records deferred: the subscription's rules used up its evaluation budget of {limit} (--notifier-eval-budget); its alerts are delayed; reduce or simplify its rules"
                 ),
             );
         }
+        for (sub, n) in &budget.skipped {
+            m.skipped
+                .get_or_create(&labels(&[("subscription", sub)]))
+                .inc_by(*n);
+            self.warn_throttled(
+                sub,
+                "eval_skipped",
+                &format!(
+                    "{n} records not (fully) evaluated: a record outlasted the evaluation budget of {limit}, or the subscription's deferred records reached --max-deferred-records-per-subscription"
+                ),
+            );
+        }
+        m.backlog.set(lock(&self.inner.engine).deferred() as i64);
+    }
+
+    /// Deferred records waiting for the background evaluation.
+    pub fn deferred(&self) -> usize {
+        lock(&self.inner.engine).deferred()
     }
 
     /// Evaluates pushed metric samples of `subscription`.
@@ -779,13 +818,24 @@ impl Notifier {
         self.refresh_metric_watch();
     }
 
-    /// Runs the timers due at the clock's now (in rounds of bounded work,
-    /// releasing the engine lock in between).
+    /// Runs the timers due at the clock's now and evaluates deferred
+    /// records, in rounds of bounded work with the engine lock released in
+    /// between; returns after a bounded number of rounds (call again while
+    /// [`Engine::next_deadline`] says now).
     pub fn tick(&self) {
-        loop {
-            match self.with_engine(|e, now| e.tick(now)) {
-                Ok(true) => continue,
-                _ => return,
+        for _ in 0..TICK_ROUNDS {
+            let timers = matches!(self.with_engine(|e, now| e.tick(now)), Ok(true));
+            let mut budget = Budget::new(self.inner.config.limits.eval_budget);
+            let backlog = matches!(
+                self.with_engine(|e, now| e.drain(now, &mut budget)),
+                Ok(true)
+            );
+            if !budget.deferred.is_empty() || !budget.skipped.is_empty() || backlog {
+                self.account(&budget);
+            }
+            if !timers && !backlog {
+                self.inner.metrics.backlog.set(0);
+                return;
             }
         }
     }

@@ -40,10 +40,16 @@ pub struct Limits {
     /// start may lie (`--max-silence-duration`, 366 days).
     pub max_silence_duration: Duration,
     /// Evaluation time one subscription may use per evaluation (one commit
-    /// group of records); the rest of its records in that group are not
-    /// evaluated against its rules (counted and logged)
+    /// group of records, or one round of the background evaluation); the
+    /// rest of its records are deferred to the background evaluation,
+    /// which works through them in rounds of the same budget
     /// (`--notifier-eval-budget`, 50 ms).
     pub eval_budget: Duration,
+    /// Records of one subscription waiting for evaluation after it used up
+    /// its budget (`--max-deferred-records-per-subscription`, 50,000);
+    /// beyond it records are not evaluated (counted). Deferred records
+    /// live in memory: a crash loses their evaluation.
+    pub max_deferred_per_subscription: usize,
     /// Bytes of one text field a `pattern_match` rule looks at; longer
     /// texts are matched on their first bytes (`--max-match-bytes`, 64 KiB).
     pub max_match_bytes: usize,
@@ -98,6 +104,7 @@ impl Default for Limits {
             max_rule_duration: Duration::from_secs(30 * 24 * 3600),
             max_silence_duration: Duration::from_secs(366 * 24 * 3600),
             eval_budget: Duration::from_millis(50),
+            max_deferred_per_subscription: 50_000,
             max_match_bytes: 64 << 10,
             max_pipes_per_subscription: 20_000,
             max_sources_per_subscription: 1_000,
@@ -130,6 +137,7 @@ impl Limits {
             max_series_per_subscription: usize::MAX,
             max_pending_per_subscription: usize::MAX,
             eval_budget: Duration::MAX,
+            max_deferred_per_subscription: usize::MAX,
             ..Limits::default()
         }
     }
