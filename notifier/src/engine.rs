@@ -243,6 +243,9 @@ impl Effects {
 #[derive(Debug)]
 pub struct Budget {
     meter: Meter,
+    /// Per-subscription limits below the meter's (what is left of a
+    /// subscription's share of evaluation time).
+    allow: HashMap<String, Duration>,
     spent: HashMap<String, (Duration, u64)>,
     /// Records deferred, per subscription.
     pub deferred: HashMap<String, u64>,
@@ -286,27 +289,45 @@ impl Budget {
     fn with(meter: Meter) -> Budget {
         Budget {
             meter,
+            allow: HashMap::new(),
             spent: HashMap::new(),
             deferred: HashMap::new(),
             skipped: HashMap::new(),
         }
     }
 
+    /// Lowers `sub`'s time limit to `d` (its share of evaluation time
+    /// left; zero defers all its records).
+    pub fn allow(&mut self, sub: &str, d: Duration) {
+        self.allow.insert(sub.to_string(), d);
+    }
+
+    /// Evaluation time spent per subscription.
+    pub fn spent(&self) -> impl Iterator<Item = (&str, Duration)> + '_ {
+        self.spent.iter().map(|(s, (d, _))| (s.as_str(), *d))
+    }
+
+    fn limit(&self, sub: &str, limit: Duration) -> Duration {
+        self.allow.get(sub).map_or(limit, |a| limit.min(*a))
+    }
+
     fn over(&self, sub: &str) -> bool {
         let (t, n) = self.spent.get(sub).copied().unwrap_or_default();
         match self.meter {
-            Meter::Time(limit) => t > limit,
+            Meter::Time(limit) => {
+                let limit = self.limit(sub, limit);
+                t > limit || limit.is_zero()
+            }
             Meter::Records(max) => n >= max,
         }
     }
 
-    /// When a record started at `t` must stop evaluating.
-    fn deadline(&self, t: Instant, sub: &str) -> Option<Instant> {
+    /// When a record started at `t` must stop evaluating: once it alone
+    /// used a whole budget (a record is started only while the
+    /// subscription has some left, and then may finish).
+    fn deadline(&self, t: Instant) -> Option<Instant> {
         match self.meter {
-            Meter::Time(limit) => {
-                let (spent, _) = self.spent.get(sub).copied().unwrap_or_default();
-                t.checked_add(limit.saturating_sub(spent))
-            }
+            Meter::Time(limit) => t.checked_add(limit),
             Meter::Records(_) => None,
         }
     }
@@ -606,12 +627,8 @@ impl Engine {
         self.fx.sync = !self.bulk;
     }
 
-    /// The earliest collector-clock deadline (`i64::MIN` while deferred
-    /// records wait: now).
+    /// The earliest collector-clock deadline.
     pub fn next_deadline(&self) -> Option<i64> {
-        if !self.backlog_order.is_empty() {
-            return Some(i64::MIN);
-        }
         self.wall_timers.first().map(|(d, _)| *d)
     }
 
@@ -1114,26 +1131,41 @@ impl Engine {
             .push_back(r.clone());
     }
 
-    /// Evaluates deferred records of the next subscription that has some,
-    /// within `budget`; true while deferred records remain.
-    pub fn drain(&mut self, now: i64, budget: &mut Budget) -> bool {
-        let Some(sub) = self.backlog_order.pop_front() else {
-            return false;
-        };
-        let mut touched = Vec::new();
-        while !budget.over(&sub) {
-            let Some(r) = self.backlog.get_mut(&sub).and_then(VecDeque::pop_front) else {
+    /// The subscriptions with deferred records.
+    pub fn backlogged(&self) -> Vec<String> {
+        self.backlog_order.iter().cloned().collect()
+    }
+
+    /// Evaluates deferred records of the next subscription that has some
+    /// and whose `budget` is not used up; returns how many records it
+    /// evaluated (0: none of them may run now).
+    pub fn drain(&mut self, now: i64, budget: &mut Budget) -> usize {
+        for _ in 0..self.backlog_order.len() {
+            let Some(sub) = self.backlog_order.pop_front() else {
                 break;
             };
-            self.evaluate_record(&r, now, budget, &mut touched);
+            if budget.over(&sub) {
+                self.backlog_order.push_back(sub);
+                continue;
+            }
+            let mut touched = Vec::new();
+            let mut done = 0;
+            while !budget.over(&sub) {
+                let Some(r) = self.backlog.get_mut(&sub).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                self.evaluate_record(&r, now, budget, &mut touched);
+                done += 1;
+            }
+            self.finish_sources(touched, now);
+            if self.backlog.get(&sub).is_some_and(|q| !q.is_empty()) {
+                self.backlog_order.push_back(sub);
+            } else {
+                self.backlog.remove(&sub);
+            }
+            return done;
         }
-        self.finish_sources(touched, now);
-        if self.backlog.get(&sub).is_some_and(|q| !q.is_empty()) {
-            self.backlog_order.push_back(sub);
-        } else {
-            self.backlog.remove(&sub);
-        }
-        !self.backlog_order.is_empty()
+        0
     }
 
     fn evaluate_record(
@@ -1168,7 +1200,7 @@ impl Engine {
         }
         // Subscriptions without rules cost nothing to evaluate.
         let started = self.subs.contains_key(&r.subscription).then(Instant::now);
-        self.deadline = started.and_then(|t| budget.deadline(t, &r.subscription));
+        self.deadline = started.and_then(|t| budget.deadline(t));
         self.cut = false;
         match &r.body {
             Body::Execution(e) => self.on_execution(r, e, now),

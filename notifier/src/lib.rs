@@ -320,6 +320,18 @@ struct Inner {
     /// Notifications finished per subscription since its history was
     /// last pruned. Short critical sections.
     finished: Mutex<HashMap<String, u64>>,
+    /// Each subscription's share of evaluation time. Short critical
+    /// sections.
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// What is left of a subscription's share of evaluation time: refills at
+/// [`Limits::eval_share`] of wall time up to [`Limits::eval_budget`]; may
+/// go below zero by the overrun of a record that was cut.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    secs: f64,
+    at: Instant,
 }
 
 /// The notifier. Cheap to clone.
@@ -486,6 +498,7 @@ impl Notifier {
                 metric_watch: std::sync::RwLock::new(watch),
                 warned: Mutex::new(HashMap::new()),
                 finished: Mutex::new(HashMap::new()),
+                buckets: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -737,9 +750,89 @@ impl Notifier {
     /// never charged to another subscription.
     pub fn on_records(&self, records: &[Record]) {
         self.inner.metrics.records.inc_by(records.len() as u64);
-        let mut budget = Budget::new(self.inner.config.limits.eval_budget);
+        let mut subs: Vec<&str> = Vec::new();
+        for r in records {
+            if subs.last() != Some(&r.subscription.as_str())
+                && !subs.contains(&r.subscription.as_str())
+            {
+                subs.push(&r.subscription);
+            }
+        }
+        let mut budget = self.budget(subs.into_iter());
         let _ = self.evaluate(false, |e, now| e.on_records(records, now, &mut budget));
+        self.settle(&budget);
         self.account(&budget);
+    }
+
+    /// A budget of [`Limits::eval_budget`] per subscription, capped by
+    /// what is left of each of `subs`' share of evaluation time.
+    fn budget<'a>(&self, subs: impl Iterator<Item = &'a str>) -> Budget {
+        let l = &self.inner.config.limits;
+        let mut budget = Budget::new(l.eval_budget);
+        if l.eval_budget == Duration::MAX {
+            return budget;
+        }
+        let cap = l.eval_budget.as_secs_f64();
+        let now = Instant::now();
+        let mut b = lock(&self.inner.buckets);
+        for sub in subs {
+            let k = b
+                .entry(sub.to_string())
+                .or_insert(Bucket { secs: cap, at: now });
+            k.secs = (k.secs + now.duration_since(k.at).as_secs_f64() * self.share()).min(cap);
+            k.at = now;
+            budget.allow(
+                sub,
+                Duration::try_from_secs_f64(k.secs.max(0.0)).unwrap_or_default(),
+            );
+        }
+        budget
+    }
+
+    fn share(&self) -> f64 {
+        self.inner.config.limits.eval_share.clamp(0.01, 64.0)
+    }
+
+    /// Takes what `budget` spent from the subscriptions' shares.
+    fn settle(&self, budget: &Budget) {
+        let l = &self.inner.config.limits;
+        if l.eval_budget == Duration::MAX {
+            return;
+        }
+        let floor = -l.eval_budget.as_secs_f64();
+        let mut b = lock(&self.inner.buckets);
+        for (sub, d) in budget.spent() {
+            if let Some(k) = b.get_mut(sub) {
+                k.secs = (k.secs - d.as_secs_f64()).max(floor);
+            }
+        }
+    }
+
+    /// How long until a subscription with deferred records has a share of
+    /// evaluation time again (`None`: nothing is deferred).
+    fn backlog_wait(&self) -> Option<Duration> {
+        let subs = lock(&self.inner.engine).backlogged();
+        if subs.is_empty() {
+            return None;
+        }
+        let l = &self.inner.config.limits;
+        if l.eval_budget == Duration::MAX {
+            return Some(Duration::ZERO);
+        }
+        let want = (l.eval_budget.as_secs_f64() / 10.0).min(0.001);
+        let now = Instant::now();
+        let b = lock(&self.inner.buckets);
+        let wait = subs
+            .iter()
+            .map(|s| match b.get(s) {
+                None => 0.0,
+                Some(k) => {
+                    let has = k.secs + now.duration_since(k.at).as_secs_f64() * self.share();
+                    ((want - has) / self.share()).max(0.0)
+                }
+            })
+            .fold(f64::INFINITY, f64::min);
+        Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(1)))
     }
 
     /// Counts and logs what a budget deferred and skipped.
@@ -815,6 +908,7 @@ impl Notifier {
         }
         drop(engine);
         lock(&self.inner.finished).remove(subscription);
+        lock(&self.inner.buckets).remove(subscription);
         self.refresh_metric_watch();
     }
 
@@ -825,16 +919,17 @@ impl Notifier {
     pub fn tick(&self) {
         for _ in 0..TICK_ROUNDS {
             let timers = matches!(self.with_engine(|e, now| e.tick(now)), Ok(true));
-            let mut budget = Budget::new(self.inner.config.limits.eval_budget);
-            let backlog = matches!(
-                self.with_engine(|e, now| e.drain(now, &mut budget)),
-                Ok(true)
-            );
-            if !budget.deferred.is_empty() || !budget.skipped.is_empty() || backlog {
+            let subs = lock(&self.inner.engine).backlogged();
+            let mut drained = 0;
+            if !subs.is_empty() {
+                let mut budget = self.budget(subs.iter().map(String::as_str));
+                drained = self
+                    .with_engine(|e, now| e.drain(now, &mut budget))
+                    .unwrap_or(0);
+                self.settle(&budget);
                 self.account(&budget);
             }
-            if !timers && !backlog {
-                self.inner.metrics.backlog.set(0);
+            if !timers && drained == 0 {
                 return;
             }
         }
@@ -853,12 +948,15 @@ impl Notifier {
         loop {
             let next = lock(&self.inner.engine).next_deadline();
             let now = self.inner.clock.now();
-            let wait = match next {
+            let mut wait = match next {
                 Some(t) if t <= now => Duration::ZERO,
                 Some(t) => Duration::from_nanos(t.saturating_sub(now).unsigned_abs())
                     .min(Duration::from_secs(1)),
                 None => Duration::from_secs(1),
             };
+            if let Some(w) = self.backlog_wait() {
+                wait = wait.min(w);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.inner.wake_timer.notified() => {}
@@ -1423,18 +1521,33 @@ impl Notifier {
     // ---- alerts and history ------------------------------------------------
 
     /// `GET /api/v1/alerts`: active alerts with why they are quiet, if so.
+    /// Matches silences' regexes (outside the engine lock): call it off
+    /// the async workers.
     pub fn alerts(&self, scope: &Scope, sub: Option<&str>) -> Vec<Value> {
-        let e = lock(&self.inner.engine);
         let now = self.inner.clock.now();
         let want = scope.lookup(sub);
-        let list: Vec<&Alert> = match want {
-            Some(s) => e.alerts_of(s).collect(),
-            None => e.alerts.values().collect(),
+        let (alerts, silences) = {
+            let e = lock(&self.inner.engine);
+            let alerts: Vec<Alert> = match want {
+                Some(s) => e.alerts_of(s).cloned().collect(),
+                None => e.alerts.values().cloned().collect(),
+            };
+            let silences: Vec<ActiveSilence> = e
+                .silences
+                .values()
+                .filter(|s| want.is_none_or(|w| w == s.silence.subscription))
+                .cloned()
+                .collect();
+            (alerts, silences)
         };
-        let mut out: Vec<(i64, Value)> = list
-            .into_iter()
+        let mut out: Vec<(i64, Value)> = alerts
+            .iter()
             .map(|a| {
-                let silenced_by = e.silenced_by(a, now);
+                let silenced_by: Vec<&str> = silences
+                    .iter()
+                    .filter(|s| s.mutes(&a.subscription, &a.labels, now))
+                    .map(|s| s.silence.id.as_str())
+                    .collect();
                 let inhibited = a.inhibited_by.as_ref().map(|fp| {
                     let src = a.source.clone().unwrap_or_default();
                     json!({

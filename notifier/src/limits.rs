@@ -37,7 +37,9 @@ pub struct Limits {
     /// (`--max-rule-duration`, 30 days).
     pub max_rule_duration: Duration,
     /// Longest silence (`endsAt` - `startsAt`), and how far ahead its
-    /// start may lie (`--max-silence-duration`, 366 days).
+    /// start may lie (`--max-silence-duration`, 100 years: Alertmanager
+    /// has no bound and operators silence "until 2099"; the bound keeps
+    /// every deadline far from the end of the nanosecond clock).
     pub max_silence_duration: Duration,
     /// Evaluation time one subscription may use per evaluation (one commit
     /// group of records, or one round of the background evaluation); the
@@ -45,6 +47,11 @@ pub struct Limits {
     /// which works through them in rounds of the same budget
     /// (`--notifier-eval-budget`, 50 ms).
     pub eval_budget: Duration,
+    /// Average fraction of one core one subscription's evaluation may use
+    /// (`--notifier-eval-share`, 0.25): its budget refills at this rate,
+    /// up to `eval_budget`, so a tenant with expensive rules is throttled
+    /// (its records deferred) instead of taking the machine.
+    pub eval_share: f64,
     /// Records of one subscription waiting for evaluation after it used up
     /// its budget (`--max-deferred-records-per-subscription`, 50,000);
     /// beyond it records are not evaluated (counted). Deferred records
@@ -102,8 +109,9 @@ impl Default for Limits {
             max_regex_bytes: 512 << 10,
             max_pattern_bytes: 1024,
             max_rule_duration: Duration::from_secs(30 * 24 * 3600),
-            max_silence_duration: Duration::from_secs(366 * 24 * 3600),
+            max_silence_duration: Duration::from_secs(36_500 * 24 * 3600),
             eval_budget: Duration::from_millis(50),
+            eval_share: 0.25,
             max_deferred_per_subscription: 50_000,
             max_match_bytes: 64 << 10,
             max_pipes_per_subscription: 20_000,

@@ -218,7 +218,7 @@ mod tests {
         let m = json!([{"name": "pipe", "value": "x"}]);
         assert_eq!(
             field(ActiveSilence::compile(
-                silence(m.clone(), 400 * 86_400),
+                silence(m.clone(), 40_000 * 86_400),
                 Some(NOW),
                 &limits
             ))

@@ -206,18 +206,23 @@ async fn webhook_gets_a_signed_v4_payload() {
     mac.update(&body);
     let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(headers["x-signature"].to_str().unwrap(), want);
-    // The history shows it delivered.
-    let hist = run
-        .n
-        .notifications(
-            &Scope::All,
-            &notifier::NotificationFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(hist[0]["status"], "delivered");
+    // The history shows it delivered (once the answer is recorded).
+    let history = || {
+        run.n
+            .notifications(
+                &Scope::All,
+                &notifier::NotificationFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    until("the delivery recorded", || {
+        history()[0]["status"] == "delivered"
+    })
+    .await;
+    let hist = history();
     assert_eq!(hist[0]["attempts"], 1);
     run.stop().await;
 }

@@ -28,13 +28,16 @@ fn beta() -> Scope {
     Scope::Subscription(OTHER.into())
 }
 
-/// Runs the background evaluation until no deferred record is left.
+/// Runs the background evaluation until no deferred record is left (its
+/// share of evaluation time refills with real time).
 fn drain(h: &H) {
-    for _ in 0..10_000 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
         if h.n.deferred() == 0 {
             return;
         }
         h.n.tick();
+        std::thread::sleep(Duration::from_millis(5));
     }
     panic!("{} records still deferred", h.n.deferred());
 }
@@ -371,7 +374,7 @@ fn a_tenant_over_its_evaluation_budget_is_deferred_in_order_never_charged_to_ano
     e.on_records(&[rec(60, SUB, failed("later", "x"))], T0, &mut budget);
     assert_eq!(budget.deferred[SUB], 1);
     let mut rounds = 0;
-    while e.drain(T0, &mut Budget::records(3)) {
+    while e.drain(T0, &mut Budget::records(3)) > 0 {
         rounds += 1;
     }
     assert!(rounds >= 5, "{rounds}");
@@ -426,7 +429,17 @@ fn expensive_rules_of_one_tenant_cost_it_its_own_evaluations_only() {
     }
     let b = rule_json(json!({"name": "beta failed", "type": "pump_failed", "id": "bf"}));
     h.n.put_rule(&beta(), None, b).unwrap();
-    let text = "abcdefghijklmnop".repeat(4000);
+    // Letters and digits: the regexes can neither skip ahead nor keep
+    // their DFAs small.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let text: String = (0..64_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize] as char
+        })
+        .collect();
     let t = h.now();
     let mut batch = Vec::new();
     for i in 0..50 {
@@ -451,10 +464,9 @@ fn expensive_rules_of_one_tenant_cost_it_its_own_evaluations_only() {
         "{m}"
     );
     assert!(!m.contains("subscription=\"beta\"} "), "{m}");
+    // The background evaluation works through acme's records.
     drain(&h);
-    assert!(h
-        .metrics()
-        .contains("notifier_evaluation_skipped_records_total{subscription=\"acme\"}"));
+    assert_eq!(h.n.deferred(), 0);
 }
 
 #[test]
