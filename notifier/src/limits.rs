@@ -52,6 +52,11 @@ pub struct Limits {
     /// up to `eval_budget`, so a tenant with expensive rules is throttled
     /// (its records deferred) instead of taking the machine.
     pub eval_share: f64,
+    /// The longest gap in a source's event time that is not a silence
+    /// (`--notifier-source-gap`, 2 min; shorter when a heartbeat rule of
+    /// the source has a shorter interval): a source whose clock jumps by
+    /// more comes back with a fresh grace for its pipes' overdue deadlines.
+    pub source_gap: Duration,
     /// Records of one subscription waiting for evaluation after it used up
     /// its budget (`--max-deferred-records-per-subscription`, 50,000);
     /// beyond it records are not evaluated (counted). Deferred records
@@ -112,6 +117,7 @@ impl Default for Limits {
             max_silence_duration: Duration::from_secs(36_500 * 24 * 3600),
             eval_budget: Duration::from_millis(50),
             eval_share: 0.25,
+            source_gap: Duration::from_secs(120),
             max_deferred_per_subscription: 50_000,
             max_match_bytes: 64 << 10,
             max_pipes_per_subscription: 20_000,

@@ -334,7 +334,7 @@ fn rule_and_silence_ids_are_per_subscription() {
 
 #[test]
 fn a_tenant_over_its_evaluation_budget_is_deferred_in_order_never_charged_to_another() {
-    use notifier::engine::Budget;
+    use notifier::Budget;
     use notifier::Engine;
     use std::sync::Arc;
     let mut e = Engine::new("http://c", T0, Limits::default());
