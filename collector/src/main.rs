@@ -167,6 +167,11 @@ struct NotifierArgs {
     /// use (its budget refills at this rate); beyond it its records wait.
     #[arg(long, default_value_t = Limits::default().eval_share)]
     notifier_eval_share: f64,
+    /// Longest gap in a source's event time that is not a silence; a
+    /// source coming back after a longer one gets a fresh grace for its
+    /// pipes' overdue deadlines.
+    #[arg(long, value_parser = duration, default_value = "2m")]
+    notifier_source_gap: Duration,
     /// Records of one subscription waiting for evaluation once it used up
     /// its budget; beyond it they are not evaluated (counted).
     #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
@@ -212,6 +217,7 @@ impl NotifierArgs {
         l.max_silence_duration = self.max_silence_duration;
         l.eval_budget = self.notifier_eval_budget;
         l.eval_share = self.notifier_eval_share;
+        l.source_gap = self.notifier_source_gap;
         l.max_deferred_per_subscription = self.max_deferred_records_per_subscription;
         l.max_match_bytes = self.max_match_bytes;
         l.max_pipes_per_subscription = self.max_pipes_per_subscription;

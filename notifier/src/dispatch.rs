@@ -256,15 +256,15 @@ impl Engine {
     /// again, after releasing the engine).
     pub fn tick(&mut self, now: i64) -> bool {
         for _ in 0..MAX_TIMERS_PER_TICK {
-            let Some(t) = self.timers.pop_wall(now) else {
+            let Some((at, t)) = self.timers.pop_wall(now) else {
                 return false;
             };
             match t {
-                Timer::SilenceEdge { sub, .. } => self.flush_pending(&sub, now),
-                Timer::Heartbeat { rule, source } => self.heartbeat_due(&rule, &source, now),
-                Timer::ResolveAt { sub, fp } => self.resolve_due(&sub, &fp, now),
-                Timer::Repeat { fp, .. } => self.repeat(&fp, now),
-                Timer::Metric { key } => self.metric_due(&key, now),
+                Timer::SilenceEdge { sub, .. } => self.flush_pending(&sub, at, now),
+                Timer::Heartbeat { rule, source } => self.heartbeat_due(&rule, &source, at, now),
+                Timer::ResolveAt { sub, fp } => self.resolve_due(&sub, &fp, at, now),
+                Timer::Repeat { fp, .. } => self.repeat_due(&fp, at, now),
+                Timer::Metric { key } => self.metric_due(&key, at, now),
                 Timer::GroupFlush { sub, key } => self.flush_group(&sub, &key, now),
                 Timer::Started { .. } | Timer::Finished { .. } => {}
             }

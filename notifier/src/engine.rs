@@ -86,9 +86,13 @@ pub struct Engine {
     /// The firing heartbeat alert of each source.
     pub(crate) heartbeat_firing: HashMap<SourceKey, String>,
     pub next_notification: u64,
-    /// Heartbeats count from here at the earliest: the collector's start,
-    /// so its own downtime does not page for every node.
+    /// The collector's start.
     pub(crate) started_at: i64,
+    /// How long the collector was down before this start (`None`: not
+    /// known, an old store): a source's silence during it does not count
+    /// towards its heartbeat, so the collector's own downtime pages no
+    /// node, and a restart without downtime changes nothing.
+    pub(crate) downtime: Option<i64>,
     pub(crate) external_url: String,
     pub(crate) fx: Effects,
     pub(crate) dirty: Dirty,
@@ -129,6 +133,7 @@ impl Engine {
             heartbeat_firing: HashMap::new(),
             next_notification: 1,
             started_at: now,
+            downtime: Some(0),
             external_url: external_url.into(),
             fx: Effects::default(),
             dirty: Dirty::default(),
@@ -284,6 +289,7 @@ impl Engine {
     /// Restores persisted state (after the rules, receivers and silences
     /// are in) and re-arms every timer.
     pub fn restore(&mut self, state: Restored) {
+        self.downtime = state.alive.map(|t| state.now.saturating_sub(t).max(0));
         for (k, mut p) in state.pipes {
             if let ScheduleSpec::Cron(expr) = &p.schedule {
                 p.cron = parse_cron(expr).map(Arc::new);
@@ -326,10 +332,20 @@ impl Engine {
             self.arm_heartbeats(&k);
         }
         for key in self.silences.keys() {
-            self.arm_silence(&key);
+            self.arm_silence(&key, state.now);
         }
         self.restore_metrics(state.metrics, state.now);
         self.restore_groups(state.groups);
+        // A silence that ended while the collector was down.
+        let subs: BTreeSet<String> = self
+            .alerts
+            .all()
+            .filter(|a| !a.notified)
+            .map(|a| a.subscription.clone())
+            .collect();
+        for sub in subs {
+            self.flush_pending(&sub, state.now, state.now);
+        }
     }
 
     // ---- rules, receivers, silences ------------------------------------
@@ -435,14 +451,14 @@ impl Engine {
         let key = (s.silence.subscription.clone(), s.silence.id.clone());
         self.disarm_silence(&key);
         self.silences.insert(s);
-        self.arm_silence(&key);
-        self.flush_pending(&key.0, now);
+        self.arm_silence(&key, now);
+        self.flush_pending(&key.0, now, now);
     }
 
     pub fn remove_silence(&mut self, key: &(String, String), now: i64) -> Option<ActiveSilence> {
         self.disarm_silence(key);
         let s = self.silences.remove(key)?;
-        self.flush_pending(&key.0, now);
+        self.flush_pending(&key.0, now, now);
         Some(s)
     }
 
@@ -467,10 +483,14 @@ impl Engine {
         Some([(s.starts, t.clone()), (s.ends, t)])
     }
 
-    fn arm_silence(&mut self, key: &(String, String)) {
+    /// Arms the silence's edges still ahead of `now` (the ones behind are
+    /// dealt with: its creation flushes, a restore flushes).
+    fn arm_silence(&mut self, key: &(String, String), now: i64) {
         if let Some(edges) = self.silence_edges(key) {
             for (at, t) in edges {
-                self.timers.edge(at, t);
+                if at > now {
+                    self.timers.edge(at, t);
+                }
             }
         }
     }
@@ -569,6 +589,8 @@ impl Engine {
 pub struct Restored {
     /// Collector time of the restore.
     pub now: i64,
+    /// Collector time of the last evaluation before it.
+    pub alive: Option<i64>,
     pub alerts: Vec<Alert>,
     pub pipes: Vec<(PipeKey, PipeState)>,
     pub sources: Vec<(SourceKey, SourceState)>,

@@ -57,6 +57,15 @@ impl<'a> Fire<'a> {
     }
 }
 
+/// When `a` repeats next.
+fn repeat_at(a: &Alert, rule: &CompiledRule) -> i64 {
+    a.repeat_at.unwrap_or_else(|| {
+        a.last_notified_at
+            .unwrap_or(0)
+            .saturating_add(rule.repeat_nanos)
+    })
+}
+
 impl Engine {
     /// Fires (or re-fires) the alert of `f`; returns its fingerprint, or
     /// `None` when the subscription's bound on active alerts is reached.
@@ -82,10 +91,7 @@ impl Engine {
             a.annotations
                 .insert("last_event_timestamp".into(), opt_ts(a.last_event_at));
             let notified = a.notified;
-            let due = a
-                .last_notified_at
-                .unwrap_or(0)
-                .saturating_add(rule.repeat_nanos);
+            let due = repeat_at(a, rule);
             if notified {
                 a.unnotified_events = a.unnotified_events.saturating_add(1);
             }
@@ -159,6 +165,7 @@ impl Engine {
             unnotified_events: 0,
             notified: false,
             last_notified_at: None,
+            repeat_at: None,
             inhibited_by,
             resolve_at: None,
         });
@@ -189,10 +196,16 @@ impl Engine {
 
     /// Notifies the firing of `fp` unless it is suppressed.
     pub(crate) fn try_notify(&mut self, fp: &str, kind: NotificationKind, now: i64) {
+        self.try_notify_at(fp, kind, now, now);
+    }
+
+    /// [`Engine::try_notify`], with silences as they are at `at` (a
+    /// silence edge that popped late).
+    fn try_notify_at(&mut self, fp: &str, kind: NotificationKind, at: i64, now: i64) {
         let Some(a) = self.alerts.get(fp) else {
             return;
         };
-        if a.notified || self.suppressed(a, now) {
+        if a.notified || self.suppressed(a, at) {
             return;
         }
         let Some(rule) = self.rules.get(&a.rule_key()).cloned() else {
@@ -207,6 +220,7 @@ impl Engine {
         if let Some(stored) = self.alerts.get_mut(fp) {
             stored.notified = true;
             stored.last_notified_at = Some(now);
+            stored.repeat_at = Some(now.saturating_add(rule.repeat_nanos));
             stored.unnotified_events = 0;
             stored.annotations.remove("triggered_additional");
         }
@@ -220,8 +234,32 @@ impl Engine {
         );
     }
 
-    /// The repeat timer of `fp` popped: a repeat with the count of further
-    /// events, or a refresh (Alertmanager receivers only).
+    /// The repeat timer of `fp` popped (armed at `at`): due later if the
+    /// alert notified since, else [`Engine::repeat`].
+    pub(crate) fn repeat_due(&mut self, fp: &str, at: i64, now: i64) {
+        let Some(a) = self.alerts.get(fp) else {
+            return;
+        };
+        let Some(rule) = self.rules.get(&a.rule_key()) else {
+            return;
+        };
+        let due = repeat_at(a, rule);
+        if a.notified && due > at {
+            let sub = a.subscription.clone();
+            self.arm(
+                Timer::Repeat {
+                    sub,
+                    fp: fp.to_string(),
+                },
+                due,
+            );
+            return;
+        }
+        self.repeat(fp, now);
+    }
+
+    /// A repeat with the count of further events, or a refresh
+    /// (Alertmanager receivers only), once `repeat_interval` passed.
     pub(crate) fn repeat(&mut self, fp: &str, now: i64) {
         let Some(a) = self.alerts.get(fp) else {
             return;
@@ -236,16 +274,19 @@ impl Engine {
             sub: a.subscription.clone(),
             fp: fp.to_string(),
         };
-        let due = a
-            .last_notified_at
-            .unwrap_or(0)
-            .saturating_add(rule.repeat_nanos);
+        let due = repeat_at(a, &rule);
         if now < due {
             self.arm(timer, due);
             return;
         }
         if self.suppressed(a, now) {
-            self.arm(timer, now.saturating_add(rule.repeat_nanos));
+            let next = now.saturating_add(rule.repeat_nanos);
+            if let Some(stored) = self.alerts.get_mut(fp) {
+                stored.repeat_at = Some(next);
+            }
+            let sub = timer.sub().to_string();
+            self.touch_alert(&sub, fp);
+            self.arm(timer, next);
             return;
         }
         let mut a = a.clone();
@@ -266,6 +307,7 @@ impl Engine {
         self.enqueue(&rule, &a, kind, now);
         if let Some(stored) = self.alerts.get_mut(fp) {
             stored.last_notified_at = Some(now);
+            stored.repeat_at = Some(now.saturating_add(rule.repeat_nanos));
             stored.unnotified_events = 0;
         }
         self.touch_alert(&a.subscription, fp);
@@ -303,13 +345,13 @@ impl Engine {
         );
     }
 
-    /// A `resolve_later` timer popped.
-    pub(crate) fn resolve_due(&mut self, sub: &str, fp: &str, now: i64) {
+    /// A `resolve_later` timer popped (armed at `at`).
+    pub(crate) fn resolve_due(&mut self, sub: &str, fp: &str, at: i64, now: i64) {
         let Some(a) = self.alerts.get(fp) else {
             return;
         };
         match a.resolve_at {
-            Some(r) if r <= now => self.resolve(fp, now),
+            Some(r) if r <= at => self.resolve(fp, now),
             Some(r) => self.arm(
                 Timer::ResolveAt {
                     sub: sub.to_string(),
@@ -347,7 +389,9 @@ impl Engine {
         ] {
             self.timers.unarm(&t);
         }
-        if announce && a.notified && !self.silenced(&a, now) {
+        // A silence mutes pages, not the all-clear of a page already sent
+        // (the receiver would be left with an incident nobody closes).
+        if announce && a.notified {
             if let Some(rule) = self.rules.get(&a.rule_key()).cloned() {
                 if rule.group.is_some() {
                     self.group_resolved(&rule, &a, now);
@@ -362,8 +406,9 @@ impl Engine {
     }
 
     /// Notifies firing alerts of `sub` whose notification was held back by
-    /// a silence or an inhibition that no longer applies.
-    pub(crate) fn flush_pending(&mut self, sub: &str, now: i64) {
+    /// a silence or an inhibition that no longer applies at `at` (a silence
+    /// edge's time, or now).
+    pub(crate) fn flush_pending(&mut self, sub: &str, at: i64, now: i64) {
         let fps: Vec<String> = self
             .alerts
             .of(sub)
@@ -371,19 +416,17 @@ impl Engine {
             .map(|a| a.fingerprint.clone())
             .collect();
         for fp in fps {
-            self.try_notify(&fp, NotificationKind::Firing, now);
+            self.try_notify_at(&fp, NotificationKind::Firing, at, now);
         }
     }
 
     /// Re-arms the repeat and resolution timers of a restored alert.
     pub(crate) fn arm_alert_timers(&mut self, fp: &str) {
         let Some(a) = self.alerts.get(fp) else { return };
-        let repeat = self
-            .rules
-            .get(&a.rule_key())
-            .map(|r| r.repeat_nanos)
-            .unwrap_or(3600 * crate::model::NANOS);
-        let at = a.last_notified_at.map(|t| t.saturating_add(repeat));
+        let at = match self.rules.get(&a.rule_key()) {
+            Some(rule) if a.notified => Some(repeat_at(a, rule)),
+            _ => None,
+        };
         let (sub, resolve_at) = (a.subscription.clone(), a.resolve_at);
         if let Some(at) = at {
             self.arm(

@@ -120,6 +120,10 @@ pub struct Alert {
     /// The firing notification went out (or waits in its group).
     pub notified: bool,
     pub last_notified_at: Option<i64>,
+    /// When it repeats next (collector time): `repeat_interval` after its
+    /// last notification, or after a repeat that a silence held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_at: Option<i64>,
     /// Fingerprint of the `node_heartbeat_overdue` alert suppressing it.
     pub inhibited_by: Option<String>,
     /// Log-pattern and source-conflict alerts resolve at this time without
@@ -284,6 +288,9 @@ pub struct Effects {
     /// State not created because a per-subscription bound was reached:
     /// (subscription, which bound), for `/metrics`.
     pub limited: Vec<(String, &'static str)>,
+    /// The collector clock of the evaluation: persisted, so that the next
+    /// start knows how long the collector was down.
+    pub alive: Option<i64>,
 }
 
 impl Effects {

@@ -5,7 +5,9 @@
 //! collector's clock (heartbeats, repeats, resolutions, metric `for`,
 //! silence edges, group flushes). Each timer is armed at most once, at its
 //! earliest deadline; when it pops, the condition is evaluated from
-//! current state and re-armed if the state moved on. The sets hold exactly
+//! current state and re-armed if the state moved on (at its true deadline,
+//! even when that is also past: timers due in one tick then run in the
+//! order of their true deadlines, whatever order they were armed in). The sets hold exactly
 //! the armed timers (and silence edges), so their size is bounded by the
 //! per-subscription timer limit. Deadline arithmetic saturates.
 
@@ -178,8 +180,9 @@ impl Timers {
         self.wall.first().map(|(d, _)| *d)
     }
 
-    /// Takes the earliest collector-clock timer due at `now`.
-    pub(crate) fn pop_wall(&mut self, now: i64) -> Option<Timer> {
+    /// Takes the earliest collector-clock timer due at `now`, with the
+    /// time it was armed at.
+    pub(crate) fn pop_wall(&mut self, now: i64) -> Option<(i64, Timer)> {
         let (at, _) = self.wall.first()?;
         if *at > now {
             return None;
@@ -191,7 +194,7 @@ impl Timers {
                 *n = n.saturating_sub(1);
             }
         }
-        Some(t)
+        Some((at, t))
     }
 
     /// Takes the earliest timer of `source` whose deadline its event clock
@@ -365,10 +368,10 @@ mod tests {
         assert!(t.arm(rep("b"), 20));
         assert!(!t.arm(rep("c"), 30), "the bound");
         assert_eq!(t.next_wall(), Some(5));
-        assert_eq!(t.pop_wall(100), Some(rep("a")));
+        assert_eq!(t.pop_wall(100), Some((5, rep("a"))));
         assert!(t.arm(rep("c"), 30));
         t.unarm(&rep("b"));
-        assert_eq!(t.pop_wall(100), Some(rep("c")));
+        assert_eq!(t.pop_wall(100), Some((30, rep("c"))));
         assert_eq!(t.pop_wall(100), None);
     }
 }

@@ -150,6 +150,7 @@ impl Notifier {
         }
         engine.restore(Restored {
             now,
+            alive: loaded.alive,
             alerts: loaded.alerts,
             pipes: loaded.pipes,
             sources: loaded.sources,
@@ -271,6 +272,7 @@ impl Notifier {
         let before = engine.next_deadline();
         let out = f(&mut engine, now);
         let mut fx = engine.take_effects();
+        fx.alive = Some(now);
         if sync && !fx.notifications.is_empty() {
             fx.sync = true;
         }

@@ -19,6 +19,7 @@
 //! | `n\0<sub>\0<id u64 BE>` | a notification: queued before it is sent, history after |
 //! | `m\0next_notification` | the next notification id, u64 BE |
 //! | `m\0layout` | `2` |
+//! | `m\0alive` | collector time of the last evaluation, i64 BE (its downtime, at the next start) |
 //!
 //! Layout 1 (before ids were scoped by subscription) keyed rules,
 //! silences, alerts and notifications without the subscription and
@@ -77,6 +78,7 @@ pub mod keys {
     pub const NOTIFICATIONS: &[u8] = b"n\0";
     pub const NEXT_ID: &[u8] = b"m\0next_notification";
     pub const LAYOUT: &[u8] = b"m\0layout";
+    pub const ALIVE: &[u8] = b"m\0alive";
     /// Families whose keys start with the subscription.
     pub const PER_SUBSCRIPTION: [u8; 10] =
         [b'r', b'v', b's', b'a', b'p', b'o', b'w', b'x', b'g', b'n'];
@@ -147,6 +149,8 @@ pub struct Loaded {
     /// Notifications not delivered yet.
     pub pending: Vec<Notification>,
     pub next_notification: u64,
+    /// Collector time of the last evaluation before this start.
+    pub alive: Option<i64>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Option<T> {
@@ -263,6 +267,10 @@ impl Db {
                 .filter(|n| n.state == DeliveryState::Pending)
                 .collect(),
             next_notification: next,
+            alive: self
+                .get(keys::ALIVE)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(i64::from_be_bytes),
         })
     }
 
@@ -450,11 +458,14 @@ impl Db {
 
     /// Writes an evaluation's effects in one batch.
     pub fn apply(&self, fx: &Effects, next_id: u64) -> Result<(), NotifierError> {
-        if fx.is_empty() {
+        if fx.is_empty() && fx.alive.is_none() {
             return Ok(());
         }
         let cf = self.cf()?;
         let mut b = WriteBatch::default();
+        if let Some(t) = fx.alive {
+            b.put_cf(cf, keys::ALIVE, t.to_be_bytes());
+        }
         for c in &fx.changes {
             match change(c) {
                 (k, Some(v)) => b.put_cf(cf, k, v),

@@ -71,9 +71,16 @@ impl Engine {
         }
     }
 
+    /// When `key` is overdue: `interval` after its last record, not
+    /// counting the collector's own downtime.
     fn heartbeat_deadline(&self, interval: i64, key: &SourceKey) -> Option<i64> {
-        let s = self.sources.get(key)?;
-        Some(s.last_arrival.max(self.started_at).saturating_add(interval))
+        let last = self.sources.get(key)?.last_arrival;
+        let base = match self.downtime {
+            _ if last >= self.started_at => last,
+            Some(down) => last.saturating_add(down),
+            None => self.started_at,
+        };
+        Some(base.saturating_add(interval))
     }
 
     pub(crate) fn arm_heartbeat(&mut self, rule: &Arc<CompiledRule>, key: &SourceKey) {
@@ -104,8 +111,8 @@ impl Engine {
         }
     }
 
-    /// A heartbeat deadline of `rule` for `source` popped.
-    pub(crate) fn heartbeat_due(&mut self, rule: &RuleKey, source: &SourceKey, now: i64) {
+    /// A heartbeat deadline of `rule` for `source` popped (armed at `at`).
+    pub(crate) fn heartbeat_due(&mut self, rule: &RuleKey, source: &SourceKey, at: i64, now: i64) {
         let Some(rule) = self.rules.get(rule).cloned() else {
             return;
         };
@@ -118,7 +125,9 @@ impl Engine {
         let Some(d) = self.heartbeat_deadline(interval, source) else {
             return;
         };
-        if d > now {
+        if d > at {
+            // The source was heard from since: due later (maybe also now,
+            // then in the order of true deadlines).
             self.arm_heartbeat(&rule, source);
             return;
         }

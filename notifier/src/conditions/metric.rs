@@ -164,7 +164,7 @@ impl Engine {
     }
 
     /// The timer of metric series `key` popped: stale, due, or not yet.
-    pub(crate) fn metric_due(&mut self, key: &str, now: i64) {
+    pub(crate) fn metric_due(&mut self, key: &str, _at: i64, now: i64) {
         let Some(st) = self.metric.get(key) else {
             return;
         };

@@ -13,7 +13,7 @@ use schemas::{EventType, ExecutionBody, Record};
 
 use crate::engine::Engine;
 use crate::lifecycle::Fire;
-use crate::model::{opt_ts, secs, short, PipeKey, ScheduleSpec, SourceKey};
+use crate::model::{fingerprint, opt_ts, secs, short, PipeKey, ScheduleSpec, SourceKey};
 use crate::rule::{CompiledRule, Kind};
 use crate::schedule::{finished_deadline, schedule_of, started_deadline, Timer};
 
@@ -191,6 +191,16 @@ impl Engine {
         if deadline >= clock {
             // The pipe moved on since the timer was armed.
             self.arm_pipe_rule(rule, key);
+            return;
+        }
+        let fp = fingerprint(rule.id(), &key.sub, &key.source, &key.pipe, "");
+        if self
+            .alerts
+            .get(&fp)
+            .is_some_and(|a| a.last_event_at >= deadline)
+        {
+            // Fired for this deadline already (a timer re-armed by a
+            // restart): not a new event.
             return;
         }
         let f = Fire::new(rule, Some(&key.source), Some(&key.pipe), deadline, summary)
