@@ -298,11 +298,7 @@ fn common_annotations(n: &Notification) -> BTreeMap<String, String> {
 }
 
 /// The webhook payload (Alertmanager's version 4) of `n` for `receiver`.
-pub(crate) fn webhook_payload(
-    receiver: &str,
-    n: &Notification,
-    external_url: &str,
-) -> WebhookPayload {
+pub fn webhook_payload(receiver: &str, n: &Notification, external_url: &str) -> WebhookPayload {
     let mut group_labels = n.group_labels.clone();
     if let Some(a) = n.alert.labels.get("alertname") {
         group_labels.insert("alertname".to_string(), a.clone());

@@ -125,3 +125,26 @@ fn group_settings_are_validated() {
     let many: Vec<String> = (0..40).map(|i| format!("l{i}")).collect();
     assert_eq!(bad(json!({"group_by": many})), "group_by");
 }
+
+#[test]
+fn a_grouped_notification_is_one_webhook_payload_listing_its_alerts() {
+    let mut h = H::new();
+    grouped(&h, "g", "10s");
+    for p in ["a", "b", "c"] {
+        h.send(failed(p, "upstream down"));
+    }
+    h.advance(11);
+    let notes = h.notes();
+    assert_eq!(notes.len(), 1);
+    let p = notifier::delivery::webhook_payload("hook", &notes[0], "http://c");
+    assert_eq!(p.alerts.len(), 3);
+    assert_eq!(p.status, "firing");
+    assert_eq!(p.group_labels["source"], SRC);
+    assert_eq!(p.group_labels["alertname"], "Pipes failed");
+    assert_eq!(p.common_labels["source"], SRC);
+    assert!(!p.common_labels.contains_key("pipe"), "pipes differ");
+    assert!(p.group_key.contains("source"));
+    let mut pipes: Vec<&str> = p.alerts.iter().map(|a| a.labels["pipe"].as_str()).collect();
+    pipes.sort();
+    assert_eq!(pipes, vec!["a", "b", "c"]);
+}
