@@ -190,9 +190,8 @@ impl Engine {
         if let Some(k) = touched
             .last()
             .filter(|k| k.sub == r.subscription && k.source == r.source)
-            .cloned()
         {
-            self.advance_clock(&k, r.ts, now);
+            self.advance_clock(k, r.ts, now);
         }
         // Subscriptions without rules cost nothing to evaluate.
         let started = self.index.has(&r.subscription).then(Instant::now);
@@ -220,7 +219,9 @@ impl Engine {
         let Some(prev) = self.sources.get(key).map(|s| s.newest_ts) else {
             return;
         };
-        if prev > 0 && ts.saturating_sub(prev) > self.silence_gap(key) {
+        let jump = ts.saturating_sub(prev);
+        // The cheap bound first: most records move the clock a little.
+        if prev > 0 && jump > self.min_silence_gap(&key.sub) && jump > self.silence_gap(key) {
             self.run_event_timers(key, now);
             self.source_returned(key, ts, now);
         }

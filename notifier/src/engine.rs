@@ -223,9 +223,8 @@ impl Engine {
 
     /// Arms `t` at `at`, counting a refusal by the timer bound.
     pub(crate) fn arm(&mut self, t: Timer, at: i64) {
-        let sub = t.sub().to_string();
-        if !self.timers.arm(t, at) {
-            self.limited(&sub, "timers");
+        if !self.timers.arm(&t, at) {
+            self.limited(t.sub(), "timers");
         }
     }
 

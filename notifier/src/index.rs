@@ -24,6 +24,22 @@ struct SubIndex {
     /// Rules by `<source>\0<pipe>`; cleared when the rules change, and
     /// when it outgrows its bound (log records name arbitrary pipes).
     cache: HashMap<String, RuleSet>,
+    /// The smallest heartbeat interval of the subscription's rules.
+    min_heartbeat: Option<i64>,
+}
+
+impl SubIndex {
+    fn refresh(&mut self) {
+        self.cache.clear();
+        self.min_heartbeat = self
+            .source
+            .iter()
+            .filter_map(|r| match r.kind {
+                Kind::Heartbeat { interval } => Some(interval),
+                _ => None,
+            })
+            .min();
+    }
 }
 
 /// The rule index of every subscription.
@@ -51,7 +67,6 @@ impl Index {
 
     pub fn add(&mut self, rule: &Arc<CompiledRule>) {
         let idx = self.subs.entry(rule.sub().to_string()).or_default();
-        idx.cache.clear();
         match &rule.kind {
             Kind::Heartbeat { .. } | Kind::Unhealthy { .. } | Kind::Conflict { .. } => {
                 idx.source.push(rule.clone())
@@ -73,13 +88,13 @@ impl Index {
                 None => idx.wild.push(rule.clone()),
             },
         }
+        idx.refresh();
     }
 
     pub fn remove(&mut self, rule: &Arc<CompiledRule>) {
         let Some(idx) = self.subs.get_mut(rule.sub()) else {
             return;
         };
-        idx.cache.clear();
         let id = rule.id();
         idx.wild.retain(|r| r.id() != id);
         idx.source.retain(|r| r.id() != id);
@@ -101,6 +116,7 @@ impl Index {
                 }
             }
         }
+        idx.refresh();
         if idx.literal.is_empty()
             && idx.wild.is_empty()
             && idx.source.is_empty()
@@ -167,6 +183,11 @@ impl Index {
             .and_then(|idx| idx.metric.get(name))
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The smallest heartbeat interval of `sub`'s rules.
+    pub fn min_heartbeat(&self, sub: &str) -> Option<i64> {
+        self.subs.get(sub).and_then(|idx| idx.min_heartbeat)
     }
 
     /// Whether `sub` has metric rules.

@@ -66,6 +66,15 @@ impl Engine {
         }
     }
 
+    /// A lower bound of [`Engine::silence_gap`] for any source of `sub`
+    /// (cheap: the subscription's smallest heartbeat interval).
+    pub(crate) fn min_silence_gap(&self, sub: &str) -> i64 {
+        let limit = i64::try_from(self.limits.source_gap.as_nanos()).unwrap_or(i64::MAX);
+        self.index
+            .min_heartbeat(sub)
+            .map_or(limit, |h| h.min(limit))
+    }
+
     /// The longest gap in a source's event time that is not a silence.
     pub(crate) fn silence_gap(&self, key: &SourceKey) -> i64 {
         let limit = i64::try_from(self.limits.source_gap.as_nanos()).unwrap_or(i64::MAX);

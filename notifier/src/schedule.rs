@@ -110,12 +110,15 @@ impl Timers {
 
     /// Arms `t` at `at` unless it is armed at or before `at` already;
     /// false when the subscription's bound refused it.
-    pub(crate) fn arm(&mut self, t: Timer, at: i64) -> bool {
-        let previous = match self.armed.get(&t) {
+    pub(crate) fn arm(&mut self, t: &Timer, at: i64) -> bool {
+        let previous = match self.armed.get(t) {
             Some(&x) if x <= at => return true,
             Some(&x) => Some(x),
             None => {
-                let n = self.per_sub.entry(t.sub().to_string()).or_default();
+                let n = match self.per_sub.get_mut(t.sub()) {
+                    Some(n) => n,
+                    None => self.per_sub.entry(t.sub().to_string()).or_default(),
+                };
                 if *n >= self.cap {
                     return false;
                 }
@@ -123,6 +126,7 @@ impl Timers {
                 None
             }
         };
+        let t = t.clone();
         self.armed.insert(t.clone(), at);
         match t.event_source() {
             Some(source) => {
@@ -362,14 +366,14 @@ mod tests {
             sub: "s".into(),
             fp: fp.into(),
         };
-        assert!(t.arm(rep("a"), 10));
-        assert!(t.arm(rep("a"), 5)); // earlier: moved
-        assert!(t.arm(rep("a"), 50)); // later: kept at 5
-        assert!(t.arm(rep("b"), 20));
-        assert!(!t.arm(rep("c"), 30), "the bound");
+        assert!(t.arm(&rep("a"), 10));
+        assert!(t.arm(&rep("a"), 5)); // earlier: moved
+        assert!(t.arm(&rep("a"), 50)); // later: kept at 5
+        assert!(t.arm(&rep("b"), 20));
+        assert!(!t.arm(&rep("c"), 30), "the bound");
         assert_eq!(t.next_wall(), Some(5));
         assert_eq!(t.pop_wall(100), Some((5, rep("a"))));
-        assert!(t.arm(rep("c"), 30));
+        assert!(t.arm(&rep("c"), 30));
         t.unarm(&rep("b"));
         assert_eq!(t.pop_wall(100), Some((30, rep("c"))));
         assert_eq!(t.pop_wall(100), None);
