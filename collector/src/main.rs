@@ -259,12 +259,25 @@ struct NotifierArgs {
     #[arg(long, value_parser = duration, default_value = "30days")]
     max_rule_duration: Duration,
     /// Longest silence, and how far ahead it may start.
-    #[arg(long, value_parser = duration, default_value = "366days")]
+    #[arg(long, value_parser = duration, default_value = "36500days")]
     max_silence_duration: Duration,
     /// Evaluation time of one subscription's rules per commit group; its
     /// records beyond it are not evaluated (counted, logged).
     #[arg(long, value_parser = duration, default_value = "50ms")]
     notifier_eval_budget: Duration,
+    /// Average fraction of one core a subscription's rule evaluation may
+    /// use (its budget refills at this rate); beyond it its records wait.
+    #[arg(long, default_value_t = Limits::default().eval_share)]
+    notifier_eval_share: f64,
+    /// Longest gap in a source's event time that is not a silence; a
+    /// source coming back after a longer one gets a fresh grace for its
+    /// pipes' overdue deadlines.
+    #[arg(long, value_parser = duration, default_value = "2m")]
+    notifier_source_gap: Duration,
+    /// Records of one subscription waiting for evaluation once it used up
+    /// its budget; beyond it they are not evaluated (counted).
+    #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
+    max_deferred_records_per_subscription: usize,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]
     max_match_bytes: usize,
@@ -302,6 +315,9 @@ impl NotifierArgs {
         l.max_rule_duration = self.max_rule_duration;
         l.max_silence_duration = self.max_silence_duration;
         l.eval_budget = self.notifier_eval_budget;
+        l.eval_share = self.notifier_eval_share;
+        l.source_gap = self.notifier_source_gap;
+        l.max_deferred_per_subscription = self.max_deferred_records_per_subscription;
         l.max_match_bytes = self.max_match_bytes;
         l.max_pipes_per_subscription = self.max_pipes_per_subscription;
         l.max_alerts_per_subscription = self.max_alerts_per_subscription;

@@ -1,18 +1,13 @@
 //! Durable delivery: notifications are in RocksDB before the first HTTP
 //! call; the queue here is the in-memory view of the pending ones.
 //!
-//! - Order: the notifications of one alert to one receiver go out in the
-//!   order they were made (a `resolved` never overtakes its `firing`);
-//!   different alerts and receivers proceed independently, up to
-//!   `concurrency` requests at once and at most
+//! - Order: the notifications of one alert (or group) to one receiver go
+//!   out in the order they were made (a `resolved` never overtakes its
+//!   `firing`); different alerts and receivers proceed independently, up
+//!   to `concurrency` requests at once and at most
 //!   `max_in_flight_per_subscription` of one subscription (a tenant whose
 //!   receiver hangs cannot take every slot).
-//! - Retries: network errors, timeouts, 408, 429 and 5xx are retried with
-//!   exponential backoff and jitter (from `initial_backoff` up to
-//!   `max_backoff`) until `max_age`; redirects (never followed), other 4xx
-//!   answers, a destination refused by the egress policy and a missing
-//!   receiver fail the notification at once. Either way the outcome, the
-//!   attempts and the last error are in the history.
+//! - Retries: the [retry policy](RetryPolicy), written once below.
 //! - What a tenant sees of a failure is a class and a code ("HTTP 503",
 //!   "timeout", "connect error", "refused by egress policy"): never the
 //!   receiver's answer, which would make the notifier a read oracle for
@@ -34,7 +29,55 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::egress::{self, EgressPolicy};
-use crate::engine::{DeliveryState, Notification, NotificationKind};
+use crate::model::{DeliveryState, Notification, NotificationKind};
+
+/// The retry policy, in one place.
+///
+/// | outcome | retried? |
+/// |---|---|
+/// | 2xx | delivered |
+/// | network error, connect error, timeout | yes, with backoff |
+/// | 408, 5xx | yes, with backoff |
+/// | 429 | yes, after its `Retry-After` (seconds or an HTTP date, at most [`MAX_RETRY_AFTER`]; a malformed or missing one: the backoff) |
+/// | 503 with `Retry-After` | yes, after it, as 429 |
+/// | 3xx (redirects are not followed), other 4xx | no: failed at once |
+/// | refused by the egress policy, invalid URL, missing receiver | no: failed at once |
+///
+/// Backoff: `initial_backoff` doubled per attempt up to `max_backoff`,
+/// +-20 % jitter. A notification still failing `max_age` after it was made
+/// is given up (failed, "gave up after N attempts").
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy;
+
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+impl RetryPolicy {
+    /// Whether an answer with `status` is worth another attempt.
+    pub fn retries(status: reqwest::StatusCode) -> bool {
+        status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    }
+
+    /// The wait a `Retry-After` header asks for (429 or 503), capped;
+    /// `None` when absent or malformed. `now` is the wall clock (HTTP
+    /// dates).
+    pub fn retry_after(value: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
+        let v = value?.trim();
+        if v.is_empty() || v.len() > 64 {
+            return None;
+        }
+        let d = if v.bytes().all(|b| b.is_ascii_digit()) {
+            // Any number of digits: a huge one saturates to the cap.
+            Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
+        } else {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        };
+        Some(d.min(MAX_RETRY_AFTER))
+    }
+}
 
 /// Delivery tuning.
 #[derive(Debug, Clone)]
@@ -186,8 +229,16 @@ impl Queue {
 #[derive(Debug)]
 pub(crate) enum Attempt {
     Delivered,
-    Retry { public: String, detail: String },
-    Fail { public: String, detail: String },
+    Retry {
+        public: String,
+        detail: String,
+        /// The receiver's `Retry-After`, capped.
+        after: Option<Duration>,
+    },
+    Fail {
+        public: String,
+        detail: String,
+    },
 }
 
 impl Attempt {
@@ -195,6 +246,7 @@ impl Attempt {
         Attempt::Retry {
             public: public.into(),
             detail: detail.into(),
+            after: None,
         }
     }
     fn fail(public: impl Into<String>, detail: impl Into<String>) -> Attempt {
@@ -227,6 +279,61 @@ fn target(receiver: &Receiver) -> String {
     }
 }
 
+/// The labels every alert of `n` has with the same value.
+fn common_labels(n: &Notification) -> BTreeMap<String, String> {
+    let mut common = n.alert.labels.clone();
+    for a in &n.grouped {
+        common.retain(|k, v| a.labels.get(k) == Some(v));
+    }
+    common
+}
+
+/// The annotations every alert of `n` has with the same value.
+fn common_annotations(n: &Notification) -> BTreeMap<String, String> {
+    let mut common = n.alert.annotations.clone();
+    for a in &n.grouped {
+        common.retain(|k, v| a.annotations.get(k) == Some(v));
+    }
+    common
+}
+
+/// The webhook payload (Alertmanager's version 4) of `n` for `receiver`.
+pub fn webhook_payload(receiver: &str, n: &Notification, external_url: &str) -> WebhookPayload {
+    let mut group_labels = n.group_labels.clone();
+    if let Some(a) = n.alert.labels.get("alertname") {
+        group_labels.insert("alertname".to_string(), a.clone());
+    }
+    let group_key = if n.grouped.is_empty() && n.group_labels.is_empty() {
+        format!(
+            "{{}}:{{alertname={:?}, fingerprint={:?}}}",
+            n.alert
+                .labels
+                .get("alertname")
+                .map(String::as_str)
+                .unwrap_or(""),
+            n.fingerprint
+        )
+    } else {
+        let parts: Vec<String> = group_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        format!("{{}}:{{{}}}", parts.join(", "))
+    };
+    WebhookPayload {
+        version: "4".into(),
+        group_key,
+        truncated_alerts: 0,
+        status: n.alert.status.clone(),
+        receiver: receiver.to_string(),
+        group_labels,
+        common_labels: common_labels(n),
+        common_annotations: common_annotations(n),
+        external_url: external_url.to_string(),
+        alerts: n.alerts().cloned().collect(),
+    }
+}
+
 /// The body and headers for `receiver`.
 pub(crate) fn build_request(
     client: &reqwest::Client,
@@ -236,30 +343,7 @@ pub(crate) fn build_request(
 ) -> reqwest::RequestBuilder {
     match receiver.receiver_type {
         ReceiverType::Webhook => {
-            let mut group_labels = BTreeMap::new();
-            if let Some(a) = n.alert.labels.get("alertname") {
-                group_labels.insert("alertname".to_string(), a.clone());
-            }
-            let payload = WebhookPayload {
-                version: "4".into(),
-                group_key: format!(
-                    "{{}}:{{alertname={:?}, fingerprint={:?}}}",
-                    n.alert
-                        .labels
-                        .get("alertname")
-                        .map(String::as_str)
-                        .unwrap_or(""),
-                    n.fingerprint
-                ),
-                truncated_alerts: 0,
-                status: n.alert.status.clone(),
-                receiver: receiver.name.clone(),
-                group_labels,
-                common_labels: n.alert.labels.clone(),
-                common_annotations: n.alert.annotations.clone(),
-                external_url: external_url.to_string(),
-                alerts: vec![n.alert.clone()],
-            };
+            let payload = webhook_payload(&receiver.name, n, external_url);
             let body = serde_json::to_vec(&payload).unwrap_or_default();
             let mut req = client
                 .post(target(receiver))
@@ -278,17 +362,22 @@ pub(crate) fn build_request(
         }
         ReceiverType::Alertmanager => {
             let ends_at = if n.kind == NotificationKind::Resolved {
-                n.alert.ends_at.clone()
+                None
             } else {
-                rfc3339_from_nanos(n.expires_at)
+                Some(rfc3339_from_nanos(n.expires_at))
             };
-            let body = json!([{
-                "labels": n.alert.labels,
-                "annotations": n.alert.annotations,
-                "startsAt": n.alert.starts_at,
-                "endsAt": ends_at,
-                "generatorURL": n.alert.generator_url,
-            }]);
+            let body: Vec<serde_json::Value> = n
+                .alerts()
+                .map(|a| {
+                    json!({
+                        "labels": a.labels,
+                        "annotations": a.annotations,
+                        "startsAt": a.starts_at,
+                        "endsAt": ends_at.clone().unwrap_or_else(|| a.ends_at.clone()),
+                        "generatorURL": a.generator_url,
+                    })
+                })
+                .collect();
             client
                 .post(target(receiver))
                 .header("x-notification-id", n.id.to_string())
@@ -345,11 +434,22 @@ pub(crate) async fn attempt(
                     format!("{code} (redirects are not followed)"),
                     format!("{dest} answered {status}; redirects are not followed"),
                 )
-            } else if status.is_server_error()
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            {
-                Attempt::retry(code, format!("{dest} answered {status}"))
+            } else if RetryPolicy::retries(status) {
+                let after = matches!(status.as_u16(), 429 | 503)
+                    .then(|| {
+                        RetryPolicy::retry_after(
+                            resp.headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok()),
+                            std::time::SystemTime::now(),
+                        )
+                    })
+                    .flatten();
+                Attempt::Retry {
+                    public: code,
+                    detail: format!("{dest} answered {status}"),
+                    after,
+                }
             } else {
                 Attempt::fail(code, format!("{dest} answered {status}"))
             }
@@ -385,6 +485,17 @@ pub(crate) fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * jitter).unwrap_or(d)
 }
 
+/// The wait before the next attempt after `outcome` (the `attempts`-th):
+/// the receiver's `Retry-After` when it gave one, else the backoff.
+pub(crate) fn next_delay(cfg: &DeliveryConfig, attempts: u32, outcome: &Attempt) -> Duration {
+    match outcome {
+        Attempt::Retry {
+            after: Some(after), ..
+        } => *after,
+        _ => backoff(cfg, attempts),
+    }
+}
+
 /// Applies the outcome of an attempt to `n`; true when it is finished.
 pub(crate) fn record_outcome(
     n: &mut Notification,
@@ -418,5 +529,40 @@ pub(crate) fn record_outcome(
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_is_honoured_capped_and_never_panics() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ra = |v: &str| RetryPolicy::retry_after(Some(v), now);
+        assert_eq!(ra("7"), Some(Duration::from_secs(7)));
+        assert_eq!(ra("0"), Some(Duration::ZERO));
+        assert_eq!(ra("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra(&"9".repeat(40)), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra(&"9".repeat(65)), None);
+        assert_eq!(ra("-5"), None);
+        assert_eq!(ra("1.5"), None);
+        assert_eq!(ra("soon"), None);
+        assert_eq!(ra(""), None);
+        assert_eq!(RetryPolicy::retry_after(None, now), None);
+        let in_a_minute = httpdate::fmt_http_date(now + Duration::from_secs(60));
+        assert_eq!(ra(&in_a_minute), Some(Duration::from_secs(60)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
+        assert_eq!(ra(&past), Some(Duration::ZERO));
+        let far =
+            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000));
+        assert_eq!(ra(&far), Some(MAX_RETRY_AFTER));
+        assert!(RetryPolicy::retries(reqwest::StatusCode::TOO_MANY_REQUESTS));
+        assert!(RetryPolicy::retries(reqwest::StatusCode::BAD_GATEWAY));
+        assert!(!RetryPolicy::retries(reqwest::StatusCode::NOT_FOUND));
+        assert!(!RetryPolicy::retries(
+            reqwest::StatusCode::TEMPORARY_REDIRECT
+        ));
     }
 }

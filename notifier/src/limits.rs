@@ -37,13 +37,31 @@ pub struct Limits {
     /// (`--max-rule-duration`, 30 days).
     pub max_rule_duration: Duration,
     /// Longest silence (`endsAt` - `startsAt`), and how far ahead its
-    /// start may lie (`--max-silence-duration`, 366 days).
+    /// start may lie (`--max-silence-duration`, 100 years: Alertmanager
+    /// has no bound and operators silence "until 2099"; the bound keeps
+    /// every deadline far from the end of the nanosecond clock).
     pub max_silence_duration: Duration,
     /// Evaluation time one subscription may use per evaluation (one commit
-    /// group of records); the rest of its records in that group are not
-    /// evaluated against its rules (counted and logged)
+    /// group of records, or one round of the background evaluation); the
+    /// rest of its records are deferred to the background evaluation,
+    /// which works through them in rounds of the same budget
     /// (`--notifier-eval-budget`, 50 ms).
     pub eval_budget: Duration,
+    /// Average fraction of one core one subscription's evaluation may use
+    /// (`--notifier-eval-share`, 0.25): its budget refills at this rate,
+    /// up to `eval_budget`, so a tenant with expensive rules is throttled
+    /// (its records deferred) instead of taking the machine.
+    pub eval_share: f64,
+    /// The longest gap in a source's event time that is not a silence
+    /// (`--notifier-source-gap`, 2 min; shorter when a heartbeat rule of
+    /// the source has a shorter interval): a source whose clock jumps by
+    /// more comes back with a fresh grace for its pipes' overdue deadlines.
+    pub source_gap: Duration,
+    /// Records of one subscription waiting for evaluation after it used up
+    /// its budget (`--max-deferred-records-per-subscription`, 50,000);
+    /// beyond it records are not evaluated (counted). Deferred records
+    /// live in memory: a crash loses their evaluation.
+    pub max_deferred_per_subscription: usize,
     /// Bytes of one text field a `pattern_match` rule looks at; longer
     /// texts are matched on their first bytes (`--max-match-bytes`, 64 KiB).
     pub max_match_bytes: usize,
@@ -96,8 +114,11 @@ impl Default for Limits {
             max_regex_bytes: 512 << 10,
             max_pattern_bytes: 1024,
             max_rule_duration: Duration::from_secs(30 * 24 * 3600),
-            max_silence_duration: Duration::from_secs(366 * 24 * 3600),
+            max_silence_duration: Duration::from_secs(36_500 * 24 * 3600),
             eval_budget: Duration::from_millis(50),
+            eval_share: 0.25,
+            source_gap: Duration::from_secs(120),
+            max_deferred_per_subscription: 50_000,
             max_match_bytes: 64 << 10,
             max_pipes_per_subscription: 20_000,
             max_sources_per_subscription: 1_000,
@@ -130,6 +151,7 @@ impl Limits {
             max_series_per_subscription: usize::MAX,
             max_pending_per_subscription: usize::MAX,
             eval_budget: Duration::MAX,
+            max_deferred_per_subscription: usize::MAX,
             ..Limits::default()
         }
     }

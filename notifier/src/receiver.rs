@@ -13,9 +13,9 @@ use std::time::Duration;
 use schemas::notify::{Receiver, ReceiverType};
 
 use crate::egress::EgressPolicy;
+use crate::error::NotifierError;
 use crate::limits::{self, Limits};
 use crate::rule::{check_name, check_text, over_limit};
-use crate::NotifierError;
 
 fn invalid(field: &str, message: impl Into<String>) -> NotifierError {
     NotifierError::invalid(field, message)

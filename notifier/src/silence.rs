@@ -6,11 +6,13 @@
 //! size (the silence's regex budget is shared by its regex matchers) and
 //! the window are bounded by [`Limits`].
 
+use std::collections::BTreeMap;
+
 use schemas::notify::Silence;
 
+use crate::error::NotifierError;
 use crate::limits::{self, Limits};
 use crate::rule::{check_count, check_id, check_text, compile_regex, over_limit};
-use crate::NotifierError;
 
 /// One compiled matcher.
 #[derive(Debug, Clone)]
@@ -24,7 +26,7 @@ pub struct LabelMatcher {
 }
 
 impl LabelMatcher {
-    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
         let m = match &self.regex {
             Some(re) => re.is_match(v),
@@ -132,12 +134,7 @@ impl ActiveSilence {
 
     /// Whether the silence mutes an alert with `labels` of subscription
     /// `sub` at `now`.
-    pub fn mutes(
-        &self,
-        sub: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-        now: i64,
-    ) -> bool {
+    pub fn mutes(&self, sub: &str, labels: &BTreeMap<String, String>, now: i64) -> bool {
         now >= self.starts
             && now < self.ends
             && self.silence.subscription == sub
@@ -153,6 +150,69 @@ impl ActiveSilence {
         } else {
             "expired"
         }
+    }
+}
+
+/// The silences of every subscription, by (subscription, id).
+#[derive(Debug, Default)]
+pub(crate) struct Silences {
+    map: BTreeMap<(String, String), ActiveSilence>,
+}
+
+impl Silences {
+    pub(crate) fn get(&self, key: &(String, String)) -> Option<&ActiveSilence> {
+        self.map.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, s: ActiveSilence) {
+        let key = (s.silence.subscription.clone(), s.silence.id.clone());
+        self.map.insert(key, s);
+    }
+
+    pub(crate) fn remove(&mut self, key: &(String, String)) -> Option<ActiveSilence> {
+        self.map.remove(key)
+    }
+
+    /// The silences of `sub`.
+    pub(crate) fn of<'a>(&'a self, sub: &'a str) -> impl Iterator<Item = &'a ActiveSilence> + 'a {
+        self.map
+            .range((sub.to_string(), String::new())..)
+            .take_while(move |((s, _), _)| s == sub)
+            .map(|(_, v)| v)
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &ActiveSilence> {
+        self.map.values()
+    }
+
+    pub(crate) fn keys(&self) -> Vec<(String, String)> {
+        self.map.keys().cloned().collect()
+    }
+
+    pub(crate) fn count(&self, sub: &str) -> usize {
+        self.of(sub).count()
+    }
+
+    /// Ids of the silences of `sub` muting `labels` at `now`.
+    pub(crate) fn muting(
+        &self,
+        sub: &str,
+        labels: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Vec<String> {
+        self.of(sub)
+            .filter(|s| s.mutes(sub, labels, now))
+            .map(|s| s.silence.id.clone())
+            .collect()
+    }
+
+    /// Whether a silence of `sub` mutes `labels` at `now`.
+    pub(crate) fn mutes(&self, sub: &str, labels: &BTreeMap<String, String>, now: i64) -> bool {
+        self.of(sub).any(|s| s.mutes(sub, labels, now))
+    }
+
+    pub(crate) fn purge(&mut self, sub: &str) {
+        self.map.retain(|(s, _), _| s != sub);
     }
 }
 
@@ -218,7 +278,7 @@ mod tests {
         let m = json!([{"name": "pipe", "value": "x"}]);
         assert_eq!(
             field(ActiveSilence::compile(
-                silence(m.clone(), 400 * 86_400),
+                silence(m.clone(), 40_000 * 86_400),
                 Some(NOW),
                 &limits
             ))

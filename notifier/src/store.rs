@@ -14,14 +14,20 @@
 //! | `p\0<sub>\0<source>\0<pipe>` | `[key, state]` of a pipe (last start/finish, schedule) |
 //! | `o\0<sub>\0<source>` | `[key, state]` of a source (event clock, last arrival) |
 //! | `w\0<sub>\0<rule>\0<source>\0<pipe>` | `[key, window]` of a summed value rule |
+//! | `x\0<sub>\0<rule>\0<series>` | `[key, state]` of a pending `metric_threshold` series |
+//! | `g\0<sub>\0<group key>` | `[key, group]` of alerts waiting to go out together |
 //! | `n\0<sub>\0<id u64 BE>` | a notification: queued before it is sent, history after |
 //! | `m\0next_notification` | the next notification id, u64 BE |
 //! | `m\0layout` | `2` |
+//! | `m\0alive` | collector time of the last evaluation, i64 BE (its downtime, at the next start) |
 //!
 //! Layout 1 (before ids were scoped by subscription) keyed rules,
 //! silences, alerts and notifications without the subscription and
 //! windows by rule first; [`Db::migrate`] rewrites such a store in one
 //! atomic batch when it is opened.
+//!
+//! This is the only place that knows the keys: the engine hands typed
+//! [`Change`]s over.
 //!
 //! State changes of an evaluation are written in one `WriteBatch`: a
 //! notification and the alert change that caused it land together or not
@@ -36,11 +42,18 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde_json::Value;
 
-use crate::engine::{Effects, Notification};
-use crate::NotifierError;
+use std::collections::VecDeque;
+
+use schemas::notify::{NotificationRule, Receiver, Silence};
+
+use crate::error::NotifierError;
+use crate::model::{
+    Alert, Change, DeliveryState, Effects, Group, MetricState, Notification, PipeKey, PipeState,
+    SourceKey, SourceState,
+};
 
 pub mod keys {
-    use crate::engine::{PipeKey, SourceKey};
+    use crate::model::{PipeKey, SourceKey};
 
     fn join(prefix: u8, parts: &[&str]) -> Vec<u8> {
         let mut k = vec![prefix, 0];
@@ -60,11 +73,15 @@ pub mod keys {
     pub const PIPES: &[u8] = b"p\0";
     pub const SOURCES: &[u8] = b"o\0";
     pub const WINDOWS: &[u8] = b"w\0";
+    pub const METRICS: &[u8] = b"x\0";
+    pub const GROUPS: &[u8] = b"g\0";
     pub const NOTIFICATIONS: &[u8] = b"n\0";
     pub const NEXT_ID: &[u8] = b"m\0next_notification";
     pub const LAYOUT: &[u8] = b"m\0layout";
+    pub const ALIVE: &[u8] = b"m\0alive";
     /// Families whose keys start with the subscription.
-    pub const PER_SUBSCRIPTION: [u8; 8] = [b'r', b'v', b's', b'a', b'p', b'o', b'w', b'n'];
+    pub const PER_SUBSCRIPTION: [u8; 10] =
+        [b'r', b'v', b's', b'a', b'p', b'o', b'w', b'x', b'g', b'n'];
 
     pub fn rule(sub: &str, id: &str) -> Vec<u8> {
         join(b'r', &[sub, id])
@@ -88,6 +105,14 @@ pub mod keys {
     pub fn window(k: &str) -> Vec<u8> {
         join(b'w', &[k])
     }
+    /// `k` is `<sub>\0<rule>\0<series>`.
+    pub fn metric(k: &str) -> Vec<u8> {
+        join(b'x', &[k])
+    }
+    /// `k` is `<sub>\0<group key>`.
+    pub fn group(k: &str) -> Vec<u8> {
+        join(b'g', &[k])
+    }
     pub fn notification(sub: &str, id: u64) -> Vec<u8> {
         let mut k = join(b'n', &[sub, ""]);
         k.extend_from_slice(&id.to_be_bytes());
@@ -107,6 +132,36 @@ pub mod keys {
 
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Everything persisted, as read at start ([`Db::load`]). Unreadable
+/// entries are logged and skipped.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub receivers: Vec<Receiver>,
+    pub rules: Vec<NotificationRule>,
+    pub silences: Vec<Silence>,
+    pub alerts: Vec<Alert>,
+    pub pipes: Vec<(PipeKey, PipeState)>,
+    pub sources: Vec<(SourceKey, SourceState)>,
+    pub windows: Vec<(String, VecDeque<(i64, f64)>)>,
+    pub metrics: Vec<(String, MetricState)>,
+    pub groups: Vec<(String, Group)>,
+    /// Notifications not delivered yet.
+    pub pending: Vec<Notification>,
+    pub next_notification: u64,
+    /// Collector time of the last evaluation before this start.
+    pub alive: Option<i64>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Option<T> {
+    match serde_json::from_slice(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(key = %String::from_utf8_lossy(key), error = %e, "unreadable notifier state entry skipped");
+            None
+        }
+    }
+}
 
 /// The column family the notifier keeps its state in.
 pub const COLUMN_FAMILY: &str = "notifier";
@@ -130,6 +185,34 @@ fn storage(op: &'static str, e: impl std::fmt::Display) -> NotifierError {
     NotifierError::storage(format!("notifier state: {op}: {e}"))
 }
 
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// The key of a change, and its value (`None`: delete).
+fn change(c: &Change) -> (Vec<u8>, Option<Vec<u8>>) {
+    match c {
+        Change::Rule(r) => (keys::rule(&r.subscription, &r.id), Some(json(r))),
+        Change::RuleGone(k) => (keys::rule(&k.sub, &k.id), None),
+        Change::Receiver(r) => (keys::receiver(&r.subscription, &r.name), Some(json(r))),
+        Change::ReceiverGone { sub, name } => (keys::receiver(sub, name), None),
+        Change::Silence(s) => (keys::silence(&s.subscription, &s.id), Some(json(s))),
+        Change::SilenceGone { sub, id } => (keys::silence(sub, id), None),
+        Change::Alert(a) => (keys::alert(&a.subscription, &a.fingerprint), Some(json(a))),
+        Change::AlertGone { sub, fp } => (keys::alert(sub, fp), None),
+        Change::Pipe(k, p) => (keys::pipe(k), Some(json(&(k, p)))),
+        Change::PipeGone(k) => (keys::pipe(k), None),
+        Change::Source(k, s) => (keys::source(k), Some(json(&(k, s)))),
+        Change::SourceGone(k) => (keys::source(k), None),
+        Change::Window(k, w) => (keys::window(k), Some(json(&(k, w)))),
+        Change::WindowGone(k) => (keys::window(k), None),
+        Change::Metric(k, m) => (keys::metric(k), Some(json(&(k, m)))),
+        Change::MetricGone(k) => (keys::metric(k), None),
+        Change::Group(k, g) => (keys::group(k), Some(json(&(k, g)))),
+        Change::GroupGone(k) => (keys::group(k), None),
+    }
+}
+
 fn notification_id(key: &[u8]) -> Option<u64> {
     let tail = key.get(key.len().checked_sub(8)?..)?;
     Some(u64::from_be_bytes(tail.try_into().ok()?))
@@ -150,6 +233,56 @@ impl Db {
         self.db
             .cf_handle(COLUMN_FAMILY)
             .ok_or_else(|| NotifierError::storage("column family vanished"))
+    }
+
+    /// Reads everything persisted (after [`Db::migrate`]).
+    pub fn load(&self) -> Result<Loaded, NotifierError> {
+        fn all<T: serde::de::DeserializeOwned>(
+            db: &Db,
+            prefix: &[u8],
+        ) -> Result<Vec<T>, NotifierError> {
+            Ok(db
+                .scan(prefix)?
+                .iter()
+                .filter_map(|(k, v)| parse(k, v))
+                .collect())
+        }
+        let next = self
+            .get(keys::NEXT_ID)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(1, |b| u64::from_be_bytes(b).max(1));
+        let notifications: Vec<Notification> = all(self, keys::NOTIFICATIONS)?;
+        Ok(Loaded {
+            receivers: all(self, keys::RECEIVERS)?,
+            rules: all(self, keys::RULES)?,
+            silences: all(self, keys::SILENCES)?,
+            alerts: all(self, keys::ALERTS)?,
+            pipes: all(self, keys::PIPES)?,
+            sources: all(self, keys::SOURCES)?,
+            windows: all(self, keys::WINDOWS)?,
+            metrics: all(self, keys::METRICS)?,
+            groups: all(self, keys::GROUPS)?,
+            pending: notifications
+                .into_iter()
+                .filter(|n| n.state == DeliveryState::Pending)
+                .collect(),
+            next_notification: next,
+            alive: self
+                .get(keys::ALIVE)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(i64::from_be_bytes),
+        })
+    }
+
+    /// Every notification, oldest first (tests and tools).
+    pub fn all_notifications(&self) -> Result<Vec<Notification>, NotifierError> {
+        let mut out: Vec<Notification> = self
+            .scan(keys::NOTIFICATIONS)?
+            .iter()
+            .filter_map(|(k, v)| parse(k, v))
+            .collect();
+        out.sort_by_key(|n| n.id);
+        Ok(out)
     }
 
     /// Every (key, value) whose key starts with `prefix`.
@@ -325,16 +458,19 @@ impl Db {
 
     /// Writes an evaluation's effects in one batch.
     pub fn apply(&self, fx: &Effects, next_id: u64) -> Result<(), NotifierError> {
-        if fx.is_empty() {
+        if fx.is_empty() && fx.alive.is_none() {
             return Ok(());
         }
         let cf = self.cf()?;
         let mut b = WriteBatch::default();
-        for (k, v) in &fx.puts {
-            b.put_cf(cf, k, v);
+        if let Some(t) = fx.alive {
+            b.put_cf(cf, keys::ALIVE, t.to_be_bytes());
         }
-        for k in &fx.deletes {
-            b.delete_cf(cf, k);
+        for c in &fx.changes {
+            match change(c) {
+                (k, Some(v)) => b.put_cf(cf, k, v),
+                (k, None) => b.delete_cf(cf, k),
+            }
         }
         for n in &fx.notifications {
             b.put_cf(

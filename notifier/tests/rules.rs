@@ -582,3 +582,47 @@ repeat_interval = "30m"
     let e = h.n.load_file(&path).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("rules[0].params"), "{e:?}");
 }
+
+#[test]
+fn metric_threshold_pending_state_survives_a_restart() {
+    let mut h = H::new();
+    h.rule(
+        "disk",
+        "metric_threshold",
+        &["*"],
+        json!({"metric": "node_filesystem_avail_bytes", "op": "<", "value": 1000, "for": "1m"}),
+    );
+    let labels = vec![
+        ("instance".to_string(), "node-1".to_string()),
+        ("subscription".to_string(), SUB.to_string()),
+    ];
+    let push = |h: &H, v: f64| {
+        h.n.on_samples(
+            SUB,
+            &[SampleRef {
+                name: "node_filesystem_avail_bytes",
+                labels: &labels,
+                value: v,
+            }],
+        )
+    };
+    push(&h, 10.0);
+    h.advance(40);
+    push(&h, 10.0);
+    // Restart 40 s into the minute: the minute is not started over.
+    h = h.restarted();
+    h.advance(15);
+    push(&h, 10.0);
+    assert_eq!(h.firing(), 0, "55 s: not yet");
+    h.advance(6);
+    assert_eq!(
+        h.firing(),
+        1,
+        "61 s after the first sample, across the restart"
+    );
+    assert_eq!(h.kinds(), vec![K::Firing]);
+    // And the resolution after another restart.
+    h = h.restarted();
+    push(&h, 5000.0);
+    assert_eq!(h.kinds(), vec![K::Firing, K::Resolved]);
+}

@@ -223,6 +223,16 @@ pub struct NotificationRule {
     /// further events (default 1 h).
     #[serde(default = "default_repeat_interval")]
     pub repeat_interval: Span,
+    /// Labels (e.g. `["source"]`) whose values group the rule's alerts:
+    /// alerts of one group that start firing (or resolve) within
+    /// `group_wait` of each other go out as one notification listing them
+    /// (Alertmanager's grouping). Empty: one notification per alert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+    /// How long a group waits for more alerts before it goes out (default
+    /// 30 s when `group_by` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_wait: Option<Span>,
 }
 
 /// `pump_failed` takes no parameters.

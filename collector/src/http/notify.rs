@@ -272,7 +272,8 @@ pub async fn alerts(
 ) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
     let sub = sub_param(&q);
-    Ok(Json(json!({ "alerts": n.alerts(&scope, sub.as_deref()) })))
+    let alerts = blocking(move || Ok(n.alerts(&scope, sub.as_deref()))).await?;
+    Ok(Json(json!({ "alerts": alerts })))
 }
 
 /// `GET /api/v1/notifications?limit=&status=&receiver=&fingerprint=&rule_id=`

@@ -40,18 +40,24 @@ pub struct H {
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     pub seq: u64,
+    pub config: NotifierConfig,
 }
 
 impl H {
     pub fn new() -> H {
+        H::with_config(notifier_config())
+    }
+
+    pub fn with_config(config: NotifierConfig) -> H {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let n = Notifier::open(open_db(dir.path()), notifier_config(), clock.clone()).unwrap();
+        let n = Notifier::open(open_db(dir.path()), config.clone(), clock.clone()).unwrap();
         let mut h = H {
             n,
             clock,
             dir,
             seq: 0,
+            config,
         };
         h.receiver("hook", "http://127.0.0.1:9/hook");
         h
@@ -60,10 +66,22 @@ impl H {
     /// Closes the notifier and opens it again on the same database (a
     /// collector restart).
     pub fn restarted(self) -> H {
-        let H { n, clock, dir, seq } = self;
+        let H {
+            n,
+            clock,
+            dir,
+            seq,
+            config,
+        } = self;
         drop(n); // releases the RocksDB lock
-        let n = Notifier::open(open_db(dir.path()), notifier_config(), clock.clone()).unwrap();
-        H { n, clock, dir, seq }
+        let n = Notifier::open(open_db(dir.path()), config.clone(), clock.clone()).unwrap();
+        H {
+            n,
+            clock,
+            dir,
+            seq,
+            config,
+        }
     }
 
     pub fn now(&self) -> i64 {
@@ -95,14 +113,34 @@ impl H {
     }
 
     pub fn record(&mut self, source: &str, ts: i64, body: Body) -> Record {
+        self.record_for(SUB, source, ts, body)
+    }
+
+    pub fn record_for(&mut self, sub: &str, source: &str, ts: i64, body: Body) -> Record {
         self.seq += 1;
         Record {
             seq: self.seq,
             ts,
             source: source.into(),
-            subscription: SUB.into(),
+            subscription: sub.into(),
             body,
         }
+    }
+
+    /// Stores one record of subscription `sub` now.
+    pub fn send_for(&mut self, sub: &str, body: Body) {
+        let ts = self.now();
+        let r = self.record_for(sub, SRC, ts, body);
+        self.n.on_records(&[r]);
+    }
+
+    /// The notifier's metrics as Prometheus text.
+    pub fn metrics(&self) -> String {
+        let mut reg = prometheus_client::registry::Registry::default();
+        self.n.register_metrics(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
     }
 
     /// Stores one record now (its ts = the clock).
