@@ -61,6 +61,7 @@
 
 mod coordinator;
 mod error;
+mod inspect;
 mod metrics;
 pub mod names;
 mod ownership;
@@ -70,6 +71,7 @@ pub mod url;
 
 pub use coordinator::{Coordinator, CoordinatorConfig, Member, MAX_STATE_BYTES};
 pub use error::{Error, FenceError, StateError};
+pub use inspect::{inspect, Inspection, MAX_INSPECT_CHILDREN};
 pub use ownership::{Ownership, OwnershipChanges, Snapshot};
 pub use state::Versioned;
 pub use url::{CoordinationUrl, UrlError};

@@ -63,13 +63,17 @@ pub struct OwnershipChanges {
 
 impl OwnershipChanges {
     pub(crate) fn new(mut rx: watch::Receiver<Arc<Snapshot>>) -> OwnershipChanges {
-        rx.mark_changed();
-        OwnershipChanges {
+        // The current set is taken now, not at the first `next`: a change
+        // between the two is then seen as a change.
+        let now = rx.borrow_and_update().clone();
+        let mut changes = OwnershipChanges {
             rx,
             last: BTreeMap::new(),
             pending: VecDeque::new(),
             ended: false,
-        }
+        };
+        changes.apply(&now.owned, now.at);
+        changes
     }
 
     /// The next change. Cancel-safe: a change not yet returned stays queued.
@@ -210,6 +214,14 @@ mod tests {
     async fn changes_are_differences_and_never_hide_a_loss() {
         let (tx, rx) = watch::channel(snap(&[("a", 1)]));
         let mut ch = OwnershipChanges::new(rx);
+        // Made before a loss and a re-acquisition, read after both: the
+        // loss is still seen.
+        let mut early = OwnershipChanges::new(tx.subscribe());
+        tx.send_replace(snap(&[("a", 9)]));
+        assert_eq!(brief(early.next().await.unwrap()), ("a".into(), 1, true));
+        assert_eq!(brief(early.next().await.unwrap()), ("a".into(), 1, false));
+        assert_eq!(brief(early.next().await.unwrap()), ("a".into(), 9, true));
+        tx.send_replace(snap(&[("a", 1)]));
         assert_eq!(brief(ch.next().await.unwrap()), ("a".into(), 1, true));
         tx.send_replace(snap(&[("a", 1), ("b", 4)]));
         assert_eq!(brief(ch.next().await.unwrap()), ("b".into(), 4, true));

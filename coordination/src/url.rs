@@ -84,7 +84,7 @@ impl CoordinationUrl {
 
     /// The connect string for the client, without the chroot
     /// (`host:port,host:port`); the chroot is created first, then entered.
-    pub(crate) fn connect_string(&self) -> String {
+    pub fn connect_string(&self) -> String {
         self.hosts
             .iter()
             .map(|(h, p)| {
