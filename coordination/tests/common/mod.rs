@@ -209,3 +209,54 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A member in its own process (`sesam-coordination join`), for SIGKILL.
+pub struct Child {
+    pub proc: testkit::Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Child {
+    pub fn spawn(url: &CoordinationUrl, id: &str, count: usize, session: Duration) -> Child {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sesam-coordination"));
+        cmd.arg("join")
+            .arg(url.to_string())
+            .args(["--member-id", id])
+            .args(["--session-timeout", &format!("{}ms", session.as_millis())])
+            .args(["--subscription-count", &count.to_string()])
+            .env("RUST_LOG", "info");
+        let proc = testkit::Proc::spawn(id, cmd, &dir.path().join("member.log"));
+        Child { proc, _dir: dir }
+    }
+
+    /// The JSON event lines printed so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.proc
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// What the child owns by its own account.
+    pub fn owned(&self) -> BTreeMap<String, u64> {
+        let mut owned = BTreeMap::new();
+        for e in self.events() {
+            let (Some(s), Some(ep)) = (e["subscription"].as_str(), e["epoch"].as_u64()) else {
+                continue;
+            };
+            match e["event"].as_str() {
+                Some("owned") => {
+                    owned.insert(s.to_string(), ep);
+                }
+                Some("lost") => {
+                    owned.remove(s);
+                }
+                _ => {}
+            }
+        }
+        owned
+    }
+}
