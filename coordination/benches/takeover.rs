@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use coordination::{inspect, rendezvous, CoordinationUrl, Coordinator, CoordinatorConfig};
 
-async fn round(url: &CoordinationUrl, session: Duration, kill: bool) -> (Duration, Duration, usize) {
+async fn round(
+    url: &CoordinationUrl,
+    session: Duration,
+    kill: bool,
+) -> (Duration, Duration, usize) {
     let all = subs(30);
     let mk = |id: &str| {
         let mut cfg = CoordinatorConfig::new(url.clone(), id);
@@ -37,7 +41,9 @@ async fn round(url: &CoordinationUrl, session: Duration, kill: bool) -> (Duratio
         let v = inspect(url, Duration::from_secs(5)).await.ok()?;
         let ok = v.members.len() == 3
             && v.owners.len() == 30
-            && v.owners.iter().all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
+            && v.owners
+                .iter()
+                .all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
         ok.then_some(v)
     })
     .await;
@@ -57,7 +63,13 @@ async fn round(url: &CoordinationUrl, session: Duration, kill: bool) -> (Duratio
     } else {
         child.proc.terminate(Duration::from_secs(30));
     }
-    until_shared("taken over", &[&a, &b], &all, session * 4 + Duration::from_secs(10)).await;
+    until_shared(
+        "taken over",
+        &[&a, &b],
+        &all,
+        session * 4 + Duration::from_secs(10),
+    )
+    .await;
     let evs = rec.events();
     let mut times: Vec<Duration> = share
         .iter()
@@ -91,16 +103,25 @@ fn main() {
     rt.block_on(async {
         let addr = zk_address();
         println!("takeover of a member's subscriptions (30 over 3 members), {rounds} rounds each");
-        println!("{:<10} {:<9} {:>12} {:>12} {:>12} {:>6}", "session", "stop", "first min", "last median", "last max", "subs");
+        println!(
+            "{:<10} {:<9} {:>12} {:>12} {:>12} {:>6}",
+            "session", "stop", "first min", "last median", "last max", "subs"
+        );
         let mut n = 0;
-        for session in [Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(10)] {
+        for session in [
+            Duration::from_secs(2),
+            Duration::from_secs(4),
+            Duration::from_secs(10),
+        ] {
             for kill in [false, true] {
                 let mut firsts = Vec::new();
                 let mut lasts = Vec::new();
                 let mut count = 0;
                 for _ in 0..rounds {
                     n += 1;
-                    let url = CoordinationUrl::parse(&format!("zookeeper://{addr}/bench/takeover-{n}")).unwrap();
+                    let url =
+                        CoordinationUrl::parse(&format!("zookeeper://{addr}/bench/takeover-{n}"))
+                            .unwrap();
                     let (f, l, c) = round(&url, session, kill).await;
                     firsts.push(f);
                     lasts.push(l);

@@ -334,7 +334,11 @@ impl Coordinator {
         if !inner.lease_valid(Instant::now()) {
             return BTreeMap::new();
         }
-        inner.owned.iter().map(|(s, c)| (s.clone(), c.epoch)).collect()
+        inner
+            .owned
+            .iter()
+            .map(|(s, c)| (s.clone(), c.epoch))
+            .collect()
     }
 
     /// A stream of ownership changes (see [`OwnershipChanges`]).
@@ -428,7 +432,11 @@ impl Coordinator {
     /// ZooKeeper says the epoch moved on: stop owning now.
     pub(crate) fn deposed(&self, subscription: &str, epoch: u64) {
         let mut inner = self.shared.lock();
-        if inner.owned.get(subscription).is_some_and(|c| c.epoch == epoch) {
+        if inner
+            .owned
+            .get(subscription)
+            .is_some_and(|c| c.epoch == epoch)
+        {
             inner.owned.remove(subscription);
             self.shared.metrics.lost("deposed");
             self.shared.publish(&inner);
@@ -635,9 +643,7 @@ async fn expiry_task(shared: Arc<Shared>) {
 /// confirmed on this session.
 async fn heartbeat(shared: Arc<Shared>, client: zk::Client, cancel: CancellationToken) {
     let session_id = client.session_id().0;
-    let timeout = client
-        .session_timeout()
-        .min(shared.cfg.session_timeout);
+    let timeout = client.session_timeout().min(shared.cfg.session_timeout);
     let every = Lease::heartbeat(timeout);
     loop {
         let sent = Instant::now();
@@ -737,9 +743,7 @@ async fn session_loop(shared: &Arc<Shared>, conn: Connected) -> SessionEnd {
         mut owners_watch,
     } = conn;
     let session_id = client.session_id().0;
-    let timeout = client
-        .session_timeout()
-        .min(shared.cfg.session_timeout);
+    let timeout = client.session_timeout().min(shared.cfg.session_timeout);
     let hb_cancel = shared.cancel.child_token();
     let hb = tokio::spawn(heartbeat(shared.clone(), client.clone(), hb_cancel.clone()));
     let mut state = client.state_watcher();
@@ -912,7 +916,8 @@ async fn reconcile(
         })
         .collect();
 
-    let desired = |sub: &str| rendezvous::owner(sub, ids.iter().map(String::as_str)) == Some(me.as_str());
+    let desired =
+        |sub: &str| rendezvous::owner(sub, ids.iter().map(String::as_str)) == Some(me.as_str());
     let (to_release, to_claim, stale) = {
         let mut inner = shared.lock();
         inner.members = ids
@@ -954,11 +959,18 @@ async fn reconcile(
         // delete failed, or a claim that ended with the lease.
         let stale: Vec<String> = mine_on_server
             .iter()
-            .filter(|s| !inner.owned.contains_key(*s) && !(subs.contains(*s) && desired(s)))
+            .filter(|s| {
+                let meant_for_us = subs.contains(*s) && desired(s);
+                !inner.owned.contains_key(*s) && !meant_for_us
+            })
             .cloned()
             .collect();
         let can_claim = inner.lease_valid(Instant::now());
-        (to_release, if can_claim { to_claim } else { Vec::new() }, stale)
+        (
+            to_release,
+            if can_claim { to_claim } else { Vec::new() },
+            stale,
+        )
     };
 
     let mut retry = false;
@@ -1034,7 +1046,9 @@ async fn claim(
     let mut stale_version = None;
     if mine_stale {
         match client.get_data(&owner).await {
-            Ok((_, stat)) if stat.ephemeral_owner == session_id => stale_version = Some(stat.version),
+            Ok((_, stat)) if stat.ephemeral_owner == session_id => {
+                stale_version = Some(stat.version)
+            }
             Ok(_) => return Ok(ClaimOutcome::Taken),
             Err(zk::Error::NoNode) => {}
             Err(e) => return Err(Error::zk("get", &owner, e)),

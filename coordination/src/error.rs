@@ -84,7 +84,9 @@ pub enum FenceError {
     #[error("subscription `{subscription}` was taken over: epoch {epoch} is no longer current")]
     Deposed { subscription: String, epoch: u64 },
     /// ZooKeeper could not confirm the epoch (disconnected, session lost).
-    #[error("cannot confirm epoch {epoch} of subscription `{subscription}` with ZooKeeper: {source}")]
+    #[error(
+        "cannot confirm epoch {epoch} of subscription `{subscription}` with ZooKeeper: {source}"
+    )]
     Unavailable {
         subscription: String,
         epoch: u64,

@@ -37,7 +37,10 @@ pub enum UrlError {
     #[error("coordination URL port of `{host}` is invalid: {reason}")]
     Port { host: String, reason: &'static str },
     #[error("coordination URL chroot `{chroot}` is invalid: {reason}")]
-    Chroot { chroot: String, reason: &'static str },
+    Chroot {
+        chroot: String,
+        reason: &'static str,
+    },
 }
 
 impl CoordinationUrl {
@@ -133,12 +136,10 @@ fn parse_host_port(part: &str) -> Result<(String, u16), UrlError> {
         let (h, rest) = stripped
             .split_once(']')
             .ok_or_else(|| host_err("unclosed `[` of an IPv6 address"))?;
-        let port = rest
-            .strip_prefix(':')
-            .ok_or_else(|| UrlError::Port {
-                host: part.to_string(),
-                reason: "missing (host:port)",
-            })?;
+        let port = rest.strip_prefix(':').ok_or_else(|| UrlError::Port {
+            host: part.to_string(),
+            reason: "missing (host:port)",
+        })?;
         (h, port)
     } else {
         match part.rsplit_once(':') {
@@ -273,10 +274,7 @@ mod tests {
         }
         let long = format!("zookeeper://zk:1/{}", "a".repeat(MAX_URL_BYTES));
         assert_eq!(CoordinationUrl::parse(&long), Err(UrlError::TooLong));
-        let many = format!(
-            "zookeeper://{}/s",
-            vec!["h:1"; MAX_HOSTS + 1].join(",")
-        );
+        let many = format!("zookeeper://{}/s", vec!["h:1"; MAX_HOSTS + 1].join(","));
         assert_eq!(CoordinationUrl::parse(&many), Err(UrlError::TooManyHosts));
     }
 }

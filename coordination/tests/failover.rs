@@ -28,7 +28,9 @@ async fn a_killed_member_is_taken_over_after_its_session_times_out() {
         let v = inspect(&url, Duration::from_secs(5)).await.ok()?;
         let settled = v.members.len() == 3
             && v.owners.len() == 30
-            && v.owners.iter().all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
+            && v.owners
+                .iter()
+                .all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
         settled.then_some(v)
     })
     .await;
@@ -61,7 +63,10 @@ async fn a_killed_member_is_taken_over_after_its_session_times_out() {
     let mut takeovers = Vec::new();
     for (s, old_epoch) in &child_share {
         let (_, epoch) = after[s];
-        assert!(epoch > *old_epoch, "{s}: epoch {epoch} after k3's {old_epoch}");
+        assert!(
+            epoch > *old_epoch,
+            "{s}: epoch {epoch} after k3's {old_epoch}"
+        );
         let claimed = events
             .iter()
             .find(|e| &e.ev.subscription == s && e.ev.owned && e.ev.epoch == epoch)
@@ -77,14 +82,24 @@ async fn a_killed_member_is_taken_over_after_its_session_times_out() {
     // Nobody may claim before ZooKeeper expired k3's session, which it
     // cannot do before a session timeout after k3's last heartbeat (sent at
     // most a sixth of the timeout before the kill).
-    assert!(first >= SESSION / 2, "claimed after {first:?}: before k3's session could expire");
+    assert!(
+        first >= SESSION / 2,
+        "claimed after {first:?}: before k3's session could expire"
+    );
     // Generous bound: the timeout, ZooKeeper's tick rounding, the reaction.
-    assert!(last < SESSION + Duration::from_secs(4), "takeover took {last:?}");
+    assert!(
+        last < SESSION + Duration::from_secs(4),
+        "takeover took {last:?}"
+    );
     // Nothing moved between the survivors.
     for (s, (i, e)) in &after {
         if !child_share.iter().any(|(c, _)| c == s) {
             let (m, old) = &view.owners[s];
-            assert_eq!((ids[*i], *e), (m.as_str(), *old), "{s} moved between survivors");
+            assert_eq!(
+                (ids[*i], *e),
+                (m.as_str(), *old),
+                "{s} moved between survivors"
+            );
         }
     }
     rec.assert_never_two_owners();

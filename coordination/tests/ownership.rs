@@ -28,7 +28,13 @@ async fn three_members_share_thirty_subscriptions_exactly_once_and_a_dropped_one
     rec.watch(&c);
     let stop = rec.sample(vec![a.clone(), b.clone(), c.clone()], all.clone());
 
-    let owners = until_shared("30 owned once", &[&a, &b, &c], &all, Duration::from_secs(20)).await;
+    let owners = until_shared(
+        "30 owned once",
+        &[&a, &b, &c],
+        &all,
+        Duration::from_secs(20),
+    )
+    .await;
     // Spread by rendezvous: each owns exactly its designated share.
     let ids = ["c1", "c2", "c3"];
     for (s, (i, epoch)) in &owners {
@@ -64,21 +70,37 @@ async fn three_members_share_thirty_subscriptions_exactly_once_and_a_dropped_one
     let stop = rec.sample(vec![a.clone(), b.clone()], all.clone());
     let after = until_shared("30 owned by two", &[&a, &b], &all, Duration::from_secs(10)).await;
     let took = t0.elapsed();
-    assert!(took < SESSION, "clean handover took {took:?}, as long as a session timeout");
+    assert!(
+        took < SESSION,
+        "clean handover took {took:?}, as long as a session timeout"
+    );
     for (s, (i, epoch)) in &after {
         let (before_i, before_epoch) = owners[s];
         if c3_share.contains(s) {
-            assert!(*epoch > before_epoch, "{s}: epoch {epoch} after {before_epoch}");
+            assert!(
+                *epoch > before_epoch,
+                "{s}: epoch {epoch} after {before_epoch}"
+            );
             assert_eq!(rendezvous::owner(s, ["c1", "c2"]), Some(["c1", "c2"][*i]));
         } else {
-            assert_eq!((*i, *epoch), (before_i, before_epoch), "{s} moved needlessly");
+            assert_eq!(
+                (*i, *epoch),
+                (before_i, before_epoch),
+                "{s} moved needlessly"
+            );
         }
     }
     // A dropped (not shut down) coordinator also releases in the background.
     let b_share: Vec<String> = b.owned().into_keys().collect();
     stop.stop().await;
     drop(Arc::try_unwrap(b).expect("only the test holds c2 now"));
-    let only = until_shared("30 owned by c1", &[&a], &all, Duration::from_secs(SESSION.as_secs() * 3)).await;
+    let only = until_shared(
+        "30 owned by c1",
+        &[&a],
+        &all,
+        Duration::from_secs(SESSION.as_secs() * 3),
+    )
+    .await;
     for s in &b_share {
         assert!(only[s].1 > after[s].1);
     }
@@ -98,11 +120,26 @@ async fn a_joining_member_takes_exactly_its_share_and_nothing_else_moves() {
     for x in [&a, &b, &c] {
         rec.watch(x);
     }
-    let before = until_shared("120 owned by three", &[&a, &b, &c], &all, Duration::from_secs(20)).await;
+    let before = until_shared(
+        "120 owned by three",
+        &[&a, &b, &c],
+        &all,
+        Duration::from_secs(20),
+    )
+    .await;
     let d = Arc::new(start(&url, "j4", &all).await);
     rec.watch(&d);
-    let stop = rec.sample(vec![a.clone(), b.clone(), c.clone(), d.clone()], all.clone());
-    let after = until_shared("120 owned by four", &[&a, &b, &c, &d], &all, Duration::from_secs(20)).await;
+    let stop = rec.sample(
+        vec![a.clone(), b.clone(), c.clone(), d.clone()],
+        all.clone(),
+    );
+    let after = until_shared(
+        "120 owned by four",
+        &[&a, &b, &c, &d],
+        &all,
+        Duration::from_secs(20),
+    )
+    .await;
     let four = ["j1", "j2", "j3", "j4"];
     let mut moved = 0;
     for s in &all {
@@ -129,7 +166,9 @@ async fn a_deposed_owners_fence_and_fenced_writes_fail() {
     let a = start(&url, "f1", &all).await;
     let owned = until_shared("f1 owns all", &[&a], &all, Duration::from_secs(10)).await;
     let (_, epoch) = owned["sub-0"];
-    a.fence("sub-0", epoch).await.expect("current owner passes the fence");
+    a.fence("sub-0", epoch)
+        .await
+        .expect("current owner passes the fence");
     assert!(matches!(
         a.fence("sub-0", epoch - 1 + 2).await,
         Err(FenceError::NotOwner { current: Some(e), .. }) if e == epoch
@@ -157,8 +196,14 @@ async fn a_deposed_owners_fence_and_fenced_writes_fail() {
         .set_if_version_fenced("alerts/sub-0", b"late", Some(0), "sub-0", epoch)
         .await
         .unwrap_err();
-    assert!(matches!(err, StateError::Fence(FenceError::Deposed { .. })), "{err}");
-    assert_eq!(a.get_versioned("alerts/sub-0").await.unwrap().unwrap().data, b"{}");
+    assert!(
+        matches!(err, StateError::Fence(FenceError::Deposed { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        a.get_versioned("alerts/sub-0").await.unwrap().unwrap().data,
+        b"{}"
+    );
     assert_eq!(a.is_owner("sub-0"), None);
     assert!(matches!(
         a.fence("sub-0", epoch).await,
@@ -182,8 +227,14 @@ async fn a_deposed_owners_fence_and_fenced_writes_fail() {
     a.register_metrics(&mut reg);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
-    assert!(text.contains("coordination_fence_refusals_total{reason=\"not_owner\"} 2"), "{text}");
-    assert!(text.contains("coordination_state_refusals_total{reason=\"deposed\"} 1"), "{text}");
+    assert!(
+        text.contains("coordination_fence_refusals_total{reason=\"not_owner\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("coordination_state_refusals_total{reason=\"deposed\"} 1"),
+        "{text}"
+    );
 
     // The owner node is still f1's (same session), so f1 re-acquires with an
     // epoch above the one set behind its back.
@@ -201,7 +252,10 @@ async fn shared_state_is_compare_and_set_and_bounded() {
     let a = start(&url, "s1", &[]).await;
     let b = start(&url, "s2", &[]).await;
     assert_eq!(a.get_versioned("wm/acme/node-1").await.unwrap(), None);
-    let v0 = a.set_if_version("wm/acme/node-1", b"10", None).await.unwrap();
+    let v0 = a
+        .set_if_version("wm/acme/node-1", b"10", None)
+        .await
+        .unwrap();
     assert_eq!(v0, 0);
     // A second creation conflicts.
     assert!(matches!(
@@ -210,23 +264,58 @@ async fn shared_state_is_compare_and_set_and_bounded() {
     ));
     let got = b.get_versioned("wm/acme/node-1").await.unwrap().unwrap();
     assert_eq!((got.data.as_slice(), got.version), (&b"10"[..], 0));
-    let v1 = b.set_if_version("wm/acme/node-1", b"12", Some(0)).await.unwrap();
+    let v1 = b
+        .set_if_version("wm/acme/node-1", b"12", Some(0))
+        .await
+        .unwrap();
     assert_eq!(v1, 1);
     // a's write with the version it read before loses.
-    let err = a.set_if_version("wm/acme/node-1", b"13", Some(0)).await.unwrap_err();
-    assert!(matches!(err, StateError::Conflict { expected: Some(0), .. }), "{err}");
+    let err = a
+        .set_if_version("wm/acme/node-1", b"13", Some(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::Conflict {
+                expected: Some(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("wm/acme/node-1"), "{err}");
-    assert_eq!(a.get_versioned("wm/acme/node-1").await.unwrap().unwrap().data, b"12");
+    assert_eq!(
+        a.get_versioned("wm/acme/node-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .data,
+        b"12"
+    );
     // Too large: refused before sending, naming the limit.
     let big = vec![0u8; 1_000_001];
     let err = a.set_if_version("big", &big, None).await.unwrap_err();
-    assert!(matches!(err, StateError::TooLarge { size: 1_000_001, limit: 1_000_000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StateError::TooLarge {
+                size: 1_000_001,
+                limit: 1_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("max_state_bytes"), "{err}");
     assert_eq!(a.get_versioned("big").await.unwrap(), None);
     // The largest allowed value goes through.
     let max = vec![7u8; 1_000_000];
     a.set_if_version("big", &max, None).await.unwrap();
-    assert_eq!(a.get_versioned("big").await.unwrap().unwrap().data.len(), 1_000_000);
+    assert_eq!(
+        a.get_versioned("big").await.unwrap().unwrap().data.len(),
+        1_000_000
+    );
     // Bad keys are named.
     for key in ["", "../x", "a//b", "a b", "/abs"] {
         let err = a.get_versioned(key).await.unwrap_err();
@@ -237,7 +326,10 @@ async fn shared_state_is_compare_and_set_and_bounded() {
         .set_if_version_fenced("x", b"1", None, "nobody-owns-this", 1)
         .await
         .unwrap_err();
-    assert!(matches!(err, StateError::Fence(FenceError::NotOwner { .. })), "{err}");
+    assert!(
+        matches!(err, StateError::Fence(FenceError::NotOwner { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +343,17 @@ async fn bad_configuration_and_subscriptions_are_refused_by_name() {
     let cases: Vec<(CoordinatorConfig, &str)> = vec![
         (bad(|c| c.member_id = "a/b".into()), "member id `a/b`"),
         (bad(|c| c.member_id = String::new()), "member id"),
-        (bad(|c| c.session_timeout = Duration::from_millis(10)), "session timeout"),
+        (
+            bad(|c| c.session_timeout = Duration::from_millis(10)),
+            "session timeout",
+        ),
         (bad(|c| c.max_state_bytes = 2 << 20), "max_state_bytes"),
         (bad(|c| c.max_subscriptions = 0), "max_subscriptions"),
         (bad(|c| c.claim_concurrency = 0), "claim_concurrency"),
-        (bad(|c| c.advertised_url = "x".repeat(3000)), "advertised URL"),
+        (
+            bad(|c| c.advertised_url = "x".repeat(3000)),
+            "advertised URL",
+        ),
     ];
     for (cfg, part) in cases {
         let err = Coordinator::start(cfg).await.unwrap_err().to_string();
@@ -265,21 +363,31 @@ async fn bad_configuration_and_subscriptions_are_refused_by_name() {
     cfg.max_subscriptions = 5;
     let c = Coordinator::start(cfg).await.unwrap();
     let err = c.set_subscriptions(subs(6)).unwrap_err();
-    assert!(matches!(err, Error::TooManySubscriptions { count: 6, limit: 5 }), "{err}");
+    assert!(
+        matches!(err, Error::TooManySubscriptions { count: 6, limit: 5 }),
+        "{err}"
+    );
     let err = c.set_subscriptions(["fine", "", "x"]).unwrap_err();
     assert!(err.to_string().contains("subscription ``"), "{err}");
     // Subscriptions with path characters are just names.
-    c.set_subscriptions(["../../zookeeper", "a/b", "%2F"]).unwrap();
+    c.set_subscriptions(["../../zookeeper", "a/b", "%2F"])
+        .unwrap();
     let owned = testkit::until("odd names owned", Duration::from_secs(10), || async {
         let o = c.owned();
         (o.len() == 3).then_some(o)
     })
     .await;
-    assert!(owned.contains_key("../../zookeeper") && owned.contains_key("a/b") && owned.contains_key("%2F"));
+    assert!(
+        owned.contains_key("../../zookeeper")
+            && owned.contains_key("a/b")
+            && owned.contains_key("%2F")
+    );
     let view = inspect(&url, Duration::from_secs(5)).await.unwrap();
     assert_eq!(view.owners.len(), 3, "{view:?}");
     // Nothing to connect to: a clear error naming the URL.
-    let nowhere = CoordinationUrl::parse(&format!("zookeeper://127.0.0.1:{}/x", testkit::free_port())).unwrap();
+    let nowhere =
+        CoordinationUrl::parse(&format!("zookeeper://127.0.0.1:{}/x", testkit::free_port()))
+            .unwrap();
     let mut cfg = config(&nowhere, "n1");
     cfg.session_timeout = Duration::from_secs(1);
     let err = tokio::time::timeout(Duration::from_secs(30), Coordinator::start(cfg))
@@ -287,7 +395,10 @@ async fn bad_configuration_and_subscriptions_are_refused_by_name() {
         .expect("start gives up")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("connect to ZooKeeper zookeeper://127.0.0.1"), "{err}");
+    assert!(
+        err.contains("connect to ZooKeeper zookeeper://127.0.0.1"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +419,10 @@ async fn removed_subscriptions_are_released_and_a_member_id_in_use_waits() {
         async move { Coordinator::start(config(&url, "r1")).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!started.is_finished(), "a duplicate member id must not register");
+    assert!(
+        !started.is_finished(),
+        "a duplicate member id must not register"
+    );
     a.shutdown().await;
     let b = tokio::time::timeout(Duration::from_secs(10), started)
         .await

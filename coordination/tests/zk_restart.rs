@@ -46,40 +46,73 @@ async fn ownership_recovers_from_zookeeper_restarts_without_two_owners() {
     })
     .await;
     let stopped_after = down.elapsed();
-    assert!(stopped_after <= SESSION / 2 + Duration::from_millis(500), "owned {stopped_after:?} into the outage");
-    tokio::task::block_in_place(|| shared_zk().lock().unwrap().restart()).expect("restart ZooKeeper");
-    let mid = until_shared("recovered after a short outage", &coords, &all, Duration::from_secs(60)).await;
+    assert!(
+        stopped_after <= SESSION / 2 + Duration::from_millis(500),
+        "owned {stopped_after:?} into the outage"
+    );
+    tokio::task::block_in_place(|| shared_zk().lock().unwrap().restart())
+        .expect("restart ZooKeeper");
+    let mid = until_shared(
+        "recovered after a short outage",
+        &coords,
+        &all,
+        Duration::from_secs(60),
+    )
+    .await;
     for s in &all {
         assert_eq!(mid[s].0, before[s].0, "{s} changed member");
-        assert!(mid[s].1 > before[s].1, "{s}: re-acquired without a new epoch");
+        assert!(
+            mid[s].1 > before[s].1,
+            "{s}: re-acquired without a new epoch"
+        );
     }
-    let sessions: Vec<f64> = coords.iter().map(|c| metric(c, "coordination_sessions_total")).collect();
+    let sessions: Vec<f64> = coords
+        .iter()
+        .map(|c| metric(c, "coordination_sessions_total"))
+        .collect();
 
     // Long outage: the clients give their sessions up; new ones register
     // once ZooKeeper has expired the old ones.
     tokio::task::block_in_place(|| shared_zk().lock().unwrap().kill());
     tokio::time::sleep(SESSION * 2).await;
-    tokio::task::block_in_place(|| shared_zk().lock().unwrap().restart()).expect("restart ZooKeeper");
-    let after = until_shared("recovered after a long outage", &coords, &all, Duration::from_secs(90)).await;
+    tokio::task::block_in_place(|| shared_zk().lock().unwrap().restart())
+        .expect("restart ZooKeeper");
+    let after = until_shared(
+        "recovered after a long outage",
+        &coords,
+        &all,
+        Duration::from_secs(90),
+    )
+    .await;
     for s in &all {
         assert!(after[s].1 > mid[s].1, "{s}: epoch did not grow");
     }
-    let sessions_after: Vec<f64> = coords.iter().map(|c| metric(c, "coordination_sessions_total")).collect();
+    let sessions_after: Vec<f64> = coords
+        .iter()
+        .map(|c| metric(c, "coordination_sessions_total"))
+        .collect();
     for (x, y) in sessions.iter().zip(&sessions_after) {
-        assert!(y > x, "no new session after the long outage: {sessions:?} -> {sessions_after:?}");
+        assert!(
+            y > x,
+            "no new session after the long outage: {sessions:?} -> {sessions_after:?}"
+        );
     }
     sampler.stop().await;
     rec.assert_never_two_owners();
-    let losses: BTreeMap<String, usize> = rec.events().iter().filter(|e| !e.ev.owned).fold(
-        BTreeMap::new(),
-        |mut m, e| {
-            *m.entry(e.member.clone()).or_default() += 1;
-            m
-        },
-    );
+    let losses: BTreeMap<String, usize> =
+        rec.events()
+            .iter()
+            .filter(|e| !e.ev.owned)
+            .fold(BTreeMap::new(), |mut m, e| {
+                *m.entry(e.member.clone()).or_default() += 1;
+                m
+            });
     // Every member saw its share lost twice (once per outage).
     for (i, id) in ["z1", "z2", "z3"].iter().enumerate() {
         let share = before.values().filter(|(j, _)| *j == i).count();
-        assert!(losses.get(*id).copied().unwrap_or(0) >= 2 * share, "{id}: {losses:?}");
+        assert!(
+            losses.get(*id).copied().unwrap_or(0) >= 2 * share,
+            "{id}: {losses:?}"
+        );
     }
 }

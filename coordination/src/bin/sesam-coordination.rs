@@ -16,7 +16,10 @@ use clap::{Parser, Subcommand};
 use coordination::{inspect, CoordinationUrl, Coordinator, CoordinatorConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "sesam-coordination", about = "Inspect or join collector coordination in ZooKeeper")]
+#[command(
+    name = "sesam-coordination",
+    about = "Inspect or join collector coordination in ZooKeeper"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -108,14 +111,19 @@ async fn main() -> Result<()> {
                 Some(n) => (0..n).map(|i| format!("sub-{i}")).collect(),
                 None => subscriptions,
             };
-            let coord = Coordinator::start(cfg).await.context("start coordination")?;
+            let coord = Coordinator::start(cfg)
+                .await
+                .context("start coordination")?;
             coord
                 .set_subscriptions(subs)
                 .context("set the subscriptions")?;
             let mut changes = coord.changes();
-            line(serde_json::json!({"event": "ready", "member": coord.member_id(), "pid": std::process::id(), "t_ms": unix_ms()}))?;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("install SIGTERM handler")?;
+            line(
+                serde_json::json!({"event": "ready", "member": coord.member_id(), "pid": std::process::id(), "t_ms": unix_ms()}),
+            )?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("install SIGTERM handler")?;
             loop {
                 tokio::select! {
                     ev = changes.next() => match ev {

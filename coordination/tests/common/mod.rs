@@ -21,7 +21,10 @@ pub const SESSION: Duration = Duration::from_secs(4);
 pub fn shared_zk() -> &'static Mutex<ZooKeeper> {
     static ZK: OnceLock<Mutex<ZooKeeper>> = OnceLock::new();
     ZK.get_or_init(|| {
-        Mutex::new(ZooKeeper::start().expect("start ZooKeeper (install Debian's zookeeper: scripts/setup.sh)"))
+        Mutex::new(
+            ZooKeeper::start()
+                .expect("start ZooKeeper (install Debian's zookeeper: scripts/setup.sh)"),
+        )
     })
 }
 
@@ -48,7 +51,9 @@ pub fn subs(n: usize) -> Vec<String> {
 }
 
 pub async fn start(url: &CoordinationUrl, id: &str, subscriptions: &[String]) -> Coordinator {
-    let c = Coordinator::start(config(url, id)).await.expect("start coordinator");
+    let c = Coordinator::start(config(url, id))
+        .await
+        .expect("start coordinator");
     c.set_subscriptions(subscriptions.iter().cloned()).unwrap();
     c
 }
@@ -179,7 +184,9 @@ impl Recorder {
                         "{s}: {} claimed epoch {} while {m} still owned epoch {ep}; events: {:#?}",
                         e.member,
                         e.ev.epoch,
-                        evs.iter().filter(|x| &x.ev.subscription == s).collect::<Vec<_>>()
+                        evs.iter()
+                            .filter(|x| &x.ev.subscription == s)
+                            .collect::<Vec<_>>()
                     );
                 }
                 let prev = last_epoch.insert(s.clone(), e.ev.epoch).unwrap_or(0);
@@ -190,7 +197,10 @@ impl Recorder {
                     Some((m, ep)) if *m == e.member && *ep == e.ev.epoch => {
                         owner.remove(s);
                     }
-                    other => panic!("{s}: {} lost epoch {} but the owner was {other:?}", e.member, e.ev.epoch),
+                    other => panic!(
+                        "{s}: {} lost epoch {} but the owner was {other:?}",
+                        e.member, e.ev.epoch
+                    ),
                 }
             }
         }
@@ -205,7 +215,10 @@ impl Recorder {
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
