@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use coordination::{inspect, rendezvous};
@@ -103,4 +103,117 @@ async fn a_killed_member_is_taken_over_after_its_session_times_out() {
         }
     }
     rec.assert_never_two_owners();
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A member frozen (SIGSTOP) longer than its session timeout, as in a long
+/// GC pause or a VM stall: the others take over after the timeout; when it
+/// wakes, `is_owner` answers nothing of its old share at once (the lease ran
+/// out while it slept), it publishes the losses, gets a new session and
+/// takes its share back with new epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_never_owns_an_old_epoch_after_waking() {
+    let url = url("pause");
+    let all = subs(30);
+    let a = Arc::new(start(&url, "p1", &all).await);
+    let b = Arc::new(start(&url, "p2", &all).await);
+    let child = Child::spawn_with(&url, "p3", all.len(), SESSION, &["--report-every", "20ms"]);
+    let ids = ["p1", "p2", "p3"];
+    let view = testkit::until("three members settled", Duration::from_secs(30), || async {
+        let v = inspect(&url, Duration::from_secs(5)).await.ok()?;
+        let settled = v.members.len() == 3
+            && v.owners.len() == 30
+            && v.owners
+                .iter()
+                .all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
+        settled.then_some(v)
+    })
+    .await;
+    let share: Vec<String> = view
+        .owners
+        .iter()
+        .filter(|(_, (m, _))| m == "p3")
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert!(!share.is_empty());
+
+    signal(child.proc.pid(), "-STOP");
+    let taken = until_shared("p1 and p2 take over", &[&a, &b], &all, SESSION * 4).await;
+    let resumed_ms = unix_ms();
+    signal(child.proc.pid(), "-CONT");
+
+    // p3 comes back and takes its share again, above the survivors' epochs.
+    let back = testkit::until(
+        "p3 takes its share back",
+        Duration::from_secs(30),
+        || async {
+            let v = inspect(&url, Duration::from_secs(5)).await.ok()?;
+            let settled = v.owners.len() == 30
+                && v.owners
+                    .iter()
+                    .all(|(s, (m, _))| rendezvous::owner(s, ids) == Some(m.as_str()));
+            settled.then_some(v)
+        },
+    )
+    .await;
+    for s in &share {
+        assert!(
+            back.owners[s].1 > taken[s].1,
+            "{s}: {:?} after {:?}",
+            back.owners[s],
+            taken[s]
+        );
+    }
+    wait_for("p3 reports its share back", Duration::from_secs(10), || {
+        share.iter().all(|s| child.owned().contains_key(s))
+    })
+    .await;
+
+    // What p3's `is_owner` answered after waking never held an old epoch:
+    // nothing of its share at an epoch at or below the survivors'.
+    let events = child.events();
+    let ticks: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "tick" && e["t_ms"].as_u64() >= Some(resumed_ms))
+        .collect();
+    assert!(!ticks.is_empty(), "no report after waking");
+    for t in &ticks {
+        for (s, e) in t["owned"].as_object().unwrap() {
+            let e = e.as_u64().unwrap();
+            if let Some((_, survivor_epoch)) = taken.get(s) {
+                assert!(e > *survivor_epoch, "p3 answered owner of {s} at epoch {e} (survivor had {survivor_epoch}) after waking: {t}");
+            }
+        }
+    }
+    // And it published the loss of each old claim before owning again.
+    for s in &share {
+        let old = view.owners[s].1;
+        let lost = events.iter().position(|e| {
+            e["event"] == "lost" && e["subscription"] == s.as_str() && e["epoch"] == old
+        });
+        let owned_again = events.iter().position(|e| {
+            e["event"] == "owned"
+                && e["subscription"] == s.as_str()
+                && e["epoch"].as_u64() > Some(old)
+        });
+        assert!(
+            matches!((lost, owned_again), (Some(l), Some(o)) if l < o),
+            "{s}: lost at {lost:?}, owned again at {owned_again:?}"
+        );
+    }
 }

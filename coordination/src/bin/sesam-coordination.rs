@@ -54,6 +54,10 @@ enum Cmd {
         /// Share `sub-0` .. `sub-(N-1)` instead.
         #[arg(long)]
         subscription_count: Option<usize>,
+        /// Also print what `is_owner` answers (the lease-checked owned set)
+        /// at this interval, as `{"event":"tick","owned":{...}}` lines.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        report_every: Option<Duration>,
     },
 }
 
@@ -103,6 +107,7 @@ async fn main() -> Result<()> {
             session_timeout,
             subscriptions,
             subscription_count,
+            report_every,
         } => {
             let mut cfg = CoordinatorConfig::new(url, member_id);
             cfg.advertised_url = advertised_url;
@@ -124,8 +129,15 @@ async fn main() -> Result<()> {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("install SIGTERM handler")?;
+            let mut tick = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(3600)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = tick.tick(), if report_every.is_some() => line(serde_json::json!({
+                        "event": "tick",
+                        "owned": coord.owned(),
+                        "t_ms": unix_ms(),
+                    }))?,
                     ev = changes.next() => match ev {
                         Some(ev) => line(serde_json::json!({
                             "event": if ev.owned { "owned" } else { "lost" },

@@ -231,6 +231,16 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(url: &CoordinationUrl, id: &str, count: usize, session: Duration) -> Child {
+        Child::spawn_with(url, id, count, session, &[])
+    }
+
+    pub fn spawn_with(
+        url: &CoordinationUrl,
+        id: &str,
+        count: usize,
+        session: Duration,
+        extra: &[&str],
+    ) -> Child {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sesam-coordination"));
         cmd.arg("join")
@@ -238,6 +248,7 @@ impl Child {
             .args(["--member-id", id])
             .args(["--session-timeout", &format!("{}ms", session.as_millis())])
             .args(["--subscription-count", &count.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info");
         let proc = testkit::Proc::spawn(id, cmd, &dir.path().join("member.log"));
         Child { proc, _dir: dir }
