@@ -133,9 +133,9 @@ fn main() {
                     "{:<10} {:<9} {:>12} {:>12} {:>12} {:>6}",
                     format!("{session:?}"),
                     if kill { "SIGKILL" } else { "SIGTERM" },
-                    format!("{:.0?}", firsts[0]),
-                    format!("{:.0?}", lasts[lasts.len() / 2]),
-                    format!("{:.0?}", lasts[lasts.len() - 1]),
+                    format!("{} ms", firsts[0].as_millis()),
+                    format!("{} ms", lasts[lasts.len() / 2].as_millis()),
+                    format!("{} ms", lasts[lasts.len() - 1].as_millis()),
                     count
                 );
             }
