@@ -51,6 +51,40 @@
 //!   with a new epoch too, so an event consumer always sees `owned: false`
 //!   before it owns again.
 //!
+//! # Use from the collector
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use coordination::{CoordinationUrl, Coordinator, CoordinatorConfig};
+//!
+//! let url: CoordinationUrl = "zookeeper://zk1:2181,zk2:2181/sesam".parse()?;
+//! let mut cfg = CoordinatorConfig::new(url, "collector-1");
+//! cfg.advertised_url = "http://10.0.0.5:8080".into();
+//! let coord = Coordinator::start(cfg).await?;
+//! coord.set_subscriptions(["acme", "globex"])?; // the same set on every collector
+//! let mut changes = coord.changes();
+//! while let Some(change) = changes.next().await {
+//!     if change.owned {
+//!         // Load the subscription's alert state (get_versioned) and start
+//!         // evaluating its rules under change.epoch.
+//!     } else {
+//!         // Stop evaluating change.subscription now.
+//!     }
+//! #   break;
+//! }
+//! // Right before queueing a notification decided under `epoch`:
+//! # let epoch = 1;
+//! coord.fence("acme", epoch).await?; // an error: do not queue it
+//! // Alert state written only by the current owner, compare-and-set:
+//! let current = coord.get_versioned("alerts/acme").await?;
+//! coord
+//!     .set_if_version_fenced("alerts/acme", b"...", current.map(|v| v.version), "acme", epoch)
+//!     .await?;
+//! coord.shutdown().await; // releases at once instead of after the timeout
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Limits
 //!
 //! Every bound is a [`CoordinatorConfig`] field with a documented default:
