@@ -37,7 +37,9 @@ async fn fifty_shippers_are_shed_with_429_in_bounded_memory_losing_nothing() {
     let dir = e2e::scratch();
     let hook = Webhook::start().await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.args.extend(["--admission-wait".into(), "0s".into()]);
+    collector
+        .args
+        .extend(["--admission-wait".into(), "0s".into()]);
     collector.start().await;
     collector
         .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
