@@ -261,8 +261,9 @@ struct NotifierArgs {
     /// Longest silence, and how far ahead it may start.
     #[arg(long, value_parser = duration, default_value = "36500days")]
     max_silence_duration: Duration,
-    /// Evaluation time of one subscription's rules per commit group; its
-    /// records beyond it are not evaluated (counted, logged).
+    /// Evaluation time of one subscription's rules per round of the
+    /// notifier's evaluation thread; its further records wait for the next
+    /// round.
     #[arg(long, value_parser = duration, default_value = "50ms")]
     notifier_eval_budget: Duration,
     /// Average fraction of one core a subscription's rule evaluation may
@@ -274,10 +275,15 @@ struct NotifierArgs {
     /// pipes' overdue deadlines.
     #[arg(long, value_parser = duration, default_value = "2m")]
     notifier_source_gap: Duration,
-    /// Records of one subscription waiting for evaluation once it used up
-    /// its budget; beyond it they are not evaluated (counted).
+    /// Records of one subscription held in memory waiting for evaluation;
+    /// further ones wait in the store's commit feed (on disk).
     #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
     max_deferred_records_per_subscription: usize,
+    /// Records held in memory between the store's commits and the
+    /// notifier's evaluation thread (all subscriptions); further ones wait
+    /// in the store's commit feed and are read back from there.
+    #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_records)]
+    notifier_queue_records: usize,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]
     max_match_bytes: usize,
@@ -305,6 +311,7 @@ struct NotifierArgs {
 impl NotifierArgs {
     fn apply(self, c: &mut notifier::NotifierConfig) {
         c.egress.allow = self.egress_allow;
+        c.queue_records = self.notifier_queue_records;
         let l = &mut c.limits;
         l.max_rules_per_subscription = self.max_rules_per_subscription;
         l.max_receivers_per_subscription = self.max_receivers_per_subscription;

@@ -77,6 +77,27 @@ impl Timer {
         }
     }
 
+    /// Bytes of its strings.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Timer::Started { rule, pipe } | Timer::Finished { rule, pipe } => {
+                rule.sub.len()
+                    + rule.id.len()
+                    + pipe.sub.len()
+                    + pipe.source.len()
+                    + pipe.pipe.len()
+            }
+            Timer::Heartbeat { rule, source } => {
+                rule.sub.len() + rule.id.len() + source.sub.len() + source.source.len()
+            }
+            Timer::ResolveAt { sub, fp } | Timer::Repeat { sub, fp } => sub.len() + fp.len(),
+            Timer::Metric { key } => key.len(),
+            Timer::SilenceEdge { sub, id } | Timer::GroupFlush { sub, key: id } => {
+                sub.len() + id.len()
+            }
+        }
+    }
+
     /// The source whose event clock runs it (`None`: the collector clock).
     fn event_source(&self) -> Option<SourceKey> {
         match self {
@@ -223,6 +244,19 @@ impl Timers {
             }
         }
         Some(t)
+    }
+
+    /// Armed timers and their estimated bytes (each is held twice: by
+    /// deadline and by identity).
+    pub(crate) fn memory(&self) -> (usize, usize) {
+        let entry = std::mem::size_of::<(i64, Timer)>();
+        let bytes: usize = self
+            .armed
+            .keys()
+            .map(|t| 2 * (t.heap_bytes() + entry) + entry / 2)
+            .sum();
+        let table = self.armed.capacity() * (std::mem::size_of::<(Timer, i64)>() + 1);
+        (self.armed.len(), bytes + table)
     }
 
     pub(crate) fn purge(&mut self, sub: &str) {

@@ -47,6 +47,7 @@
 //! | `seqs` | subscription, `0`, source, `0`, seq u64 BE (epoch 0); subscription, `0`, source, `1`, epoch id u32 BE, seq u64 BE (others) | CRC-32 of the record (4 bytes BE; empty in stores written before epochs): "this seq is stored" (dedupe) |
 //! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, current epoch and its last seq, older epochs, counts |
 //! | `meta` | `format`, `next_stream` | `sesam-collector-v2` (a v1 store, from before epochs, opens as is and is marked v2); next stream id u64 BE |
+//! | `feed` | subscription, `0`, commit u64 BE | the entries keys each commit stored, for consumers off the commit path (see `feed.rs`; written only with [`StoreConfig::feed`]) |
 //! | `notifier` | see the notifier crate's `store.rs` | rules, receivers, silences, alerts, notification queue and history |
 //!
 //! Subscription and source names never contain a 0 byte (ingest validates
@@ -73,6 +74,7 @@
 //!   copy of the live WAL): a checkpoint directory is itself a store that
 //!   `--data-dir` can open.
 
+pub mod feed;
 pub mod keys;
 mod search;
 mod writer;
@@ -131,6 +133,11 @@ pub struct StoreConfig {
     /// Sources per subscription; a batch of a new source beyond it is
     /// refused (429, retried by shippers) until sources go away.
     pub max_sources_per_subscription: usize,
+    /// Write the commit feed (see `feed.rs`) and hand observers each
+    /// commit's number ([`IngestObserver::committed_feed`]). The collector
+    /// turns it on with its notifier, which evaluates records off the
+    /// commit path and trims the feed.
+    pub feed: bool,
 }
 
 impl Default for StoreConfig {
@@ -141,6 +148,7 @@ impl Default for StoreConfig {
             queue_batches: 16,
             max_streams_per_subscription: 50_000,
             max_sources_per_subscription: 1_000,
+            feed: false,
         }
     }
 }
@@ -194,6 +202,15 @@ impl StreamIndex {
         t.write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.id, info);
+    }
+
+    /// The stream `id` of `subscription`.
+    pub(crate) fn get(&self, subscription: &str, id: u64) -> Option<Arc<StreamInfo>> {
+        self.tenant(subscription)?
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub(crate) fn remove(&self, subscription: &str, id: u64) {
@@ -315,6 +332,11 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
     small.set_compression_type(DBCompressionType::Lz4);
     small.set_write_buffer_size(2 << 20);
 
+    // The feed is written with every commit and trimmed soon after: most
+    // of it should die in the memtable.
+    let mut feed = small.clone();
+    feed.set_write_buffer_size(16 << 20);
+
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
@@ -330,6 +352,7 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
         ColumnFamilyDescriptor::new(CF_SEQS, seqs),
         ColumnFamilyDescriptor::new(CF_SOURCES, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small.clone()),
+        ColumnFamilyDescriptor::new(feed::CF_FEED, feed),
         // The notifier's state (rules, alerts, queue): small, kept here so
         // that checkpoints carry it.
         ColumnFamilyDescriptor::new(notifier::COLUMN_FAMILY, small),
@@ -436,6 +459,19 @@ impl Store {
             None => 1,
         };
 
+        let next_commit = match db
+            .get_cf(meta, feed::META_NEXT_COMMIT)
+            .map_err(|e| StoreError::storage("read next commit", e))?
+        {
+            Some(v) => {
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::Open {
+                    path: path.clone(),
+                    reason: "malformed next_commit".into(),
+                })?)
+            }
+            None => 1,
+        };
+
         let mut streams = HashMap::new();
         let mut it = db.raw_iterator_cf(cf(&db, CF_STREAMS)?);
         it.seek_to_first();
@@ -519,6 +555,7 @@ impl Store {
             streams,
             sources,
             next_stream,
+            next_commit,
             &config,
             events_tx,
         )?;
