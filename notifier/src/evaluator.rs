@@ -355,6 +355,11 @@ impl Evaluator {
                 }
             }
         };
+        // Subscriptions evaluated before, with nothing left in the feed, are
+        // known too (their lag gauges read 0).
+        let mut subs = subs;
+        let listed: std::collections::HashSet<String> = subs.iter().cloned().collect();
+        subs.extend(self.floors.keys().filter(|k| !listed.contains(*k)).cloned());
         for sub in subs {
             let done = self.floors.get(&sub).copied().unwrap_or_default();
             let backlog = match self.feed.backlog(&sub, done) {
