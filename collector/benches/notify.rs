@@ -10,10 +10,12 @@
 //!    finished overdue, pattern match; 1% with wildcard pipe globs), same
 //!    run, fresh stores;
 //! 3. during the notifier-on stream, the latency from a `pump-failed` of
-//!    another source (one every 20 ms, in the same subscription, so it
-//!    queues behind the stream's records) to its webhook request, and how
-//!    long evaluation took to catch up after the last ingest was answered
-//!    (the notifier evaluates off the commit path);
+//!    another source to its webhook request (one every 20 ms in the
+//!    stream's own subscription, where it queues behind the stream's
+//!    records, and one every 20 ms in another subscription, which the
+//!    evaluation thread serves round robin), and how long evaluation took
+//!    to catch up after the last ingest was answered (the notifier
+//!    evaluates off the commit path);
 //! 4. the rule engine's estimated memory after that stream
 //!    (`notifier_engine_memory_bytes`), per part, per pipe and per rule.
 //!
@@ -37,7 +39,9 @@ const SUB: &str = "bench";
 const PIPES: usize = 100_000;
 const RULES: usize = 10_000;
 const SOURCES: usize = 4;
-const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n";
+const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n\n[[tokens]]\ntoken = \"ship2\"\nsubscription = \"bench-probe\"\nrole = \"shipper\"\n";
+/// The other subscription of the latency probes.
+const PROBE_SUB: &str = "bench-probe";
 /// Source of the latency probes sent during the notifier-on stream.
 const PROBE_SOURCE: usize = SOURCES;
 /// One probe every this often.
@@ -121,11 +125,14 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
     async fn post(&self, body: Vec<u8>) {
+        self.post_as("ship", body).await
+    }
+    async fn post_as(&self, token: &str, body: Vec<u8>) {
         loop {
             let r = self
                 .client
                 .post(format!("{}/api/v1/ingest", self.base))
-                .bearer_auth("ship")
+                .bearer_auth(token)
                 .header("content-type", "application/msgpack")
                 .header("content-encoding", "zstd")
                 .body(body.clone())
@@ -142,10 +149,17 @@ impl Running {
 }
 
 fn encode(source: usize, records: Vec<Record>) -> Vec<u8> {
+    encode_for(SUB, source, records)
+}
+
+fn encode_for(sub: &str, source: usize, mut records: Vec<Record>) -> Vec<u8> {
+    for r in &mut records {
+        r.subscription = sub.into();
+    }
     let raw = schemas::to_msgpack(&IngestBatch {
         epoch: String::new(),
         source: format!("node-{source}"),
-        subscription: SUB.into(),
+        subscription: sub.into(),
         records,
         dropped: 0,
     })
@@ -268,8 +282,15 @@ fn rules_file(path: &Path, hook: &str) {
         "id": "probe", "name": "probe", "type": "pump_failed", "subscription": SUB,
         "pipes": ["probe-*"], "receivers": ["hook"],
     }));
+    rules.push(json!({
+        "id": "probe", "name": "probe", "type": "pump_failed", "subscription": PROBE_SUB,
+        "pipes": ["probe-*"], "receivers": ["hook"],
+    }));
     let file = json!({
-        "receivers": [{"name": "hook", "subscription": SUB, "type": "webhook", "url": hook}],
+        "receivers": [
+            {"name": "hook", "subscription": SUB, "type": "webhook", "url": hook},
+            {"name": "hook", "subscription": PROBE_SUB, "type": "webhook", "url": hook},
+        ],
         "rules": rules,
     });
     std::fs::write(path, serde_json::to_vec(&file).unwrap()).unwrap();
@@ -318,8 +339,10 @@ fn stream(total: usize) -> Vec<(usize, Vec<u8>)> {
 /// What a notifier-on run measured besides its ingest rate.
 #[derive(Default)]
 struct OnRun {
-    /// Probe latencies (ms), sorted.
+    /// Probe latencies (ms), sorted: in the stream's subscription, in
+    /// another one.
     probes: Vec<f64>,
+    other: Vec<f64>,
     /// Seconds from the last ingest answered to the evaluation lag at 0.
     catch_up: f64,
     /// `notifier_engine_memory_bytes` / `_entries` by part.
@@ -354,32 +377,33 @@ async fn throughput(
     let started = Instant::now();
     // Latency probes while the stream flows (notifier on only).
     let streaming = CancellationToken::new();
-    let prober = rules.is_some().then(|| {
+    let probe = |sub: &'static str, token: &'static str| {
         let (c, streaming) = (c.clone(), streaming.clone());
         tokio::spawn(async move {
             let now = schemas::time::now_nanos();
             let mut sent = Vec::new();
             while !streaming.is_cancelled() {
                 let i = sent.len();
-                let pipe = format!("probe-{}-{i}", dir_tag(&c.base));
-                let body = encode(
+                let pipe = format!("probe-{sub}-{}-{i}", dir_tag(&c.base));
+                let r = exec(
                     PROBE_SOURCE,
-                    vec![exec(
-                        PROBE_SOURCE,
-                        i as u64 + 1,
-                        now + i as i64,
-                        &pipe,
-                        EventType::PumpFailed,
-                    )],
+                    i as u64 + 1,
+                    now + i as i64,
+                    &pipe,
+                    EventType::PumpFailed,
                 );
+                let body = encode_for(sub, PROBE_SOURCE, vec![r]);
                 let t = Instant::now();
-                c.post(body).await;
+                c.post_as(token, body).await;
                 sent.push((pipe, t));
                 tokio::time::sleep(PROBE_EVERY).await;
             }
             sent
         })
-    });
+    };
+    let probers = rules
+        .is_some()
+        .then(|| (probe(SUB, "ship"), probe(PROBE_SUB, "ship2")));
     let mut tasks = Vec::new();
     // Two connections per source, each source's batches in order per
     // connection (as shippers do).
@@ -405,9 +429,9 @@ async fn throughput(
     let rate = records as f64 / started.elapsed().as_secs_f64();
     streaming.cancel();
     let mut on = OnRun::default();
-    if let Some(p) = prober {
+    if let Some((same, other)) = probers {
         let answered = Instant::now();
-        let sent = p.await.unwrap();
+        let (same, other) = (same.await.unwrap(), other.await.unwrap());
         let lag = format!("notifier_evaluation_lag_records{{subscription=\"{SUB}\"}}");
         let deadline = Instant::now() + Duration::from_secs(600);
         while metric(&c, &lag).await != Some(0.0) && Instant::now() < deadline {
@@ -415,19 +439,25 @@ async fn throughput(
         }
         on.catch_up = answered.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(60);
+        let all = || same.iter().chain(other.iter());
         loop {
             let got = arrivals.lock().unwrap().clone();
-            if sent.iter().all(|(p, _)| got.contains_key(p)) || Instant::now() > deadline {
-                on.probes = sent
-                    .iter()
-                    .filter_map(|(p, t)| Some((*got.get(p)? - *t).as_secs_f64() * 1e3))
-                    .collect();
-                assert_eq!(on.probes.len(), sent.len(), "every probe notified");
+            if all().all(|(p, _)| got.contains_key(p)) || Instant::now() > deadline {
+                let ms = |sent: &[(String, Instant)]| -> Vec<f64> {
+                    let mut v: Vec<f64> = sent
+                        .iter()
+                        .filter_map(|(p, t)| Some((*got.get(p)? - *t).as_secs_f64() * 1e3))
+                        .collect();
+                    assert_eq!(v.len(), sent.len(), "every probe notified");
+                    v.sort_by(f64::total_cmp);
+                    v
+                };
+                on.probes = ms(&same);
+                on.other = ms(&other);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        on.probes.sort_by(f64::total_cmp);
         // The evaluator measures the engine once it is idle.
         tokio::time::sleep(Duration::from_millis(600)).await;
         for part in [
@@ -488,14 +518,18 @@ fn main() {
             println!("  round {round}: notifier off {r:.0} records/s");
             off = off.max(r);
             let (r, s, run) = throughput(&on_dir, batches.clone(), Some(&rules), &arrivals).await;
-            let p = &run.probes;
+            let (p, o) = (&run.probes, &run.other);
             println!(
-                "  round {round}: notifier on, {RULES} rules: {r:.0} records/s; evaluation caught up {:.2} s after the last ingest answer; {} probes during the stream: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                "  round {round}: notifier on, {RULES} rules: {r:.0} records/s; evaluation caught up {:.2} s after the last ingest answer; pump-failed -> webhook during the stream: same subscription ({} probes) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; another subscription ({} probes) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 run.catch_up,
                 p.len(),
                 pct(p, 0.5),
                 pct(p, 0.99),
-                p[p.len() - 1]
+                p[p.len() - 1],
+                o.len(),
+                pct(o, 0.5),
+                pct(o, 0.99),
+                o[o.len() - 1]
             );
             on = on.max(r);
             setup = s;

@@ -32,17 +32,17 @@
 //! [`Limits::max_deferred_per_subscription`]: crate::Limits::max_deferred_per_subscription
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::Record;
 
 use crate::error::NotifierError;
 use crate::feed::{Feed, FeedPos};
-use crate::service::{lock, Notifier};
+use crate::handoff::{Link, Msg};
+use crate::service::Notifier;
 
 /// Records one round evaluates at most before it writes its effects and
 /// releases the engine (API calls and timers get their turn).
@@ -59,103 +59,19 @@ const TRIM_COMMITS: u64 = 1024;
 const REFRESH: Duration = Duration::from_millis(250);
 const MEMORY_REFRESH: Duration = Duration::from_secs(10);
 
-enum Msg {
-    Committed {
-        commit: u64,
-        at: i64,
-        records: Arc<Vec<Record>>,
-    },
-    Stop {
-        deadline: Instant,
-    },
-}
-
-/// Records of subscriptions that did not fit the queue.
-#[derive(Debug, Default, Clone, Copy)]
-struct Spill {
-    records: u64,
-    oldest: i64,
-}
-
-/// What the writer thread's hook and the evaluation thread share.
-struct Link {
-    tx: mpsc::Sender<Msg>,
-    /// Records in memory: in the channel or in the thread's queues.
-    queued: AtomicUsize,
-    max: usize,
-    /// Short critical sections.
-    spills: Mutex<HashMap<String, Spill>>,
-    spilled: AtomicBool,
-}
-
-impl Link {
-    /// Notes that `records` wait in the feed only.
-    fn spill(&self, records: &[Record], at: i64) {
-        let mut spills = lock(&self.spills);
-        for r in records {
-            match spills.get_mut(r.subscription.as_str()) {
-                Some(s) => s.records += 1,
-                None => {
-                    spills.insert(
-                        r.subscription.clone(),
-                        Spill {
-                            records: 1,
-                            oldest: at,
-                        },
-                    );
-                }
-            }
-        }
-        self.spilled.store(true, Ordering::Release);
-    }
-}
-
-/// The notifier's handle on its evaluation thread.
-pub(crate) struct Slot {
-    link: OnceLock<Arc<Link>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    /// The last commit handed over by the store.
-    last_commit: AtomicU64,
-    /// Terminated subscriptions and the last commit before termination.
-    /// Short critical sections, taken under the engine lock.
-    purged: Mutex<HashMap<String, u64>>,
-    /// Watermarks read at start, for the thread.
-    watermarks: Mutex<HashMap<String, FeedPos>>,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
-            .field("running", &self.link.get().is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Slot {
-    pub(crate) fn new(watermarks: HashMap<String, FeedPos>) -> Slot {
-        Slot {
-            link: OnceLock::new(),
-            thread: Mutex::new(None),
-            last_commit: AtomicU64::new(0),
-            purged: Mutex::new(HashMap::new()),
-            watermarks: Mutex::new(watermarks),
-        }
-    }
-
-    /// `sub` was terminated after the last commit handed over (call under
-    /// the engine lock).
-    pub(crate) fn purged(&self, sub: &str) {
-        if self.link.get().is_some() {
-            let at = self.last_commit.load(Ordering::Acquire);
-            lock(&self.purged).insert(sub.to_string(), at);
-        }
-    }
-}
-
+/// A record waiting for evaluation: shared with the rest of its commit
+/// (or feed read), never copied.
 struct Pending {
     pos: FeedPos,
     at: i64,
-    record: Record,
+    batch: Arc<Vec<Record>>,
+    idx: usize,
+}
+
+impl Pending {
+    fn record(&self) -> &Record {
+        &self.batch[self.idx]
+    }
 }
 
 /// The evaluation state of one subscription.
@@ -220,22 +136,11 @@ impl Notifier {
     /// first replays every subscription's records after its watermark,
     /// then evaluates what [`Notifier::on_committed`] hands it.
     pub fn start_evaluator(&self, feed: Arc<dyn Feed>) -> Result<(), NotifierError> {
-        let (tx, rx) = mpsc::channel();
         let limits = &self.inner.config.limits;
         let max = self.inner.config.queue_records.max(1);
-        let link = Arc::new(Link {
-            tx,
-            queued: AtomicUsize::new(0),
-            max,
-            spills: Mutex::new(HashMap::new()),
-            spilled: AtomicBool::new(false),
-        });
-        // Set before the replay reads the feed: a commit made meanwhile is
-        // either in the feed by then, or in the channel.
-        if self.inner.eval.link.set(link.clone()).is_err() {
-            return Err(NotifierError::storage("the evaluation thread runs already"));
-        }
-        let watermarks = std::mem::take(&mut *lock(&self.inner.eval.watermarks));
+        // Installed before the replay reads the feed: a commit made
+        // meanwhile is either in the feed by then, or in the channel.
+        let (link, rx, watermarks) = self.inner.eval.install(max)?;
         let ev = Evaluator {
             n: self.clone(),
             feed,
@@ -254,7 +159,7 @@ impl Notifier {
             .name("notifier-eval".into())
             .spawn(move || ev.run())
             .map_err(|e| NotifierError::storage(format!("start the evaluation thread: {e}")))?;
-        *lock(&self.inner.eval.thread) = Some(handle);
+        self.inner.eval.started(handle);
         Ok(())
     }
 
@@ -264,49 +169,17 @@ impl Notifier {
     /// is not running), left in the store's commit feed, from where it
     /// reads them.
     pub fn on_committed(&self, commit: u64, records: Arc<Vec<Record>>) {
-        let slot = &self.inner.eval;
-        slot.last_commit.store(commit, Ordering::Release);
-        let Some(link) = slot.link.get() else {
-            return;
-        };
-        let n = records.len();
-        let at = schemas::time::now_nanos();
-        if link.queued.load(Ordering::Acquire) + n <= link.max {
-            link.queued.fetch_add(n, Ordering::AcqRel);
-            match link.tx.send(Msg::Committed {
-                commit,
-                at,
-                records,
-            }) {
-                Ok(()) => return,
-                Err(mpsc::SendError(msg)) => {
-                    link.queued.fetch_sub(n, Ordering::AcqRel);
-                    if let Msg::Committed { records, .. } = msg {
-                        link.spill(&records, at);
-                    }
-                }
-            }
-        } else {
-            link.spill(&records, at);
+        let spilled = self.inner.eval.committed(commit, records);
+        if spilled > 0 {
+            self.inner.metrics.spilled.inc_by(spilled as u64);
         }
-        self.inner.metrics.spilled.inc_by(n as u64);
     }
 
     /// Stops the evaluation thread once it has evaluated what is pending,
     /// or at `within` from now (what is left waits in the feed for the
     /// next start). Call after the store stopped committing.
     pub fn stop_evaluator(&self, within: Duration) {
-        let slot = &self.inner.eval;
-        if let Some(link) = slot.link.get() {
-            let deadline = Instant::now() + within;
-            let _ = link.tx.send(Msg::Stop { deadline });
-        }
-        let handle = lock(&slot.thread).take();
-        if let Some(h) = handle {
-            if h.join().is_err() {
-                tracing::error!("the notifier's evaluation thread panicked");
-            }
-        }
+        self.inner.eval.stop(within);
     }
 }
 
@@ -395,10 +268,9 @@ impl Evaluator {
     /// Before each message: a note about an earlier commit is then always
     /// seen before a later commit of the same subscription is queued.
     fn absorb(&mut self) {
-        if !self.link.spilled.swap(false, Ordering::AcqRel) {
+        let Some(spills) = self.link.take_spills() else {
             return;
-        }
-        let spills = std::mem::take(&mut *lock(&self.link.spills));
+        };
         for (sub, spill) in spills {
             let s = sub_of(&mut self.subs, &self.floors, &sub);
             s.spilled = true;
@@ -421,22 +293,22 @@ impl Evaluator {
             } => (commit, at, records),
         };
         self.absorb();
-        let records = Arc::try_unwrap(records).unwrap_or_else(|a| a.as_ref().clone());
         // Per subscription, in order (batches of one subscription mostly
         // follow each other in a commit).
-        let mut groups: Vec<(String, Vec<Record>)> = Vec::new();
-        for r in records {
-            match groups.iter_mut().rev().find(|(s, _)| *s == r.subscription) {
-                Some((_, v)) => v.push(r),
-                None => groups.push((r.subscription.clone(), vec![r])),
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let sub = r.subscription.as_str();
+            match groups.iter_mut().rev().find(|(s, _)| *s == sub) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((sub, vec![i])),
             }
         }
         let per_sub = self.per_sub;
         let mut released = 0usize;
-        for (sub, records) in groups {
-            let s = sub_of(&mut self.subs, &self.floors, &sub);
+        for (sub, idxs) in groups {
+            let s = sub_of(&mut self.subs, &self.floors, sub);
             let tail = s.tail();
-            for (i, record) in records.into_iter().enumerate() {
+            for (i, idx) in idxs.into_iter().enumerate() {
                 let pos = FeedPos::new(commit, i as u32);
                 if pos <= tail {
                     // Read from the feed already.
@@ -447,10 +319,15 @@ impl Evaluator {
                     s.oldest.get_or_insert(at);
                     released += 1;
                 } else {
-                    s.queue.push_back(Pending { pos, at, record });
+                    s.queue.push_back(Pending {
+                        pos,
+                        at,
+                        batch: records.clone(),
+                        idx,
+                    });
                 }
             }
-            list(&mut self.order, &sub, s);
+            list(&mut self.order, sub, s);
         }
         self.link.queued.fetch_sub(released, Ordering::AcqRel);
     }
@@ -516,11 +393,11 @@ impl Evaluator {
         let queue = &s.queue;
         let written = n.evaluate(true, |e, now| {
             // Under the engine lock, where a termination happens.
-            if let Some(p) = lock(&n.inner.eval.purged).remove(&sub) {
+            if let Some(p) = n.inner.eval.take_purged(&sub) {
                 purged_at = Some(p);
                 return;
             }
-            let records = queue.iter().take(ROUND_RECORDS).map(|p| &p.record);
+            let records = queue.iter().take(ROUND_RECORDS).map(Pending::record);
             evaluated = e.evaluate_while(&sub, records, now, &mut budget);
             if evaluated > 0 {
                 e.fx.watermarks
@@ -606,12 +483,23 @@ impl Evaluator {
         self.link
             .queued
             .fetch_add(read.records.len(), Ordering::AcqRel);
-        for r in read.records {
-            s.oldest = Some(r.committed_at);
+        let mut at = Vec::with_capacity(read.records.len());
+        let batch: Vec<Record> = read
+            .records
+            .into_iter()
+            .map(|r| {
+                at.push((r.pos, r.committed_at));
+                r.record
+            })
+            .collect();
+        let batch = Arc::new(batch);
+        for (idx, (pos, committed_at)) in at.into_iter().enumerate() {
+            s.oldest = Some(committed_at);
             s.queue.push_back(Pending {
-                pos: r.pos,
-                at: r.committed_at,
-                record: r.record,
+                pos,
+                at: committed_at,
+                batch: batch.clone(),
+                idx,
             });
         }
         if read.end {

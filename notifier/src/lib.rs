@@ -34,7 +34,7 @@
 //! | `schedule` | deadlines: the timer sets, expected starts and ends |
 //! | `engine` | the engine's state and its management |
 //! | `dispatch` | the evaluation path: inputs, budgets, deferral, ticks |
-//! | `feed`, `evaluator` | the store's commit feed and watermarks; the evaluation thread |
+//! | `feed`, `handoff`, `evaluator` | the store's commit feed and watermarks; the bounded hand-over from the store's writer; the evaluation thread |
 //! | `share` | each subscription's share of evaluation time |
 //! | `memory` | the engine's memory, estimated by part |
 //! | `conditions/` | one file per rule family |
@@ -62,6 +62,7 @@ pub mod error;
 mod evaluator;
 pub mod feed;
 mod group;
+mod handoff;
 mod index;
 mod inhibit;
 mod lifecycle;

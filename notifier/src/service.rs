@@ -28,7 +28,7 @@ use crate::dispatch::{Input, SampleRef};
 use crate::egress::{self, EgressPolicy, EgressResolver, SharedPolicy};
 use crate::engine::{Engine, Restored};
 use crate::error::NotifierError;
-use crate::evaluator::Slot;
+use crate::handoff::Slot;
 use crate::limits::{self, Limits};
 use crate::model::DeliveryState;
 use crate::rule;

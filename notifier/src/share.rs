@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::budget::Budget;
 use crate::limits::Limits;
-use crate::service::lock;
 
 /// What is left of one subscription's share; may go below zero by the
 /// overrun of a record that was cut.
@@ -26,6 +25,12 @@ struct Bucket {
 pub(crate) struct Shares {
     /// Short critical sections; never held across an await.
     buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Short critical sections; a poisoned lock is taken over (buckets are
+/// plain numbers).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn share(l: &Limits) -> f64 {
