@@ -24,7 +24,8 @@
 //! Records the store no longer holds when the feed is read (retention
 //! deleted them: the consumer lagged by more than the retention) are
 //! reported as missing and skipped. Terminating a subscription deletes its
-//! feed with its records.
+//! feed with its records. A store opened without the feed (the notifier
+//! off) drops what an earlier run left of it: nobody would consume it.
 //!
 //! [`StoreConfig::feed`]: super::StoreConfig::feed
 
@@ -465,6 +466,36 @@ mod tests {
         ingest(&store, vec![rec("a", "n1", 3, log("z"))]).await;
         store.purge("a").await.unwrap();
         assert!(store.feed_subscriptions().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_without_the_feed_drops_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let store = open(dir.path(), &seen);
+        ingest(&store, vec![rec("a", "n1", 1, failed("p"))]).await;
+        assert_eq!(store.feed_subscriptions().unwrap(), vec!["a"]);
+        store.close();
+        drop(store);
+        let store = Store::open(
+            dir.path(),
+            StoreConfig::default(),
+            Metrics::default(),
+            vec![],
+        )
+        .expect("open without the feed");
+        assert!(store.feed_subscriptions().unwrap().is_empty());
+        ingest(&store, vec![rec("a", "n1", 2, failed("p"))]).await;
+        assert!(
+            store.feed_subscriptions().unwrap().is_empty(),
+            "nothing written"
+        );
+        store.close();
+        drop(store);
+        // On again: commit numbers go on from where they were.
+        let store = open(dir.path(), &seen);
+        ingest(&store, vec![rec("a", "n1", 3, failed("p"))]).await;
+        assert_eq!(seen.lock().unwrap().last().unwrap().0, 2);
     }
 
     #[test]

@@ -471,6 +471,14 @@ impl Store {
             }
             None => 1,
         };
+        if !config.feed {
+            // Nobody consumes a feed left by a run with the notifier on
+            // (records stored meanwhile are not evaluated either): drop it
+            // rather than keep it forever. Keys start with a subscription
+            // (UTF-8, never a 0xFF byte).
+            db.delete_range_cf(cf(&db, feed::CF_FEED)?, b"".as_slice(), [0xFFu8].as_slice())
+                .map_err(|e| StoreError::storage("drop the commit feed", e))?;
+        }
 
         let mut streams = HashMap::new();
         let mut it = db.raw_iterator_cf(cf(&db, CF_STREAMS)?);
