@@ -279,7 +279,11 @@ pub async fn run(
         query_pool: logs::query::pool::QueryPool::new(
             config.max_concurrent_queries,
             config.read.max_queries_per_subscription,
-            config.read.query_nice,
+            logs::query::pool::Priorities {
+                nice: config.read.query_nice,
+                demoted_nice: config.read.query_demoted_nice,
+                quantum: config.read.query_quantum,
+            },
         ),
         query_timeout: config.query_timeout,
         read_limits: config.read.clone(),

@@ -125,9 +125,16 @@ struct ServeArgs {
     #[arg(long, default_value_t = 2)]
     max_concurrent_queries_per_subscription: usize,
     /// Nice steps of the query threads below the collector's priority (0:
-    /// none): searches get the CPU ingest leaves.
-    #[arg(long, default_value_t = 10)]
+    /// none) for a search's first --query-quantum.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     query_nice: i32,
+    /// Nice steps below the collector once a search has run
+    /// --query-quantum: long scans get the CPU everything else leaves.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    query_demoted_nice: i32,
+    /// How long a search runs before it is demoted to --query-demoted-nice.
+    #[arg(long, value_parser = duration, default_value = "20ms")]
+    query_quantum: Duration,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
     /// Matchers in a LogQL stream selector.
@@ -509,6 +516,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.max_federate_bytes = a.max_federate_bytes;
     config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
     config.read.query_nice = a.query_nice;
+    config.read.query_demoted_nice = a.query_demoted_nice;
+    config.read.query_quantum = a.query_quantum;
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;

@@ -13,8 +13,25 @@ use http_body::Frame;
 /// Target size of one chunk.
 pub const CHUNK_BYTES: usize = 64 << 10;
 
-/// A body whose chunks come from an iterator.
-struct IterBody<I>(I);
+/// A body whose chunks come from an iterator. After each chunk it yields
+/// once to the runtime: a connection task would otherwise write chunk
+/// after chunk (up to the runtime's budget, megabytes into a loopback
+/// socket) before another tenant's request on the same worker thread got
+/// its turn.
+struct IterBody<I> {
+    iter: I,
+    yielded: bool,
+}
+
+impl<I> IterBody<I> {
+    fn new(iter: I) -> Self {
+        // The first chunk goes at once: small answers never wait.
+        IterBody {
+            iter,
+            yielded: true,
+        }
+    }
+}
 
 impl<I> http_body::Body for IterBody<I>
 where
@@ -25,9 +42,16 @@ where
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.next().map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        if !this.yielded {
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.yielded = false;
+        Poll::Ready(this.iter.next().map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -51,7 +75,7 @@ where
 
 /// A body of chunks made beforehand.
 pub fn chunks_body(chunks: Vec<Bytes>) -> Body {
-    Body::new(IterBody(chunks.into_iter()))
+    Body::new(IterBody::new(chunks.into_iter()))
 }
 
 struct ListChunks<T, F> {
@@ -68,6 +92,9 @@ impl<T, F: FnMut(&mut Vec<u8>, T)> Iterator for ListChunks<T, F> {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
+        // Rendering a large answer is a long job: the query pool may
+        // demote it.
+        crate::logs::query::pool::checkpoint();
         let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
         if let Some(h) = self.head.take() {
             buf.extend_from_slice(h.as_bytes());
@@ -98,7 +125,7 @@ pub fn text_chunks<I>(pieces: I) -> Body
 where
     I: Iterator<Item = String> + Send + Unpin + 'static,
 {
-    Body::new(IterBody(TextChunks { pieces }))
+    Body::new(IterBody::new(TextChunks { pieces }))
 }
 
 struct TextChunks<I> {

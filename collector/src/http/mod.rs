@@ -78,8 +78,13 @@ pub struct ReadLimits {
     /// Searches running at once for one subscription (of
     /// `max_concurrent_queries`).
     pub max_queries_per_subscription: usize,
-    /// Nice steps of the query threads below the process (0: none).
+    /// Nice steps of the query threads below the process for a search's
+    /// first `query_quantum` (0: none).
     pub query_nice: i32,
+    /// Nice steps below the process once a search has run `query_quantum`
+    /// (see `logs::query::pool`).
+    pub query_demoted_nice: i32,
+    pub query_quantum: Duration,
 }
 
 impl Default for ReadLimits {
@@ -90,7 +95,9 @@ impl Default for ReadLimits {
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
             max_queries_per_subscription: 2,
-            query_nice: 10,
+            query_nice: 5,
+            query_demoted_nice: 19,
+            query_quantum: Duration::from_millis(20),
         }
     }
 }

@@ -1,20 +1,32 @@
 //! The threads searches run on.
 //!
-//! A fixed pool of `max_concurrent_queries` threads, started at a lower CPU
-//! priority (`nice`, default 10): a query is CPU work that may take seconds,
-//! while ingest answers shippers waiting on a synced commit. At equal
-//! priority two heavy queries of one tenant took both cores of the target
-//! machine and multiplied another tenant's ingest latency; niced, they get
-//! the CPU the write path leaves. (On Linux a nice value belongs to a
-//! thread; the threads a search splits into inherit it.)
+//! A fixed pool of `max_concurrent_queries` threads at a lower CPU
+//! priority than ingest (`nice`): a query is CPU work that may take
+//! seconds, while ingest answers shippers waiting on a synced commit. At
+//! equal priority two heavy queries of one tenant took both cores of the
+//! target machine and multiplied another tenant's ingest latency.
+//!
+//! Priority feedback, as in a multilevel feedback queue: every search
+//! starts at `nice` (default 5) and is demoted to `demoted_nice` (default
+//! 19, the lowest) once it has run for `quantum` (default 20 ms). Short
+//! searches, the kind a dashboard or an operator sends, thus keep a fair
+//! share of the CPU against a neighbour's long scans, regex bombs and huge
+//! answers, which get what everything else leaves. Long loops (the scan,
+//! the rendering of answers) call [`checkpoint`], which does the demotion
+//! on the thread itself. (On Linux a nice value belongs to a thread; the
+//! threads a search splits into take its demotion with [`current`] and
+//! [`adopt`].) Raising a thread's priority back needs `CAP_SYS_NICE` or
+//! `RLIMIT_NICE`: where it is refused, the demoted thread hands its place
+//! to a new thread started at `nice` and ends.
 //!
 //! Admission is per subscription: a search takes one of its subscription's
 //! `max_per_subscription` slots, then one of the pool's, waiting first come
 //! first served, so one tenant's queries never hold every thread.
 
+use std::cell::Cell;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -41,40 +53,139 @@ pub enum PoolError {
     Stopped,
 }
 
+/// Priorities of the pool's threads, as nice values (0..=19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priorities {
+    /// Nice steps below the process for a search's first `quantum`.
+    pub nice: i32,
+    /// Nice steps below the process once the search has run `quantum`.
+    pub demoted_nice: i32,
+    pub quantum: Duration,
+}
+
+impl Default for Priorities {
+    fn default() -> Self {
+        Priorities {
+            nice: 5,
+            demoted_nice: 19,
+            quantum: Duration::from_millis(20),
+        }
+    }
+}
+
+/// When and where the search running on this thread is demoted.
+#[derive(Debug, Clone, Copy)]
+pub struct Demotion {
+    at: Instant,
+    nice: i32,
+}
+
+thread_local! {
+    /// The demotion pending for the job this thread runs.
+    static PENDING: Cell<Option<Demotion>> = const { Cell::new(None) };
+    /// Whether this thread was demoted during its job.
+    static DEMOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Demotes the calling thread once its search has run its quantum. Cheap
+/// (a clock read); a no-op outside the query pool.
+pub fn checkpoint() {
+    PENDING.with(|p| {
+        if let Some(d) = p.get() {
+            if Instant::now() >= d.at {
+                p.set(None);
+                DEMOTED.with(|x| x.set(true));
+                if let Err(e) = rustix::process::setpriority_process(None, d.nice) {
+                    tracing::debug!(error = %e, "cannot demote a query thread");
+                }
+            }
+        }
+    })
+}
+
+/// The demotion pending on this thread, for a thread it starts.
+pub fn current() -> Option<Demotion> {
+    PENDING.with(Cell::get)
+}
+
+/// Takes over the pending demotion of the thread that started this one.
+pub fn adopt(d: Option<Demotion>) {
+    PENDING.with(|p| p.set(d));
+}
+
+/// What every thread of the pool shares.
+struct Worker {
+    rx: Mutex<mpsc::Receiver<Job>>,
+    base: i32,
+    start: i32,
+    demoted: i32,
+    quantum: Duration,
+}
+
+impl Worker {
+    fn spawn(self: &Arc<Self>, i: usize) {
+        let w = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("query-{i}"))
+            .spawn(move || w.run(i));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a query thread");
+        }
+    }
+
+    fn run(self: Arc<Self>, i: usize) {
+        if self.start != self.base {
+            if let Err(e) = rustix::process::setpriority_process(None, self.start) {
+                tracing::warn!(error = %e, "cannot lower the priority of a query thread");
+            }
+        }
+        loop {
+            // The lock is held only while waiting for the next job.
+            let job = match self.rx.lock() {
+                Ok(r) => r.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            if self.demoted != self.start {
+                PENDING.with(|p| {
+                    p.set(Some(Demotion {
+                        at: Instant::now() + self.quantum,
+                        nice: self.demoted,
+                    }))
+                });
+            }
+            DEMOTED.with(|d| d.set(false));
+            job();
+            PENDING.with(|p| p.set(None));
+            if DEMOTED.with(Cell::get)
+                && rustix::process::setpriority_process(None, self.start).is_err()
+            {
+                // Not allowed to raise it back: a fresh thread takes over.
+                self.spawn(i);
+                return;
+            }
+        }
+    }
+}
+
 impl QueryPool {
-    /// Starts `threads` threads, `nice` steps below the caller's priority
-    /// (0 keeps it; the result is capped at 19, the lowest).
-    pub fn new(threads: usize, per_subscription: usize, nice: i32) -> Arc<QueryPool> {
+    /// Starts `threads` threads at `priorities` (nice steps below the
+    /// caller's priority; 0 keeps it; the result is capped at 19).
+    pub fn new(threads: usize, per_subscription: usize, priorities: Priorities) -> Arc<QueryPool> {
         let base = rustix::process::getpriority_process(None).unwrap_or(0);
-        let target = (base + nice.max(0)).min(19);
+        let start = (base + priorities.nice.max(0)).min(19);
+        let demoted = (base + priorities.demoted_nice.max(priorities.nice).max(0)).min(19);
         let threads = threads.max(1);
         let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let worker = Arc::new(Worker {
+            rx: Mutex::new(rx),
+            base,
+            start,
+            demoted,
+            quantum: priorities.quantum,
+        });
         for i in 0..threads {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("query-{i}"))
-                .spawn(move || {
-                    if target != base {
-                        if let Err(e) = rustix::process::setpriority_process(None, target) {
-                            tracing::warn!(error = %e, nice, "cannot lower the priority of a query thread");
-                        }
-                    }
-                    loop {
-                        // The lock is held only while waiting for the next job.
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a query thread");
-            }
+            worker.spawn(i);
         }
         Arc::new(QueryPool {
             tx: Mutex::new(Some(tx)),
@@ -135,7 +246,15 @@ mod tests {
     #[tokio::test]
     async fn jobs_run_on_niced_threads_with_per_key_slots() {
         let base = rustix::process::getpriority_process(None).expect("priority");
-        let pool = QueryPool::new(2, 1, 5);
+        let pool = QueryPool::new(
+            2,
+            1,
+            Priorities {
+                nice: 5,
+                demoted_nice: 5,
+                quantum: Duration::ZERO,
+            },
+        );
         let nice = pool
             .run("a", Duration::from_secs(5), |_| {
                 rustix::process::getpriority_process(None).ok()
@@ -170,6 +289,61 @@ mod tests {
         );
         hold_tx.send(()).expect("release");
         assert_eq!(first.await.expect("join"), Ok(true), "it was alone");
+        pool.stop();
+    }
+
+    #[tokio::test]
+    async fn a_search_past_its_quantum_is_demoted_and_the_next_one_is_not() {
+        let base = rustix::process::getpriority_process(None).expect("priority");
+        let pool = QueryPool::new(
+            1,
+            1,
+            Priorities {
+                nice: 2,
+                demoted_nice: 12,
+                quantum: Duration::from_millis(30),
+            },
+        );
+        let nice = || rustix::process::getpriority_process(None).ok();
+        let (start, demoted) = ((base + 2).min(19), (base + 12).min(19));
+        // A short search stays at the starting priority.
+        let short = pool
+            .run("a", Duration::from_secs(5), move |_| {
+                checkpoint();
+                nice()
+            })
+            .await
+            .expect("ran");
+        assert_eq!(short, Some(start));
+        // A long one is demoted at its first checkpoint past the quantum,
+        // and so is the thread it splits into.
+        let long = pool
+            .run("a", Duration::from_secs(5), move |_| {
+                checkpoint();
+                let before = nice();
+                std::thread::sleep(Duration::from_millis(40));
+                let pending = current();
+                let helper = std::thread::spawn(move || {
+                    adopt(pending);
+                    checkpoint();
+                    nice()
+                })
+                .join()
+                .ok()
+                .flatten();
+                checkpoint();
+                (before, nice(), helper)
+            })
+            .await
+            .expect("ran");
+        assert_eq!(long, (Some(start), Some(demoted), Some(demoted)));
+        // The next search starts at the starting priority again (restored,
+        // or on a fresh thread where raising it back is not allowed).
+        let next = pool
+            .run("b", Duration::from_secs(5), move |_| nice())
+            .await
+            .expect("ran");
+        assert_eq!(next, Some(start));
         pool.stop();
     }
 }
