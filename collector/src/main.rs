@@ -117,6 +117,11 @@ struct ServeArgs {
     /// headers (408 below it).
     #[arg(long, default_value_t = 32 << 10)]
     body_min_rate: u64,
+    /// Nice steps below the collector of the bulk lane, where a
+    /// subscription's concurrent ingests beyond its first decode (0: no
+    /// bulk lane).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    bulk_ingest_nice: i32,
     /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
@@ -496,6 +501,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         body_timeout: a.body_timeout,
         body_grace: a.body_grace,
         body_min_rate: a.body_min_rate,
+        bulk_nice: a.bulk_ingest_nice,
+        ..collector::AdmissionLimits::default()
     };
     config.server = collector::ServerLimits {
         max_connections: a.max_connections,

@@ -19,6 +19,15 @@
 //!    rest to the others. A request waits up to `admission_wait` for a slot
 //!    (the body is already paid for), then gets 429 with `Retry-After`.
 //!
+//! 5. Decoding then runs on the blocking pool, at the collector's priority,
+//!    for a subscription's first ingest in flight; its further concurrent
+//!    ingests decode on the *bulk lane*: `bulk_threads` threads
+//!    `bulk_nice` steps below the collector, one per subscription at a
+//!    time (a request waits up to `admission_wait` for it, then 429). A
+//!    tenant pushing many batches at once (a flood, or a shipper catching
+//!    up) still gets every core nobody else wants, but a neighbour's
+//!    steady ingest and queries are served first.
+//!
 //! Admin tokens (which write any subscription) share the budget key `*`.
 
 use std::collections::HashMap;
@@ -33,6 +42,7 @@ use tokio::time::Instant;
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::fair::{Slot, Slots};
+use crate::logs::query::pool::{Priorities, QueryPool};
 use crate::telemetry::Metrics;
 
 /// Bounds of admission; see the module documentation.
@@ -57,6 +67,11 @@ pub struct AdmissionLimits {
     /// Slowest accepted upload rate (bytes per second, averaged since the
     /// headers, after `body_grace`).
     pub body_min_rate: u64,
+    /// Nice steps below the collector of the bulk lane's threads (0: no
+    /// bulk lane, every body decodes at the collector's priority).
+    pub bulk_nice: i32,
+    /// Threads of the bulk lane.
+    pub bulk_threads: usize,
 }
 
 impl Default for AdmissionLimits {
@@ -70,6 +85,8 @@ impl Default for AdmissionLimits {
             body_timeout: Duration::from_secs(120),
             body_grace: Duration::from_secs(10),
             body_min_rate: 32 << 10,
+            bulk_nice: 10,
+            bulk_threads: 2,
         }
     }
 }
@@ -191,6 +208,8 @@ pub struct Admission {
     pub limits: AdmissionLimits,
     pub budget: Arc<ByteBudget>,
     pub slots: Slots,
+    /// The bulk lane (see the module documentation).
+    pub bulk: Option<Arc<QueryPool>>,
 }
 
 impl Admission {
@@ -205,6 +224,17 @@ impl Admission {
                 limits.max_inflight_body_bytes_per_subscription,
                 metrics.bodies_in_flight_bytes.clone(),
             ),
+            bulk: (limits.bulk_nice > 0).then(|| {
+                QueryPool::new(
+                    limits.bulk_threads,
+                    1,
+                    Priorities {
+                        nice: limits.bulk_nice,
+                        demoted_nice: limits.bulk_nice,
+                        quantum: Duration::ZERO,
+                    },
+                )
+            }),
             limits,
         }
     }
@@ -229,6 +259,9 @@ pub struct Admitted {
     pub body: Bytes,
     pub slot: Slot,
     pub reservation: Reservation,
+    /// Decode slots its subscription held once it got its own (itself
+    /// included): more than 1 sends the decoding to the bulk lane.
+    pub concurrent: usize,
 }
 
 /// Runs admission for one write request; `reject` counts a refusal under
@@ -299,11 +332,13 @@ pub async fn admit(
         .with("reason", "busy".into())
         .retry_after(RETRY_AFTER_SECS));
     };
+    let concurrent = adm.slots.held(&key);
     Ok(Admitted {
         principal,
         body: bytes,
         slot,
         reservation,
+        concurrent,
     })
 }
 

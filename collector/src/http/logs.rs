@@ -409,7 +409,7 @@ pub async fn ingest(
     let state = s.clone();
     let keep = s.store.wants_records();
     let p = principal.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    let job = move || {
         let raw = decompress(
             encoding.as_deref(),
             &bytes,
@@ -430,10 +430,33 @@ pub async fn ingest(
             .min(state.retention.for_subscription(&decoded.subscription));
         let oldest = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
         prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))?
-    .map_err(|r| match r {
+    };
+    let decoded = match (&s.admission.bulk, admitted.concurrent > 1) {
+        (Some(bulk), true) => {
+            m.ingest_bulk_decodes.inc();
+            let key = principal.subscription().unwrap_or("*");
+            let wait = s.admission.limits.admission_wait;
+            bulk.run(key, wait, move |_| job()).await.map_err(|e| match e {
+                PoolError::Busy(wait) => {
+                    m.reject("busy");
+                    m.refuse_tenant(key, "busy");
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "this subscription's concurrent ingests wait for the bulk lane (no turn within {wait:?}); retry later"
+                        ),
+                    )
+                    .with("reason", json!("busy"))
+                    .retry_after(RETRY_AFTER_SECS)
+                }
+                PoolError::Stopped => ApiError::unavailable("shutting down"),
+            })?
+        }
+        _ => tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))?,
+    };
+    let prepared = decoded.map_err(|r| match r {
         Refused::Invalid(e) => {
             m.reject(e.reason());
             ingest_error(&e)
