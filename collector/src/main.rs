@@ -11,6 +11,17 @@ use collector::{CollectorConfig, Listen, Tokens};
 use notifier::Limits;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: per-thread heaps with freed memory
+/// returned to the thread that allocated it, and large blocks served from
+/// cached segments. Under glibc the writer spent half its time in `free`
+/// contending with decoding threads for arenas, and the many 100 KiB+
+/// blocks of large answers were each an `mmap`/`munmap`, taking the
+/// process's address-space lock that every other thread's page faults
+/// wait for (held, at times, by a niced query thread: a neighbour's big
+/// answers stalled everyone). Measured in the noisy-neighbour benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sesam-collector",

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::fair::{Slot, Slots};
-use crate::logs::query::pool::{Priorities, QueryPool};
+use crate::logs::query::pool::{ForegroundGuard, Priorities, QueryPool};
 use crate::telemetry::Metrics;
 
 /// Bounds of admission; see the module documentation.
@@ -232,7 +232,9 @@ impl Admission {
                         nice: limits.bulk_nice,
                         demoted_nice: limits.bulk_nice,
                         quantum: Duration::ZERO,
+                        max_pause: Duration::ZERO,
                     },
+                    None,
                 )
             }),
             limits,
@@ -262,6 +264,8 @@ pub struct Admitted {
     /// Decode slots its subscription held once it got its own (itself
     /// included): more than 1 sends the decoding to the bulk lane.
     pub concurrent: usize,
+    /// Counts the request as being served (demoted searches give way).
+    pub foreground: ForegroundGuard,
 }
 
 /// Runs admission for one write request; `reject` counts a refusal under
@@ -339,6 +343,7 @@ pub async fn admit(
         slot,
         reservation,
         concurrent,
+        foreground: s.foreground.enter(),
     })
 }
 

@@ -4,11 +4,16 @@
 //! without being parsed again.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body::Frame;
+
+use crate::logs::query::pool::Foreground;
 
 /// Target size of one chunk.
 pub const CHUNK_BYTES: usize = 64 << 10;
@@ -17,21 +22,31 @@ pub const CHUNK_BYTES: usize = 64 << 10;
 /// once to the runtime: a connection task would otherwise write chunk
 /// after chunk (up to the runtime's budget, megabytes into a loopback
 /// socket) before another tenant's request on the same worker thread got
-/// its turn.
+/// its turn. The answer of a search demoted to the background also pauses
+/// between chunks while other requests are being served (1 ms steps, at
+/// most `max_pause` per chunk; see `logs::query::pool::Foreground`).
 struct IterBody<I> {
     iter: I,
     yielded: bool,
+    gate: Option<(Arc<Foreground>, Duration)>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    paused: Duration,
 }
 
 impl<I> IterBody<I> {
-    fn new(iter: I) -> Self {
+    fn new(iter: I, gate: Option<(Arc<Foreground>, Duration)>) -> Self {
         // The first chunk goes at once: small answers never wait.
         IterBody {
             iter,
             yielded: true,
+            gate,
+            pause: None,
+            paused: Duration::ZERO,
         }
     }
 }
+
+const PAUSE_STEP: Duration = Duration::from_millis(1);
 
 impl<I> http_body::Body for IterBody<I>
 where
@@ -45,12 +60,29 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some(sleep) = this.pause.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
+        if let Some((gate, max)) = &this.gate {
+            if this.paused < *max && gate.busy() {
+                this.paused += PAUSE_STEP;
+                let mut sleep = Box::pin(tokio::time::sleep(PAUSE_STEP));
+                // Registers the wake-up.
+                let _ = sleep.as_mut().poll(cx);
+                this.pause = Some(sleep);
+                return Poll::Pending;
+            }
+        }
         if !this.yielded {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         this.yielded = false;
+        this.paused = Duration::ZERO;
         Poll::Ready(this.iter.next().map(|b| Ok(Frame::data(b))))
     }
 }
@@ -73,9 +105,10 @@ where
     .collect()
 }
 
-/// A body of chunks made beforehand.
-pub fn chunks_body(chunks: Vec<Bytes>) -> Body {
-    Body::new(IterBody::new(chunks.into_iter()))
+/// A body of chunks made beforehand; with a `gate`, an answer of the
+/// background that gives way to requests being served.
+pub fn chunks_body(chunks: Vec<Bytes>, gate: Option<(Arc<Foreground>, Duration)>) -> Body {
+    Body::new(IterBody::new(chunks.into_iter(), gate))
 }
 
 struct ListChunks<T, F> {
@@ -125,7 +158,7 @@ pub fn text_chunks<I>(pieces: I) -> Body
 where
     I: Iterator<Item = String> + Send + Unpin + 'static,
 {
-    Body::new(IterBody::new(TextChunks { pieces }))
+    Body::new(IterBody::new(TextChunks { pieces }, None))
 }
 
 struct TextChunks<I> {

@@ -22,7 +22,7 @@ use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::logs::ingest::{decode, decompress, prepare, IngestError};
-use crate::logs::query::pool::PoolError;
+use crate::logs::query::pool::{self, PoolError};
 use crate::logs::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
 use crate::logs::StoreError;
 use crate::telemetry::EndpointLabel;
@@ -69,7 +69,7 @@ async fn run_search<R>(
     r: &RangeParams,
     endpoint: &'static str,
     render: R,
-) -> Result<Vec<Bytes>, ApiError>
+) -> Result<Body, ApiError>
 where
     R: FnOnce(SearchResult, Duration, usize) -> Vec<Bytes> + Send + 'static,
 {
@@ -96,7 +96,8 @@ where
             let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
             let result = store.search(&query, &params).map_err(Failed::Search)?;
             let truncated = result.truncated;
-            Ok((render(result, t.elapsed(), max_bytes), truncated))
+            let chunks = render(result, t.elapsed(), max_bytes);
+            Ok((chunks, truncated, pool::demoted()))
         })
         .await
         .map_err(|e| match e {
@@ -119,14 +120,15 @@ where
         .get_or_create(&EndpointLabel { endpoint })
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((chunks, truncated)) => {
+        Ok((chunks, truncated, background)) => {
             if truncated {
                 s.metrics
                     .answers_truncated
                     .get_or_create(&EndpointLabel { endpoint })
                     .inc();
             }
-            Ok(chunks)
+            let gate = background.then(|| (s.foreground.clone(), s.read_limits.query_max_pause));
+            Ok(chunks_body(chunks, gate))
         }
         Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
         Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
@@ -153,12 +155,8 @@ fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
     })
 }
 
-fn json_response(chunks: Vec<Bytes>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        chunks_body(chunks),
-    )
-        .into_response()
+fn json_response(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One record of `/api/v1/logs`, the stored line copied as its body.
@@ -299,7 +297,9 @@ async fn label_streams(
     let store = s.store.clone();
     let limits = s.read_limits.query.clone();
     let sub = principal.subscription().map(str::to_string);
+    let foreground = s.foreground.enter();
     let result = tokio::task::spawn_blocking(move || {
+        let _foreground = foreground;
         let query = match text {
             Some(t) => query::parse_with(&t, &limits)?,
             None => Query {

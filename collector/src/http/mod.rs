@@ -85,6 +85,9 @@ pub struct ReadLimits {
     /// (see `logs::query::pool`).
     pub query_demoted_nice: i32,
     pub query_quantum: Duration,
+    /// Longest pause of a demoted search at one checkpoint while other
+    /// requests are served.
+    pub query_max_pause: Duration,
 }
 
 impl Default for ReadLimits {
@@ -98,6 +101,7 @@ impl Default for ReadLimits {
             query_nice: 5,
             query_demoted_nice: 19,
             query_quantum: Duration::from_millis(20),
+            query_max_pause: Duration::from_millis(4),
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct AppState {
     pub admission: Admission,
     /// The threads searches run on, with per-subscription slots.
     pub query_pool: Arc<crate::logs::query::pool::QueryPool>,
+    /// Requests being served, which demoted searches give way to.
+    pub foreground: Arc<crate::logs::query::pool::Foreground>,
     pub query_timeout: Duration,
     pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,

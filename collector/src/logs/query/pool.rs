@@ -23,7 +23,8 @@
 //! `max_per_subscription` slots, then one of the pool's, waiting first come
 //! first served, so one tenant's queries never hold every thread.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +42,9 @@ pub struct QueryPool {
     slots: Slots,
     threads: usize,
     /// Jobs holding a slot now.
-    active: Arc<std::sync::atomic::AtomicUsize>,
+    active: Arc<AtomicUsize>,
+    /// Work that demoted searches give way to (`None`: they do not).
+    gate: Option<Arc<Foreground>>,
 }
 
 /// Why a job did not run.
@@ -61,6 +64,9 @@ pub struct Priorities {
     /// Nice steps below the process once the search has run `quantum`.
     pub demoted_nice: i32,
     pub quantum: Duration,
+    /// Longest pause of a demoted search at one checkpoint while other
+    /// requests are being served (see [`Foreground`]).
+    pub max_pause: Duration,
 }
 
 impl Default for Priorities {
@@ -69,48 +75,124 @@ impl Default for Priorities {
             nice: 5,
             demoted_nice: 19,
             quantum: Duration::from_millis(20),
+            max_pause: Duration::from_millis(4),
         }
     }
 }
 
-/// When and where the search running on this thread is demoted.
-#[derive(Debug, Clone, Copy)]
-pub struct Demotion {
-    at: Instant,
+/// Requests being served now (admitted ingests and metric pushes, running
+/// searches and label queries), against searches demoted to the
+/// background. While any request other than a demoted search is being
+/// served, demoted searches pause at their checkpoints (at most
+/// `max_pause` each; between two checkpoints a search does about a
+/// millisecond of work, so it keeps at least a fifth of its speed) and
+/// the answers they rendered pause between chunks.
+///
+/// Nice values alone did not keep a neighbour's long scans from slowing a
+/// steady tenant: Linux schedules a process's threads as one group
+/// against other processes (autogroups, cgroups), so a niced thread still
+/// spends the group's share; and a niced thread preempted while holding a
+/// lock (the allocator's, RocksDB's, the address space's) makes everyone
+/// wait for it. A pause at a checkpoint holds no lock. (ClickHouse's
+/// query `priority` pauses lower-priority queries the same way.)
+#[derive(Debug, Default)]
+pub struct Foreground {
+    active: AtomicUsize,
+    background: AtomicUsize,
+}
+
+/// One request counted in [`Foreground`] until dropped.
+#[derive(Debug)]
+pub struct ForegroundGuard(Arc<Foreground>);
+
+impl Drop for ForegroundGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Foreground {
+    /// Counts a request being served until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> ForegroundGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ForegroundGuard(self.clone())
+    }
+
+    /// Whether a request other than a demoted search is being served.
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Acquire) > self.background.load(Ordering::Acquire)
+    }
+
+    /// Waits while [`Foreground::busy`], at most `max` (in 1 ms steps).
+    fn give_way(&self, max: Duration) {
+        let step = Duration::from_millis(1);
+        let mut waited = Duration::ZERO;
+        while waited < max && self.busy() {
+            std::thread::sleep(step);
+            waited += step;
+        }
+    }
+}
+
+/// The scheduling state of the search running on this thread.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    demote_at: Instant,
     nice: i32,
+    demoted: bool,
+    /// Whether this thread's demotion moves its search to the background
+    /// count (the pool's thread does; threads it splits into do not).
+    counted: bool,
+    gate: Option<Arc<Foreground>>,
+    max_pause: Duration,
 }
 
 thread_local! {
-    /// The demotion pending for the job this thread runs.
-    static PENDING: Cell<Option<Demotion>> = const { Cell::new(None) };
-    /// Whether this thread was demoted during its job.
-    static DEMOTED: Cell<bool> = const { Cell::new(false) };
+    static JOB: RefCell<Option<JobState>> = const { RefCell::new(None) };
 }
 
-/// Demotes the calling thread once its search has run its quantum. Cheap
-/// (a clock read); a no-op outside the query pool.
+/// Called from long loops of a search (the scan, the rendering of its
+/// answer): demotes the calling thread once its search has run its
+/// quantum, and from then on gives way to requests being served (see
+/// [`Foreground`]). Cheap (a clock read); a no-op outside the query pool.
 pub fn checkpoint() {
-    PENDING.with(|p| {
-        if let Some(d) = p.get() {
-            if Instant::now() >= d.at {
-                p.set(None);
-                DEMOTED.with(|x| x.set(true));
-                if let Err(e) = rustix::process::setpriority_process(None, d.nice) {
-                    tracing::debug!(error = %e, "cannot demote a query thread");
-                }
+    JOB.with_borrow_mut(|job| {
+        let Some(s) = job else { return };
+        if !s.demoted {
+            if Instant::now() < s.demote_at {
+                return;
             }
+            s.demoted = true;
+            if let Err(e) = rustix::process::setpriority_process(None, s.nice) {
+                tracing::debug!(error = %e, "cannot demote a query thread");
+            }
+            if let (true, Some(g)) = (s.counted, &s.gate) {
+                g.background.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if let Some(g) = &s.gate {
+            g.give_way(s.max_pause);
         }
     })
 }
 
-/// The demotion pending on this thread, for a thread it starts.
-pub fn current() -> Option<Demotion> {
-    PENDING.with(Cell::get)
+/// Whether the search running on this thread has been demoted.
+pub fn demoted() -> bool {
+    JOB.with_borrow(|j| j.as_ref().is_some_and(|s| s.demoted))
 }
 
-/// Takes over the pending demotion of the thread that started this one.
-pub fn adopt(d: Option<Demotion>) {
-    PENDING.with(|p| p.set(d));
+/// The scheduling state of this thread's search, for a thread it starts.
+pub fn current() -> Option<JobState> {
+    JOB.with_borrow(Clone::clone)
+}
+
+/// Takes over the scheduling state of the thread that started this one
+/// (whose nice value a new thread inherits).
+pub fn adopt(state: Option<JobState>) {
+    JOB.set(state.map(|s| JobState {
+        counted: false,
+        ..s
+    }));
 }
 
 /// What every thread of the pool shares.
@@ -120,6 +202,8 @@ struct Worker {
     start: i32,
     demoted: i32,
     quantum: Duration,
+    max_pause: Duration,
+    gate: Option<Arc<Foreground>>,
 }
 
 impl Worker {
@@ -139,6 +223,7 @@ impl Worker {
                 tracing::warn!(error = %e, "cannot lower the priority of a query thread");
             }
         }
+        let schedules = self.demoted != self.start || self.gate.is_some();
         loop {
             // The lock is held only while waiting for the next job.
             let job = match self.rx.lock() {
@@ -146,18 +231,25 @@ impl Worker {
                 Err(_) => return,
             };
             let Ok(job) = job else { return };
-            if self.demoted != self.start {
-                PENDING.with(|p| {
-                    p.set(Some(Demotion {
-                        at: Instant::now() + self.quantum,
-                        nice: self.demoted,
-                    }))
-                });
+            if schedules {
+                JOB.set(Some(JobState {
+                    demote_at: Instant::now() + self.quantum,
+                    nice: self.demoted,
+                    demoted: false,
+                    counted: true,
+                    gate: self.gate.clone(),
+                    max_pause: self.max_pause,
+                }));
             }
-            DEMOTED.with(|d| d.set(false));
             job();
-            PENDING.with(|p| p.set(None));
-            if DEMOTED.with(Cell::get)
+            let Some(state) = JOB.take() else { continue };
+            if !state.demoted {
+                continue;
+            }
+            if let (true, Some(g)) = (state.counted, &state.gate) {
+                g.background.fetch_sub(1, Ordering::AcqRel);
+            }
+            if self.demoted != self.start
                 && rustix::process::setpriority_process(None, self.start).is_err()
             {
                 // Not allowed to raise it back: a fresh thread takes over.
@@ -170,8 +262,15 @@ impl Worker {
 
 impl QueryPool {
     /// Starts `threads` threads at `priorities` (nice steps below the
-    /// caller's priority; 0 keeps it; the result is capped at 19).
-    pub fn new(threads: usize, per_subscription: usize, priorities: Priorities) -> Arc<QueryPool> {
+    /// caller's priority; 0 keeps it; the result is capped at 19). With a
+    /// `gate`, demoted searches give way to the requests it counts, and
+    /// every job counts in it while it runs.
+    pub fn new(
+        threads: usize,
+        per_subscription: usize,
+        priorities: Priorities,
+        gate: Option<Arc<Foreground>>,
+    ) -> Arc<QueryPool> {
         let base = rustix::process::getpriority_process(None).unwrap_or(0);
         let start = (base + priorities.nice.max(0)).min(19);
         let demoted = (base + priorities.demoted_nice.max(priorities.nice).max(0)).min(19);
@@ -183,6 +282,8 @@ impl QueryPool {
             start,
             demoted,
             quantum: priorities.quantum,
+            max_pause: priorities.max_pause,
+            gate: gate.clone(),
         });
         for i in 0..threads {
             worker.spawn(i);
@@ -192,6 +293,7 @@ impl QueryPool {
             slots: Slots::new(threads, per_subscription),
             threads,
             active: Arc::default(),
+            gate,
         })
     }
 
@@ -207,15 +309,16 @@ impl QueryPool {
         T: Send + 'static,
         F: FnOnce(bool) -> T + Send + 'static,
     {
-        use std::sync::atomic::Ordering;
         let slot = self
             .slots
             .acquire(key, wait)
             .await
             .ok_or(PoolError::Busy(wait))?;
         let active = self.active.clone();
+        let foreground = self.gate.as_ref().map(|g| g.enter());
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            let _foreground = foreground;
             let alone = active.fetch_add(1, Ordering::AcqRel) == 0;
             let out = f(alone);
             active.fetch_sub(1, Ordering::AcqRel);
@@ -253,7 +356,9 @@ mod tests {
                 nice: 5,
                 demoted_nice: 5,
                 quantum: Duration::ZERO,
+                max_pause: Duration::ZERO,
             },
+            None,
         );
         let nice = pool
             .run("a", Duration::from_secs(5), |_| {
@@ -302,7 +407,9 @@ mod tests {
                 nice: 2,
                 demoted_nice: 12,
                 quantum: Duration::from_millis(30),
+                max_pause: Duration::ZERO,
             },
+            None,
         );
         let nice = || rustix::process::getpriority_process(None).ok();
         let (start, demoted) = ((base + 2).min(19), (base + 12).min(19));
@@ -344,6 +451,59 @@ mod tests {
             .await
             .expect("ran");
         assert_eq!(next, Some(start));
+        pool.stop();
+    }
+
+    #[tokio::test]
+    async fn a_demoted_search_gives_way_while_other_requests_are_served() {
+        let gate = Arc::new(Foreground::default());
+        let pool = QueryPool::new(
+            2,
+            2,
+            Priorities {
+                nice: 0,
+                demoted_nice: 0,
+                quantum: Duration::ZERO,
+                max_pause: Duration::from_millis(300),
+            },
+            Some(gate.clone()),
+        );
+        // Alone, a demoted search does not pause: its own request is not
+        // another one.
+        let alone = pool
+            .run("a", Duration::from_secs(5), |_| {
+                let t = Instant::now();
+                checkpoint();
+                (demoted(), t.elapsed())
+            })
+            .await
+            .expect("ran");
+        assert!(alone.0, "demoted at once (quantum 0)");
+        assert!(alone.1 < Duration::from_millis(200), "{:?}", alone.1);
+        // With another request being served it pauses (up to max_pause),
+        // and the threads it splits into do too.
+        let other = gate.enter();
+        let busy = pool
+            .run("a", Duration::from_secs(5), |_| {
+                let t = Instant::now();
+                checkpoint();
+                let state = current();
+                let helper = std::thread::spawn(move || {
+                    adopt(state);
+                    let t = Instant::now();
+                    checkpoint();
+                    t.elapsed()
+                })
+                .join()
+                .unwrap_or_default();
+                (t.elapsed(), helper)
+            })
+            .await
+            .expect("ran");
+        assert!(busy.0 >= Duration::from_millis(300), "{:?}", busy.0);
+        assert!(busy.1 >= Duration::from_millis(300), "{:?}", busy.1);
+        drop(other);
+        assert!(!gate.busy(), "every count given back");
         pool.stop();
     }
 }
