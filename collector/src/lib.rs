@@ -269,7 +269,9 @@ pub async fn run(
     // The HTTP layer, retention and checkpoints see the store only as a
     // LogStore; the notifier needs the RocksDB database itself (above).
     let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
-    let foreground = Arc::new(logs::query::pool::Foreground::default());
+    let foreground = Arc::new(logs::query::pool::Foreground::new(
+        config.read.query_background_share,
+    ));
     let state = Arc::new(http::AppState {
         store: log_store.clone(),
         tokens: config.tokens,

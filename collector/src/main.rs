@@ -49,6 +49,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0.01 to 1, got {s:?}")),
+    }
+}
+
 fn retention_override(s: &str) -> Result<(String, Duration), String> {
     let (sub, d) = s
         .split_once('=')
@@ -151,6 +158,10 @@ struct ServeArgs {
     /// How long a search runs before it is demoted to --query-demoted-nice.
     #[arg(long, value_parser = duration, default_value = "20ms")]
     query_quantum: Duration,
+    /// Share of the time (0.01 to 1) a demoted search may run, and its
+    /// answer stream, while another subscription is active (1: no pacing).
+    #[arg(long, default_value_t = 0.25, value_parser = share)]
+    query_background_share: f64,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
     /// Matchers in a LogQL stream selector.
@@ -536,6 +547,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.query_nice = a.query_nice;
     config.read.query_demoted_nice = a.query_demoted_nice;
     config.read.query_quantum = a.query_quantum;
+    config.read.query_background_share = a.query_background_share;
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;

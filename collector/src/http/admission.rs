@@ -343,7 +343,7 @@ pub async fn admit(
         slot,
         reservation,
         concurrent,
-        foreground: s.foreground.enter(),
+        foreground: s.foreground.enter(&key),
     })
 }
 

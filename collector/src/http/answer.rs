@@ -18,34 +18,60 @@ use crate::logs::query::pool::Foreground;
 /// Target size of one chunk.
 pub const CHUNK_BYTES: usize = 64 << 10;
 
+/// An answer rendered by a search demoted to the background: it streams
+/// at a lower rate while other requests are served (see
+/// `logs::query::pool::Foreground`).
+#[derive(Debug, Clone)]
+pub struct Background {
+    pub gate: Arc<Foreground>,
+    /// Longest pause per chunk while requests are being served.
+    pub max_pause: Duration,
+    /// The subscription that asked.
+    pub subscription: String,
+}
+
 /// A body whose chunks come from an iterator. After each chunk it yields
 /// once to the runtime: a connection task would otherwise write chunk
 /// after chunk (up to the runtime's budget, megabytes into a loopback
 /// socket) before another tenant's request on the same worker thread got
-/// its turn. The answer of a search demoted to the background also pauses
-/// between chunks while other requests are being served (1 ms steps, at
-/// most `max_pause` per chunk; see `logs::query::pool::Foreground`).
+/// its turn. A background answer also waits [`CHUNK_PACE`] per chunk while
+/// another subscription is active (at most 64 MiB/s per answer: writing a
+/// neighbour's large answers to sockets took a third of a core at normal
+/// priority), and pauses (1 ms steps, at most `max_pause` per chunk)
+/// while other requests are being served.
 struct IterBody<I> {
     iter: I,
     yielded: bool,
-    gate: Option<(Arc<Foreground>, Duration)>,
+    background: Option<Background>,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    paced: bool,
     paused: Duration,
 }
 
 impl<I> IterBody<I> {
-    fn new(iter: I, gate: Option<(Arc<Foreground>, Duration)>) -> Self {
+    fn new(iter: I, background: Option<Background>) -> Self {
         // The first chunk goes at once: small answers never wait.
         IterBody {
             iter,
             yielded: true,
-            gate,
+            background,
             pause: None,
+            paced: false,
             paused: Duration::ZERO,
         }
     }
+
+    fn sleep(&mut self, d: Duration, cx: &mut Context<'_>) {
+        let mut sleep = Box::pin(tokio::time::sleep(d));
+        // Registers the wake-up.
+        let _ = sleep.as_mut().poll(cx);
+        self.pause = Some(sleep);
+    }
 }
 
+/// Wait per chunk of a background answer while another subscription is
+/// active.
+pub const CHUNK_PACE: Duration = Duration::from_millis(1);
 const PAUSE_STEP: Duration = Duration::from_millis(1);
 
 impl<I> http_body::Body for IterBody<I>
@@ -66,13 +92,15 @@ where
             }
             this.pause = None;
         }
-        if let Some((gate, max)) = &this.gate {
-            if this.paused < *max && gate.busy() {
+        if let Some(bg) = &this.background {
+            if !this.paced && bg.gate.others_active(&bg.subscription) {
+                this.paced = true;
+                this.sleep(CHUNK_PACE, cx);
+                return Poll::Pending;
+            }
+            if this.paused < bg.max_pause && bg.gate.busy() {
                 this.paused += PAUSE_STEP;
-                let mut sleep = Box::pin(tokio::time::sleep(PAUSE_STEP));
-                // Registers the wake-up.
-                let _ = sleep.as_mut().poll(cx);
-                this.pause = Some(sleep);
+                this.sleep(PAUSE_STEP, cx);
                 return Poll::Pending;
             }
         }
@@ -82,6 +110,7 @@ where
             return Poll::Pending;
         }
         this.yielded = false;
+        this.paced = false;
         this.paused = Duration::ZERO;
         Poll::Ready(this.iter.next().map(|b| Ok(Frame::data(b))))
     }
@@ -105,10 +134,9 @@ where
     .collect()
 }
 
-/// A body of chunks made beforehand; with a `gate`, an answer of the
-/// background that gives way to requests being served.
-pub fn chunks_body(chunks: Vec<Bytes>, gate: Option<(Arc<Foreground>, Duration)>) -> Body {
-    Body::new(IterBody::new(chunks.into_iter(), gate))
+/// A body of chunks made beforehand (paced when `background`).
+pub fn chunks_body(chunks: Vec<Bytes>, background: Option<Background>) -> Body {
+    Body::new(IterBody::new(chunks.into_iter(), background))
 }
 
 struct ListChunks<T, F> {

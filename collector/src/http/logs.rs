@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use schemas::IngestResponse;
 
 use super::admission::{admit, Spec};
-use super::answer::{chunks_body, json_list, push_json_str, push_raw_line};
+use super::answer::{chunks_body, json_list, push_json_str, push_raw_line, Background};
 use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
@@ -127,8 +127,12 @@ where
                     .get_or_create(&EndpointLabel { endpoint })
                     .inc();
             }
-            let gate = background.then(|| (s.foreground.clone(), s.read_limits.query_max_pause));
-            Ok(chunks_body(chunks, gate))
+            let background = background.then(|| Background {
+                gate: s.foreground.clone(),
+                max_pause: s.read_limits.query_max_pause,
+                subscription: key.clone(),
+            });
+            Ok(chunks_body(chunks, background))
         }
         Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
         Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
@@ -297,7 +301,7 @@ async fn label_streams(
     let store = s.store.clone();
     let limits = s.read_limits.query.clone();
     let sub = principal.subscription().map(str::to_string);
-    let foreground = s.foreground.enter();
+    let foreground = s.foreground.enter(principal.subscription().unwrap_or("*"));
     let result = tokio::task::spawn_blocking(move || {
         let _foreground = foreground;
         let query = match text {

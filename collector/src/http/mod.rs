@@ -88,6 +88,9 @@ pub struct ReadLimits {
     /// Longest pause of a demoted search at one checkpoint while other
     /// requests are served.
     pub query_max_pause: Duration,
+    /// Share of the time (0.01 to 1) a demoted search may run while
+    /// another subscription is active (1: no pacing).
+    pub query_background_share: f64,
 }
 
 impl Default for ReadLimits {
@@ -102,6 +105,7 @@ impl Default for ReadLimits {
             query_demoted_nice: 19,
             query_quantum: Duration::from_millis(20),
             query_max_pause: Duration::from_millis(4),
+            query_background_share: 0.25,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! first served, so one tenant's queries never hold every thread.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,8 @@ use tokio::sync::oneshot;
 
 use crate::fair::Slots;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job and the subscription it runs for.
+type Job = (Arc<str>, Box<dyn FnOnce() + Send>);
 
 /// The query threads and their admission.
 #[derive(Debug)]
@@ -95,10 +97,27 @@ impl Default for Priorities {
 /// lock (the allocator's, RocksDB's, the address space's) makes everyone
 /// wait for it. A pause at a checkpoint holds no lock. (ClickHouse's
 /// query `priority` pauses lower-priority queries the same way.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Foreground {
     active: AtomicUsize,
     background: AtomicUsize,
+    /// Per subscription, when it last had a request served; pruned past
+    /// [`RECENT`]. Short critical sections, never held across a wait.
+    recent: Mutex<HashMap<String, Instant>>,
+    /// Share of the time a background search may run while another
+    /// subscription is active.
+    share: f64,
+}
+
+/// How long a subscription counts as active after its last request.
+const RECENT: Duration = Duration::from_secs(1);
+/// Longest pacing sleep at one checkpoint.
+const MAX_PACE: Duration = Duration::from_millis(50);
+
+impl Default for Foreground {
+    fn default() -> Self {
+        Foreground::new(0.25)
+    }
 }
 
 /// One request counted in [`Foreground`] until dropped.
@@ -112,15 +131,57 @@ impl Drop for ForegroundGuard {
 }
 
 impl Foreground {
-    /// Counts a request being served until the guard is dropped.
-    pub fn enter(self: &Arc<Self>) -> ForegroundGuard {
+    /// `share` (0.01..=1) of the time background searches may run while
+    /// another subscription is active.
+    pub fn new(share: f64) -> Foreground {
+        Foreground {
+            active: AtomicUsize::new(0),
+            background: AtomicUsize::new(0),
+            recent: Mutex::default(),
+            share: share.clamp(0.01, 1.0),
+        }
+    }
+
+    /// Counts a request of `subscription` being served until the guard is
+    /// dropped.
+    pub fn enter(self: &Arc<Self>, subscription: &str) -> ForegroundGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.get_mut(subscription) {
+            Some(t) => *t = now,
+            None => {
+                recent.retain(|_, t| now.duration_since(*t) < RECENT);
+                recent.insert(subscription.to_string(), now);
+            }
+        }
+        drop(recent);
         ForegroundGuard(self.clone())
     }
 
     /// Whether a request other than a demoted search is being served.
     pub fn busy(&self) -> bool {
         self.active.load(Ordering::Acquire) > self.background.load(Ordering::Acquire)
+    }
+
+    /// Whether a subscription other than `own` had a request served in
+    /// the last second.
+    pub fn others_active(&self, own: &str) -> bool {
+        let now = Instant::now();
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(k, t)| k != own && now.duration_since(*t) < RECENT)
+    }
+
+    /// The sleep that keeps background work that just ran `ran` within its
+    /// share while other subscriptions are active.
+    pub fn pace(&self, own: &str, ran: Duration) -> Duration {
+        if self.share >= 1.0 || !self.others_active(own) {
+            return Duration::ZERO;
+        }
+        ran.mul_f64((1.0 - self.share) / self.share).min(MAX_PACE)
     }
 
     /// Waits while [`Foreground::busy`], at most `max` (in 1 ms steps).
@@ -145,6 +206,10 @@ pub struct JobState {
     counted: bool,
     gate: Option<Arc<Foreground>>,
     max_pause: Duration,
+    /// The subscription of the search.
+    subscription: Arc<str>,
+    /// Since when the search has run without pausing.
+    running_since: Instant,
 }
 
 thread_local! {
@@ -163,6 +228,7 @@ pub fn checkpoint() {
                 return;
             }
             s.demoted = true;
+            s.running_since = Instant::now();
             if let Err(e) = rustix::process::setpriority_process(None, s.nice) {
                 tracing::debug!(error = %e, "cannot demote a query thread");
             }
@@ -171,10 +237,21 @@ pub fn checkpoint() {
             }
         }
         if let Some(g) = &s.gate {
+            let ran = s.running_since.elapsed();
+            if ran >= PACE_EVERY {
+                let sleep = g.pace(&s.subscription, ran);
+                if !sleep.is_zero() {
+                    std::thread::sleep(sleep);
+                }
+                s.running_since = Instant::now();
+            }
             g.give_way(s.max_pause);
         }
     })
 }
+
+/// Run time between two pacing sleeps of a background search.
+const PACE_EVERY: Duration = Duration::from_millis(2);
 
 /// Whether the search running on this thread has been demoted.
 pub fn demoted() -> bool {
@@ -230,15 +307,18 @@ impl Worker {
                 Ok(r) => r.recv(),
                 Err(_) => return,
             };
-            let Ok(job) = job else { return };
+            let Ok((subscription, job)) = job else { return };
             if schedules {
+                let now = Instant::now();
                 JOB.set(Some(JobState {
-                    demote_at: Instant::now() + self.quantum,
+                    demote_at: now + self.quantum,
                     nice: self.demoted,
                     demoted: false,
                     counted: true,
                     gate: self.gate.clone(),
                     max_pause: self.max_pause,
+                    subscription,
+                    running_since: now,
                 }));
             }
             job();
@@ -315,9 +395,9 @@ impl QueryPool {
             .await
             .ok_or(PoolError::Busy(wait))?;
         let active = self.active.clone();
-        let foreground = self.gate.as_ref().map(|g| g.enter());
+        let foreground = self.gate.as_ref().map(|g| g.enter(key));
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
             let _foreground = foreground;
             let alone = active.fetch_add(1, Ordering::AcqRel) == 0;
             let out = f(alone);
@@ -328,7 +408,7 @@ impl QueryPool {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             tx.as_ref()
                 .ok_or(PoolError::Stopped)?
-                .send(job)
+                .send((Arc::from(key), job))
                 .map_err(|_| PoolError::Stopped)?;
         }
         let out = rx.await.map_err(|_| PoolError::Stopped);
@@ -482,7 +562,7 @@ mod tests {
         assert!(alone.1 < Duration::from_millis(200), "{:?}", alone.1);
         // With another request being served it pauses (up to max_pause),
         // and the threads it splits into do too.
-        let other = gate.enter();
+        let other = gate.enter("b");
         let busy = pool
             .run("a", Duration::from_secs(5), |_| {
                 let t = Instant::now();
@@ -505,5 +585,30 @@ mod tests {
         drop(other);
         assert!(!gate.busy(), "every count given back");
         pool.stop();
+    }
+
+    #[test]
+    fn background_work_is_paced_only_while_another_subscription_is_active() {
+        let gate = Arc::new(Foreground::new(0.25));
+        let ran = Duration::from_millis(10);
+        assert_eq!(gate.pace("a", ran), Duration::ZERO, "nobody else is active");
+        drop(gate.enter("a"));
+        assert_eq!(
+            gate.pace("a", ran),
+            Duration::ZERO,
+            "its own requests do not count"
+        );
+        drop(gate.enter("b"));
+        assert!(!gate.busy(), "b's request is done");
+        assert_eq!(
+            gate.pace("a", ran),
+            Duration::from_millis(30),
+            "a quarter of the time"
+        );
+        assert_eq!(gate.pace("a", Duration::from_secs(1)), MAX_PACE);
+        assert_eq!(
+            Arc::new(Foreground::new(1.0)).pace("a", ran),
+            Duration::ZERO
+        );
     }
 }
