@@ -29,6 +29,10 @@ use crate::telemetry::EndpointLabel;
 
 const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
 
+/// Answers larger than this stream as background answers (see
+/// `answer::Background`).
+const BACKGROUND_ANSWER_BYTES: usize = 1 << 20;
+
 /// A Loki stream of an answer: its labels and its (time, line) values.
 type LokiStream = (BTreeMap<String, String>, Vec<(i64, Vec<u8>)>);
 
@@ -127,7 +131,11 @@ where
                     .get_or_create(&EndpointLabel { endpoint })
                     .inc();
             }
-            let background = background.then(|| Background {
+            // A search demoted to the background, or an answer over
+            // BACKGROUND_ANSWER_BYTES (a bulk transfer however fast it was
+            // found), streams as background.
+            let bytes: usize = chunks.iter().map(Bytes::len).sum();
+            let background = (background || bytes > BACKGROUND_ANSWER_BYTES).then(|| Background {
                 gate: s.foreground.clone(),
                 max_pause: s.read_limits.query_max_pause,
                 subscription: key.clone(),
