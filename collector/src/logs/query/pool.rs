@@ -274,6 +274,8 @@ pub fn adopt(state: Option<JobState>) {
 
 /// What every thread of the pool shares.
 struct Worker {
+    /// Thread name prefix.
+    name: &'static str,
     rx: Mutex<mpsc::Receiver<Job>>,
     base: i32,
     start: i32,
@@ -287,7 +289,7 @@ impl Worker {
     fn spawn(self: &Arc<Self>, i: usize) {
         let w = self.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("query-{i}"))
+            .name(format!("{}-{i}", self.name))
             .spawn(move || w.run(i));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a query thread");
@@ -357,6 +359,13 @@ impl QueryPool {
         let threads = threads.max(1);
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = Arc::new(Worker {
+            // The ingest bulk lane (no demotion, no gate) is told apart in
+            // thread lists and profiles.
+            name: if gate.is_none() && priorities.quantum.is_zero() {
+                "bulk"
+            } else {
+                "query"
+            },
             rx: Mutex::new(rx),
             base,
             start,
