@@ -136,8 +136,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 32 << 10)]
     body_min_rate: u64,
     /// Nice steps below the collector of the bulk lane, where a
-    /// subscription's concurrent ingests beyond its first decode (0: no
-    /// bulk lane).
+    /// subscription's concurrent write requests (ingest, remote-write,
+    /// OTLP) beyond its first decode (0: no bulk lane).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     bulk_ingest_nice: i32,
     /// Searches running at once (threads of the query pool).

@@ -20,8 +20,9 @@
 //!    (the body is already paid for), then gets 429 with `Retry-After`.
 //!
 //! 5. Decoding then runs on the blocking pool, at the collector's priority,
-//!    for a subscription's first ingest in flight; its further concurrent
-//!    ingests decode on the *bulk lane*: `bulk_threads` threads
+//!    for a subscription's first write request in flight; its further
+//!    concurrent ones (ingest, remote-write, OTLP) decode on the *bulk
+//!    lane* ([`decode`]): `bulk_threads` threads
 //!    `bulk_nice` steps below the collector, one per subscription at a
 //!    time (a request waits up to `admission_wait` for it, then 429). A
 //!    tenant pushing many batches at once (a flood, or a shipper catching
@@ -42,7 +43,7 @@ use tokio::time::Instant;
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::fair::{Slot, Slots};
-use crate::logs::query::pool::{ForegroundGuard, Priorities, QueryPool};
+use crate::logs::query::pool::{ForegroundGuard, PoolError, Priorities, QueryPool};
 use crate::telemetry::Metrics;
 
 /// Bounds of admission; see the module documentation.
@@ -345,6 +346,46 @@ pub async fn admit(
         concurrent,
         foreground: s.foreground.enter(&key),
     })
+}
+
+/// Runs `job`, the decoding of an admitted body, on the blocking pool, or
+/// on the bulk lane when its subscription has other write requests in
+/// flight (see the module documentation); `reject` counts a refusal.
+pub async fn decode<T, F>(
+    s: &AppState,
+    admitted: &Admitted,
+    reject: impl Fn(&'static str),
+    job: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match (&s.admission.bulk, admitted.concurrent > 1) {
+        (Some(bulk), true) => {
+            s.metrics.ingest_bulk_decodes.inc();
+            let key = admitted.principal.subscription().unwrap_or("*");
+            let wait = s.admission.limits.admission_wait;
+            bulk.run(key, wait, move |_| job()).await.map_err(|e| match e {
+                PoolError::Busy(wait) => {
+                    reject("busy");
+                    s.metrics.refuse_tenant(key, "busy");
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "this subscription's concurrent write requests wait for the bulk lane (no turn within {wait:?}); retry later"
+                        ),
+                    )
+                    .with("reason", "busy".into())
+                    .retry_after(RETRY_AFTER_SECS)
+                }
+                PoolError::Stopped => ApiError::unavailable("shutting down"),
+            })
+        }
+        _ => tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::internal(format!("decoder task failed: {e}"))),
+    }
 }
 
 /// Reads `body` into memory under the deadline, the minimum rate, `limit`

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use schemas::IngestResponse;
 
-use super::admission::{admit, Spec};
+use super::admission::{self, admit, Spec};
 use super::answer::{chunks_body, json_list, push_json_str, push_raw_line, Background};
 use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
@@ -410,8 +410,8 @@ pub async fn ingest(
 ) -> Result<Json<IngestResponse>, ApiError> {
     let m = &s.metrics;
     let admitted = admit(&s, &headers, body, SPEC, |r| m.reject(r)).await?;
-    let principal = admitted.principal;
-    let bytes = admitted.body;
+    let principal = admitted.principal.clone();
+    let bytes = admitted.body.clone();
     let encoding = headers
         .get(axum::http::header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());
@@ -443,31 +443,7 @@ pub async fn ingest(
         let oldest = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
         prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)
     };
-    let decoded = match (&s.admission.bulk, admitted.concurrent > 1) {
-        (Some(bulk), true) => {
-            m.ingest_bulk_decodes.inc();
-            let key = principal.subscription().unwrap_or("*");
-            let wait = s.admission.limits.admission_wait;
-            bulk.run(key, wait, move |_| job()).await.map_err(|e| match e {
-                PoolError::Busy(wait) => {
-                    m.reject("busy");
-                    m.refuse_tenant(key, "busy");
-                    ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "this subscription's concurrent ingests wait for the bulk lane (no turn within {wait:?}); retry later"
-                        ),
-                    )
-                    .with("reason", json!("busy"))
-                    .retry_after(RETRY_AFTER_SECS)
-                }
-                PoolError::Stopped => ApiError::unavailable("shutting down"),
-            })?
-        }
-        _ => tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))?,
-    };
+    let decoded = admission::decode(&s, &admitted, |r| m.reject(r), job).await?;
     let prepared = decoded.map_err(|r| match r {
         Refused::Invalid(e) => {
             m.reject(e.reason());
