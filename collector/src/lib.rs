@@ -24,7 +24,6 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod pattern;
-pub mod private;
 pub mod telemetry;
 
 use std::net::SocketAddr;

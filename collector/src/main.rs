@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::auth::{add_token, Role};
 use collector::{CollectorConfig, Listen, Tokens};
 use notifier::Limits;
+use sesam_common::cli::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc's malloc: per-thread heaps with freed memory
@@ -37,12 +38,6 @@ struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -437,24 +432,9 @@ struct CheckpointArgs {
     token_file: Option<PathBuf>,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
-    }
-}
-
 fn read_token(file: Option<&PathBuf>) -> anyhow::Result<String> {
     match file {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("read token file {}", f.display()))?
-            .trim()
-            .to_string()),
+        Some(f) => Ok(sesam_common::token::read_token_file(f).context("--token-file")?),
         None => std::env::var("SESAM_COLLECTOR_TOKEN")
             .context("give --token-file or set SESAM_COLLECTOR_TOKEN"),
     }
@@ -462,7 +442,7 @@ fn read_token(file: Option<&PathBuf>) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    cli::init_logging(cli.log_format);
     match cli.command {
         Some(Command::Token(TokenCommand::Add {
             tokens,
@@ -581,7 +561,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            cli::shutdown_signal("collector").await;
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
@@ -589,22 +569,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("run collector")
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the collector");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {

@@ -19,8 +19,6 @@ use crate::rule::{CompiledRule, Kind, RuleKey};
 
 /// Longest schedule interval taken from a node's config (a year).
 const MAX_SCHEDULE_SECS: f64 = 366.0 * 86_400.0;
-/// Longest cron expression taken from a node's config.
-const MAX_CRON_BYTES: usize = 256;
 
 /// Something due at a time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -281,20 +279,7 @@ pub(crate) fn finished_deadline(limit: i64, p: &PipeState) -> Option<i64> {
 
 /// A node's cron expression, if it is short, valid and fires at all.
 pub(crate) fn parse_cron(expr: &str) -> Option<cron::Schedule> {
-    use std::str::FromStr;
-    if expr.len() > MAX_CRON_BYTES {
-        return None;
-    }
-    let full = if expr.split_whitespace().count() == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_string()
-    };
-    let s = cron::Schedule::from_str(&full).ok()?;
-    // An expression that never fires (Feb 30th) would make every deadline
-    // computation search the calendar in vain.
-    s.upcoming(chrono::Utc).next()?;
-    Some(s)
+    schemas::schedule::parse_cron(expr).ok()
 }
 
 /// The schedule of a pipe from its config entity (`pump.mode`,

@@ -1,6 +1,8 @@
 //! `sesam-shipper`: ships kernel logs and tailed files of a host through a
 //! durable outbox to the collector (and/or an OTLP endpoint).
 
+use sesam_common::cli::{self, LogFormat};
+use sesam_common::token::read_token_file;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,12 +90,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// A clap parser of durations within bounds (see `shipper::units`).
 fn duration(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
     move |s| shipper::units::parse_duration(s, min, max)
@@ -104,39 +100,10 @@ fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
     move |s| shipper::units::parse_size(s, min, max)
 }
 
-fn read_token(path: &PathBuf) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("read token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(t)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter(filter)
-            .init(),
-    }
+    cli::init_logging(args.log_format);
 
     let collector = match (args.collector.is_empty(), &args.token_file) {
         (false, Some(tf)) => {
@@ -145,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Some(Target {
                 urls: args.collector.clone(),
-                token: Some(read_token(tf)?),
+                token: Some(read_token_file(tf).context("--token-file")?),
             })
         }
         (false, None) => bail!("--collector needs --token-file"),
@@ -156,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
             shipper::deliver::collector::check_url(url).context("--otlp")?;
             Some(Target::new(
                 url.clone(),
-                args.otlp_token_file.as_ref().map(read_token).transpose()?,
+                args.otlp_token_file
+                    .as_deref()
+                    .map(read_token_file)
+                    .transpose()
+                    .context("--otlp-token-file")?,
             ))
         }
         None => None,
@@ -177,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         source: args
             .source
             .clone()
-            .unwrap_or_else(|| format!("host:{}", hostname())),
+            .unwrap_or_else(|| format!("host:{}", cli::hostname())),
         subscription: args.subscription.clone(),
         collector,
         otlp,
@@ -191,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
             linger: args.linger,
             backoff: Backoff {
                 cap: args.backoff_max,
-                ..Backoff::default()
+                ..DeliveryConfig::default().backoff
             },
             max_retry_after: args.max_retry_after,
             ..DeliveryConfig::default()
@@ -213,18 +184,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        cli::shutdown_signal("shipper").await;
         tracing::info!("shutting down");
         signals.cancel();
     });

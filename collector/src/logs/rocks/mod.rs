@@ -101,7 +101,6 @@ pub use crate::logs::model::{
 use crate::logs::query::{Query, SearchError, SearchParams, SearchResult};
 use crate::logs::retention::RetentionPolicy;
 use crate::logs::{IngestReceipt, LogStore, StoreFuture};
-use crate::private::{create_private_dir, restrict_dir};
 
 use crate::telemetry::Metrics;
 
@@ -384,11 +383,12 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dir(path).map_err(|e| open_err(format!("create directory: {e}")))
+            sesam_common::files::private_dir(path)
+                .map_err(|e| open_err(format!("create directory: {e}")))
         }
         Err(e) => Err(open_err(e.to_string())),
     }?;
-    restrict_dir(path);
+    sesam_common::files::tighten_or_warn(path);
     Ok(())
 }
 
