@@ -9,6 +9,8 @@
 //! cargo bench -p collector --bench noisy_neighbour            # 15 s per phase
 //! PHASE_SECS=30 cargo bench -p collector --bench noisy_neighbour
 //! NOISY_COLLECTOR_BIN=/path/to/sesam-collector cargo bench ...   # a copied binary
+//! PHASES="query bombs,big answers" cargo bench ...   # quiet plus these phases only
+//! NOISY_PROFILE=1 cargo bench ...   # also the collector's CPU per thread group
 //! ```
 //!
 //! Goal: b's p99 within 2x of the quiet run for every attack class, and
@@ -114,6 +116,41 @@ async fn ingest(client: &reqwest::Client, url: &str, token: &str, body: Vec<u8>)
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
+}
+
+/// CPU time (ms) of each thread group of `pid` (threads named alike, the
+/// digits of their names dropped: `query-0`, `query-1` are `query-`).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    // USER_HZ is 100 on Linux.
+    for t in tasks.filter_map(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name: String = stat[open + 1..close]
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // After the name: state(0) ... utime(11) stime(12).
+        *out.entry(name).or_default() += (ticks(11) + ticks(12)) * 10;
+    }
+    // The whole process, exited threads included.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if let Some(close) = stat.rfind(')') {
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out.insert("(total)".into(), (ticks(11) + ticks(12)) * 10);
+        }
+    }
+    out
 }
 
 fn rss(pid: u32) -> (u64, u64) {
@@ -556,6 +593,11 @@ fn main() {
         );
         println!("|---|---|---|---|---|---|---|");
         let mut quiet: Option<(f64, f64)> = None;
+        let only: Option<Vec<String>> = std::env::var("PHASES")
+            .ok()
+            .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
+        let profile = std::env::var_os("NOISY_PROFILE").is_some();
+        let mut profiles = Vec::new();
         for phase in [
             "quiet",
             "slow uploads",
@@ -569,6 +611,11 @@ fn main() {
             "expensive rules",
             "quiet again",
         ] {
+            if !phase.starts_with("quiet")
+                && only.as_ref().is_some_and(|o| !o.iter().any(|p| p == phase))
+            {
+                continue;
+            }
             if phase == "expensive rules" {
                 println!("| expensive rules | not run: waits for the notifier's rule budget (#9, notifier part) | | | | | |");
                 continue;
@@ -606,7 +653,18 @@ fn main() {
             if !phase.starts_with("quiet") {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            let cpu_before = thread_cpu(pid);
             let mut lat = tenant_b(client.clone(), url.clone(), seq.clone(), secs).await;
+            let cpu_after = thread_cpu(pid);
+            if profile {
+                let used: Vec<String> = cpu_after
+                    .iter()
+                    .map(|(k, v)| (k, v - cpu_before.get(k).copied().unwrap_or(0).min(*v)))
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(k, v)| format!("{k} {:.2}", v as f64 / 1e3 / secs.as_secs_f64()))
+                    .collect();
+                profiles.push(format!("{phase}: {}", used.join(", ")));
+            }
             let (rss_now, hwm) = rss(pid);
             let server = refused_by_server(&client, &url).await - server_before;
             stop.cancel();
@@ -626,6 +684,12 @@ fn main() {
             );
             // Let closed connections and cut uploads settle.
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if profile {
+            println!("collector CPU per thread group (cores used during b's measurement):");
+            for p in &profiles {
+                println!("  {p}");
+            }
         }
         let m = client
             .get(format!("{url}/metrics"))

@@ -57,6 +57,17 @@ impl Slots {
         .flatten()
     }
 
+    /// Slots `key` holds now.
+    pub fn held(&self, key: &str) -> usize {
+        let own = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        own.map_or(0, |s| self.per_key.saturating_sub(s.available_permits()))
+    }
+
     /// Forgets a terminated subscription's share.
     pub fn forget(&self, key: &str) {
         self.keys
@@ -80,6 +91,7 @@ mod tests {
         let b1 = slots.acquire("b", wait).await.expect("b gets a slot");
         let _b2 = slots.acquire("b", wait).await.expect("b gets its share");
         assert!(slots.acquire("c", wait).await.is_none(), "all 4 taken");
+        assert_eq!((slots.held("a"), slots.held("c")), (2, 0));
         drop(a1);
         let _c = slots.acquire("c", wait).await.expect("freed slot");
         drop((a2, b1));

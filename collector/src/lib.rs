@@ -356,6 +356,9 @@ pub async fn run(
     // The HTTP layer, retention and checkpoints see the store only as a
     // LogStore; the notifier needs the RocksDB database itself (above).
     let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
+    let foreground = Arc::new(logs::query::pool::Foreground::new(
+        config.read.query_background_share,
+    ));
     let state = Arc::new(http::AppState {
         store: log_store.clone(),
         tokens: config.tokens,
@@ -366,8 +369,15 @@ pub async fn run(
         query_pool: logs::query::pool::QueryPool::new(
             config.max_concurrent_queries,
             config.read.max_queries_per_subscription,
-            config.read.query_nice,
+            logs::query::pool::Priorities {
+                nice: config.read.query_nice,
+                demoted_nice: config.read.query_demoted_nice,
+                quantum: config.read.query_quantum,
+                max_pause: config.read.query_max_pause,
+            },
+            Some(foreground.clone()),
         ),
+        foreground,
         query_timeout: config.query_timeout,
         read_limits: config.read.clone(),
         checkpoint_dir: config.checkpoint_dir.clone(),

@@ -12,6 +12,17 @@ use notifier::Limits;
 use sesam_common::cli::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: per-thread heaps with freed memory
+/// returned to the thread that allocated it, and large blocks served from
+/// cached segments. Under glibc the writer spent half its time in `free`
+/// contending with decoding threads for arenas, and the many 100 KiB+
+/// blocks of large answers were each an `mmap`/`munmap`, taking the
+/// process's address-space lock that every other thread's page faults
+/// wait for (held, at times, by a niced query thread: a neighbour's big
+/// answers stalled everyone). Measured in the noisy-neighbour benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sesam-collector",
@@ -31,6 +42,13 @@ struct Cli {
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0.01 to 1, got {s:?}")),
+    }
 }
 
 fn retention_override(s: &str) -> Result<(String, Duration), String> {
@@ -112,6 +130,11 @@ struct ServeArgs {
     /// headers (408 below it).
     #[arg(long, default_value_t = 32 << 10)]
     body_min_rate: u64,
+    /// Nice steps below the collector of the bulk lane, where a
+    /// subscription's concurrent write requests (ingest, remote-write,
+    /// OTLP) beyond its first decode (0: no bulk lane).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    bulk_ingest_nice: i32,
     /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
@@ -120,9 +143,20 @@ struct ServeArgs {
     #[arg(long, default_value_t = 2)]
     max_concurrent_queries_per_subscription: usize,
     /// Nice steps of the query threads below the collector's priority (0:
-    /// none): searches get the CPU ingest leaves.
-    #[arg(long, default_value_t = 10)]
+    /// none) for a search's first --query-quantum.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     query_nice: i32,
+    /// Nice steps below the collector once a search has run
+    /// --query-quantum: long scans get the CPU everything else leaves.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    query_demoted_nice: i32,
+    /// How long a search runs before it is demoted to --query-demoted-nice.
+    #[arg(long, value_parser = duration, default_value = "20ms")]
+    query_quantum: Duration,
+    /// Share of the time (0.01 to 1) a demoted search may run, and its
+    /// answer stream, while another subscription is active (1: no pacing).
+    #[arg(long, default_value_t = 0.25, value_parser = share)]
+    query_background_share: f64,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
     /// Matchers in a LogQL stream selector.
@@ -476,6 +510,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         body_timeout: a.body_timeout,
         body_grace: a.body_grace,
         body_min_rate: a.body_min_rate,
+        bulk_nice: a.bulk_ingest_nice,
+        ..collector::AdmissionLimits::default()
     };
     config.server = collector::ServerLimits {
         max_connections: a.max_connections,
@@ -496,6 +532,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.max_federate_bytes = a.max_federate_bytes;
     config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
     config.read.query_nice = a.query_nice;
+    config.read.query_demoted_nice = a.query_demoted_nice;
+    config.read.query_quantum = a.query_quantum;
+    config.read.query_background_share = a.query_background_share;
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub query_refusals: Family<ReasonLabel, Counter>,
     /// Answers cut at the byte budget, by endpoint.
     pub answers_truncated: Family<EndpointLabel, Counter>,
+    /// Ingest bodies decoded on the bulk lane (a subscription's concurrent
+    /// ingests beyond its first, at a lower CPU priority).
+    pub ingest_bulk_decodes: Counter,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     /// Connections refused at accept, by reason (`peer_limit`, `limit`).
@@ -102,6 +105,7 @@ impl Default for Metrics {
             stream_overflow_records: Counter::default(),
             query_refusals: Family::default(),
             answers_truncated: Family::default(),
+            ingest_bulk_decodes: Counter::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
@@ -265,6 +269,11 @@ impl Metrics {
             "answers_truncated",
             "Answers cut at their byte budget, by endpoint",
             self.answers_truncated.clone(),
+        );
+        r.register(
+            "ingest_bulk_decodes",
+            "Write bodies (ingest, remote-write, OTLP) decoded on the bulk lane (a subscription's concurrent write requests beyond its first, at a lower CPU priority)",
+            self.ingest_bulk_decodes.clone(),
         );
         r.register(
             "connections_open",

@@ -19,6 +19,16 @@
 //!    rest to the others. A request waits up to `admission_wait` for a slot
 //!    (the body is already paid for), then gets 429 with `Retry-After`.
 //!
+//! 5. Decoding then runs on the blocking pool, at the collector's priority,
+//!    for a subscription's first write request in flight; its further
+//!    concurrent ones (ingest, remote-write, OTLP) decode on the *bulk
+//!    lane* ([`decode`]): `bulk_threads` threads
+//!    `bulk_nice` steps below the collector, one per subscription at a
+//!    time (a request waits up to `admission_wait` for it, then 429). A
+//!    tenant pushing many batches at once (a flood, or a shipper catching
+//!    up) still gets every core nobody else wants, but a neighbour's
+//!    steady ingest and queries are served first.
+//!
 //! Admin tokens (which write any subscription) share the budget key `*`.
 
 use std::collections::HashMap;
@@ -33,6 +43,7 @@ use tokio::time::Instant;
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::fair::{Slot, Slots};
+use crate::logs::query::pool::{ForegroundGuard, PoolError, Priorities, QueryPool};
 use crate::telemetry::Metrics;
 
 /// Bounds of admission; see the module documentation.
@@ -57,6 +68,11 @@ pub struct AdmissionLimits {
     /// Slowest accepted upload rate (bytes per second, averaged since the
     /// headers, after `body_grace`).
     pub body_min_rate: u64,
+    /// Nice steps below the collector of the bulk lane's threads (0: no
+    /// bulk lane, every body decodes at the collector's priority).
+    pub bulk_nice: i32,
+    /// Threads of the bulk lane.
+    pub bulk_threads: usize,
 }
 
 impl Default for AdmissionLimits {
@@ -70,6 +86,8 @@ impl Default for AdmissionLimits {
             body_timeout: Duration::from_secs(120),
             body_grace: Duration::from_secs(10),
             body_min_rate: 32 << 10,
+            bulk_nice: 10,
+            bulk_threads: 2,
         }
     }
 }
@@ -191,6 +209,8 @@ pub struct Admission {
     pub limits: AdmissionLimits,
     pub budget: Arc<ByteBudget>,
     pub slots: Slots,
+    /// The bulk lane (see the module documentation).
+    pub bulk: Option<Arc<QueryPool>>,
 }
 
 impl Admission {
@@ -205,6 +225,19 @@ impl Admission {
                 limits.max_inflight_body_bytes_per_subscription,
                 metrics.bodies_in_flight_bytes.clone(),
             ),
+            bulk: (limits.bulk_nice > 0).then(|| {
+                QueryPool::new(
+                    limits.bulk_threads,
+                    1,
+                    Priorities {
+                        nice: limits.bulk_nice,
+                        demoted_nice: limits.bulk_nice,
+                        quantum: Duration::ZERO,
+                        max_pause: Duration::ZERO,
+                    },
+                    None,
+                )
+            }),
             limits,
         }
     }
@@ -229,6 +262,11 @@ pub struct Admitted {
     pub body: Bytes,
     pub slot: Slot,
     pub reservation: Reservation,
+    /// Decode slots its subscription held once it got its own (itself
+    /// included): more than 1 sends the decoding to the bulk lane.
+    pub concurrent: usize,
+    /// Counts the request as being served (demoted searches give way).
+    pub foreground: ForegroundGuard,
 }
 
 /// Runs admission for one write request; `reject` counts a refusal under
@@ -299,12 +337,55 @@ pub async fn admit(
         .with("reason", "busy".into())
         .retry_after(RETRY_AFTER_SECS));
     };
+    let concurrent = adm.slots.held(&key);
     Ok(Admitted {
         principal,
         body: bytes,
         slot,
         reservation,
+        concurrent,
+        foreground: s.foreground.enter(&key),
     })
+}
+
+/// Runs `job`, the decoding of an admitted body, on the blocking pool, or
+/// on the bulk lane when its subscription has other write requests in
+/// flight (see the module documentation); `reject` counts a refusal.
+pub async fn decode<T, F>(
+    s: &AppState,
+    admitted: &Admitted,
+    reject: impl Fn(&'static str),
+    job: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match (&s.admission.bulk, admitted.concurrent > 1) {
+        (Some(bulk), true) => {
+            s.metrics.ingest_bulk_decodes.inc();
+            let key = admitted.principal.subscription().unwrap_or("*");
+            let wait = s.admission.limits.admission_wait;
+            bulk.run(key, wait, move |_| job()).await.map_err(|e| match e {
+                PoolError::Busy(wait) => {
+                    reject("busy");
+                    s.metrics.refuse_tenant(key, "busy");
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "this subscription's concurrent write requests wait for the bulk lane (no turn within {wait:?}); retry later"
+                        ),
+                    )
+                    .with("reason", "busy".into())
+                    .retry_after(RETRY_AFTER_SECS)
+                }
+                PoolError::Stopped => ApiError::unavailable("shutting down"),
+            })
+        }
+        _ => tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::internal(format!("decoder task failed: {e}"))),
+    }
 }
 
 /// Reads `body` into memory under the deadline, the minimum rate, `limit`

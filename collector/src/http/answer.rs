@@ -4,17 +4,75 @@
 //! without being parsed again.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body::Frame;
 
+use crate::logs::query::pool::Foreground;
+
 /// Target size of one chunk.
 pub const CHUNK_BYTES: usize = 64 << 10;
 
-/// A body whose chunks come from an iterator.
-struct IterBody<I>(I);
+/// An answer rendered by a search demoted to the background: it streams
+/// at a lower rate while other requests are served (see
+/// `logs::query::pool::Foreground`).
+#[derive(Debug, Clone)]
+pub struct Background {
+    pub gate: Arc<Foreground>,
+    /// Longest pause per chunk while requests are being served.
+    pub max_pause: Duration,
+    /// The subscription that asked.
+    pub subscription: String,
+}
+
+/// A body whose chunks come from an iterator. After each chunk it yields
+/// once to the runtime: a connection task would otherwise write chunk
+/// after chunk (up to the runtime's budget, megabytes into a loopback
+/// socket) before another tenant's request on the same worker thread got
+/// its turn. A background answer also waits [`CHUNK_PACE`] per chunk while
+/// another subscription is active (at most 64 MiB/s per answer: writing a
+/// neighbour's large answers to sockets took a third of a core at normal
+/// priority), and pauses (1 ms steps, at most `max_pause` per chunk)
+/// while other requests are being served.
+struct IterBody<I> {
+    iter: I,
+    yielded: bool,
+    background: Option<Background>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    paced: bool,
+    paused: Duration,
+}
+
+impl<I> IterBody<I> {
+    fn new(iter: I, background: Option<Background>) -> Self {
+        // The first chunk goes at once: small answers never wait.
+        IterBody {
+            iter,
+            yielded: true,
+            background,
+            pause: None,
+            paced: false,
+            paused: Duration::ZERO,
+        }
+    }
+
+    fn sleep(&mut self, d: Duration, cx: &mut Context<'_>) {
+        let mut sleep = Box::pin(tokio::time::sleep(d));
+        // Registers the wake-up.
+        let _ = sleep.as_mut().poll(cx);
+        self.pause = Some(sleep);
+    }
+}
+
+/// Wait per chunk of a background answer while another subscription is
+/// active.
+pub const CHUNK_PACE: Duration = Duration::from_millis(1);
+const PAUSE_STEP: Duration = Duration::from_millis(1);
 
 impl<I> http_body::Body for IterBody<I>
 where
@@ -25,9 +83,36 @@ where
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.next().map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        if let Some(sleep) = this.pause.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
+        if let Some(bg) = &this.background {
+            if !this.paced && bg.gate.others_active(&bg.subscription) {
+                this.paced = true;
+                this.sleep(CHUNK_PACE, cx);
+                return Poll::Pending;
+            }
+            if this.paused < bg.max_pause && bg.gate.busy() {
+                this.paused += PAUSE_STEP;
+                this.sleep(PAUSE_STEP, cx);
+                return Poll::Pending;
+            }
+        }
+        if !this.yielded {
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.yielded = false;
+        this.paced = false;
+        this.paused = Duration::ZERO;
+        Poll::Ready(this.iter.next().map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -49,9 +134,9 @@ where
     .collect()
 }
 
-/// A body of chunks made beforehand.
-pub fn chunks_body(chunks: Vec<Bytes>) -> Body {
-    Body::new(IterBody(chunks.into_iter()))
+/// A body of chunks made beforehand (paced when `background`).
+pub fn chunks_body(chunks: Vec<Bytes>, background: Option<Background>) -> Body {
+    Body::new(IterBody::new(chunks.into_iter(), background))
 }
 
 struct ListChunks<T, F> {
@@ -68,6 +153,9 @@ impl<T, F: FnMut(&mut Vec<u8>, T)> Iterator for ListChunks<T, F> {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
+        // Rendering a large answer is a long job: the query pool may
+        // demote it.
+        crate::logs::query::pool::checkpoint();
         let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
         if let Some(h) = self.head.take() {
             buf.extend_from_slice(h.as_bytes());
@@ -98,7 +186,7 @@ pub fn text_chunks<I>(pieces: I) -> Body
 where
     I: Iterator<Item = String> + Send + Unpin + 'static,
 {
-    Body::new(IterBody(TextChunks { pieces }))
+    Body::new(IterBody::new(TextChunks { pieces }, None))
 }
 
 struct TextChunks<I> {

@@ -16,18 +16,22 @@ use serde_json::{json, Value};
 
 use schemas::IngestResponse;
 
-use super::admission::{admit, Spec};
-use super::answer::{chunks_body, json_list, push_json_str, push_raw_line};
+use super::admission::{self, admit, Spec};
+use super::answer::{chunks_body, json_list, push_json_str, push_raw_line, Background};
 use super::params::{range_params, RangeParams};
 use super::{ApiError, AppState, RETRY_AFTER_SECS};
 use crate::auth::{Principal, Role};
 use crate::logs::ingest::{decode, decompress, prepare, IngestError};
-use crate::logs::query::pool::PoolError;
+use crate::logs::query::pool::{self, PoolError};
 use crate::logs::query::{self, Hit, ParseError, Query, SearchError, SearchParams, SearchResult};
 use crate::logs::StoreError;
 use crate::telemetry::EndpointLabel;
 
 const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
+
+/// Answers larger than this stream as background answers (see
+/// `answer::Background`).
+const BACKGROUND_ANSWER_BYTES: usize = 1 << 20;
 
 /// A Loki stream of an answer: its labels and its (time, line) values.
 type LokiStream = (BTreeMap<String, String>, Vec<(i64, Vec<u8>)>);
@@ -69,7 +73,7 @@ async fn run_search<R>(
     r: &RangeParams,
     endpoint: &'static str,
     render: R,
-) -> Result<Vec<Bytes>, ApiError>
+) -> Result<Body, ApiError>
 where
     R: FnOnce(SearchResult, Duration, usize) -> Vec<Bytes> + Send + 'static,
 {
@@ -96,7 +100,8 @@ where
             let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
             let result = store.search(&query, &params).map_err(Failed::Search)?;
             let truncated = result.truncated;
-            Ok((render(result, t.elapsed(), max_bytes), truncated))
+            let chunks = render(result, t.elapsed(), max_bytes);
+            Ok((chunks, truncated, pool::demoted()))
         })
         .await
         .map_err(|e| match e {
@@ -119,14 +124,23 @@ where
         .get_or_create(&EndpointLabel { endpoint })
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((chunks, truncated)) => {
+        Ok((chunks, truncated, background)) => {
             if truncated {
                 s.metrics
                     .answers_truncated
                     .get_or_create(&EndpointLabel { endpoint })
                     .inc();
             }
-            Ok(chunks)
+            // A search demoted to the background, or an answer over
+            // BACKGROUND_ANSWER_BYTES (a bulk transfer however fast it was
+            // found), streams as background.
+            let bytes: usize = chunks.iter().map(Bytes::len).sum();
+            let background = (background || bytes > BACKGROUND_ANSWER_BYTES).then(|| Background {
+                gate: s.foreground.clone(),
+                max_pause: s.read_limits.query_max_pause,
+                subscription: key.clone(),
+            });
+            Ok(chunks_body(chunks, background))
         }
         Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
         Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
@@ -153,12 +167,8 @@ fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
     })
 }
 
-fn json_response(chunks: Vec<Bytes>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        chunks_body(chunks),
-    )
-        .into_response()
+fn json_response(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One record of `/api/v1/logs`, the stored line copied as its body.
@@ -299,7 +309,9 @@ async fn label_streams(
     let store = s.store.clone();
     let limits = s.read_limits.query.clone();
     let sub = principal.subscription().map(str::to_string);
+    let foreground = s.foreground.enter(principal.subscription().unwrap_or("*"));
     let result = tokio::task::spawn_blocking(move || {
+        let _foreground = foreground;
         let query = match text {
             Some(t) => query::parse_with(&t, &limits)?,
             None => Query {
@@ -398,8 +410,8 @@ pub async fn ingest(
 ) -> Result<Json<IngestResponse>, ApiError> {
     let m = &s.metrics;
     let admitted = admit(&s, &headers, body, SPEC, |r| m.reject(r)).await?;
-    let principal = admitted.principal;
-    let bytes = admitted.body;
+    let principal = admitted.principal.clone();
+    let bytes = admitted.body.clone();
     let encoding = headers
         .get(axum::http::header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());
@@ -409,7 +421,7 @@ pub async fn ingest(
     let state = s.clone();
     let keep = s.store.wants_records();
     let p = principal.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    let job = move || {
         let raw = decompress(
             encoding.as_deref(),
             &bytes,
@@ -430,10 +442,9 @@ pub async fn ingest(
             .min(state.retention.for_subscription(&decoded.subscription));
         let oldest = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
         prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))?
-    .map_err(|r| match r {
+    };
+    let decoded = admission::decode(&s, &admitted, |r| m.reject(r), job).await?;
+    let prepared = decoded.map_err(|r| match r {
         Refused::Invalid(e) => {
             m.reject(e.reason());
             ingest_error(&e)

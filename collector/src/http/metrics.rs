@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::auth::Role;
 use crate::compression::DecompressError;
-use crate::http::admission::{admit, Spec};
+use crate::http::admission::{admit, decode, Spec};
 use crate::http::{ApiError, AppState};
 use crate::metrics::federate::{self, FederateError, FederateLimits};
 use crate::metrics::ingest::{Outcome, PushLimits, Refusal};
@@ -119,7 +119,7 @@ async fn receive(
 ) -> Result<(), ApiError> {
     let ms = &s.metric_store;
     let admitted = admit(&s, &headers, body, spec(protocol), |r| ms.reject_request(r)).await?;
-    let (principal, bytes) = (admitted.principal, admitted.body);
+    let (principal, bytes) = (admitted.principal.clone(), admitted.body.clone());
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_string());
@@ -128,21 +128,24 @@ async fn receive(
         max_decompressed_bytes: s.limits.max_decompressed_bytes,
         accept_future_ms: i64::try_from(s.limits.accept_future.as_millis()).unwrap_or(i64::MAX),
     };
-    let outcome = tokio::task::spawn_blocking(move || {
-        metrics::ingest::ingest(
-            &state.metric_store,
-            &state.metrics,
-            principal.subscription(),
-            encoding.as_deref(),
-            &bytes,
-            protocol,
-            limits,
-        )
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("metrics decoder task failed: {e}")))?;
-    drop(admitted.slot);
-    drop(admitted.reservation);
+    let outcome = decode(
+        &s,
+        &admitted,
+        |r| ms.reject_request(r),
+        move || {
+            metrics::ingest::ingest(
+                &state.metric_store,
+                &state.metrics,
+                principal.subscription(),
+                encoding.as_deref(),
+                &bytes,
+                protocol,
+                limits,
+            )
+        },
+    )
+    .await?;
+    drop(admitted);
     match outcome {
         Ok(o) if o.refused.total == 0 => Ok(()),
         Ok(o) => Err(partial(&o)),

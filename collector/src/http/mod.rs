@@ -78,8 +78,19 @@ pub struct ReadLimits {
     /// Searches running at once for one subscription (of
     /// `max_concurrent_queries`).
     pub max_queries_per_subscription: usize,
-    /// Nice steps of the query threads below the process (0: none).
+    /// Nice steps of the query threads below the process for a search's
+    /// first `query_quantum` (0: none).
     pub query_nice: i32,
+    /// Nice steps below the process once a search has run `query_quantum`
+    /// (see `logs::query::pool`).
+    pub query_demoted_nice: i32,
+    pub query_quantum: Duration,
+    /// Longest pause of a demoted search at one checkpoint while other
+    /// requests are served.
+    pub query_max_pause: Duration,
+    /// Share of the time (0.01 to 1) a demoted search may run while
+    /// another subscription is active (1: no pacing).
+    pub query_background_share: f64,
 }
 
 impl Default for ReadLimits {
@@ -90,7 +101,11 @@ impl Default for ReadLimits {
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
             max_queries_per_subscription: 2,
-            query_nice: 10,
+            query_nice: 5,
+            query_demoted_nice: 19,
+            query_quantum: Duration::from_millis(20),
+            query_max_pause: Duration::from_millis(4),
+            query_background_share: 0.25,
         }
     }
 }
@@ -108,6 +123,8 @@ pub struct AppState {
     pub admission: Admission,
     /// The threads searches run on, with per-subscription slots.
     pub query_pool: Arc<crate::logs::query::pool::QueryPool>,
+    /// Requests being served, which demoted searches give way to.
+    pub foreground: Arc<crate::logs::query::pool::Foreground>,
     pub query_timeout: Duration,
     pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,

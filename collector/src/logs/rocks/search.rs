@@ -13,7 +13,11 @@ use std::time::Instant;
 
 use super::{EntryIter, Store};
 use crate::logs::model::StreamInfo;
-use crate::logs::query::{run_stages, Hit, Query, SearchError, SearchParams, SearchResult};
+use crate::logs::query::{pool, run_stages, Hit, Query, SearchError, SearchParams, SearchResult};
+
+/// Entries (or 4 KiB of lines) between two looks at the clock: the
+/// deadline and the query pool's demotion.
+const CHECK_EVERY: usize = 256;
 
 struct Head {
     ts: i64,
@@ -79,8 +83,12 @@ pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchRe
     // Ties on time break by stream id in both halves and in the merge.
     a.sort_by_key(|s| s.id);
     b.sort_by_key(|s| s.id);
+    let demotion = pool::current();
     let (ra, rb) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| search_streams(store, query, p, &b));
+        let other = scope.spawn(|| {
+            pool::adopt(demotion);
+            search_streams(store, query, p, &b)
+        });
         let mine = search_streams(store, query, p, &a);
         (mine, other.join())
     });
@@ -161,10 +169,12 @@ fn search_streams(
         iters.push(it);
         push_head(&mut iters[idx], idx, p.backward, &mut heap)?;
     }
-    let mut checked = 0u32;
+    let mut work = 0usize;
     while let Some(head) = heap.pop() {
         let it = &mut iters[head.idx];
+        let mut line_len = 0;
         if let Some((ts, seq, line)) = it.current() {
+            line_len = line.len();
             result.scanned += 1;
             result.scanned_bytes += line.len() as u64;
             let stream = &streams[head.idx];
@@ -190,9 +200,12 @@ fn search_streams(
         }
         it.advance();
         push_head(it, head.idx, p.backward, &mut heap)?;
-        checked += 1;
-        if checked >= 4096 {
-            checked = 0;
+        // Work since the last look at the clock: entries, and their bytes
+        // (a few huge lines are as much work as many small ones).
+        work += 1 + line_len / 4096;
+        if work >= CHECK_EVERY {
+            work = 0;
+            pool::checkpoint();
             if Instant::now() >= p.deadline {
                 return Err(SearchError::Timeout);
             }

@@ -628,3 +628,79 @@ impl IngestObserver for Conflicts {
             .push((subscription.into(), source.into(), detail.into()));
     }
 }
+
+/// Records the subscriptions and seqs of each group commit; the first
+/// commit waits for the test's go-ahead, so that batches queue behind it.
+struct Groups {
+    groups: Mutex<Vec<Vec<(String, u64)>>>,
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl IngestObserver for Groups {
+    fn committed(&self, records: &[Record]) {
+        let gate = self.gate.lock().expect("lock").take();
+        if let Some(rx) = gate {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+        self.groups.lock().expect("lock").push(
+            records
+                .iter()
+                .map(|r| (r.subscription.clone(), r.seq))
+                .collect(),
+        );
+    }
+    fn subscription_purged(&self, _: &str) {}
+}
+
+#[tokio::test]
+async fn a_small_batch_is_not_committed_with_a_neighbours_flood() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (go, gate) = std::sync::mpsc::channel();
+    let groups = Arc::new(Groups {
+        groups: Mutex::default(),
+        gate: Mutex::new(Some(gate)),
+    });
+    let store = open(dir.path(), vec![groups.clone()]);
+    let batch = |sub: &str, seqs: std::ops::Range<u64>| {
+        prepared(
+            seqs.map(|s| rec(sub, "n", s, 1000 + s as i64, Level::Info))
+                .collect(),
+            true,
+        )
+    };
+    // a's first batch is being committed (held at the gate) while a's
+    // next two large batches and b's small one queue behind it.
+    let first = store.try_ingest(batch("a", 1..3001)).expect("queued");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a2 = store.try_ingest(batch("a", 3001..6001)).expect("queued");
+    let a3 = store.try_ingest(batch("a", 6001..9001)).expect("queued");
+    let b1 = store.try_ingest(batch("b", 1..11)).expect("queued");
+    go.send(()).expect("release");
+    for rx in [first, a2, a3, b1] {
+        rx.await.expect("answered").expect("stored");
+    }
+    let groups = groups.groups.lock().expect("lock").clone();
+    let subs: Vec<Vec<&str>> = groups
+        .iter()
+        .map(|g| {
+            let mut s: Vec<&str> = g.iter().map(|(sub, _)| sub.as_str()).collect();
+            s.dedup();
+            s
+        })
+        .collect();
+    assert_eq!(subs[0], ["a"], "{subs:?}");
+    assert_eq!(
+        subs[1],
+        ["b"],
+        "b's batch gets a group of its own: {subs:?}"
+    );
+    assert_eq!(groups[1].len(), 10);
+    // a's records, in their order, all stored.
+    let a: Vec<u64> = groups
+        .iter()
+        .flatten()
+        .filter(|(s, _)| s == "a")
+        .map(|(_, q)| *q)
+        .collect();
+    assert_eq!(a, (1..9001).collect::<Vec<_>>());
+}
