@@ -67,3 +67,21 @@ pub fn scratch() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Changes the stored bytes of record `seq` in the outbox at `dir` (closed)
+/// through RocksDB itself, bypassing the outbox's checksums, as a bad disk
+/// would: `f` gets the stored value. False when `seq` is not stored.
+pub fn corrupt_record(dir: &Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let opts = rocksdb::Options::default();
+    let families = rocksdb::DB::list_cf(&opts, dir).expect("list the outbox's column families");
+    let db = rocksdb::DB::open_cf(&opts, dir, &families).expect("open the outbox's RocksDB");
+    let records = db.cf_handle("records").expect("the records column family");
+    let key = seq.to_be_bytes();
+    let Some(mut value) = db.get_cf(records, key).expect("read a record") else {
+        return false;
+    };
+    f(&mut value);
+    db.put_cf(records, key, value).expect("write the record back");
+    db.flush_cf(records).expect("flush");
+    true
+}

@@ -755,10 +755,11 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Test and repair hook: overwrites the stored value of `seq` in place,
-    /// bypassing checksums. Used by fault tests to flip a byte on disk.
-    #[doc(hidden)]
-    pub fn corrupt_for_test(
+    /// Test hook: overwrites the stored value of `seq` in place, bypassing
+    /// checksums (unit tests only; the e2e suite flips bytes through
+    /// RocksDB itself, `e2e::corrupt_record`).
+    #[cfg(test)]
+    pub(crate) fn corrupt_for_test(
         &self,
         seq: u64,
         f: impl FnOnce(&mut Vec<u8>),
