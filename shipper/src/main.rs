@@ -83,6 +83,10 @@ struct Args {
     /// clamped to it (100ms-1h).
     #[arg(long, default_value = "300s", value_parser = duration(Duration::from_millis(100), Duration::from_secs(3600)))]
     max_retry_after: Duration,
+    /// Threads of the async runtime (1-16): one is plenty for a forwarder;
+    /// redaction and encoding run on blocking threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    worker_threads: u8,
     /// Log format of the shipper's own logs.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -120,9 +124,25 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // A forwarder needs little parallelism: one worker drives the HTTP
+    // requests, each sink builds its batches one at a time on a blocking
+    // thread, the outbox and the file tailer have their own threads. Every
+    // extra thread is another malloc arena holding memory, so there is one
+    // blocking thread per sink.
+    let sinks = usize::from(!args.collector.is_empty()) + usize::from(args.otlp.is_some());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads.into())
+        .max_blocking_threads(sinks.max(1))
+        .thread_name("shipper")
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     match args.log_format {
@@ -196,15 +216,10 @@ async fn main() -> anyhow::Result<()> {
             max_retry_after: args.max_retry_after,
             ..DeliveryConfig::default()
         },
-        // A shipper's outbox is written at modest rates by its own sources
-        // and read soon after: small memtables and cache keep its memory
-        // low whatever the backlog.
         outbox: OutboxConfig {
             max_bytes: std::num::NonZeroU64::new(args.outbox_max_bytes)
                 .context("--outbox-max-bytes must be positive")?,
-            write_buffer_bytes: 4 << 20,
-            block_cache_bytes: 4 << 20,
-            ..OutboxConfig::default()
+            ..OutboxConfig::forwarder()
         },
         listen: args.listen,
         request_timeout: args.request_timeout,

@@ -20,7 +20,9 @@ use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
-use schemas::{IngestBatch, IngestResponse, Record};
+#[cfg(doc)]
+use schemas::IngestBatch;
+use schemas::{IngestResponse, Record};
 
 use super::{Endpoint, SendOutcome, MAX_RETRY_AFTER};
 
@@ -45,7 +47,20 @@ pub struct CollectorEndpoint {
     /// Index of the collector batches go to first.
     current: AtomicUsize,
     zstd_level: i32,
+    /// The compression context, reused from body to body. A std mutex:
+    /// held while one body is compressed, never across an await.
+    compressor: Compressor,
     failovers: Counter,
+}
+
+/// A reusable compression context (its state is not worth printing).
+#[derive(Default)]
+struct Compressor(std::sync::Mutex<Option<zstd::zstd_safe::CCtx<'static>>>);
+
+impl std::fmt::Debug for Compressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compressor")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +139,11 @@ impl CollectorEndpoint {
             urls,
             names,
             current: AtomicUsize::new(0),
-            zstd_level: 3,
+            // Level 1: its compressor is a fifth of level 3's in memory and
+            // faster, for bodies ~10% larger; log batches compress 5-10x
+            // either way.
+            zstd_level: 1,
+            compressor: Compressor::default(),
             failovers: Counter::default(),
         })
     }
@@ -141,6 +160,9 @@ impl CollectorEndpoint {
     }
 }
 
+/// Window of the ingest body's compression (2^19 = 512 KiB).
+const ZSTD_WINDOW_LOG: u32 = 19;
+
 /// Encodes records as the ingest body: MessagePack batch, zstd-compressed.
 pub fn encode_ingest_body(
     epoch: &str,
@@ -149,15 +171,104 @@ pub fn encode_ingest_body(
     zstd_level: i32,
 ) -> Result<Vec<u8>, String> {
     let first = records.first().ok_or("empty batch")?;
-    let batch = IngestBatch {
-        epoch: epoch.to_string(),
-        source: first.source.clone(),
-        subscription: first.subscription.clone(),
-        records: records.to_vec(),
+    let mut buf = Vec::new();
+    for r in records {
+        encode_ingest_record(r, &mut buf)?;
+    }
+    ingest_body(
+        epoch,
+        &first.source,
+        &first.subscription,
+        records.len(),
+        &buf,
         dropped,
-    };
-    let raw = schemas::to_msgpack(&batch).map_err(|e| e.to_string())?;
-    zstd::bulk::compress(&raw, zstd_level).map_err(|e| format!("zstd: {e}"))
+        zstd_level,
+    )
+}
+
+/// One record as an element of an ingest batch's `records` (named-field
+/// MessagePack).
+pub fn encode_ingest_record(record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+    schemas::write_msgpack(out, record).map_err(|e| e.to_string())
+}
+
+/// The ingest body around `count` records already encoded by
+/// [`encode_ingest_record`]: the MessagePack map of an [`IngestBatch`]
+/// (the same bytes `rmp_serde` writes for it), streamed through the
+/// compressor, so no uncompressed copy of the batch is made.
+pub fn ingest_body(
+    epoch: &str,
+    source: &str,
+    subscription: &str,
+    count: usize,
+    records: &[u8],
+    dropped: u64,
+    zstd_level: i32,
+) -> Result<Vec<u8>, String> {
+    let mut cctx = compressor(zstd_level)?;
+    ingest_body_with(
+        &mut cctx,
+        epoch,
+        source,
+        subscription,
+        count,
+        records,
+        dropped,
+    )
+}
+
+/// A zstd compression context for ingest bodies: `level`, and a 512 KiB
+/// window (a batch is about that big; a larger window would only make the
+/// context larger).
+fn compressor(level: i32) -> Result<zstd::zstd_safe::CCtx<'static>, String> {
+    use zstd::zstd_safe::{get_error_name, CCtx, CParameter};
+    let mut cctx = CCtx::create();
+    for p in [
+        CParameter::CompressionLevel(level),
+        CParameter::WindowLog(ZSTD_WINDOW_LOG),
+    ] {
+        cctx.set_parameter(p)
+            .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+    }
+    Ok(cctx)
+}
+
+/// [`ingest_body`] with a given compression context (kept between bodies:
+/// a context is over a megabyte, and allocating and freeing one per batch
+/// raises the allocator's thresholds for keeping freed memory).
+fn ingest_body_with(
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    epoch: &str,
+    source: &str,
+    subscription: &str,
+    count: usize,
+    records: &[u8],
+    dropped: u64,
+) -> Result<Vec<u8>, String> {
+    use rmp::encode::{write_array_len, write_map_len, write_str, write_uint};
+    use std::io::Write;
+    let zstd = |e: std::io::Error| format!("zstd: {e}");
+    let msgpack = |e: rmp::encode::ValueWriteError| e.to_string();
+    let count = u32::try_from(count).map_err(|_| "too many records for one batch")?;
+    let mut z = zstd::stream::write::Encoder::with_context(
+        Vec::with_capacity(records.len() / 4 + 64),
+        cctx,
+    );
+    write_map_len(&mut z, 5).map_err(msgpack)?;
+    for (k, v) in [
+        ("source", source),
+        ("subscription", subscription),
+        ("epoch", epoch),
+    ] {
+        write_str(&mut z, k).map_err(msgpack)?;
+        write_str(&mut z, v).map_err(msgpack)?;
+    }
+    write_str(&mut z, "records").map_err(msgpack)?;
+    write_array_len(&mut z, count).map_err(msgpack)?;
+    z.write_all(records).map_err(zstd)?;
+    write_str(&mut z, "dropped").map_err(msgpack)?;
+    write_uint(&mut z, dropped).map_err(msgpack)?;
+    z.finish().map_err(zstd)
 }
 
 /// Parses a `Retry-After` value given in seconds (integer or decimal),
@@ -191,8 +302,36 @@ impl Endpoint for CollectorEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
-    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
-        encode_ingest_body(epoch, records, dropped, self.zstd_level)
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        encode_ingest_record(record, out)
+    }
+
+    fn encode_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        count: usize,
+        records: &[u8],
+        dropped: u64,
+    ) -> Result<Vec<u8>, String> {
+        // Another batch being compressed (a rebuild beside the producer)
+        // gets a context of its own rather than waiting.
+        let mut slot = match self.compressor.0.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut own;
+        let cctx = match slot.as_deref_mut() {
+            Some(Some(c)) => c,
+            Some(empty) => empty.insert(compressor(self.zstd_level)?),
+            None => {
+                own = compressor(self.zstd_level)?;
+                &mut own
+            }
+        };
+        ingest_body_with(cctx, epoch, source, subscription, count, records, dropped)
     }
 
     async fn send(&self, body: Bytes) -> SendOutcome {
@@ -348,6 +487,46 @@ pub fn classify(status: StatusCode, after: Option<Duration>, body: &str) -> Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ingest_body_decodes_as_an_ingest_batch() {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                seq: i + 1,
+                ts: 7,
+                source: "host:a".into(),
+                subscription: "sub".into(),
+                body: schemas::Body::System(schemas::SystemBody {
+                    facility: None,
+                    priority: Some(6),
+                    message: format!("line {i}"),
+                    file: Some("/var/log/x".into()),
+                }),
+            })
+            .collect();
+        let body = encode_ingest_body("0123abcd", &records, 5, 3).unwrap();
+        // The same bytes rmp_serde writes for an IngestBatch.
+        let owned = schemas::IngestBatch {
+            source: "host:a".into(),
+            subscription: "sub".into(),
+            epoch: "0123abcd".into(),
+            records: records.clone(),
+            dropped: 5,
+        };
+        assert_eq!(
+            zstd::bulk::decompress(&body, 1 << 20).unwrap(),
+            schemas::to_msgpack(&owned).unwrap()
+        );
+        let raw = zstd::bulk::decompress(&body, 1 << 20).unwrap();
+        let batch: schemas::IngestBatch = schemas::from_msgpack(&raw).unwrap();
+        assert_eq!(batch.epoch, "0123abcd");
+        assert_eq!(
+            (batch.source.as_str(), batch.subscription.as_str()),
+            ("host:a", "sub")
+        );
+        assert_eq!(batch.records, records);
+        assert_eq!(batch.dropped, 5);
+    }
 
     #[test]
     fn retry_after_is_clamped_and_garbage_is_ignored() {

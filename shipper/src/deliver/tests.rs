@@ -489,8 +489,20 @@ impl Endpoint for Panicky {
     fn compatible(&self, a: &Record, b: &Record) -> bool {
         self.inner.compatible(a, b)
     }
-    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
-        self.inner.encode(epoch, records, dropped)
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        self.inner.encode_record(record, out)
+    }
+    fn encode_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        count: usize,
+        records: &[u8],
+        dropped: u64,
+    ) -> Result<Vec<u8>, String> {
+        self.inner
+            .encode_body(epoch, source, subscription, count, records, dropped)
     }
     async fn send(&self, body: bytes::Bytes) -> SendOutcome {
         use std::sync::atomic::Ordering;
