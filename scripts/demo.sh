@@ -16,7 +16,7 @@ if [ ! -f "$data/tokens.toml" ]; then
   "$bin/sesam-collector" token add --tokens "$data/tokens.toml" --subscription demo --role shipper > "$data/shipper.token"
   "$bin/sesam-collector" token add --tokens "$data/tokens.toml" --subscription demo --role operator > "$data/operator.token"
 fi
-"$bin/sesam-collector" --data-dir "$data/collector" --listen 127.0.0.1:3100 --tokens "$data/tokens.toml" &
+"$bin/sesam-collector" --data-dir "$data/collector" --listen 127.0.0.1:3100 --tokens "$data/tokens.toml" --egress-allow 127.0.0.1/32 &
 collector=$!
 trap 'kill -TERM $collector ${node:-} ${agent:-} 2>/dev/null; wait' EXIT INT TERM
 sleep 1

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector::ingest::{prepare, DecodedBatch, IngestLimits};
-use collector::metrics::Metrics;
-use collector::query::{self, SearchParams};
-use collector::{Store, StoreConfig};
+use collector::logs::ingest::{prepare, DecodedBatch, IngestLimits};
+use collector::logs::query::{self, SearchParams};
+use collector::telemetry::Metrics;
+use collector::{LogStore, Store, StoreConfig};
 use schemas::{Body, EventType, ExecutionBody, IngestBatch, Level, LogBody, Record};
 
 const SUB: &str = "bench";
@@ -93,6 +93,10 @@ fn ingest_bench(dir: &Path, total: usize) {
         "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n",
     )
     .expect("write tokens");
+    // The collector refuses a tokens file others may read.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod tokens");
+
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -266,6 +270,7 @@ fn build_search_store(path: &Path, total: usize, now: i64) -> Store {
                 DecodedBatch {
                     source: format!("node-{source}"),
                     subscription: SUB.into(),
+                    epoch: String::new(),
                     records,
                     dropped: 0,
                 },
@@ -329,9 +334,11 @@ fn search_bench(dir: &Path, total: usize) {
             backward: true,
             subscription: Some(SUB.into()),
             deadline: far,
+            max_bytes: usize::MAX,
+            parallel: true,
         };
         let t = Instant::now();
-        let r = query::search(&store, &q, &p).expect("search");
+        let r = store.search(&q, &p).expect("search");
         times.push(t.elapsed());
         hits_total += r.hits.len();
     }
@@ -353,11 +360,13 @@ fn search_bench(dir: &Path, total: usize) {
         backward: true,
         subscription: None,
         deadline: far,
+        max_bytes: usize::MAX,
+        parallel: true,
     };
     let mut best = None::<(Duration, u64, u64)>;
     for _ in 0..2 {
         let t = Instant::now();
-        let r = query::search(&store, &q, &p).expect("search");
+        let r = store.search(&q, &p).expect("search");
         let e = t.elapsed();
         assert_eq!(r.hits.len(), 0);
         if best.is_none_or(|b| e < b.0) {
@@ -371,7 +380,7 @@ fn search_bench(dir: &Path, total: usize) {
     if !export.exists() {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&export).expect("create export"));
         let all = query::parse("{}").expect("parse");
-        for s in query::select_streams(&store, &all, None, i64::MIN, i64::MAX) {
+        for s in store.select_streams(&all, None, i64::MIN, i64::MAX) {
             let mut it = store.scan(s.id, i64::MIN, i64::MAX, false).expect("scan");
             while let Some((ts, seq, line)) = it.current() {
                 use std::io::Write;

@@ -79,6 +79,12 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
     let mut cfg = CollectorConfig::new(dir.join("data"), Listen::Listener(listener), tokens);
     cfg.notifier_enabled = enabled;
     cfg.rules_file = rules.map(Path::to_path_buf);
+    // The webhook listens on loopback; 10,000 rules and 100,000 pipes in
+    // one subscription are past the default per-subscription bounds, and
+    // the evaluation budget is lifted so that every record is evaluated
+    // inline (the cost measured is the whole evaluation, none deferred).
+    cfg.notifier.egress = notifier::EgressPolicy::allowing(&["127.0.0.1/32"]);
+    cfg.notifier.limits = notifier::Limits::generous();
     let stop = CancellationToken::new();
     let task = tokio::spawn(collector::run(cfg, stop.clone()));
     let client = reqwest::Client::new();

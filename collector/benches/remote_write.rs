@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -254,6 +254,9 @@ fn main() {
         "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"bench-admin\"\nsubscription = \"*\"\nrole = \"admin\"\n",
     )
     .expect("tokens");
+    // The collector refuses a tokens file others may read.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod tokens");
     let data = dir.join("rw-collector");
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();

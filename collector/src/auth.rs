@@ -11,7 +11,17 @@
 //! token = "dev-admin"            # plain text: development only
 //! subscription = "*"
 //! role = "admin"
+//!
+//! [[tokens]]
+//! sha256 = "..."
+//! subscription = "acme"
+//! role = "shipper"
+//! sources = ["acme-prod", "host:vm-*"]   # optional: the only sources it may write
 //! ```
+//!
+//! The file holds secrets (plain tokens, or digests that let an attacker
+//! test guesses offline): the server refuses to start when it is readable
+//! by group or others ([`check_private`]), and `token add` makes it 0600.
 //!
 //! A presented token is hashed with SHA-256 and compared with every entry's
 //! digest in constant time (`subtle`), without stopping at a match, so the
@@ -64,6 +74,10 @@ pub struct Principal {
     pub name: Option<String>,
     pub scope: Scope,
     pub role: Role,
+    /// Glob patterns of the sources a shipper token may write; `None`:
+    /// any source of its subscription.
+    pub sources: Option<Vec<String>>,
+    patterns: Option<Vec<glob::Pattern>>,
 }
 
 impl Principal {
@@ -82,6 +96,13 @@ impl Principal {
             Scope::One(s) => Some(s),
         }
     }
+
+    /// Whether this principal may write records of `source`.
+    pub fn may_write_source(&self, source: &str) -> bool {
+        self.patterns
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.matches(source)))
+    }
 }
 
 /// One `[[tokens]]` entry as written in the file.
@@ -96,6 +117,9 @@ struct TokenEntry {
     role: Role,
     #[serde(default)]
     name: Option<String>,
+    /// Glob patterns of the sources the token may write (shipper tokens).
+    #[serde(default)]
+    sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +152,8 @@ pub enum TokensError {
         #[source]
         source: std::io::Error,
     },
+    #[error("tokens file {path} is readable by group or others (mode {mode:o}); it holds secrets: run `chmod 600 {path}`")]
+    NotPrivate { path: PathBuf, mode: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -200,12 +226,34 @@ impl Tokens {
                     "role admin needs subscription \"*\" (admins see every subscription)".into(),
                 ));
             }
+            let patterns = match &e.sources {
+                None => None,
+                Some(list) => {
+                    if e.role != Role::Shipper {
+                        return Err(bad("sources may only be given for role shipper".into()));
+                    }
+                    if list.is_empty() {
+                        return Err(bad(
+                            "sources is empty (omit it to allow every source)".into()
+                        ));
+                    }
+                    let mut ps = Vec::with_capacity(list.len());
+                    for g in list {
+                        ps.push(glob::Pattern::new(g).map_err(|err| {
+                            bad(format!("sources: {g:?} is not a glob pattern: {err}"))
+                        })?);
+                    }
+                    Some(ps)
+                }
+            };
             known.push(Known {
                 digest,
                 principal: Principal {
                     name: e.name,
                     scope,
                     role: e.role,
+                    sources: e.sources,
+                    patterns,
                 },
             });
         }
@@ -250,9 +298,30 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Refuses a tokens file that group or others may read (or write).
+pub fn check_private(path: &Path) -> Result<(), TokensError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(path).map_err(|e| TokensError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TokensError::NotPrivate {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Makes a random token (256 bits, hex), appends its SHA-256 entry to the
-/// tokens file (created with mode 0600 when missing) and returns the token.
-/// The file's existing content is validated first and kept as is.
+/// tokens file (created with mode 0600 when missing; an existing file is
+/// made 0600) and returns the token. The file's existing content is
+/// validated first and kept as is.
 pub fn add_token(path: &Path, subscription: &str, role: Role) -> Result<String, TokensError> {
     let existing = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -292,6 +361,13 @@ pub fn add_token(path: &Path, subscription: &str, role: Role) -> Result<String, 
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(write_err)?;
+    #[cfg(unix)]
+    {
+        // `mode` only applies to a new file; an existing one may be 0644.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(write_err)?;
+    }
     f.write_all(entry.as_bytes()).map_err(write_err)?;
     f.sync_all().map_err(write_err)?;
     Ok(token)
@@ -353,6 +429,53 @@ mod tests {
                 "{e} should contain {needle}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_bound_to_sources_writes_only_those() {
+        let text = "[[tokens]]\ntoken = \"s\"\nsubscription = \"acme\"\nrole = \"shipper\"\nsources = [\"acme-prod\", \"host:vm-*\"]\n\n\
+                    [[tokens]]\ntoken = \"t\"\nsubscription = \"acme\"\nrole = \"shipper\"\n";
+        let t = Tokens::parse(text, Path::new("t.toml")).expect("parse");
+        let bound = t.authenticate("s").expect("s");
+        assert!(bound.may_write_source("acme-prod"));
+        assert!(bound.may_write_source("host:vm-7"));
+        assert!(!bound.may_write_source("acme-test"));
+        assert!(!bound.may_write_source("host:db-1"));
+        let free = t.authenticate("t").expect("t");
+        assert!(free.may_write_source("anything"));
+        for (text, needle) in [
+            (
+                "[[tokens]]\ntoken = \"x\"\nsubscription = \"a\"\nrole = \"operator\"\nsources = [\"n\"]\n",
+                "only be given for role shipper",
+            ),
+            (
+                "[[tokens]]\ntoken = \"x\"\nsubscription = \"a\"\nrole = \"shipper\"\nsources = [\"[\"]\n",
+                "not a glob pattern",
+            ),
+            (
+                "[[tokens]]\ntoken = \"x\"\nsubscription = \"a\"\nrole = \"shipper\"\nsources = []\n",
+                "sources is empty",
+            ),
+        ] {
+            let e = Tokens::parse(text, Path::new("t.toml")).expect_err(text);
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_tokens_files_are_refused_and_token_add_makes_them_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, "").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = check_private(&path).expect_err("0644");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        add_token(&path, "acme", Role::Shipper).expect("add");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        check_private(&path).expect("now private");
     }
 
     #[test]

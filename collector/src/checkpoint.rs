@@ -8,12 +8,13 @@
 //! `--data-dir` pointing at (a copy of) a checkpoint directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::logs::{LogStore, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -35,7 +36,7 @@ const PREFIX: &str = "checkpoint-";
 
 /// Takes a checkpoint into `dir` and prunes all but the newest `keep`.
 pub fn take(
-    store: &Store,
+    store: &dyn LogStore,
     dir: &Path,
     keep: usize,
     metrics: &Metrics,
@@ -54,12 +55,14 @@ pub fn take(
     r
 }
 
-fn take_inner(store: &Store, dir: &Path, keep: usize) -> Result<PathBuf, CheckpointError> {
+fn take_inner(store: &dyn LogStore, dir: &Path, keep: usize) -> Result<PathBuf, CheckpointError> {
     let dir_err = |source| CheckpointError::Dir {
         path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    // Checkpoints hold every tenant's records: the directory is 0700.
+    crate::private::create_private_dir(dir).map_err(dir_err)?;
+    crate::private::restrict_dir(dir);
     let stamp = schemas::time::rfc3339_from_nanos(schemas::time::now_nanos()).replace(':', "-");
     let mut name = format!("{PREFIX}{stamp}");
     let mut n = 1;
@@ -120,7 +123,7 @@ fn prune(dir: &Path, keep: usize) -> std::io::Result<()> {
 
 /// Takes a checkpoint every `interval` until `shutdown`.
 pub async fn run(
-    store: Store,
+    store: Arc<dyn LogStore>,
     dir: PathBuf,
     keep: usize,
     interval: Duration,
@@ -134,6 +137,7 @@ pub async fn run(
         }
         let (store, dir, metrics) = (store.clone(), dir.clone(), metrics.clone());
         // Errors are logged and counted inside `take`; the next interval retries.
-        let _ = tokio::task::spawn_blocking(move || take(&store, &dir, keep, &metrics)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || take(store.as_ref(), &dir, keep, &metrics)).await;
     }
 }

@@ -18,30 +18,31 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod compression;
+pub mod fair;
 pub mod http;
-pub mod ingest;
+pub mod logs;
 pub mod metrics;
-pub mod metrics_ingest;
-pub mod query;
-pub mod retention;
-pub mod store;
+pub mod pattern;
+pub mod private;
+pub mod telemetry;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Role, Tokens};
-pub use ingest::IngestLimits;
-pub use metrics_ingest::{MetricLimits, MetricObserver, MetricSample};
-pub use retention::RetentionPolicy;
-pub use store::{IngestObserver, Store, StoreConfig};
+pub use http::{AdmissionLimits, ReadLimits, ServerLimits};
+pub use logs::ingest::IngestLimits;
+pub use logs::retention::RetentionPolicy;
+pub use logs::rocks::{Store, StoreConfig};
+pub use logs::{IngestObserver, LogStore};
+pub use metrics::{MetricLimits, MetricObserver, MetricSample};
 
 /// Where to listen.
 #[derive(Debug)]
@@ -66,10 +67,15 @@ pub struct CollectorConfig {
     pub retention_interval: Duration,
     pub limits: IngestLimits,
     pub store: StoreConfig,
-    /// Ingest requests held at once (decoding or waiting for their commit);
-    /// beyond it ingest answers 429. Bounds ingest memory to about this
-    /// many times (`max_body_bytes` + 3 x `max_decompressed_bytes`).
-    pub max_concurrent_ingests: usize,
+    /// Connection limits and timeouts of the HTTP server.
+    pub server: ServerLimits,
+    /// Body budget, body deadlines and decode slots of the write endpoints
+    /// (ingest, remote-write, OTLP). Decoding memory is bounded by
+    /// `max_concurrent_ingests` x 3 x `max_decompressed_bytes`, bodies by
+    /// `max_inflight_body_bytes`.
+    pub admission: AdmissionLimits,
+    /// Bounds of queries and answers.
+    pub read: ReadLimits,
     pub max_concurrent_queries: usize,
     pub query_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests get to finish.
@@ -83,7 +89,8 @@ pub struct CollectorConfig {
     /// Receivers, rules and silences loaded into the notifier at start
     /// (`--rules FILE`, TOML or JSON).
     pub rules_file: Option<PathBuf>,
-    /// Notifier settings (external URL for links, delivery retries).
+    /// Notifier settings (external URL for links, delivery retries,
+    /// limits, egress policy).
     pub notifier: notifier::NotifierConfig,
     /// The notifier's clock (tests pass a manual one).
     pub notifier_clock: Arc<dyn notifier::Clock>,
@@ -121,7 +128,9 @@ impl CollectorConfig {
             retention_interval: Duration::from_secs(60),
             limits: IngestLimits::default(),
             store: StoreConfig::default(),
-            max_concurrent_ingests: 16,
+            server: ServerLimits::default(),
+            admission: AdmissionLimits::default(),
+            read: ReadLimits::default(),
             max_concurrent_queries: 4,
             query_timeout: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(10),
@@ -140,7 +149,7 @@ impl CollectorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] logs::StoreError),
     #[error("bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -170,6 +179,11 @@ impl IngestObserver for NotifierHook {
     fn subscription_purged(&self, subscription: &str) {
         if let Some(n) = self.0.get() {
             n.purge(subscription);
+        }
+    }
+    fn source_conflict(&self, subscription: &str, source: &str, detail: &str) {
+        if let Some(n) = self.0.get() {
+            n.on_source_conflict(subscription, source, detail);
         }
     }
 }
@@ -204,7 +218,7 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
-    let metrics = metrics::Metrics::default();
+    let metrics = telemetry::Metrics::default();
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
@@ -247,20 +261,32 @@ pub async fn run(
             .map_err(|source| CollectorError::Bind { addr, source })?,
     };
     let local = listener.local_addr().map_err(CollectorError::Serve)?;
+    if let Some(n) = &notifier {
+        // Receivers may never point at the collector itself.
+        n.set_own_address(local);
+    }
 
+    // The HTTP layer, retention and checkpoints see the store only as a
+    // LogStore; the notifier needs the RocksDB database itself (above).
+    let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
     let state = Arc::new(http::AppState {
-        store: store.clone(),
+        store: log_store.clone(),
         tokens: config.tokens,
         limits: config.limits,
         retention: config.retention.clone(),
+        admission: http::Admission::new(config.admission.clone(), &metrics),
         metrics: metrics.clone(),
-        ingest_slots: Arc::new(Semaphore::new(config.max_concurrent_ingests.max(1))),
-        query_slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
+        query_pool: logs::query::pool::QueryPool::new(
+            config.max_concurrent_queries,
+            config.read.max_queries_per_subscription,
+            config.read.query_nice,
+        ),
         query_timeout: config.query_timeout,
+        read_limits: config.read.clone(),
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
-        metric_store: Arc::new(metrics_ingest::MetricStore::new(
+        metric_store: Arc::new(metrics::MetricStore::new(
             config.metric_limits.clone(),
             metric_observers,
         )),
@@ -268,15 +294,15 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    tracker.spawn(retention::run(
-        store.clone(),
+    tracker.spawn(logs::retention::run(
+        log_store.clone(),
         config.retention,
         config.retention_interval,
         shutdown.clone(),
     ));
     if let Some(dir) = config.checkpoint_dir.clone() {
         tracker.spawn(checkpoint::run(
-            store.clone(),
+            log_store.clone(),
             dir,
             config.checkpoint_keep,
             config.checkpoint_interval,
@@ -291,25 +317,24 @@ pub async fn run(
 
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "collector listening");
     let app = http::router(state.clone());
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let served = tokio::select! {
+    // Serves until the shutdown signal, then drains the connections for at
+    // most the deadline.
+    let mut server = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        config.server.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        config.shutdown_deadline,
+    ));
+    let early = tokio::select! {
         r = &mut server => Some(r),
         _ = shutdown.cancelled() => None,
     };
     state.ready.store(false, Ordering::Release);
-    let served = match served {
+    let served = match early {
         Some(r) => r,
-        None => match tokio::time::timeout(config.shutdown_deadline, &mut server).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(deadline = ?config.shutdown_deadline, "requests still running at the shutdown deadline; abandoning them");
-                server.abort();
-                Ok(Ok(()))
-            }
-        },
+        None => server.await,
     };
     if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
         .await
@@ -317,14 +342,13 @@ pub async fn run(
     {
         tracing::warn!("background tasks still running at the shutdown deadline");
     }
+    state.query_pool.stop();
     // Commits what is queued, then stops the writer.
     let closing = store.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     tracing::info!("collector stopped");
     match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CollectorError::Serve(e)),
-        Err(e) if e.is_cancelled() => Ok(()),
+        Ok(()) => Ok(()),
         Err(e) => Err(CollectorError::Task(format!("server task: {e}"))),
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::auth::{add_token, Role};
 use collector::{CollectorConfig, Listen, Tokens};
+use notifier::Limits;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -88,13 +89,98 @@ struct ServeArgs {
     /// Newest accepted record time relative to now.
     #[arg(long, value_parser = duration, default_value = "10m")]
     accept_future: Duration,
-    /// Ingest requests held at once before answering 429.
+    /// Write requests (ingest, remote-write, OTLP) decoding or waiting for
+    /// their commit at once, all subscriptions together.
     #[arg(long, default_value_t = 16)]
     max_concurrent_ingests: usize,
+    /// Of those, at most this many for one subscription.
+    #[arg(long, default_value_t = 8)]
+    max_concurrent_ingests_per_subscription: usize,
+    /// How long a request whose body was read waits for a decode slot
+    /// before 429.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    admission_wait: Duration,
+    /// Request body bytes held in memory at once (ingest, metrics push);
+    /// a body that does not fit gets 429.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_inflight_body_bytes: usize,
+    /// The same for one subscription.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_inflight_body_bytes_per_subscription: usize,
+    /// A request body must be complete this long after its headers (408).
+    #[arg(long, value_parser = duration, default_value = "120s")]
+    body_timeout: Duration,
+    /// Time a body may take before --body-min-rate applies.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    body_grace: Duration,
+    /// Slowest accepted upload, bytes per second averaged since the
+    /// headers (408 below it).
+    #[arg(long, default_value_t = 32 << 10)]
+    body_min_rate: u64,
+    /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
+    /// Searches running at once for one subscription; more wait (429
+    /// after --query-timeout).
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the collector's priority (0:
+    /// none): searches get the CPU ingest leaves.
+    #[arg(long, default_value_t = 10)]
+    query_nice: i32,
     #[arg(long, value_parser = duration, default_value = "30s")]
     query_timeout: Duration,
+    /// Matchers in a LogQL stream selector.
+    #[arg(long, default_value_t = 32)]
+    max_query_matchers: usize,
+    /// Stages (line filters, | json, label filters) of a LogQL query.
+    #[arg(long, default_value_t = 64)]
+    max_query_stages: usize,
+    /// Memory of all the regexes of one query (or one /federate request).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_query_regex_bytes: usize,
+    /// Bytes of log lines in one answer; the answer stops there, marked
+    /// "truncated".
+    #[arg(long, default_value_t = 32 << 20)]
+    max_answer_bytes: usize,
+    /// match[] selectors of one /federate request.
+    #[arg(long, default_value_t = 64)]
+    max_federate_selectors: usize,
+    /// Bytes of one /federate answer; past it the request gets 400.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_federate_bytes: usize,
+    /// Connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 2048)]
+    max_connections: usize,
+    /// Connections open at once from one IP address; more are answered
+    /// 429 and closed (raise it behind a reverse proxy).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_peer: usize,
+    /// A request head must arrive completely within this time.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    header_read_timeout: Duration,
+    /// A connection without a request in progress and without traffic is
+    /// closed after this time.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    idle_timeout: Duration,
+    /// A request whose answer is not ready after this time gets 503.
+    #[arg(long, value_parser = duration, default_value = "120s")]
+    request_timeout: Duration,
+    /// Largest request head (431 above it).
+    #[arg(long, default_value_t = 64 << 10)]
+    max_header_bytes: usize,
+    /// Streams with a free-form pipe label per subscription; records that
+    /// would make more are stored without it (overflow="pipe").
+    #[arg(long, default_value_t = 50_000)]
+    max_streams_per_subscription: usize,
+    /// Sources per subscription; batches of a new source beyond it get 429
+    /// (reason source_limit).
+    #[arg(long, default_value_t = 1_000)]
+    max_sources_per_subscription: usize,
+    /// Longest pipe label value; longer ones are stored without it
+    /// (overflow="pipe").
+    #[arg(long, default_value_t = 1024)]
+    max_label_value_bytes: usize,
     /// Time in-flight requests get after SIGINT/SIGTERM.
     #[arg(long, value_parser = duration, default_value = "10s")]
     shutdown_deadline: Duration,
@@ -105,6 +191,23 @@ struct ServeArgs {
     /// Most pushed metric series kept in all.
     #[arg(long, default_value_t = 1_000_000)]
     max_metric_series: usize,
+    /// Memory of one subscription's pushed series (keys + 64 bytes each);
+    /// new series beyond it are refused.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_metric_bytes_per_subscription: usize,
+    /// Memory of all pushed series.
+    #[arg(long, default_value_t = 512 << 20)]
+    max_metric_bytes: usize,
+    /// Labels of one pushed series (__name__ included); a series with more
+    /// is refused.
+    #[arg(long, default_value_t = 40)]
+    max_metric_labels_per_series: usize,
+    /// Longest label name of a pushed series.
+    #[arg(long, default_value_t = 128)]
+    max_metric_label_name_bytes: usize,
+    /// Longest label value of a pushed series.
+    #[arg(long, default_value_t = 2048)]
+    max_metric_label_value_bytes: usize,
     /// Notification receivers, rules and silences to load at start (TOML,
     /// or JSON when the name ends in .json); they replace entries with the
     /// same ids.
@@ -114,6 +217,115 @@ struct ServeArgs {
     /// default http://<listen>.
     #[arg(long)]
     external_url: Option<String>,
+    #[command(flatten)]
+    notifier: NotifierArgs,
+}
+
+fn cidr(s: &str) -> Result<notifier::Cidr, String> {
+    s.parse()
+}
+
+/// Bounds of the notifier (see README, Notifier: limits); the defaults are
+/// `notifier::Limits::default()`.
+#[derive(Debug, Args)]
+struct NotifierArgs {
+    /// Receivers may send to this range although the egress policy denies
+    /// it by default (loopback, private, link-local, ...), e.g.
+    /// 127.0.0.1/32 for a webhook on this host (repeatable). The
+    /// collector's own address stays refused.
+    #[arg(long = "egress-allow", value_parser = cidr)]
+    egress_allow: Vec<notifier::Cidr>,
+    /// Notification rules per subscription.
+    #[arg(long, default_value_t = Limits::default().max_rules_per_subscription)]
+    max_rules_per_subscription: usize,
+    /// Receivers per subscription.
+    #[arg(long, default_value_t = Limits::default().max_receivers_per_subscription)]
+    max_receivers_per_subscription: usize,
+    /// Silences per subscription.
+    #[arg(long, default_value_t = Limits::default().max_silences_per_subscription)]
+    max_silences_per_subscription: usize,
+    /// Matchers of one silence.
+    #[arg(long, default_value_t = Limits::default().max_matchers_per_silence)]
+    max_matchers_per_silence: usize,
+    /// Compiled-regex budget of one rule or silence, bytes (shared by its
+    /// regexes).
+    #[arg(long, default_value_t = Limits::default().max_regex_bytes)]
+    max_regex_bytes: usize,
+    /// Length of one pattern, glob or matcher value, bytes.
+    #[arg(long, default_value_t = Limits::default().max_pattern_bytes)]
+    max_pattern_bytes: usize,
+    /// Longest duration in a rule (repeat_interval, grace, interval,
+    /// limit, for, resolve_after).
+    #[arg(long, value_parser = duration, default_value = "30days")]
+    max_rule_duration: Duration,
+    /// Longest silence, and how far ahead it may start.
+    #[arg(long, value_parser = duration, default_value = "36500days")]
+    max_silence_duration: Duration,
+    /// Evaluation time of one subscription's rules per commit group; its
+    /// records beyond it are not evaluated (counted, logged).
+    #[arg(long, value_parser = duration, default_value = "50ms")]
+    notifier_eval_budget: Duration,
+    /// Average fraction of one core a subscription's rule evaluation may
+    /// use (its budget refills at this rate); beyond it its records wait.
+    #[arg(long, default_value_t = Limits::default().eval_share)]
+    notifier_eval_share: f64,
+    /// Longest gap in a source's event time that is not a silence; a
+    /// source coming back after a longer one gets a fresh grace for its
+    /// pipes' overdue deadlines.
+    #[arg(long, value_parser = duration, default_value = "2m")]
+    notifier_source_gap: Duration,
+    /// Records of one subscription waiting for evaluation once it used up
+    /// its budget; beyond it they are not evaluated (counted).
+    #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
+    max_deferred_records_per_subscription: usize,
+    /// Bytes of a text a pattern_match rule looks at.
+    #[arg(long, default_value_t = Limits::default().max_match_bytes)]
+    max_match_bytes: usize,
+    /// Pipes tracked per subscription for overdue rules.
+    #[arg(long, default_value_t = Limits::default().max_pipes_per_subscription)]
+    max_pipes_per_subscription: usize,
+    /// Active alerts per subscription.
+    #[arg(long, default_value_t = Limits::default().max_alerts_per_subscription)]
+    max_alerts_per_subscription: usize,
+    /// Armed deadlines per subscription (overdue, heartbeat, repeat, ...).
+    #[arg(long, default_value_t = Limits::default().max_timers_per_subscription)]
+    max_timers_per_subscription: usize,
+    /// Value windows and metric series states per subscription.
+    #[arg(long, default_value_t = Limits::default().max_series_per_subscription)]
+    max_series_per_subscription: usize,
+    /// Notifications waiting for delivery per subscription; beyond it a new
+    /// one fails at once ("queue full").
+    #[arg(long, default_value_t = Limits::default().max_pending_per_subscription)]
+    max_pending_notifications_per_subscription: usize,
+    /// Deliveries in flight per subscription.
+    #[arg(long, default_value_t = Limits::default().max_in_flight_per_subscription)]
+    max_deliveries_per_subscription: usize,
+}
+
+impl NotifierArgs {
+    fn apply(self, c: &mut notifier::NotifierConfig) {
+        c.egress.allow = self.egress_allow;
+        let l = &mut c.limits;
+        l.max_rules_per_subscription = self.max_rules_per_subscription;
+        l.max_receivers_per_subscription = self.max_receivers_per_subscription;
+        l.max_silences_per_subscription = self.max_silences_per_subscription;
+        l.max_matchers_per_silence = self.max_matchers_per_silence;
+        l.max_regex_bytes = self.max_regex_bytes;
+        l.max_pattern_bytes = self.max_pattern_bytes;
+        l.max_rule_duration = self.max_rule_duration;
+        l.max_silence_duration = self.max_silence_duration;
+        l.eval_budget = self.notifier_eval_budget;
+        l.eval_share = self.notifier_eval_share;
+        l.source_gap = self.notifier_source_gap;
+        l.max_deferred_per_subscription = self.max_deferred_records_per_subscription;
+        l.max_match_bytes = self.max_match_bytes;
+        l.max_pipes_per_subscription = self.max_pipes_per_subscription;
+        l.max_alerts_per_subscription = self.max_alerts_per_subscription;
+        l.max_timers_per_subscription = self.max_timers_per_subscription;
+        l.max_series_per_subscription = self.max_series_per_subscription;
+        l.max_pending_per_subscription = self.max_pending_notifications_per_subscription;
+        l.max_in_flight_per_subscription = self.max_deliveries_per_subscription;
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +461,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let (Some(data_dir), Some(listen), Some(tokens_path)) = (a.data_dir, a.listen, a.tokens) else {
         bail!("--data-dir, --listen and --tokens are required (or give a subcommand; see --help)");
     };
+    collector::auth::check_private(&tokens_path).context("check tokens file")?;
     let tokens = Tokens::load(&tokens_path).context("load tokens")?;
     if tokens.is_empty() {
         tracing::warn!(path = %tokens_path.display(), "tokens file has no tokens: every request will be refused");
@@ -266,14 +479,64 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_records = a.max_batch_records;
     config.limits.accept_past = a.accept_past;
     config.limits.accept_future = a.accept_future;
-    config.max_concurrent_ingests = a.max_concurrent_ingests;
+    config.limits.max_label_value_bytes = a.max_label_value_bytes;
+    config.admission = collector::AdmissionLimits {
+        max_concurrent_ingests: a.max_concurrent_ingests,
+        max_ingests_per_subscription: a.max_concurrent_ingests_per_subscription,
+        admission_wait: a.admission_wait,
+        max_inflight_body_bytes: a.max_inflight_body_bytes,
+        max_inflight_body_bytes_per_subscription: a.max_inflight_body_bytes_per_subscription,
+        body_timeout: a.body_timeout,
+        body_grace: a.body_grace,
+        body_min_rate: a.body_min_rate,
+    };
+    config.server = collector::ServerLimits {
+        max_connections: a.max_connections,
+        max_connections_per_peer: a.max_connections_per_peer,
+        header_read_timeout: a.header_read_timeout,
+        idle_timeout: a.idle_timeout,
+        request_timeout: a.request_timeout,
+        max_header_bytes: a.max_header_bytes,
+        ..collector::ServerLimits::default()
+    };
+    config.read.query = collector::logs::query::QueryLimits {
+        max_matchers: a.max_query_matchers,
+        max_stages: a.max_query_stages,
+        max_regex_bytes: a.max_query_regex_bytes,
+    };
+    config.read.max_answer_bytes = a.max_answer_bytes;
+    config.read.max_federate_selectors = a.max_federate_selectors;
+    config.read.max_federate_bytes = a.max_federate_bytes;
+    config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
+    config.read.query_nice = a.query_nice;
+    config.store.max_streams_per_subscription = a.max_streams_per_subscription;
+    config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;
     config.query_timeout = a.query_timeout;
     config.shutdown_deadline = a.shutdown_deadline;
     config.metric_limits.max_series_per_subscription = a.max_metric_series_per_subscription;
     config.metric_limits.max_series = a.max_metric_series;
+    config.metric_limits.max_bytes_per_subscription = a.max_metric_bytes_per_subscription;
+    config.metric_limits.max_bytes = a.max_metric_bytes;
+    config.metric_limits.labels = collector::metrics::series::LabelLimits {
+        max_labels: a.max_metric_labels_per_series,
+        max_name_bytes: a.max_metric_label_name_bytes,
+        max_value_bytes: a.max_metric_label_value_bytes,
+    };
+    // Connections and RocksDB's files both need descriptors.
+    match collector::http::serve::raise_fd_limit() {
+        Some(n) if (n as usize) < a.max_connections + 512 => tracing::warn!(
+            open_files = n,
+            max_connections = a.max_connections,
+            "the open-file limit leaves little room beyond --max-connections; raise it (LimitNOFILE=) or lower --max-connections"
+        ),
+        _ => {}
+    }
     config.rules_file = a.rules;
     config.notifier.external_url = a.external_url.unwrap_or_else(|| format!("http://{listen}"));
+    a.notifier.apply(&mut config.notifier);
+    // One bound on a subscription's sources, for the store and the notifier.
+    config.notifier.limits.max_sources_per_subscription = a.max_sources_per_subscription;
 
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -394,7 +657,7 @@ async fn checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
     let (Some(data_dir), Some(dir)) = (a.data_dir, a.checkpoint_dir) else {
         bail!("give --data-dir and --checkpoint-dir (collector stopped), or --url (collector running)");
     };
-    let metrics = collector::metrics::Metrics::default();
+    let metrics = collector::telemetry::Metrics::default();
     let path = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
         let store = collector::Store::open(
             &data_dir,

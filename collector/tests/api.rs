@@ -571,23 +571,36 @@ async fn bad_input_gets_a_clear_4xx_and_accepted_data_is_untouched() {
 }
 
 #[tokio::test]
-async fn saturated_ingest_answers_429_with_retry_after() {
+async fn a_stalled_upload_holds_no_slot_and_a_full_body_budget_answers_429_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let h = Harness::start_with(dir.path(), |c| c.max_concurrent_ingests = 1).await;
-    // Hold the only slot with a request whose body never finishes.
+    let h = Harness::start_with(dir.path(), |c| {
+        c.admission.max_concurrent_ingests = 1;
+        c.admission.max_inflight_body_bytes_per_subscription = 64 << 10;
+    })
+    .await;
+    // An upload of acme that sends almost its whole budget, then stalls.
     let mut slow = tokio::net::TcpStream::connect(h.addr)
         .await
         .expect("connect");
     let head = format!(
-        "POST /api/v1/ingest HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SHIP_ACME}\r\ncontent-type: application/msgpack\r\ncontent-length: 1000\r\n\r\n\x7f"
+        "POST /api/v1/ingest HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SHIP_ACME}\r\ncontent-type: application/msgpack\r\ncontent-length: 200000\r\n\r\n"
     );
     tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
         .await
         .expect("write");
+    tokio::io::AsyncWriteExt::write_all(&mut slow, &vec![0x7fu8; (64 << 10) - 64])
+        .await
+        .expect("write");
+    // The only decode slot is free: another tenant ingests at once.
+    let (accepted, _) = h
+        .ingest_ok(SHIP_BETA, &logs_batch("beta", "b1", 1, 1, now()))
+        .await;
+    assert_eq!(accepted, 1);
+    // acme's own bodies in flight are at their budget: 429, retry later.
     let mut saw_429 = false;
     for _ in 0..100 {
         let r = h
-            .ingest(SHIP_ACME, &logs_batch("acme", "n1", 1, 1, now()))
+            .ingest(SHIP_ACME, &logs_batch("acme", "n1", 1, 3, now()))
             .await;
         if r.status() == 429 {
             let retry = r
@@ -596,21 +609,26 @@ async fn saturated_ingest_answers_429_with_retry_after() {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             assert_eq!(retry.as_deref(), Some("1"));
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["reason"], "body_budget", "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("--max-inflight-body-bytes-per-subscription")),
+                "{body}"
+            );
             saw_429 = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(
-        saw_429,
-        "a second ingest while the slot is held must get 429"
-    );
+    assert!(saw_429, "acme's budget is held by its stalled upload");
     drop(slow);
-    // Once the slot is free, ingest works again.
+    // Once the stalled upload is gone, acme ingests again.
     let mut ok = false;
     for _ in 0..100 {
         let r = h
-            .ingest(SHIP_ACME, &logs_batch("acme", "n1", 1, 1, now()))
+            .ingest(SHIP_ACME, &logs_batch("acme", "n1", 1, 3, now()))
             .await;
         if r.status() == 200 {
             ok = true;

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use collector::metrics_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use collector::{MetricLimits, MetricObserver, MetricSample};
 use common::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

@@ -1,56 +1,10 @@
-//! Prometheus remote-write 1.0 encoding: `prometheus.WriteRequest` as
-//! protobuf, snappy block-compressed.
+//! Prometheus remote-write 1.0 encoding: `prometheus.WriteRequest` (the
+//! messages of `schemas::prom`, shared with the collector) as protobuf,
+//! snappy block-compressed.
 
 use crate::sample::{Kind, Point};
 
-/// `prometheus.WriteRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-    #[prost(message, repeated, tag = "3")]
-    pub metadata: Vec<MetricMetadata>,
-}
-
-/// `prometheus.TimeSeries`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-/// `prometheus.Label`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `prometheus.Sample`.
-#[derive(Clone, Copy, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
-
-/// `prometheus.MetricMetadata`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MetricMetadata {
-    #[prost(int32, tag = "1")]
-    pub r#type: i32,
-    #[prost(string, tag = "2")]
-    pub metric_family_name: String,
-    #[prost(string, tag = "4")]
-    pub help: String,
-    #[prost(string, tag = "5")]
-    pub unit: String,
-}
+pub use schemas::prom::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 
 /// The request for `points`: one time series per point (in order, so a
 /// series' samples stay in time order), labels sorted with `__name__`,
@@ -87,6 +41,7 @@ pub fn request<'a>(points: impl Iterator<Item = &'a Point>) -> WriteRequest {
                 value: p.value,
                 timestamp: p.timestamp_ms,
             }],
+            histograms: Vec::new(),
         });
         if s.kind != Kind::Untyped && !typed.iter().any(|(n, _)| *n == s.name) {
             typed.push((&s.name, s.kind));
@@ -95,7 +50,7 @@ pub fn request<'a>(points: impl Iterator<Item = &'a Point>) -> WriteRequest {
     req.metadata = typed
         .into_iter()
         .map(|(n, k)| MetricMetadata {
-            r#type: if k == Kind::Counter { 1 } else { 2 },
+            r#type: k.to_remote_write(),
             metric_family_name: n.to_string(),
             ..Default::default()
         })

@@ -4,24 +4,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// The Prometheus type of a sample's family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    /// Histogram and summary parts, and families of unknown type.
-    Untyped,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Untyped => "untyped",
-        }
-    }
-}
+/// The Prometheus type of a sample's family (the agent makes counters,
+/// gauges, and untyped for histogram and summary parts and families of
+/// unknown type).
+pub use schemas::prom::MetricType as Kind;
 
 /// One collected sample: name, labels (sorted by name, no `__name__`),
 /// value, and when it was taken.

@@ -9,7 +9,8 @@
 //! ones milliseconds.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+
+use schemas::prom::text as prom_text;
 
 use crate::sample::{Kind, Sample};
 
@@ -293,39 +294,16 @@ pub fn encode(samples: &mut [Sample]) -> String {
     let mut last: Option<&str> = None;
     for s in samples.iter() {
         if last != Some(s.name.as_str()) {
-            let _ = writeln!(out, "# TYPE {} {}", s.name, s.kind.as_str());
+            prom_text::write_type(&mut out, &s.name, s.kind);
             last = Some(s.name.as_str());
         }
-        out.push_str(&s.name);
-        if !s.labels.is_empty() {
-            out.push('{');
-            for (i, (k, v)) in s.labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(k);
-                out.push_str("=\"");
-                for c in v.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '"' => out.push_str("\\\""),
-                        '\n' => out.push_str("\\n"),
-                        c => out.push(c),
-                    }
-                }
-                out.push('"');
-            }
-            out.push('}');
-        }
-        out.push(' ');
-        if s.value.is_nan() {
-            out.push_str("NaN");
-        } else if s.value.is_infinite() {
-            out.push_str(if s.value > 0.0 { "+Inf" } else { "-Inf" });
-        } else {
-            let _ = write!(out, "{}", s.value);
-        }
-        out.push('\n');
+        prom_text::write_sample(
+            &mut out,
+            &s.name,
+            s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            s.value,
+            None,
+        );
     }
     out
 }

@@ -259,6 +259,7 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
                 value: f64::NAN,
                 timestamp: 1,
             }],
+            histograms: Vec::new(),
         }],
         metadata: vec![],
     };

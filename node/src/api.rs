@@ -6,10 +6,12 @@
 //! with a 4xx status; secret values never appear in any answer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,16 +22,50 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ConfigError, ConfigErrors, Schedule};
+use crate::config::{ConfigError, ConfigErrors, ResolvedConfig, Schedule};
+use crate::history::Author;
+use crate::limits::{Limits, DEFAULT_PAGE_ENTITIES, MAX_ID_CHARS, MAX_PUMP_BODY_BYTES};
+use crate::metrics::ReasonLabel;
 use crate::pump::{Pump, StartRefused};
-use crate::state::{blocking, Shared};
+use crate::state::Shared;
+use crate::store::blocking;
 use crate::store::{ReadOptions, StoreError};
+use crate::supervisor::ReconfigureError;
 
-/// An API error: a status and a JSON body naming what was wrong.
+/// An API error: a status and a JSON body naming what was wrong, plus the
+/// reason it is counted under in `sesam_node_api_refused_total`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    reason: &'static str,
+}
+
+/// The refusal reason of an error response, read by [`count_refusals`].
+#[derive(Debug, Clone, Copy)]
+struct Refused(&'static str);
+
+fn default_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "body_too_large",
+        503 => "busy",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// An id echoed in an error, cut short: ids come from the request path.
+fn echo(id: &str) -> String {
+    if id.chars().count() <= 200 {
+        id.to_string()
+    } else {
+        let mut s: String = id.chars().take(200).collect();
+        s.push_str("...");
+        s
+    }
 }
 
 impl ApiError {
@@ -37,14 +73,22 @@ impl ApiError {
         ApiError {
             status,
             body: json!({"error": error.into()}),
+            reason: default_reason(status),
         }
     }
 
     fn field(status: StatusCode, id: &str, field: &str, error: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: json!({"error": error.into(), "_id": id, "field": field}),
+            body: json!({"error": error.into(), "_id": echo(id), "field": field}),
+            reason: default_reason(status),
         }
+    }
+
+    /// Overrides the reason the refusal is counted under.
+    fn reason(mut self, reason: &'static str) -> ApiError {
+        self.reason = reason;
+        self
     }
 
     fn not_found(what: &str, id: &str) -> ApiError {
@@ -52,7 +96,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             id,
             "_id",
-            format!("no {what} with _id {id:?}"),
+            format!("no {what} with _id {:?}", echo(id)),
         )
     }
 }
@@ -82,14 +126,46 @@ impl From<ConfigErrors> for ApiError {
                 "field": first.field,
                 "errors": e.0,
             }),
+            reason: "invalid_config",
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r.extensions_mut().insert(Refused(self.reason));
+        r
     }
+}
+
+/// A request body within `limit` bytes (`flag` names the bound), or a 413
+/// that says so; a body that cannot be read is a 400.
+fn body(b: Result<Bytes, BytesRejection>, limit: usize, flag: &str) -> ApiResult<Bytes> {
+    match b {
+        Ok(b) if b.len() <= limit => Ok(b),
+        Ok(_) => Err(too_large(limit, flag)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(limit, flag)),
+        Err(r) => Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "body",
+            format!("could not read the request body: {}", r.body_text()),
+        )),
+    }
+}
+
+fn too_large(limit: usize, flag: &str) -> ApiError {
+    ApiError::field(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "",
+        "body",
+        format!("the request body is larger than {limit} bytes ({flag})"),
+    )
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -97,31 +173,108 @@ type AppState = State<Arc<Shared>>;
 
 /// The API router.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let l = &shared.limits;
     let protected = Router::new()
         .route("/api/status", get(status))
-        .route("/api/pipes", get(pipes))
-        .route("/api/pipes/{id}", get(pipe))
-        .route("/api/pipes/{id}/config", get(pipe_config))
+        .route(
+            "/api/pipes",
+            get(pipes)
+                .post(pipes_post)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
+        .route("/api/pipes/{id}", get(pipe).delete(pipe_delete))
+        .route(
+            "/api/pipes/{id}/config",
+            get(pipe_config)
+                .put(pipe_config_put)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
         .route("/api/pipes/{id}/log", get(pipe_log))
         .route("/api/pipes/{id}/entities", get(pipe_entities))
-        .route("/api/pipes/{id}/pump", get(pump_get).post(pump_post))
+        .route(
+            "/api/pipes/{id}/pump",
+            get(pump_get)
+                .post(pump_post)
+                .layer(DefaultBodyLimit::max(MAX_PUMP_BODY_BYTES)),
+        )
         .route("/api/datasets", get(datasets))
         .route("/api/datasets/{id}", get(dataset))
         .route("/api/datasets/{id}/entities", get(dataset_entities))
-        .route("/api/config", get(config_get).put(config_put))
+        .route(
+            "/api/config",
+            get(config_get)
+                .put(config_put)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
+        .route("/api/config/history", get(config_history))
+        .route("/api/config/history/{version}", get(config_version))
+        .route(
+            "/api/systems",
+            get(systems)
+                .post(systems_post)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
+        .route("/api/systems/{id}", get(system).delete(system_delete))
+        .route(
+            "/api/systems/{id}/config",
+            get(system_config)
+                .put(system_config_put)
+                .layer(DefaultBodyLimit::max(l.max_config_bytes)),
+        )
         .route(
             "/api/secrets",
-            get(secrets_get).put(secrets_put).post(secrets_post),
+            get(secrets_get)
+                .put(secrets_put)
+                .post(secrets_post)
+                .layer(DefaultBodyLimit::max(l.max_secrets_bytes)),
         )
         .route("/api/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), slots));
     Router::new()
         .route("/api/ping", get(ping))
         .route("/api/health", get(health))
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
-        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(DefaultBodyLimit::max(MAX_PUMP_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_refusals,
+        ))
         .with_state(shared)
+}
+
+/// Counts every refused request by its reason.
+async fn count_refusals(State(s): AppState, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if let Some(Refused(reason)) = r.extensions().get::<Refused>() {
+        s.metrics
+            .api_refused
+            .get_or_create(&ReasonLabel {
+                reason: (*reason).to_string(),
+            })
+            .inc();
+    }
+    r
+}
+
+/// Bounds the requests handled at once; beyond it 503 + `Retry-After`.
+async fn slots(State(s): AppState, req: Request, next: Next) -> Response {
+    match s.request_slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let r = next.run(req).await;
+            drop(permit);
+            r
+        }
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many API requests at once (--max-concurrent-requests {}); retry",
+                s.limits.max_concurrent_requests
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn auth(State(s): AppState, req: Request, next: Next) -> Response {
@@ -137,12 +290,16 @@ async fn auth(State(s): AppState, req: Request, next: Next) -> Response {
     match presented {
         // Comparing digests keeps the comparison constant-time in the token length too.
         Some(d) if bool::from(d.as_slice().ct_eq(&expected)) => next.run(req).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "missing or wrong bearer token"})),
-        )
-            .into_response(),
+        _ => {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "missing or wrong bearer token", "field": "Authorization"})),
+            )
+                .into_response();
+            r.extensions_mut().insert(Refused("unauthorized"));
+            r
+        }
     }
 }
 
@@ -151,17 +308,20 @@ async fn ping() -> Json<Value> {
 }
 
 async fn health(State(s): AppState) -> Response {
-    let body = crate::health::check(&s).await;
-    s.health_wakeup.notify_one();
-    let ok = body.status == schemas::HealthStatus::Ok;
+    let (body, fresh) = crate::health::cached(&s).await;
+    if fresh {
+        s.health_wakeup.notify_one();
+    }
     let mut v = serde_json::to_value(&body).unwrap_or(Value::Null);
-    if !ok {
+    if body.status != schemas::HealthStatus::Ok {
         v["message"] = json!("The sesam-node isn't feeling well.");
     }
-    let code = if ok {
-        StatusCode::OK
-    } else {
+    // 503 only when the node cannot work: a load balancer must not take a
+    // working node out of service because one pipe failed.
+    let code = if body.status == schemas::HealthStatus::Failed {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, Json(v)).into_response()
 }
@@ -192,14 +352,48 @@ fn ts(n: Option<i64>) -> Value {
 }
 
 /// The `runtime` of a pump object.
-fn pump_runtime(p: &Pump) -> serde_json::Map<String, Value> {
+/// Sesam's `config-errors` entries for the warnings of one entity.
+fn config_errors(warnings: &[ConfigError]) -> Value {
+    Value::Array(
+        warnings
+            .iter()
+            .map(|w| json!({"level": "warning", "msg": w.message, "elements": w.field}))
+            .collect(),
+    )
+}
+
+/// Sesam's `validation_errors` of a configuration upload: one entry per
+/// entity with warnings (errors refuse the upload with a 400 instead).
+fn validation_errors(config: &ResolvedConfig) -> Value {
+    let mut by_id: BTreeMap<&str, Vec<ConfigError>> = BTreeMap::new();
+    for w in &config.warnings {
+        by_id.entry(w.entity.as_str()).or_default().push(w.clone());
+    }
+    Value::Array(
+        by_id
+            .into_iter()
+            .map(|(id, ws)| {
+                json!({
+                    "posted-config": {"_id": id},
+                    "is-valid-config": true,
+                    "config-errors": config_errors(&ws),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn pump_runtime(p: &Pump, config: &ResolvedConfig) -> serde_json::Map<String, Value> {
     let st = p.state();
     let c = p.config();
     let mut m = serde_json::Map::new();
     m.insert("is-running".into(), json!(st.is_running));
     m.insert("is-disabled".into(), json!(st.disabled));
     m.insert("is-valid-config".into(), json!(true));
-    m.insert("config-errors".into(), json!([]));
+    m.insert(
+        "config-errors".into(),
+        config_errors(&config.warnings_of(&p.id)),
+    );
     m.insert("last-run".into(), ts(st.last_run));
     m.insert("last-end".into(), ts(st.last_end));
     m.insert(
@@ -229,13 +423,13 @@ fn pump_runtime(p: &Pump) -> serde_json::Map<String, Value> {
     m
 }
 
-fn pump_object(p: &Pump) -> Value {
-    json!({"_id": p.id, "name": p.id, "runtime": pump_runtime(p)})
+fn pump_object(p: &Pump, config: &ResolvedConfig) -> Value {
+    json!({"_id": p.id, "name": p.id, "runtime": pump_runtime(p, config)})
 }
 
-fn pipe_object(p: &Pump) -> Value {
+fn pipe_object(p: &Pump, config: &ResolvedConfig) -> Value {
     let c = p.config();
-    let mut runtime = pump_runtime(p);
+    let mut runtime = pump_runtime(p, config);
     runtime.insert("execution-dataset".into(), json!(c.execution_dataset()));
     runtime.insert("dataset".into(), json!(c.sink_dataset()));
     runtime.insert("monitoring".into(), json!({"enabled": c.monitoring}));
@@ -254,13 +448,16 @@ fn find_pump(s: &Shared, id: &str) -> ApiResult<Arc<Pump>> {
 
 async fn pipes(State(s): AppState) -> Json<Value> {
     Json(Value::Array(
-        s.pumps().iter().map(|p| pipe_object(p)).collect(),
+        s.pumps()
+            .iter()
+            .map(|p| pipe_object(p, &s.config()))
+            .collect(),
     ))
 }
 
 async fn pipe(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let p = find_pump(&s, &id)?;
-    Ok(Json(pipe_object(&p)))
+    Ok(Json(pipe_object(&p, &s.config())))
 }
 
 async fn pipe_config(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -276,12 +473,12 @@ fn bool_param(q: &HashMap<String, String>, name: &str, default: bool) -> ApiResu
             StatusCode::BAD_REQUEST,
             "",
             name,
-            format!("{name} must be true or false, not {v:?}"),
+            format!("{name} must be true or false, not {:?}", echo(&v)),
         )),
     }
 }
 
-fn read_options(q: &HashMap<String, String>) -> ApiResult<ReadOptions> {
+fn read_options(q: &HashMap<String, String>, limits: &Limits) -> ApiResult<ReadOptions> {
     let since = match q.get("since").map(|s| s.trim()) {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
@@ -289,27 +486,43 @@ fn read_options(q: &HashMap<String, String>) -> ApiResult<ReadOptions> {
                 StatusCode::BAD_REQUEST,
                 "",
                 "since",
-                format!("since must be an _updated value (a non-negative integer), not {s:?}"),
+                format!(
+                    "since must be an _updated value (a non-negative integer), not {:?}",
+                    echo(s)
+                ),
             )
         })?),
     };
     let limit = match q.get("limit") {
-        None => 10_000,
+        None => DEFAULT_PAGE_ENTITIES.min(limits.max_page_entities),
         Some(l) => l.trim().parse::<usize>().map_err(|_| {
             ApiError::field(
                 StatusCode::BAD_REQUEST,
                 "",
                 "limit",
-                format!("limit must be a non-negative integer, not {l:?}"),
+                format!("limit must be a non-negative integer, not {:?}", echo(l)),
             )
         })?,
     };
+    if limit > limits.max_page_entities {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "limit",
+            format!(
+                "limit is at most {} (--max-page-entities); page with since",
+                limits.max_page_entities
+            ),
+        )
+        .reason("limit_too_large"));
+    }
     Ok(ReadOptions {
         since,
         limit,
         history: bool_param(q, "history", true)?,
         deleted: bool_param(q, "deleted", true)?,
         reverse: bool_param(q, "reverse", false)?,
+        max_bytes: limits.max_page_bytes,
     })
 }
 
@@ -318,7 +531,7 @@ async fn entities(
     dataset: String,
     q: &HashMap<String, String>,
 ) -> ApiResult<Json<Value>> {
-    let opts = read_options(q)?;
+    let opts = read_options(q, &s.limits)?;
     let store = s.store.clone();
     let list = blocking(move || store.read_entities(&dataset, opts)).await?;
     Ok(Json(Value::Array(list)))
@@ -353,7 +566,7 @@ async fn pipe_entities(
 
 async fn pump_get(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let p = find_pump(&s, &id)?;
-    Ok(Json(pump_object(&p)))
+    Ok(Json(pump_object(&p, &s.config())))
 }
 
 async fn pump_post(
@@ -361,9 +574,10 @@ async fn pump_post(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let p = find_pump(&s, &id)?;
+    let body = body(raw, MAX_PUMP_BODY_BYTES, "64 KiB")?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -417,7 +631,9 @@ async fn pump_post(
         "start" => match p.request_start() {
             Ok(()) => {}
             Err(StartRefused::Running) => {
-                return Ok((StatusCode::CONFLICT, Json(pump_object(&p))).into_response());
+                return Ok(
+                    (StatusCode::CONFLICT, Json(pump_object(&p, &s.config()))).into_response(),
+                );
             }
             Err(StartRefused::Off) => {
                 return Err(ApiError::field(StatusCode::CONFLICT, &id, "pump.mode", "the pump's mode is \"off\"; it cannot be started"));
@@ -426,18 +642,18 @@ async fn pump_post(
         "stop" => {
             p.stop();
         }
-        "enable" => crate::pump::set_enabled(&s, &p, true).await?,
-        "disable" => crate::pump::set_enabled(&s, &p, false).await?,
+        "enable" => s.supervisor.set_enabled(&p, true).await?,
+        "disable" => s.supervisor.set_enabled(&p, false).await?,
         other => {
             return Err(ApiError::field(
                 StatusCode::BAD_REQUEST,
                 &id,
                 "operation",
-                format!("The pump doesn't support the operation {other:?}; supported: start, stop, enable, disable"),
+                format!("The pump doesn't support the operation {:?}; supported: start, stop, enable, disable", echo(other)),
             ))
         }
     }
-    Ok(Json(pump_object(&p)).into_response())
+    Ok(Json(pump_object(&p, &s.config())).into_response())
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body; `None` if malformed.
@@ -529,16 +745,410 @@ async fn config_get(State(s): AppState) -> Json<Value> {
     Json(Value::Array(s.config().entities.clone()))
 }
 
-async fn config_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let config = crate::config::parse(&body)?;
-    let hash = config.hash.clone();
-    crate::node::apply_config(&s, config).await;
-    Ok(Json(
-        json!({"status": "ok", "hash": hash, "pipes": s.pumps().len()}),
+/// The author of an API change.
+fn author(operation: String, addr: SocketAddr) -> Author {
+    Author::api(operation, Some(addr.to_string()))
+}
+
+fn reconfigure_error(e: ReconfigureError<ApiError>) -> ApiError {
+    match e {
+        ReconfigureError::Edit(e) => e,
+        ReconfigureError::Invalid(errors) => errors.into(),
+        ReconfigureError::TooManyEntities { count, limit } => ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "",
+            format!(
+                "the configuration has {count} entities; at most {limit} are accepted (--max-config-entities)"
+            ),
+        )
+        .reason("too_many_entities"),
+        ReconfigureError::Store(e) => e.into(),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "",
+            "",
+            format!("the configuration is not valid JSON: {e}"),
+        )
+        .reason("invalid_config")
+    })
+}
+
+async fn config_put(
+    State(s): AppState,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_config_bytes, "--max-config-bytes")?;
+    let value = parse_json(&bytes)?;
+    let Value::Array(entities) = value else {
+        // The config module's message: a single object is not a whole config.
+        return Err(crate::config::from_value(value).err().map_or_else(
+            || ApiError::new(StatusCode::BAD_REQUEST, "invalid configuration"),
+            ApiError::from,
+        ));
+    };
+    let r = s
+        .supervisor
+        .reconfigure(author("PUT /api/config".into(), addr), |_| {
+            Ok::<_, ApiError>(entities)
+        })
+        .await
+        .map_err(reconfigure_error)?;
+    Ok(Json(json!({
+        "status": "ok",
+        "hash": r.config.hash,
+        "version": r.version,
+        "changed": r.changed,
+        "pipes": r.config.pipes.len(),
+        "validation_errors": validation_errors(&r.config),
+    })))
+}
+
+async fn config_history(State(s): AppState) -> ApiResult<Json<Value>> {
+    let store = s.store.clone();
+    let versions = blocking(move || store.config_versions()).await?;
+    let current = s.supervisor.version();
+    Ok(Json(Value::Array(
+        versions.iter().map(|v| v.summary(current)).collect(),
+    )))
+}
+
+async fn config_version(State(s): AppState, Path(version): Path<String>) -> ApiResult<Json<Value>> {
+    let n: u64 = version.parse().map_err(|_| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            &version,
+            "version",
+            "a configuration version is a positive integer",
+        )
+    })?;
+    let store = s.store.clone();
+    let v = blocking(move || store.config_version(n))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "configuration version (it may have left the history)",
+                &version,
+            )
+        })?;
+    let mut out = v.summary(s.supervisor.version());
+    out["config"] = Value::Array(v.entities().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored configuration version {n} does not decode: {e}"),
+        )
+    })?);
+    Ok(Json(out))
+}
+
+/// The kinds of entities with their own endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pipe,
+    System,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Pipe => "pipe",
+            Kind::System => "system",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Pipe => "pipes",
+            Kind::System => "systems",
+        }
+    }
+
+    fn is(self, entity: &Value) -> bool {
+        let t = entity.get("type").and_then(Value::as_str).unwrap_or("");
+        match self {
+            Kind::Pipe => t == "pipe",
+            Kind::System => t.starts_with("system:"),
+        }
+    }
+}
+
+fn entity_id(e: &Value) -> Option<&str> {
+    e.get("_id").and_then(Value::as_str)
+}
+
+/// Checks an uploaded pipe or system entity (`_id` and `type`), filling in
+/// `_id` from the path and `type` for pipes.
+fn uploaded(kind: Kind, mut e: Value, path_id: Option<&str>) -> ApiResult<Value> {
+    let Value::Object(m) = &mut e else {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            path_id.unwrap_or(""),
+            "",
+            format!("a {} must be a JSON object", kind.name()),
+        )
+        .reason("invalid_config"));
+    };
+    match (path_id, m.get("_id")) {
+        (Some(id), None) => {
+            m.insert("_id".into(), Value::String(id.to_string()));
+        }
+        (Some(id), Some(v)) if v.as_str() != Some(id) => {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                id,
+                "_id",
+                format!(
+                    "the _id in the body differs from the {} in the path",
+                    kind.name()
+                ),
+            )
+            .reason("invalid_config"));
+        }
+        _ => {}
+    }
+    if kind == Kind::Pipe && !m.contains_key("type") {
+        m.insert("type".into(), Value::String("pipe".into()));
+    }
+    if !kind.is(&e) {
+        let id = entity_id(&e).unwrap_or("").to_string();
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            &id,
+            "type",
+            format!(
+                "only {} entities can be uploaded to /api/{}",
+                kind.name(),
+                kind.path()
+            ),
+        )
+        .reason("invalid_config"));
+    }
+    Ok(e)
+}
+
+async fn entity_post(
+    s: Arc<Shared>,
+    kind: Kind,
+    addr: SocketAddr,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let bytes = body(raw, s.limits.max_config_bytes, "--max-config-bytes")?;
+    let list = match parse_json(&bytes)? {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    let list = list
+        .into_iter()
+        .map(|e| uploaded(kind, e, None))
+        .collect::<ApiResult<Vec<Value>>>()?;
+    let ids: Vec<String> = list
+        .iter()
+        .filter_map(entity_id)
+        .map(str::to_string)
+        .collect();
+    let r = s
+        .supervisor
+        .reconfigure(
+        author(format!("POST /api/{}", kind.path()), addr),
+        |current| {
+            for id in &ids {
+                if current.iter().any(|e| entity_id(e) == Some(id)) {
+                    return Err(ApiError::field(
+                        StatusCode::CONFLICT,
+                        id,
+                        "_id",
+                        format!("an entity with _id {:?} exists; replace it with PUT /api/{}/{{id}}/config", echo(id), kind.path()),
+                    ));
+                }
+            }
+            let mut next = current.to_vec();
+            next.extend(list);
+            Ok(next)
+        },
+    )
+    .await
+    .map_err(reconfigure_error)?;
+    let objects: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| object_of(&s, kind, id, &r.config))
+        .collect();
+    Ok((StatusCode::CREATED, Json(Value::Array(objects))).into_response())
+}
+
+async fn entity_put(
+    s: Arc<Shared>,
+    kind: Kind,
+    id: String,
+    addr: SocketAddr,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_config_bytes, "--max-config-bytes")?;
+    let entity = uploaded(kind, parse_json(&bytes)?, Some(&id))?;
+    let r = s
+        .supervisor
+        .reconfigure(
+            author(
+                format!("PUT /api/{}/{}/config", kind.path(), echo(&id)),
+                addr,
+            ),
+            |current| {
+                let mut next = current.to_vec();
+                let Some(slot) = next
+                    .iter_mut()
+                    .find(|e| entity_id(e) == Some(&id) && kind.is(e))
+                else {
+                    return Err(ApiError::not_found(kind.name(), &id));
+                };
+                *slot = entity;
+                Ok(next)
+            },
+        )
+        .await
+        .map_err(reconfigure_error)?;
+    object_of(&s, kind, &id, &r.config)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(kind.name(), &id))
+}
+
+async fn entity_delete(
+    s: Arc<Shared>,
+    kind: Kind,
+    id: String,
+    addr: SocketAddr,
+) -> ApiResult<Json<Value>> {
+    let before = object_of(&s, kind, &id, &s.config());
+    s.supervisor
+        .reconfigure(
+            author(format!("DELETE /api/{}/{}", kind.path(), echo(&id)), addr),
+            |current| {
+                let next: Vec<Value> = current
+                    .iter()
+                    .filter(|e| !(entity_id(e) == Some(&id) && kind.is(e)))
+                    .cloned()
+                    .collect();
+                if next.len() == current.len() {
+                    return Err(ApiError::not_found(kind.name(), &id));
+                }
+                Ok(next)
+            },
+        )
+        .await
+        .map_err(reconfigure_error)?;
+    Ok(Json(before.unwrap_or_else(|| json!({"_id": id}))))
+}
+
+/// The API object of a pipe or system of `config`.
+fn object_of(s: &Shared, kind: Kind, id: &str, config: &ResolvedConfig) -> Option<Value> {
+    match kind {
+        Kind::Pipe => s.pump(id).map(|p| pipe_object(&p, config)),
+        Kind::System => system_object(id, config),
+    }
+}
+
+fn system_object(id: &str, config: &ResolvedConfig) -> Option<Value> {
+    let original = config
+        .entities
+        .iter()
+        .find(|e| entity_id(e) == Some(id) && Kind::System.is(e))?
+        .clone();
+    let effective = config
+        .systems
+        .get(id)
+        .and_then(|sys| serde_json::to_value(sys.as_ref()).ok())
+        .unwrap_or(Value::Null);
+    Some(json!({
+        "_id": id,
+        "name": original.get("name").cloned().unwrap_or_else(|| json!(id)),
+        "type": original.get("type").cloned().unwrap_or(Value::Null),
+        "config": {"original": original, "effective": effective},
+        "runtime": {
+            "is-valid-config": true,
+            "config-errors": config_errors(&config.warnings_of(id)),
+        },
+    }))
+}
+
+async fn pipes_post(
+    State(s): AppState,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    entity_post(s, Kind::Pipe, addr, raw).await
+}
+
+async fn pipe_config_put(
+    State(s): AppState,
+    Path(id): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    entity_put(s, Kind::Pipe, id, addr, raw).await
+}
+
+async fn pipe_delete(
+    State(s): AppState,
+    Path(id): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> ApiResult<Json<Value>> {
+    entity_delete(s, Kind::Pipe, id, addr).await
+}
+
+async fn systems(State(s): AppState) -> Json<Value> {
+    let config = s.config();
+    Json(Value::Array(
+        config
+            .entities
+            .iter()
+            .filter(|e| Kind::System.is(e))
+            .filter_map(entity_id)
+            .filter_map(|id| system_object(id, &config))
+            .collect(),
     ))
 }
 
-fn parse_secrets(body: &[u8]) -> ApiResult<BTreeMap<String, String>> {
+async fn system(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    system_object(&id, &s.config())
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("system", &id))
+}
+
+async fn system_config(State(s): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let o = system_object(&id, &s.config()).ok_or_else(|| ApiError::not_found("system", &id))?;
+    Ok(Json(o["config"]["original"].clone()))
+}
+
+async fn systems_post(
+    State(s): AppState,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    entity_post(s, Kind::System, addr, raw).await
+}
+
+async fn system_config_put(
+    State(s): AppState,
+    Path(id): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    entity_put(s, Kind::System, id, addr, raw).await
+}
+
+async fn system_delete(
+    State(s): AppState,
+    Path(id): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> ApiResult<Json<Value>> {
+    entity_delete(s, Kind::System, id, addr).await
+}
+
+fn parse_secrets(body: &[u8], limits: &Limits) -> ApiResult<BTreeMap<String, String>> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         // The error names a position, never the (possibly secret) content.
         ApiError::field(
@@ -559,8 +1169,19 @@ fn parse_secrets(body: &[u8]) -> ApiResult<BTreeMap<String, String>> {
             "the body must be a JSON object of secret names to string values",
         ));
     };
+    if m.len() > limits.max_secrets {
+        return Err(too_many_secrets(m.len(), limits));
+    }
     let mut out = BTreeMap::new();
     for (k, v) in m {
+        if k.chars().count() > MAX_ID_CHARS {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                &k,
+                "",
+                format!("a secret name is at most {MAX_ID_CHARS} characters"),
+            ));
+        }
         if k.is_empty()
             || !k
                 .chars()
@@ -605,8 +1226,25 @@ impl ClassifyMessage for serde_json::Error {
     }
 }
 
-async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let secrets = parse_secrets(&body)?;
+fn too_many_secrets(n: usize, limits: &Limits) -> ApiError {
+    ApiError::field(
+        StatusCode::BAD_REQUEST,
+        "",
+        "",
+        format!(
+            "{n} secrets; at most {} are stored (--max-secrets)",
+            limits.max_secrets
+        ),
+    )
+    .reason("too_many_secrets")
+}
+
+async fn secrets_put(
+    State(s): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_secrets_bytes, "--max-secrets-bytes")?;
+    let secrets = parse_secrets(&bytes, &s.limits)?;
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
     blocking(move || store.replace_secrets(&secrets)).await?;
@@ -615,11 +1253,28 @@ async fn secrets_put(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> 
     Ok(Json(json!(names)))
 }
 
-async fn secrets_post(State(s): AppState, body: Bytes) -> ApiResult<Json<Value>> {
-    let secrets = parse_secrets(&body)?;
+async fn secrets_post(
+    State(s): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let bytes = body(raw, s.limits.max_secrets_bytes, "--max-secrets-bytes")?;
+    let secrets = parse_secrets(&bytes, &s.limits)?;
     let names: Vec<String> = secrets.keys().cloned().collect();
     let store = s.store.clone();
-    blocking(move || store.merge_secrets(&secrets)).await?;
+    let max = s.limits.max_secrets;
+    let merged = blocking(move || -> Result<Result<(), usize>, StoreError> {
+        let existing = store.secret_names()?;
+        let total = existing.len() + secrets.keys().filter(|k| !existing.contains(*k)).count();
+        if total > max {
+            return Ok(Err(total));
+        }
+        store.merge_secrets(&secrets)?;
+        Ok(Ok(()))
+    })
+    .await?;
+    if let Err(total) = merged {
+        return Err(too_many_secrets(total, &s.limits));
+    }
     s.refresh_redaction_secrets().await;
     tracing::info!(count = names.len(), "secrets updated");
     Ok(Json(json!(names)))

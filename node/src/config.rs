@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::dtl::Dtl;
+use crate::limits::{MAX_BATCH_SIZE, MAX_HEADERS, MAX_ID_CHARS, MAX_URL_CHARS};
 
 /// One problem of a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -154,6 +155,12 @@ pub struct PipeConfig {
     pub transforms: Vec<Dtl>,
     pub sink: SinkConfig,
     pub schedule: Schedule,
+    /// The `system:url` of its `json` source, resolved: a pipe carries
+    /// what it needs to run, and a change of its system is a change of the
+    /// pipe.
+    pub source_system: Option<Arc<UrlSystem>>,
+    /// The `system:url` of its `json` sink, resolved.
+    pub sink_system: Option<Arc<UrlSystem>>,
     /// Whether the pipe's execution events go to the outbox.
     pub monitoring: bool,
     /// The entity as written by the operator.
@@ -232,6 +239,20 @@ pub struct ResolvedConfig {
     pub monitoring_default: bool,
     pub pipes: BTreeMap<String, Arc<PipeConfig>>,
     pub systems: BTreeMap<String, Arc<UrlSystem>>,
+    /// Problems that do not stop the configuration from running (unknown
+    /// properties, which are ignored), by entity.
+    pub warnings: Vec<ConfigError>,
+}
+
+impl ResolvedConfig {
+    /// The warnings of one entity.
+    pub fn warnings_of(&self, id: &str) -> Vec<ConfigError> {
+        self.warnings
+            .iter()
+            .filter(|w| w.entity == id)
+            .cloned()
+            .collect()
+    }
 }
 
 impl ResolvedConfig {
@@ -333,9 +354,102 @@ fn sub<T: serde::de::DeserializeOwned>(id: &str, field: &str, v: &Value) -> Resu
     })
 }
 
+/// The properties a part of the configuration knows, by where it is.
+fn known_keys(part: &str, kind: Option<&str>) -> &'static [&'static str] {
+    match (part, kind) {
+        ("source", Some("embedded")) => &["type", "entities"],
+        ("source", Some("dataset")) => &["type", "dataset"],
+        ("source", Some("json")) => &["type", "system", "url"],
+        ("sink", Some("dataset")) => &["type", "dataset"],
+        ("sink", Some("json")) => &["type", "system", "url", "batch_size"],
+        ("pump", _) => &["schedule_interval", "cron_expr", "mode"],
+        ("monitoring", _) => &["enabled"],
+        ("transform", _) => &["type", "rules", "name", "description", "comment"],
+        ("system:url", _) => &[
+            "_id",
+            "type",
+            "base_url",
+            "url_pattern",
+            "headers",
+            "timeout",
+            "name",
+            "description",
+            "comment",
+        ],
+        ("metadata", _) => &[
+            "_id",
+            "type",
+            "name",
+            "description",
+            "comment",
+            "monitoring",
+        ],
+        ("pipe", _) => &[
+            "_id",
+            "type",
+            "name",
+            "description",
+            "comment",
+            "source",
+            "transform",
+            "sink",
+            "pump",
+            "monitoring",
+        ],
+        // Unknown source/sink types are errors of their own (`type`).
+        _ => &[],
+    }
+}
+
+/// `v` without the properties `part` does not know; each one dropped is a
+/// warning (Sesam accepts unknown properties with a warning in the pipe's
+/// `config-errors`, so that a typo never takes a node down). `prefix` is
+/// the field path of `v` (`source`, `pump`, or empty for an entity).
+fn lenient(
+    id: &str,
+    part: &str,
+    prefix: &str,
+    v: &Value,
+    warnings: &mut Vec<ConfigError>,
+) -> Value {
+    let Value::Object(obj) = v else {
+        return v.clone();
+    };
+    let kind = obj.get("type").and_then(Value::as_str);
+    let known = known_keys(part, kind);
+    if known.is_empty() {
+        return v.clone();
+    }
+    let mut kept = Map::new();
+    for (k, val) in obj {
+        if known.contains(&k.as_str()) {
+            kept.insert(k.clone(), val.clone());
+        } else {
+            let field = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            warnings.push(err(
+                id,
+                field,
+                format!(
+                    "unknown property `{k}` in {}; it is ignored",
+                    match kind {
+                        Some(t) if part == "source" || part == "sink" => format!("a {t} {part}"),
+                        _ => format!("a {part}"),
+                    }
+                ),
+            ));
+        }
+    }
+    Value::Object(kept)
+}
+
 /// Validates `entities` into a [`ResolvedConfig`], or every problem found.
 pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut ids = BTreeSet::new();
     let mut monitoring_default = false;
     let mut systems = BTreeMap::new();
@@ -347,6 +461,14 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
             continue;
         };
         let id = match obj.get("_id") {
+            Some(Value::String(s)) if s.chars().count() > MAX_ID_CHARS => {
+                errors.push(err(
+                    &format!("#{i}"),
+                    "_id",
+                    format!("an _id is at most {MAX_ID_CHARS} characters"),
+                ));
+                continue;
+            }
             Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => s.clone(),
             _ => {
                 errors.push(err(
@@ -363,7 +485,11 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
         }
         match obj.get("type").and_then(Value::as_str) {
             Some("pipe") => pipe_entities.push((id, obj)),
-            Some("system:url") => match sub::<UrlSystem>(&id, "", e) {
+            Some("system:url") => match sub::<UrlSystem>(
+                &id,
+                "",
+                &lenient(&id, "system:url", "", e, &mut warnings),
+            ) {
                 Ok(sys) => {
                     let mut ok = true;
                     if sys.base_url.is_none() == sys.url_pattern.is_none() {
@@ -387,6 +513,26 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
                             ok = false;
                         }
                     }
+                    if sys.headers.len() > MAX_HEADERS {
+                        errors.push(err(&id, "headers", format!("a system has at most {MAX_HEADERS} headers, not {}", sys.headers.len())));
+                        ok = false;
+                    }
+                    for k in sys.headers.keys() {
+                        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                            errors.push(err(&id, format!("headers.{k}"), format!("{k:?} is not a valid HTTP header name")));
+                            ok = false;
+                        }
+                    }
+                    for (field, u) in [("base_url", &sys.base_url), ("url_pattern", &sys.url_pattern)] {
+                        let Some(u) = u else { continue };
+                        if u.chars().count() > MAX_URL_CHARS {
+                            errors.push(err(&id, field, format!("{field} is longer than {MAX_URL_CHARS} characters")));
+                            ok = false;
+                        } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            errors.push(err(&id, field, format!("{field} must start with http:// or https://")));
+                            ok = false;
+                        }
+                    }
                     if let Some(t) = sys.timeout {
                         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
                             errors.push(err(&id, "timeout", "timeout must be between 0 and 3600 seconds"));
@@ -400,14 +546,12 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
                 Err(e) => errors.push(fix_root_field(e)),
             },
             Some("metadata") => {
-                for (k, v) in obj {
-                    match k.as_str() {
-                        "_id" | "type" | "name" | "description" | "comment" => {}
-                        "monitoring" => match sub::<MonitoringConfig>(&id, "monitoring", v) {
-                            Ok(m) => monitoring_default = m.enabled.unwrap_or(false),
-                            Err(e) => errors.push(e),
-                        },
-                        other => errors.push(err(&id, other, format!("unknown field `{other}` in metadata"))),
+                let known = lenient(&id, "metadata", "", e, &mut warnings);
+                if let Some(v) = known.get("monitoring") {
+                    let v = lenient(&id, "monitoring", "monitoring", v, &mut warnings);
+                    match sub::<MonitoringConfig>(&id, "monitoring", &v) {
+                        Ok(m) => monitoring_default = m.enabled.unwrap_or(false),
+                        Err(e) => errors.push(e),
                     }
                 }
             }
@@ -422,7 +566,7 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
 
     let mut pipes = BTreeMap::new();
     for (id, obj) in pipe_entities {
-        match resolve_pipe(&id, obj, &systems, monitoring_default) {
+        match resolve_pipe(&id, obj, &systems, monitoring_default, &mut warnings) {
             Ok(p) => {
                 pipes.insert(id, Arc::new(p));
             }
@@ -441,6 +585,7 @@ pub fn resolve(entities: Vec<Value>) -> Result<ResolvedConfig, ConfigErrors> {
         monitoring_default,
         pipes,
         systems,
+        warnings,
     })
 }
 
@@ -453,28 +598,15 @@ fn fix_root_field(mut e: ConfigError) -> ConfigError {
 
 fn resolve_pipe(
     id: &str,
-    obj: &Map<String, Value>,
+    raw: &Map<String, Value>,
     systems: &BTreeMap<String, Arc<UrlSystem>>,
     monitoring_default: bool,
+    warnings: &mut Vec<ConfigError>,
 ) -> Result<PipeConfig, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "_id"
-                | "type"
-                | "name"
-                | "description"
-                | "comment"
-                | "source"
-                | "transform"
-                | "sink"
-                | "pump"
-                | "monitoring"
-        ) {
-            errors.push(err(id, k.clone(), format!("unknown field `{k}` in a pipe")));
-        }
-    }
+    let known = lenient(id, "pipe", "", &Value::Object(raw.clone()), warnings);
+    let obj = known.as_object().cloned().unwrap_or_default();
+    let obj = &obj;
     if id.starts_with("system:") {
         errors.push(err(id, "_id", "a pipe _id must not start with \"system:\""));
     }
@@ -483,13 +615,15 @@ fn resolve_pipe(
             errors.push(err(id, "source", "a pipe needs a source"));
             None
         }
-        Some(v) => match sub::<SourceConfig>(id, "source", v) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(e);
-                None
+        Some(v) => {
+            match sub::<SourceConfig>(id, "source", &lenient(id, "source", "source", v, warnings)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
             }
-        },
+        }
     };
     match &source {
         Some(SourceConfig::Embedded { entities }) => {
@@ -510,11 +644,15 @@ fn resolve_pipe(
                 format!("no system:url with _id {system:?}"),
             ));
         }
-        Some(SourceConfig::Dataset { dataset }) if dataset.is_empty() || dataset.contains('\0') => {
+        Some(SourceConfig::Dataset { dataset })
+            if dataset.is_empty()
+                || dataset.contains('\0')
+                || dataset.chars().count() > MAX_ID_CHARS =>
+        {
             errors.push(err(
                 id,
                 "source.dataset",
-                "a dataset name must be non-empty",
+                format!("a dataset name must be non-empty and at most {MAX_ID_CHARS} characters"),
             ));
         }
         _ => {}
@@ -530,6 +668,7 @@ fn resolve_pipe(
         Some(t) => vec![("transform".to_string(), t)],
     };
     for (field, t) in transform_values {
+        let t = &lenient(id, "transform", &field, t, warnings);
         match Dtl::compile(t) {
             Ok(d) => transforms.push(d),
             Err(e) => errors.push(err(
@@ -545,7 +684,7 @@ fn resolve_pipe(
     }
     let sink = match obj.get("sink") {
         None => Some(SinkConfig::Dataset { dataset: None }),
-        Some(v) => match sub::<SinkConfig>(id, "sink", v) {
+        Some(v) => match sub::<SinkConfig>(id, "sink", &lenient(id, "sink", "sink", v, warnings)) {
             Ok(s) => Some(s),
             Err(e) => {
                 errors.push(e);
@@ -554,6 +693,13 @@ fn resolve_pipe(
         },
     };
     match &sink {
+        Some(SinkConfig::Json { batch_size, .. }) if batch_size.get() > MAX_BATCH_SIZE => {
+            errors.push(err(
+                id,
+                "sink.batch_size",
+                format!("batch_size is at most {MAX_BATCH_SIZE}"),
+            ));
+        }
         Some(SinkConfig::Json { system, .. }) if !systems.contains_key(system) => {
             errors.push(err(
                 id,
@@ -562,19 +708,22 @@ fn resolve_pipe(
             ));
         }
         Some(SinkConfig::Dataset { dataset: Some(d) })
-            if d.is_empty() || d.starts_with("system:") || d.contains('\0') =>
+            if d.is_empty()
+                || d.starts_with("system:")
+                || d.contains('\0')
+                || d.chars().count() > MAX_ID_CHARS =>
         {
             errors.push(err(
                 id,
                 "sink.dataset",
-                "a sink dataset name must be non-empty and not start with \"system:\"",
+                format!("a sink dataset name must be non-empty, at most {MAX_ID_CHARS} characters and not start with \"system:\""),
             ));
         }
         _ => {}
     }
     let pump: PumpConfig = match obj.get("pump") {
         None => PumpConfig::default(),
-        Some(v) => sub(id, "pump", v).unwrap_or_else(|e| {
+        Some(v) => sub(id, "pump", &lenient(id, "pump", "pump", v, warnings)).unwrap_or_else(|e| {
             errors.push(e);
             PumpConfig::default()
         }),
@@ -613,7 +762,12 @@ fn resolve_pipe(
     };
     let monitoring: MonitoringConfig = match obj.get("monitoring") {
         None => MonitoringConfig::default(),
-        Some(v) => sub(id, "monitoring", v).unwrap_or_else(|e| {
+        Some(v) => sub(
+            id,
+            "monitoring",
+            &lenient(id, "monitoring", "monitoring", v, warnings),
+        )
+        .unwrap_or_else(|e| {
             errors.push(e);
             MonitoringConfig::default()
         }),
@@ -625,6 +779,14 @@ fn resolve_pipe(
         return Err(vec![err(id, "source", "invalid pipe")]);
     };
     let monitoring_on = monitoring.enabled.unwrap_or(monitoring_default);
+    let source_system = match &source {
+        SourceConfig::Json { system, .. } => systems.get(system).cloned(),
+        _ => None,
+    };
+    let sink_system = match &sink {
+        SinkConfig::Json { system, .. } => systems.get(system).cloned(),
+        _ => None,
+    };
     let mut effective = obj.clone();
     effective.insert(
         "sink".into(),
@@ -657,8 +819,10 @@ fn resolve_pipe(
         transforms,
         sink,
         schedule,
+        source_system,
+        sink_system,
         monitoring: monitoring_on,
-        original: Value::Object(obj.clone()),
+        original: Value::Object(raw.clone()),
         effective: Value::Object(effective),
     })
 }
@@ -708,11 +872,48 @@ mod tests {
         assert!(has("p1", "source.type"), "{es:#?}");
         assert!(has("p2", "sink.system"), "{es:#?}");
         assert!(has("p3", "transform.rules.default[0][2]"), "{es:#?}");
-        assert!(has("p4", "source.extra"), "{es:#?}");
+        // An unknown property is a warning, not an error (see below).
+        assert!(!has("p4", "source.extra"), "{es:#?}");
         assert!(has("p4", "pump.cron_expr"), "{es:#?}");
         assert!(has("s", "headers.A"), "{es:#?}");
         assert!(has("w", "type"), "{es:#?}");
         assert!(has("p1", "_id"), "{es:#?}");
+    }
+
+    #[test]
+    fn unknown_properties_are_warnings_and_ignored() {
+        let c = from_value(json!([
+            {"_id": "node", "type": "metadata", "colour": "blue", "monitoring": {"enabled": true, "level": 3}},
+            {"_id": "s", "type": "system:url", "base_url": "http://x", "verify_ssl": false},
+            {"_id": "p", "type": "pipe", "sorce": 1,
+             "source": {"type": "embedded", "entities": [], "extra": 1},
+             "transform": {"type": "dtl", "rules": {"default": [["copy", "*"]]}, "note": "x"},
+             "sink": {"type": "json", "system": "s", "batch_sise": 5},
+             "pump": {"schedul_interval": 5, "mode": "manual"}},
+        ]))
+        .unwrap();
+        let fields =
+            |id: &str| -> Vec<String> { c.warnings_of(id).into_iter().map(|w| w.field).collect() };
+        assert_eq!(fields("node"), vec!["colour", "monitoring.level"]);
+        assert_eq!(fields("s"), vec!["verify_ssl"]);
+        assert_eq!(
+            fields("p"),
+            vec![
+                "sorce",
+                "source.extra",
+                "transform.note",
+                "sink.batch_sise",
+                "pump.schedul_interval"
+            ]
+        );
+        assert!(c.warnings_of("p")[0].message.contains("`sorce`"));
+        let p = &c.pipes["p"];
+        // The original keeps what the operator wrote; the effective config
+        // is what runs.
+        assert_eq!(p.original["sorce"], json!(1));
+        assert!(p.effective.get("sorce").is_none());
+        assert!(matches!(p.schedule, Schedule::Manual));
+        assert!(c.monitoring_default);
     }
 
     #[test]

@@ -305,29 +305,30 @@ fn compile_expr(v: &Value, path: &str) -> Result<Expr, CompileError> {
     }
 }
 
+/// `*` wildcard matching in O(pattern x text) time: the classic greedy
+/// match that backtracks only to the last `*`, so a hostile pattern such as
+/// `a*a*a*a*b` cannot make a run exponential.
 fn glob(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, rest)) => {
-            let Some(mut tail) = s.strip_prefix(head) else {
-                return false;
-            };
-            if rest.is_empty() {
-                return true;
-            }
-            // Try every split point for the remaining pattern.
-            loop {
-                if glob(rest, tail) {
-                    return true;
-                }
-                let mut chars = tail.chars();
-                if chars.next().is_none() {
-                    return false;
-                }
-                tail = chars.as_str();
-            }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = s.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
         }
     }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 fn truthy(v: &Value) -> bool {
@@ -501,5 +502,17 @@ mod tests {
         assert!(glob("a*c", "abbbc"));
         assert!(!glob("a*c", "abd"));
         assert!(!glob("name", "names"));
+        assert!(glob("", ""));
+        assert!(!glob("", "a"));
+        assert!(glob("**", ""));
+        assert!(glob("a*b*c", "a-b-b-c"));
+        assert!(!glob("a*b*c", "a-b-b-d"));
+        assert!(glob("æ*ø", "æbcø"));
+        // Regression: the recursive matcher took exponential time on this.
+        let hostile = format!("{}b", "a*".repeat(40));
+        let text = "a".repeat(10_000);
+        let started = std::time::Instant::now();
+        assert!(!glob(&hostile, &text));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

@@ -1,16 +1,25 @@
-//! Health checks: storage writable, outbox not full, pipes not in error.
+//! Health checks: storage writable, outbox accepting, pipes not in error.
+//!
+//! Statuses mean what a load balancer needs: `failed` only when the node
+//! cannot work (its storage is not writable, or the outbox is full or
+//! refuses appends), `degraded` when it works but something needs a look
+//! (a pipe's last run failed, the outbox is 90% full). `GET /api/health`
+//! answers 503 only for `failed`; `degraded` is 200 with the status in the
+//! body, so one pipe's data error never takes a working node out of service.
 //!
 //! The health task runs a check round every interval (default 30 s) and
 //! whenever something may have changed it (a pump run ended, the config
 //! changed); it emits a `health` record on every interval round and on every
-//! status change. `GET /api/health` runs a fresh round.
+//! status change. `GET /api/health` runs a fresh round at most once per
+//! `health_min_interval` and answers the cached one in between.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::{HealthBody, HealthCheck, HealthStatus};
 
-use crate::state::{blocking, Shared};
+use crate::state::Shared;
+use crate::store::blocking;
 
 fn worst(a: HealthStatus, b: HealthStatus) -> HealthStatus {
     let rank = |s| match s {
@@ -48,7 +57,13 @@ pub async fn check(shared: &Arc<Shared>) -> HealthBody {
     let c = shared.outbox.config();
     let fill = (stats.records as f64 / c.max_records.get() as f64)
         .max(stats.bytes as f64 / c.max_bytes.get() as f64);
-    let (status, detail) = if fill >= 1.0 {
+    let refusing = shared.emitter.refusing();
+    let (status, detail) = if refusing {
+        (
+            HealthStatus::Failed,
+            Some("the outbox refused the last append (full past its block timeout, or a storage error)".to_string()),
+        )
+    } else if fill >= 1.0 {
         (
             HealthStatus::Failed,
             Some(format!(
@@ -100,6 +115,29 @@ pub async fn check(shared: &Arc<Shared>) -> HealthBody {
     HealthBody { status, checks }
 }
 
+/// The health of the node for `GET /api/health`: a fresh round, or the
+/// last one when it is younger than `limits.health_min_interval`; and
+/// whether the round is fresh.
+pub async fn cached(shared: &Arc<Shared>) -> (HealthBody, bool) {
+    let min = shared.limits.health_min_interval;
+    if let Some((at, body)) = shared
+        .health_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        if at.elapsed() < min {
+            return (body.clone(), false);
+        }
+    }
+    let body = check(shared).await;
+    *shared
+        .health_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), body.clone()));
+    (body, true)
+}
+
 /// The health task: rounds on an interval and on wake-ups.
 pub fn spawn(shared: Arc<Shared>, interval: Duration) {
     let s = shared.clone();
@@ -123,7 +161,7 @@ pub fn spawn(shared: Arc<Shared>, interval: Duration) {
                 tracing::info!(status = body.status.as_str(), "node health changed");
             }
             if periodic || changed {
-                s.emit_health(body).await;
+                s.emitter.emit_health(body).await;
             }
         }
     });

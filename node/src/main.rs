@@ -24,9 +24,18 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "sesam-node", version)]
 struct Args {
-    /// Configuration file: a JSON array of pipe, system:url and metadata entities.
+    /// Configuration file: a JSON array of pipe, system:url and metadata
+    /// entities. It seeds a node without a stored configuration; after that
+    /// the node runs the last configuration it accepted (see --config-from-file).
     #[arg(long)]
     config: PathBuf,
+    /// Run --config even when the stored configuration differs from it
+    /// (the file becomes a new configuration version).
+    #[arg(long)]
+    config_from_file: bool,
+    /// Configuration versions kept in the history (GET /api/config/history).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    config_history: u64,
     /// Data directory: the node database (`node/`) and the outbox (`outbox/`).
     #[arg(long)]
     data_dir: PathBuf,
@@ -69,11 +78,54 @@ struct Args {
     /// the outbox accepts them).
     #[arg(long, requires = "synthetic_logs")]
     synthetic_rate: Option<std::num::NonZeroU64>,
+    /// Upper bound of the outbox in bytes (appends then wait, see
+    /// --outbox-block-timeout, and the health check reports failed).
+    #[arg(long, default_value = "1073741824")]
+    outbox_max_bytes: std::num::NonZeroU64,
+    /// Upper bound of the outbox in records.
+    #[arg(long, default_value = "10000000")]
+    outbox_max_records: std::num::NonZeroU64,
+    /// How long an append to a full outbox waits for room before it is refused.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    outbox_block_timeout: Duration,
+    /// Largest body of PUT /api/config (and single pipe/system uploads).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_config_bytes: usize,
+    /// Most entities in one configuration.
+    #[arg(long, default_value_t = 10_000)]
+    max_config_entities: usize,
+    /// Largest body of PUT/POST /api/secrets.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_secrets_bytes: usize,
+    /// Most secrets stored.
+    #[arg(long, default_value_t = 1_000)]
+    max_secrets: usize,
+    /// Largest `limit` of an entity list (pipe log, dataset entities).
+    #[arg(long, default_value_t = 100_000)]
+    max_page_entities: usize,
+    /// Bytes of entities in one answer; a page stops early at this size.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_page_bytes: usize,
+    /// Largest response a `json` source may answer (the run fails above).
+    #[arg(long, default_value_t = 256 << 20)]
+    max_source_response_bytes: u64,
+    /// API requests handled at once (503 above; ping and health excluded).
+    #[arg(long, default_value_t = 64)]
+    max_concurrent_requests: usize,
+    /// Shortest time between two fresh rounds of GET /api/health.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    health_min_interval: Duration,
+    /// Entities a dataset source reads, transforms and writes at a time.
+    #[arg(long, default_value_t = 10_000)]
+    source_page_entities: usize,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Everything the node writes (RocksDB files included) is private to
+    // its user: the store holds secret values, the outbox raw records.
+    node::files::private_umask();
     let (layer, log_records) = node::outbox_log_layer(args.outbox_log_level, 4096);
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stdout = match args.log_format {
@@ -113,9 +165,27 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
                 .with_context(|| format!("read the API token file {}", p.display()))?;
             let t = t.trim().to_string();
             anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", p.display());
+            if node::files::mode(p).is_ok_and(|m| m & 0o077 != 0) {
+                tracing::warn!(path = %p.display(), "the API token file is readable by other users; chmod 600 it");
+            }
             Some(t)
         }
     };
+    for (flag, v) in [
+        ("--max-config-bytes", args.max_config_bytes),
+        ("--max-config-entities", args.max_config_entities),
+        ("--max-secrets-bytes", args.max_secrets_bytes),
+        ("--max-page-entities", args.max_page_entities),
+        ("--max-page-bytes", args.max_page_bytes),
+        ("--max-concurrent-requests", args.max_concurrent_requests),
+        ("--source-page-entities", args.source_page_entities),
+    ] {
+        anyhow::ensure!(v > 0, "{flag} must be positive");
+    }
+    anyhow::ensure!(
+        args.max_source_response_bytes > 0,
+        "--max-source-response-bytes must be positive"
+    );
     let mut config = NodeConfig::new(args.config, args.data_dir, Listen::Addr(args.listen));
     config.node_id = args.node_id;
     config.subscription = args.subscription;
@@ -123,6 +193,23 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     config.health_interval = args.health_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.log_records = Some(log_records);
+    config.config_from_file = args.config_from_file;
+    config.config_history = args.config_history;
+    config.outbox.max_bytes = args.outbox_max_bytes;
+    config.outbox.max_records = args.outbox_max_records;
+    config.outbox.block_timeout = args.outbox_block_timeout;
+    config.limits = node::Limits {
+        max_config_bytes: args.max_config_bytes,
+        max_config_entities: args.max_config_entities,
+        max_secrets_bytes: args.max_secrets_bytes,
+        max_secrets: args.max_secrets,
+        max_page_entities: args.max_page_entities,
+        max_page_bytes: args.max_page_bytes,
+        max_source_bytes: args.max_source_response_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        health_min_interval: args.health_min_interval,
+        source_page_entities: args.source_page_entities,
+    };
     config.synthetic =
         args.synthetic_logs
             .filter(|n| *n > 0)

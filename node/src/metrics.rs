@@ -13,6 +13,11 @@ pub struct PipeLabel {
     pub pipe: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// The node's metrics; cheap to clone (every metric is shared).
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -29,6 +34,9 @@ pub struct Metrics {
     pub emit_failures: Counter,
     /// Records of the `--synthetic-logs` load generator the outbox accepted.
     pub synthetic_records: Counter,
+    /// API requests refused, by reason (`unauthorized`, `body_too_large`,
+    /// `limit_too_large`, `bad_request`, `not_found`, `busy`, ...).
+    pub api_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -94,6 +102,11 @@ impl Metrics {
             "sesam_node_emit_failures",
             "Records the node failed to append to the outbox",
             self.emit_failures.clone(),
+        );
+        r.register(
+            "sesam_node_api_refused",
+            "API requests refused, by reason",
+            self.api_refused.clone(),
         );
         r.register(
             "sesam_node_synthetic_records",

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemas::{Body, Record};
@@ -20,12 +20,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigErrors, PipeConfig, ResolvedConfig, SinkConfig, SourceConfig};
+use crate::config::{ConfigErrors, ResolvedConfig};
+use crate::emit::Emitter;
+use crate::history::Author;
+use crate::limits::Limits;
 use crate::logs::LogReceiver;
 use crate::metrics::Metrics;
-use crate::pump::Pump;
-use crate::state::{blocking, Shared};
-use crate::store::{Store, StoreError};
+use crate::pump::PumpContext;
+use crate::state::Shared;
+use crate::store::{blocking, Store, StoreError};
+use crate::supervisor::{store_version, Supervisor};
 
 /// Where the API listens.
 #[derive(Debug)]
@@ -60,6 +64,13 @@ pub struct NodeConfig {
     pub collector: Option<shipper::service::Target>,
     /// A load generator of synthetic log records (`--synthetic-logs`), off by default.
     pub synthetic: Option<crate::synthetic::SyntheticLogs>,
+    /// Bounds of the API and of what systems may send.
+    pub limits: Limits,
+    /// Configuration versions kept in the node's history (at least 1).
+    pub config_history: u64,
+    /// Run `config_path` even when the stored configuration differs (it
+    /// becomes a new version); by default the file only seeds an empty node.
+    pub config_from_file: bool,
 }
 
 impl NodeConfig {
@@ -82,6 +93,9 @@ impl NodeConfig {
             outbox: OutboxConfig::default(),
             collector: None,
             synthetic: None,
+            limits: Limits::default(),
+            config_history: 20,
+            config_from_file: false,
         }
     }
 }
@@ -97,6 +111,12 @@ pub enum NodeError {
     },
     #[error("configuration file {path} is invalid: {errors}")]
     Config { path: PathBuf, errors: ConfigErrors },
+    #[error("the stored configuration (version {version}) is invalid ({errors}) and the configuration file cannot replace it: {file}")]
+    StoredConfig {
+        version: u64,
+        errors: ConfigErrors,
+        file: Box<NodeError>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -111,6 +131,12 @@ pub enum NodeError {
     Serve(#[source] std::io::Error),
     #[error("build the HTTP client: {0}")]
     Http(#[source] reqwest::Error),
+    #[error("create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A node that is open but not yet running.
@@ -128,17 +154,26 @@ pub struct Node {
 impl Node {
     /// Opens storage and the outbox, loads the configuration, binds the API.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
-        let bytes = std::fs::read(&config.config_path).map_err(|source| NodeError::ReadConfig {
-            path: config.config_path.clone(),
-            source,
-        })?;
-        let resolved = crate::config::parse(&bytes).map_err(|errors| NodeError::Config {
-            path: config.config_path.clone(),
-            errors,
-        })?;
+        let file_config = read_config_file(&config.config_path);
         let store_dir = config.data_dir.join("node");
-        let store = blocking(move || Store::open(&store_dir)).await?;
         let outbox_dir = config.data_dir.join("outbox");
+        // Data directories are private (0700) whatever the umask: the node's
+        // store holds secret values, the outbox unredacted records.
+        for dir in [&config.data_dir, &store_dir, &outbox_dir] {
+            crate::files::private_dir(dir).map_err(|source| NodeError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let store = blocking(move || Store::open(&store_dir)).await?;
+        let (resolved, version) = initial_config(
+            &store,
+            &config.config_path,
+            file_config,
+            config.config_from_file,
+            config.config_history,
+        )
+        .await?;
         let outbox_config = config.outbox.clone();
         let outbox = blocking(move || Outbox::open(outbox_dir, outbox_config)).await?;
         let listener = match config.listen {
@@ -166,31 +201,63 @@ impl Node {
         });
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(crate::pump::system::same_origin_redirects())
             .build()
             .map_err(NodeError::Http)?;
+        let limits = config.limits;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let health_wakeup = Arc::new(tokio::sync::Notify::new());
+        let emitter = Emitter::new(
+            &config.node_id,
+            &config.subscription,
+            outbox.clone(),
+            store.clone(),
+            metrics.clone(),
+        );
+        let ctx = PumpContext {
+            store: store.clone(),
+            http,
+            events: emitter.clone(),
+            metrics: metrics.clone(),
+            max_source_bytes: limits.max_source_bytes,
+            source_page_entities: limits.source_page_entities,
+            shutdown: shutdown.clone(),
+            run_grace: config.shutdown_timeout.mul_f64(0.7),
+            tracker: tracker.clone(),
+            health_wakeup: health_wakeup.clone(),
+        };
+        let supervisor = Supervisor::new(
+            ctx,
+            resolved,
+            version,
+            config.config_history,
+            limits.max_config_entities,
+        );
         let shared = Arc::new(Shared {
             node_id: config.node_id,
             subscription: config.subscription,
             start_nanos: schemas::time::now_nanos(),
             store,
             outbox,
+            emitter,
             metrics,
             registry,
-            http,
-            config: RwLock::new(Arc::new(ResolvedConfig::empty())),
-            pumps: Mutex::new(Default::default()),
-            reconfigure: tokio::sync::Mutex::new(()),
-            health_wakeup: tokio::sync::Notify::new(),
+            supervisor,
+            health_wakeup,
             last_health: Mutex::new(None),
-            shutdown: CancellationToken::new(),
-            run_grace: config.shutdown_timeout.mul_f64(0.7),
-            tracker: TaskTracker::new(),
+            health_cache: Mutex::new(None),
+            shutdown,
+            tracker,
             api_token_sha256: config
                 .api_token
                 .map(|t| Sha256::digest(t.trim().as_bytes()).into()),
             redactor,
+            request_slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_requests.max(1),
+            )),
+            limits,
         });
-        *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
         Ok(Node {
             shared,
             collector,
@@ -214,7 +281,7 @@ impl Node {
     /// Runs until `shutdown` is cancelled, then stops every task within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
-        let s = self.shared.clone();
+        let s = self.shared;
         if s.api_token_sha256.is_none() {
             tracing::warn!(
                 "no --api-token-file given: the node API is open to anyone who can reach it"
@@ -249,9 +316,8 @@ impl Node {
                 Err(e) => tracing::error!(error = %e, "in-process shipper not started"),
             }
         }
+        s.supervisor.start().await;
         let config = s.config();
-        start_pumps(&s, &config, &[]).await;
-        s.emit_config(&config).await;
         crate::health::spawn(s.clone(), self.health_interval);
         if let Some(synthetic) = self.synthetic {
             crate::synthetic::spawn(s.clone(), synthetic);
@@ -274,9 +340,12 @@ impl Node {
             }
         });
         let serve_stop = s.shutdown.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
-            .await;
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+        .await;
         // If the server failed on its own, stop everything else too.
         s.shutdown.cancel();
         tracing::info!("sesam-node shutting down");
@@ -286,7 +355,17 @@ impl Node {
             .is_err()
         {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown deadline passed; abandoning the remaining tasks");
+        } else {
+            // Connection tasks of the server may still be dropping their
+            // handles; the store and outbox close with the last one, so that
+            // when `run` returns they can be opened again (a restart in the
+            // same process, a test reading the outbox).
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&s) > 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
+        drop(s);
         served.map_err(NodeError::Serve)
     }
 }
@@ -296,138 +375,83 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     Node::open(config).await?.run(shutdown).await
 }
 
-/// Whether a pipe can keep running unchanged under `new`.
-fn unchanged(
-    old: &PipeConfig,
-    new: &PipeConfig,
-    old_cfg: &ResolvedConfig,
-    new_cfg: &ResolvedConfig,
-) -> bool {
-    if old.original != new.original || old.monitoring != new.monitoring {
-        return false;
-    }
-    let system = |p: &PipeConfig| -> Option<String> {
-        match (&p.source, &p.sink) {
-            (SourceConfig::Json { system, .. }, _) | (_, SinkConfig::Json { system, .. }) => {
-                Some(system.clone())
-            }
-            _ => None,
-        }
+fn read_config_file(path: &std::path::Path) -> Result<ResolvedConfig, NodeError> {
+    let bytes = std::fs::read(path).map_err(|source| NodeError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::config::parse(&bytes).map_err(|errors| NodeError::Config {
+        path: path.to_path_buf(),
+        errors,
+    })
+}
+
+/// The configuration a start runs, and its version: the stored one (the
+/// last the node accepted, through the API or a file), or the file when
+/// nothing is stored yet (it seeds the node) or when asked to.
+async fn initial_config(
+    store: &Store,
+    path: &std::path::Path,
+    file: Result<ResolvedConfig, NodeError>,
+    from_file: bool,
+    keep: u64,
+) -> Result<(ResolvedConfig, u64), NodeError> {
+    let st = store.clone();
+    let stored = blocking(move || st.current_config()).await?;
+    let Some(stored) = stored else {
+        let config = file?;
+        let v = store_version(store, None, &config, Author::file(path), keep).await?;
+        tracing::info!(path = %path.display(), version = v, "configuration seeded from the configuration file");
+        return Ok((config, v));
     };
-    match system(new) {
-        None => true,
-        Some(sys) => old_cfg.systems.get(&sys) == new_cfg.systems.get(&sys),
-    }
-}
-
-/// Creates and starts pumps for the pipes of `config` not in `keep`.
-async fn start_pumps(s: &Arc<Shared>, config: &ResolvedConfig, keep: &[String]) {
-    for (id, pipe) in &config.pipes {
-        if keep.contains(id) {
-            continue;
+    let resolved = stored
+        .entities()
+        .map_err(|e| {
+            crate::config::ConfigErrors(vec![crate::config::ConfigError {
+                entity: String::new(),
+                field: String::new(),
+                message: format!("the stored entities do not decode: {e}"),
+            }])
+        })
+        .and_then(crate::config::resolve);
+    match (resolved, file) {
+        (Ok(c), Ok(f)) if f.hash == c.hash => {
+            tracing::info!(
+                version = stored.version,
+                "running the stored configuration (the same as the configuration file)"
+            );
+            Ok((c, stored.version))
         }
-        let existing = s.pump(id);
-        let pump = match existing {
-            Some(p) => {
-                p.set_config(pipe.clone());
-                p
-            }
-            None => {
-                let store = s.store.clone();
-                let pid = id.clone();
-                let meta = blocking(move || store.pump_meta(&pid)).await.unwrap_or_else(|e| {
-                    tracing::warn!(pipe = %id, error = %e, "could not read the pump state; assuming enabled");
-                    Default::default()
-                });
-                let p = Arc::new(Pump::new(pipe.clone(), meta));
-                let ss = s.clone();
-                let pp = p.clone();
-                blocking(move || pp.restore(&ss)).await;
-                s.pumps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), p.clone());
-                p
-            }
-        };
-        let label = Metrics::pipe(id);
-        s.metrics
-            .pipe_enabled
-            .get_or_create(&label)
-            .set(i64::from(!pump.state().disabled));
-        // Every pipe has its series from the start, so "0 runs" is not "absent".
-        let m = &s.metrics;
-        for family in [
-            &m.pump_started,
-            &m.pump_completed,
-            &m.pump_failed,
-            &m.entities_changes,
-            &m.entities_seen,
-        ] {
-            let _ = family.get_or_create(&label);
-        }
-        crate::pump::spawn(s.clone(), pump);
-    }
-}
-
-/// Replaces the running configuration with a validated one: pipes that are
-/// unchanged keep running, changed pipes are restarted (a running run is
-/// stopped), removed pipes are stopped and forgotten.
-pub async fn apply_config(s: &Arc<Shared>, config: ResolvedConfig) {
-    let _serial = s.reconfigure.lock().await;
-    let old = s.config();
-    let mut keep = Vec::new();
-    for p in s.pumps() {
-        let new = config.pipes.get(&p.id);
-        match new {
-            Some(n) if unchanged(&p.config(), n, &old, &config) => {
-                p.set_config(n.clone());
-                keep.push(p.id.clone());
-            }
-            Some(_) => p.cancel_task(),
-            None => {
-                p.cancel_task();
-                s.pumps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&p.id);
-                let label = Metrics::pipe(&p.id);
-                let m = &s.metrics;
-                m.pipe_enabled.remove(&label);
-                for family in [
-                    &m.pump_started,
-                    &m.pump_completed,
-                    &m.pump_failed,
-                    &m.entities_changes,
-                    &m.entities_seen,
-                ] {
-                    family.remove(&label);
-                }
-                m.last_completed_time.remove(&label);
-                m.total_time.remove(&label);
+        (Ok(c), Ok(f)) => {
+            if from_file {
+                let v = store_version(store, Some(&stored), &f, Author::file(path), keep).await?;
+                tracing::warn!(path = %path.display(), replaced = stored.version, version = v, "--config-from-file: the configuration file replaces the stored configuration");
+                Ok((f, v))
+            } else {
+                tracing::warn!(
+                    path = %path.display(),
+                    version = stored.version,
+                    changed_by = %stored.who.operation,
+                    "the stored configuration differs from the configuration file; running the stored one (the file only seeds an empty node; see GET /api/config/history, or start with --config-from-file to run the file)"
+                );
+                Ok((c, stored.version))
             }
         }
-    }
-    let config = Arc::new(config);
-    *s.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
-    // Wait (bounded) for cancelled pumps to record their stopped run, so
-    // that a restarted pump never overlaps with its previous task.
-    for _ in 0..100 {
-        let busy = s
-            .pumps()
-            .iter()
-            .any(|p| !keep.contains(&p.id) && p.state().is_running);
-        if !busy {
-            break;
+        (Ok(c), Err(e)) => {
+            tracing::warn!(error = %e, version = stored.version, "the configuration file cannot be used; running the stored configuration");
+            Ok((c, stored.version))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        (Err(errors), Ok(f)) => {
+            tracing::error!(%errors, version = stored.version, path = %path.display(), "the stored configuration is invalid; running the configuration file instead");
+            let v = store_version(store, Some(&stored), &f, Author::file(path), keep).await?;
+            Ok((f, v))
+        }
+        (Err(errors), Err(e)) => Err(NodeError::StoredConfig {
+            version: stored.version,
+            errors,
+            file: Box::new(e),
+        }),
     }
-    start_pumps(s, &config, &keep).await;
-    if old.hash != config.hash {
-        s.emit_config(&config).await;
-        tracing::info!(hash = %config.hash, pipes = config.pipes.len(), "configuration replaced");
-    }
-    s.health_wakeup.notify_one();
 }
 
 /// Appends service log lines to the outbox in batches.

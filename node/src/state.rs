@@ -1,39 +1,25 @@
-//! The node's shared runtime state and the emission of records into the
-//! outbox.
-//!
-//! # What goes into the outbox
-//! - `execution`: every execution event of a pipe whose monitoring is on,
-//!   exactly as written to its execution dataset. `exception_entity` and
-//!   `entity` are left in the outbox copy: they are marked node-side-only by
-//!   the record schema (`schemas::ExecutionBody`) and the shipper's redaction
-//!   strips them before anything leaves the host.
-//! - `log`: service logs (see [`crate::logs`]).
-//! - `health`: every health round and every status change.
-//! - `config`: the configuration at start and on every change; secrets only
-//!   appear there as `$SECRET(name)` references, since secret values live in
-//!   the secrets store and are never part of the configuration.
-//!
-//! An append that fails (outbox full past its block timeout, disk error) is
-//! logged and counted (`sesam_node_emit_failures_total`); it never fails the
-//! pump run that produced the event.
+//! What the API handlers and the node's background tasks (health, log
+//! drain, in-process shipper, load generator) share. Pumps never see it:
+//! they run with a [`crate::pump::PumpContext`].
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
-use schemas::{Body, ConfigBody, EventType, ExecutionBody, HealthBody, Record};
-use serde_json::Value;
+use schemas::{Body, HealthBody, Record};
 use shipper::outbox::Outbox;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ResolvedConfig;
+use crate::emit::Emitter;
 use crate::metrics::Metrics;
 use crate::pump::Pump;
+use crate::store::blocking;
 use crate::store::Store;
+use crate::supervisor::Supervisor;
 
-/// Everything the API handlers, pumps and background tasks share.
+/// Everything the API handlers and background tasks share.
 #[derive(Debug)]
 pub struct Shared {
     pub node_id: String,
@@ -41,28 +27,30 @@ pub struct Shared {
     pub start_nanos: i64,
     pub store: Store,
     pub outbox: Outbox,
+    pub emitter: Emitter,
     pub metrics: Metrics,
     pub registry: Registry,
-    pub http: reqwest::Client,
-    /// The running configuration; replaced whole (std lock, never held
-    /// across an `.await`).
-    pub config: RwLock<Arc<ResolvedConfig>>,
-    /// Pumps by pipe id (std lock, never held across an `.await`).
-    pub pumps: Mutex<BTreeMap<String, Arc<Pump>>>,
-    /// Serializes configuration changes.
-    pub reconfigure: tokio::sync::Mutex<()>,
+    /// The pumps and the running configuration.
+    pub supervisor: Supervisor,
     /// Wakes the health task for an immediate check (after runs, changes).
-    pub health_wakeup: Notify,
+    pub health_wakeup: Arc<Notify>,
+    /// The last health round of the health task (std lock, never held
+    /// across an `.await`).
     pub last_health: Mutex<Option<HealthBody>>,
+    /// The last health round of `GET /api/health` and when it ran (std
+    /// lock, never held across an `.await`).
+    pub health_cache: Mutex<Option<(std::time::Instant, HealthBody)>>,
     pub shutdown: CancellationToken,
-    /// How long a running pump may go on after shutdown began.
-    pub run_grace: std::time::Duration,
     pub tracker: TaskTracker,
     /// SHA-256 of the API token, if the API requires one.
     pub api_token_sha256: Option<[u8; 32]>,
     /// The in-process shipper's redaction; it knows every secret value so
     /// that none can leave the host in any record.
     pub redactor: Arc<shipper::redact::Redactor>,
+    /// Bounds of the API and of what systems may send.
+    pub limits: crate::limits::Limits,
+    /// API requests in flight (`limits.max_concurrent_requests`).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -89,116 +77,30 @@ impl Shared {
     pub fn may_ship(&self, record: &Record) -> bool {
         match &record.body {
             Body::Execution(e) => self
-                .config
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
+                .supervisor
+                .config()
                 .pipes
                 .get(&e.pipe)
                 .is_some_and(|p| p.monitoring),
             _ => true,
         }
     }
-}
 
-/// Runs blocking storage work off the async worker threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-/// The execution-dataset `_id` of an event, following Sesam: the event type
-/// for run events (so `history=false` shows the latest of each), and
-/// `write-error:<entity id>` for write errors.
-pub fn execution_id(body: &ExecutionBody) -> String {
-    match (body.event_type, &body.entity_id) {
-        (EventType::WriteError, Some(id)) => format!("write-error:{id}"),
-        (EventType::ReadError, _) => format!("read-error:{}", uuid::Uuid::new_v4()),
-        (t, _) => t.as_str().to_string(),
-    }
-}
-
-impl Shared {
+    /// The running configuration.
     pub fn config(&self) -> Arc<ResolvedConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.supervisor.config()
     }
 
     pub fn pump(&self, id: &str) -> Option<Arc<Pump>> {
-        self.pumps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.supervisor.pump(id)
     }
 
     pub fn pumps(&self) -> Vec<Arc<Pump>> {
-        self.pumps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.supervisor.pumps()
     }
 
-    fn record(&self, body: Body) -> Record {
-        Record {
-            seq: 0,
-            ts: schemas::time::now_nanos(),
-            source: self.node_id.clone(),
-            subscription: self.subscription.clone(),
-            body,
-        }
-    }
-
-    /// Appends records to the outbox; failures are logged and counted.
-    /// Returns whether the outbox accepted them.
+    /// Appends records to the outbox (see [`Emitter::emit`]).
     pub async fn emit(&self, records: Vec<Record>) -> bool {
-        if records.is_empty() {
-            return true;
-        }
-        if let Err(e) = self.outbox.append(&records).await {
-            self.metrics.emit_failures.inc_by(records.len() as u64);
-            tracing::warn!(target: crate::logs::DRAIN_TARGET, error = %e, records = records.len(), "could not append records to the outbox");
-            return false;
-        }
-        true
-    }
-
-    /// Writes an execution event into the pipe's execution dataset, and into
-    /// the outbox when the pipe's monitoring is on.
-    pub async fn execution_event(&self, body: ExecutionBody, monitoring: bool) {
-        let dataset = format!("system:pump:{}", body.pipe);
-        let mut entity = match serde_json::to_value(&body) {
-            Ok(Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
-        };
-        entity.insert("_id".into(), Value::String(execution_id(&body)));
-        let store = self.store.clone();
-        let written =
-            blocking(move || store.write_entities(&dataset, &[Value::Object(entity)])).await;
-        if let Err(e) = written {
-            tracing::error!(pipe = %body.pipe, event = %body.event_type, error = %e, "could not write to the execution dataset");
-        }
-        if monitoring {
-            let record = self.record(Body::Execution(Box::new(body)));
-            self.emit(vec![record]).await;
-        }
-    }
-
-    pub async fn emit_health(&self, body: HealthBody) {
-        let r = self.record(Body::Health(body));
-        self.emit(vec![r]).await;
-    }
-
-    pub async fn emit_config(&self, config: &ResolvedConfig) {
-        let r = self.record(Body::Config(ConfigBody {
-            hash: config.hash.clone(),
-            config: config.entities.clone(),
-        }));
-        self.emit(vec![r]).await;
+        self.emitter.emit(records).await
     }
 }

@@ -19,6 +19,8 @@
 //! | `latest` | `<dataset> 0x00 <_id>` | `[_updated u64 BE][_deleted u8][_hash utf-8]` of the current version |
 //! | `datasets` | `<dataset>` | [`DatasetMeta`] as MessagePack |
 //! | `meta` | `offset/<pipe>`, `pump/<pipe>` | u64 BE source offset; [`PumpMeta`] MessagePack |
+//! | `meta` | `config/current` | u64 BE: the running configuration version |
+//! | `meta` | `config/v/<version u64 BE>` | [`crate::history::ConfigVersion`] MessagePack |
 //! | `secrets` | `<name>` | the secret value, utf-8 |
 //!
 //! Dataset names and `_id`s must not contain NUL (validated on write), so the
@@ -40,11 +42,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::history::ConfigVersion;
+
 const CF_LOG: &str = "log";
 const CF_LATEST: &str = "latest";
 const CF_DATASETS: &str = "datasets";
 const CF_META: &str = "meta";
 const CF_SECRETS: &str = "secrets";
+
+const CONFIG_CURRENT: &str = "config/current";
+const CONFIG_VERSION_PREFIX: &str = "config/v/";
+
+fn config_version_key(version: u64) -> Vec<u8> {
+    let mut k = CONFIG_VERSION_PREFIX.as_bytes().to_vec();
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
 
 /// Properties the store owns; they are not part of an entity's content hash.
 const SYSTEM_PROPS: [&str; 4] = ["_updated", "_ts", "_hash", "_previous"];
@@ -74,6 +87,14 @@ pub enum StoreError {
     Encode { id: String, message: String },
     #[error("stored value under {key:?} is damaged: {message}")]
     Damaged { key: String, message: String },
+}
+
+/// Runs blocking storage work off the async worker threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 fn storage(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
@@ -122,6 +143,9 @@ pub struct ReadOptions {
     pub deleted: bool,
     /// Newest first.
     pub reverse: bool,
+    /// Stop once the stored versions read add up to this many bytes (at
+    /// least one version is always returned, so `since` paging progresses).
+    pub max_bytes: usize,
 }
 
 impl Default for ReadOptions {
@@ -132,6 +156,7 @@ impl Default for ReadOptions {
             history: true,
             deleted: true,
             reverse: false,
+            max_bytes: usize::MAX,
         }
     }
 }
@@ -291,6 +316,13 @@ impl Store {
                     continue;
                 }
             }
+            // A tombstone for an entity a DTL filter dropped deletes what an
+            // earlier run wrote; for an entity never written (or already
+            // deleted) there is nothing to delete.
+            let filtered = matches!(obj.get("_filtered"), Some(Value::Bool(true)));
+            if filtered && deleted && previous.as_ref().is_none_or(|(_, was, _)| *was) {
+                continue;
+            }
             meta.last_updated += 1;
             let updated = meta.last_updated;
             let mut stored = obj.clone();
@@ -396,7 +428,30 @@ impl Store {
         dataset: &str,
         opts: ReadOptions,
     ) -> Result<Vec<Value>, StoreError> {
+        self.scan(dataset, opts, None)
+    }
+
+    /// Like [`Store::read_entities`], but a stored version that does not
+    /// decode is skipped and reported in `damaged` (its `_updated` and why)
+    /// instead of failing the read: a pipe reading the dataset records a
+    /// read error for it and goes on, rather than stopping on it forever.
+    pub fn read_entities_lenient(
+        &self,
+        dataset: &str,
+        opts: ReadOptions,
+        damaged: &mut Vec<(u64, String)>,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.scan(dataset, opts, Some(damaged))
+    }
+
+    fn scan(
+        &self,
+        dataset: &str,
+        opts: ReadOptions,
+        mut damaged: Option<&mut Vec<(u64, String)>>,
+    ) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         if opts.limit == 0 {
             return Ok(out);
         }
@@ -420,10 +475,27 @@ impl Store {
             if !k.starts_with(&prefix) {
                 continue;
             }
-            let entity: Value = rmp_serde::from_slice(&v).map_err(|e| StoreError::Damaged {
-                key: format!("log/{dataset}"),
-                message: e.to_string(),
-            })?;
+            let entity: Value = match rmp_serde::from_slice(&v) {
+                Ok(e) => e,
+                Err(e) => {
+                    let updated = k
+                        .get(prefix.len()..)
+                        .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    match damaged.as_deref_mut() {
+                        Some(list) => {
+                            list.push((updated, e.to_string()));
+                            continue;
+                        }
+                        None => {
+                            return Err(StoreError::Damaged {
+                                key: format!("log/{dataset}/{updated}"),
+                                message: e.to_string(),
+                            })
+                        }
+                    }
+                }
+            };
             if !opts.deleted && matches!(entity.get("_deleted"), Some(Value::Bool(true))) {
                 continue;
             }
@@ -439,7 +511,8 @@ impl Store {
                 }
             }
             out.push(entity);
-            if out.len() >= opts.limit {
+            bytes = bytes.saturating_add(v.len());
+            if out.len() >= opts.limit || bytes >= opts.max_bytes {
                 break;
             }
         }
@@ -519,6 +592,92 @@ impl Store {
             message: e.to_string(),
         })?;
         self.put_meta(&format!("pump/{pipe}"), &v)
+    }
+
+    /// The current configuration version, if one was ever stored.
+    pub fn current_config(&self) -> Result<Option<ConfigVersion>, StoreError> {
+        let Some(v) = self.get_meta(CONFIG_CURRENT)? else {
+            return Ok(None);
+        };
+        let version =
+            u64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::Damaged {
+                key: CONFIG_CURRENT.into(),
+                message: "not a u64".into(),
+            })?);
+        self.config_version(version)?
+            .map(Some)
+            .ok_or_else(|| StoreError::Damaged {
+                key: CONFIG_CURRENT.into(),
+                message: format!("points at version {version}, which is missing"),
+            })
+    }
+
+    /// One stored configuration version.
+    pub fn config_version(&self, version: u64) -> Result<Option<ConfigVersion>, StoreError> {
+        let key = config_version_key(version);
+        match self
+            .db
+            .get_cf(self.cf(CF_META), &key)
+            .map_err(storage("read a configuration version"))?
+        {
+            None => Ok(None),
+            Some(v) => rmp_serde::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Damaged {
+                    key: format!("config/v/{version}"),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Every stored configuration version, newest first.
+    pub fn config_versions(&self) -> Result<Vec<ConfigVersion>, StoreError> {
+        let mut out = Vec::new();
+        let prefix = CONFIG_VERSION_PREFIX.as_bytes();
+        let mut upper = prefix.to_vec();
+        upper.push(0xff);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.clone());
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_META),
+            ro,
+            IteratorMode::From(&upper, Direction::Reverse),
+        ) {
+            let (k, v) = item.map_err(storage("list configuration versions"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(rmp_serde::from_slice(&v).map_err(|e| StoreError::Damaged {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                message: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Stores `version` as the current configuration, in one synced write
+    /// batch with the current pointer and the deletion of the versions that
+    /// fall out of a history of `keep`.
+    pub fn put_config_version(&self, version: &ConfigVersion, keep: u64) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec_named(version).map_err(|e| StoreError::Encode {
+            id: format!("config/v/{}", version.version),
+            message: e.to_string(),
+        })?;
+        let mut batch = WriteBatch::default();
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, config_version_key(version.version), bytes);
+        batch.put_cf(meta, CONFIG_CURRENT, version.version.to_be_bytes());
+        // Versions [1, version - keep] are dropped (a range delete also
+        // catches up after `keep` was lowered between starts).
+        let oldest_kept = version.version.saturating_sub(keep.max(1)) + 1;
+        if oldest_kept > 1 {
+            batch.delete_range_cf(meta, config_version_key(0), config_version_key(oldest_kept));
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(storage("write a configuration version"))
     }
 
     /// Writes and syncs a probe key: the health check "storage writable".
@@ -786,6 +945,117 @@ mod tests {
                 proptest::prop_assert_eq!(meta.count + meta.deleted, model.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn filtered_tombstones_delete_only_what_exists() {
+        let (_d, s) = open();
+        s.write_entities("ds", &[json!({"_id": "a", "v": 1})])
+            .unwrap();
+        let tomb = |id: &str| json!({"_id": id, "_deleted": true, "_filtered": true});
+        let st = s.write_entities("ds", &[tomb("a"), tomb("never")]).unwrap();
+        assert_eq!((st.seen, st.changes), (2, 1));
+        let a = s.get_entity("ds", "a").unwrap().unwrap();
+        assert_eq!(a["_deleted"], json!(true));
+        assert_eq!(a["_previous"], json!(1));
+        assert_eq!(s.get_entity("ds", "never").unwrap(), None);
+        // Filtered again: already deleted, nothing to do.
+        let st = s.write_entities("ds", &[tomb("a")]).unwrap();
+        assert_eq!(st.changes, 0);
+        let meta = s.dataset_meta("ds").unwrap().unwrap();
+        assert_eq!((meta.count, meta.deleted, meta.versions), (0, 1, 2));
+        // Passing the filter again brings it back.
+        let st = s
+            .write_entities("ds", &[json!({"_id": "a", "v": 1})])
+            .unwrap();
+        assert_eq!(st.changes, 1);
+        assert_eq!(
+            s.get_entity("ds", "a").unwrap().unwrap()["_deleted"],
+            json!(false)
+        );
+    }
+
+    #[test]
+    fn a_damaged_version_fails_a_strict_read_and_is_skipped_by_a_lenient_one() {
+        let (_d, s) = open();
+        s.write_entities(
+            "ds",
+            &[
+                json!({"_id": "a"}),
+                json!({"_id": "b"}),
+                json!({"_id": "c"}),
+            ],
+        )
+        .unwrap();
+        // Bit rot in the stored version of "b" (_updated 2).
+        s.db.put_cf(
+            s.cf(CF_LOG),
+            dataset_key("ds", &2u64.to_be_bytes()),
+            [0xc1, 0xc1],
+        )
+        .unwrap();
+        assert!(matches!(
+            s.read_entities("ds", ReadOptions::default()),
+            Err(StoreError::Damaged { .. })
+        ));
+        let mut damaged = Vec::new();
+        let got = s
+            .read_entities_lenient(
+                "ds",
+                ReadOptions {
+                    history: false,
+                    ..Default::default()
+                },
+                &mut damaged,
+            )
+            .unwrap();
+        let ids: Vec<&str> = got.iter().map(|e| e["_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec!["a", "c"]);
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].0, 2);
+    }
+
+    #[test]
+    fn configuration_versions_are_kept_to_the_history_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = |n: u64| ConfigVersion {
+            version: n,
+            time_us: n as i64,
+            hash: format!("h{n}"),
+            who: crate::history::Author::api("PUT /api/config".into(), None),
+            changes: Default::default(),
+            entities_json: format!("[{{\"_id\": \"v{n}\"}}]"),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.current_config().unwrap(), None);
+            for n in 1..=5 {
+                s.put_config_version(&version(n), 3).unwrap();
+            }
+            let listed: Vec<u64> = s
+                .config_versions()
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect();
+            assert_eq!(listed, vec![5, 4, 3]);
+            assert_eq!(s.config_version(2).unwrap(), None);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.current_config().unwrap(), Some(version(5)));
+        // A shorter history drops the older ones at the next change.
+        s.put_config_version(&version(6), 1).unwrap();
+        let listed: Vec<u64> = s
+            .config_versions()
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(listed, vec![6]);
+        // Other metadata is untouched by the range delete.
+        s.set_pipe_offset("p", 7).unwrap();
+        s.put_config_version(&version(7), 1).unwrap();
+        assert_eq!(s.pipe_offset("p").unwrap(), 7);
     }
 
     #[test]

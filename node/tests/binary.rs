@@ -25,6 +25,12 @@ async fn binary_logs_to_stdout_and_outbox_without_secrets_and_stops_on_sigterm()
     std::fs::write(&config_path, config.to_string()).unwrap();
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, "bin-token\n").unwrap();
+    // Readable by others: the node starts, and says so.
+    std::fs::set_permissions(
+        &token_path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -131,6 +137,10 @@ async fn binary_logs_to_stdout_and_outbox_without_secrets_and_stops_on_sigterm()
         "stdout lacks the failure: {out}"
     );
     assert!(!out.contains(secret), "stdout leaks the secret:\n{out}");
+    assert!(
+        out.contains("the API token file is readable by other users"),
+        "{out}"
+    );
 
     let records = outbox_records(&data_dir);
     for r in &records {

@@ -50,11 +50,13 @@ async fn invalid_configs_are_refused_whole_and_valid_ones_replace_the_running_co
             "pump.cron_expr",
             "every tuesday",
         ),
+        // A misspelt required property: the unknown one is only a warning,
+        // the missing one is the error.
         (
-            json!([{"_id": "g", "type": "pipe", "source": {"type": "embedded", "entities": []}, "sorce": {}}]),
+            json!([{"_id": "g", "type": "pipe", "sorce": {"type": "embedded", "entities": []}}]),
             "g",
-            "sorce",
-            "sorce",
+            "source",
+            "needs a source",
         ),
     ];
     for (config, id, field, mention) in cases {
@@ -348,5 +350,61 @@ async fn disabled_state_and_dataset_offsets_survive_a_restart() {
     let (started, done) = node.run_pipe("copy").await;
     assert_eq!(started["sync_type"], "incremental");
     assert_eq!(done["metrics"]["entities.entities_last_run"], 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_sources_are_read_in_pages_that_keep_their_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let entities: Vec<Value> = (0..10)
+        .map(|i| json!({"_id": format!("e{i}"), "n": if i == 7 { json!("x") } else { json!(i) }}))
+        .collect();
+    let copy = |fail_on_x: bool| {
+        let rules = if fail_on_x {
+            json!([["copy", "*"], ["add", "n", ["integer", "_S.n"]]])
+        } else {
+            json!([["copy", "*"]])
+        };
+        json!({"_id": "copy", "type": "pipe", "source": {"type": "dataset", "dataset": "src"},
+               "transform": {"type": "dtl", "rules": {"default": rules}}, "pump": {"mode": "manual"}})
+    };
+    let node = start_with(
+        dir.path(),
+        &json!([embedded("src", Value::Array(entities)), copy(true)]),
+        |c| c.limits.source_page_entities = 3,
+    )
+    .await;
+    node.run_pipe("src").await;
+    // The page holding e7 fails; the two pages before it are written and
+    // their offset kept.
+    let (_, failed) = node.run_pipe("copy").await;
+    assert_eq!(failed["event_type"], "pump-failed", "{failed}");
+    assert!(
+        failed["reason_why_stopped"]
+            .as_str()
+            .unwrap()
+            .contains("\"e7\""),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["metrics"]["entities.changes_last_run"], 6,
+        "{failed}"
+    );
+    let (_, ds, _) = node.get("/api/datasets/copy").await;
+    assert_eq!(ds["runtime"]["count-excluding-deleted"], 6);
+    let (_, pump, _) = node.get("/api/pipes/copy/pump").await;
+    assert_eq!(pump["runtime"]["last-seen"], "6", "{pump}");
+    // Fixed, the next run goes on from there, through every page.
+    let (status, _) = node
+        .send("PUT", "/api/pipes/copy/config", Some(&copy(false)))
+        .await;
+    assert_eq!(status, 200);
+    let (started, done) = node.run_pipe("copy").await;
+    assert_eq!(started["sync_type"], "incremental");
+    assert_eq!(done["event_type"], "pump-completed", "{done}");
+    assert_eq!(done["metrics"]["entities.entities_last_run"], 4, "{done}");
+    assert_eq!(done["metrics"]["entities.changes_last_run"], 4, "{done}");
+    let (_, ds, _) = node.get("/api/datasets/copy").await;
+    assert_eq!(ds["runtime"]["count-excluding-deleted"], 10);
     node.stop().await;
 }

@@ -1,20 +1,24 @@
 //! Durable delivery: notifications are in RocksDB before the first HTTP
 //! call; the queue here is the in-memory view of the pending ones.
 //!
-//! - Order: the notifications of one alert to one receiver go out in the
-//!   order they were made (a `resolved` never overtakes its `firing`);
-//!   different alerts and receivers proceed independently, up to
-//!   `concurrency` requests at once.
-//! - Retries: network errors, timeouts, 408, 429 and 5xx are retried with
-//!   exponential backoff and jitter (from `initial_backoff` up to
-//!   `max_backoff`) until `max_age`; other 4xx answers and a missing
-//!   receiver fail the notification at once. Either way the outcome, the
-//!   attempts and the last error are in the history.
+//! - Order: the notifications of one alert (or group) to one receiver go
+//!   out in the order they were made (a `resolved` never overtakes its
+//!   `firing`); different alerts and receivers proceed independently, up
+//!   to `concurrency` requests at once and at most
+//!   `max_in_flight_per_subscription` of one subscription (a tenant whose
+//!   receiver hangs cannot take every slot).
+//! - Retries: the [retry policy](RetryPolicy), written once below.
+//! - What a tenant sees of a failure is a class and a code ("HTTP 503",
+//!   "timeout", "connect error", "refused by egress policy"): never the
+//!   receiver's answer, which would make the notifier a read oracle for
+//!   whatever the URL points at. The collector's log gets the detail, with
+//!   the receiver's scheme, host and port only (never its path, query or
+//!   credentials).
 //! - Delivery is at least once: a crash between the receiver's answer and
 //!   the status write re-sends on restart, with the same
 //!   `X-Notification-Id` header so receivers can drop the copy.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
@@ -24,7 +28,56 @@ use schemas::time::rfc3339_from_nanos;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::engine::{DeliveryState, Notification, NotificationKind};
+use crate::egress::{self, EgressPolicy};
+use crate::model::{DeliveryState, Notification, NotificationKind};
+
+/// The retry policy, in one place.
+///
+/// | outcome | retried? |
+/// |---|---|
+/// | 2xx | delivered |
+/// | network error, connect error, timeout | yes, with backoff |
+/// | 408, 5xx | yes, with backoff |
+/// | 429 | yes, after its `Retry-After` (seconds or an HTTP date, at most [`MAX_RETRY_AFTER`]; a malformed or missing one: the backoff) |
+/// | 503 with `Retry-After` | yes, after it, as 429 |
+/// | 3xx (redirects are not followed), other 4xx | no: failed at once |
+/// | refused by the egress policy, invalid URL, missing receiver | no: failed at once |
+///
+/// Backoff: `initial_backoff` doubled per attempt up to `max_backoff`,
+/// +-20 % jitter. A notification still failing `max_age` after it was made
+/// is given up (failed, "gave up after N attempts").
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy;
+
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+impl RetryPolicy {
+    /// Whether an answer with `status` is worth another attempt.
+    pub fn retries(status: reqwest::StatusCode) -> bool {
+        status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    }
+
+    /// The wait a `Retry-After` header asks for (429 or 503), capped;
+    /// `None` when absent or malformed. `now` is the wall clock (HTTP
+    /// dates).
+    pub fn retry_after(value: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
+        let v = value?.trim();
+        if v.is_empty() || v.len() > 64 {
+            return None;
+        }
+        let d = if v.bytes().all(|b| b.is_ascii_digit()) {
+            // Any number of digits: a huge one saturates to the cap.
+            Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
+        } else {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        };
+        Some(d.min(MAX_RETRY_AFTER))
+    }
+}
 
 /// Delivery tuning.
 #[derive(Debug, Clone)]
@@ -35,7 +88,7 @@ pub struct DeliveryConfig {
     pub max_age: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
-    /// Finished notifications kept as history.
+    /// Finished notifications kept as history, per subscription.
     pub history_keep: u64,
 }
 
@@ -45,7 +98,7 @@ impl Default for DeliveryConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             max_age: Duration::from_secs(24 * 3600),
-            concurrency: 8,
+            concurrency: 32,
             history_keep: 10_000,
         }
     }
@@ -62,10 +115,15 @@ pub(crate) struct Entry {
 pub(crate) struct Queue {
     pub pending: BTreeMap<u64, Entry>,
     pub in_flight: HashSet<u64>,
+    /// Pending notifications per subscription.
+    pub per_sub: HashMap<String, usize>,
+    /// In-flight deliveries per subscription.
+    flying: HashMap<String, usize>,
 }
 
 impl Queue {
     pub fn push(&mut self, n: Notification) {
+        *self.per_sub.entry(n.subscription.clone()).or_default() += 1;
         self.pending.insert(
             n.id,
             Entry {
@@ -75,12 +133,66 @@ impl Queue {
         );
     }
 
+    /// Pending notifications of `sub`.
+    pub fn pending_of(&self, sub: &str) -> usize {
+        self.per_sub.get(sub).copied().unwrap_or(0)
+    }
+
+    /// The smallest pending id of `sub` (`u64::MAX` when none).
+    pub fn oldest_pending_of(&self, sub: &str) -> u64 {
+        self.pending
+            .values()
+            .filter(|e| e.n.subscription == sub)
+            .map(|e| e.n.id)
+            .next()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Removes a finished (or purged) notification.
+    pub fn remove(&mut self, id: u64) -> Option<Notification> {
+        let e = self.pending.remove(&id)?;
+        if let Some(c) = self.per_sub.get_mut(&e.n.subscription) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_sub.remove(&e.n.subscription);
+            }
+        }
+        Some(e.n)
+    }
+
+    /// A delivery of `n` ended (whatever its outcome).
+    pub fn landed(&mut self, n: &Notification) {
+        if self.in_flight.remove(&n.id) {
+            if let Some(c) = self.flying.get_mut(&n.subscription) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.flying.remove(&n.subscription);
+                }
+            }
+        }
+    }
+
+    /// Drops every pending notification of `sub` (termination).
+    pub fn purge(&mut self, sub: &str) {
+        let ids: Vec<u64> = self
+            .pending
+            .values()
+            .filter(|e| e.n.subscription == sub)
+            .map(|e| e.n.id)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
     /// Notifications due now (the first pending one of each alert and
-    /// receiver), at most `room`, and the earliest future time one is due.
-    pub fn due(&mut self, room: usize) -> (Vec<Notification>, Option<Instant>) {
+    /// receiver), at most `room` and at most `per_sub` in flight per
+    /// subscription, and the earliest future time one is due.
+    pub fn due(&mut self, room: usize, per_sub: usize) -> (Vec<Notification>, Option<Instant>) {
         let now = Instant::now();
         let mut chains: HashSet<(&str, &str, &str)> = HashSet::new();
-        let mut out = Vec::new();
+        let mut out: Vec<Notification> = Vec::new();
+        let mut taking: HashMap<&str, usize> = HashMap::new();
         let mut next: Option<Instant> = None;
         for (id, e) in &self.pending {
             let chain = (
@@ -92,7 +204,11 @@ impl Queue {
                 continue;
             }
             if e.next_at <= now {
-                if out.len() < room {
+                let sub = e.n.subscription.as_str();
+                let flying = self.flying.get(sub).copied().unwrap_or(0)
+                    + taking.get(sub).copied().unwrap_or(0);
+                if out.len() < room && flying < per_sub {
+                    *taking.entry(sub).or_default() += 1;
                     out.push(e.n.clone());
                 }
             } else {
@@ -101,17 +217,121 @@ impl Queue {
         }
         for n in &out {
             self.in_flight.insert(n.id);
+            *self.flying.entry(n.subscription.clone()).or_default() += 1;
         }
         (out, next)
     }
 }
 
-/// The outcome of one attempt.
+/// The outcome of one attempt: what the tenant sees (`public`: a class
+/// and a code) and what the collector logs (`detail`: without the URL's
+/// path, query or credentials).
 #[derive(Debug)]
 pub(crate) enum Attempt {
     Delivered,
-    Retry(String),
-    Fail(String),
+    Retry {
+        public: String,
+        detail: String,
+        /// The receiver's `Retry-After`, capped.
+        after: Option<Duration>,
+    },
+    Fail {
+        public: String,
+        detail: String,
+    },
+}
+
+impl Attempt {
+    fn retry(public: impl Into<String>, detail: impl Into<String>) -> Attempt {
+        Attempt::Retry {
+            public: public.into(),
+            detail: detail.into(),
+            after: None,
+        }
+    }
+    fn fail(public: impl Into<String>, detail: impl Into<String>) -> Attempt {
+        Attempt::Fail {
+            public: public.into(),
+            detail: detail.into(),
+        }
+    }
+    /// Whether the egress policy refused the destination.
+    pub fn refused(&self) -> bool {
+        matches!(self, Attempt::Fail { public, .. } if public == REFUSED)
+    }
+}
+
+/// What a tenant sees when the policy refused the destination.
+pub const REFUSED: &str = "refused by egress policy";
+
+/// The URL a receiver is POSTed to.
+fn target(receiver: &Receiver) -> String {
+    match receiver.receiver_type {
+        ReceiverType::Webhook => receiver.url.clone(),
+        ReceiverType::Alertmanager => {
+            let base = receiver.url.trim_end_matches('/');
+            if base.ends_with("/api/v2/alerts") {
+                base.to_string()
+            } else {
+                format!("{base}/api/v2/alerts")
+            }
+        }
+    }
+}
+
+/// The labels every alert of `n` has with the same value.
+fn common_labels(n: &Notification) -> BTreeMap<String, String> {
+    let mut common = n.alert.labels.clone();
+    for a in &n.grouped {
+        common.retain(|k, v| a.labels.get(k) == Some(v));
+    }
+    common
+}
+
+/// The annotations every alert of `n` has with the same value.
+fn common_annotations(n: &Notification) -> BTreeMap<String, String> {
+    let mut common = n.alert.annotations.clone();
+    for a in &n.grouped {
+        common.retain(|k, v| a.annotations.get(k) == Some(v));
+    }
+    common
+}
+
+/// The webhook payload (Alertmanager's version 4) of `n` for `receiver`.
+pub fn webhook_payload(receiver: &str, n: &Notification, external_url: &str) -> WebhookPayload {
+    let mut group_labels = n.group_labels.clone();
+    if let Some(a) = n.alert.labels.get("alertname") {
+        group_labels.insert("alertname".to_string(), a.clone());
+    }
+    let group_key = if n.grouped.is_empty() && n.group_labels.is_empty() {
+        format!(
+            "{{}}:{{alertname={:?}, fingerprint={:?}}}",
+            n.alert
+                .labels
+                .get("alertname")
+                .map(String::as_str)
+                .unwrap_or(""),
+            n.fingerprint
+        )
+    } else {
+        let parts: Vec<String> = group_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        format!("{{}}:{{{}}}", parts.join(", "))
+    };
+    WebhookPayload {
+        version: "4".into(),
+        group_key,
+        truncated_alerts: 0,
+        status: n.alert.status.clone(),
+        receiver: receiver.to_string(),
+        group_labels,
+        common_labels: common_labels(n),
+        common_annotations: common_annotations(n),
+        external_url: external_url.to_string(),
+        alerts: n.alerts().cloned().collect(),
+    }
 }
 
 /// The body and headers for `receiver`.
@@ -123,33 +343,10 @@ pub(crate) fn build_request(
 ) -> reqwest::RequestBuilder {
     match receiver.receiver_type {
         ReceiverType::Webhook => {
-            let mut group_labels = BTreeMap::new();
-            if let Some(a) = n.alert.labels.get("alertname") {
-                group_labels.insert("alertname".to_string(), a.clone());
-            }
-            let payload = WebhookPayload {
-                version: "4".into(),
-                group_key: format!(
-                    "{{}}:{{alertname={:?}, fingerprint={:?}}}",
-                    n.alert
-                        .labels
-                        .get("alertname")
-                        .map(String::as_str)
-                        .unwrap_or(""),
-                    n.fingerprint
-                ),
-                truncated_alerts: 0,
-                status: n.alert.status.clone(),
-                receiver: receiver.name.clone(),
-                group_labels,
-                common_labels: n.alert.labels.clone(),
-                common_annotations: n.alert.annotations.clone(),
-                external_url: external_url.to_string(),
-                alerts: vec![n.alert.clone()],
-            };
+            let payload = webhook_payload(&receiver.name, n, external_url);
             let body = serde_json::to_vec(&payload).unwrap_or_default();
             let mut req = client
-                .post(&receiver.url)
+                .post(target(receiver))
                 .header("content-type", "application/json")
                 .header("x-notification-id", n.id.to_string());
             if let Some(secret) = &receiver.secret {
@@ -164,76 +361,116 @@ pub(crate) fn build_request(
             req.body(body)
         }
         ReceiverType::Alertmanager => {
-            let base = receiver.url.trim_end_matches('/');
-            let url = if base.ends_with("/api/v2/alerts") {
-                base.to_string()
-            } else {
-                format!("{base}/api/v2/alerts")
-            };
             let ends_at = if n.kind == NotificationKind::Resolved {
-                n.alert.ends_at.clone()
+                None
             } else {
-                rfc3339_from_nanos(n.expires_at)
+                Some(rfc3339_from_nanos(n.expires_at))
             };
-            let body = json!([{
-                "labels": n.alert.labels,
-                "annotations": n.alert.annotations,
-                "startsAt": n.alert.starts_at,
-                "endsAt": ends_at,
-                "generatorURL": n.alert.generator_url,
-            }]);
+            let body: Vec<serde_json::Value> = n
+                .alerts()
+                .map(|a| {
+                    json!({
+                        "labels": a.labels,
+                        "annotations": a.annotations,
+                        "startsAt": a.starts_at,
+                        "endsAt": ends_at.clone().unwrap_or_else(|| a.ends_at.clone()),
+                        "generatorURL": a.generator_url,
+                    })
+                })
+                .collect();
             client
-                .post(url)
+                .post(target(receiver))
                 .header("x-notification-id", n.id.to_string())
                 .json(&body)
         }
     }
 }
 
-/// Sends `n` once.
+/// The error chain of `e`, for the log (reqwest's own message without
+/// the URL).
+fn chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+/// Sends `n` once, to an address the egress `policy` allows.
 pub(crate) async fn attempt(
     client: &reqwest::Client,
     receiver: Option<Receiver>,
     n: &Notification,
     external_url: &str,
+    policy: &EgressPolicy,
 ) -> Attempt {
     let Some(receiver) = receiver else {
-        return Attempt::Fail(format!(
-            "no receiver named {:?} in subscription {:?}",
-            n.receiver, n.subscription
-        ));
+        let msg = format!("no receiver named {:?}", n.receiver);
+        return Attempt::fail(msg.clone(), msg);
     };
+    let dest = egress::redact(&receiver.url);
+    let url = match reqwest::Url::parse(&target(&receiver)) {
+        Ok(u) => u,
+        Err(_) => return Attempt::fail("invalid URL", format!("{dest}: invalid URL")),
+    };
+    // IP-literal and localhost URLs skip DNS: checked here. Names are
+    // checked on what they resolve to, by the client's resolver.
+    if let Err(r) = policy.check_url(&url) {
+        return Attempt::fail(REFUSED, format!("{dest}: {r}"));
+    }
     let req = build_request(client, &receiver, n, external_url).timeout(receiver.timeout.0);
     match req.send().await {
         Ok(resp) => {
+            // The body is never read: nothing of it reaches the tenant.
             let status = resp.status();
+            let code = format!("HTTP {}", status.as_u16());
             if status.is_success() {
-                return Attempt::Delivered;
-            }
-            let text = resp.text().await.unwrap_or_default();
-            let text: String = text.chars().take(200).collect();
-            let msg = format!("{} answered {status}: {text}", receiver.url);
-            if status.is_server_error()
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            {
-                Attempt::Retry(msg)
+                Attempt::Delivered
+            } else if status.is_redirection() {
+                Attempt::fail(
+                    format!("{code} (redirects are not followed)"),
+                    format!("{dest} answered {status}; redirects are not followed"),
+                )
+            } else if RetryPolicy::retries(status) {
+                let after = matches!(status.as_u16(), 429 | 503)
+                    .then(|| {
+                        RetryPolicy::retry_after(
+                            resp.headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok()),
+                            std::time::SystemTime::now(),
+                        )
+                    })
+                    .flatten();
+                Attempt::Retry {
+                    public: code,
+                    detail: format!("{dest} answered {status}"),
+                    after,
+                }
             } else {
-                Attempt::Fail(msg)
+                Attempt::fail(code, format!("{dest} answered {status}"))
             }
         }
-        Err(e) if e.is_timeout() => Attempt::Retry(format!(
-            "{} did not answer within {}",
-            receiver.url, receiver.timeout
-        )),
+        Err(e) if e.is_timeout() => Attempt::retry(
+            format!("timeout after {}", receiver.timeout),
+            format!("{dest} did not answer within {}", receiver.timeout),
+        ),
         Err(e) => {
-            let mut msg = format!("POST {}: {e}", receiver.url);
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
+            if let Some(r) = egress::refusal_in(&e) {
+                let detail = format!("{dest}: {r}");
+                return Attempt::fail(REFUSED, detail);
             }
-            Attempt::Retry(msg)
+            let public = if e.is_connect() {
+                "connect error"
+            } else if e.is_request() || e.is_body() {
+                "request error"
+            } else {
+                "network error"
+            };
+            Attempt::retry(public, format!("{dest}: {}", chain(e)))
         }
     }
 }
@@ -245,7 +482,18 @@ pub(crate) fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
         .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
     let d = exp.min(cfg.max_backoff);
     let jitter: f64 = rand::rng().random_range(0.8..1.2);
-    d.mul_f64(jitter)
+    Duration::try_from_secs_f64(d.as_secs_f64() * jitter).unwrap_or(d)
+}
+
+/// The wait before the next attempt after `outcome` (the `attempts`-th):
+/// the receiver's `Retry-After` when it gave one, else the backoff.
+pub(crate) fn next_delay(cfg: &DeliveryConfig, attempts: u32, outcome: &Attempt) -> Duration {
+    match outcome {
+        Attempt::Retry {
+            after: Some(after), ..
+        } => *after,
+        _ => backoff(cfg, attempts),
+    }
 }
 
 /// Applies the outcome of an attempt to `n`; true when it is finished.
@@ -255,7 +503,7 @@ pub(crate) fn record_outcome(
     now: i64,
     max_age: Duration,
 ) -> bool {
-    n.attempts += 1;
+    n.attempts = n.attempts.saturating_add(1);
     match outcome {
         Attempt::Delivered => {
             n.state = DeliveryState::Delivered;
@@ -263,23 +511,58 @@ pub(crate) fn record_outcome(
             n.finished_at = Some(now);
             true
         }
-        Attempt::Fail(e) => {
+        Attempt::Fail { public, .. } => {
             n.state = DeliveryState::Failed;
-            n.last_error = Some(e.clone());
+            n.last_error = Some(public.clone());
             n.finished_at = Some(now);
             true
         }
-        Attempt::Retry(e) => {
-            n.last_error = Some(e.clone());
+        Attempt::Retry { public, .. } => {
+            n.last_error = Some(public.clone());
             let age = now.saturating_sub(n.created_at);
             if age >= i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX) {
                 n.state = DeliveryState::Failed;
-                n.last_error = Some(format!("gave up after {} attempts: {e}", n.attempts));
+                n.last_error = Some(format!("gave up after {} attempts: {public}", n.attempts));
                 n.finished_at = Some(now);
                 true
             } else {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_is_honoured_capped_and_never_panics() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ra = |v: &str| RetryPolicy::retry_after(Some(v), now);
+        assert_eq!(ra("7"), Some(Duration::from_secs(7)));
+        assert_eq!(ra("0"), Some(Duration::ZERO));
+        assert_eq!(ra("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra(&"9".repeat(40)), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra(&"9".repeat(65)), None);
+        assert_eq!(ra("-5"), None);
+        assert_eq!(ra("1.5"), None);
+        assert_eq!(ra("soon"), None);
+        assert_eq!(ra(""), None);
+        assert_eq!(RetryPolicy::retry_after(None, now), None);
+        let in_a_minute = httpdate::fmt_http_date(now + Duration::from_secs(60));
+        assert_eq!(ra(&in_a_minute), Some(Duration::from_secs(60)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
+        assert_eq!(ra(&past), Some(Duration::ZERO));
+        let far =
+            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000));
+        assert_eq!(ra(&far), Some(MAX_RETRY_AFTER));
+        assert!(RetryPolicy::retries(reqwest::StatusCode::TOO_MANY_REQUESTS));
+        assert!(RetryPolicy::retries(reqwest::StatusCode::BAD_GATEWAY));
+        assert!(!RetryPolicy::retries(reqwest::StatusCode::NOT_FOUND));
+        assert!(!RetryPolicy::retries(
+            reqwest::StatusCode::TEMPORARY_REDIRECT
+        ));
     }
 }

@@ -1,496 +1,324 @@
-//! The rule engine: evaluates records, metric samples and timers against
-//! the rules, and keeps the alert lifecycle (fire once, repeat with counts,
-//! resolve, silence, inhibit).
+//! The rule engine's state and its management: rules, receivers and
+//! silences as the API changes them, what is known of sources and pipes,
+//! restore after a restart, termination of a subscription.
 //!
-//! The engine is deterministic: every entry point takes `now` (collector
-//! clock, nanoseconds) and records carry their own event time, so tests
-//! drive it with a manual clock. It never does I/O: every state change is
-//! collected in [`Effects`] (keys to put and delete, notifications to
-//! queue) that the caller writes to RocksDB in one batch.
+//! The engine is a deterministic state machine: every entry point takes
+//! `now` (collector clock, nanoseconds) and records carry their own event
+//! time, so tests drive it with a manual clock. It never does I/O: every
+//! state change is collected as a typed [`Change`] in [`Effects`] (with the
+//! notifications to queue) that the caller writes to RocksDB in one batch
+//! (`store.rs` knows the keys). It needs no lock of its own and no thread:
+//! the service holds it in a mutex today, and a dedicated evaluation thread
+//! fed by a bounded queue of `Input`s (`dispatch.rs`) could own it.
 //!
-//! # Time
-//! - Pipe overdue rules (`pump_started_overdue`, `pump_finished_overdue`)
-//!   run on the *source's event time*: the newest record `ts` seen from that
-//!   source. A deadline fires only once the source has emitted something
-//!   later than it, so a node or shipper that is down (or a backlog being
-//!   caught up) never makes its pipes look overdue.
-//! - `node_heartbeat_overdue`, log-pattern expiry, repeats, silences and
-//!   `metric_threshold`'s `for` run on the collector's clock.
+//! Where the rest lives: `dispatch.rs` routes inputs (records, samples,
+//! conflicts, ticks, deferred records) to `conditions/` (one file per rule
+//! family); `lifecycle.rs` fires, repeats, resolves and enqueues;
+//! `inhibit.rs` holds heartbeats' inhibition and sources coming back;
+//! `group.rs` folds alerts of grouped rules; `schedule.rs` keeps the
+//! deadlines.
 //!
-//! # Timers
-//! Deadlines sit in ordered sets (a next-deadline scheduler): per source for
-//! event time, one for the collector clock. Each (rule, pipe) or (rule,
-//! source) keeps at most one armed entry, at its earliest deadline; when it
-//! pops, the condition is evaluated from current state and the entry is
-//! re-armed at the new deadline if the pipe moved on in between. Nothing
-//! scans all pipes periodically.
+//! # Bounds
+//! Tenants choose rules, silences and what their records say, so every
+//! piece of state is per subscription and bounded ([`Limits`]): rules,
+//! silences and receivers (checked by the API), tracked pipes and sources,
+//! armed timers, value windows and metric series, active alerts, deferred
+//! records. Past a bound the state is not created and the event is counted
+//! ([`Effects::limited`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
-use schemas::notify::{NotificationRule, Receiver, ReceiverType, RuleType, Silence, WebhookAlert};
-use schemas::time::rfc3339_from_nanos;
-use schemas::{Body, EventType, ExecutionBody, HealthBody, HealthStatus, LogBody, Record};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use schemas::notify::Receiver;
+use schemas::Record;
 
-use crate::rule::{CompiledRule, Kind};
-use crate::store::keys;
+use crate::alerts::AlertStore;
+use crate::index::Index;
+use crate::limits::Limits;
+use crate::model::{
+    Alert, Change, Effects, Group, MetricState, PipeKey, PipeState, ScheduleSpec, SourceKey,
+    SourceState,
+};
+use crate::rule::{CompiledRule, Kind, RuleKey};
+use crate::schedule::{parse_cron, Timer, Timers};
+use crate::silence::{ActiveSilence, Silences};
 
-const NANOS: i64 = 1_000_000_000;
-/// A metric series not updated for this long is stale (as in Prometheus).
-pub const METRIC_STALE_NANOS: i64 = 5 * 60 * NANOS;
-/// Zero time in Alertmanager's payloads (`endsAt` of a firing alert).
-pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-
-/// A source: (subscription, source).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SourceKey {
-    pub sub: String,
-    pub source: String,
+/// Counts of bounded state of one subscription.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) pipes: usize,
+    pub(crate) sources: usize,
+    pub(crate) series: usize,
 }
 
-/// A pipe of a source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PipeKey {
-    pub sub: String,
-    pub source: String,
-    pub pipe: String,
-}
-
-impl PipeKey {
-    fn source_key(&self) -> SourceKey {
-        SourceKey {
-            sub: self.sub.clone(),
-            source: self.source.clone(),
-        }
-    }
-}
-
-/// How a pipe is scheduled, from the node's config snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleSpec {
-    /// No config snapshot seen yet.
-    #[default]
-    Unknown,
-    /// Seconds between runs.
-    Interval(f64),
-    /// Cron expression (5 fields, UTC).
-    Cron(String),
-    /// Manual or off: never expected to start by itself.
-    Manual,
-}
-
-/// What the engine knows about one pipe.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PipeState {
-    /// When the pipe was first seen (event time).
-    pub known_since: i64,
-    pub last_started: Option<i64>,
-    pub last_finished: Option<i64>,
-    pub running_since: Option<i64>,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default)]
-    pub schedule: ScheduleSpec,
-    #[serde(skip)]
-    cron: Option<Arc<cron::Schedule>>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// What the engine knows about one source.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct SourceState {
-    /// Newest record `ts` from the source: its event clock.
-    pub newest_ts: i64,
-    /// Collector time of the last record from it.
-    pub last_arrival: i64,
-}
-
-/// An active (firing) alert.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    pub fingerprint: String,
-    pub rule_id: String,
-    pub rule_type: RuleType,
-    pub subscription: String,
-    pub source: Option<String>,
-    pub pipe: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub starts_at: i64,
-    pub last_event_at: i64,
-    /// Events that fired or re-fired it since it started.
-    pub event_count: u64,
-    /// Events since the last notification.
-    pub unnotified_events: u64,
-    /// The firing notification went out.
-    pub notified: bool,
-    pub last_notified_at: Option<i64>,
-    /// Fingerprint of the `node_heartbeat_overdue` alert suppressing it.
-    pub inhibited_by: Option<String>,
-    /// Log-pattern alerts resolve at this time without a new match.
-    pub resolve_at: Option<i64>,
-}
-
-/// What a notification says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NotificationKind {
-    /// The alert started firing.
-    Firing,
-    /// Still firing, with further events since the last notification.
-    Repeat,
-    /// Still firing, no new events: keeps Alertmanager from expiring it.
-    Refresh,
-    Resolved,
-}
-
-/// Delivery state of a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    Pending,
-    Delivered,
-    Failed,
-}
-
-/// A notification to one receiver: queued in RocksDB before it is sent,
-/// kept as history after.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
-    pub id: u64,
-    pub subscription: String,
-    pub receiver: String,
-    pub rule_id: String,
-    pub fingerprint: String,
-    pub kind: NotificationKind,
-    pub alert: WebhookAlert,
-    /// `endsAt` sent to Alertmanager while firing (it expires alerts not
-    /// refreshed by then).
-    pub expires_at: i64,
-    pub created_at: i64,
-    pub state: DeliveryState,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub finished_at: Option<i64>,
-}
-
-/// Everything an evaluation changed, to be written in one batch.
+/// State changed by the current evaluation, written once at its end.
 #[derive(Debug, Default)]
-pub struct Effects {
-    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
-    pub deletes: Vec<Vec<u8>>,
-    pub notifications: Vec<Notification>,
-    /// Sync the batch (API changes and notifications).
-    pub sync: bool,
-    dirty_pipes: HashSet<PipeKey>,
-    dirty_sources: HashSet<SourceKey>,
-    dirty_windows: HashSet<String>,
+pub(crate) struct Dirty {
+    pub(crate) alerts: HashSet<(String, String)>,
+    pub(crate) pipes: HashSet<PipeKey>,
+    pub(crate) sources: HashSet<SourceKey>,
+    pub(crate) windows: HashSet<String>,
+    pub(crate) metrics: HashSet<String>,
+    pub(crate) groups: HashSet<String>,
 }
 
-impl Effects {
-    pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty() && self.notifications.is_empty()
-    }
-}
-
-/// A compiled silence.
-#[derive(Debug, Clone)]
-pub struct ActiveSilence {
-    pub silence: Silence,
-    pub starts: i64,
-    pub ends: i64,
-    pub matchers: Vec<(String, Option<regex::Regex>, String, bool)>,
-}
-
-impl ActiveSilence {
-    pub fn compile(silence: Silence) -> Result<ActiveSilence, crate::NotifierError> {
-        let starts = schemas::time::parse_rfc3339(&silence.starts_at).ok_or_else(|| {
-            crate::NotifierError::invalid("startsAt", "startsAt must be an RFC 3339 time")
-        })?;
-        let ends = schemas::time::parse_rfc3339(&silence.ends_at).ok_or_else(|| {
-            crate::NotifierError::invalid("endsAt", "endsAt must be an RFC 3339 time")
-        })?;
-        if ends <= starts {
-            return Err(crate::NotifierError::invalid(
-                "endsAt",
-                "endsAt must be after startsAt",
-            ));
-        }
-        if silence.matchers.is_empty() {
-            return Err(crate::NotifierError::invalid(
-                "matchers",
-                "a silence needs at least one matcher",
-            ));
-        }
-        let mut matchers = Vec::new();
-        for (i, m) in silence.matchers.iter().enumerate() {
-            if m.name.is_empty() {
-                return Err(crate::NotifierError::invalid(
-                    format!("matchers[{i}].name"),
-                    "label name must not be empty",
-                ));
-            }
-            let re = if m.is_regex {
-                Some(
-                    regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
-                        crate::NotifierError::invalid(
-                            format!("matchers[{i}].value"),
-                            format!("bad regex: {e}"),
-                        )
-                    })?,
-                )
-            } else {
-                None
-            };
-            matchers.push((m.name.clone(), re, m.value.clone(), m.is_equal));
-        }
-        Ok(ActiveSilence {
-            silence,
-            starts,
-            ends,
-            matchers,
-        })
-    }
-
-    fn matches(&self, alert: &Alert, now: i64) -> bool {
-        if now < self.starts || now >= self.ends || self.silence.subscription != alert.subscription
-        {
-            return false;
-        }
-        self.matchers.iter().all(|(name, re, value, equal)| {
-            let v = alert.labels.get(name).map(String::as_str).unwrap_or("");
-            let m = match re {
-                Some(re) => re.is_match(v),
-                None => v == value,
-            };
-            m == *equal
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Timer {
-    Started { rule: String, pipe: PipeKey },
-    Finished { rule: String, pipe: PipeKey },
-    Heartbeat { rule: String, source: SourceKey },
-    PatternResolve { fp: String },
-    Repeat { fp: String },
-    Metric { key: String },
-    SilenceEdge { id: String },
-}
-
-/// Rules matching one (subscription, source, pipe).
-type RuleSet = Arc<[Arc<CompiledRule>]>;
-
-#[derive(Debug, Default)]
-struct SubIndex {
-    /// Pipe rules whose patterns are all plain names, by name.
-    literal: HashMap<String, Vec<Arc<CompiledRule>>>,
-    /// Pipe rules with a wildcard pattern.
-    wild: Vec<Arc<CompiledRule>>,
-    /// Heartbeat and health rules.
-    source_rules: Vec<Arc<CompiledRule>>,
-    /// Metric rules by metric name.
-    metric: HashMap<String, Vec<Arc<CompiledRule>>>,
-    generation: u64,
-}
-
-#[derive(Debug)]
-struct MetricState {
-    rule: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-    since: i64,
-    last_seen: i64,
-}
-
-/// The engine state. Not thread safe: the notifier holds it in a mutex.
+/// The engine state. Not thread safe: its owner serializes the calls.
 #[derive(Debug)]
 pub struct Engine {
-    pub rules: BTreeMap<String, Arc<CompiledRule>>,
-    subs: HashMap<String, SubIndex>,
-    cache: HashMap<String, (u64, RuleSet)>,
-    scratch: String,
-    pub receivers: BTreeMap<(String, String), Receiver>,
-    pub silences: BTreeMap<String, ActiveSilence>,
-    pub alerts: HashMap<String, Alert>,
-    firing_by_rule: HashMap<String, usize>,
-    pub pipes: HashMap<PipeKey, PipeState>,
-    pub sources: HashMap<SourceKey, SourceState>,
-    windows: HashMap<String, VecDeque<(i64, f64)>>,
-    metric: HashMap<String, MetricState>,
-    event_timers: HashMap<SourceKey, BTreeSet<(i64, Timer)>>,
-    wall_timers: BTreeSet<(i64, Timer)>,
-    armed: HashMap<Timer, i64>,
-    heartbeat_firing: HashMap<SourceKey, String>,
+    pub(crate) rules: BTreeMap<RuleKey, Arc<CompiledRule>>,
+    pub(crate) index: Index,
+    pub(crate) receivers: BTreeMap<(String, String), Receiver>,
+    pub(crate) silences: Silences,
+    pub(crate) alerts: AlertStore,
+    pub(crate) pipes: HashMap<PipeKey, PipeState>,
+    /// Pipe names of each source.
+    pub(crate) pipes_of: HashMap<SourceKey, BTreeSet<String>>,
+    pub(crate) sources: HashMap<SourceKey, SourceState>,
+    pub(crate) counts: HashMap<String, Counts>,
+    /// `<sub>\0<rule id>\0<source>\0<pipe>`
+    pub(crate) windows: HashMap<String, VecDeque<(i64, f64)>>,
+    /// `<sub>\0<rule id>\0<series>`
+    pub(crate) metric: HashMap<String, MetricState>,
+    /// `<sub>\0<group key>`
+    pub(crate) groups: HashMap<String, Group>,
+    pub(crate) timers: Timers,
+    /// The firing heartbeat alert of each source.
+    pub(crate) heartbeat_firing: HashMap<SourceKey, String>,
     pub next_notification: u64,
-    /// Heartbeats count from here at the earliest: the collector's start,
-    /// so its own downtime does not page for every node.
-    started_at: i64,
-    external_url: String,
-    fx: Effects,
+    /// The collector's start.
+    pub(crate) started_at: i64,
+    /// How long the collector was down before this start (`None`: not
+    /// known, an old store): a source's silence during it does not count
+    /// towards its heartbeat, so the collector's own downtime pages no
+    /// node, and a restart without downtime changes nothing.
+    pub(crate) downtime: Option<i64>,
+    pub(crate) external_url: String,
+    pub(crate) fx: Effects,
+    pub(crate) dirty: Dirty,
+    pub(crate) limits: Limits,
     /// Loading a rules file: API writes are synced once at the end.
     pub bulk: bool,
-}
-
-/// The fingerprint of an alert: 16 hex digits of SHA-256 over the rule id
-/// and the identifying labels.
-pub fn fingerprint(rule: &str, sub: &str, source: &str, pipe: &str, extra: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [rule, sub, source, pipe, extra] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(&h.finalize()[..8])
-}
-
-fn opt_ts(ts: i64) -> String {
-    rfc3339_from_nanos(ts)
-}
-
-fn short(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
-fn secs(n: i64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs((n / NANOS).max(0) as u64))
-        .to_string()
-}
-
-/// What a firing condition says about the event that caused it.
-struct Fire<'a> {
-    rule: &'a Arc<CompiledRule>,
-    source: Option<&'a str>,
-    pipe: Option<&'a str>,
-    /// Extra labels (metric series).
-    extra: Vec<(String, String)>,
-    /// Extra identity (the metric series) for the fingerprint.
-    identity: String,
-    event_ts: i64,
-    summary: String,
-    annotations: Vec<(&'static str, String)>,
+    /// Records of subscriptions that used up their evaluation budget,
+    /// waiting (in order) for [`Engine::drain`].
+    pub(crate) backlog: HashMap<String, VecDeque<Record>>,
+    /// Subscriptions with a backlog, in drain order.
+    pub(crate) backlog_order: VecDeque<String>,
+    /// While a record is evaluated: when its evaluation must stop.
+    pub(crate) deadline: Option<Instant>,
+    /// Rules of the record being evaluated were skipped for lack of time.
+    pub(crate) cut: bool,
 }
 
 impl Engine {
-    pub fn new(external_url: impl Into<String>, now: i64) -> Engine {
+    pub fn new(external_url: impl Into<String>, now: i64, limits: Limits) -> Engine {
+        let cache = limits
+            .max_pipes_per_subscription
+            .saturating_mul(2)
+            .clamp(1024, 1 << 20);
         Engine {
             rules: BTreeMap::new(),
-            subs: HashMap::new(),
-            cache: HashMap::new(),
-            scratch: String::new(),
+            index: Index::new(cache),
             receivers: BTreeMap::new(),
-            silences: BTreeMap::new(),
-            alerts: HashMap::new(),
-            firing_by_rule: HashMap::new(),
+            silences: Silences::default(),
+            alerts: AlertStore::default(),
             pipes: HashMap::new(),
+            pipes_of: HashMap::new(),
             sources: HashMap::new(),
+            counts: HashMap::new(),
             windows: HashMap::new(),
             metric: HashMap::new(),
-            event_timers: HashMap::new(),
-            wall_timers: BTreeSet::new(),
-            armed: HashMap::new(),
+            groups: HashMap::new(),
+            timers: Timers::new(limits.max_timers_per_subscription),
             heartbeat_firing: HashMap::new(),
             next_notification: 1,
             started_at: now,
+            downtime: Some(0),
             external_url: external_url.into(),
             fx: Effects::default(),
+            dirty: Dirty::default(),
+            limits,
             bulk: false,
+            backlog: HashMap::new(),
+            backlog_order: VecDeque::new(),
+            deadline: None,
+            cut: false,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The changes since the last call.
     pub fn take_effects(&mut self) -> Effects {
         let mut fx = std::mem::take(&mut self.fx);
-        for k in std::mem::take(&mut fx.dirty_pipes) {
-            let key = keys::pipe(&k);
-            match self.pipes.get(&k) {
-                Some(p) => fx.puts.push((key, json(&(&k, p)))),
-                None => fx.deletes.push(key),
-            }
+        let d = std::mem::take(&mut self.dirty);
+        for (sub, fp) in d.alerts {
+            fx.changes.push(match self.alerts.get(&fp) {
+                Some(a) => Change::Alert(a.clone()),
+                None => Change::AlertGone { sub, fp },
+            });
         }
-        for k in std::mem::take(&mut fx.dirty_sources) {
-            let key = keys::source(&k);
-            match self.sources.get(&k) {
-                Some(s) => fx.puts.push((key, json(&(&k, s)))),
-                None => fx.deletes.push(key),
-            }
+        for k in d.pipes {
+            fx.changes.push(match self.pipes.get(&k) {
+                Some(p) => Change::Pipe(k, p.clone()),
+                None => Change::PipeGone(k),
+            });
         }
-        for k in std::mem::take(&mut fx.dirty_windows) {
-            let key = keys::window(&k);
-            match self.windows.get(&k) {
-                Some(w) => fx.puts.push((key, json(&(&k, w)))),
-                None => fx.deletes.push(key),
-            }
+        for k in d.sources {
+            fx.changes.push(match self.sources.get(&k) {
+                Some(s) => Change::Source(k, *s),
+                None => Change::SourceGone(k),
+            });
+        }
+        for k in d.windows {
+            fx.changes.push(match self.windows.get(&k) {
+                Some(w) => Change::Window(k, w.clone()),
+                None => Change::WindowGone(k),
+            });
+        }
+        for k in d.metrics {
+            fx.changes.push(match self.metric.get(&k) {
+                Some(m) => Change::Metric(k, m.clone()),
+                None => Change::MetricGone(k),
+            });
+        }
+        for k in d.groups {
+            fx.changes.push(match self.groups.get(&k) {
+                Some(g) => Change::Group(k, g.clone()),
+                None => Change::GroupGone(k),
+            });
         }
         fx
     }
 
-    /// Writes `value` at `key` with the next batch, synced (unless in bulk
-    /// mode, whose caller syncs once at the end).
-    pub fn persist(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.fx.puts.push((key, value));
-        self.fx.sync = !self.bulk;
-    }
-
-    /// Deletes `key` with the next batch, synced (unless in bulk mode).
-    pub fn forget(&mut self, key: Vec<u8>) {
-        self.fx.deletes.push(key);
+    /// Records an API change (rules, receivers, silences) for the next
+    /// batch, synced (unless in bulk mode, whose caller syncs at the end).
+    pub fn record(&mut self, c: Change) {
+        self.fx.changes.push(c);
         self.fx.sync = !self.bulk;
     }
 
     /// The earliest collector-clock deadline.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.wall_timers.first().map(|(d, _)| *d)
+        self.timers.next_wall()
+    }
+
+    /// Deferred records waiting for evaluation.
+    pub fn deferred(&self) -> usize {
+        self.backlog.values().map(VecDeque::len).sum()
+    }
+
+    pub(crate) fn count(&mut self, sub: &str) -> &mut Counts {
+        if !self.counts.contains_key(sub) {
+            self.counts.insert(sub.to_string(), Counts::default());
+        }
+        self.counts.get_mut(sub).expect("inserted above")
+    }
+
+    pub(crate) fn limited(&mut self, sub: &str, what: &'static str) {
+        self.fx.limited.push((sub.to_string(), what));
+    }
+
+    /// Arms `t` at `at`, counting a refusal by the timer bound.
+    pub(crate) fn arm(&mut self, t: Timer, at: i64) {
+        if !self.timers.arm(&t, at) {
+            self.limited(t.sub(), "timers");
+        }
+    }
+
+    pub(crate) fn touch_alert(&mut self, sub: &str, fp: &str) {
+        self.dirty.alerts.insert((sub.to_string(), fp.to_string()));
+    }
+
+    // ---- queries -----------------------------------------------------------
+
+    /// Rules of `sub`, in id order.
+    pub fn rules_of<'a>(
+        &'a self,
+        sub: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<CompiledRule>> + 'a {
+        self.rules
+            .range(RuleKey::new(sub, "")..)
+            .take_while(move |(k, _)| k.sub == sub)
+            .map(|(_, r)| r)
+    }
+
+    pub fn rule_count(&self, sub: &str) -> usize {
+        self.rules_of(sub).count()
+    }
+
+    pub fn receiver_count(&self, sub: &str) -> usize {
+        self.receivers
+            .range((sub.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == sub)
+            .count()
+    }
+
+    pub fn silence_count(&self, sub: &str) -> usize {
+        self.silences.count(sub)
+    }
+
+    /// Active alerts of `sub`.
+    pub fn alerts_of<'a>(&'a self, sub: &'a str) -> impl Iterator<Item = &'a Alert> + 'a {
+        self.alerts.of(sub)
+    }
+
+    /// Every active alert.
+    pub fn all_alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.all()
+    }
+
+    pub fn alert_count(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// The pipes known in `sub` (for warnings about globs matching none).
+    pub fn known_pipes(&self, sub: &str) -> BTreeSet<String> {
+        self.pipes_of
+            .iter()
+            .filter(|(k, _)| k.sub == sub)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect()
     }
 
     // ---- restore -------------------------------------------------------
 
     /// Restores persisted state (after the rules, receivers and silences
     /// are in) and re-arms every timer.
-    pub fn restore(
-        &mut self,
-        alerts: Vec<Alert>,
-        pipes: Vec<(PipeKey, PipeState)>,
-        sources: Vec<(SourceKey, SourceState)>,
-        windows: Vec<(String, VecDeque<(i64, f64)>)>,
-    ) {
-        for (k, mut p) in pipes {
+    pub fn restore(&mut self, state: Restored) {
+        self.downtime = state.alive.map(|t| state.now.saturating_sub(t).max(0));
+        for (k, mut p) in state.pipes {
             if let ScheduleSpec::Cron(expr) = &p.schedule {
                 p.cron = parse_cron(expr).map(Arc::new);
             }
+            self.count(&k.sub).pipes += 1;
+            self.pipes_of
+                .entry(k.source_key())
+                .or_default()
+                .insert(k.pipe.clone());
             self.pipes.insert(k, p);
         }
-        self.sources.extend(sources);
-        self.windows.extend(windows);
-        for a in alerts {
-            *self.firing_by_rule.entry(a.rule_id.clone()).or_default() += 1;
-            if a.rule_type == RuleType::NodeHeartbeatOverdue {
+        for (k, s) in state.sources {
+            self.count(&k.sub).sources += 1;
+            self.sources.insert(k, s);
+        }
+        for (k, w) in state.windows {
+            let sub = k.split('\0').next().unwrap_or("").to_string();
+            self.count(&sub).series += 1;
+            self.windows.insert(k, w);
+        }
+        for a in state.alerts {
+            if a.rule_type == schemas::notify::RuleType::NodeHeartbeatOverdue {
                 if let Some(src) = &a.source {
-                    self.heartbeat_firing.insert(
-                        SourceKey {
-                            sub: a.subscription.clone(),
-                            source: src.clone(),
-                        },
-                        a.fingerprint.clone(),
-                    );
+                    self.heartbeat_firing
+                        .insert(SourceKey::new(&a.subscription, src), a.fingerprint.clone());
                 }
             }
-            self.alerts.insert(a.fingerprint.clone(), a);
+            self.alerts.insert(a);
         }
-        let fps: Vec<String> = self.alerts.keys().cloned().collect();
+        let fps: Vec<String> = self.alerts.all().map(|a| a.fingerprint.clone()).collect();
         for fp in fps {
             self.arm_alert_timers(&fp);
         }
@@ -502,26 +330,20 @@ impl Engine {
         for k in source_keys {
             self.arm_heartbeats(&k);
         }
-        let ids: Vec<String> = self.silences.keys().cloned().collect();
-        for id in ids {
-            self.arm_silence(&id);
+        for key in self.silences.keys() {
+            self.arm_silence(&key, state.now);
         }
-    }
-
-    fn arm_alert_timers(&mut self, fp: &str) {
-        let Some(a) = self.alerts.get(fp) else { return };
-        let repeat = self
-            .rules
-            .get(&a.rule_id)
-            .map(|r| r.repeat_nanos)
-            .unwrap_or(3600 * NANOS);
-        let at = a.last_notified_at.map(|t| t + repeat);
-        let resolve_at = a.resolve_at;
-        if let Some(at) = at {
-            self.arm_wall(Timer::Repeat { fp: fp.to_string() }, at);
-        }
-        if let Some(at) = resolve_at {
-            self.arm_wall(Timer::PatternResolve { fp: fp.to_string() }, at);
+        self.restore_metrics(state.metrics, state.now);
+        self.restore_groups(state.groups);
+        // A silence that ended while the collector was down.
+        let subs: BTreeSet<String> = self
+            .alerts
+            .all()
+            .filter(|a| !a.notified)
+            .map(|a| a.subscription.clone())
+            .collect();
+        for sub in subs {
+            self.flush_pending(&sub, state.now, state.now);
         }
     }
 
@@ -530,35 +352,36 @@ impl Engine {
     /// Adds or replaces a rule. Alerts of a replaced rule whose type
     /// changed are resolved.
     pub fn set_rule(&mut self, rule: Arc<CompiledRule>, now: i64) {
-        let id = rule.id().to_string();
-        if let Some(old) = self.rules.get(&id).cloned() {
-            self.unindex(&old);
-            if old.rule_type() != rule.rule_type()
-                || old.rule.subscription != rule.rule.subscription
-            {
-                self.resolve_rule_alerts(&id, now);
+        let key = rule.key();
+        if let Some(old) = self.rules.get(&key).cloned() {
+            self.index.remove(&old);
+            if old.rule_type() != rule.rule_type() {
+                self.resolve_rule_alerts(&key, now);
             }
         }
-        self.rules.insert(id, rule.clone());
-        self.index(&rule);
-        self.arm_rule(&rule, now);
+        self.rules.insert(key, rule.clone());
+        self.index.add(&rule);
+        self.arm_rule(&rule);
     }
 
     /// Removes a rule and resolves its alerts.
-    pub fn remove_rule(&mut self, id: &str, now: i64) -> Option<Arc<CompiledRule>> {
+    pub fn remove_rule(&mut self, key: &RuleKey, now: i64) -> Option<Arc<CompiledRule>> {
         // Resolve first: the resolved notifications go to the rule's
         // receivers.
-        self.resolve_rule_alerts(id, now);
-        let old = self.rules.remove(id)?;
-        self.unindex(&old);
+        self.resolve_rule_alerts(key, now);
+        let old = self.rules.remove(key)?;
+        self.index.remove(&old);
         Some(old)
     }
 
-    fn resolve_rule_alerts(&mut self, id: &str, now: i64) {
+    fn resolve_rule_alerts(&mut self, key: &RuleKey, now: i64) {
+        if !self.alerts.rule_firing(key) {
+            return;
+        }
         let fps: Vec<String> = self
             .alerts
-            .values()
-            .filter(|a| a.rule_id == id)
+            .of(&key.sub)
+            .filter(|a| a.rule_id == key.id)
             .map(|a| a.fingerprint.clone())
             .collect();
         for fp in fps {
@@ -566,64 +389,15 @@ impl Engine {
         }
     }
 
-    fn index(&mut self, rule: &Arc<CompiledRule>) {
-        let idx = self.subs.entry(rule.rule.subscription.clone()).or_default();
-        idx.generation += 1;
-        match &rule.kind {
-            Kind::Heartbeat { .. } | Kind::Unhealthy { .. } => idx.source_rules.push(rule.clone()),
-            Kind::Metric { metric, .. } => idx
-                .metric
-                .entry(metric.clone())
-                .or_default()
-                .push(rule.clone()),
-            _ => match &rule.literal_pipes {
-                Some(names) => {
-                    for n in names {
-                        let v = idx.literal.entry(n.clone()).or_default();
-                        if !v.iter().any(|r| Arc::ptr_eq(r, rule)) {
-                            v.push(rule.clone());
-                        }
-                    }
-                }
-                None => idx.wild.push(rule.clone()),
-            },
-        }
-    }
-
-    fn unindex(&mut self, rule: &Arc<CompiledRule>) {
-        let Some(idx) = self.subs.get_mut(&rule.rule.subscription) else {
-            return;
-        };
-        idx.generation += 1;
-        let id = rule.id();
-        idx.wild.retain(|r| r.id() != id);
-        idx.source_rules.retain(|r| r.id() != id);
-        if let Kind::Metric { metric, .. } = &rule.kind {
-            if let Some(v) = idx.metric.get_mut(metric) {
-                v.retain(|r| r.id() != id);
-            }
-        }
-        if let Some(names) = &rule.literal_pipes {
-            for n in names {
-                if let Some(v) = idx.literal.get_mut(n) {
-                    v.retain(|r| r.id() != id);
-                    if v.is_empty() {
-                        idx.literal.remove(n);
-                    }
-                }
-            }
-        }
-    }
-
     /// Arms the timers a new rule needs for what is already known.
-    fn arm_rule(&mut self, rule: &Arc<CompiledRule>, _now: i64) {
+    fn arm_rule(&mut self, rule: &Arc<CompiledRule>) {
         match rule.kind {
             Kind::StartedOverdue { .. } | Kind::FinishedOverdue { .. } => {
                 let keys: Vec<PipeKey> = self
                     .pipes
                     .keys()
                     .filter(|k| {
-                        k.sub == rule.rule.subscription
+                        k.sub == rule.sub()
                             && rule.matches_source(&k.source)
                             && rule.matches_pipe(&k.pipe)
                     })
@@ -637,7 +411,7 @@ impl Engine {
                 let keys: Vec<SourceKey> = self
                     .sources
                     .keys()
-                    .filter(|k| k.sub == rule.rule.subscription && rule.matches_source(&k.source))
+                    .filter(|k| k.sub == rule.sub() && rule.matches_source(&k.source))
                     .cloned()
                     .collect();
                 for k in keys {
@@ -648,1429 +422,178 @@ impl Engine {
         }
     }
 
-    /// The pipes known in `sub` (for warnings about globs matching none).
-    pub fn known_pipes(&self, sub: &str) -> BTreeSet<String> {
-        self.pipes
-            .keys()
-            .filter(|k| k.sub == sub)
-            .map(|k| k.pipe.clone())
-            .collect()
+    pub fn receiver(&self, sub: &str, name: &str) -> Option<&Receiver> {
+        self.receivers.get(&(sub.to_string(), name.to_string()))
     }
 
+    /// Adds or replaces a receiver; whether it is new.
+    pub fn set_receiver(&mut self, r: Receiver) -> bool {
+        self.record(Change::Receiver(r.clone()));
+        self.receivers
+            .insert((r.subscription.clone(), r.name.clone()), r)
+            .is_none()
+    }
+
+    pub fn remove_receiver(&mut self, sub: &str, name: &str) -> Option<Receiver> {
+        let r = self
+            .receivers
+            .remove(&(sub.to_string(), name.to_string()))?;
+        self.record(Change::ReceiverGone {
+            sub: sub.to_string(),
+            name: name.to_string(),
+        });
+        Some(r)
+    }
+
+    /// Adds or replaces a silence (restoring: nothing to write).
     pub fn set_silence(&mut self, s: ActiveSilence, now: i64) {
-        let id = s.silence.id.clone();
-        self.silences.insert(id.clone(), s);
-        self.arm_silence(&id);
-        self.flush_pending(now);
+        let key = (s.silence.subscription.clone(), s.silence.id.clone());
+        self.disarm_silence(&key);
+        self.silences.insert(s);
+        self.arm_silence(&key, now);
+        self.flush_pending(&key.0, now, now);
     }
 
-    pub fn remove_silence(&mut self, id: &str, now: i64) -> Option<ActiveSilence> {
-        let s = self.silences.remove(id)?;
-        self.flush_pending(now);
+    pub fn remove_silence(&mut self, key: &(String, String), now: i64) -> Option<ActiveSilence> {
+        self.disarm_silence(key);
+        let s = self.silences.remove(key)?;
+        self.flush_pending(&key.0, now, now);
         Some(s)
     }
 
-    fn arm_silence(&mut self, id: &str) {
-        let Some(s) = self.silences.get(id) else {
-            return;
+    pub(crate) fn silence_of(&self, key: &(String, String)) -> Option<&ActiveSilence> {
+        self.silences.get(key)
+    }
+
+    /// The silences of `sub` (all when `None`).
+    pub fn silences<'a>(&'a self, sub: Option<&'a str>) -> Vec<&'a ActiveSilence> {
+        match sub {
+            Some(s) => self.silences.of(s).collect(),
+            None => self.silences.all().collect(),
+        }
+    }
+
+    fn silence_edges(&self, key: &(String, String)) -> Option<[(i64, Timer); 2]> {
+        let s = self.silences.get(key)?;
+        let t = Timer::SilenceEdge {
+            sub: key.0.clone(),
+            id: key.1.clone(),
         };
-        let (starts, ends) = (s.starts, s.ends);
-        self.wall_timers
-            .insert((starts, Timer::SilenceEdge { id: id.to_string() }));
-        self.wall_timers
-            .insert((ends, Timer::SilenceEdge { id: id.to_string() }));
+        Some([(s.starts, t.clone()), (s.ends, t)])
     }
 
-    /// Ids of the silences muting `alert` now.
-    pub fn silenced_by(&self, alert: &Alert, now: i64) -> Vec<String> {
-        self.silences
-            .values()
-            .filter(|s| s.matches(alert, now))
-            .map(|s| s.silence.id.clone())
-            .collect()
-    }
-
-    fn suppressed(&self, alert: &Alert, now: i64) -> bool {
-        alert.inhibited_by.is_some() || self.silences.values().any(|s| s.matches(alert, now))
-    }
-
-    /// Notifies firing alerts whose notification was held back by a
-    /// silence or an inhibition that no longer applies.
-    fn flush_pending(&mut self, now: i64) {
-        let fps: Vec<String> = self
-            .alerts
-            .values()
-            .filter(|a| !a.notified)
-            .map(|a| a.fingerprint.clone())
-            .collect();
-        for fp in fps {
-            self.try_notify(&fp, NotificationKind::Firing, now);
-        }
-    }
-
-    /// Drops everything of a terminated subscription.
-    pub fn purge(&mut self, sub: &str) {
-        let ids: Vec<String> = self
-            .rules
-            .values()
-            .filter(|r| r.rule.subscription == sub)
-            .map(|r| r.id().to_string())
-            .collect();
-        for id in &ids {
-            if let Some(r) = self.rules.remove(id) {
-                self.unindex(&r);
-            }
-            self.fx.deletes.push(keys::rule(id));
-        }
-        self.subs.remove(sub);
-        self.receivers.retain(|(s, name), _| {
-            if s == sub {
-                self.fx.deletes.push(keys::receiver(s, name));
-                false
-            } else {
-                true
-            }
-        });
-        let fx = &mut self.fx;
-        self.silences.retain(|id, s| {
-            if s.silence.subscription == sub {
-                fx.deletes.push(keys::silence(id));
-                false
-            } else {
-                true
-            }
-        });
-        self.alerts.retain(|fp, a| {
-            if a.subscription == sub {
-                fx.deletes.push(keys::alert(fp));
-                false
-            } else {
-                true
-            }
-        });
-        self.firing_by_rule.retain(|id, _| !ids.contains(id));
-        self.heartbeat_firing.retain(|k, _| k.sub != sub);
-        let pipes: Vec<PipeKey> = self
-            .pipes
-            .keys()
-            .filter(|k| k.sub == sub)
-            .cloned()
-            .collect();
-        for k in pipes {
-            self.pipes.remove(&k);
-            self.fx.dirty_pipes.insert(k);
-        }
-        let sources: Vec<SourceKey> = self
-            .sources
-            .keys()
-            .filter(|k| k.sub == sub)
-            .cloned()
-            .collect();
-        for k in sources {
-            self.sources.remove(&k);
-            self.event_timers.remove(&k);
-            self.fx.dirty_sources.insert(k);
-        }
-        let prefix = format!("{sub}\0");
-        let wins: Vec<String> = self
-            .windows
-            .keys()
-            .filter(|k| {
-                k.split_once('\0')
-                    .is_some_and(|(_, rest)| rest.starts_with(&prefix))
-            })
-            .cloned()
-            .collect();
-        for k in wins {
-            self.windows.remove(&k);
-            self.fx.dirty_windows.insert(k);
-        }
-        self.metric
-            .retain(|k, _| k.split('\0').nth(1).is_none_or(|s| s != sub));
-        self.cache.retain(|k, _| !k.starts_with(&prefix));
-    }
-
-    // ---- records -------------------------------------------------------
-
-    /// Evaluates records just stored (one commit group).
-    pub fn on_records(&mut self, records: &[Record], now: i64) {
-        let mut touched: Vec<SourceKey> = Vec::new();
-        for r in records {
-            let same = touched
-                .last()
-                .is_some_and(|k| k.sub == r.subscription && k.source == r.source);
-            if !same {
-                let k = SourceKey {
-                    sub: r.subscription.clone(),
-                    source: r.source.clone(),
-                };
-                if !touched.contains(&k) {
-                    self.sources.entry(k.clone()).or_default();
-                    touched.push(k);
-                } else {
-                    // Move it last so the next record of it is "same".
-                    touched.retain(|x| x != &k);
-                    touched.push(k);
+    /// Arms the silence's edges still ahead of `now` (the ones behind are
+    /// dealt with: its creation flushes, a restore flushes).
+    fn arm_silence(&mut self, key: &(String, String), now: i64) {
+        if let Some(edges) = self.silence_edges(key) {
+            for (at, t) in edges {
+                if at > now {
+                    self.timers.edge(at, t);
                 }
             }
-            if let Some(s) = touched.last().and_then(|k| self.sources.get_mut(k)) {
-                s.newest_ts = s.newest_ts.max(r.ts);
-            }
-            match &r.body {
-                Body::Execution(e) => self.on_execution(r, e, now),
-                Body::Health(h) => self.on_health(r, h, now),
-                Body::Config(c) => self.on_config(r, &c.config),
-                Body::Log(l) => self.on_log(r, l, now),
-                Body::System(_) => {}
-            }
-        }
-        for k in touched {
-            if let Some(s) = self.sources.get_mut(&k) {
-                s.last_arrival = now;
-            }
-            self.source_alive(&k, now);
-            self.run_event_timers(&k, now);
-            self.fx.dirty_sources.insert(k);
         }
     }
 
-    fn pipe_rules(&mut self, sub: &str, source: &str, pipe: &str) -> Arc<[Arc<CompiledRule>]> {
-        let Some(idx) = self.subs.get(sub) else {
-            return Arc::from(Vec::new());
-        };
-        self.scratch.clear();
-        self.scratch.push_str(sub);
-        self.scratch.push('\0');
-        self.scratch.push_str(source);
-        self.scratch.push('\0');
-        self.scratch.push_str(pipe);
-        if let Some((g, rules)) = self.cache.get(&self.scratch) {
-            if *g == idx.generation {
-                return rules.clone();
-            }
-        }
-        let mut out: Vec<Arc<CompiledRule>> = Vec::new();
-        if let Some(v) = idx.literal.get(pipe) {
-            out.extend(v.iter().filter(|r| r.matches_source(source)).cloned());
-        }
-        out.extend(
-            idx.wild
-                .iter()
-                .filter(|r| r.matches_source(source) && r.matches_pipe(pipe))
-                .cloned(),
-        );
-        let rules: Arc<[Arc<CompiledRule>]> = Arc::from(out);
-        self.cache
-            .insert(self.scratch.clone(), (idx.generation, rules.clone()));
-        rules
-    }
-
-    fn on_execution(&mut self, r: &Record, e: &ExecutionBody, now: i64) {
-        let key = PipeKey {
-            sub: r.subscription.clone(),
-            source: r.source.clone(),
-            pipe: e.pipe.clone(),
-        };
-        let ts = r.ts;
-        {
-            if !self.pipes.contains_key(&key) {
-                self.pipes.insert(
-                    key.clone(),
-                    PipeState {
-                        known_since: ts,
-                        enabled: true,
-                        ..PipeState::default()
-                    },
-                );
-            }
-            let Some(p) = self.pipes.get_mut(&key) else {
-                return;
-            };
-            let mut changed = true;
-            match e.event_type {
-                EventType::PumpStarted => {
-                    p.last_started = Some(p.last_started.map_or(ts, |t| t.max(ts)));
-                    p.running_since = Some(ts);
-                }
-                EventType::PumpCompleted | EventType::PumpFailed => {
-                    p.last_finished = Some(p.last_finished.map_or(ts, |t| t.max(ts)));
-                    p.running_since = None;
-                }
-                EventType::PumpEnabled => p.enabled = true,
-                EventType::PumpDisabled => p.enabled = false,
-                _ => changed = false,
-            }
-            if changed {
-                self.fx.dirty_pipes.insert(key.clone());
-            }
-        }
-        let rules = self.pipe_rules(&r.subscription, &r.source, &e.pipe);
-        for rule in rules.iter() {
-            match &rule.kind {
-                Kind::PumpFailed => match e.event_type {
-                    EventType::PumpFailed => {
-                        let reason = e.reason_why_stopped.clone().unwrap_or_default();
-                        let mut ann = vec![("reason_why_stopped", short(&reason, 2000))];
-                        if let Some(m) = &e.original_error_message {
-                            ann.push(("original_error_message", short(m, 2000)));
-                        }
-                        if let Some(id) = &e.run_id {
-                            ann.push(("run_id", id.clone()));
-                        }
-                        self.fire(
-                            Fire {
-                                rule,
-                                source: Some(&r.source),
-                                pipe: Some(&e.pipe),
-                                extra: Vec::new(),
-                                identity: String::new(),
-                                event_ts: ts,
-                                summary: format!(
-                                    "Pipe {} on {} failed: {}",
-                                    e.pipe,
-                                    r.source,
-                                    short(&reason, 300)
-                                ),
-                                annotations: ann,
-                            },
-                            now,
-                        );
-                    }
-                    EventType::PumpCompleted => self.resolve_pipe(rule, &key, now),
-                    _ => {}
-                },
-                Kind::Pattern { field, matcher, .. } => {
-                    let text = match field {
-                        schemas::notify::PatternField::ReasonWhyStopped => {
-                            e.reason_why_stopped.as_deref()
-                        }
-                        schemas::notify::PatternField::Traceback => e.traceback.as_deref(),
-                        schemas::notify::PatternField::OriginalErrorMessage => {
-                            e.original_error_message.as_deref()
-                        }
-                        schemas::notify::PatternField::LogMessage => None,
-                    };
-                    if let Some(text) = text.filter(|t| matcher.is_match(t)) {
-                        self.fire(
-                            Fire {
-                                rule,
-                                source: Some(&r.source),
-                                pipe: Some(&e.pipe),
-                                extra: Vec::new(),
-                                identity: String::new(),
-                                event_ts: ts,
-                                summary: format!(
-                                    "{} of pipe {} on {} matched {:?}",
-                                    field.as_str(),
-                                    e.pipe,
-                                    r.source,
-                                    short(matcher.as_str(), 100)
-                                ),
-                                annotations: vec![
-                                    (
-                                        "reason_why_stopped",
-                                        short(e.reason_why_stopped.as_deref().unwrap_or(""), 2000),
-                                    ),
-                                    ("matched_text", short(text, 2000)),
-                                ],
-                            },
-                            now,
-                        );
-                    } else if e.event_type == EventType::PumpCompleted
-                        && *field != schemas::notify::PatternField::LogMessage
-                    {
-                        self.resolve_pipe(rule, &key, now);
-                    }
-                }
-                Kind::Value {
-                    high,
-                    key: mkey,
-                    limit,
-                    interval,
-                } => {
-                    if e.event_type != EventType::PumpCompleted {
-                        continue;
-                    }
-                    let Some(v) = e.metrics.get(mkey) else {
-                        continue;
-                    };
-                    let measured = match interval {
-                        Some(iv) => {
-                            let wk =
-                                format!("{}\0{}\0{}\0{}", rule.id(), key.sub, key.source, key.pipe);
-                            let w = self.windows.entry(wk.clone()).or_default();
-                            w.push_back((ts, v));
-                            while w.front().is_some_and(|(t, _)| *t <= ts - iv) {
-                                w.pop_front();
-                            }
-                            let sum = w.iter().map(|(_, v)| v).sum::<f64>();
-                            self.fx.dirty_windows.insert(wk);
-                            sum
-                        }
-                        None => v,
-                    };
-                    let bad = if *high {
-                        measured > *limit
-                    } else {
-                        measured < *limit
-                    };
-                    if bad {
-                        let what = match interval {
-                            Some(iv) => format!("summed over {}", secs(*iv)),
-                            None => "in the last run".into(),
-                        };
-                        self.fire(
-                            Fire {
-                                rule,
-                                source: Some(&r.source),
-                                pipe: Some(&e.pipe),
-                                extra: Vec::new(),
-                                identity: String::new(),
-                                event_ts: ts,
-                                summary: format!(
-                                    "{mkey} of pipe {} on {} is {measured} {what} ({} {limit})",
-                                    e.pipe,
-                                    r.source,
-                                    if *high { "above" } else { "below" }
-                                ),
-                                annotations: vec![
-                                    ("value", measured.to_string()),
-                                    ("limit", limit.to_string()),
-                                ],
-                            },
-                            now,
-                        );
-                    } else {
-                        self.resolve_pipe(rule, &key, now);
-                    }
-                }
-                Kind::StartedOverdue { .. } => {
-                    match e.event_type {
-                        EventType::PumpStarted | EventType::PumpDisabled => {
-                            self.resolve_pipe(rule, &key, now)
-                        }
-                        _ => {}
-                    }
-                    self.arm_pipe_rule(rule, &key);
-                }
-                Kind::FinishedOverdue { .. } => {
-                    match e.event_type {
-                        EventType::PumpCompleted | EventType::PumpFailed => {
-                            self.resolve_pipe(rule, &key, now)
-                        }
-                        EventType::PumpStarted => {
-                            // A new run: the previous one is over.
-                            self.resolve_pipe(rule, &key, now)
-                        }
-                        _ => {}
-                    }
-                    self.arm_pipe_rule(rule, &key);
-                }
-                _ => {}
+    fn disarm_silence(&mut self, key: &(String, String)) {
+        if let Some(edges) = self.silence_edges(key) {
+            for (at, t) in &edges {
+                self.timers.remove_edge(*at, t);
             }
         }
     }
 
-    fn on_health(&mut self, r: &Record, h: &HealthBody, now: i64) {
-        let Some(idx) = self.subs.get(&r.subscription) else {
-            return;
-        };
-        let rules: Vec<Arc<CompiledRule>> = idx
-            .source_rules
-            .iter()
-            .filter(|rule| {
-                matches!(rule.kind, Kind::Unhealthy { .. }) && rule.matches_source(&r.source)
-            })
-            .cloned()
-            .collect();
-        for rule in &rules {
-            let Kind::Unhealthy { statuses } = &rule.kind else {
-                continue;
-            };
-            if statuses.contains(&h.status) {
-                let bad: Vec<String> = h
-                    .checks
-                    .iter()
-                    .filter(|c| c.status != HealthStatus::Ok)
-                    .map(|c| match &c.detail {
-                        Some(d) => format!("{} ({}): {}", c.name, c.status.as_str(), d),
-                        None => format!("{} ({})", c.name, c.status.as_str()),
-                    })
-                    .collect();
-                self.fire(
-                    Fire {
-                        rule,
-                        source: Some(&r.source),
-                        pipe: None,
-                        extra: Vec::new(),
-                        identity: String::new(),
-                        event_ts: r.ts,
-                        summary: format!(
-                            "{} is {}: {}",
-                            r.source,
-                            h.status.as_str(),
-                            short(&bad.join("; "), 1000)
-                        ),
-                        annotations: vec![("status", h.status.as_str().to_string())],
-                    },
-                    now,
-                );
-            } else {
-                let fp = fingerprint(rule.id(), &r.subscription, &r.source, "", "");
-                self.resolve(&fp, now);
-            }
+    // ---- sources and pipes -------------------------------------------------
+
+    /// Starts tracking `key` if the subscription's bound allows; whether it
+    /// is tracked.
+    pub(crate) fn track_source(&mut self, key: &SourceKey) -> bool {
+        if self.sources.contains_key(key) {
+            return true;
         }
+        if self.count(&key.sub).sources >= self.limits.max_sources_per_subscription {
+            self.limited(&key.sub, "sources");
+            return false;
+        }
+        self.count(&key.sub).sources += 1;
+        self.sources.insert(key.clone(), SourceState::default());
+        true
     }
 
-    fn on_config(&mut self, r: &Record, config: &[serde_json::Value]) {
-        let mut seen = HashSet::new();
-        for ent in config {
-            if ent.get("type").and_then(|t| t.as_str()) != Some("pipe") {
-                continue;
-            }
-            let Some(id) = ent.get("_id").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            seen.insert(id.to_string());
-            let pump = ent.get("pump");
-            let mode = pump
-                .and_then(|p| p.get("mode"))
-                .and_then(|m| m.as_str())
-                .unwrap_or("scheduled");
-            let interval = pump
-                .and_then(|p| p.get("schedule_interval"))
-                .and_then(|v| v.as_f64());
-            let cron_expr = pump
-                .and_then(|p| p.get("cron_expr"))
-                .and_then(|v| v.as_str());
-            let spec = if mode != "scheduled" {
-                ScheduleSpec::Manual
-            } else if let Some(c) = cron_expr {
-                ScheduleSpec::Cron(c.to_string())
-            } else {
-                ScheduleSpec::Interval(interval.unwrap_or(30.0))
-            };
-            let key = PipeKey {
-                sub: r.subscription.clone(),
-                source: r.source.clone(),
-                pipe: id.to_string(),
-            };
-            let p = self.pipes.entry(key.clone()).or_insert_with(|| PipeState {
-                known_since: r.ts,
+    /// Starts tracking `key` (first seen at event time `ts`) if its source
+    /// is tracked and the subscription's bound allows; whether it is.
+    pub(crate) fn track_pipe(&mut self, key: &PipeKey, ts: i64) -> bool {
+        if self.pipes.contains_key(key) {
+            return true;
+        }
+        if !self.sources.contains_key(&key.source_key()) {
+            return false;
+        }
+        if self.count(&key.sub).pipes >= self.limits.max_pipes_per_subscription {
+            self.limited(&key.sub, "pipes");
+            return false;
+        }
+        self.count(&key.sub).pipes += 1;
+        self.pipes.insert(
+            key.clone(),
+            PipeState {
+                known_since: ts,
                 enabled: true,
                 ..PipeState::default()
-            });
-            if p.schedule != spec {
-                p.cron = match &spec {
-                    ScheduleSpec::Cron(c) => parse_cron(c).map(Arc::new),
-                    _ => None,
-                };
-                p.schedule = spec;
-                self.fx.dirty_pipes.insert(key.clone());
-            }
-            self.arm_pipe(&key);
-        }
-        // Pipes gone from the configuration are no longer expected to run.
-        let gone: Vec<PipeKey> = self
-            .pipes
-            .keys()
-            .filter(|k| k.sub == r.subscription && k.source == r.source && !seen.contains(&k.pipe))
-            .cloned()
-            .collect();
-        for k in gone {
-            if let Some(p) = self.pipes.get_mut(&k) {
-                if p.schedule != ScheduleSpec::Manual {
-                    p.schedule = ScheduleSpec::Manual;
-                    p.cron = None;
-                    self.fx.dirty_pipes.insert(k);
-                }
-            }
-        }
-    }
-
-    fn on_log(&mut self, r: &Record, l: &LogBody, now: i64) {
-        if !self.subs.contains_key(&r.subscription) {
-            return;
-        }
-        let pipe = l
-            .fields
-            .get("pipe")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let rules = self.pipe_rules(&r.subscription, &r.source, &pipe);
-        for rule in rules.iter() {
-            let Kind::Pattern {
-                field: schemas::notify::PatternField::LogMessage,
-                matcher,
-                resolve_after,
-            } = &rule.kind
-            else {
-                continue;
-            };
-            if !matcher.is_match(&l.message) {
-                continue;
-            }
-            let fp = self.fire(
-                Fire {
-                    rule,
-                    source: Some(&r.source),
-                    pipe: (!pipe.is_empty()).then_some(pipe.as_str()),
-                    extra: Vec::new(),
-                    identity: String::new(),
-                    event_ts: r.ts,
-                    summary: format!(
-                        "A {} log of {} matched {:?}: {}",
-                        l.level.as_str(),
-                        r.source,
-                        short(matcher.as_str(), 100),
-                        short(&l.message, 300)
-                    ),
-                    annotations: vec![("message", short(&l.message, 2000))],
-                },
-                now,
-            );
-            let at = now + resolve_after;
-            if let Some(a) = self.alerts.get_mut(&fp) {
-                a.resolve_at = Some(at);
-                self.fx.puts.push((keys::alert(&fp), json(&*a)));
-            }
-            self.arm_wall(Timer::PatternResolve { fp }, at);
-        }
-    }
-
-    // ---- metric samples --------------------------------------------------
-
-    /// Evaluates pushed metric samples of `sub` (`metric_threshold`).
-    pub fn on_samples(&mut self, sub: &str, samples: &[crate::SampleRef<'_>], now: i64) {
-        let Some(idx) = self.subs.get(sub) else {
-            return;
-        };
-        if idx.metric.is_empty() {
-            return;
-        }
-        let mut hits: Vec<(Arc<CompiledRule>, usize)> = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
-            let Some(rules) = idx.metric.get(s.name) else {
-                continue;
-            };
-            for rule in rules {
-                let Kind::Metric { labels, .. } = &rule.kind else {
-                    continue;
-                };
-                let get = |n: &str| {
-                    s.labels
-                        .iter()
-                        .find(|(k, _)| k == n)
-                        .map(|(_, v)| v.as_str())
-                };
-                if !labels.iter().all(|(k, v)| get(k) == Some(v.as_str())) {
-                    continue;
-                }
-                if rule.source.is_some() && !rule.matches_source(get("instance").unwrap_or("")) {
-                    continue;
-                }
-                if let Some(p) = get("pipe") {
-                    if !rule.matches_pipe(p) {
-                        continue;
-                    }
-                } else if rule.rule.pipes.iter().any(|p| p != "*") {
-                    continue;
-                }
-                hits.push((rule.clone(), i));
-            }
-        }
-        for (rule, i) in hits {
-            let s = &samples[i];
-            let Kind::Metric {
-                op, value, for_, ..
-            } = &rule.kind
-            else {
-                continue;
-            };
-            let series = series_id(s.name, s.labels);
-            let key = format!("{}\0{}\0{}", rule.id(), sub, series);
-            if !s.value.is_finite() || !op.holds(s.value, *value) {
-                self.metric.remove(&key);
-                let fp = fingerprint(rule.id(), sub, "", "", &series);
-                self.resolve(&fp, now);
-                continue;
-            }
-            let st = self
-                .metric
-                .entry(key.clone())
-                .or_insert_with(|| MetricState {
-                    rule: rule.id().to_string(),
-                    labels: s.labels.to_vec(),
-                    value: s.value,
-                    since: now,
-                    last_seen: now,
-                });
-            st.value = s.value;
-            st.last_seen = now;
-            let due = st.since + for_;
-            if now >= due {
-                self.fire_metric(&key, now);
-                self.arm_wall(Timer::Metric { key }, now + METRIC_STALE_NANOS);
-            } else {
-                self.arm_wall(Timer::Metric { key }, due);
-            }
-        }
-    }
-
-    fn fire_metric(&mut self, key: &str, now: i64) {
-        let Some(st) = self.metric.get(key) else {
-            return;
-        };
-        let Some(rule) = self.rules.get(&st.rule).cloned() else {
-            self.metric.remove(key);
-            return;
-        };
-        let Kind::Metric {
-            metric,
-            op,
-            value,
-            for_,
-            ..
-        } = &rule.kind
-        else {
-            return;
-        };
-        let (labels, v) = (st.labels.clone(), st.value);
-        let instance = labels
-            .iter()
-            .find(|(k, _)| k == "instance")
-            .map(|(_, v)| v.clone());
-        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-        let mut extra: Vec<(String, String)> = labels
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "subscription" | "__name__"))
-            .cloned()
-            .collect();
-        extra.push(("metric".into(), metric.clone()));
-        if let Some(i) = instance {
-            extra.push(("source".into(), i));
-        }
-        let series = key.splitn(3, '\0').nth(2).unwrap_or("").to_string();
-        self.fire(
-            Fire {
-                rule: &rule,
-                source: None,
-                pipe: None,
-                extra,
-                identity: series,
-                event_ts: now,
-                summary: format!(
-                    "{metric}{{{}}} = {v} {} {value} for {}",
-                    shown.join(","),
-                    op.as_str(),
-                    secs(*for_)
-                ),
-                annotations: vec![("value", v.to_string())],
             },
-            now,
         );
+        self.pipes_of
+            .entry(key.source_key())
+            .or_default()
+            .insert(key.pipe.clone());
+        self.dirty.pipes.insert(key.clone());
+        true
     }
 
-    // ---- timers -----------------------------------------------------------
+    // ---- termination -------------------------------------------------------
 
-    fn arm_wall(&mut self, t: Timer, at: i64) {
-        match self.armed.get(&t) {
-            Some(&x) if x <= at => {}
-            _ => {
-                self.armed.insert(t.clone(), at);
-                self.wall_timers.insert((at, t));
-            }
-        }
-    }
-
-    fn arm_event(&mut self, source: &SourceKey, t: Timer, at: i64) {
-        match self.armed.get(&t) {
-            Some(&x) if x <= at => {}
-            _ => {
-                self.armed.insert(t.clone(), at);
-                self.event_timers
-                    .entry(source.clone())
-                    .or_default()
-                    .insert((at, t));
-            }
-        }
-    }
-
-    /// Takes an armed timer that popped at `at`; false when it was stale.
-    fn disarm(&mut self, t: &Timer, at: i64) -> bool {
-        if self.armed.get(t) == Some(&at) {
-            self.armed.remove(t);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn arm_pipe(&mut self, key: &PipeKey) {
-        let rules = self.pipe_rules(&key.sub, &key.source, &key.pipe);
-        for rule in rules.iter() {
-            self.arm_pipe_rule(rule, key);
-        }
-    }
-
-    fn arm_pipe_rule(&mut self, rule: &Arc<CompiledRule>, key: &PipeKey) {
-        let Some(p) = self.pipes.get(key) else {
-            return;
-        };
-        let (timer, deadline) = match rule.kind {
-            Kind::StartedOverdue { .. } => (
-                Timer::Started {
-                    rule: rule.id().to_string(),
-                    pipe: key.clone(),
-                },
-                started_deadline(rule, p),
-            ),
-            Kind::FinishedOverdue { limit } => (
-                Timer::Finished {
-                    rule: rule.id().to_string(),
-                    pipe: key.clone(),
-                },
-                p.running_since.map(|t| t + limit),
-            ),
-            _ => return,
-        };
-        if let Some(d) = deadline {
-            self.arm_event(&key.source_key(), timer, d);
-        }
-    }
-
-    fn arm_heartbeats(&mut self, key: &SourceKey) {
-        let Some(idx) = self.subs.get(&key.sub) else {
-            return;
-        };
-        let rules: Vec<Arc<CompiledRule>> = idx
-            .source_rules
-            .iter()
-            .filter(|r| matches!(r.kind, Kind::Heartbeat { .. }) && r.matches_source(&key.source))
-            .cloned()
-            .collect();
-        for r in &rules {
-            self.arm_heartbeat(r, key);
-        }
-    }
-
-    fn heartbeat_deadline(&self, interval: i64, key: &SourceKey) -> Option<i64> {
-        let s = self.sources.get(key)?;
-        Some(s.last_arrival.max(self.started_at) + interval)
-    }
-
-    fn arm_heartbeat(&mut self, rule: &Arc<CompiledRule>, key: &SourceKey) {
-        let Kind::Heartbeat { interval } = rule.kind else {
-            return;
-        };
-        let fp = fingerprint(rule.id(), &key.sub, &key.source, "", "");
-        if self.alerts.contains_key(&fp) {
-            return; // firing: re-armed when the source is heard from again
-        }
-        if let Some(d) = self.heartbeat_deadline(interval, key) {
-            self.arm_wall(
-                Timer::Heartbeat {
-                    rule: rule.id().to_string(),
-                    source: key.clone(),
-                },
-                d,
-            );
-        }
-    }
-
-    /// A record arrived from `key`: its heartbeat alerts resolve.
-    fn source_alive(&mut self, key: &SourceKey, now: i64) {
-        let Some(idx) = self.subs.get(&key.sub) else {
-            return;
-        };
-        let rules: Vec<Arc<CompiledRule>> = idx
-            .source_rules
-            .iter()
-            .filter(|r| matches!(r.kind, Kind::Heartbeat { .. }) && r.matches_source(&key.source))
-            .cloned()
-            .collect();
-        for r in &rules {
-            let fp = fingerprint(r.id(), &key.sub, &key.source, "", "");
-            self.resolve(&fp, now);
-            self.arm_heartbeat(r, key);
-        }
-    }
-
-    /// Fires the event-time deadlines of `key` that its clock has passed.
-    fn run_event_timers(&mut self, key: &SourceKey, now: i64) {
-        let Some(clock) = self.sources.get(key).map(|s| s.newest_ts) else {
-            return;
-        };
-        loop {
-            let Some(set) = self.event_timers.get_mut(key) else {
-                return;
-            };
-            let Some((at, _)) = set.first() else {
-                self.event_timers.remove(key);
-                return;
-            };
-            if *at >= clock {
-                return;
-            }
-            let Some((at, t)) = set.pop_first() else {
-                return;
-            };
-            if !self.disarm(&t, at) {
-                continue;
-            }
-            match &t {
-                Timer::Started { rule, pipe } | Timer::Finished { rule, pipe } => {
-                    let Some(rule) = self.rules.get(rule).cloned() else {
-                        continue;
-                    };
-                    self.check_overdue(&rule, pipe, clock, now);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn check_overdue(&mut self, rule: &Arc<CompiledRule>, key: &PipeKey, clock: i64, now: i64) {
-        let Some(p) = self.pipes.get(key) else {
-            return;
-        };
-        if !rule.matches_source(&key.source) || !rule.matches_pipe(&key.pipe) {
-            return;
-        }
-        let (deadline, summary, ann) = match rule.kind {
-            Kind::StartedOverdue { grace, .. } => {
-                let Some(d) = started_deadline(rule, p) else {
-                    return;
-                };
-                let since = p.last_started.or(p.last_finished).unwrap_or(p.known_since);
-                (
-                    d,
-                    format!(
-                        "Pipe {} on {} has not started since {} (expected by {}, grace {})",
-                        key.pipe,
-                        key.source,
-                        opt_ts(since),
-                        opt_ts(d - grace),
-                        secs(grace)
-                    ),
-                    vec![("expected_by", opt_ts(d))],
-                )
-            }
-            Kind::FinishedOverdue { limit } => {
-                let Some(started) = p.running_since else {
-                    return;
-                };
-                (
-                    started + limit,
-                    format!(
-                        "Pipe {} on {} has been running since {}, longer than {}",
-                        key.pipe,
-                        key.source,
-                        opt_ts(started),
-                        secs(limit)
-                    ),
-                    vec![("running_since", opt_ts(started))],
-                )
-            }
-            _ => return,
-        };
-        if deadline >= clock {
-            // The pipe moved on since the timer was armed.
-            self.arm_pipe_rule(rule, key);
-            return;
-        }
-        self.fire(
-            Fire {
-                rule,
-                source: Some(&key.source),
-                pipe: Some(&key.pipe),
-                extra: Vec::new(),
-                identity: String::new(),
-                event_ts: deadline,
-                summary,
-                annotations: ann,
-            },
-            now,
-        );
-    }
-
-    /// Runs the collector-clock deadlines up to `now`.
-    pub fn tick(&mut self, now: i64) {
-        while let Some((at, _)) = self.wall_timers.first() {
-            if *at > now {
-                break;
-            }
-            let Some((at, t)) = self.wall_timers.pop_first() else {
-                break;
-            };
-            if let Timer::SilenceEdge { .. } = t {
-                self.flush_pending(now);
-                continue;
-            }
-            if !self.disarm(&t, at) {
-                continue;
-            }
-            match t {
-                Timer::Heartbeat { rule, source } => {
-                    let Some(rule) = self.rules.get(&rule).cloned() else {
-                        continue;
-                    };
-                    let Kind::Heartbeat { interval } = rule.kind else {
-                        continue;
-                    };
-                    if !rule.matches_source(&source.source) {
-                        continue;
-                    }
-                    let Some(d) = self.heartbeat_deadline(interval, &source) else {
-                        continue;
-                    };
-                    if d > now {
-                        self.arm_heartbeat(&rule, &source);
-                        continue;
-                    }
-                    let last = self
-                        .sources
-                        .get(&source)
-                        .map(|s| s.last_arrival)
-                        .unwrap_or(0);
-                    self.fire(
-                        Fire {
-                            rule: &rule,
-                            source: Some(&source.source),
-                            pipe: None,
-                            extra: Vec::new(),
-                            identity: String::new(),
-                            event_ts: d,
-                            summary: format!(
-                                "No record from {} for {} (last received {})",
-                                source.source,
-                                secs(interval),
-                                opt_ts(last)
-                            ),
-                            annotations: vec![("last_seen", opt_ts(last))],
-                        },
-                        now,
-                    );
-                }
-                Timer::PatternResolve { fp } => {
-                    let Some(a) = self.alerts.get(&fp) else {
-                        continue;
-                    };
-                    match a.resolve_at {
-                        Some(r) if r <= now => self.resolve(&fp, now),
-                        Some(r) => self.arm_wall(Timer::PatternResolve { fp }, r),
-                        None => {}
-                    }
-                }
-                Timer::Repeat { fp } => self.repeat(&fp, now),
-                Timer::Metric { key } => {
-                    let Some(st) = self.metric.get(&key) else {
-                        continue;
-                    };
-                    if now - st.last_seen >= METRIC_STALE_NANOS {
-                        // No sample for 5 minutes: the series is stale.
-                        let rule = st.rule.clone();
-                        self.metric.remove(&key);
-                        let mut parts = key.splitn(3, '\0');
-                        let sub = parts.nth(1).unwrap_or("").to_string();
-                        let series = parts.next().unwrap_or("").to_string();
-                        let fp = fingerprint(&rule, &sub, "", "", &series);
-                        self.resolve(&fp, now);
-                        continue;
-                    }
-                    let Some(Kind::Metric { for_, .. }) = self.rules.get(&st.rule).map(|r| &r.kind)
-                    else {
-                        self.metric.remove(&key);
-                        continue;
-                    };
-                    if now >= st.since + for_ {
-                        let next = st.last_seen + METRIC_STALE_NANOS;
-                        self.fire_metric(&key, now);
-                        self.arm_wall(Timer::Metric { key }, next);
-                    } else {
-                        let next = st.since + for_;
-                        self.arm_wall(Timer::Metric { key }, next);
-                    }
-                }
-                Timer::Started { .. } | Timer::Finished { .. } | Timer::SilenceEdge { .. } => {}
-            }
-        }
-    }
-
-    // ---- alert lifecycle ---------------------------------------------------
-
-    /// Fires (or re-fires) the alert of `f`; returns its fingerprint.
-    fn fire(&mut self, f: Fire<'_>, now: i64) -> String {
-        let rule = f.rule;
-        let sub = rule.rule.subscription.as_str();
-        let fp = fingerprint(
-            rule.id(),
-            sub,
-            f.source.unwrap_or(""),
-            f.pipe.unwrap_or(""),
-            &f.identity,
-        );
-        if let Some(a) = self.alerts.get_mut(&fp) {
-            a.event_count += 1;
-            a.last_event_at = a.last_event_at.max(f.event_ts);
-            a.annotations.insert("summary".into(), f.summary);
-            for (k, v) in f.annotations {
-                a.annotations.insert(k.into(), v);
-            }
-            a.annotations
-                .insert("event_count".into(), a.event_count.to_string());
-            a.annotations
-                .insert("last_event_timestamp".into(), opt_ts(a.last_event_at));
-            if a.notified {
-                a.unnotified_events += 1;
-                let due = a.last_notified_at.unwrap_or(0) + rule.repeat_nanos;
-                if now >= due {
-                    self.repeat(&fp, now);
-                } else {
-                    self.fx.puts.push((keys::alert(&fp), json(&*a)));
-                    self.arm_wall(Timer::Repeat { fp: fp.clone() }, due);
-                }
-            } else {
-                self.fx.puts.push((keys::alert(&fp), json(&*a)));
-                self.try_notify(&fp, NotificationKind::Firing, now);
-            }
-            return fp;
-        }
-        let mut labels = BTreeMap::new();
-        for (k, v) in f.extra {
-            labels.insert(k, v);
-        }
-        labels.insert("alertname".into(), rule.rule.name.clone());
-        labels.insert("rule_id".into(), rule.id().to_string());
-        labels.insert("rule_type".into(), rule.rule_type().as_str().into());
-        labels.insert("severity".into(), rule.rule.severity.as_str().into());
-        labels.insert("subscription".into(), sub.to_string());
-        if let Some(s) = f.source {
-            labels.insert("source".into(), s.to_string());
-        }
-        if let Some(p) = f.pipe {
-            labels.insert("pipe".into(), p.to_string());
-        }
-        let mut annotations = BTreeMap::new();
-        annotations.insert("summary".to_string(), f.summary);
-        if !rule.rule.description.is_empty() {
-            annotations.insert("description".into(), rule.rule.description.clone());
-        }
-        if let Some(p) = f.pipe {
-            annotations.insert("pipe".into(), p.to_string());
-        }
-        for (k, v) in f.annotations {
-            annotations.insert(k.into(), v);
-        }
-        annotations.insert("event_count".into(), "1".into());
-        annotations.insert("event_timestamp".into(), opt_ts(f.event_ts));
-        annotations.insert("last_event_timestamp".into(), opt_ts(f.event_ts));
-        annotations.insert("rule_name".into(), rule.rule.name.clone());
-        let source_key = f.source.map(|s| SourceKey {
-            sub: sub.to_string(),
-            source: s.to_string(),
-        });
-        let inhibited_by = match (&source_key, rule.rule_type()) {
-            (Some(k), RuleType::PumpStartedOverdue | RuleType::PumpFinishedOverdue) => {
-                self.heartbeat_firing.get(k).cloned()
-            }
-            _ => None,
-        };
-        let alert = Alert {
-            fingerprint: fp.clone(),
-            rule_id: rule.id().to_string(),
-            rule_type: rule.rule_type(),
-            subscription: sub.to_string(),
-            source: f.source.map(str::to_string),
-            pipe: f.pipe.map(str::to_string),
-            labels,
-            annotations,
-            starts_at: f.event_ts,
-            last_event_at: f.event_ts,
-            event_count: 1,
-            unnotified_events: 0,
-            notified: false,
-            last_notified_at: None,
-            inhibited_by,
-            resolve_at: None,
-        };
-        self.fx.puts.push((keys::alert(&fp), json(&alert)));
-        self.alerts.insert(fp.clone(), alert);
-        *self
-            .firing_by_rule
-            .entry(rule.id().to_string())
-            .or_default() += 1;
-        if rule.rule_type() == RuleType::NodeHeartbeatOverdue {
-            if let Some(k) = source_key {
-                self.inhibit_source(&k, &fp);
-                self.heartbeat_firing.insert(k, fp.clone());
-            }
-        }
-        self.try_notify(&fp, NotificationKind::Firing, now);
-        fp
-    }
-
-    /// A heartbeat alert for `source` started: its pipes' overdue alerts
-    /// are inhibited.
-    fn inhibit_source(&mut self, source: &SourceKey, by: &str) {
-        for a in self.alerts.values_mut() {
-            if matches!(
-                a.rule_type,
-                RuleType::PumpStartedOverdue | RuleType::PumpFinishedOverdue
-            ) && a.subscription == source.sub
-                && a.source.as_deref() == Some(source.source.as_str())
-                && a.inhibited_by.is_none()
-            {
-                a.inhibited_by = Some(by.to_string());
-                self.fx.puts.push((keys::alert(&a.fingerprint), json(&*a)));
-            }
-        }
-    }
-
-    fn try_notify(&mut self, fp: &str, kind: NotificationKind, now: i64) {
-        let Some(a) = self.alerts.get(fp) else {
-            return;
-        };
-        if self.suppressed(a, now) {
-            return;
-        }
-        let Some(rule) = self.rules.get(&a.rule_id).cloned() else {
-            return;
-        };
-        let a = a.clone();
-        self.enqueue(&rule, &a, kind, now);
-        if let Some(a) = self.alerts.get_mut(fp) {
-            a.notified = true;
-            a.last_notified_at = Some(now);
-            a.unnotified_events = 0;
-            a.annotations.remove("triggered_additional");
-            self.fx.puts.push((keys::alert(fp), json(&*a)));
-        }
-        self.arm_wall(
-            Timer::Repeat { fp: fp.to_string() },
-            now + rule.repeat_nanos,
-        );
-    }
-
-    fn repeat(&mut self, fp: &str, now: i64) {
-        let Some(a) = self.alerts.get(fp) else {
-            return;
-        };
-        let Some(rule) = self.rules.get(&a.rule_id).cloned() else {
-            return;
-        };
-        if !a.notified {
-            return;
-        }
-        let due = a.last_notified_at.unwrap_or(0) + rule.repeat_nanos;
-        if now < due {
-            self.arm_wall(Timer::Repeat { fp: fp.to_string() }, due);
-            return;
-        }
-        if self.suppressed(a, now) {
-            self.arm_wall(
-                Timer::Repeat { fp: fp.to_string() },
-                now + rule.repeat_nanos,
-            );
-            return;
-        }
-        let mut a = a.clone();
-        let kind = if a.unnotified_events > 0 {
-            let n = a.unnotified_events;
-            a.annotations
-                .insert("triggered_additional".into(), n.to_string());
-            if let Some(s) = a.annotations.get_mut("summary") {
-                s.push_str(&format!(
-                    " (triggered an additional {n} time{})",
-                    if n == 1 { "" } else { "s" }
-                ));
-            }
-            NotificationKind::Repeat
-        } else {
-            NotificationKind::Refresh
-        };
-        self.enqueue(&rule, &a, kind, now);
-        if let Some(stored) = self.alerts.get_mut(fp) {
-            stored.last_notified_at = Some(now);
-            stored.unnotified_events = 0;
-            self.fx.puts.push((keys::alert(fp), json(&*stored)));
-        }
-        self.arm_wall(
-            Timer::Repeat { fp: fp.to_string() },
-            now + rule.repeat_nanos,
-        );
-    }
-
-    fn resolve_pipe(&mut self, rule: &CompiledRule, key: &PipeKey, now: i64) {
-        if self.firing_by_rule.get(rule.id()).copied().unwrap_or(0) == 0 {
-            return;
-        }
-        let fp = fingerprint(rule.id(), &key.sub, &key.source, &key.pipe, "");
-        self.resolve(&fp, now);
-    }
-
-    /// Resolves the alert `fp` (if firing) and notifies its resolution
-    /// when its firing was notified.
-    pub fn resolve(&mut self, fp: &str, now: i64) {
-        let Some(a) = self.alerts.remove(fp) else {
-            return;
-        };
-        self.fx.deletes.push(keys::alert(fp));
-        if let Some(n) = self.firing_by_rule.get_mut(&a.rule_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.firing_by_rule.remove(&a.rule_id);
-            }
-        }
-        self.armed.remove(&Timer::Repeat { fp: fp.to_string() });
-        self.armed
-            .remove(&Timer::PatternResolve { fp: fp.to_string() });
-        if a.notified && !self.silences.values().any(|s| s.matches(&a, now)) {
-            if let Some(rule) = self.rules.get(&a.rule_id).cloned() {
-                self.enqueue(&rule, &a, NotificationKind::Resolved, now);
-            }
-        }
-        if a.rule_type == RuleType::NodeHeartbeatOverdue {
-            if let Some(src) = &a.source {
-                let k = SourceKey {
-                    sub: a.subscription.clone(),
-                    source: src.clone(),
-                };
-                if self.heartbeat_firing.get(&k).map(String::as_str) == Some(fp) {
-                    self.heartbeat_firing.remove(&k);
-                }
-                let freed: Vec<String> = self
-                    .alerts
-                    .values()
-                    .filter(|x| x.inhibited_by.as_deref() == Some(fp))
-                    .map(|x| x.fingerprint.clone())
-                    .collect();
-                for f in freed {
-                    if let Some(x) = self.alerts.get_mut(&f) {
-                        x.inhibited_by = None;
-                        self.fx.puts.push((keys::alert(&f), json(&*x)));
-                    }
-                    self.try_notify(&f, NotificationKind::Firing, now);
-                }
-            }
-        }
-    }
-
-    /// Queues one notification per receiver of `rule`.
-    fn enqueue(&mut self, rule: &CompiledRule, a: &Alert, kind: NotificationKind, now: i64) {
-        let resolved = kind == NotificationKind::Resolved;
-        let alert = WebhookAlert {
-            status: if resolved { "resolved" } else { "firing" }.into(),
-            labels: a.labels.clone(),
-            annotations: a.annotations.clone(),
-            starts_at: opt_ts(a.starts_at),
-            ends_at: if resolved {
-                opt_ts(now)
-            } else {
-                ZERO_TIME.into()
-            },
-            generator_url: format!(
-                "{}/api/v1/alerts?fingerprint={}",
-                self.external_url.trim_end_matches('/'),
-                a.fingerprint
-            ),
-            fingerprint: a.fingerprint.clone(),
-        };
-        for name in &rule.rule.receivers {
-            let receiver = self.receivers.get(&(a.subscription.clone(), name.clone()));
-            match (kind, receiver) {
-                (NotificationKind::Refresh, Some(r))
-                    if r.receiver_type != ReceiverType::Alertmanager =>
-                {
-                    continue
-                }
-                (NotificationKind::Refresh, None) => continue,
-                (NotificationKind::Resolved, Some(r))
-                    if !r.send_resolved && r.receiver_type == ReceiverType::Webhook =>
-                {
-                    continue
-                }
-                _ => {}
-            }
-            let id = self.next_notification;
-            self.next_notification += 1;
-            self.fx.notifications.push(Notification {
-                id,
-                subscription: a.subscription.clone(),
-                receiver: name.clone(),
-                rule_id: a.rule_id.clone(),
-                fingerprint: a.fingerprint.clone(),
-                kind,
-                alert: alert.clone(),
-                expires_at: now + 3 * rule.repeat_nanos,
-                created_at: now,
-                state: DeliveryState::Pending,
-                attempts: 0,
-                last_error: None,
-                finished_at: None,
-            });
-        }
+    /// Drops everything of a terminated subscription from memory (the
+    /// store deletes its keys by range).
+    pub fn purge(&mut self, sub: &str) {
+        self.rules.retain(|k, _| k.sub != sub);
+        self.index.purge(sub);
+        self.receivers.retain(|(s, _), _| s != sub);
+        self.silences.purge(sub);
+        self.alerts.purge(sub);
+        self.heartbeat_firing.retain(|k, _| k.sub != sub);
+        self.pipes.retain(|k, _| k.sub != sub);
+        self.pipes_of.retain(|k, _| k.sub != sub);
+        self.sources.retain(|k, _| k.sub != sub);
+        let prefix = format!("{sub}\0");
+        self.windows.retain(|k, _| !k.starts_with(&prefix));
+        self.metric.retain(|k, _| !k.starts_with(&prefix));
+        self.groups.retain(|k, _| !k.starts_with(&prefix));
+        self.timers.purge(sub);
+        self.counts.remove(sub);
+        self.backlog.remove(sub);
+        self.backlog_order.retain(|s| s != sub);
+        // Pending changes of the subscription must not be written back.
+        let d = &mut self.dirty;
+        d.alerts.retain(|(s, _)| s != sub);
+        d.pipes.retain(|k| k.sub != sub);
+        d.sources.retain(|k| k.sub != sub);
+        d.windows.retain(|k| !k.starts_with(&prefix));
+        d.metrics.retain(|k| !k.starts_with(&prefix));
+        d.groups.retain(|k| !k.starts_with(&prefix));
+        self.fx.notifications.retain(|n| n.subscription != sub);
     }
 }
 
-/// The expected latest start of `p` under `rule` (event time), if any.
-fn started_deadline(rule: &CompiledRule, p: &PipeState) -> Option<i64> {
-    let Kind::StartedOverdue { grace, interval } = rule.kind else {
-        return None;
-    };
-    if !p.enabled || p.running_since.is_some() {
-        return None;
-    }
-    let base = match (p.last_started, p.last_finished) {
-        (Some(s), Some(f)) => s.max(f),
-        (Some(s), None) => s,
-        (None, Some(f)) => f,
-        (None, None) => p.known_since,
-    };
-    let expected = match (interval, &p.schedule) {
-        (Some(i), _) => base + i,
-        (None, ScheduleSpec::Interval(s)) => base + (s * 1e9) as i64,
-        (None, ScheduleSpec::Cron(_)) => {
-            let c = p.cron.as_ref()?;
-            let after = chrono::DateTime::from_timestamp_nanos(base);
-            let next = c.after(&after).next()?;
-            next.timestamp_nanos_opt()?
-        }
-        (None, ScheduleSpec::Unknown | ScheduleSpec::Manual) => return None,
-    };
-    Some(expected + grace)
-}
-
-fn parse_cron(expr: &str) -> Option<cron::Schedule> {
-    use std::str::FromStr;
-    let full = if expr.split_whitespace().count() == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_string()
-    };
-    cron::Schedule::from_str(&full).ok()
-}
-
-/// A series identity: name and sorted labels.
-pub fn series_id(name: &str, labels: &[(String, String)]) -> String {
-    let mut ls: Vec<&(String, String)> = labels.iter().filter(|(k, _)| k != "__name__").collect();
-    ls.sort();
-    let mut out = String::from(name);
-    for (k, v) in ls {
-        out.push('\u{1}');
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
-}
-
-pub(crate) fn json<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-/// Rules as returned by the API.
-pub fn rule_view(r: &CompiledRule) -> NotificationRule {
-    r.rule.clone()
+/// Persisted state handed to [`Engine::restore`].
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Collector time of the restore.
+    pub now: i64,
+    /// Collector time of the last evaluation before it.
+    pub alive: Option<i64>,
+    pub alerts: Vec<Alert>,
+    pub pipes: Vec<(PipeKey, PipeState)>,
+    pub sources: Vec<(SourceKey, SourceState)>,
+    pub windows: Vec<(String, VecDeque<(i64, f64)>)>,
+    pub metrics: Vec<(String, MetricState)>,
+    pub groups: Vec<(String, Group)>,
 }

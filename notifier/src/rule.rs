@@ -1,20 +1,50 @@
 //! Validation of notification rules: a [`NotificationRule`] as sent over the
 //! API becomes a [`CompiledRule`] (globs and patterns compiled, params
-//! typed), or an error naming the field that is wrong.
+//! typed), or an error naming the field that is wrong and, for a limit,
+//! the limit.
+//!
+//! Every duration is bounded by [`Limits::max_rule_duration`], every count
+//! and text by its limit, and a pattern's compiled regex by the rule's
+//! regex budget ([`Limits::max_regex_bytes`]), so that no accepted rule can
+//! make the engine do unbounded work.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use regex::Regex;
 use schemas::notify::{
     Comparison, MetricThresholdParams, NodeHeartbeatOverdueParams, NotificationRule, PatternField,
     PatternMatchParams, PatternSyntax, PumpFailedParams, PumpFinishedOverdueParams,
-    PumpStartedOverdueParams, RuleType, ServiceUnhealthyParams, ValueLimitParams,
+    PumpStartedOverdueParams, RuleType, ServiceUnhealthyParams, SourceConflictParams, Span,
+    ValueLimitParams,
 };
 use schemas::HealthStatus;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::NotifierError;
+use crate::error::NotifierError;
+use crate::limits::Limits;
+pub use crate::validate::{
+    check_count, check_id, check_name, check_span, check_text, compile_regex, over_limit,
+};
+use crate::validate::{glob, short_error};
+
+/// A rule's identity: ids are unique within a subscription only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RuleKey {
+    pub sub: String,
+    pub id: String,
+}
+
+impl RuleKey {
+    pub fn new(sub: &str, id: &str) -> RuleKey {
+        RuleKey {
+            sub: sub.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
 
 /// The `metrics` keys value rules may watch (Sesam's).
 pub const METRIC_KEYS: [&str; 9] = schemas::ExecutionMetrics::KEYS;
@@ -30,7 +60,21 @@ pub struct CompiledRule {
     pub literal_pipes: Option<Vec<String>>,
     pub kind: Kind,
     pub repeat_nanos: i64,
+    /// Set for rules with `group_by`.
+    pub group: Option<Grouping>,
 }
+
+/// How a rule's alerts are grouped into notifications.
+#[derive(Debug, Clone)]
+pub struct Grouping {
+    /// Label names whose values make a group.
+    pub by: Vec<String>,
+    /// Nanoseconds a group waits for more alerts.
+    pub wait: i64,
+}
+
+/// `group_wait` when `group_by` is set and it is not (Alertmanager's).
+pub const DEFAULT_GROUP_WAIT: Span = Span::secs(30);
 
 /// The typed parameters of a rule (durations in nanoseconds).
 #[derive(Debug)]
@@ -46,6 +90,8 @@ pub enum Kind {
     Pattern {
         field: PatternField,
         matcher: Regex,
+        /// The pattern as given (for summaries).
+        pattern: String,
         resolve_after: i64,
     },
     Value {
@@ -67,11 +113,22 @@ pub enum Kind {
         value: f64,
         for_: i64,
     },
+    Conflict {
+        resolve_after: i64,
+    },
 }
 
 impl CompiledRule {
     pub fn id(&self) -> &str {
         &self.rule.id
+    }
+
+    pub fn sub(&self) -> &str {
+        &self.rule.subscription
+    }
+
+    pub fn key(&self) -> RuleKey {
+        RuleKey::new(&self.rule.subscription, &self.rule.id)
     }
 
     pub fn rule_type(&self) -> RuleType {
@@ -91,7 +148,10 @@ impl CompiledRule {
     pub fn is_pipe_rule(&self) -> bool {
         !matches!(
             self.kind,
-            Kind::Heartbeat { .. } | Kind::Unhealthy { .. } | Kind::Metric { .. }
+            Kind::Heartbeat { .. }
+                | Kind::Unhealthy { .. }
+                | Kind::Metric { .. }
+                | Kind::Conflict { .. }
         )
     }
 }
@@ -109,46 +169,8 @@ fn params<T: DeserializeOwned>(v: &Value) -> Result<T, NotifierError> {
     if !v.is_object() {
         return Err(invalid("params", "params must be an object"));
     }
-    serde_json::from_value(v).map_err(|e| invalid("params", format!("params: {e}")))
-}
-
-fn nanos(d: schemas::notify::Span) -> i64 {
-    d.as_nanos()
-}
-
-/// Checks an id given by a client.
-pub fn check_id(field: &str, id: &str) -> Result<(), NotifierError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(invalid(field, "must be 1 to 128 characters"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-    {
-        return Err(invalid(
-            field,
-            format!("{id:?} may only contain letters, digits, '-', '_', '.', ':'"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a subscription or source name.
-pub fn check_name(field: &str, s: &str) -> Result<(), NotifierError> {
-    if s.is_empty() || s.len() > 256 || s.contains('\0') {
-        return Err(invalid(
-            field,
-            "must be 1 to 256 characters without NUL bytes",
-        ));
-    }
-    Ok(())
-}
-
-fn glob(field: &str, pattern: &str) -> Result<glob::Pattern, NotifierError> {
-    if pattern.is_empty() {
-        return Err(invalid(field, "a glob must not be empty"));
-    }
-    glob::Pattern::new(pattern).map_err(|e| invalid(field, format!("glob {pattern:?}: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| invalid("params", format!("params: {}", short_error(&e.to_string()))))
 }
 
 /// Turns a Sesam wildcard (`*` any text, `?` one character) into an anchored
@@ -179,14 +201,15 @@ fn valid_metric_name(s: &str) -> bool {
 }
 
 /// Validates `rule` (whose id is already set) and compiles it.
-pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
+pub fn compile(rule: NotificationRule, limits: &Limits) -> Result<CompiledRule, NotifierError> {
     check_id("id", &rule.id)?;
     if rule.name.trim().is_empty() || rule.name.len() > 200 {
         return Err(invalid("name", "name must be 1 to 200 characters"));
     }
+    check_text("description", &rule.description, limits)?;
     check_name("subscription", &rule.subscription)?;
     let source = match &rule.source {
-        Some(s) => Some(glob("source", s)?),
+        Some(s) => Some(glob("source", s, limits)?),
         None => None,
     };
     if rule.pipes.is_empty() {
@@ -195,31 +218,37 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
             "pipes must list at least one glob (use [\"*\"] for all)",
         ));
     }
+    check_count(
+        "pipes",
+        rule.pipes.len(),
+        limits.max_globs_per_rule,
+        "globs",
+    )?;
     let mut pipes = Vec::with_capacity(rule.pipes.len());
     for (i, p) in rule.pipes.iter().enumerate() {
-        pipes.push(glob(&format!("pipes[{i}]"), p)?);
+        pipes.push(glob(&format!("pipes[{i}]"), p, limits)?);
     }
     let literal_pipes = rule
         .pipes
         .iter()
         .all(|p| !p.contains(['*', '?', '[', ']']))
         .then(|| rule.pipes.clone());
+    check_count(
+        "receivers",
+        rule.receivers.len(),
+        limits.max_receivers_per_rule,
+        "receivers_per_rule",
+    )?;
     for (i, r) in rule.receivers.iter().enumerate() {
         check_id(&format!("receivers[{i}]"), r)?;
     }
-    if rule.repeat_interval.0 < std::time::Duration::from_secs(1) {
-        return Err(invalid(
-            "repeat_interval",
-            "repeat_interval must be at least 1s",
-        ));
-    }
-    let positive = |field: &str, d: schemas::notify::Span| {
-        if d.0.is_zero() {
-            Err(invalid(field, "must be longer than zero"))
-        } else {
-            Ok(nanos(d))
-        }
-    };
+    let repeat_nanos = check_span(
+        "repeat_interval",
+        rule.repeat_interval,
+        Duration::from_secs(1),
+        limits,
+    )?;
+    let nonzero = Duration::from_nanos(1);
     let kind = match rule.rule_type {
         RuleType::PumpFailed => {
             let _: PumpFailedParams = params(&rule.params)?;
@@ -228,9 +257,9 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
         RuleType::PumpStartedOverdue => {
             let p: PumpStartedOverdueParams = params(&rule.params)?;
             Kind::StartedOverdue {
-                grace: nanos(p.grace),
+                grace: check_span("params.grace", p.grace, Duration::ZERO, limits)?,
                 interval: match p.interval {
-                    Some(i) => Some(positive("params.interval", i)?),
+                    Some(i) => Some(check_span("params.interval", i, nonzero, limits)?),
                     None => None,
                 },
             }
@@ -238,7 +267,7 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
         RuleType::PumpFinishedOverdue => {
             let p: PumpFinishedOverdueParams = params(&rule.params)?;
             Kind::FinishedOverdue {
-                limit: positive("params.limit", p.limit)?,
+                limit: check_span("params.limit", p.limit, nonzero, limits)?,
             }
         }
         RuleType::PatternMatch => {
@@ -250,14 +279,17 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
                 PatternSyntax::Wildcard => wildcard_regex(&p.pattern),
                 PatternSyntax::Regex => p.pattern.clone(),
             };
-            let matcher = regex::RegexBuilder::new(&source)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| invalid("params.pattern", format!("bad regex: {e}")))?;
+            let matcher = compile_regex("params.pattern", &source, &p.pattern, 1, limits)?;
             Kind::Pattern {
                 field: p.field,
                 matcher,
-                resolve_after: positive("params.resolve_after", p.resolve_after)?,
+                pattern: p.pattern,
+                resolve_after: check_span(
+                    "params.resolve_after",
+                    p.resolve_after,
+                    nonzero,
+                    limits,
+                )?,
             }
         }
         RuleType::PumpCompletedValueTooHigh | RuleType::PumpCompletedValueTooLow => {
@@ -265,7 +297,10 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
             if !METRIC_KEYS.contains(&p.key.as_str()) {
                 return Err(invalid(
                     "params.key",
-                    format!("unknown metrics key {:?}; one of {METRIC_KEYS:?}", p.key),
+                    format!(
+                        "unknown metrics key {:?}; one of {METRIC_KEYS:?}",
+                        short_error(&p.key)
+                    ),
                 ));
             }
             if !p.limit.is_finite() {
@@ -276,7 +311,7 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
                 key: p.key,
                 limit: p.limit,
                 interval: match p.interval {
-                    Some(i) => Some(positive("params.interval", i)?),
+                    Some(i) => Some(check_span("params.interval", i, nonzero, limits)?),
                     None => None,
                 },
             }
@@ -284,7 +319,7 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
         RuleType::NodeHeartbeatOverdue => {
             let p: NodeHeartbeatOverdueParams = params(&rule.params)?;
             Kind::Heartbeat {
-                interval: positive("params.interval", p.interval)?,
+                interval: check_span("params.interval", p.interval, nonzero, limits)?,
             }
         }
         RuleType::ServiceUnhealthy => {
@@ -295,31 +330,85 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
                     "statuses must list failed and/or degraded",
                 ));
             }
-            Kind::Unhealthy {
-                statuses: p.statuses,
-            }
+            let mut statuses = p.statuses;
+            statuses.sort_by_key(|s| s.as_str());
+            statuses.dedup();
+            Kind::Unhealthy { statuses }
         }
         RuleType::MetricThreshold => {
             let p: MetricThresholdParams = params(&rule.params)?;
-            if !valid_metric_name(&p.metric) {
+            if p.metric.len() > 256 || !valid_metric_name(&p.metric) {
                 return Err(invalid(
                     "params.metric",
-                    format!("{:?} is not a Prometheus metric name", p.metric),
+                    format!(
+                        "{:?} is not a Prometheus metric name (at most 256 characters)",
+                        short_error(&p.metric)
+                    ),
                 ));
             }
             if !p.value.is_finite() {
                 return Err(invalid("params.value", "value must be a finite number"));
+            }
+            check_count(
+                "params.labels",
+                p.labels.len(),
+                limits.max_labels_per_rule,
+                "labels",
+            )?;
+            for (k, v) in &p.labels {
+                check_text("params.labels", k, limits)?;
+                check_text(&format!("params.labels.{}", short_error(k)), v, limits)?;
             }
             Kind::Metric {
                 metric: p.metric,
                 labels: p.labels,
                 op: p.op,
                 value: p.value,
-                for_: nanos(p.for_),
+                for_: check_span("params.for", p.for_, Duration::ZERO, limits)?,
+            }
+        }
+        RuleType::SourceConflict => {
+            let p: SourceConflictParams = params(&rule.params)?;
+            Kind::Conflict {
+                resolve_after: check_span(
+                    "params.resolve_after",
+                    p.resolve_after,
+                    nonzero,
+                    limits,
+                )?,
             }
         }
     };
-    let repeat_nanos = nanos(rule.repeat_interval);
+    let group = match (&rule.group_by[..], rule.group_wait) {
+        ([], None) => None,
+        ([], Some(_)) => {
+            return Err(invalid(
+                "group_wait",
+                "group_wait needs group_by (the labels that make a group)",
+            ))
+        }
+        (by, wait) => {
+            check_count("group_by", by.len(), limits.max_labels_per_rule, "labels")?;
+            for (i, l) in by.iter().enumerate() {
+                if l.is_empty() || l.len() > 128 {
+                    return Err(invalid(
+                        format!("group_by[{i}]"),
+                        "a label name must be 1 to 128 bytes",
+                    ));
+                }
+            }
+            let wait = check_span(
+                "group_wait",
+                wait.unwrap_or(DEFAULT_GROUP_WAIT),
+                Duration::ZERO,
+                limits,
+            )?;
+            Some(Grouping {
+                by: by.to_vec(),
+                wait,
+            })
+        }
+    };
     Ok(CompiledRule {
         rule,
         source,
@@ -327,6 +416,7 @@ pub fn compile(rule: NotificationRule) -> Result<CompiledRule, NotifierError> {
         literal_pipes,
         kind,
         repeat_nanos,
+        group,
     })
 }
 
@@ -340,7 +430,7 @@ mod tests {
         for (k, val) in v.as_object().unwrap() {
             base[k] = val.clone();
         }
-        compile(serde_json::from_value(base).unwrap())
+        compile(serde_json::from_value(base).unwrap(), &Limits::default())
     }
 
     fn field(r: Result<CompiledRule, NotifierError>) -> String {

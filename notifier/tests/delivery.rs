@@ -69,6 +69,7 @@ fn fast() -> NotifierConfig {
             max_backoff: Duration::from_millis(200),
             ..DeliveryConfig::default()
         },
+        ..notifier_config()
     }
 }
 
@@ -205,18 +206,23 @@ async fn webhook_gets_a_signed_v4_payload() {
     mac.update(&body);
     let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(headers["x-signature"].to_str().unwrap(), want);
-    // The history shows it delivered.
-    let hist = run
-        .n
-        .notifications(
-            &Scope::All,
-            &notifier::NotificationFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(hist[0]["status"], "delivered");
+    // The history shows it delivered (once the answer is recorded).
+    let history = || {
+        run.n
+            .notifications(
+                &Scope::All,
+                &notifier::NotificationFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    until("the delivery recorded", || {
+        history()[0]["status"] == "delivered"
+    })
+    .await;
+    let hist = history();
     assert_eq!(hist[0]["attempts"], 1);
     run.stop().await;
 }
@@ -287,7 +293,7 @@ async fn a_hanging_receiver_times_out_and_is_retried_and_a_restart_resends_what_
             .last_error
             .as_deref()
             .unwrap_or("")
-            .contains("did not answer"),
+            .contains("timeout"),
         "{hist:?}"
     );
     until("delivery", || state.lock().unwrap().got.len() == 1).await;
@@ -316,5 +322,83 @@ async fn a_hanging_receiver_times_out_and_is_retried_and_a_restart_resends_what_
     .await;
     let last: WebhookPayload = serde_json::from_slice(&state.lock().unwrap().got[1].1).unwrap();
     assert_eq!(last.status, "resolved");
+    run.stop().await;
+}
+
+use axum::response::IntoResponse;
+
+/// Answers 429 with `Retry-After: <after>` to the first request, 200 then;
+/// notes when each request came.
+async fn throttling(after: &'static str) -> (String, Arc<Mutex<Vec<std::time::Instant>>>) {
+    let times: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let t = times.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move || {
+            let t = t.clone();
+            async move {
+                let first = {
+                    let mut v = t.lock().unwrap();
+                    v.push(std::time::Instant::now());
+                    v.len() == 1
+                };
+                if first {
+                    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", after)]).into_response()
+                } else {
+                    StatusCode::OK.into_response()
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}/hook"), times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_after_its_retry_after_capped_and_never_panics() {
+    // Retry-After: 1 -> the second attempt a second later, not after the
+    // 50 ms backoff.
+    let dir = tempfile::tempdir().unwrap();
+    let (url, times) = throttling("1").await;
+    let mut run = Run::start(dir.path(), Arc::new(ManualClock::new(T0)));
+    setup(&run.n, &url, None);
+    run.send(failed("orders", "x"));
+    until("the retry", || times.lock().unwrap().len() == 2).await;
+    let gap = {
+        let t = times.lock().unwrap();
+        t[1] - t[0]
+    };
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    run.stop().await;
+
+    // Malformed: the backoff applies.
+    let dir = tempfile::tempdir().unwrap();
+    let (url, times) = throttling("soon, maybe").await;
+    let mut run = Run::start(dir.path(), Arc::new(ManualClock::new(T0)));
+    setup(&run.n, &url, None);
+    run.send(failed("orders", "x"));
+    until("the retry", || times.lock().unwrap().len() == 2).await;
+    let gap = {
+        let t = times.lock().unwrap();
+        t[1] - t[0]
+    };
+    assert!(gap < Duration::from_millis(900), "{gap:?}");
+    run.stop().await;
+
+    // Huge: capped (at 5 min), so no second attempt within the test, and
+    // the notification waits, pending.
+    let dir = tempfile::tempdir().unwrap();
+    let (url, times) = throttling("999999999999999999999999999").await;
+    let mut run = Run::start(dir.path(), Arc::new(ManualClock::new(T0)));
+    setup(&run.n, &url, None);
+    run.send(failed("orders", "x"));
+    until("the first attempt", || times.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(times.lock().unwrap().len(), 1);
+    assert_eq!(run.n.pending(), 1);
+    let hist = run.n.notification_log().unwrap();
+    assert_eq!(hist[0].last_error.as_deref(), Some("HTTP 429"));
     run.stop().await;
 }

@@ -362,7 +362,7 @@ fn silences_mute_but_keep_firing_and_notify_when_they_end() {
     let notes = h.notes();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].alert.labels["pipe"], "customers");
-    let alerts = h.n.alerts(&sub);
+    let alerts = h.n.alerts(&sub, None);
     let orders = alerts
         .iter()
         .find(|a| a["labels"]["pipe"] == "orders")
@@ -371,8 +371,8 @@ fn silences_mute_but_keep_firing_and_notify_when_they_end() {
     assert_eq!(orders["status"]["silencedBy"].as_array().unwrap().len(), 1);
     // Another subscription's operator cannot see or delete it.
     let other = Scope::Subscription("other".into());
-    assert!(h.n.silences(&other).is_empty());
-    assert!(h.n.alerts(&other).is_empty());
+    assert!(h.n.silences(&other, None).is_empty());
+    assert!(h.n.alerts(&other, None).is_empty());
     // The silence ends: the still-firing alert notifies.
     h.advance(601);
     let notes = h.notes();
@@ -404,7 +404,7 @@ fn heartbeat_inhibits_the_pipes_overdue_alerts() {
     h.advance(301);
     assert_eq!(h.firing(), 2);
     let sub = Scope::Subscription(SUB.into());
-    let alerts = h.n.alerts(&sub);
+    let alerts = h.n.alerts(&sub, None);
     let overdue = alerts
         .iter()
         .find(|a| a["labels"]["rule_id"] == "o")
@@ -537,7 +537,7 @@ fn bad_rules_and_receivers_are_refused_with_the_field_and_others_keep_working() 
     h.send(failed("orders", "x"));
     assert_eq!(h.kinds(), vec![K::Firing]);
     // Deleting the rule resolves its alert.
-    h.n.delete_rule(&sub, "f").unwrap();
+    h.n.delete_rule(&sub, None, "f").unwrap();
     assert_eq!(h.kinds(), vec![K::Firing, K::Resolved]);
 }
 
@@ -567,10 +567,10 @@ repeat_interval = "30m"
     )
     .unwrap();
     assert_eq!(h.n.load_file(&path).unwrap(), 1);
-    let r = h.n.rule(&Scope::All, "orders-failed").unwrap();
+    let r = h.n.rule(&Scope::All, None, "orders-failed").unwrap();
     assert_eq!(r.repeat_interval.0.as_secs(), 1800);
     assert_eq!(
-        h.n.receivers(&Scope::All)
+        h.n.receivers(&Scope::All, None)
             .iter()
             .find(|r| r.name == "ops")
             .unwrap()
@@ -581,4 +581,48 @@ repeat_interval = "30m"
     std::fs::write(&path, "[[rules]]\nid = \"x\"\nname = \"x\"\ntype = \"pump_failed\"\nsubscription = \"acme\"\nparams = { limit = 1 }\n").unwrap();
     let e = h.n.load_file(&path).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("rules[0].params"), "{e:?}");
+}
+
+#[test]
+fn metric_threshold_pending_state_survives_a_restart() {
+    let mut h = H::new();
+    h.rule(
+        "disk",
+        "metric_threshold",
+        &["*"],
+        json!({"metric": "node_filesystem_avail_bytes", "op": "<", "value": 1000, "for": "1m"}),
+    );
+    let labels = vec![
+        ("instance".to_string(), "node-1".to_string()),
+        ("subscription".to_string(), SUB.to_string()),
+    ];
+    let push = |h: &H, v: f64| {
+        h.n.on_samples(
+            SUB,
+            &[SampleRef {
+                name: "node_filesystem_avail_bytes",
+                labels: &labels,
+                value: v,
+            }],
+        )
+    };
+    push(&h, 10.0);
+    h.advance(40);
+    push(&h, 10.0);
+    // Restart 40 s into the minute: the minute is not started over.
+    h = h.restarted();
+    h.advance(15);
+    push(&h, 10.0);
+    assert_eq!(h.firing(), 0, "55 s: not yet");
+    h.advance(6);
+    assert_eq!(
+        h.firing(),
+        1,
+        "61 s after the first sample, across the restart"
+    );
+    assert_eq!(h.kinds(), vec![K::Firing]);
+    // And the resolution after another restart.
+    h = h.restarted();
+    push(&h, 5000.0);
+    assert_eq!(h.kinds(), vec![K::Firing, K::Resolved]);
 }

@@ -1,5 +1,6 @@
 //! Wire types shared by every component: the record envelope, its bodies, the
-//! ingest batch, and the MessagePack codec.
+//! ingest batch, the MessagePack codec, and the Prometheus wire code
+//! ([`prom`]: remote-write messages, metric types, text exposition).
 //!
 //! `schemas/json/` holds a JSON Schema for each wire type, generated from
 //! these types by [`wire_schemas`]; a test fails when a committed file and
@@ -10,6 +11,7 @@ pub mod batch;
 pub mod body;
 pub mod codec;
 pub mod notify;
+pub mod prom;
 pub mod record;
 pub mod time;
 

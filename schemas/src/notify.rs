@@ -98,10 +98,13 @@ pub enum RuleType {
     ServiceUnhealthy,
     /// A pushed metric against a bound, for a duration.
     MetricThreshold,
+    /// The collector saw two outbox epochs write one source, or a seq
+    /// re-sent with different content within an epoch.
+    SourceConflict,
 }
 
 impl RuleType {
-    pub const ALL: [RuleType; 9] = [
+    pub const ALL: [RuleType; 10] = [
         RuleType::PumpFailed,
         RuleType::PumpStartedOverdue,
         RuleType::PumpFinishedOverdue,
@@ -111,6 +114,7 @@ impl RuleType {
         RuleType::NodeHeartbeatOverdue,
         RuleType::ServiceUnhealthy,
         RuleType::MetricThreshold,
+        RuleType::SourceConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -124,6 +128,7 @@ impl RuleType {
             RuleType::NodeHeartbeatOverdue => "node_heartbeat_overdue",
             RuleType::ServiceUnhealthy => "service_unhealthy",
             RuleType::MetricThreshold => "metric_threshold",
+            RuleType::SourceConflict => "source_conflict",
         }
     }
 
@@ -143,6 +148,7 @@ impl RuleType {
             RuleType::NodeHeartbeatOverdue => "No record at all (health records count) arrived from a source for params.interval.",
             RuleType::ServiceUnhealthy => "A health record with status failed (or one of params.statuses).",
             RuleType::MetricThreshold => "A pushed metric sample (remote-write or OTLP) matching params.metric and params.labels compares true against params.value for params.for.",
+            RuleType::SourceConflict => "The collector refused records of a source because two outbox epochs wrote it, or a seq was re-sent with different content; resolves when no conflict was reported for params.resolve_after.",
         }
     }
 }
@@ -217,6 +223,16 @@ pub struct NotificationRule {
     /// further events (default 1 h).
     #[serde(default = "default_repeat_interval")]
     pub repeat_interval: Span,
+    /// Labels (e.g. `["source"]`) whose values group the rule's alerts:
+    /// alerts of one group that start firing (or resolve) within
+    /// `group_wait` of each other go out as one notification listing them
+    /// (Alertmanager's grouping). Empty: one notification per alert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+    /// How long a group waits for more alerts before it goes out (default
+    /// 30 s when `group_by` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_wait: Option<Span>,
 }
 
 /// `pump_failed` takes no parameters.
@@ -394,6 +410,16 @@ pub struct MetricThresholdParams {
     pub for_: Span,
 }
 
+/// `source_conflict`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConflictParams {
+    /// The alert resolves after this long without a further conflict
+    /// (default 1 h).
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after: Span,
+}
+
 /// Where notifications go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -548,5 +574,6 @@ pub fn params_schema(t: RuleType) -> schemars::Schema {
         RuleType::NodeHeartbeatOverdue => schema_for!(NodeHeartbeatOverdueParams),
         RuleType::ServiceUnhealthy => schema_for!(ServiceUnhealthyParams),
         RuleType::MetricThreshold => schema_for!(MetricThresholdParams),
+        RuleType::SourceConflict => schema_for!(SourceConflictParams),
     }
 }

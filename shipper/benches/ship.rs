@@ -102,6 +102,8 @@ async fn run_collector(records: u64, bin: &str) -> (f64, u64) {
         "[[tokens]]\ntoken = \"test-token\"\nsubscription = \"sub-1\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op-token\"\nsubscription = \"sub-1\"\nrole = \"operator\"\n",
     )
     .unwrap();
+    // The collector refuses a tokens file others may read.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "test-token").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -112,10 +112,11 @@ pub async fn http_get_status(url: &str) -> Result<u16, reqwest::Error> {
     Ok(client().get(url).send().await?.status().as_u16())
 }
 
-/// POSTs a JSON body; an error unless 2xx.
-pub async fn http_post_json(url: &str, body: &str) -> anyhow::Result<()> {
+/// POSTs a JSON body with a bearer token; an error unless 2xx.
+pub async fn http_post_json(url: &str, token: &str, body: &str) -> anyhow::Result<()> {
     let r = client()
         .post(url)
+        .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()

@@ -14,7 +14,14 @@
 //! Everything lives under `--data-dir` (default `./sesam-data`): tokens,
 //! the node's configuration, the rules file, and each component's RocksDB.
 //! Files that exist are kept, so a second start resumes with the same
-//! tokens, configuration and data.
+//! tokens, configuration and data. The data directory and every directory
+//! in it are 0700, and every file the stack writes (tokens, the rules with
+//! their signing key, the node configuration) is 0600; older, broader modes
+//! are tightened at start.
+//!
+//! The node API requires a bearer token: `node-api.token`, made at the
+//! first start and reused; `/api/health` and `/api/ping` stay open. The
+//! metrics agent scrapes the node's `/api/metrics` with it.
 
 #![forbid(unsafe_code)]
 
@@ -77,6 +84,9 @@ pub struct Ready {
     pub operator_token: String,
     pub operator_token_file: PathBuf,
     pub admin_token: String,
+    /// The bearer token of the node API.
+    pub node_token: String,
+    pub node_token_file: PathBuf,
 }
 
 impl Ready {
@@ -88,7 +98,7 @@ impl Ready {
             r#"
 sesam-stack is running (Ctrl-C stops it; data stays in the data dir).
 
-  node API          {node}/api/pipes
+  node API          {node}/api/pipes   (token: {node_token_file})
   collector API     {c}/api/v1/logs, {c}/api/v1/alerts, {c}/api/v1/notifications
   federate          {c}/federate?match[]={{__name__=~"node_.*"}}   (Prometheus scrape target)
   collector metrics {c}/metrics
@@ -97,6 +107,8 @@ sesam-stack is running (Ctrl-C stops it; data stays in the data dir).
 
   operator token    {token}
                     (also in {tf}; subscription "{sub}")
+  node API token    {node_token}
+                    (also in {node_token_file}; /api/health and /api/ping need none)
 
 Try (the "orders" pipe fails on a bad entity every third run, every 20 s):
 
@@ -107,12 +119,16 @@ Try (the "orders" pipe fails on a bad entity every third run, every 20 s):
   curl -s {c}/api/v1/alerts -H "Authorization: Bearer $(cat {tf})"
   # 3. the notification history (delivered to the built-in webhook)
   curl -s {c}/api/v1/notifications -H "Authorization: Bearer $(cat {tf})"
+  # 4. the node's pipes
+  curl -s {node}/api/pipes -H "Authorization: Bearer $(cat {node_token_file})"
 "#,
             node = self.node_url,
             agent = self.agent_url,
             demo = self.demo_url,
             token = self.operator_token,
             sub = SUBSCRIPTION,
+            node_token = self.node_token,
+            node_token_file = self.node_token_file.display(),
         )
     }
 }
@@ -120,36 +136,59 @@ Try (the "orders" pipe fails on a bad entity every third run, every 20 s):
 /// Reads a token file, or makes the token (stored hashed in `tokens`) and
 /// the file.
 fn token(tokens: &Path, file: &Path, subscription: &str, role: Role) -> Result<String> {
-    if let Ok(t) = std::fs::read_to_string(file) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
+    if let Some(t) = read_token(file)? {
+        return Ok(t);
     }
     let t = add_token(tokens, subscription, role).context("add a token")?;
+    private_file(tokens)?;
+    write_private(file, &t)?;
+    Ok(t)
+}
+
+/// The token in `file` (tightened to 0600), `None` if missing or empty.
+fn read_token(file: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => {
+            private_file(file)?;
+            Ok(Some(t.trim().to_string()))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", file.display())),
+    }
+}
+
+/// The node API's bearer token: read from `file`, or made (256 random
+/// bits) and written there 0600.
+fn node_token(file: &Path) -> Result<String> {
+    if let Some(t) = read_token(file)? {
+        return Ok(t);
+    }
+    use rand::RngExt;
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw[..]);
+    let t = format!("snt_{}", hex::encode(raw));
     write_private(file, &t)?;
     Ok(t)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    node::files::write_private(path, text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
+}
+
+fn private_file(path: &Path) -> Result<()> {
+    node::files::private_file(path)
+        .with_context(|| format!("restrict the permissions of {}", path.display()))
+}
+
+fn private_dir(path: &Path) -> Result<()> {
+    node::files::private_dir(path).with_context(|| format!("create {}", path.display()))
 }
 
 fn write_once(path: &Path, text: &str) -> Result<()> {
-    if !path.exists() {
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
+    node::files::write_private_once(path, text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// The example node configuration: a healthy pipe, one that fails every
@@ -255,7 +294,16 @@ pub async fn run(
     on_ready: impl FnOnce(Ready),
 ) -> Result<()> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    // Every component's directory is made here, private, before the
+    // component creates it with the process's umask.
+    for d in [
+        dir.clone(),
+        dir.join("collector"),
+        dir.join("node"),
+        dir.join("checkpoints"),
+    ] {
+        private_dir(&d)?;
+    }
     let tokens_path = dir.join("tokens.toml");
     let shipper_token = token(
         &tokens_path,
@@ -266,6 +314,9 @@ pub async fn run(
     let operator_file = dir.join("operator.token");
     let operator_token = token(&tokens_path, &operator_file, SUBSCRIPTION, Role::Operator)?;
     let admin_token = token(&tokens_path, &dir.join("admin.token"), "*", Role::Admin)?;
+    private_file(&tokens_path)?;
+    let node_token_file = dir.join("node-api.token");
+    let node_token = node_token(&node_token_file)?;
     let node_config_path = dir.join("node-config.json");
     write_once(
         &node_config_path,
@@ -315,6 +366,15 @@ pub async fn run(
     );
     ccfg.rules_file = Some(rules_path);
     ccfg.notifier.external_url = collector_url.clone();
+    // The built-in webhook listens on this host: let the notifier reach it
+    // (the egress policy refuses loopback and private addresses otherwise).
+    let demo_ip = config.demo_listen.ip();
+    let bits = if demo_ip.is_ipv4() { 32 } else { 128 };
+    ccfg.notifier.egress.allow.push(
+        format!("{demo_ip}/{bits}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    );
     ccfg.checkpoint_dir = Some(dir.join("checkpoints"));
     let cstop = collector_stop.clone();
     back.spawn(async move { collector::run(ccfg, cstop).await.context("collector") });
@@ -329,6 +389,7 @@ pub async fn run(
     ncfg.subscription = SUBSCRIPTION.into();
     ncfg.health_interval = config.health_interval;
     ncfg.log_records = log_records;
+    ncfg.api_token = Some(node_token.clone());
     ncfg.collector = Some(shipper::service::Target {
         urls: vec![collector_url.clone()],
         token: Some(shipper_token.clone()),
@@ -340,6 +401,7 @@ pub async fn run(
     // operator would (it is redacted before anything is shipped).
     demo::http_post_json(
         &format!("{node_url}/api/secrets"),
+        &node_token,
         r#"{"upstream-token": "stack-upstream-secret"}"#,
     )
     .await
@@ -356,7 +418,7 @@ pub async fn run(
     acfg.scrape = vec![metrics_agent::ScrapeTarget {
         job: "node".into(),
         url: format!("{node_url}/api/metrics"),
-        token: None,
+        token: Some(node_token.clone()),
     }];
     let astop = stop.clone();
     tasks.spawn(async move {
@@ -374,6 +436,8 @@ pub async fn run(
         operator_token,
         operator_token_file: operator_file,
         admin_token,
+        node_token,
+        node_token_file,
     });
 
     // The first component to stop (an error, or the shutdown) stops all.

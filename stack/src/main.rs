@@ -57,6 +57,9 @@ async fn signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Everything the stack writes (RocksDB files included) is private to
+    // its user: tokens, the rules' signing key, the node's secrets.
+    node::files::private_umask();
     // The node's own warnings go to its outbox (and so to the collector),
     // as `sesam-node` does; the other components only log to stderr.
     let (outbox_layer, log_records) = node::outbox_log_layer(node::OutboxLogLevel::Warn, 4096);

@@ -1,4 +1,5 @@
-//! The systemd units in deploy/systemd/ only use flags the binaries accept.
+//! The systemd units in deploy/systemd/ only use flags the binaries accept,
+//! and every one makes the files its service creates private (UMask=0077).
 
 use std::path::PathBuf;
 
@@ -18,6 +19,12 @@ fn systemd_units_use_existing_flags() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap().replace("\\\n", " ");
+        // Files a service creates hold secrets or unredacted records.
+        assert!(
+            text.lines().any(|l| l.trim() == "UMask=0077"),
+            "{} does not set UMask=0077",
+            path.display()
+        );
         let exec = text
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use collector::store::StoreConfig;
+use collector::logs::rocks::StoreConfig;
 use serde_json::{json, Value};
 
 use crate::process::{bin, free_port, until, Proc};
@@ -69,6 +69,9 @@ impl Collector {
         }
         let tokens = root.join("tokens.toml");
         std::fs::write(&tokens, toml).expect("write tokens");
+        // The collector refuses a tokens file others may read.
+        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod tokens");
         let port = free_port();
         Collector {
             root: root.to_path_buf(),
@@ -77,7 +80,9 @@ impl Collector {
             log: root.join("collector.log"),
             port,
             url: format!("http://127.0.0.1:{port}"),
-            args: Vec::new(),
+            // The tests' webhooks listen on this host's loopback, which the
+            // notifier's egress policy refuses unless allowed.
+            args: vec!["--egress-allow".into(), "127.0.0.1/32".into()],
             proc: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -403,8 +408,9 @@ pub fn audit_store(data_dir: &Path, subscription: &str, source: &str) -> BTreeMa
             block_cache_bytes: 8 << 20,
             write_buffer_bytes: 8 << 20,
             queue_batches: 1,
+            ..StoreConfig::default()
         },
-        collector::metrics::Metrics::default(),
+        collector::telemetry::Metrics::default(),
         Vec::new(),
     )
     .unwrap_or_else(|e| panic!("open the collector store {}: {e}", data_dir.display()));

@@ -6,12 +6,17 @@
 //! - [`collector`], [`node`], [`shipper`]: the three binaries with their
 //!   flags, data directories and APIs, restartable on the same port;
 //! - [`webhook`]: a notification receiver served by the test process;
+//! - [`hostile`]: raw requests of hostile tenants (stalled uploads, idle
+//!   sockets from chosen loopback addresses, batches with epochs,
+//!   remote-write bodies);
 //! - [`collector::Collector::assert_exactly_once_and_stop`]: the final
 //!   check of every fault test, over HTTP and then offline in the store.
 
 pub mod collector;
+pub mod hostile;
 pub mod node;
-pub mod process;
+/// Moved to the shared `testkit` crate; re-exported for the tests here.
+pub use testkit::process;
 pub mod shipper;
 pub mod webhook;
 

@@ -1,7 +1,10 @@
 //! 50 `sesam-shipper` processes start at once against one `sesam-collector`
-//! (default limits: 16 ingest requests held at once), each with a backlog
-//! of 10,000 lines (500,000 records in all, 4 batches in flight each); a
-//! node's pipe fails in the middle of the burst.
+//! (16 ingest requests decoding at once, at most 8 of one subscription;
+//! `--admission-wait 0s`: a request whose body arrived while its
+//! subscription's decode slots are all busy is shed at once instead of
+//! waiting up to 2 s for one, so this burst is overload), each with a
+//! backlog of 10,000 lines (500,000 records in all, 4 batches in flight
+//! each); a node's pipe fails in the middle of the burst.
 //!
 //! Asserts: the collector sheds the excess with 429 (counted in
 //! `collector_ingest_rejections_total{reason="busy"}`), its peak memory
@@ -34,6 +37,9 @@ async fn fifty_shippers_are_shed_with_429_in_bounded_memory_losing_nothing() {
     let dir = e2e::scratch();
     let hook = Webhook::start().await;
     let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    collector
+        .args
+        .extend(["--admission-wait".into(), "0s".into()]);
     collector.start().await;
     collector
         .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)

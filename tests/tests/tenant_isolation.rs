@@ -64,7 +64,8 @@ async fn another_subscriptions_operator_sees_nothing_of_it() {
             "/api/v1/silences",
             &op_a,
             json!({"matchers": [{"name": "pipe", "value": "alpha-quiet", "isRegex": false, "isEqual": true}],
-                   "endsAt": "2099-01-01T00:00:00Z", "comment": "alpha maintenance"}),
+                   "endsAt": schemas::time::rfc3339_from_nanos(schemas::time::now_nanos() + 86_400_000_000_000),
+                   "comment": "alpha maintenance"}),
         )
         .await;
     assert!(st == 200 || st == 201, "create silence: {st} {body}");

@@ -38,6 +38,13 @@ pub async fn sources(
                 "lag_seconds": lag,
                 "dropped": m.dropped,
                 "duplicates": m.duplicates,
+                "epoch": m.epoch,
+                "previous_epochs": m.old_epochs.iter().map(|e| json!({
+                    "epoch": e.epoch,
+                    "last_seq": e.last_seq,
+                    "ended": schemas::time::rfc3339_from_nanos(e.ended),
+                })).collect::<Vec<_>>(),
+                "conflicts": m.conflicts,
             })
         })
         .collect();
@@ -63,13 +70,20 @@ pub async fn purge(
         .purge(&id)
         .await
         .map_err(|e| ApiError::internal(format!("purge failed: {e}")))?;
-    tracing::info!(subscription = %id, streams = report.streams, records = report.records, "subscription terminated");
+    // Every other store of the subscription: the metric table, its
+    // admission share and its per-subscription counters (the notifier
+    // purges its own state through the store's observer).
+    let series = s.metric_store.table.purge(&id);
+    s.admission.slots.forget(&id);
+    s.metrics.forget_tenant(&id);
+    tracing::info!(subscription = %id, streams = report.streams, records = report.records, series, "subscription terminated");
     Ok(Json(json!({
         "subscription": id,
         "deleted": {
             "streams": report.streams,
             "records": report.records,
             "sources": report.sources,
+            "metric_series": series,
         }
     })))
 }
@@ -89,16 +103,24 @@ pub async fn checkpoint(
     let store = s.store.clone();
     let keep = s.checkpoint_keep;
     let metrics = s.metrics.clone();
-    let path =
-        tokio::task::spawn_blocking(move || crate::checkpoint::take(&store, &dir, keep, &metrics))
-            .await
-            .map_err(|e| ApiError::internal(format!("checkpoint task failed: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let path = tokio::task::spawn_blocking(move || {
+        crate::checkpoint::take(store.as_ref(), &dir, keep, &metrics)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("checkpoint task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(json!({"path": path.display().to_string()})))
 }
 
-/// `GET /metrics` (OpenMetrics text).
-pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+/// `GET /metrics` (OpenMetrics text). With an admin token the answer also
+/// holds the per-subscription refusals (`collector_tenant_*`); without
+/// one it names no tenant.
+pub async fn metrics(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let admin =
+        headers.contains_key(header::AUTHORIZATION) && s.require(&headers, &[Role::Admin]).is_ok();
     let store = s.store.clone();
     let disk = tokio::task::spawn_blocking(move || store.disk_bytes())
         .await
@@ -106,6 +128,9 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiErro
     s.metrics.store_disk_bytes.set(disk as i64);
     let mut registry = s.metrics.registry();
     s.metric_store.register(&mut registry);
+    if admin {
+        s.metrics.tenant_registry(&mut registry);
+    }
     if let Some(n) = &s.notifier {
         n.register_metrics(&mut registry);
     }

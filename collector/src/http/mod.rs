@@ -22,13 +22,22 @@
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
 //!
 //! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
-//! for a bad record, `column` for a query parse error) with a 4xx/5xx.
+//! for a bad record, `column` for a query parse error, `reason` for
+//! refusals a client acts on: `source_conflict`, `source_limit`,
+//! `body_budget`, `busy`) with a 4xx/5xx.
+//!
+//! The server itself (connection limits and timeouts) is [`serve`]; the
+//! path every pushed body takes (budget, deadlines, fair slots) is
+//! [`admission`].
 
 mod admin;
-mod ingest;
+pub mod admission;
+mod answer;
+mod logs;
+mod metrics;
 mod notify;
 mod params;
-mod search;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,35 +49,72 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::auth::{Principal, Role, Tokens};
-use crate::ingest::IngestLimits;
-use crate::metrics::Metrics;
-use crate::metrics_ingest::handlers as metrics_push;
-use crate::retention::RetentionPolicy;
-use crate::store::Store;
+use crate::logs::ingest::IngestLimits;
+use crate::logs::query::QueryLimits;
+use crate::logs::retention::RetentionPolicy;
+use crate::logs::LogStore;
+use crate::telemetry::Metrics;
 
+pub use admission::{Admission, AdmissionLimits};
+pub(crate) use answer::text_chunks as answer_text;
 pub use params::parse_time;
+pub use serve::ServerLimits;
+
+/// Bounds of read requests: query size, regexes, answers.
+#[derive(Debug, Clone)]
+pub struct ReadLimits {
+    /// LogQL bounds (matchers, stages, regex memory); the regex budget
+    /// also bounds each `/federate` request's selectors.
+    pub query: QueryLimits,
+    /// Bytes of log lines in one answer (`/api/v1/logs`, Loki
+    /// `query_range`); the answer stops there, marked truncated.
+    pub max_answer_bytes: usize,
+    /// `match[]` selectors of one `/federate` request.
+    pub max_federate_selectors: usize,
+    /// Bytes of one `/federate` answer; past it the request is refused.
+    pub max_federate_bytes: usize,
+    /// Searches running at once for one subscription (of
+    /// `max_concurrent_queries`).
+    pub max_queries_per_subscription: usize,
+    /// Nice steps of the query threads below the process (0: none).
+    pub query_nice: i32,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            query: QueryLimits::default(),
+            max_answer_bytes: 32 << 20,
+            max_federate_selectors: 64,
+            max_federate_bytes: 256 << 20,
+            max_queries_per_subscription: 2,
+            query_nice: 10,
+        }
+    }
+}
 
 /// Everything handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub store: Store,
+    /// The log store, whatever its backend.
+    pub store: Arc<dyn LogStore>,
     pub tokens: Tokens,
     pub limits: IngestLimits,
     pub retention: RetentionPolicy,
     pub metrics: Metrics,
-    /// Ingests being decoded or waiting for their commit: bounds memory.
-    pub ingest_slots: Arc<Semaphore>,
-    /// Queries running at once.
-    pub query_slots: Arc<Semaphore>,
+    /// Body budget, deadlines and decode slots of every write endpoint.
+    pub admission: Admission,
+    /// The threads searches run on, with per-subscription slots.
+    pub query_pool: Arc<crate::logs::query::pool::QueryPool>,
     pub query_timeout: Duration,
+    pub read_limits: ReadLimits,
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_keep: usize,
     pub ready: AtomicBool,
     /// Metrics ingest: the latest-sample table behind `/federate`.
-    pub metric_store: Arc<crate::metrics_ingest::MetricStore>,
+    pub metric_store: Arc<crate::metrics::MetricStore>,
     /// The notifier (rules, alerts, receivers, silences, history).
     pub notifier: Option<notifier::Notifier>,
 }
@@ -111,48 +157,6 @@ impl AppState {
 
 /// Seconds a client is told to wait after a 429 / 503 of ingest.
 pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// Takes one of the ingest slots that bound the bodies held in memory
-/// (ingest and metrics push share them), or answers 429; `reject` counts the
-/// refusal under its reason.
-pub fn ingest_slot(
-    s: &AppState,
-    reject: impl Fn(&'static str),
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    s.ingest_slots.clone().try_acquire_owned().map_err(|_| {
-        reject("busy");
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ingest is saturated; retry later",
-        )
-        .retry_after(RETRY_AFTER_SECS)
-    })
-}
-
-/// Reads a request body of at most `limit` bytes: 413 above it, 400 when it
-/// cannot be read; `reject` counts the refusal under its reason.
-pub async fn read_body(
-    body: axum::body::Body,
-    limit: usize,
-    reject: impl Fn(&'static str),
-) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            reject("body_too_large");
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {limit} bytes"),
-            )
-            .with_field("body")
-        } else {
-            reject("body_read");
-            ApiError::bad_request(format!("cannot read body: {e}"), "body")
-        }
-    })
-}
 
 /// An error answer: status plus a JSON body naming the field at fault.
 #[derive(Debug)]
@@ -239,21 +243,21 @@ async fn not_found() -> ApiError {
 /// The collector's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/v1/ingest", post(ingest::ingest))
-        .route("/api/v1/logs", get(search::logs))
-        .route("/loki/api/v1/query_range", get(search::loki_query_range))
-        .route("/loki/api/v1/labels", get(search::loki_labels))
+        .route("/api/v1/ingest", post(logs::ingest))
+        .route("/api/v1/logs", get(logs::logs))
+        .route("/loki/api/v1/query_range", get(logs::loki_query_range))
+        .route("/loki/api/v1/labels", get(logs::loki_labels))
         .route(
             "/loki/api/v1/label/{name}/values",
-            get(search::loki_label_values),
+            get(logs::loki_label_values),
         )
         .route("/api/v1/sources", get(admin::sources))
         .route("/api/v1/subscriptions/{id}", delete(admin::purge))
         .route("/api/v1/checkpoints", post(admin::checkpoint))
         .route("/metrics", get(admin::metrics))
-        .route("/api/v1/write", post(metrics_push::remote_write))
-        .route("/v1/metrics", post(metrics_push::otlp_metrics))
-        .route("/federate", get(metrics_push::federate))
+        .route("/api/v1/write", post(metrics::remote_write))
+        .route("/v1/metrics", post(metrics::otlp_metrics))
+        .route("/federate", get(metrics::federate))
         .route("/api/v1/notification-rule-types", get(notify::rule_types))
         .route(
             "/api/v1/notification-rules",

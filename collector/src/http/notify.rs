@@ -1,6 +1,10 @@
 //! The notifier's API: rules, rule types, receivers, silences, alerts and
 //! the notification history. Operators manage their own subscription;
-//! admins every one.
+//! admins every one (`?subscription=` picks one where ids could be
+//! ambiguous: rule and silence ids are unique per subscription only).
+//!
+//! Calls that compile regexes or write RocksDB run on the blocking pool,
+//! never on the async workers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +52,23 @@ fn access(s: &AppState, headers: &HeaderMap) -> Api<(Notifier, Scope)> {
     Ok((n, scope))
 }
 
+/// Runs a notifier call that may block (regex compilation, RocksDB writes)
+/// on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NotifierError> + Send + 'static,
+) -> Api<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("notifier task: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// `?subscription=` (meaningful for admins; operators always get their
+/// own).
+fn sub_param(q: &HashMap<String, String>) -> Option<String> {
+    q.get("subscription").cloned()
+}
+
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Api<T> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("a JSON body is required", "body"));
@@ -79,9 +100,14 @@ pub async fn rule_types(State(s): State<Arc<AppState>>, headers: HeaderMap) -> A
 }
 
 /// `GET /api/v1/notification-rules`
-pub async fn list_rules(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api<Json<Value>> {
+pub async fn list_rules(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
-    Ok(Json(json!({ "rules": n.rules(&scope) })))
+    let sub = sub_param(&q);
+    Ok(Json(json!({ "rules": n.rules(&scope, sub.as_deref()) })))
 }
 
 /// `POST /api/v1/notification-rules`
@@ -93,7 +119,7 @@ pub async fn create_rule(
     let (n, scope) = access(&s, &headers)?;
     check_rule_type(&bytes)?;
     let rule = body(&bytes)?;
-    let (rule, warnings, _) = n.put_rule(&scope, None, rule)?;
+    let (rule, warnings, _) = blocking(move || n.put_rule(&scope, None, rule)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "rule": rule, "warnings": warnings })),
@@ -105,9 +131,11 @@ pub async fn get_rule(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
-    Ok(Json(json!(n.rule(&scope, &id)?)))
+    let sub = sub_param(&q);
+    Ok(Json(json!(n.rule(&scope, sub.as_deref(), &id)?)))
 }
 
 /// `PUT /api/v1/notification-rules/{id}`
@@ -120,7 +148,7 @@ pub async fn put_rule(
     let (n, scope) = access(&s, &headers)?;
     check_rule_type(&bytes)?;
     let rule = body(&bytes)?;
-    let (rule, warnings, created) = n.put_rule(&scope, Some(&id), rule)?;
+    let (rule, warnings, created) = blocking(move || n.put_rule(&scope, Some(&id), rule)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -134,9 +162,11 @@ pub async fn delete_rule(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Api<StatusCode> {
     let (n, scope) = access(&s, &headers)?;
-    n.delete_rule(&scope, &id)?;
+    let sub = sub_param(&q);
+    blocking(move || n.delete_rule(&scope, sub.as_deref(), &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -144,9 +174,13 @@ pub async fn delete_rule(
 pub async fn list_receivers(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
-    Ok(Json(json!({ "receivers": n.receivers(&scope) })))
+    let sub = sub_param(&q);
+    Ok(Json(
+        json!({ "receivers": n.receivers(&scope, sub.as_deref()) }),
+    ))
 }
 
 /// `GET /api/v1/receivers/{name}` (`?subscription=` for admins)
@@ -170,7 +204,7 @@ pub async fn put_receiver(
 ) -> Api<(StatusCode, Json<Value>)> {
     let (n, scope) = access(&s, &headers)?;
     let r = body(&bytes)?;
-    let (r, created) = n.put_receiver(&scope, &name, r)?;
+    let (r, created) = blocking(move || n.put_receiver(&scope, &name, r)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -187,15 +221,22 @@ pub async fn delete_receiver(
     Query(q): Query<HashMap<String, String>>,
 ) -> Api<StatusCode> {
     let (n, scope) = access(&s, &headers)?;
-    let sub = q.get("subscription").map(String::as_str);
-    n.delete_receiver(&scope, sub, &name)?;
+    let sub = sub_param(&q);
+    blocking(move || n.delete_receiver(&scope, sub.as_deref(), &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/silences`
-pub async fn list_silences(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api<Json<Value>> {
+pub async fn list_silences(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
-    Ok(Json(json!({ "silences": n.silences(&scope) })))
+    let sub = sub_param(&q);
+    Ok(Json(
+        json!({ "silences": n.silences(&scope, sub.as_deref()) }),
+    ))
 }
 
 /// `POST /api/v1/silences`
@@ -206,10 +247,8 @@ pub async fn create_silence(
 ) -> Api<(StatusCode, Json<Value>)> {
     let (n, scope) = access(&s, &headers)?;
     let silence = body(&bytes)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(n.create_silence(&scope, silence)?),
-    ))
+    let created = blocking(move || n.create_silence(&scope, silence)).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// `DELETE /api/v1/silences/{id}`
@@ -217,16 +256,24 @@ pub async fn delete_silence(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Api<StatusCode> {
     let (n, scope) = access(&s, &headers)?;
-    n.delete_silence(&scope, &id)?;
+    let sub = sub_param(&q);
+    blocking(move || n.delete_silence(&scope, sub.as_deref(), &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/alerts`
-pub async fn alerts(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api<Json<Value>> {
+pub async fn alerts(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
-    Ok(Json(json!({ "alerts": n.alerts(&scope) })))
+    let sub = sub_param(&q);
+    let alerts = blocking(move || Ok(n.alerts(&scope, sub.as_deref()))).await?;
+    Ok(Json(json!({ "alerts": alerts })))
 }
 
 /// `GET /api/v1/notifications?limit=&status=&receiver=&fingerprint=&rule_id=`
@@ -257,6 +304,7 @@ pub async fn notifications(
     }
     let filter = NotificationFilter {
         limit,
+        subscription: sub_param(&q),
         state: status,
         receiver: q.get("receiver").cloned(),
         fingerprint: q.get("fingerprint").cloned(),

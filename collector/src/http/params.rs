@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::ApiError;
-use crate::query::MAX_LIMIT;
+use crate::logs::query::MAX_LIMIT;
 
 /// Parses a time as Loki does: Unix nanoseconds (more than 10 digits),
 /// Unix seconds (10 digits or fewer), seconds with a fraction, or RFC 3339.

@@ -206,10 +206,8 @@ impl Node {
         c.node_id = "node-1".into();
         c.subscription = "acme".into();
         c.api_token = Some(NODE_TOKEN.into());
-        c.collector = collector.map(|url| shipper::service::Target {
-            url,
-            token: Some(SHIP_ACME.into()),
-        });
+        c.collector =
+            collector.map(|url| shipper::service::Target::new(url, Some(SHIP_ACME.into())));
         tweak(&mut c);
         let shutdown = CancellationToken::new();
         let n = node::Node::open(c).await.expect("open node");

@@ -104,6 +104,17 @@ impl TestNode {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any method with a JSON body (or none); status and JSON answer.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn pump(&self, pipe: &str, operation: &str) -> (u16, Value) {
         let r = self
             .client
@@ -214,7 +225,10 @@ pub struct Seen {
 /// An HTTP system on a loopback port: `GET /api/contacts` answers entities,
 /// `GET /api/slow` answers after 3 s, `POST /api/sink` stores the batch,
 /// `POST /api/broken` answers 500 echoing the Authorization header,
-/// `GET /api/notjson` answers text.
+/// `GET /api/notjson` answers text, `GET /api/mixed` two good entities
+/// and three without a usable `_id` (missing, NUL, empty), `GET /api/big` about 2.5 MB of
+/// entities, `GET /api/redirect-same` redirects to `/api/contacts` and
+/// `GET /api/redirect-away` to another origin.
 pub async fn http_system() -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s1 = seen.clone();
@@ -266,7 +280,38 @@ pub async fn http_system() -> (String, Arc<Mutex<Seen>>) {
                 )
             }),
         )
-        .route("/api/notjson", get(|| async { "this is not json" }));
+        .route("/api/notjson", get(|| async { "this is not json" }))
+        .route(
+            "/api/big",
+            get(|| async {
+                let entities: Vec<Value> = (0..20_000)
+                    .map(|i| json!({"_id": format!("big-{i}"), "padding": "x".repeat(100)}))
+                    .collect();
+                axum::Json(entities)
+            }),
+        )
+        .route(
+            "/api/mixed",
+            get(|| async {
+                axum::Json(json!([
+                    {"_id": "good-1", "v": 1},
+                    {"name": "without an _id", "secret_field": "do-not-ship"},
+                    {"_id": "nul\u{0}id", "secret_field": "do-not-ship"},
+                    {"_id": "", "v": 3},
+                    {"_id": "good-2", "v": 2}
+                ]))
+            }),
+        )
+        .route(
+            "/api/redirect-same",
+            get(|| async { axum::response::Redirect::temporary("/api/contacts") }),
+        )
+        .route(
+            "/api/redirect-away",
+            get(|| async {
+                axum::response::Redirect::temporary("http://localhost:9/api/contacts")
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

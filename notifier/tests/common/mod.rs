@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notifier::{ManualClock, Notification, NotificationKind, Notifier, NotifierConfig, Scope};
+use notifier::{
+    EgressPolicy, ManualClock, Notification, NotificationKind, Notifier, NotifierConfig, Scope,
+};
 use schemas::notify::{NotificationRule, Receiver};
 use schemas::{Body, EventType, ExecutionBody, HealthBody, HealthStatus, Level, LogBody, Record};
 use serde_json::{json, Value};
@@ -16,6 +18,15 @@ pub const SRC: &str = "node-1";
 /// 2026-01-01T00:00:00Z
 pub const T0: i64 = 1_767_225_600_000_000_000;
 pub const SEC: i64 = 1_000_000_000;
+
+/// The harness's config: receivers on this host are allowed (the tests'
+/// webhooks listen on loopback).
+pub fn notifier_config() -> NotifierConfig {
+    NotifierConfig {
+        egress: EgressPolicy::allowing(&["127.0.0.1/32"]),
+        ..NotifierConfig::default()
+    }
+}
 
 pub fn open_db(dir: &Path) -> Arc<rocksdb::DB> {
     let mut opts = rocksdb::Options::default();
@@ -29,23 +40,24 @@ pub struct H {
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     pub seq: u64,
+    pub config: NotifierConfig,
 }
 
 impl H {
     pub fn new() -> H {
+        H::with_config(notifier_config())
+    }
+
+    pub fn with_config(config: NotifierConfig) -> H {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let n = Notifier::open(
-            open_db(dir.path()),
-            NotifierConfig::default(),
-            clock.clone(),
-        )
-        .unwrap();
+        let n = Notifier::open(open_db(dir.path()), config.clone(), clock.clone()).unwrap();
         let mut h = H {
             n,
             clock,
             dir,
             seq: 0,
+            config,
         };
         h.receiver("hook", "http://127.0.0.1:9/hook");
         h
@@ -54,15 +66,22 @@ impl H {
     /// Closes the notifier and opens it again on the same database (a
     /// collector restart).
     pub fn restarted(self) -> H {
-        let H { n, clock, dir, seq } = self;
+        let H {
+            n,
+            clock,
+            dir,
+            seq,
+            config,
+        } = self;
         drop(n); // releases the RocksDB lock
-        let n = Notifier::open(
-            open_db(dir.path()),
-            NotifierConfig::default(),
-            clock.clone(),
-        )
-        .unwrap();
-        H { n, clock, dir, seq }
+        let n = Notifier::open(open_db(dir.path()), config.clone(), clock.clone()).unwrap();
+        H {
+            n,
+            clock,
+            dir,
+            seq,
+            config,
+        }
     }
 
     pub fn now(&self) -> i64 {
@@ -94,14 +113,34 @@ impl H {
     }
 
     pub fn record(&mut self, source: &str, ts: i64, body: Body) -> Record {
+        self.record_for(SUB, source, ts, body)
+    }
+
+    pub fn record_for(&mut self, sub: &str, source: &str, ts: i64, body: Body) -> Record {
         self.seq += 1;
         Record {
             seq: self.seq,
             ts,
             source: source.into(),
-            subscription: SUB.into(),
+            subscription: sub.into(),
             body,
         }
+    }
+
+    /// Stores one record of subscription `sub` now.
+    pub fn send_for(&mut self, sub: &str, body: Body) {
+        let ts = self.now();
+        let r = self.record_for(sub, SRC, ts, body);
+        self.n.on_records(&[r]);
+    }
+
+    /// The notifier's metrics as Prometheus text.
+    pub fn metrics(&self) -> String {
+        let mut reg = prometheus_client::registry::Registry::default();
+        self.n.register_metrics(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
     }
 
     /// Stores one record now (its ts = the clock).

@@ -1,0 +1,225 @@
+//! Search over the RocksDB store: the selector picks streams from the
+//! caller's part of the in-memory index; each stream's time range is read
+//! with one cursor and the cursors are merged by time (newest first for
+//! `direction=backward`, Loki's default) until `limit` lines, or the byte
+//! budget, passed every stage. Line filters run on the stored bytes before
+//! anything is decoded; `| json` parses a line only when the earlier stages
+//! kept it.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{EntryIter, Store};
+use crate::logs::model::StreamInfo;
+use crate::logs::query::{run_stages, Hit, Query, SearchError, SearchParams, SearchResult};
+
+struct Head {
+    ts: i64,
+    seq: u64,
+    idx: usize,
+    backward: bool,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Head {
+    // BinaryHeap pops the greatest: the newest for backward, the oldest
+    // for forward; ties broken by stream then seq for a stable order.
+    fn cmp(&self, o: &Self) -> Ordering {
+        let natural = (self.ts, self.idx, self.seq).cmp(&(o.ts, o.idx, o.seq));
+        if self.backward {
+            natural
+        } else {
+            natural.reverse()
+        }
+    }
+}
+
+/// Runs `query` over the store.
+///
+/// When more than one stream is selected, the streams are split into two
+/// halves of about equal size (by stored records) scanned on two threads;
+/// each half yields its first `limit` hits in direction order, so merging
+/// the two and keeping the first `limit` gives exactly the serial answer.
+pub fn search(store: &Store, query: &Query, p: &SearchParams) -> Result<SearchResult, SearchError> {
+    let streams = store.select_streams(query, p.subscription.as_deref(), p.start, p.end);
+    if p.limit == 0 || p.start >= p.end {
+        return Ok(SearchResult {
+            streams: streams.len(),
+            ..SearchResult::default()
+        });
+    }
+    if streams.len() < 2 || !p.parallel {
+        return search_streams(store, query, p, &streams);
+    }
+    let mut by_size = streams.clone();
+    by_size.sort_by_key(|s| std::cmp::Reverse(s.records));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut wa, mut wb) = (0u64, 0u64);
+    for s in by_size {
+        if wa <= wb {
+            wa += s.records;
+            a.push(s);
+        } else {
+            wb += s.records;
+            b.push(s);
+        }
+    }
+    // Ties on time break by stream id in both halves and in the merge.
+    a.sort_by_key(|s| s.id);
+    b.sort_by_key(|s| s.id);
+    let (ra, rb) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| search_streams(store, query, p, &b));
+        let mine = search_streams(store, query, p, &a);
+        (mine, other.join())
+    });
+    let ra = ra?;
+    let rb = rb.map_err(|_| SearchError::Panicked)??;
+    let mut hits = Vec::with_capacity(ra.hits.len() + rb.hits.len());
+    // A half cut at the byte budget has no hits past its cut: the merge
+    // must stop when it runs out of that half's hits.
+    let (cut_a, cut_b) = (ra.truncated, rb.truncated);
+    let mut truncated = false;
+    let mut bytes = 0usize;
+    let (mut ia, mut ib) = (
+        ra.hits.into_iter().peekable(),
+        rb.hits.into_iter().peekable(),
+    );
+    while hits.len() < p.limit {
+        let take_a = match (ia.peek(), ib.peek()) {
+            (Some(x), Some(y)) => {
+                let kx = (x.ts, x.stream.id, x.seq);
+                let ky = (y.ts, y.stream.id, y.seq);
+                if p.backward {
+                    kx >= ky
+                } else {
+                    kx <= ky
+                }
+            }
+            (Some(_), None) if cut_b => {
+                truncated = true;
+                break;
+            }
+            (Some(_), None) => true,
+            (None, Some(_)) if cut_a => {
+                truncated = true;
+                break;
+            }
+            (None, Some(_)) => false,
+            (None, None) => {
+                truncated = cut_a || cut_b;
+                break;
+            }
+        };
+        let next = if take_a { ia.next() } else { ib.next() };
+        if let Some(h) = next {
+            let w = h.weight();
+            if !hits.is_empty() && bytes + w > p.max_bytes {
+                truncated = true;
+                break;
+            }
+            bytes += w;
+            hits.push(h);
+        }
+    }
+    Ok(SearchResult {
+        hits,
+        scanned: ra.scanned + rb.scanned,
+        scanned_bytes: ra.scanned_bytes + rb.scanned_bytes,
+        streams: streams.len(),
+        truncated,
+        bytes,
+    })
+}
+
+/// Searches `streams` on the calling thread.
+fn search_streams(
+    store: &Store,
+    query: &Query,
+    p: &SearchParams,
+    streams: &[Arc<StreamInfo>],
+) -> Result<SearchResult, SearchError> {
+    let mut result = SearchResult {
+        streams: streams.len(),
+        ..SearchResult::default()
+    };
+    let mut iters: Vec<EntryIter<'_>> = Vec::with_capacity(streams.len());
+    let mut heap = BinaryHeap::with_capacity(streams.len());
+    for (idx, s) in streams.iter().enumerate() {
+        let it = store.scan(s.id, p.start, p.end, p.backward)?;
+        iters.push(it);
+        push_head(&mut iters[idx], idx, p.backward, &mut heap)?;
+    }
+    let mut checked = 0u32;
+    while let Some(head) = heap.pop() {
+        let it = &mut iters[head.idx];
+        if let Some((ts, seq, line)) = it.current() {
+            result.scanned += 1;
+            result.scanned_bytes += line.len() as u64;
+            let stream = &streams[head.idx];
+            if let Some(extracted) = run_stages(query, stream, line) {
+                let hit = Hit {
+                    ts,
+                    seq,
+                    stream: stream.clone(),
+                    line: line.to_vec(),
+                    extracted,
+                };
+                let w = hit.weight();
+                if !result.hits.is_empty() && result.bytes + w > p.max_bytes {
+                    result.truncated = true;
+                    break;
+                }
+                result.bytes += w;
+                result.hits.push(hit);
+                if result.hits.len() >= p.limit {
+                    break;
+                }
+            }
+        }
+        it.advance();
+        push_head(it, head.idx, p.backward, &mut heap)?;
+        checked += 1;
+        if checked >= 4096 {
+            checked = 0;
+            if Instant::now() >= p.deadline {
+                return Err(SearchError::Timeout);
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Pushes the next well-formed entry of `it` (skipping malformed ones).
+fn push_head(
+    it: &mut EntryIter<'_>,
+    idx: usize,
+    backward: bool,
+    heap: &mut BinaryHeap<Head>,
+) -> Result<(), SearchError> {
+    while it.valid() {
+        if let Some((ts, seq, _)) = it.current() {
+            heap.push(Head {
+                ts,
+                seq,
+                idx,
+                backward,
+            });
+            return Ok(());
+        }
+        it.advance();
+    }
+    it.status()?;
+    Ok(())
+}

@@ -1,0 +1,953 @@
+//! The single writer thread: group commit of ingests, retention and purges.
+//!
+//! Ingest batches queue on a bounded channel. The writer takes every batch
+//! that is waiting (up to a bound), decides for each record whether it is
+//! new (see the dedupe rule in `mod.rs`), puts the new ones into one
+//! RocksDB `WriteBatch` with the updated stream and source metadata, writes
+//! it synced, and only then publishes the new state to readers, tells the
+//! observers and answers the callers. If the write fails, nothing of the
+//! group is published and every caller of the group gets the error.
+//!
+//! Retention (`Expire`) and termination (`Purge`) run as their own groups
+//! between ingest groups, so the in-memory state never mixes them.
+//!
+//! Fairness: when batches of several subscriptions wait, one group takes
+//! at most [`GROUP_TENANT_RECORDS`] records of one subscription (a single
+//! larger batch goes alone); that tenant's further batches wait for the
+//! next group, in their order, while other tenants' batches join this one.
+//! A flood of one tenant thus delays another's small batch by at most about
+//! one capped group, not by the whole flood queued before it. A tenant
+//! alone is never capped. Order per subscription (and so per source) is
+//! kept.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::{
+    digest_value, entry_bound, entry_key, parse_digest, parse_entry_key, seq_key, source_key,
+    stream_key, sub_prefix, sub_prefix_end, LEGACY_EPOCH,
+};
+use super::{
+    cf, stream_info, EpochMeta, IngestOutcome, PreparedBatch, PurgeReport, Shared, SourceMeta,
+    StoreConfig, StoreError, StreamMeta, CF_ENTRIES, CF_META, CF_SEQS, CF_SOURCES, CF_STREAMS,
+    FREE_FORM_LABEL, MAX_OLD_EPOCHS, META_NEXT_STREAM,
+};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) struct IngestOp {
+    pub batch: PreparedBatch,
+    pub reply: Reply<IngestOutcome>,
+    pub started: Instant,
+}
+
+pub(crate) enum Op {
+    Ingest(IngestOp),
+    Expire {
+        stream: u64,
+        cutoff: i64,
+        max: usize,
+        reply: Reply<u64>,
+    },
+    Purge {
+        subscription: String,
+        reply: Reply<PurgeReport>,
+    },
+}
+
+/// A source conflict for the observers (see `IngestObserver::source_conflict`).
+pub(crate) struct Event {
+    pub subscription: String,
+    pub source: String,
+    pub detail: String,
+}
+
+/// Bounds of one group commit.
+const GROUP_MAX_OPS: usize = 256;
+const GROUP_MAX_RECORDS: usize = 200_000;
+/// Records of one subscription in one group (see the module docs).
+const GROUP_TENANT_RECORDS: usize = 5_000;
+/// At most one conflict event per source in this interval.
+const EVENT_INTERVAL: Duration = Duration::from_secs(60);
+
+type SourceId = (String, String);
+
+pub(crate) struct Writer {
+    db: Arc<DB>,
+    rx: mpsc::Receiver<Op>,
+    shared: Arc<Shared>,
+    streams: HashMap<u64, StreamMeta>,
+    stream_ids: HashMap<String, u64>,
+    sources: HashMap<SourceId, SourceMeta>,
+    next_stream: u64,
+    /// Compactions started after purges; joined before the writer stops so
+    /// that nothing holds the database once the store is closed.
+    background: Vec<std::thread::JoinHandle<()>>,
+    max_streams: usize,
+    max_sources: usize,
+    /// Per subscription: streams with the free-form label.
+    free_form: HashMap<String, usize>,
+    /// Per subscription: sources.
+    source_counts: HashMap<String, usize>,
+    events: std::sync::mpsc::SyncSender<Event>,
+    last_event: HashMap<SourceId, Instant>,
+}
+
+/// One ingest group in the making; applied to the writer's state only once
+/// its batch is durable.
+#[derive(Default)]
+struct Group {
+    batch: WriteBatch,
+    new_ids: HashMap<String, u64>,
+    streams: HashMap<u64, StreamMeta>,
+    sources: HashMap<SourceId, SourceMeta>,
+    /// Seqs (with their digests) stored by earlier ops of this group, per
+    /// source epoch.
+    seen: HashMap<(SourceId, u32), HashMap<u64, u32>>,
+    next_stream: u64,
+    done: Vec<(Reply<IngestOutcome>, IngestOutcome, Instant)>,
+    new_records: Vec<schemas::Record>,
+    accepted: u64,
+    duplicates: u64,
+    overflowed: u64,
+    bytes: u64,
+    records: usize,
+    new_free_form: HashMap<String, usize>,
+    new_sources: HashMap<String, usize>,
+}
+
+/// How full the group in the making is, per subscription.
+#[derive(Default)]
+struct Fill {
+    /// Several subscriptions wait: each gets its share of the group.
+    capped: bool,
+    ops: usize,
+    per_tenant: HashMap<String, usize>,
+    /// Subscriptions with a batch held for the next group.
+    held: std::collections::HashSet<String>,
+    later: VecDeque<IngestOp>,
+}
+
+/// Which sequence space of its source a batch writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Space {
+    /// The source's current epoch.
+    Current,
+    /// An epoch the source had before its current one.
+    Old { id: u32, last_seq: u64 },
+    /// An epoch never seen: the source switches to it.
+    New,
+}
+
+enum Verdict {
+    New,
+    Duplicate,
+    Conflict { field: String, detail: String },
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Arc<DB>,
+        rx: mpsc::Receiver<Op>,
+        shared: Arc<Shared>,
+        streams: HashMap<u64, StreamMeta>,
+        sources: std::collections::BTreeMap<SourceId, SourceMeta>,
+        next_stream: u64,
+        config: &StoreConfig,
+        events: std::sync::mpsc::SyncSender<Event>,
+    ) -> Result<Writer, StoreError> {
+        let stream_ids = streams
+            .iter()
+            .map(|(id, m)| (super::labels_key(&m.labels), *id))
+            .collect();
+        let mut free_form: HashMap<String, usize> = HashMap::new();
+        for m in streams.values() {
+            if m.labels.contains_key(FREE_FORM_LABEL) {
+                let sub = m.labels.get("subscription").cloned().unwrap_or_default();
+                *free_form.entry(sub).or_default() += 1;
+            }
+        }
+        let mut source_counts: HashMap<String, usize> = HashMap::new();
+        for (sub, _) in sources.keys() {
+            *source_counts.entry(sub.clone()).or_default() += 1;
+        }
+        Ok(Writer {
+            db,
+            rx,
+            shared,
+            streams,
+            stream_ids,
+            sources: sources.into_iter().collect(),
+            next_stream,
+            background: Vec::new(),
+            max_streams: config.max_streams_per_subscription,
+            max_sources: config.max_sources_per_subscription,
+            free_form,
+            source_counts,
+            events,
+            last_event: HashMap::new(),
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut pending: Option<Op> = None;
+        let mut deferred: VecDeque<IngestOp> = VecDeque::new();
+        loop {
+            if deferred.is_empty() {
+                let op = match pending.take() {
+                    Some(op) => op,
+                    None => match self.rx.blocking_recv() {
+                        Some(op) => op,
+                        None => break,
+                    },
+                };
+                match op {
+                    Op::Expire {
+                        stream,
+                        cutoff,
+                        max,
+                        reply,
+                    } => {
+                        let r = self.expire(stream, cutoff, max);
+                        let _ = reply.send(r);
+                        continue;
+                    }
+                    Op::Purge {
+                        subscription,
+                        reply,
+                    } => {
+                        let r = self.purge(&subscription);
+                        let _ = reply.send(r);
+                        continue;
+                    }
+                    Op::Ingest(op) => deferred.push_back(op),
+                }
+            }
+            // One group: the ingests held back from the last group first,
+            // then whatever waits, each subscription capped.
+            let mut g = Group {
+                next_stream: self.next_stream,
+                ..Group::default()
+            };
+            // What waits now (the queue is short: it is bounded).
+            let mut waiting = std::mem::take(&mut deferred);
+            let mut records: usize = waiting.iter().map(|op| op.batch.entries.len()).sum();
+            while pending.is_none() && waiting.len() < GROUP_MAX_OPS && records < GROUP_MAX_RECORDS
+            {
+                match self.rx.try_recv() {
+                    Ok(Op::Ingest(op)) => {
+                        records += op.batch.entries.len();
+                        waiting.push_back(op);
+                    }
+                    Ok(other) => pending = Some(other),
+                    Err(_) => break,
+                }
+            }
+            let mut fill = Fill {
+                capped: waiting
+                    .iter()
+                    .any(|op| op.batch.subscription != waiting[0].batch.subscription),
+                ..Fill::default()
+            };
+            for op in waiting {
+                self.admit(op, &mut g, &mut fill);
+            }
+            deferred = fill.later;
+            self.commit(g);
+        }
+        for h in self.background.drain(..) {
+            let _ = h.join();
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Adds `op` to the group, or holds it for the next one when its
+    /// subscription has its share of this group (or an earlier batch of
+    /// it is held already: order per subscription is kept).
+    fn admit(&mut self, op: IngestOp, g: &mut Group, fill: &mut Fill) {
+        let sub = op.batch.subscription.as_str();
+        let taken = fill.per_tenant.get(sub).copied().unwrap_or(0);
+        if fill.held.contains(sub)
+            || (fill.capped && taken > 0 && taken + op.batch.entries.len() > GROUP_TENANT_RECORDS)
+        {
+            fill.held.insert(sub.to_string());
+            fill.later.push_back(op);
+            return;
+        }
+        *fill.per_tenant.entry(sub.to_string()).or_default() += op.batch.entries.len();
+        fill.ops += 1;
+        self.add(op, g);
+    }
+
+    fn stream_meta<'a>(&'a self, g: &'a mut Group, id: u64) -> &'a mut StreamMeta {
+        g.streams.entry(id).or_insert_with(|| {
+            self.streams.get(&id).cloned().unwrap_or(StreamMeta {
+                labels: Default::default(),
+                min_ts: i64::MAX,
+                max_ts: i64::MIN,
+                records: 0,
+            })
+        })
+    }
+
+    /// Whether the stored `seqs` key of (`epoch`, `seq`) exists, and its
+    /// digest if it has one.
+    fn lookup(
+        &self,
+        seqs_cf: &rocksdb::ColumnFamily,
+        sid: &SourceId,
+        epoch: u32,
+        seq: u64,
+    ) -> Result<Option<Option<u32>>, StoreError> {
+        self.db
+            .get_pinned_cf(seqs_cf, seq_key(&sid.0, &sid.1, epoch, seq))
+            .map(|v| v.map(|v| parse_digest(&v)))
+            .map_err(|e| StoreError::storage("look up seq", e))
+    }
+
+    /// Refuses `reply`'s batch as a conflict: counted, remembered on the
+    /// source (persisted with the group), and told to the observers.
+    #[allow(clippy::too_many_arguments)]
+    fn conflict(
+        &mut self,
+        g: &mut Group,
+        sid: SourceId,
+        before: Option<SourceMeta>,
+        kind: &'static str,
+        field: String,
+        detail: String,
+        reply: Reply<IngestOutcome>,
+    ) {
+        let m = &self.shared.metrics;
+        m.source_conflicts
+            .get_or_create(&crate::telemetry::ReasonLabel { reason: kind })
+            .inc();
+        m.refuse_tenant(&sid.0, "source_conflict");
+        if let Some(mut src) = before {
+            src.conflicts += 1;
+            g.sources.insert(sid.clone(), src);
+        }
+        tracing::warn!(subscription = %sid.0, source = %sid.1, %detail, "ingest refused: source conflict");
+        let now = Instant::now();
+        let due = self
+            .last_event
+            .get(&sid)
+            .is_none_or(|t| now.duration_since(*t) >= EVENT_INTERVAL);
+        if due && !self.shared.observers.is_empty() {
+            self.last_event.insert(sid.clone(), now);
+            // A full channel drops the event: the refusal itself is counted.
+            let _ = self.events.try_send(Event {
+                subscription: sid.0.clone(),
+                source: sid.1.clone(),
+                detail: detail.clone(),
+            });
+        }
+        let _ = reply.send(Err(StoreError::SourceConflict {
+            subscription: sid.0,
+            source_name: sid.1,
+            field,
+            detail,
+        }));
+    }
+
+    /// Adds one ingest to the group, or answers it with an error.
+    fn add(&mut self, op: IngestOp, g: &mut Group) {
+        let IngestOp {
+            batch,
+            reply,
+            started,
+        } = op;
+        let sid: SourceId = (batch.subscription.clone(), batch.source.clone());
+        let db = self.db.clone();
+        let seqs_cf = match cf(&db, CF_SEQS) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let now = schemas::time::now_nanos();
+        let before = g
+            .sources
+            .get(&sid)
+            .or_else(|| self.sources.get(&sid))
+            .cloned();
+        let mut src = match &before {
+            Some(s) => s.clone(),
+            None => {
+                let have = self.source_counts.get(&sid.0).copied().unwrap_or(0)
+                    + g.new_sources.get(&sid.0).copied().unwrap_or(0);
+                if have >= self.max_sources {
+                    self.shared.metrics.refuse_tenant(&sid.0, "source_limit");
+                    let _ = reply.send(Err(StoreError::SourceLimit {
+                        subscription: sid.0,
+                        source_name: sid.1,
+                        limit: self.max_sources,
+                    }));
+                    return;
+                }
+                let legacy = batch.epoch.is_empty();
+                SourceMeta {
+                    first_seen: now,
+                    epoch: batch.epoch.clone(),
+                    epoch_id: if legacy { LEGACY_EPOCH } else { 1 },
+                    next_epoch_id: if legacy { 1 } else { 2 },
+                    ..SourceMeta::default()
+                }
+            }
+        };
+
+        let space = if batch.epoch == src.epoch {
+            Space::Current
+        } else if let Some(o) = src.old_epochs.iter().find(|o| o.epoch == batch.epoch) {
+            Space::Old {
+                id: o.id,
+                last_seq: o.last_seq,
+            }
+        } else {
+            Space::New
+        };
+        if space == Space::New {
+            let legacy_last = if src.epoch_id == LEGACY_EPOCH && !batch.epoch.is_empty() {
+                src.last_seq
+            } else {
+                0
+            };
+            src.old_epochs.push(EpochMeta {
+                epoch: std::mem::take(&mut src.epoch),
+                id: src.epoch_id,
+                last_seq: src.last_seq,
+                ended: now,
+            });
+            if src.old_epochs.len() > MAX_OLD_EPOCHS {
+                let excess = src.old_epochs.len() - MAX_OLD_EPOCHS;
+                src.old_epochs.drain(..excess);
+            }
+            src.epoch = batch.epoch.clone();
+            src.epoch_id = if batch.epoch.is_empty() {
+                LEGACY_EPOCH
+            } else {
+                let id = src.next_epoch_id.max(1);
+                src.next_epoch_id = id + 1;
+                id
+            };
+            src.last_seq = 0;
+            src.legacy_last_seq = legacy_last;
+        }
+        let epoch_id = match space {
+            Space::Old { id, .. } => id,
+            _ => src.epoch_id,
+        };
+
+        // Pass 1 (read-only): which records are new, which are re-sends.
+        let mut max_seq = match space {
+            Space::Old { last_seq, .. } => last_seq,
+            _ => src.last_seq,
+        };
+        let gkey = (sid.clone(), epoch_id);
+        let mut is_new = Vec::with_capacity(batch.entries.len());
+        let mut local: HashMap<u64, u32> = HashMap::new();
+        for (i, e) in batch.entries.iter().enumerate() {
+            let prior = local
+                .get(&e.seq)
+                .or_else(|| g.seen.get(&gkey).and_then(|s| s.get(&e.seq)))
+                .copied();
+            let content = |seq: u64| {
+                Verdict::Conflict {
+                field: format!("records[{i}]"),
+                detail: format!(
+                    "seq {seq} of epoch {:?} was stored with other content (two outboxes share an epoch and a source, or the record changed before a re-send); nothing of the batch was stored",
+                    batch.epoch
+                ),
+            }
+            };
+            let old_epoch = |seq: u64| {
+                Verdict::Conflict {
+                field: "epoch".into(),
+                detail: format!(
+                    "epoch {:?} is older than the source's current epoch {:?} and seq {seq} is new to it: two live outboxes write this source (e.g. two nodes with the same --node-id); nothing of the batch was stored",
+                    batch.epoch, src.epoch
+                ),
+            }
+            };
+            let verdict = if let Some(d) = prior {
+                if d == e.digest {
+                    Verdict::Duplicate
+                } else {
+                    content(e.seq)
+                }
+            } else if let Space::Old { .. } = space {
+                if e.seq > max_seq {
+                    old_epoch(e.seq)
+                } else {
+                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
+                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
+                        Ok(Some(_)) => Verdict::Duplicate,
+                        Ok(None) => old_epoch(e.seq),
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                    }
+                }
+            } else {
+                // A new epoch right after the legacy one: the same record
+                // re-sent by an upgraded shipper is a duplicate.
+                let legacy_dup = epoch_id != LEGACY_EPOCH
+                    && e.seq <= src.legacy_last_seq
+                    && match self.lookup(seqs_cf, &sid, LEGACY_EPOCH, e.seq) {
+                        Ok(found) => found == Some(Some(e.digest)),
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                    };
+                if legacy_dup {
+                    Verdict::Duplicate
+                } else if e.seq > max_seq {
+                    Verdict::New
+                } else {
+                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
+                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
+                        Ok(Some(_)) => Verdict::Duplicate,
+                        Ok(None) => Verdict::New,
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                    }
+                }
+            };
+            match verdict {
+                Verdict::New => {
+                    local.insert(e.seq, e.digest);
+                    max_seq = max_seq.max(e.seq);
+                    is_new.push(true);
+                }
+                Verdict::Duplicate => is_new.push(false),
+                Verdict::Conflict { field, detail } => {
+                    let kind = if field == "epoch" { "epoch" } else { "content" };
+                    self.conflict(g, sid, before, kind, field, detail, reply);
+                    return;
+                }
+            }
+        }
+        if space == Space::New && before.is_some() {
+            tracing::info!(
+                subscription = %sid.0,
+                source = %sid.1,
+                epoch = %batch.epoch,
+                "source started a new outbox epoch (a new sequence space)"
+            );
+        }
+
+        // Pass 2: the stream of every new record (streams are made only for
+        // records that are stored, so duplicates never create empty ones).
+        let sub = batch.subscription.as_str();
+        let mut ids: Vec<Option<(u64, bool)>> = vec![None; batch.streams.len()];
+        for (e, new) in batch.entries.iter().zip(&is_new) {
+            if !*new || ids.get(e.stream).is_none_or(|x| x.is_some()) {
+                continue;
+            }
+            let s = &batch.streams[e.stream];
+            let resolved = match self
+                .stream_ids
+                .get(&s.key)
+                .or_else(|| g.new_ids.get(&s.key))
+            {
+                Some(id) => (*id, s.overflowed),
+                None => {
+                    let used = self.free_form.get(sub).copied().unwrap_or(0)
+                        + g.new_free_form.get(sub).copied().unwrap_or(0);
+                    let (labels, key, over) = match &s.overflow {
+                        Some((ol, ok)) if used >= self.max_streams => (ol, ok, true),
+                        _ => (&s.labels, &s.key, s.overflowed),
+                    };
+                    match self.stream_ids.get(key).or_else(|| g.new_ids.get(key)) {
+                        Some(id) => (*id, over),
+                        None => {
+                            let id = g.next_stream;
+                            g.next_stream += 1;
+                            g.new_ids.insert(key.clone(), id);
+                            g.streams.insert(
+                                id,
+                                StreamMeta {
+                                    labels: labels.clone(),
+                                    min_ts: i64::MAX,
+                                    max_ts: i64::MIN,
+                                    records: 0,
+                                },
+                            );
+                            if labels.contains_key(FREE_FORM_LABEL) {
+                                *g.new_free_form.entry(sub.to_string()).or_default() += 1;
+                            }
+                            (id, over)
+                        }
+                    }
+                }
+            };
+            ids[e.stream] = Some(resolved);
+        }
+
+        // Pass 3: the writes.
+        let entries_cf = cf(&self.db, CF_ENTRIES).ok();
+        let mut outcome = IngestOutcome::default();
+        let seen = g.seen.entry(gkey).or_default();
+        let mut bytes = 0u64;
+        for (e, new) in batch.entries.iter().zip(&is_new) {
+            if !*new {
+                outcome.duplicates += 1;
+                continue;
+            }
+            seen.insert(e.seq, e.digest);
+            outcome.accepted += 1;
+            bytes += e.value.len() as u64;
+            let (id, over) = ids.get(e.stream).copied().flatten().unwrap_or((0, false));
+            if over {
+                outcome.overflowed += 1;
+            }
+            if let Some(ecf) = entries_cf {
+                g.batch
+                    .put_cf(ecf, entry_key(id, e.ts, epoch_id, e.seq), &e.value);
+            }
+            g.batch.put_cf(
+                seqs_cf,
+                seq_key(&sid.0, &sid.1, epoch_id, e.seq),
+                digest_value(e.digest),
+            );
+            src.last_seq = src.last_seq.max(e.seq);
+            src.newest_ts = if src.records == 0 && src.newest_ts == 0 {
+                e.ts
+            } else {
+                src.newest_ts.max(e.ts)
+            };
+            src.records += 1;
+        }
+        for (e, new) in batch.entries.iter().zip(&is_new) {
+            if *new {
+                let id = ids.get(e.stream).copied().flatten().map_or(0, |x| x.0);
+                let m = self.stream_meta(g, id);
+                m.min_ts = m.min_ts.min(e.ts);
+                m.max_ts = m.max_ts.max(e.ts);
+                m.records += 1;
+            }
+        }
+        if outcome.accepted > 0 {
+            src.last_seen = now;
+        }
+        src.dropped += batch.dropped;
+        src.duplicates += outcome.duplicates;
+        if before.is_none() && !g.sources.contains_key(&sid) {
+            *g.new_sources.entry(sid.0.clone()).or_default() += 1;
+        }
+        g.sources.insert(sid, src);
+        if let Some(records) = batch.records {
+            g.new_records.extend(
+                records
+                    .into_iter()
+                    .zip(&is_new)
+                    .filter(|(_, n)| **n)
+                    .map(|(r, _)| r),
+            );
+        }
+        if outcome.overflowed > 0 {
+            let m = &self.shared.metrics;
+            m.stream_overflow_records.inc_by(outcome.overflowed);
+            m.tenant_overflow(sub, outcome.overflowed);
+        }
+        g.accepted += outcome.accepted;
+        g.duplicates += outcome.duplicates;
+        g.overflowed += outcome.overflowed;
+        g.bytes += bytes;
+        g.records += batch.entries.len();
+        g.done.push((reply, outcome, started));
+    }
+
+    fn commit(&mut self, mut g: Group) {
+        if g.done.is_empty() && g.sources.is_empty() {
+            return;
+        }
+        let result = self.write_group(&mut g);
+        let m = &self.shared.metrics;
+        match result {
+            Ok(()) => {
+                // Publish: writer state first, then readers, then observers.
+                self.next_stream = g.next_stream;
+                let mut infos = Vec::with_capacity(g.streams.len());
+                for (id, meta) in g.streams {
+                    infos.push(Arc::new(stream_info(id, &meta)));
+                    self.streams.insert(id, meta);
+                }
+                self.stream_ids.extend(g.new_ids);
+                for (sub, n) in g.new_free_form {
+                    *self.free_form.entry(sub).or_default() += n;
+                }
+                for (sub, n) in g.new_sources {
+                    *self.source_counts.entry(sub).or_default() += n;
+                }
+                for info in infos {
+                    self.shared.streams.insert(info);
+                }
+                {
+                    // Short critical section; never held across a blocking call.
+                    let mut s = self
+                        .shared
+                        .sources
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner());
+                    for (k, v) in &g.sources {
+                        s.insert(k.clone(), v.clone());
+                    }
+                }
+                self.sources.extend(g.sources);
+                m.group_commits.inc();
+                m.ingest_records.inc_by(g.accepted);
+                m.ingest_duplicates.inc_by(g.duplicates);
+                m.store_records.inc_by(g.accepted as i64);
+                m.store_streams.set(self.streams.len() as i64);
+                if !g.new_records.is_empty() {
+                    for o in &self.shared.observers {
+                        o.committed(&g.new_records);
+                    }
+                }
+                for (reply, outcome, started) in g.done {
+                    m.ingest_commit_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log store: group commit failed; nothing of it is stored");
+                for (reply, _, _) in g.done {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn write_group(&self, g: &mut Group) -> Result<(), StoreError> {
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
+        for (id, meta) in &g.streams {
+            let v = rmp_serde::to_vec_named(meta)
+                .map_err(|e| StoreError::storage("encode stream", e))?;
+            g.batch.put_cf(streams_cf, stream_key(*id), v);
+        }
+        let sources_cf = cf(&self.db, CF_SOURCES)?;
+        for ((sub, src), meta) in &g.sources {
+            let v = rmp_serde::to_vec_named(meta)
+                .map_err(|e| StoreError::storage("encode source", e))?;
+            g.batch.put_cf(sources_cf, source_key(sub, src), v);
+        }
+        if g.next_stream != self.next_stream {
+            g.batch.put_cf(
+                cf(&self.db, CF_META)?,
+                META_NEXT_STREAM,
+                g.next_stream.to_be_bytes(),
+            );
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let batch = std::mem::take(&mut g.batch);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| StoreError::storage("write batch", e))
+    }
+
+    fn expire(&mut self, stream: u64, cutoff: i64, max: usize) -> Result<u64, StoreError> {
+        let Some(meta) = self.streams.get(&stream).cloned() else {
+            return Ok(0);
+        };
+        if meta.min_ts >= cutoff {
+            return Ok(0);
+        }
+        let sub = meta.labels.get("subscription").cloned().unwrap_or_default();
+        let source = meta.labels.get("source").cloned().unwrap_or_default();
+        let entries_cf = cf(&self.db, CF_ENTRIES)?;
+        let seqs_cf = cf(&self.db, CF_SEQS)?;
+        let start = entry_bound(stream, i64::MIN);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(entry_bound(stream + 1, i64::MIN).to_vec());
+        opts.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(entries_cf, opts);
+        it.seek(start);
+        let mut batch = WriteBatch::default();
+        let mut deleted = 0u64;
+        // The first entry that stays, if any: (its key, its ts).
+        let mut stop: Option<(Vec<u8>, i64)> = None;
+        while it.valid() {
+            let Some(k) = it.key() else { break };
+            let Some(p) = parse_entry_key(k) else {
+                it.next();
+                continue;
+            };
+            if p.ts >= cutoff || deleted as usize >= max {
+                stop = Some((k.to_vec(), p.ts));
+                break;
+            }
+            batch.delete_cf(seqs_cf, seq_key(&sub, &source, p.epoch, p.seq));
+            deleted += 1;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StoreError::storage("scan expired entries", e))?;
+        drop(it);
+        if deleted == 0 {
+            return Ok(0);
+        }
+        let end = match &stop {
+            Some((k, _)) => k.clone(),
+            None => entry_bound(stream + 1, i64::MIN).to_vec(),
+        };
+        batch.delete_range_cf(entries_cf, start.to_vec(), end);
+        let mut new_meta = meta.clone();
+        new_meta.records = new_meta.records.saturating_sub(deleted);
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
+        let emptied = stop.is_none();
+        match &stop {
+            Some((_, ts)) => {
+                new_meta.min_ts = *ts;
+                let v = rmp_serde::to_vec_named(&new_meta)
+                    .map_err(|e| StoreError::storage("encode stream", e))?;
+                batch.put_cf(streams_cf, stream_key(stream), v);
+            }
+            None => batch.delete_cf(streams_cf, stream_key(stream)),
+        }
+        let sid = (sub, source);
+        let mut src = self.sources.get(&sid).cloned();
+        if let Some(s) = &mut src {
+            s.records = s.records.saturating_sub(deleted);
+            let v =
+                rmp_serde::to_vec_named(s).map_err(|e| StoreError::storage("encode source", e))?;
+            batch.put_cf(cf(&self.db, CF_SOURCES)?, source_key(&sid.0, &sid.1), v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| StoreError::storage("write retention batch", e))?;
+
+        if emptied {
+            self.shared.streams.remove(&sid.0, stream);
+        } else {
+            self.shared
+                .streams
+                .insert(Arc::new(stream_info(stream, &new_meta)));
+        }
+        if emptied {
+            self.streams.remove(&stream);
+            self.stream_ids.remove(&super::labels_key(&meta.labels));
+            if meta.labels.contains_key(FREE_FORM_LABEL) {
+                if let Some(n) = self.free_form.get_mut(&sid.0) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        } else {
+            self.streams.insert(stream, new_meta);
+        }
+        if let Some(s) = src {
+            self.shared
+                .sources
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sid.clone(), s.clone());
+            self.sources.insert(sid, s);
+        }
+        let m = &self.shared.metrics;
+        m.retention_deleted.inc_by(deleted);
+        m.store_records.dec_by(deleted as i64);
+        m.store_streams.set(self.streams.len() as i64);
+        Ok(deleted)
+    }
+
+    fn purge(&mut self, subscription: &str) -> Result<PurgeReport, StoreError> {
+        let entries_cf = cf(&self.db, CF_ENTRIES)?;
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
+        let mut batch = WriteBatch::default();
+        let mut report = PurgeReport::default();
+        let ids: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, m)| m.labels.get("subscription").map(String::as_str) == Some(subscription))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            batch.delete_range_cf(
+                entries_cf,
+                entry_bound(*id, i64::MIN),
+                entry_bound(*id + 1, i64::MIN),
+            );
+            batch.delete_cf(streams_cf, stream_key(*id));
+            report.streams += 1;
+            report.records += self.streams.get(id).map_or(0, |m| m.records);
+        }
+        let (lo, hi) = (sub_prefix(subscription), sub_prefix_end(subscription));
+        batch.delete_range_cf(cf(&self.db, CF_SEQS)?, &lo, &hi);
+        batch.delete_range_cf(cf(&self.db, CF_SOURCES)?, &lo, &hi);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| StoreError::storage("write purge batch", e))?;
+
+        self.shared.streams.remove_tenant(subscription);
+        self.free_form.remove(subscription);
+        self.source_counts.remove(subscription);
+        self.last_event.retain(|(s, _), _| s != subscription);
+        for id in &ids {
+            if let Some(m) = self.streams.remove(id) {
+                self.stream_ids.remove(&super::labels_key(&m.labels));
+            }
+        }
+        let before = self.sources.len();
+        self.sources.retain(|(s, _), _| s != subscription);
+        report.sources = (before - self.sources.len()) as u64;
+        self.shared
+            .sources
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, _), _| s != subscription);
+        let m = &self.shared.metrics;
+        m.store_records.dec_by(report.records as i64);
+        m.store_streams.set(self.streams.len() as i64);
+        for o in &self.shared.observers {
+            o.subscription_purged(subscription);
+        }
+
+        // Reclaim the space in the background: the data is already unreadable.
+        let db = self.db.clone();
+        let sub = subscription.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("purge-compaction".into())
+            .spawn(move || {
+                if let Some(c) = db.cf_handle(CF_ENTRIES) {
+                    for id in ids {
+                        db.compact_range_cf(
+                            c,
+                            Some(entry_bound(id, i64::MIN)),
+                            Some(entry_bound(id + 1, i64::MIN)),
+                        );
+                    }
+                }
+                for name in [CF_SEQS, CF_SOURCES] {
+                    if let Some(c) = db.cf_handle(name) {
+                        db.compact_range_cf(c, Some(sub_prefix(&sub)), Some(sub_prefix_end(&sub)));
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                self.background.retain(|h| !h.is_finished());
+                self.background.push(h);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start purge compaction; space is reclaimed by normal compaction")
+            }
+        }
+        Ok(report)
+    }
+}

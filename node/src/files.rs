@@ -1,0 +1,136 @@
+//! Private directories and files: every directory the node keeps data in is
+//! mode 0700 and every file holding a secret is mode 0600, whatever the
+//! process umask (the binaries also set umask 0077, so that the files
+//! RocksDB creates inside are 0600 too).
+//!
+//! Existing directories and files with broader modes (written by an older
+//! version, or by hand) are tightened, not refused: the data in them is the
+//! operator's and must keep working.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// The mode of every data directory.
+pub const DIR_MODE: u32 = 0o700;
+/// The mode of every file holding a secret (tokens, configuration, rules).
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `path` (and missing parents, all 0700) or tightens an existing
+/// directory to 0700.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => tighten(path, m.permissions().mode(), DIR_MODE),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Tightens an existing file to 0600 (no-op when it is missing).
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) => tighten(path, m.permissions().mode(), FILE_MODE),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn tighten(path: &Path, mode: u32, want: u32) -> std::io::Result<()> {
+    // Only group/other bits are removed; an owner without access stays so.
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & want & 0o7777))?;
+        tracing::info!(path = %path.display(), from = format!("{:o}", mode & 0o7777), to = format!("{:o}", mode & want & 0o7777), "tightened the permissions of a data path");
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (a 0600 temporary file renamed over
+/// it, then synced), so a crash leaves either the old or the new content.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        // A stale temporary file keeps its old mode through `create`.
+        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` (0600) unless it exists; tightens it if it does.
+pub fn write_private_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if path.exists() {
+        private_file(path)
+    } else {
+        write_private(path, bytes)
+    }
+}
+
+/// The mode bits (`0o777` part) of `path`.
+pub fn mode(path: &Path) -> std::io::Result<u32> {
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+/// Sets the process umask to 0077, so that every file and directory the
+/// process creates (RocksDB's included) is private to its user. For the
+/// binaries' `main`; a library embedding the node decides for itself.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_and_files_are_created_private_and_existing_ones_tightened() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        private_dir(&d).unwrap();
+        assert_eq!(mode(&d).unwrap(), 0o700);
+        assert_eq!(mode(&t.path().join("a")).unwrap(), 0o700);
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(mode(&open).unwrap(), 0o700);
+
+        let f = d.join("secret");
+        std::fs::write(&f, "old").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_once(&f, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old");
+        assert_eq!(mode(&f).unwrap(), 0o600);
+        write_private(&f, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+        assert_eq!(mode(&f).unwrap(), 0o600);
+        assert!(private_dir(&f).is_err(), "a file is not a directory");
+    }
+}
