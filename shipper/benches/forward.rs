@@ -26,7 +26,7 @@ mod common;
 
 use common::record;
 use schemas::Record;
-use shipper::outbox::{Outbox, OutboxConfig};
+use shipper::outbox::{Outbox, OutboxConfig, SyncMode};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -164,18 +164,29 @@ async fn ship(
     (records as f64 / secs, peak)
 }
 
-/// An outbox of `records` benchmark records in `dir/outbox`.
+/// Records per append of the backlog: about what `sesam-shipper`'s file
+/// tailer appends at once (one 128 KiB read window).
+const BACKLOG_APPEND: u64 = 500;
+
+/// An outbox of `records` benchmark records in `dir/outbox`, as
+/// `sesam-shipper` builds it while its collector is down: its own outbox
+/// settings and appends of a tailer's size (synced once a second, to build
+/// it faster; what is stored is the same).
 async fn backlog(dir: &Path, records: u64) {
     let config = OutboxConfig {
         max_bytes: std::num::NonZeroU64::new(8 << 30).unwrap(),
-        ..OutboxConfig::default()
+        sync: SyncMode::Interval {
+            every: Duration::from_secs(1),
+        },
+        ..OutboxConfig::forwarder()
     };
     let outbox = Outbox::open(dir.join("outbox"), config).unwrap();
-    for chunk in 0..records.div_ceil(10_000) {
-        let n = (records - chunk * 10_000).min(10_000);
-        let batch: Vec<Record> = (0..n).map(|i| record(chunk * 10_000 + i)).collect();
+    for chunk in 0..records.div_ceil(BACKLOG_APPEND) {
+        let n = (records - chunk * BACKLOG_APPEND).min(BACKLOG_APPEND);
+        let batch: Vec<Record> = (0..n).map(|i| record(chunk * BACKLOG_APPEND + i)).collect();
         outbox.append(&batch).await.unwrap();
     }
+    drop(outbox);
 }
 
 /// A log file of `lines` lines of about 200 bytes.

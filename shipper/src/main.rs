@@ -83,8 +83,10 @@ struct Args {
     /// clamped to it (100ms-1h).
     #[arg(long, default_value = "300s", value_parser = duration(Duration::from_millis(100), Duration::from_secs(3600)))]
     max_retry_after: Duration,
-    /// Threads of the async runtime (1-16): one is plenty for a forwarder;
-    /// redaction and encoding run on blocking threads.
+    /// Threads of the async runtime (1-16). 1 (the default) runs it on the
+    /// main thread: plenty for a forwarder, whose reading, redaction and
+    /// encoding run on threads of their own, and every thread is another
+    /// allocator arena holding memory.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     worker_threads: u8,
     /// Log format of the shipper's own logs.
@@ -132,8 +134,14 @@ fn main() -> anyhow::Result<()> {
     // extra thread is another malloc arena holding memory, so there is one
     // blocking thread per sink.
     let sinks = usize::from(!args.collector.is_empty()) + usize::from(args.otlp.is_some());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.into())
+    let mut builder = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.worker_threads.into());
+        b
+    };
+    let runtime = builder
         .max_blocking_threads(sinks.max(1))
         .thread_name("shipper")
         .enable_all()

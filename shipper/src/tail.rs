@@ -392,7 +392,7 @@ fn drain(
 }
 
 /// Appends of one file submitted and not yet known durable.
-const APPENDS_IN_FLIGHT: usize = 4;
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// Records per append of the tailer.
 const APPEND_MAX_RECORDS: usize = 10_000;

@@ -160,9 +160,6 @@ impl CollectorEndpoint {
     }
 }
 
-/// Window of the ingest body's compression (2^19 = 512 KiB).
-const ZSTD_WINDOW_LOG: u32 = 19;
-
 /// Encodes records as the ingest body: MessagePack batch, zstd-compressed.
 pub fn encode_ingest_body(
     epoch: &str,
@@ -172,17 +169,19 @@ pub fn encode_ingest_body(
 ) -> Result<Vec<u8>, String> {
     let first = records.first().ok_or("empty batch")?;
     let mut buf = Vec::new();
+    begin_ingest_body(&mut buf);
     for r in records {
         encode_ingest_record(r, &mut buf)?;
     }
-    ingest_body(
+    let mut cctx = compressor(zstd_level)?;
+    finish_ingest_body(
+        &mut cctx,
+        &mut buf,
+        records.len(),
         epoch,
         &first.source,
         &first.subscription,
-        records.len(),
-        &buf,
         dropped,
-        zstd_level,
     )
 }
 
@@ -192,83 +191,83 @@ pub fn encode_ingest_record(record: &Record, out: &mut Vec<u8>) -> Result<(), St
     schemas::write_msgpack(out, record).map_err(|e| e.to_string())
 }
 
-/// The ingest body around `count` records already encoded by
-/// [`encode_ingest_record`]: the MessagePack map of an [`IngestBatch`]
-/// (the same bytes `rmp_serde` writes for it), streamed through the
-/// compressor, so no uncompressed copy of the batch is made.
-pub fn ingest_body(
-    epoch: &str,
-    source: &str,
-    subscription: &str,
-    count: usize,
-    records: &[u8],
-    dropped: u64,
-    zstd_level: i32,
-) -> Result<Vec<u8>, String> {
-    let mut cctx = compressor(zstd_level)?;
-    ingest_body_with(
-        &mut cctx,
-        epoch,
-        source,
-        subscription,
-        count,
-        records,
-        dropped,
-    )
+/// Where the record count of an ingest body is (see [`begin_ingest_body`]).
+const COUNT_AT: usize = 10;
+
+/// Starts an uncompressed ingest body in `out` (cleared): the MessagePack
+/// map of an [`IngestBatch`] with `records` first, its array length a
+/// 32-bit placeholder (any width decodes the same), so records encoded by
+/// [`encode_ingest_record`] can be appended one at a time without knowing
+/// their count; [`finish_ingest_body`] fills it in and adds the other
+/// fields after the records (a map's keys may come in any order).
+pub fn begin_ingest_body(out: &mut Vec<u8>) {
+    out.clear();
+    // map of 5 entries, "records" (fixstr of 7), array32 placeholder.
+    out.push(0x85);
+    out.push(0xa7);
+    out.extend_from_slice(b"records");
+    out.push(0xdd);
+    out.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(out.len(), COUNT_AT + 4);
 }
 
-/// A zstd compression context for ingest bodies: `level`, and a 512 KiB
-/// window (a batch is about that big; a larger window would only make the
-/// context larger).
-fn compressor(level: i32) -> Result<zstd::zstd_safe::CCtx<'static>, String> {
-    use zstd::zstd_safe::{get_error_name, CCtx, CParameter};
-    let mut cctx = CCtx::create();
-    for p in [
-        CParameter::CompressionLevel(level),
-        CParameter::WindowLog(ZSTD_WINDOW_LOG),
-    ] {
-        cctx.set_parameter(p)
-            .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
-    }
-    Ok(cctx)
-}
-
-/// [`ingest_body`] with a given compression context (kept between bodies:
-/// a context is over a megabyte, and allocating and freeing one per batch
-/// raises the allocator's thresholds for keeping freed memory).
-fn ingest_body_with(
+/// Finishes a body started by [`begin_ingest_body`] with `count` records
+/// appended, and compresses it in one pass (the whole body is in memory
+/// already, so the context needs no window buffers of its own). The
+/// compressed body is allocated at its size.
+pub fn finish_ingest_body(
     cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    body: &mut Vec<u8>,
+    count: usize,
     epoch: &str,
     source: &str,
     subscription: &str,
-    count: usize,
-    records: &[u8],
     dropped: u64,
 ) -> Result<Vec<u8>, String> {
-    use rmp::encode::{write_array_len, write_map_len, write_str, write_uint};
-    use std::io::Write;
-    let zstd = |e: std::io::Error| format!("zstd: {e}");
+    use rmp::encode::{write_str, write_uint};
+    if body.len() < COUNT_AT + 4
+        || body[..COUNT_AT] != [0x85, 0xa7, b'r', b'e', b'c', b'o', b'r', b'd', b's', 0xdd]
+    {
+        return Err("the ingest body was not started by begin_ingest_body".into());
+    }
     let msgpack = |e: rmp::encode::ValueWriteError| e.to_string();
     let count = u32::try_from(count).map_err(|_| "too many records for one batch")?;
-    let mut z = zstd::stream::write::Encoder::with_context(
-        Vec::with_capacity(records.len() / 4 + 64),
-        cctx,
-    );
-    write_map_len(&mut z, 5).map_err(msgpack)?;
+    body[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
     for (k, v) in [
         ("source", source),
         ("subscription", subscription),
         ("epoch", epoch),
     ] {
-        write_str(&mut z, k).map_err(msgpack)?;
-        write_str(&mut z, v).map_err(msgpack)?;
+        write_str(body, k).map_err(msgpack)?;
+        write_str(body, v).map_err(msgpack)?;
     }
-    write_str(&mut z, "records").map_err(msgpack)?;
-    write_array_len(&mut z, count).map_err(msgpack)?;
-    z.write_all(records).map_err(zstd)?;
-    write_str(&mut z, "dropped").map_err(msgpack)?;
-    write_uint(&mut z, dropped).map_err(msgpack)?;
-    z.finish().map_err(zstd)
+    write_str(body, "dropped").map_err(msgpack)?;
+    write_uint(body, dropped).map_err(msgpack)?;
+    compress(cctx, body)
+}
+
+/// A zstd compression context for ingest bodies at `level`.
+fn compressor(level: i32) -> Result<zstd::zstd_safe::CCtx<'static>, String> {
+    use zstd::zstd_safe::{get_error_name, CCtx, CParameter};
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+    Ok(cctx)
+}
+
+/// Compresses `raw` in one pass into a buffer of the compressed size:
+/// first tried in a quarter of the input (log batches compress 5-10x),
+/// then in the worst-case bound.
+fn compress(cctx: &mut zstd::zstd_safe::CCtx<'static>, raw: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{compress_bound, get_error_name};
+    let mut out = Vec::with_capacity(raw.len() / 4 + 1024);
+    if cctx.compress2(&mut out, raw).is_err() {
+        out = Vec::with_capacity(compress_bound(raw.len()));
+        cctx.compress2(&mut out, raw)
+            .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+    }
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// Parses a `Retry-After` value given in seconds (integer or decimal),
@@ -302,17 +301,21 @@ impl Endpoint for CollectorEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        begin_ingest_body(out);
+    }
+
     fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
         encode_ingest_record(record, out)
     }
 
-    fn encode_body(
+    fn finish_body(
         &self,
         epoch: &str,
         source: &str,
         subscription: &str,
         count: usize,
-        records: &[u8],
+        body: &mut Vec<u8>,
         dropped: u64,
     ) -> Result<Vec<u8>, String> {
         // Another batch being compressed (a rebuild beside the producer)
@@ -331,7 +334,7 @@ impl Endpoint for CollectorEndpoint {
                 &mut own
             }
         };
-        ingest_body_with(cctx, epoch, source, subscription, count, records, dropped)
+        finish_ingest_body(cctx, body, count, epoch, source, subscription, dropped)
     }
 
     async fn send(&self, body: Bytes) -> SendOutcome {
@@ -489,6 +492,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_body_not_begun_is_refused_not_sent() {
+        let mut cctx = compressor(1).unwrap();
+        let mut body = b"garbage".to_vec();
+        let e = finish_ingest_body(&mut cctx, &mut body, 0, "e", "s", "t", 0).unwrap_err();
+        assert!(e.contains("begin_ingest_body"), "{e}");
+    }
+
+    #[test]
+    fn an_incompressible_body_still_compresses() {
+        // Random bytes do not fit in a quarter of their size: the second
+        // attempt, in the worst-case bound, must succeed.
+        let mut body = Vec::new();
+        begin_ingest_body(&mut body);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: String = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect();
+        rmp::encode::write_str(&mut body, &noise).unwrap();
+        let mut cctx = compressor(1).unwrap();
+        let z = finish_ingest_body(&mut cctx, &mut body, 1, "e", "s", "t", 0).unwrap();
+        assert_eq!(z.len(), z.capacity());
+        assert_eq!(zstd::bulk::decompress(&z, 1 << 20).unwrap(), body);
+    }
+
+    #[test]
     fn an_ingest_body_decodes_as_an_ingest_batch() {
         let records: Vec<Record> = (0..3)
             .map(|i| Record {
@@ -505,7 +538,8 @@ mod tests {
             })
             .collect();
         let body = encode_ingest_body("0123abcd", &records, 5, 3).unwrap();
-        // The same bytes rmp_serde writes for an IngestBatch.
+        // Decodes as the IngestBatch rmp_serde would have written (fields
+        // in another order, the count in a wider integer).
         let owned = schemas::IngestBatch {
             source: "host:a".into(),
             subscription: "sub".into(),
@@ -513,12 +547,9 @@ mod tests {
             records: records.clone(),
             dropped: 5,
         };
-        assert_eq!(
-            zstd::bulk::decompress(&body, 1 << 20).unwrap(),
-            schemas::to_msgpack(&owned).unwrap()
-        );
         let raw = zstd::bulk::decompress(&body, 1 << 20).unwrap();
         let batch: schemas::IngestBatch = schemas::from_msgpack(&raw).unwrap();
+        assert_eq!(batch, owned);
         assert_eq!(batch.epoch, "0123abcd");
         assert_eq!(
             (batch.source.as_str(), batch.subscription.as_str()),

@@ -118,34 +118,41 @@ pub trait Endpoint: Send + Sync + 'static {
         let _ = (a, b);
         true
     }
-    /// Appends the encoding of one (already redacted) record to `out`, as
-    /// [`Endpoint::encode_body`] takes it.
+    /// Starts a request body in `out` (clearing it): whatever precedes
+    /// the records.
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        out.clear();
+    }
+    /// Appends the encoding of one (already redacted) record to a body
+    /// started by [`Endpoint::begin_body`].
     fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String>;
-    /// A request body of `count` records of `source` and `subscription` from
-    /// the outbox of epoch `epoch`, whose encodings (by
-    /// [`Endpoint::encode_record`]) are concatenated in `records`.
-    fn encode_body(
+    /// The request body made of `body` (begun by [`Endpoint::begin_body`],
+    /// then `count` records of `source` and `subscription` from the outbox
+    /// of epoch `epoch` appended by [`Endpoint::encode_record`]). May
+    /// append to `body` and use it as scratch space.
+    fn finish_body(
         &self,
         epoch: &str,
         source: &str,
         subscription: &str,
         count: usize,
-        records: &[u8],
+        body: &mut Vec<u8>,
         dropped: u64,
     ) -> Result<Vec<u8>, String>;
     /// Encodes already-redacted records (all compatible) into a request body.
     fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
         let first = records.first().ok_or("empty batch")?;
         let mut buf = Vec::new();
+        self.begin_body(&mut buf);
         for r in records {
             self.encode_record(r, &mut buf)?;
         }
-        self.encode_body(
+        self.finish_body(
             epoch,
             &first.source,
             &first.subscription,
             records.len(),
-            &buf,
+            &mut buf,
             dropped,
         )
     }
@@ -584,7 +591,7 @@ fn collect<E: Endpoint>(
         Some(b) => b,
         None => &mut own,
     };
-    buf.clear();
+    ctx.endpoint.begin_body(buf);
     let mut filtered = 0u64;
     let mut oldest_ts: Option<i64> = None;
     let scanned = ctx.outbox.scan(
@@ -620,7 +627,7 @@ fn collect<E: Endpoint>(
         (Some(f), false) => Some(Built {
             body: ctx
                 .endpoint
-                .encode_body(
+                .finish_body(
                     ctx.outbox.epoch(),
                     &f.source,
                     &f.subscription,

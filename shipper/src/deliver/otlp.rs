@@ -234,11 +234,16 @@ const REQUEST_RESOURCE_LOGS: u32 = 1;
 const RESOURCE_LOGS_SCOPE_LOGS: u32 = 2;
 const SCOPE_LOGS_LOG_RECORDS: u32 = 2;
 
-/// Appends a length-delimited field `tag` holding `bytes`.
-fn put_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+/// Appends the key and length of a length-delimited field `tag` of `len`
+/// bytes (the bytes follow).
+fn put_field_head(tag: u32, len: usize, out: &mut Vec<u8>) {
     prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
-    prost::encoding::encode_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
+    prost::encoding::encode_varint(len as u64, out);
+}
+
+/// Bytes of a field's key and length (tag < 16) before `len` bytes.
+fn field_head_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64)
 }
 
 /// One record as an element of `ScopeLogs.log_records` (key included), so
@@ -265,12 +270,19 @@ pub fn export_body(
     service_name: &str,
 ) -> Vec<u8> {
     let mut resource = resource_logs(epoch, source, subscription, service_name);
-    let mut scope = resource.scope_logs.remove(0).encode_to_vec();
-    scope.extend_from_slice(records);
-    let mut rl = resource.encode_to_vec();
-    put_field(RESOURCE_LOGS_SCOPE_LOGS, &scope, &mut rl);
-    let mut out = Vec::with_capacity(rl.len() + 8);
-    put_field(REQUEST_RESOURCE_LOGS, &rl, &mut out);
+    let scope = resource.scope_logs.remove(0).encode_to_vec();
+    let resource = resource.encode_to_vec();
+    // Written once into a buffer of the exact size: the records are
+    // copied once, not once per level of nesting.
+    let scope_len = scope.len() + records.len();
+    let rl_len = resource.len() + field_head_len(scope_len) + scope_len;
+    let mut out = Vec::with_capacity(field_head_len(rl_len) + rl_len);
+    put_field_head(REQUEST_RESOURCE_LOGS, rl_len, &mut out);
+    out.extend_from_slice(&resource);
+    put_field_head(RESOURCE_LOGS_SCOPE_LOGS, scope_len, &mut out);
+    out.extend_from_slice(&scope);
+    out.extend_from_slice(records);
+    debug_assert_eq!(out.len(), out.capacity());
     out
 }
 
@@ -283,13 +295,13 @@ impl Endpoint for OtlpEndpoint {
         encode_log_record(record, out)
     }
 
-    fn encode_body(
+    fn finish_body(
         &self,
         epoch: &str,
         source: &str,
         subscription: &str,
         _count: usize,
-        records: &[u8],
+        records: &mut Vec<u8>,
         _dropped: u64,
     ) -> Result<Vec<u8>, String> {
         Ok(export_body(

@@ -492,17 +492,20 @@ impl Endpoint for Panicky {
     fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
         self.inner.encode_record(record, out)
     }
-    fn encode_body(
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        self.inner.begin_body(out)
+    }
+    fn finish_body(
         &self,
         epoch: &str,
         source: &str,
         subscription: &str,
         count: usize,
-        records: &[u8],
+        records: &mut Vec<u8>,
         dropped: u64,
     ) -> Result<Vec<u8>, String> {
         self.inner
-            .encode_body(epoch, source, subscription, count, records, dropped)
+            .finish_body(epoch, source, subscription, count, records, dropped)
     }
     async fn send(&self, body: bytes::Bytes) -> SendOutcome {
         use std::sync::atomic::Ordering;

@@ -89,19 +89,20 @@ impl OutboxConfig {
     /// cache and I/O buffers keep the process small whatever the backlog.
     pub fn forwarder() -> OutboxConfig {
         OutboxConfig {
-            block_cache_bytes: 512 << 10,
+            block_cache_bytes: 256 << 10,
             write_buffer_bytes: 512 << 10,
             max_write_buffers: 2,
-            io_buffer_bytes: 256 << 10,
+            io_buffer_bytes: 64 << 10,
             max_open_files: 64,
             ..OutboxConfig::default()
         }
     }
 
     /// The most bytes of records one group commit takes in: half a
-    /// memtable, between 1 and 8 MiB.
+    /// memtable, between 256 KiB and 8 MiB (a group's write batch is
+    /// another copy of its records).
     pub fn group_max_bytes(&self) -> u64 {
-        (self.write_buffer_bytes as u64 / 2).clamp(1 << 20, 8 << 20)
+        (self.write_buffer_bytes as u64 / 2).clamp(256 << 10, 8 << 20)
     }
 }
 

@@ -369,6 +369,10 @@ impl Outbox {
         db_opts.set_compaction_readahead_size(config.io_buffer_bytes);
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_writable_file_max_buffer_size(config.io_buffer_bytes as u64);
+        // No periodic statistics: their timer is a thread of its own (and
+        // an allocator arena), for LOG lines nobody reads.
+        db_opts.set_stats_dump_period_sec(0);
+        db_opts.set_stats_persist_period_sec(0);
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RECORDS, records),

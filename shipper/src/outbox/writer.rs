@@ -122,6 +122,13 @@ struct Group {
     appended_records: u64,
     appended_bytes: u64,
     dirty: bool,
+    /// Whether the group must be synced before it is answered (under
+    /// `SyncMode::Always`): it stores records or something a caller is told
+    /// is durable. A group of acknowledgements and quarantines alone is
+    /// not synced: losing it to a machine crash only sends records again,
+    /// which the receiver deduplicates, and the next synced group makes it
+    /// durable with it (the WAL is one sequence).
+    durable: bool,
     /// User metadata entries written by this group so far (full keys).
     meta: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -171,6 +178,7 @@ impl Writer {
                 appended_records: 0,
                 appended_bytes: 0,
                 dirty: false,
+                durable: false,
                 meta: std::collections::HashMap::new(),
             };
             let mut ops = 0usize;
@@ -306,6 +314,7 @@ impl Writer {
                     pair_value(s.acked, s.dropped_reported),
                 );
                 g.dirty = true;
+                g.durable = true;
                 g.done.push(Done::Sink(reply, s));
             }
             Op::Unregister { sink, reply } => {
@@ -314,6 +323,7 @@ impl Writer {
                     g.batch
                         .delete_cf(meta, meta_key(super::META_SINK, sink.as_bytes()));
                     g.dirty = true;
+                    g.durable = true;
                     if let Err(e) = self.advance_head(g) {
                         let _ = reply.send(Err(e));
                         return;
@@ -364,6 +374,7 @@ impl Writer {
                 }
                 g.meta.insert(k, value);
                 g.dirty = true;
+                g.durable = true;
                 g.done.push(Done::Unit(reply));
             }
         }
@@ -511,6 +522,7 @@ impl Writer {
     }
 
     fn accept(&mut self, a: AppendOp, dropped: usize, g: &mut Group) {
+        g.durable = true;
         if let Some((key, value)) = a.meta {
             let k = meta_key(super::META_USER, &key);
             g.batch.put_cf(self.cf(CF_META), &k, &value);
@@ -604,7 +616,7 @@ impl Writer {
         g.batch.put_cf(meta, META_COUNTERS, counters);
 
         let mut wo = WriteOptions::default();
-        wo.set_sync(matches!(self.config.sync, SyncMode::Always));
+        wo.set_sync(matches!(self.config.sync, SyncMode::Always) && g.durable);
         let batch = std::mem::take(&mut g.batch);
         match self.db.write_opt(batch, &wo) {
             Ok(()) => {
