@@ -67,8 +67,9 @@ struct Args {
     /// Records per batch (1-100000).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_max_records: u32,
-    /// Stored bytes read into one batch (1KiB-64MiB).
-    #[arg(long, default_value = "4MiB", value_parser = size(1 << 10, 64 << 20))]
+    /// Stored bytes read into one batch (1KiB-64MiB). The batch being
+    /// built, and its encoding buffer, are about this big.
+    #[arg(long, default_value = "512KiB", value_parser = size(1 << 10, 64 << 20))]
     batch_max_bytes: u64,
     /// How long a batch waits to fill before it is sent (0-60s).
     #[arg(long, default_value = "200ms", value_parser = duration(Duration::ZERO, Duration::from_secs(60)))]

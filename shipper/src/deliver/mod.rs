@@ -592,6 +592,10 @@ fn collect<E: Endpoint>(
         None => &mut own,
     };
     ctx.endpoint.begin_body(buf);
+    // Room for a batch of `max_batch_bytes` at once (up to what the buffer
+    // keeps), rather than growing to twice that by doubling.
+    let room = ctx.config.max_batch_bytes.get().min(SCRATCH_KEEP) + (16 << 10);
+    buf.reserve_exact(room.saturating_sub(buf.len()));
     let mut filtered = 0u64;
     let mut oldest_ts: Option<i64> = None;
     let scanned = ctx.outbox.scan(

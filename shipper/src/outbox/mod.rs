@@ -52,8 +52,15 @@
 //! - Small memtables (16 MiB default, at most `max_write_buffers` of them)
 //!   and an 8 MiB shared block cache that also holds the index blocks keep
 //!   memory bounded whatever the backlog; [`OutboxConfig::forwarder`]
-//!   (`sesam-shipper`) shrinks them further (2 MiB memtables, 1 MiB cache,
-//!   256 KiB I/O buffers). A group commit takes at most half a memtable.
+//!   (`sesam-shipper`) shrinks them further (512 KiB memtables, at most 2;
+//!   256 KiB cache; 64 KiB I/O buffers; 64 open table files). A group
+//!   commit takes at most half a memtable (256 KiB to 8 MiB of records).
+//! - A group of acknowledgements (and quarantines) alone is written without
+//!   a sync: losing it to a machine crash only delivers its records again,
+//!   which the receiver's dedupe absorbs, and the next group that stores
+//!   records syncs it too (the WAL is one sequence). This takes one fsync
+//!   per delivered batch off the writer, which the appends would wait for.
+//! - No periodic statistics dumps (a timer thread of their own).
 //! - `max_total_wal_size` 64 MiB forces old memtables to flush so WAL files
 //!   of deleted records do not pile up.
 //! - Keys are appended in increasing order, so flushed files do not overlap
