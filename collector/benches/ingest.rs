@@ -23,17 +23,11 @@ use collector::logs::query::{self, SearchParams};
 use collector::telemetry::Metrics;
 use collector::{LogStore, Store, StoreConfig};
 use schemas::{Body, EventType, ExecutionBody, IngestBatch, Level, LogBody, Record};
+use testkit::env_usize;
 
 const SUB: &str = "bench";
 const PIPES: u64 = 50;
 const SOURCES: u64 = 4;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 /// A record of about 250 bytes as MessagePack: 60% execution events, 40% logs.
 fn record(source: u64, seq: u64, ts: i64) -> Record {

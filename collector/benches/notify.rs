@@ -8,7 +8,16 @@
 //!    (`BENCH_NOTIFY_RECORDS`, default 400,000) with the notifier off, and
 //!    on with 10,000 rules (pump_failed, value too high, started and
 //!    finished overdue, pattern match; 1% with wildcard pipe globs), same
-//!    run, fresh stores.
+//!    run, fresh stores;
+//! 3. during the notifier-on stream, the latency from a `pump-failed` of
+//!    another source to its webhook request (one every 20 ms in the
+//!    stream's own subscription, where it queues behind the stream's
+//!    records, and one every 20 ms in another subscription, which the
+//!    evaluation thread serves round robin), and how long evaluation took
+//!    to catch up after the last ingest was answered (the notifier
+//!    evaluates off the commit path);
+//! 4. the rule engine's estimated memory after that stream
+//!    (`notifier_engine_memory_bytes`), per part, per pipe and per rule.
 //!
 //! Prints one line per figure; BENCHMARKS.md records them.
 
@@ -30,7 +39,13 @@ const SUB: &str = "bench";
 const PIPES: usize = 100_000;
 const RULES: usize = 10_000;
 const SOURCES: usize = 4;
-const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n";
+const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n\n[[tokens]]\ntoken = \"ship2\"\nsubscription = \"bench-probe\"\nrole = \"shipper\"\n";
+/// The other subscription of the latency probes.
+const PROBE_SUB: &str = "bench-probe";
+/// Source of the latency probes sent during the notifier-on stream.
+const PROBE_SOURCE: usize = SOURCES;
+/// One probe every this often.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -110,11 +125,14 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
     async fn post(&self, body: Vec<u8>) {
+        self.post_as("ship", body).await
+    }
+    async fn post_as(&self, token: &str, body: Vec<u8>) {
         loop {
             let r = self
                 .client
                 .post(format!("{}/api/v1/ingest", self.base))
-                .bearer_auth("ship")
+                .bearer_auth(token)
                 .header("content-type", "application/msgpack")
                 .header("content-encoding", "zstd")
                 .body(body.clone())
@@ -131,10 +149,17 @@ impl Running {
 }
 
 fn encode(source: usize, records: Vec<Record>) -> Vec<u8> {
+    encode_for(SUB, source, records)
+}
+
+fn encode_for(sub: &str, source: usize, mut records: Vec<Record>) -> Vec<u8> {
+    for r in &mut records {
+        r.subscription = sub.into();
+    }
     let raw = schemas::to_msgpack(&IngestBatch {
         epoch: String::new(),
         source: format!("node-{source}"),
-        subscription: SUB.into(),
+        subscription: sub.into(),
         records,
         dropped: 0,
     })
@@ -253,8 +278,19 @@ fn rules_file(path: &Path, hook: &str) {
             "subscription": SUB, "pipes": pipes, "params": params, "receivers": ["hook"],
         }));
     }
+    rules.push(json!({
+        "id": "probe", "name": "probe", "type": "pump_failed", "subscription": SUB,
+        "pipes": ["probe-*"], "receivers": ["hook"],
+    }));
+    rules.push(json!({
+        "id": "probe", "name": "probe", "type": "pump_failed", "subscription": PROBE_SUB,
+        "pipes": ["probe-*"], "receivers": ["hook"],
+    }));
     let file = json!({
-        "receivers": [{"name": "hook", "subscription": SUB, "type": "webhook", "url": hook}],
+        "receivers": [
+            {"name": "hook", "subscription": SUB, "type": "webhook", "url": hook},
+            {"name": "hook", "subscription": PROBE_SUB, "type": "webhook", "url": hook},
+        ],
         "rules": rules,
     });
     std::fs::write(path, serde_json::to_vec(&file).unwrap()).unwrap();
@@ -300,16 +336,78 @@ fn stream(total: usize) -> Vec<(usize, Vec<u8>)> {
     out
 }
 
+/// What a notifier-on run measured besides its ingest rate.
+#[derive(Default)]
+struct OnRun {
+    /// Probe latencies (ms), sorted: in the stream's subscription, in
+    /// another one.
+    probes: Vec<f64>,
+    other: Vec<f64>,
+    /// The other subscription's probes from the ingest answer on, and
+    /// their ingest request time alone.
+    other_after: Vec<f64>,
+    ingest: Vec<f64>,
+    /// Seconds from the last ingest answered to the evaluation lag at 0.
+    catch_up: f64,
+    /// `notifier_engine_memory_bytes` / `_entries` by part.
+    memory: Vec<(String, f64, f64)>,
+}
+
+/// A sample of the collector's `/metrics`.
+async fn metric(c: &Running, series: &str) -> Option<f64> {
+    let text = c
+        .client
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 async fn throughput(
     dir: &Path,
     batches: Arc<Vec<(usize, Vec<u8>)>>,
     rules: Option<&Path>,
-) -> (f64, f64) {
+    arrivals: &Arrivals,
+) -> (f64, f64, OnRun) {
     let setup = Instant::now();
     let c = Arc::new(start(dir, rules.is_some(), rules).await);
     let setup = setup.elapsed().as_secs_f64();
     let records: usize = env_usize("BENCH_NOTIFY_RECORDS", 400_000);
     let started = Instant::now();
+    // Latency probes while the stream flows (notifier on only).
+    let streaming = CancellationToken::new();
+    let probe = |sub: &'static str, token: &'static str| {
+        let (c, streaming) = (c.clone(), streaming.clone());
+        tokio::spawn(async move {
+            let now = schemas::time::now_nanos();
+            let mut sent = Vec::new();
+            while !streaming.is_cancelled() {
+                let i = sent.len();
+                let pipe = format!("probe-{sub}-{}-{i}", dir_tag(&c.base));
+                let r = exec(
+                    PROBE_SOURCE,
+                    i as u64 + 1,
+                    now + i as i64,
+                    &pipe,
+                    EventType::PumpFailed,
+                );
+                let body = encode_for(sub, PROBE_SOURCE, vec![r]);
+                let t = Instant::now();
+                c.post_as(token, body).await;
+                sent.push((pipe, t, Instant::now()));
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+            sent
+        })
+    };
+    let probers = rules
+        .is_some()
+        .then(|| (probe(SUB, "ship"), probe(PROBE_SUB, "ship2")));
     let mut tasks = Vec::new();
     // Two connections per source, each source's batches in order per
     // connection (as shippers do).
@@ -333,10 +431,78 @@ async fn throughput(
         t.await.unwrap();
     }
     let rate = records as f64 / started.elapsed().as_secs_f64();
+    streaming.cancel();
+    let mut on = OnRun::default();
+    if let Some((same, other)) = probers {
+        let answered = Instant::now();
+        let (same, other) = (same.await.unwrap(), other.await.unwrap());
+        let lag = format!("notifier_evaluation_lag_records{{subscription=\"{SUB}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while metric(&c, &lag).await != Some(0.0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        on.catch_up = answered.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let all = || same.iter().chain(other.iter());
+        loop {
+            let got = arrivals.lock().unwrap().clone();
+            if all().all(|(p, _, _)| got.contains_key(p)) || Instant::now() > deadline {
+                // From the POST (`answered` false) or from its answer.
+                let ms = |sent: &[(String, Instant, Instant)], answered: bool| -> Vec<f64> {
+                    let mut v: Vec<f64> = sent
+                        .iter()
+                        .filter_map(|(p, t, a)| {
+                            let from = if answered { *a } else { *t };
+                            Some(got.get(p)?.saturating_duration_since(from).as_secs_f64() * 1e3)
+                        })
+                        .collect();
+                    assert_eq!(v.len(), sent.len(), "every probe notified");
+                    v.sort_by(f64::total_cmp);
+                    v
+                };
+                on.probes = ms(&same, false);
+                on.other = ms(&other, false);
+                on.other_after = ms(&other, true);
+                on.ingest = other
+                    .iter()
+                    .map(|(_, t, a)| (*a - *t).as_secs_f64() * 1e3)
+                    .collect();
+                on.ingest.sort_by(f64::total_cmp);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The evaluator measures the engine once it is idle.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for part in [
+            "pipes",
+            "sources",
+            "rules",
+            "index_cache",
+            "timers",
+            "alerts",
+            "series",
+            "deferred",
+        ] {
+            let b = metric(
+                &c,
+                &format!("notifier_engine_memory_bytes{{part=\"{part}\"}}"),
+            )
+            .await;
+            let n = metric(&c, &format!("notifier_engine_entries{{part=\"{part}\"}}")).await;
+            on.memory
+                .push((part.to_string(), b.unwrap_or(0.0), n.unwrap_or(0.0)));
+        }
+    }
     if let Ok(c) = Arc::try_unwrap(c) {
         c.stop().await;
     }
-    (rate, setup)
+    (rate, setup, on)
+}
+
+/// A tag that keeps probe pipes of different runs apart (the port).
+fn dir_tag(base: &str) -> &str {
+    base.rsplit(':').next().unwrap_or("0")
 }
 
 fn main() {
@@ -358,16 +524,34 @@ fn main() {
         // Off and on alternate twice on fresh stores so that drift of this
         // shared machine hits both; the better run of each is reported.
         let (mut off, mut on, mut setup) = (0f64, 0f64, 0f64);
+        let mut last = OnRun::default();
         for round in 0..2 {
             let off_dir = tmp.path().join(format!("off-{round}"));
             let on_dir = tmp.path().join(format!("on-{round}"));
-            let (r, _) = throughput(&off_dir, batches.clone(), None).await;
+            let (r, _, _) = throughput(&off_dir, batches.clone(), None, &arrivals).await;
             println!("  round {round}: notifier off {r:.0} records/s");
             off = off.max(r);
-            let (r, s) = throughput(&on_dir, batches.clone(), Some(&rules)).await;
-            println!("  round {round}: notifier on, {RULES} rules: {r:.0} records/s");
+            let (r, s, run) = throughput(&on_dir, batches.clone(), Some(&rules), &arrivals).await;
+            let (p, o) = (&run.probes, &run.other);
+            println!(
+                "  round {round}: notifier on, {RULES} rules: {r:.0} records/s; evaluation caught up {:.2} s after the last ingest answer; pump-failed -> webhook during the stream: same subscription ({} probes) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; another subscription ({} probes) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, of which the ingest request p50 {:.2} ms, p99 {:.2} ms, and from its answer to the webhook p50 {:.2} ms, p99 {:.2} ms",
+                run.catch_up,
+                p.len(),
+                pct(p, 0.5),
+                pct(p, 0.99),
+                p[p.len() - 1],
+                o.len(),
+                pct(o, 0.5),
+                pct(o, 0.99),
+                o[o.len() - 1],
+                pct(&run.ingest, 0.5),
+                pct(&run.ingest, 0.99),
+                pct(&run.other_after, 0.5),
+                pct(&run.other_after, 0.99)
+            );
             on = on.max(r);
             setup = s;
+            last = run;
             let _ = std::fs::remove_dir_all(&off_dir);
             let _ = std::fs::remove_dir_all(&on_dir);
         }
@@ -375,6 +559,27 @@ fn main() {
             "notify cost: {records} execution records over {PIPES} pipes: notifier off {off:.0} records/s, on with {RULES} rules {on:.0} records/s (ratio {:.2}); {} alerts notified; loading the rules took {setup:.1} s",
             on / off,
             arrivals.lock().unwrap().len()
+        );
+        let part = |name: &str| {
+            last.memory
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0.0, 0.0), |(_, b, n)| (*b, *n))
+        };
+        let total: f64 = last.memory.iter().map(|(_, b, _)| b).sum();
+        let parts: Vec<String> = last
+            .memory
+            .iter()
+            .map(|(n, b, e)| format!("{n} {:.1} MiB ({e:.0})", b / 1048576.0))
+            .collect();
+        let (pb, pn) = part("pipes");
+        let (rb, rn) = part("rules");
+        println!(
+            "notify engine memory after the last on run: {:.1} MiB estimated [{}]; {:.0} bytes per pipe, {:.0} bytes per rule",
+            total / 1048576.0,
+            parts.join(", "),
+            pb / pn.max(1.0),
+            rb / rn.max(1.0)
         );
     });
 }

@@ -61,8 +61,7 @@ fn take_inner(store: &dyn LogStore, dir: &Path, keep: usize) -> Result<PathBuf, 
         source,
     };
     // Checkpoints hold every tenant's records: the directory is 0700.
-    crate::private::create_private_dir(dir).map_err(dir_err)?;
-    crate::private::restrict_dir(dir);
+    sesam_common::files::private_dir(dir).map_err(dir_err)?;
     let stamp = schemas::time::rfc3339_from_nanos(schemas::time::now_nanos()).replace(':', "-");
     let mut name = format!("{PREFIX}{stamp}");
     let mut n = 1;

@@ -7,7 +7,15 @@
 //! # Hooks for components running inside the collector
 //! The notifier (crate `notifier`, opened over the store's database in its
 //! own column family) observes every newly stored record and every pushed
-//! metric sample. Other components can do the same through
+//! metric sample. Over the RocksDB store it evaluates records off the
+//! commit path, on its own thread: the store writes a durable commit feed
+//! (`logs/rocks/feed.rs`) in the same batch as the records and hands each
+//! commit over without waiting ([`IngestObserver::committed_feed`]); the
+//! notifier reads the feed back after a restart or when it lags, and
+//! persists what it evaluated with its effects (see the notifier crate's
+//! `feed.rs`). A store without a feed (any other [`LogStore`]) keeps the
+//! in-process observer path: records are evaluated in
+//! [`IngestObserver::committed`]. Other components can do the same through
 //! [`IngestObserver`]s passed in [`CollectorConfig::observers`]: they are
 //! called on the store's writer thread right after each synced commit (and
 //! before the ingest is answered) with the records stored for the first
@@ -24,7 +32,6 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod pattern;
-pub mod private;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -176,6 +183,11 @@ impl IngestObserver for NotifierHook {
             n.on_records(records);
         }
     }
+    fn committed_feed(&self, commit: u64, records: Arc<Vec<schemas::Record>>) {
+        if let Some(n) = self.0.get() {
+            n.on_committed(commit, records);
+        }
+    }
     fn subscription_purged(&self, subscription: &str) {
         if let Some(n) = self.0.get() {
             n.purge(subscription);
@@ -210,6 +222,77 @@ impl MetricObserver for NotifierHook {
     }
 }
 
+/// The RocksDB store's commit feed, as the notifier reads it.
+#[derive(Debug)]
+struct StoreFeed(Store);
+
+fn feed_error(e: logs::StoreError) -> notifier::NotifierError {
+    notifier::NotifierError::storage(e.to_string())
+}
+
+impl notifier::Feed for StoreFeed {
+    fn subscriptions(&self) -> Result<Vec<String>, notifier::NotifierError> {
+        self.0.feed_subscriptions().map_err(feed_error)
+    }
+
+    fn read(
+        &self,
+        sub: &str,
+        after: notifier::FeedPos,
+        max: usize,
+    ) -> Result<notifier::FeedRead, notifier::NotifierError> {
+        let b = self
+            .0
+            .feed_read(sub, (after.commit, after.index), max)
+            .map_err(feed_error)?;
+        Ok(notifier::FeedRead {
+            records: b
+                .records
+                .into_iter()
+                .map(|e| notifier::FeedRecord {
+                    pos: notifier::FeedPos::new(e.position.0, e.position.1),
+                    committed_at: e.committed_at,
+                    record: e.record,
+                })
+                .collect(),
+            missing: b.missing,
+            last: b.last.map(|(c, i)| notifier::FeedPos::new(c, i)),
+            end: b.end,
+        })
+    }
+
+    fn backlog(
+        &self,
+        sub: &str,
+        after: notifier::FeedPos,
+    ) -> Result<notifier::FeedBacklog, notifier::NotifierError> {
+        let b = self
+            .0
+            .feed_backlog(sub, (after.commit, after.index))
+            .map_err(feed_error)?;
+        Ok(notifier::FeedBacklog {
+            records: b.records,
+            oldest: b.oldest,
+        })
+    }
+
+    fn trim(&self, sub: &str, before: u64) -> Result<(), notifier::NotifierError> {
+        self.0.feed_trim(sub, before).map_err(feed_error)
+    }
+}
+
+/// Stops the notifier's evaluation thread when dropped (also on an early
+/// return): it holds the store, whose database must close with `run`.
+struct EvaluatorGuard(Option<(notifier::Notifier, Duration)>);
+
+impl Drop for EvaluatorGuard {
+    fn drop(&mut self) {
+        if let Some((n, within)) = self.0.take() {
+            n.stop_evaluator(within);
+        }
+    }
+}
+
 /// Runs the collector until `shutdown` is cancelled, then stops accepting,
 /// gives in-flight requests `shutdown_deadline` to finish, and closes the
 /// store after committing everything queued (so nothing acknowledged is
@@ -222,7 +305,9 @@ pub async fn run(
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
-    let (data_dir, store_cfg) = (config.data_dir.clone(), config.store.clone());
+    let (data_dir, mut store_cfg) = (config.data_dir.clone(), config.store.clone());
+    // The notifier evaluates off the commit path from the store's feed.
+    store_cfg.feed = config.notifier_enabled;
     let m = metrics.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, observers))
@@ -247,10 +332,12 @@ pub async fn run(
         .await
         .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
         let _ = hook.0.set(n.clone());
+        n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
         Some(n)
     } else {
         None
     };
+    let mut evaluator = EvaluatorGuard(notifier.clone().map(|n| (n, config.shutdown_deadline)));
     let mut metric_observers = config.metric_observers.clone();
     metric_observers.push(hook);
 
@@ -343,9 +430,18 @@ pub async fn run(
         tracing::warn!("background tasks still running at the shutdown deadline");
     }
     state.query_pool.stop();
-    // Commits what is queued, then stops the writer.
+    // Commits what is queued, then stops the writer; then the evaluation
+    // thread gets the shutdown deadline to evaluate what is pending (the
+    // rest waits in the feed for the next start).
     let closing = store.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+    let stopping = evaluator.0.take();
+    let _ = tokio::task::spawn_blocking(move || {
+        closing.close();
+        if let Some((n, within)) = stopping {
+            n.stop_evaluator(within);
+        }
+    })
+    .await;
     tracing::info!("collector stopped");
     match served {
         Ok(()) => Ok(()),

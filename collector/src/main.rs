@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::auth::{add_token, Role};
 use collector::{CollectorConfig, Listen, Tokens};
 use notifier::Limits;
+use sesam_common::cli::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -26,12 +27,6 @@ struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -261,8 +256,9 @@ struct NotifierArgs {
     /// Longest silence, and how far ahead it may start.
     #[arg(long, value_parser = duration, default_value = "36500days")]
     max_silence_duration: Duration,
-    /// Evaluation time of one subscription's rules per commit group; its
-    /// records beyond it are not evaluated (counted, logged).
+    /// Evaluation time of one subscription's rules per round of the
+    /// notifier's evaluation thread; its further records wait for the next
+    /// round.
     #[arg(long, value_parser = duration, default_value = "50ms")]
     notifier_eval_budget: Duration,
     /// Average fraction of one core a subscription's rule evaluation may
@@ -274,10 +270,15 @@ struct NotifierArgs {
     /// pipes' overdue deadlines.
     #[arg(long, value_parser = duration, default_value = "2m")]
     notifier_source_gap: Duration,
-    /// Records of one subscription waiting for evaluation once it used up
-    /// its budget; beyond it they are not evaluated (counted).
+    /// Records of one subscription held in memory waiting for evaluation;
+    /// further ones wait in the store's commit feed (on disk).
     #[arg(long, default_value_t = Limits::default().max_deferred_per_subscription)]
     max_deferred_records_per_subscription: usize,
+    /// Records held in memory between the store's commits and the
+    /// notifier's evaluation thread (all subscriptions); further ones wait
+    /// in the store's commit feed and are read back from there.
+    #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_records)]
+    notifier_queue_records: usize,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]
     max_match_bytes: usize,
@@ -305,6 +306,7 @@ struct NotifierArgs {
 impl NotifierArgs {
     fn apply(self, c: &mut notifier::NotifierConfig) {
         c.egress.allow = self.egress_allow;
+        c.queue_records = self.notifier_queue_records;
         let l = &mut c.limits;
         l.max_rules_per_subscription = self.max_rules_per_subscription;
         l.max_receivers_per_subscription = self.max_receivers_per_subscription;
@@ -403,24 +405,9 @@ struct CheckpointArgs {
     token_file: Option<PathBuf>,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
-    }
-}
-
 fn read_token(file: Option<&PathBuf>) -> anyhow::Result<String> {
     match file {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("read token file {}", f.display()))?
-            .trim()
-            .to_string()),
+        Some(f) => Ok(sesam_common::token::read_token_file(f).context("--token-file")?),
         None => std::env::var("SESAM_COLLECTOR_TOKEN")
             .context("give --token-file or set SESAM_COLLECTOR_TOKEN"),
     }
@@ -428,7 +415,7 @@ fn read_token(file: Option<&PathBuf>) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    cli::init_logging(cli.log_format);
     match cli.command {
         Some(Command::Token(TokenCommand::Add {
             tokens,
@@ -542,7 +529,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            cli::shutdown_signal("collector").await;
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
@@ -550,22 +537,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("run collector")
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the collector");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {

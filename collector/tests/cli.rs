@@ -6,16 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sesam-collector");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn token_add(tokens: &std::path::Path, sub: &str, role: &str) -> String {
     let out = Command::new(BIN)

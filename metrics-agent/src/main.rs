@@ -1,6 +1,8 @@
 //! `sesam-metrics-agent`: flags only; the work is in the `metrics_agent`
 //! library.
 
+use sesam_common::cli::{self, LogFormat};
+use sesam_common::token::read_token_file;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -73,58 +75,16 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn read_token(path: &PathBuf) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("read token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(t)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
-    }
+    cli::init_logging(args.log_format);
 
-    let token = args.token_file.as_ref().map(read_token).transpose()?;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .context("--token-file")?;
     let push = match (&args.remote_write, &args.otlp) {
         (Some(url), None) => Some(PushTarget {
             protocol: PushProtocol::RemoteWrite,
@@ -158,13 +118,16 @@ fn main() -> anyhow::Result<()> {
         let t = scrape.iter_mut().find(|t| t.job == job).with_context(|| {
             format!("--scrape-token-file {spec:?}: no --scrape target with job {job:?}")
         })?;
-        t.token = Some(read_token(&PathBuf::from(file))?);
+        t.token = Some(read_token_file(&PathBuf::from(file)).context("scrape token file")?);
     }
     if push.is_none() && !scrape.is_empty() {
         tracing::warn!("--scrape targets are only pushed; without --remote-write or --otlp they are not scraped");
     }
 
-    let mut config = AgentConfig::new(args.instance.unwrap_or_else(hostname), args.subscription);
+    let mut config = AgentConfig::new(
+        args.instance.unwrap_or_else(cli::hostname),
+        args.subscription,
+    );
     config.interval = args.interval;
     config.push = push;
     config.scrape = scrape;
@@ -184,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            cli::shutdown_signal("agent").await;
             tracing::info!("shutdown signal received");
             signal.cancel();
         });

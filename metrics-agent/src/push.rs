@@ -2,23 +2,25 @@
 //! time (so samples of a series arrive in time order).
 //!
 //! - 2xx: the samples are removed from the buffer.
-//! - 429, 5xx, connection errors and timeouts: retried with exponential
+//! - what the pipeline's shared retry policy ([`sesam_common::http`])
+//!   retries (connection errors, timeouts, 401, 403, 408, 409, 425, 429,
+//!   5xx) and a misdirected send (3xx, 404, ...): retried with exponential
 //!   backoff and full jitter (500 ms doubling up to `backoff_max`), or
-//!   after `Retry-After` seconds when the receiver says so; the samples
+//!   after `Retry-After` when the receiver says so (429, 503); the samples
 //!   stay buffered meanwhile, and the buffer keeps its bound by dropping
 //!   its oldest samples.
-//! - any other status: the request's samples are dropped with the
-//!   receiver's reason logged and counted (`reason="rejected"`); when the
-//!   answer says how many were `accepted` (the collector does), those
-//!   count as sent.
+//! - what the policy calls a rejection (400, 413, 422): the request's
+//!   samples are dropped with the receiver's reason logged and counted
+//!   (`reason="rejected"`); when the answer says how many were
+//!   `accepted` (the collector does), those count as sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT,
 };
+use sesam_common::http;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -110,12 +112,15 @@ impl Endpoint {
         if status.is_success() {
             return Outcome::Sent;
         }
+        let code = status.as_u16();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(300)));
+            .filter(|_| http::honours_retry_after(code))
+            .and_then(|v| {
+                http::retry_after(v, std::time::SystemTime::now(), http::MAX_RETRY_AFTER)
+            });
         let text = resp.text().await.unwrap_or_default();
         let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let message = json
@@ -124,13 +129,19 @@ impl Endpoint {
             .and_then(|e| e.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(300).collect());
-        if status.as_u16() == 429 || status.is_server_error() {
+        let reason = match (http::classify(code), code) {
+            (http::Outcome::Reject, _) => None,
+            (_, 429) => Some("status_429"),
+            (_, 500..=599) => Some("status_5xx"),
+            (_, 401 | 403) => Some("unauthorized"),
+            (http::Outcome::Retry, _) => Some("status_4xx"),
+            // A redirect (never followed) or a wrong path: the samples stay
+            // buffered until the receiver or the flag is fixed.
+            _ => Some("misdirected"),
+        };
+        if let Some(reason) = reason {
             return Outcome::Retry {
-                reason: if status.as_u16() == 429 {
-                    "status_429"
-                } else {
-                    "status_5xx"
-                },
+                reason,
                 message: format!("{status}: {message}"),
                 retry_after,
             };
@@ -143,33 +154,8 @@ impl Endpoint {
     }
 }
 
-/// Exponential backoff with jitter.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(500);
-
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Self::FIRST,
-            max,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-    /// A random wait in [bound / 2, bound], then the bound doubles.
-    pub fn wait(&mut self) -> Duration {
-        let cap = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        let ms = cap.as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-    }
-}
+/// The first backoff ceiling; it doubles up to `backoff_max`.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The sending task.
 #[derive(Debug)]
@@ -251,7 +237,8 @@ impl Sender {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.backoff_max);
+        let backoff = http::Backoff::new(FIRST_BACKOFF, self.backoff_max);
+        let mut attempt = 0u32;
         let mut failing = false;
         loop {
             let Some((body, n, end)) = self.next_batch() else {
@@ -269,7 +256,7 @@ impl Sender {
                         );
                         failing = false;
                     }
-                    backoff.reset();
+                    attempt = 0;
                 }
                 Err((
                     Outcome::Retry {
@@ -282,7 +269,8 @@ impl Sender {
                     self.metrics
                         .send_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let wait = retry_after.unwrap_or_else(|| backoff.wait());
+                    let wait = retry_after.unwrap_or_else(|| backoff.delay(attempt));
+                    attempt = attempt.saturating_add(1);
                     if !failing {
                         tracing::warn!(url = self.endpoint.url(), error = %message, ?wait, "push failed; buffering and retrying");
                         failing = true;
@@ -317,21 +305,5 @@ impl Sender {
                 "samples still buffered at shutdown are lost"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(2));
-        let waits: Vec<Duration> = (0..5).map(|_| b.wait()).collect();
-        assert!(waits[0] <= Duration::from_millis(500) && waits[0] >= Duration::from_millis(250));
-        assert!(waits[1] <= Duration::from_millis(1000) && waits[1] >= Duration::from_millis(500));
-        assert!(waits[4] <= Duration::from_secs(2) && waits[4] >= Duration::from_secs(1));
-        b.reset();
-        assert!(b.wait() <= Duration::from_millis(500));
     }
 }

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,14 +313,7 @@ pub fn secret_refs(s: &str) -> Result<Vec<&str>, String> {
 }
 
 fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
-    let fields = expr.split_whitespace().count();
-    // Sesam uses classic 5-field cron; the cron crate wants seconds first.
-    let full = if fields == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_string()
-    };
-    cron::Schedule::from_str(&full).map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
+    schemas::schedule::parse_cron(expr).map_err(|e| e.to_string())
 }
 
 /// Splits a serde error into (field suffix, message) when it names a field.

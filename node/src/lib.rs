@@ -23,7 +23,6 @@ pub mod api;
 pub mod config;
 pub mod dtl;
 pub mod emit;
-pub mod files;
 pub mod health;
 pub mod history;
 pub mod limits;

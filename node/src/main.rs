@@ -8,17 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use node::{Listen, NodeConfig, OutboxLogLevel};
+use sesam_common::cli::{self, LogFormat, LogOutput};
+use sesam_common::token::{read_token_file, readable_by_others};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
+use tracing_subscriber::Layer;
 
 /// A small Sesam node: pipes, datasets, the execution dataset and the API.
 #[derive(Debug, Parser)]
@@ -125,19 +121,10 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Everything the node writes (RocksDB files included) is private to
     // its user: the store holds secret values, the outbox raw records.
-    node::files::private_umask();
+    sesam_common::files::private_umask();
     let (layer, log_records) = node::outbox_log_layer(args.outbox_log_level, 4096);
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stdout = match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_filter(filter())
-            .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_filter(filter())
-            .boxed(),
-    };
+    let stdout =
+        cli::fmt_layer(args.log_format, LogOutput::Stdout).with_filter(cli::env_filter("info"));
     // Filtered per layer, so that debug events are only built when stdout wants them.
     let outbox_level = match args.outbox_log_level {
         OutboxLogLevel::Warn => LevelFilter::WARN,
@@ -161,11 +148,8 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     let api_token = match &args.api_token_file {
         None => None,
         Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("read the API token file {}", p.display()))?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", p.display());
-            if node::files::mode(p).is_ok_and(|m| m & 0o077 != 0) {
+            let t = read_token_file(p).context("--api-token-file")?;
+            if readable_by_others(p) {
                 tracing::warn!(path = %p.display(), "the API token file is readable by other users; chmod 600 it");
             }
             Some(t)
@@ -218,14 +202,7 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
                 rate: args.synthetic_rate,
             });
     if let (false, Some(path)) = (args.collector.is_empty(), &args.token_file) {
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("read the collector token file {}", path.display()))?;
-        let token = token.trim().to_string();
-        anyhow::ensure!(
-            !token.is_empty(),
-            "the collector token file {} is empty",
-            path.display()
-        );
+        let token = read_token_file(path).context("--token-file")?;
         for url in &args.collector {
             shipper::deliver::collector::check_url(url).context("--collector")?;
         }
@@ -237,24 +214,8 @@ async fn run(args: Args, log_records: node::LogReceiver) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        cli::shutdown_signal("node").await;
         on_signal.cancel();
     });
     node::run(config, shutdown).await.context("run the node")
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

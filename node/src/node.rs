@@ -160,7 +160,7 @@ impl Node {
         // Data directories are private (0700) whatever the umask: the node's
         // store holds secret values, the outbox unredacted records.
         for dir in [&config.data_dir, &store_dir, &outbox_dir] {
-            crate::files::private_dir(dir).map_err(|source| NodeError::DataDir {
+            sesam_common::files::private_dir(dir).map_err(|source| NodeError::DataDir {
                 path: dir.clone(),
                 source,
             })?;

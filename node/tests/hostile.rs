@@ -35,7 +35,12 @@ async fn data_directories_are_private() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let node = start(dir.path(), &json!([embedded("a", json!([{"_id": "1"}]))])).await;
     for d in [data.clone(), data.join("node"), data.join("outbox")] {
-        assert_eq!(node::files::mode(&d).unwrap(), 0o700, "{}", d.display());
+        assert_eq!(
+            sesam_common::files::mode(&d).unwrap(),
+            0o700,
+            "{}",
+            d.display()
+        );
     }
     node.stop().await;
 }

@@ -7,7 +7,16 @@
 //!   to `concurrency` requests at once and at most
 //!   `max_in_flight_per_subscription` of one subscription (a tenant whose
 //!   receiver hangs cannot take every slot).
-//! - Retries: the [retry policy](RetryPolicy), written once below.
+//! - Retries: the pipeline's shared retry policy
+//!   ([`sesam_common::http`]): network errors, timeouts, 401, 403, 408,
+//!   409, 425, 429 and 5xx are retried with backoff (`initial_backoff`
+//!   doubling to `max_backoff`, full jitter), after the receiver's
+//!   `Retry-After` (429, 503; seconds or an HTTP date, at most
+//!   [`MAX_RETRY_AFTER`]) when it gives one; a notification still failing
+//!   `max_age` after it was made is given up ("gave up after N
+//!   attempts"). A rejection (400, 413, 422), a redirect (never
+//!   followed), another 4xx, a refusal by the egress policy, an invalid
+//!   URL or a missing receiver fail the notification at once.
 //! - What a tenant sees of a failure is a class and a code ("HTTP 503",
 //!   "timeout", "connect error", "refused by egress policy"): never the
 //!   receiver's answer, which would make the notifier a read oracle for
@@ -22,62 +31,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
-use rand::RngExt;
 use schemas::notify::{Receiver, ReceiverType, WebhookPayload};
 use schemas::time::rfc3339_from_nanos;
 use serde_json::json;
+use sesam_common::http;
 use tokio::time::Instant;
 
 use crate::egress::{self, EgressPolicy};
 use crate::model::{DeliveryState, Notification, NotificationKind};
 
-/// The retry policy, in one place.
-///
-/// | outcome | retried? |
-/// |---|---|
-/// | 2xx | delivered |
-/// | network error, connect error, timeout | yes, with backoff |
-/// | 408, 5xx | yes, with backoff |
-/// | 429 | yes, after its `Retry-After` (seconds or an HTTP date, at most [`MAX_RETRY_AFTER`]; a malformed or missing one: the backoff) |
-/// | 503 with `Retry-After` | yes, after it, as 429 |
-/// | 3xx (redirects are not followed), other 4xx | no: failed at once |
-/// | refused by the egress policy, invalid URL, missing receiver | no: failed at once |
-///
-/// Backoff: `initial_backoff` doubled per attempt up to `max_backoff`,
-/// +-20 % jitter. A notification still failing `max_age` after it was made
-/// is given up (failed, "gave up after N attempts").
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy;
-
 /// The longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-
-impl RetryPolicy {
-    /// Whether an answer with `status` is worth another attempt.
-    pub fn retries(status: reqwest::StatusCode) -> bool {
-        status.is_server_error()
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-    }
-
-    /// The wait a `Retry-After` header asks for (429 or 503), capped;
-    /// `None` when absent or malformed. `now` is the wall clock (HTTP
-    /// dates).
-    pub fn retry_after(value: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
-        let v = value?.trim();
-        if v.is_empty() || v.len() > 64 {
-            return None;
-        }
-        let d = if v.bytes().all(|b| b.is_ascii_digit()) {
-            // Any number of digits: a huge one saturates to the cap.
-            Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
-        } else {
-            let at = httpdate::parse_http_date(v).ok()?;
-            at.duration_since(now).unwrap_or(Duration::ZERO)
-        };
-        Some(d.min(MAX_RETRY_AFTER))
-    }
-}
+pub use sesam_common::http::MAX_RETRY_AFTER;
 
 /// Delivery tuning.
 #[derive(Debug, Clone)]
@@ -434,17 +398,15 @@ pub(crate) async fn attempt(
                     format!("{code} (redirects are not followed)"),
                     format!("{dest} answered {status}; redirects are not followed"),
                 )
-            } else if RetryPolicy::retries(status) {
-                let after = matches!(status.as_u16(), 429 | 503)
-                    .then(|| {
-                        RetryPolicy::retry_after(
-                            resp.headers()
-                                .get(reqwest::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok()),
-                            std::time::SystemTime::now(),
-                        )
-                    })
-                    .flatten();
+            } else if http::classify(status.as_u16()) == http::Outcome::Retry {
+                let after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|_| http::honours_retry_after(status.as_u16()))
+                    .and_then(|v| {
+                        http::retry_after(v, std::time::SystemTime::now(), MAX_RETRY_AFTER)
+                    });
                 Attempt::Retry {
                     public: code,
                     detail: format!("{dest} answered {status}"),
@@ -475,14 +437,9 @@ pub(crate) async fn attempt(
     }
 }
 
-/// Backoff before attempt `attempts + 1`, with +-20% jitter.
+/// Backoff before attempt `attempts + 1` (the shared [`http::Backoff`]).
 pub(crate) fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
-    let exp = cfg
-        .initial_backoff
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    let d = exp.min(cfg.max_backoff);
-    let jitter: f64 = rand::rng().random_range(0.8..1.2);
-    Duration::try_from_secs_f64(d.as_secs_f64() * jitter).unwrap_or(d)
+    http::Backoff::new(cfg.initial_backoff, cfg.max_backoff).delay(attempts.saturating_sub(1))
 }
 
 /// The wait before the next attempt after `outcome` (the `attempts`-th):
@@ -529,40 +486,5 @@ pub(crate) fn record_outcome(
                 false
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    #[test]
-    fn retry_after_is_honoured_capped_and_never_panics() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let ra = |v: &str| RetryPolicy::retry_after(Some(v), now);
-        assert_eq!(ra("7"), Some(Duration::from_secs(7)));
-        assert_eq!(ra("0"), Some(Duration::ZERO));
-        assert_eq!(ra("86400"), Some(MAX_RETRY_AFTER));
-        assert_eq!(ra(&"9".repeat(40)), Some(MAX_RETRY_AFTER));
-        assert_eq!(ra(&"9".repeat(65)), None);
-        assert_eq!(ra("-5"), None);
-        assert_eq!(ra("1.5"), None);
-        assert_eq!(ra("soon"), None);
-        assert_eq!(ra(""), None);
-        assert_eq!(RetryPolicy::retry_after(None, now), None);
-        let in_a_minute = httpdate::fmt_http_date(now + Duration::from_secs(60));
-        assert_eq!(ra(&in_a_minute), Some(Duration::from_secs(60)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
-        assert_eq!(ra(&past), Some(Duration::ZERO));
-        let far =
-            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000));
-        assert_eq!(ra(&far), Some(MAX_RETRY_AFTER));
-        assert!(RetryPolicy::retries(reqwest::StatusCode::TOO_MANY_REQUESTS));
-        assert!(RetryPolicy::retries(reqwest::StatusCode::BAD_GATEWAY));
-        assert!(!RetryPolicy::retries(reqwest::StatusCode::NOT_FOUND));
-        assert!(!RetryPolicy::retries(
-            reqwest::StatusCode::TEMPORARY_REDIRECT
-        ));
     }
 }

@@ -113,6 +113,31 @@ impl Engine {
         self.finish_sources(touched, now);
     }
 
+    /// Evaluates `records` of subscription `sub`, in order, while its
+    /// `budget` lasts; returns how many it evaluated. Nothing is deferred:
+    /// the evaluation thread keeps the rest (they wait in the store's
+    /// commit feed) and goes on with them in its next round.
+    pub fn evaluate_while<'a>(
+        &mut self,
+        sub: &str,
+        records: impl Iterator<Item = &'a Record>,
+        now: i64,
+        budget: &mut Budget,
+    ) -> usize {
+        let mut touched: Vec<SourceKey> = Vec::new();
+        let mut done = 0;
+        let metered = self.index.has(sub);
+        for r in records {
+            if metered && budget.over(sub) {
+                break;
+            }
+            self.evaluate_record(r, now, budget, &mut touched);
+            done += 1;
+        }
+        self.finish_sources(touched, now);
+        done
+    }
+
     fn defer(&mut self, r: &Record, budget: &mut Budget) {
         let sub = r.subscription.as_str();
         let len = self.backlog.get(sub).map_or(0, VecDeque::len);

@@ -4,6 +4,7 @@
 //! (source, pipe).
 
 use std::collections::{HashMap, HashSet};
+use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::rule::{CompiledRule, Kind};
@@ -206,5 +207,37 @@ impl Index {
 
     pub fn purge(&mut self, sub: &str) {
         self.subs.remove(sub);
+    }
+
+    /// Estimated bytes of the rule lists (by pipe name, wildcard, source,
+    /// metric) of every subscription.
+    pub(crate) fn rule_bytes(&self) -> usize {
+        fn lists(m: &HashMap<String, Vec<Arc<CompiledRule>>>) -> usize {
+            m.capacity() * (size_of::<(String, Vec<Arc<CompiledRule>>)>() + 1)
+                + m.iter()
+                    .map(|(k, v)| k.len() + v.capacity() * size_of::<usize>())
+                    .sum::<usize>()
+        }
+        self.subs
+            .values()
+            .map(|i| {
+                size_of::<SubIndex>()
+                    + lists(&i.literal)
+                    + lists(&i.metric)
+                    + (i.wild.capacity() + i.source.capacity()) * size_of::<usize>()
+            })
+            .sum()
+    }
+
+    /// Entries and estimated bytes of the (source, pipe) caches.
+    pub(crate) fn cache_memory(&self) -> (usize, usize) {
+        self.subs.values().fold((0, 0), |(n, b), i| {
+            let bytes = i.cache.capacity() * (size_of::<(String, RuleSet)>() + 1)
+                + i.cache
+                    .iter()
+                    .map(|(k, v)| k.len() + 16 + v.len() * size_of::<usize>())
+                    .sum::<usize>();
+            (n + i.cache.len(), b + bytes)
+        })
     }
 }

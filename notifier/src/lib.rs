@@ -6,10 +6,16 @@
 //! signature) and to Alertmanager itself.
 //!
 //! The collector hosts it: it passes its database (opened with the
-//! [`COLUMN_FAMILY`] column family), calls [`Notifier::on_records`] after
-//! every synced ingest commit, [`Notifier::on_samples`] for pushed
-//! metrics and [`Notifier::on_source_conflict`] for refused sources, and
-//! serves the API over [`Notifier`]'s methods.
+//! [`COLUMN_FAMILY`] column family), starts the evaluation thread over the
+//! store's durable commit feed ([`Notifier::start_evaluator`], see
+//! `feed.rs`) and hands it every commit's records
+//! ([`Notifier::on_committed`], which never waits), calls
+//! [`Notifier::on_samples`] for pushed metrics and
+//! [`Notifier::on_source_conflict`] for refused sources, and serves the API
+//! over [`Notifier`]'s methods. A store without a commit feed calls
+//! [`Notifier::on_records`] after each commit instead (evaluation on the
+//! caller's thread, within each subscription's budget, the rest deferred
+//! in memory).
 //!
 //! Tenants are isolated: rule and silence ids are scoped by subscription,
 //! every input is bounded ([`Limits`]), each subscription's evaluation has
@@ -28,6 +34,9 @@
 //! | `schedule` | deadlines: the timer sets, expected starts and ends |
 //! | `engine` | the engine's state and its management |
 //! | `dispatch` | the evaluation path: inputs, budgets, deferral, ticks |
+//! | `feed`, `handoff`, `evaluator` | the store's commit feed and watermarks; the bounded hand-over from the store's writer; the evaluation thread |
+//! | `share` | each subscription's share of evaluation time |
+//! | `memory` | the engine's memory, estimated by part |
 //! | `conditions/` | one file per rule family |
 //! | `lifecycle` | fire, repeat, resolve, enqueue |
 //! | `inhibit`, `group` | inhibition and returning sources; grouping |
@@ -50,17 +59,22 @@ pub mod dispatch;
 pub mod egress;
 pub mod engine;
 pub mod error;
+mod evaluator;
+pub mod feed;
 mod group;
+mod handoff;
 mod index;
 mod inhibit;
 mod lifecycle;
 pub mod limits;
+pub mod memory;
 pub mod model;
 pub mod receiver;
 pub mod rule;
 pub mod schedule;
 mod sender;
 pub mod service;
+mod share;
 pub mod silence;
 pub mod store;
 mod telemetry;
@@ -75,7 +89,10 @@ pub use dispatch::{Input, SampleRef};
 pub use egress::{Cidr, EgressPolicy};
 pub use engine::Engine;
 pub use error::{ErrorKind, NotifierError};
+pub use evaluator::ROUND_RECORDS;
+pub use feed::{Feed, FeedBacklog, FeedPos, FeedRead, FeedRecord};
 pub use limits::Limits;
+pub use memory::{Memory, Part};
 pub use model::{Alert, DeliveryState, Notification, NotificationKind};
 pub use rule::RuleKey;
 pub use service::{Notifier, NotifierConfig};

@@ -57,10 +57,12 @@ pub struct Limits {
     /// the source has a shorter interval): a source whose clock jumps by
     /// more comes back with a fresh grace for its pipes' overdue deadlines.
     pub source_gap: Duration,
-    /// Records of one subscription waiting for evaluation after it used up
-    /// its budget (`--max-deferred-records-per-subscription`, 50,000);
-    /// beyond it records are not evaluated (counted). Deferred records
-    /// live in memory: a crash loses their evaluation.
+    /// Records of one subscription held in memory waiting for evaluation
+    /// (`--max-deferred-records-per-subscription`, 50,000). With the
+    /// store's commit feed (the collector's RocksDB store), further ones
+    /// wait in the feed and are read back in order; without it (records
+    /// handed to `on_records`), records beyond it are not evaluated
+    /// (counted), and deferred records are lost by a crash.
     pub max_deferred_per_subscription: usize,
     /// Bytes of one text field a `pattern_match` rule looks at; longer
     /// texts are matched on their first bytes (`--max-match-bytes`, 64 KiB).

@@ -13,6 +13,7 @@ use schemas::time::rfc3339_from_nanos;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::feed::FeedPos;
 use crate::rule::RuleKey;
 
 pub(crate) const NANOS: i64 = 1_000_000_000;
@@ -291,11 +292,14 @@ pub struct Effects {
     /// The collector clock of the evaluation: persisted, so that the next
     /// start knows how long the collector was down.
     pub alive: Option<i64>,
+    /// Per subscription: the commit feed position of the last record this
+    /// evaluation covered (written with its changes, see `store.rs`).
+    pub watermarks: Vec<(String, FeedPos)>,
 }
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.notifications.is_empty()
+        self.changes.is_empty() && self.notifications.is_empty() && self.watermarks.is_empty()
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use regex::Regex;
 use schemas::notify::{
-    Comparison, MetricThresholdParams, NodeHeartbeatOverdueParams, NotificationRule, PatternField,
-    PatternMatchParams, PatternSyntax, PumpFailedParams, PumpFinishedOverdueParams,
+    Comparison, FailureEvent, MetricThresholdParams, NodeHeartbeatOverdueParams, NotificationRule,
+    PatternField, PatternMatchParams, PatternSyntax, PumpFailedParams, PumpFinishedOverdueParams,
     PumpStartedOverdueParams, RuleType, ServiceUnhealthyParams, SourceConflictParams, Span,
     ValueLimitParams,
 };
@@ -79,7 +79,13 @@ pub const DEFAULT_GROUP_WAIT: Span = Span::secs(30);
 /// The typed parameters of a rule (durations in nanoseconds).
 #[derive(Debug)]
 pub enum Kind {
-    PumpFailed,
+    PumpFailed {
+        /// The event types that fire (`params.event_types`).
+        on: Vec<schemas::EventType>,
+        /// `read-error` or `write-error` is among them: only a completed
+        /// run without read and write errors resolves.
+        entity_errors: bool,
+    },
     StartedOverdue {
         grace: i64,
         interval: Option<i64>,
@@ -140,7 +146,9 @@ impl CompiledRule {
     }
 
     pub fn matches_pipe(&self, pipe: &str) -> bool {
-        self.pipes.iter().any(|p| p.matches(pipe))
+        self.pipes
+            .iter()
+            .any(|p| pipe.starts_with(literal_prefix(p.as_str())) && p.matches(pipe))
     }
 
     /// Rules of these types are about pipes; the others about sources or
@@ -201,6 +209,14 @@ fn valid_metric_name(s: &str) -> bool {
 }
 
 /// Validates `rule` (whose id is already set) and compiles it.
+/// The part of a glob before its first metacharacter: every name it
+/// matches starts with it (a cheap test that turns most names away before
+/// the glob runs; the rule index matches each new pipe against every
+/// wildcard rule of its subscription).
+fn literal_prefix(glob: &str) -> &str {
+    glob.find(['*', '?', '[']).map_or(glob, |i| &glob[..i])
+}
+
 pub fn compile(rule: NotificationRule, limits: &Limits) -> Result<CompiledRule, NotifierError> {
     check_id("id", &rule.id)?;
     if rule.name.trim().is_empty() || rule.name.len() > 200 {
@@ -251,8 +267,45 @@ pub fn compile(rule: NotificationRule, limits: &Limits) -> Result<CompiledRule, 
     let nonzero = Duration::from_nanos(1);
     let kind = match rule.rule_type {
         RuleType::PumpFailed => {
-            let _: PumpFailedParams = params(&rule.params)?;
-            Kind::PumpFailed
+            // Each entry checked first, so that a wrong one is named.
+            if let Some(list) = rule.params.get("event_types") {
+                let Some(items) = list.as_array() else {
+                    return Err(invalid(
+                        "params.event_types",
+                        "event_types must be a list of event types",
+                    ));
+                };
+                if items.is_empty() {
+                    return Err(invalid(
+                        "params.event_types",
+                        "event_types must list at least one of pump-failed, read-error, write-error",
+                    ));
+                }
+                for (i, v) in items.iter().enumerate() {
+                    if serde_json::from_value::<FailureEvent>(v.clone()).is_err() {
+                        return Err(invalid(
+                            format!("params.event_types[{i}]"),
+                            format!(
+                                "{} is not an event a pump_failed rule pages on; one of pump-failed, read-error, write-error",
+                                short_error(&v.to_string())
+                            ),
+                        ));
+                    }
+                }
+            }
+            let p: PumpFailedParams = params(&rule.params)?;
+            let on: Vec<schemas::EventType> = FailureEvent::ALL
+                .into_iter()
+                .filter(|e| p.event_types.contains(e))
+                .map(FailureEvent::event_type)
+                .collect();
+            let entity_errors = on.iter().any(|e| {
+                matches!(
+                    e,
+                    schemas::EventType::ReadError | schemas::EventType::WriteError
+                )
+            });
+            Kind::PumpFailed { on, entity_errors }
         }
         RuleType::PumpStartedOverdue => {
             let p: PumpStartedOverdueParams = params(&rule.params)?;
@@ -431,6 +484,33 @@ mod tests {
             base[k] = val.clone();
         }
         compile(serde_json::from_value(base).unwrap(), &Limits::default())
+    }
+
+    #[test]
+    fn the_literal_prefix_prefilter_agrees_with_the_glob() {
+        assert_eq!(literal_prefix("orders-*"), "orders-");
+        assert_eq!(literal_prefix("a?b*"), "a");
+        assert_eq!(literal_prefix("[*]x"), "");
+        assert_eq!(literal_prefix("exact"), "exact");
+        let globs = [
+            "orders-*",
+            "*",
+            "or?ers",
+            "[o]rders*",
+            "exact",
+            "pipe-1*",
+            "x[*]y",
+        ];
+        let names = [
+            "orders-1", "orders", "oRders", "exact", "exactly", "pipe-12", "pipe-2", "x*y", "",
+        ];
+        for g in globs {
+            let r = rule(json!({"pipes": [g]})).unwrap();
+            let p = glob::Pattern::new(g).unwrap();
+            for n in names {
+                assert_eq!(r.matches_pipe(n), p.matches(n), "{g} vs {n}");
+            }
+        }
     }
 
     fn field(r: Result<CompiledRule, NotifierError>) -> String {

@@ -19,8 +19,6 @@ use crate::rule::{CompiledRule, Kind, RuleKey};
 
 /// Longest schedule interval taken from a node's config (a year).
 const MAX_SCHEDULE_SECS: f64 = 366.0 * 86_400.0;
-/// Longest cron expression taken from a node's config.
-const MAX_CRON_BYTES: usize = 256;
 
 /// Something due at a time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,6 +72,27 @@ impl Timer {
             | Timer::SilenceEdge { sub, .. }
             | Timer::GroupFlush { sub, .. } => sub,
             Timer::Metric { key } => key.split('\0').next().unwrap_or(""),
+        }
+    }
+
+    /// Bytes of its strings.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Timer::Started { rule, pipe } | Timer::Finished { rule, pipe } => {
+                rule.sub.len()
+                    + rule.id.len()
+                    + pipe.sub.len()
+                    + pipe.source.len()
+                    + pipe.pipe.len()
+            }
+            Timer::Heartbeat { rule, source } => {
+                rule.sub.len() + rule.id.len() + source.sub.len() + source.source.len()
+            }
+            Timer::ResolveAt { sub, fp } | Timer::Repeat { sub, fp } => sub.len() + fp.len(),
+            Timer::Metric { key } => key.len(),
+            Timer::SilenceEdge { sub, id } | Timer::GroupFlush { sub, key: id } => {
+                sub.len() + id.len()
+            }
         }
     }
 
@@ -225,6 +244,19 @@ impl Timers {
         Some(t)
     }
 
+    /// Armed timers and their estimated bytes (each is held twice: by
+    /// deadline and by identity).
+    pub(crate) fn memory(&self) -> (usize, usize) {
+        let entry = std::mem::size_of::<(i64, Timer)>();
+        let bytes: usize = self
+            .armed
+            .keys()
+            .map(|t| 2 * (t.heap_bytes() + entry) + entry / 2)
+            .sum();
+        let table = self.armed.capacity() * (std::mem::size_of::<(Timer, i64)>() + 1);
+        (self.armed.len(), bytes + table)
+    }
+
     pub(crate) fn purge(&mut self, sub: &str) {
         self.event.retain(|k, _| k.sub != sub);
         self.wall.retain(|(_, t)| t.sub() != sub);
@@ -281,20 +313,7 @@ pub(crate) fn finished_deadline(limit: i64, p: &PipeState) -> Option<i64> {
 
 /// A node's cron expression, if it is short, valid and fires at all.
 pub(crate) fn parse_cron(expr: &str) -> Option<cron::Schedule> {
-    use std::str::FromStr;
-    if expr.len() > MAX_CRON_BYTES {
-        return None;
-    }
-    let full = if expr.split_whitespace().count() == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_string()
-    };
-    let s = cron::Schedule::from_str(&full).ok()?;
-    // An expression that never fires (Feb 30th) would make every deadline
-    // computation search the calendar in vain.
-    s.upcoming(chrono::Utc).next()?;
-    Some(s)
+    schemas::schedule::parse_cron(expr).ok()
 }
 
 /// The schedule of a pipe from its config entity (`pump.mode`,

@@ -1,14 +1,17 @@
 //! The notifier as a service: the engine behind a mutex, its effects
-//! written to RocksDB, each subscription's share of evaluation time, and
-//! the timer task (collector-clock deadlines and deferred records).
-//! Delivery is `sender.rs`; the API `api.rs`.
+//! written to RocksDB, and the timer task (collector-clock deadlines and
+//! deferred records). The evaluation thread is `evaluator.rs`, shares of
+//! evaluation time `share.rs`, delivery `sender.rs`, the API `api.rs`.
 //!
-//! Threads: records are evaluated on the collector's store writer thread
-//! (right after each synced commit, before the ingest is answered: an
-//! acknowledged record is an evaluated or deferred one); timers and
-//! deferred records on the blocking pool, in rounds of bounded work with
-//! the engine released in between; API writes on the blocking pool. No
-//! RocksDB call runs on an async worker.
+//! Threads: over a store with a commit feed (the collector's RocksDB
+//! store), records are evaluated on the notifier's own evaluation thread,
+//! off the commit path ([`Notifier::on_committed`], `evaluator.rs`);
+//! without one (a store that only calls [`Notifier::on_records`]) on the
+//! caller's thread right after each commit, within each subscription's
+//! budget, the rest deferred in memory. Timers and deferred records run on
+//! the blocking pool, in rounds of bounded work with the engine released
+//! in between; API writes on the blocking pool. No RocksDB call runs on an
+//! async worker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,9 +28,11 @@ use crate::dispatch::{Input, SampleRef};
 use crate::egress::{self, EgressPolicy, EgressResolver, SharedPolicy};
 use crate::engine::{Engine, Restored};
 use crate::error::NotifierError;
+use crate::handoff::Slot;
 use crate::limits::{self, Limits};
 use crate::model::DeliveryState;
 use crate::rule;
+use crate::share::Shares;
 use crate::silence::ActiveSilence;
 use crate::store::{Db, LAYOUT};
 use crate::telemetry::{labels, Metrics, Warnings};
@@ -42,6 +47,10 @@ pub struct NotifierConfig {
     pub limits: Limits,
     /// Where receivers may send (`--egress-allow`).
     pub egress: EgressPolicy,
+    /// Records held in memory between the store's commits and the
+    /// evaluation thread (`--notifier-queue-records`, 100,000); beyond it
+    /// they wait in the store's commit feed and are read back from there.
+    pub queue_records: usize,
 }
 
 impl Default for NotifierConfig {
@@ -51,21 +60,13 @@ impl Default for NotifierConfig {
             delivery: DeliveryConfig::default(),
             limits: Limits::default(),
             egress: EgressPolicy::default(),
+            queue_records: 100_000,
         }
     }
 }
 
 /// Rounds of timers and deferred evaluation one [`Notifier::tick`] runs.
 const TICK_ROUNDS: usize = 16;
-
-/// What is left of a subscription's share of evaluation time: refills at
-/// [`Limits::eval_share`] of wall time up to [`Limits::eval_budget`]; may
-/// go below zero by the overrun of a record that was cut.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    secs: f64,
-    at: Instant,
-}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -88,9 +89,10 @@ pub(crate) struct Inner {
     /// Notifications finished per subscription since its history was
     /// last pruned. Short critical sections.
     pub(crate) finished: Mutex<HashMap<String, u64>>,
-    /// Each subscription's share of evaluation time. Short critical
-    /// sections.
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Each subscription's share of evaluation time.
+    pub(crate) shares: Shares,
+    /// The evaluation thread (over a store with a commit feed).
+    pub(crate) eval: Slot,
 }
 
 /// The notifier. Cheap to clone.
@@ -183,6 +185,7 @@ impl Notifier {
         metrics.alerts_firing.set(engine.alert_count() as i64);
         metrics.queue_pending.set(queue.pending.len() as i64);
         let watch = engine.index.watched_metrics();
+        let eval = Slot::new(loaded.watermarks);
         Ok(Notifier {
             inner: Arc::new(Inner {
                 db,
@@ -198,7 +201,8 @@ impl Notifier {
                 warnings: Warnings::default(),
                 metric_watch: std::sync::RwLock::new(watch),
                 finished: Mutex::new(HashMap::new()),
-                buckets: Mutex::new(HashMap::new()),
+                shares: Shares::default(),
+                eval,
             }),
         })
     }
@@ -261,7 +265,7 @@ impl Notifier {
     /// syncs the WAL again (an unsynced write survives a process crash; only
     /// a power cut in between could lose it, and the records' shipper then
     /// has them acknowledged).
-    fn evaluate<T>(
+    pub(crate) fn evaluate<T>(
         &self,
         sync: bool,
         f: impl FnOnce(&mut Engine, i64) -> T,
@@ -392,79 +396,24 @@ impl Notifier {
         let _ = self.with_engine(|e, now| e.handle(input, now, &mut Budget::unlimited()));
     }
 
-    /// A budget of [`Limits::eval_budget`] per subscription, capped by
-    /// what is left of each of `subs`' share of evaluation time.
     fn budget<'a>(&self, subs: impl Iterator<Item = &'a str>) -> Budget {
-        let l = &self.inner.config.limits;
-        let mut budget = Budget::new(l.eval_budget);
-        if l.eval_budget == Duration::MAX {
-            return budget;
-        }
-        let cap = l.eval_budget.as_secs_f64();
-        let now = Instant::now();
-        let mut b = lock(&self.inner.buckets);
-        for sub in subs {
-            let k = b
-                .entry(sub.to_string())
-                .or_insert(Bucket { secs: cap, at: now });
-            k.secs = (k.secs + now.duration_since(k.at).as_secs_f64() * self.share()).min(cap);
-            k.at = now;
-            budget.allow(
-                sub,
-                Duration::try_from_secs_f64(k.secs.max(0.0)).unwrap_or_default(),
-            );
-        }
-        budget
+        self.inner.shares.budget(&self.inner.config.limits, subs)
     }
 
-    fn share(&self) -> f64 {
-        self.inner.config.limits.eval_share.clamp(0.01, 64.0)
-    }
-
-    /// Takes what `budget` spent from the subscriptions' shares.
-    fn settle(&self, budget: &Budget) {
-        let l = &self.inner.config.limits;
-        if l.eval_budget == Duration::MAX {
-            return;
-        }
-        let floor = -l.eval_budget.as_secs_f64();
-        let mut b = lock(&self.inner.buckets);
-        for (sub, d) in budget.spent() {
-            if let Some(k) = b.get_mut(sub) {
-                k.secs = (k.secs - d.as_secs_f64()).max(floor);
-            }
-        }
+    pub(crate) fn settle(&self, budget: &Budget) {
+        self.inner.shares.settle(&self.inner.config.limits, budget)
     }
 
     /// How long until a subscription with deferred records has a share of
     /// evaluation time again (`None`: nothing is deferred).
     fn backlog_wait(&self) -> Option<Duration> {
         let subs = lock(&self.inner.engine).backlogged();
-        if subs.is_empty() {
-            return None;
-        }
-        let l = &self.inner.config.limits;
-        if l.eval_budget == Duration::MAX {
-            return Some(Duration::ZERO);
-        }
-        let want = (l.eval_budget.as_secs_f64() / 10.0).min(0.001);
-        let now = Instant::now();
-        let b = lock(&self.inner.buckets);
-        let wait = subs
-            .iter()
-            .map(|s| match b.get(s) {
-                None => 0.0,
-                Some(k) => {
-                    let has = k.secs + now.duration_since(k.at).as_secs_f64() * self.share();
-                    ((want - has) / self.share()).max(0.0)
-                }
-            })
-            .fold(f64::INFINITY, f64::min);
-        Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(1)))
+        let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
+        self.inner.shares.wait(&self.inner.config.limits, &subs)
     }
 
     /// Counts and logs what a budget deferred and skipped.
-    fn account(&self, budget: &Budget) {
+    pub(crate) fn account(&self, budget: &Budget) {
         let m = &self.inner.metrics;
         let limit = limits::human(self.inner.config.limits.eval_budget);
         for (sub, n) in &budget.deferred {
@@ -509,6 +458,8 @@ impl Notifier {
     pub fn purge(&self, subscription: &str) {
         let mut engine = lock(&self.inner.engine);
         engine.purge(subscription);
+        // Under the engine lock: the evaluation thread checks it there.
+        self.inner.eval.purged(subscription);
         let fx = engine.take_effects();
         if let Err(e) = self.inner.db.apply(&fx, engine.next_notification) {
             tracing::error!(error = %e, "notifier state write failed");
@@ -526,7 +477,8 @@ impl Notifier {
         }
         drop(engine);
         lock(&self.inner.finished).remove(subscription);
-        lock(&self.inner.buckets).remove(subscription);
+        self.inner.shares.remove(subscription);
+        self.inner.metrics.forget(subscription);
         self.refresh_metric_watch();
     }
 

@@ -17,6 +17,7 @@
 //! | `x\0<sub>\0<rule>\0<series>` | `[key, state]` of a pending `metric_threshold` series |
 //! | `g\0<sub>\0<group key>` | `[key, group]` of alerts waiting to go out together |
 //! | `n\0<sub>\0<id u64 BE>` | a notification: queued before it is sent, history after |
+//! | `f\0<sub>\0` | the subscription's evaluation watermark: the commit feed position (commit u64 BE, index u32 BE) of the last record evaluated, written in the batch of that evaluation's changes |
 //! | `m\0next_notification` | the next notification id, u64 BE |
 //! | `m\0layout` | `2` |
 //! | `m\0alive` | collector time of the last evaluation, i64 BE (its downtime, at the next start) |
@@ -31,7 +32,8 @@
 //!
 //! State changes of an evaluation are written in one `WriteBatch`: a
 //! notification and the alert change that caused it land together or not
-//! at all. API changes and timer-driven batches that queue notifications are
+//! at all, and with them the watermark of the records evaluated, so that
+//! after a crash exactly the records past it are evaluated again. API changes and timer-driven batches that queue notifications are
 //! synced; evaluations of ingested records ride on the WAL, which the
 //! collector syncs with every ingest commit. An unsynced write survives a
 //! process crash (it is in the OS's page cache), so `kill -9` loses
@@ -42,11 +44,12 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde_json::Value;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use schemas::notify::{NotificationRule, Receiver, Silence};
 
 use crate::error::NotifierError;
+use crate::feed::FeedPos;
 use crate::model::{
     Alert, Change, DeliveryState, Effects, Group, MetricState, Notification, PipeKey, PipeState,
     SourceKey, SourceState,
@@ -76,12 +79,14 @@ pub mod keys {
     pub const METRICS: &[u8] = b"x\0";
     pub const GROUPS: &[u8] = b"g\0";
     pub const NOTIFICATIONS: &[u8] = b"n\0";
+    pub const WATERMARKS: &[u8] = b"f\0";
     pub const NEXT_ID: &[u8] = b"m\0next_notification";
     pub const LAYOUT: &[u8] = b"m\0layout";
     pub const ALIVE: &[u8] = b"m\0alive";
     /// Families whose keys start with the subscription.
-    pub const PER_SUBSCRIPTION: [u8; 10] =
-        [b'r', b'v', b's', b'a', b'p', b'o', b'w', b'x', b'g', b'n'];
+    pub const PER_SUBSCRIPTION: [u8; 11] = [
+        b'r', b'v', b's', b'a', b'p', b'o', b'w', b'x', b'g', b'n', b'f',
+    ];
 
     pub fn rule(sub: &str, id: &str) -> Vec<u8> {
         join(b'r', &[sub, id])
@@ -112,6 +117,11 @@ pub mod keys {
     /// `k` is `<sub>\0<group key>`.
     pub fn group(k: &str) -> Vec<u8> {
         join(b'g', &[k])
+    }
+    /// `f\0<sub>\0`: inside [`sub_start`] .. [`sub_end`] of family `f`
+    /// like every other family's keys (a termination deletes it).
+    pub fn watermark(sub: &str) -> Vec<u8> {
+        join(b'f', &[sub, ""])
     }
     pub fn notification(sub: &str, id: u64) -> Vec<u8> {
         let mut k = join(b'n', &[sub, ""]);
@@ -151,6 +161,8 @@ pub struct Loaded {
     pub next_notification: u64,
     /// Collector time of the last evaluation before this start.
     pub alive: Option<i64>,
+    /// Per subscription: the feed position of the last record evaluated.
+    pub watermarks: HashMap<String, FeedPos>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Option<T> {
@@ -271,6 +283,15 @@ impl Db {
                 .get(keys::ALIVE)?
                 .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                 .map(i64::from_be_bytes),
+            watermarks: self
+                .scan(keys::WATERMARKS)?
+                .iter()
+                .filter_map(|(k, v)| {
+                    let sub = k.get(2..k.len().checked_sub(1)?)?;
+                    let sub = String::from_utf8_lossy(sub).into_owned();
+                    Some((sub, FeedPos::from_bytes(v)?))
+                })
+                .collect(),
         })
     }
 
@@ -465,6 +486,9 @@ impl Db {
         let mut b = WriteBatch::default();
         if let Some(t) = fx.alive {
             b.put_cf(cf, keys::ALIVE, t.to_be_bytes());
+        }
+        for (sub, pos) in &fx.watermarks {
+            b.put_cf(cf, keys::watermark(sub), pos.to_bytes());
         }
         for c in &fx.changes {
             match change(c) {

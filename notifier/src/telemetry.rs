@@ -42,6 +42,19 @@ pub(crate) struct Metrics {
     pub(crate) limited: Family<Labels, Counter>,
     /// Deliveries refused by the egress policy, by subscription.
     pub(crate) egress_refused: Family<Labels, Counter>,
+    /// Records committed but not evaluated yet, by subscription.
+    pub(crate) lag_records: Family<Labels, Gauge>,
+    /// Age of the oldest of them, by subscription.
+    pub(crate) lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Records the commit queue had no room for (read back from the feed).
+    pub(crate) spilled: Counter,
+    /// Records read back from the store's commit feed.
+    pub(crate) feed_read: Counter,
+    /// Records in the feed the store no longer held.
+    pub(crate) feed_missing: Counter,
+    /// The engine's estimated memory and entries, by part.
+    pub(crate) engine_bytes: Family<Labels, Gauge>,
+    pub(crate) engine_entries: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -118,6 +131,56 @@ impl Metrics {
             "Deliveries refused by the egress policy, by subscription",
             m.egress_refused.clone(),
         );
+        registry.register(
+            "notifier_evaluation_lag_records",
+            "Records stored but not yet evaluated (in the evaluation queue or the store's commit feed), by subscription",
+            m.lag_records.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_lag_seconds",
+            "Age of the oldest record stored but not yet evaluated (0: none), by subscription",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "notifier_evaluation_spilled_records",
+            "Records the evaluation queue had no room for; evaluated later from the store's commit feed",
+            m.spilled.clone(),
+        );
+        registry.register(
+            "notifier_feed_read_records",
+            "Records read back from the store's commit feed (after a restart or a spill)",
+            m.feed_read.clone(),
+        );
+        registry.register(
+            "notifier_feed_missing_records",
+            "Records of the commit feed the store no longer held when read (deleted by retention before evaluation)",
+            m.feed_missing.clone(),
+        );
+        registry.register(
+            "notifier_engine_memory_bytes",
+            "Estimated memory of the rule engine's state, by part (pipes, sources, rules, index, timers, alerts, windows, queue)",
+            m.engine_bytes.clone(),
+        );
+        registry.register(
+            "notifier_engine_entries",
+            "Entries of the rule engine's state, by part",
+            m.engine_entries.clone(),
+        );
+    }
+
+    pub(crate) fn set_lag(&self, sub: &str, records: u64, seconds: f64) {
+        let l = labels(&[("subscription", sub)]);
+        self.lag_records
+            .get_or_create(&l)
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.lag_seconds.get_or_create(&l).set(seconds);
+    }
+
+    /// Drops the lag series of a terminated subscription.
+    pub(crate) fn forget(&self, sub: &str) {
+        let l = labels(&[("subscription", sub)]);
+        self.lag_records.remove(&l);
+        self.lag_seconds.remove(&l);
     }
 }
 

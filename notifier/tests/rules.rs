@@ -57,6 +57,86 @@ fn pump_failed_fires_once_repeats_with_count_and_resolves() {
     assert!(fps.iter().all(|f| f == &fps[0]));
 }
 
+fn entity_error(pipe: &str, ev: EventType, id: &str) -> schemas::Body {
+    let mut e = schemas::ExecutionBody::new(pipe, ev);
+    e.entity_id = Some(id.into());
+    schemas::Body::Execution(Box::new(e))
+}
+
+fn completed_with_errors(pipe: &str, read: u64, write: u64) -> schemas::Body {
+    let mut e = schemas::ExecutionBody::new(pipe, EventType::PumpCompleted);
+    e.metrics.read_errors_last_run = Some(read);
+    e.metrics.write_errors_last_run = Some(write);
+    schemas::Body::Execution(Box::new(e))
+}
+
+#[test]
+fn pump_failed_event_types_page_on_entity_errors_and_resolve_on_a_clean_run() {
+    let mut h = H::new();
+    // The default pages on pump-failed only.
+    h.rule("default", "pump_failed", &["orders"], json!({}));
+    h.send(entity_error("orders", EventType::ReadError, "o-1"));
+    h.send(entity_error("orders", EventType::WriteError, "o-2"));
+    assert!(h.kinds().is_empty(), "the default ignores entity errors");
+    h.n.delete_rule(&Scope::Subscription(SUB.into()), None, "default")
+        .unwrap();
+
+    h.rule(
+        "entities",
+        "pump_failed",
+        &["orders"],
+        json!({"event_types": ["read-error", "write-error"]}),
+    );
+    h.send(failed("orders", "not paged by this rule"));
+    assert!(
+        h.kinds().is_empty(),
+        "pump-failed is not among its event types"
+    );
+    h.send(entity_error("orders", EventType::WriteError, "o-7"));
+    assert_eq!(h.kinds(), vec![K::Firing]);
+    let n = &h.notes()[0];
+    assert_eq!(n.alert.annotations["entity_id"], "o-7");
+    assert_eq!(n.alert.annotations["event_type"], "write-error");
+    assert!(n.alert.annotations["summary"].contains("could not write entity o-7"));
+    // A run that still had errors does not resolve; a clean one does.
+    h.send(completed_with_errors("orders", 0, 3));
+    h.send(completed_with_errors("orders", 1, 0));
+    assert_eq!(h.kinds(), vec![K::Firing]);
+    h.send(completed_with_errors("orders", 0, 0));
+    assert_eq!(h.kinds(), vec![K::Firing, K::Resolved]);
+    // Absent counts are no errors.
+    h.send(entity_error("orders", EventType::ReadError, "o-8"));
+    h.send(completed("orders", 5));
+    assert_eq!(
+        h.kinds(),
+        vec![K::Firing, K::Resolved, K::Firing, K::Resolved]
+    );
+}
+
+#[test]
+fn bad_event_types_are_refused_naming_the_entry() {
+    let h = H::new();
+    let sub = Scope::Subscription(SUB.into());
+    let bad = |params: serde_json::Value| -> String {
+        let r =
+            serde_json::from_value(json!({"name": "x", "type": "pump_failed", "params": params}))
+                .unwrap();
+        h.n.put_rule(&sub, None, r)
+            .unwrap_err()
+            .field
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        bad(json!({"event_types": ["read-error", "pump-started"]})),
+        "params.event_types[1]"
+    );
+    assert_eq!(bad(json!({"event_types": []})), "params.event_types");
+    assert_eq!(
+        bad(json!({"event_types": "read-error"})),
+        "params.event_types"
+    );
+}
+
 #[test]
 fn pump_started_overdue_uses_the_config_schedule_and_event_time() {
     let mut h = H::new();

@@ -1,6 +1,7 @@
 //! Wire types shared by every component: the record envelope, its bodies, the
 //! ingest batch, the MessagePack codec, and the Prometheus wire code
-//! ([`prom`]: remote-write messages, metric types, text exposition).
+//! ([`prom`]: remote-write messages, metric types, text exposition), and
+//! pipe schedules ([`schedule`]: Sesam's cron expressions).
 //!
 //! `schemas/json/` holds a JSON Schema for each wire type, generated from
 //! these types by [`wire_schemas`]; a test fails when a committed file and
@@ -13,6 +14,7 @@ pub mod codec;
 pub mod notify;
 pub mod prom;
 pub mod record;
+pub mod schedule;
 pub mod time;
 
 pub use batch::{IngestBatch, IngestResponse};

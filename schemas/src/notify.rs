@@ -235,10 +235,68 @@ pub struct NotificationRule {
     pub group_wait: Option<Span>,
 }
 
-/// `pump_failed` takes no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// An execution event a `pump_failed` rule can page on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureEvent {
+    /// A run failed.
+    PumpFailed,
+    /// The source could not read an entity (the event names its id only).
+    ReadError,
+    /// The sink could not write an entity (the event names its id only).
+    WriteError,
+}
+
+impl FailureEvent {
+    pub const ALL: [FailureEvent; 3] = [
+        FailureEvent::PumpFailed,
+        FailureEvent::ReadError,
+        FailureEvent::WriteError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureEvent::PumpFailed => "pump-failed",
+            FailureEvent::ReadError => "read-error",
+            FailureEvent::WriteError => "write-error",
+        }
+    }
+
+    /// The execution event type it is.
+    pub fn event_type(self) -> crate::EventType {
+        match self {
+            FailureEvent::PumpFailed => crate::EventType::PumpFailed,
+            FailureEvent::ReadError => crate::EventType::ReadError,
+            FailureEvent::WriteError => crate::EventType::WriteError,
+        }
+    }
+}
+
+fn default_failure_events() -> Vec<FailureEvent> {
+    vec![FailureEvent::PumpFailed]
+}
+
+/// Parameters of `pump_failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PumpFailedParams {}
+pub struct PumpFailedParams {
+    /// The events that fire the alert (default `["pump-failed"]`). With
+    /// `read-error` or `write-error` the alert resolves only on a
+    /// `pump-completed` whose run had no read and no write errors
+    /// (`entities.read_errors_last_run` and `write_errors_last_run` zero
+    /// or absent); with `pump-failed` alone, on the pipe's next
+    /// `pump-completed`.
+    #[serde(default = "default_failure_events")]
+    pub event_types: Vec<FailureEvent>,
+}
+
+impl Default for PumpFailedParams {
+    fn default() -> Self {
+        PumpFailedParams {
+            event_types: default_failure_events(),
+        }
+    }
+}
 
 fn default_grace() -> Span {
     Span::secs(300)

@@ -1,6 +1,8 @@
 //! `sesam-shipper`: ships kernel logs and tailed files of a host through a
 //! durable outbox to the collector (and/or an OTLP endpoint).
 
+use sesam_common::cli::{self, LogFormat};
+use sesam_common::token::read_token_file;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,12 +97,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// A clap parser of durations within bounds (see `shipper::units`).
 fn duration(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
     move |s| shipper::units::parse_duration(s, min, max)
@@ -111,25 +107,9 @@ fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
     move |s| shipper::units::parse_size(s, min, max)
 }
 
-fn read_token(path: &PathBuf) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("read token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(t)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // A forwarder needs little parallelism: one worker drives the HTTP
+    // A forwarder needs little parallelism: one thread drives the HTTP
     // requests, each sink builds its batches one at a time on a blocking
     // thread, the outbox and the file tailer have their own threads. Every
     // extra thread is another malloc arena holding memory, so there is one
@@ -152,20 +132,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter(filter)
-            .init(),
-    }
+    cli::init_logging(args.log_format);
 
     let collector = match (args.collector.is_empty(), &args.token_file) {
         (false, Some(tf)) => {
@@ -174,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             Some(Target {
                 urls: args.collector.clone(),
-                token: Some(read_token(tf)?),
+                token: Some(read_token_file(tf).context("--token-file")?),
             })
         }
         (false, None) => bail!("--collector needs --token-file"),
@@ -185,7 +152,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shipper::deliver::collector::check_url(url).context("--otlp")?;
             Some(Target::new(
                 url.clone(),
-                args.otlp_token_file.as_ref().map(read_token).transpose()?,
+                args.otlp_token_file
+                    .as_deref()
+                    .map(read_token_file)
+                    .transpose()
+                    .context("--otlp-token-file")?,
             ))
         }
         None => None,
@@ -206,7 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         source: args
             .source
             .clone()
-            .unwrap_or_else(|| format!("host:{}", hostname())),
+            .unwrap_or_else(|| format!("host:{}", cli::hostname())),
         subscription: args.subscription.clone(),
         collector,
         otlp,
@@ -220,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             linger: args.linger,
             backoff: Backoff {
                 cap: args.backoff_max,
-                ..Backoff::default()
+                ..DeliveryConfig::default().backoff
             },
             max_retry_after: args.max_retry_after,
             ..DeliveryConfig::default()
@@ -237,18 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        cli::shutdown_signal("shipper").await;
         tracing::info!("shutting down");
         signals.cancel();
     });

@@ -173,21 +173,21 @@ fn node_token(file: &Path) -> Result<String> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    node::files::write_private(path, text.as_bytes())
+    sesam_common::files::write_private(path, text.as_bytes())
         .with_context(|| format!("write {}", path.display()))
 }
 
 fn private_file(path: &Path) -> Result<()> {
-    node::files::private_file(path)
+    sesam_common::files::private_file(path)
         .with_context(|| format!("restrict the permissions of {}", path.display()))
 }
 
 fn private_dir(path: &Path) -> Result<()> {
-    node::files::private_dir(path).with_context(|| format!("create {}", path.display()))
+    sesam_common::files::private_dir(path).with_context(|| format!("create {}", path.display()))
 }
 
 fn write_once(path: &Path, text: &str) -> Result<()> {
-    node::files::write_private_once(path, text.as_bytes())
+    sesam_common::files::write_private_once(path, text.as_bytes())
         .with_context(|| format!("write {}", path.display()))
 }
 

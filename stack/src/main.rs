@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use sesam_common::cli::{self, LogFormat, LogOutput};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,23 +36,13 @@ struct Args {
     /// Time between metric collections.
     #[arg(long, value_parser = humantime_secs, default_value = "15s")]
     metrics_interval: Duration,
+    /// Log output format (stdout; colours only on a terminal).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
-}
-
-async fn signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[tokio::main]
@@ -59,15 +50,14 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Everything the stack writes (RocksDB files included) is private to
     // its user: tokens, the rules' signing key, the node's secrets.
-    node::files::private_umask();
+    sesam_common::files::private_umask();
     // The node's own warnings go to its outbox (and so to the collector),
     // as `sesam-node` does; the other components only log to stderr.
     let (outbox_layer, log_records) = node::outbox_log_layer(node::OutboxLogLevel::Warn, 4096);
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_filter(filter))
+        .with(
+            cli::fmt_layer(args.log_format, LogOutput::Stdout).with_filter(cli::env_filter("info")),
+        )
         .with(outbox_layer.with_filter(filter_fn(|m| m.target().starts_with("node"))))
         .init();
 
@@ -81,7 +71,7 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        signal().await;
+        cli::shutdown_signal("stack").await;
         tracing::info!("shutting down");
         on_signal.cancel();
     });

@@ -10,3 +10,12 @@ pub mod engines;
 pub mod process;
 
 pub use process::{free_port, until, Proc};
+
+/// A benchmark knob from the environment (`RECORDS=5_000_000`: underscores
+/// allowed), else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}

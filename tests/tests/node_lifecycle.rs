@@ -9,7 +9,8 @@
 //! - entities without a usable `_id` are `read-error`s and entities the
 //!   store refuses are `write-error`s, in the execution dataset and at the
 //!   collector, with the entity id and never the entity;
-//! - runs with nothing to do do not log at INFO.
+//! - runs with nothing to do do not log at INFO;
+//! - logs written to a file carry no ANSI colour codes.
 
 use std::time::Duration;
 
@@ -288,4 +289,14 @@ async fn configuration_survives_kill_and_entity_errors_reach_the_collector_witho
     );
     node.stop();
     collector.stop();
+    // Written to a file (not a terminal), the logs carry no colour codes.
+    let node_log = node.log_text();
+    let collector_log = collector.log_tail(usize::MAX);
+    assert!(
+        node_log.contains(" INFO "),
+        "the node logged nothing at INFO"
+    );
+    for (name, log) in [("node", &node_log), ("collector", &collector_log)] {
+        assert!(!log.contains('\u{1b}'), "{name}'s log has ANSI escapes");
+    }
 }

@@ -152,6 +152,13 @@ pub struct SourceInfo {
 pub trait IngestObserver: Send + Sync + 'static {
     /// `records` were just stored durably, all of one commit group.
     fn committed(&self, records: &[Record]);
+    /// Instead of [`IngestObserver::committed`] when the store writes a
+    /// durable commit feed (the RocksDB store with `StoreConfig::feed`):
+    /// the same records with the commit's number, so that an observer can
+    /// queue them in memory and fall back to the feed when it lags.
+    fn committed_feed(&self, _commit: u64, records: Arc<Vec<Record>>) {
+        self.committed(&records)
+    }
     /// Every record of `subscription` was deleted (termination).
     fn subscription_purged(&self, _subscription: &str) {}
     /// A batch of `source` was refused as a conflict (a seq re-sent with

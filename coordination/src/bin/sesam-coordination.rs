@@ -76,14 +76,7 @@ fn line(v: serde_json::Value) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    sesam_common::cli::init_logging(sesam_common::cli::LogFormat::Text);
     match Cli::parse().cmd {
         Cmd::Status { url, timeout } => {
             let view = inspect(&url, timeout)

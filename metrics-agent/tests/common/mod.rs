@@ -31,13 +31,7 @@ subscription = "acme"
 role = "operator"
 "#;
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use testkit::free_port;
 
 /// A Debian package's binary, or `None` with a message saying the test
 /// is skipped.

@@ -76,7 +76,7 @@ impl Engine {
                 continue;
             }
             match &rule.kind {
-                Kind::PumpFailed => self.pump_failed(rule, r, e, &key, now),
+                Kind::PumpFailed { .. } => self.pump_failed(rule, r, e, &key, now),
                 Kind::Pattern { .. } => self.pattern_on_execution(rule, r, e, &key, now),
                 Kind::Value { .. } => self.value_on_completed(rule, r, e, &key, now),
                 Kind::StartedOverdue { .. } | Kind::FinishedOverdue { .. } => {

@@ -22,7 +22,9 @@
 //! # Retry policy
 //!
 //! One policy for every sink (the collector and OTLP), applied to each
-//! attempt's answer:
+//! attempt's answer; it is the pipeline's shared retry policy
+//! ([`sesam_common::http`]) applied to a sender that holds acknowledged
+//! data:
 //!
 //! | answer | what happens | counted as `reason` |
 //! |---|---|---|
@@ -34,7 +36,7 @@
 //! | 409 `{"reason": "source_conflict"}` | retried with backoff, logged at ERROR with the collector's message every round; never split, never dead-lettered | `source_conflict` |
 //! | other 409 | retried with backoff | `conflict` |
 //! | 401, 403 | retried with backoff (a token being rotated must not lose data) | `unauthorized` |
-//! | 400, 413 | the batch is split in halves down to single records; a single record still refused is dead-lettered (moved to the outbox `quarantine` family) and counted | `rejected_400`, `rejected_413` |
+//! | 400, 413, 422 | the batch is split in halves down to single records; a single record still refused is dead-lettered (moved to the outbox `quarantine` family) and counted | `rejected_400`, `rejected_413` |
 //! | any other status | retried with backoff | `client_error` |
 //!
 //! Backoff is exponential with full jitter (100 ms doubling to 30 s), for
@@ -57,7 +59,6 @@
 //! by the receiver, but its `dropped` count may be counted twice: the drop
 //! counter is at-least-once.
 
-mod backoff;
 pub mod collector;
 mod metrics;
 pub mod otlp;
@@ -74,10 +75,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use backoff::Backoff;
 pub use collector::CollectorEndpoint;
 pub use metrics::{DeliveryMetrics, ReasonLabel, SinkLabel};
 pub use otlp::OtlpEndpoint;
+pub use sesam_common::http::Backoff;
 
 use crate::outbox::{Outbox, OutboxError, Visit};
 use crate::redact::Redactor;
@@ -187,7 +188,7 @@ impl Default for DeliveryConfig {
             max_batch_bytes: NonZeroUsize::new(4 << 20).expect("non-zero"),
             linger: Duration::from_millis(200),
             in_flight: NonZeroUsize::new(4).expect("non-zero"),
-            backoff: Backoff::default(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             max_retry_after: MAX_RETRY_AFTER,
         }
     }

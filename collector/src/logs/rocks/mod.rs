@@ -47,6 +47,7 @@
 //! | `seqs` | subscription, `0`, source, `0`, seq u64 BE (epoch 0); subscription, `0`, source, `1`, epoch id u32 BE, seq u64 BE (others) | CRC-32 of the record (4 bytes BE; empty in stores written before epochs): "this seq is stored" (dedupe) |
 //! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, current epoch and its last seq, older epochs, counts |
 //! | `meta` | `format`, `next_stream` | `sesam-collector-v2` (a v1 store, from before epochs, opens as is and is marked v2); next stream id u64 BE |
+//! | `feed` | subscription, `0`, commit u64 BE | the entries keys each commit stored, for consumers off the commit path (see `feed.rs`; written only with [`StoreConfig::feed`]) |
 //! | `notifier` | see the notifier crate's `store.rs` | rules, receivers, silences, alerts, notification queue and history |
 //!
 //! Subscription and source names never contain a 0 byte (ingest validates
@@ -73,6 +74,7 @@
 //!   copy of the live WAL): a checkpoint directory is itself a store that
 //!   `--data-dir` can open.
 
+pub mod feed;
 pub mod keys;
 mod search;
 mod writer;
@@ -101,7 +103,6 @@ pub use crate::logs::model::{
 use crate::logs::query::{Query, SearchError, SearchParams, SearchResult};
 use crate::logs::retention::RetentionPolicy;
 use crate::logs::{IngestReceipt, LogStore, StoreFuture};
-use crate::private::{create_private_dir, restrict_dir};
 
 use crate::telemetry::Metrics;
 
@@ -131,6 +132,11 @@ pub struct StoreConfig {
     /// Sources per subscription; a batch of a new source beyond it is
     /// refused (429, retried by shippers) until sources go away.
     pub max_sources_per_subscription: usize,
+    /// Write the commit feed (see `feed.rs`) and hand observers each
+    /// commit's number ([`IngestObserver::committed_feed`]). The collector
+    /// turns it on with its notifier, which evaluates records off the
+    /// commit path and trims the feed.
+    pub feed: bool,
 }
 
 impl Default for StoreConfig {
@@ -141,6 +147,7 @@ impl Default for StoreConfig {
             queue_batches: 16,
             max_streams_per_subscription: 50_000,
             max_sources_per_subscription: 1_000,
+            feed: false,
         }
     }
 }
@@ -194,6 +201,15 @@ impl StreamIndex {
         t.write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.id, info);
+    }
+
+    /// The stream `id` of `subscription`.
+    pub(crate) fn get(&self, subscription: &str, id: u64) -> Option<Arc<StreamInfo>> {
+        self.tenant(subscription)?
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub(crate) fn remove(&self, subscription: &str, id: u64) {
@@ -315,6 +331,11 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
     small.set_compression_type(DBCompressionType::Lz4);
     small.set_write_buffer_size(2 << 20);
 
+    // The feed is written with every commit and trimmed soon after: most
+    // of it should die in the memtable.
+    let mut feed = small.clone();
+    feed.set_write_buffer_size(16 << 20);
+
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
@@ -330,6 +351,7 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
         ColumnFamilyDescriptor::new(CF_SEQS, seqs),
         ColumnFamilyDescriptor::new(CF_SOURCES, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small.clone()),
+        ColumnFamilyDescriptor::new(feed::CF_FEED, feed),
         // The notifier's state (rules, alerts, queue): small, kept here so
         // that checkpoints carry it.
         ColumnFamilyDescriptor::new(notifier::COLUMN_FAMILY, small),
@@ -374,11 +396,12 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dir(path).map_err(|e| open_err(format!("create directory: {e}")))
+            sesam_common::files::private_dir(path)
+                .map_err(|e| open_err(format!("create directory: {e}")))
         }
         Err(e) => Err(open_err(e.to_string())),
     }?;
-    restrict_dir(path);
+    sesam_common::files::tighten_or_warn(path);
     Ok(())
 }
 
@@ -435,6 +458,27 @@ impl Store {
             }
             None => 1,
         };
+
+        let next_commit = match db
+            .get_cf(meta, feed::META_NEXT_COMMIT)
+            .map_err(|e| StoreError::storage("read next commit", e))?
+        {
+            Some(v) => {
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::Open {
+                    path: path.clone(),
+                    reason: "malformed next_commit".into(),
+                })?)
+            }
+            None => 1,
+        };
+        if !config.feed {
+            // Nobody consumes a feed left by a run with the notifier on
+            // (records stored meanwhile are not evaluated either): drop it
+            // rather than keep it forever. Keys start with a subscription
+            // (UTF-8, never a 0xFF byte).
+            db.delete_range_cf(cf(&db, feed::CF_FEED)?, b"".as_slice(), [0xFFu8].as_slice())
+                .map_err(|e| StoreError::storage("drop the commit feed", e))?;
+        }
 
         let mut streams = HashMap::new();
         let mut it = db.raw_iterator_cf(cf(&db, CF_STREAMS)?);
@@ -519,6 +563,7 @@ impl Store {
             streams,
             sources,
             next_stream,
+            next_commit,
             &config,
             events_tx,
         )?;

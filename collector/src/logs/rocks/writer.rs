@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, oneshot};
 
+use super::feed::{feed_key, push_entry, stamp, CF_FEED, META_NEXT_COMMIT};
 use super::keys::{
     digest_value, entry_bound, entry_key, parse_digest, parse_entry_key, seq_key, source_key,
     stream_key, sub_prefix, sub_prefix_end, LEGACY_EPOCH,
@@ -95,6 +96,9 @@ pub(crate) struct Writer {
     source_counts: HashMap<String, usize>,
     events: std::sync::mpsc::SyncSender<Event>,
     last_event: HashMap<SourceId, Instant>,
+    /// Write the commit feed (`feed.rs`).
+    feed: bool,
+    next_commit: u64,
 }
 
 /// One ingest group in the making; applied to the writer's state only once
@@ -118,6 +122,11 @@ struct Group {
     records: usize,
     new_free_form: HashMap<String, usize>,
     new_sources: HashMap<String, usize>,
+    /// Per subscription: the entries keys of its new records, in order
+    /// (the commit feed; only when records are kept for observers).
+    feed: HashMap<String, Vec<u8>>,
+    /// The commit number, once the feed is written.
+    commit: Option<u64>,
 }
 
 /// How full the group in the making is, per subscription.
@@ -158,6 +167,7 @@ impl Writer {
         streams: HashMap<u64, StreamMeta>,
         sources: std::collections::BTreeMap<SourceId, SourceMeta>,
         next_stream: u64,
+        next_commit: u64,
         config: &StoreConfig,
         events: std::sync::mpsc::SyncSender<Event>,
     ) -> Result<Writer, StoreError> {
@@ -191,6 +201,8 @@ impl Writer {
             source_counts,
             events,
             last_event: HashMap::new(),
+            feed: config.feed,
+            next_commit,
         })
     }
 
@@ -598,6 +610,8 @@ impl Writer {
         let entries_cf = cf(&self.db, CF_ENTRIES).ok();
         let mut outcome = IngestOutcome::default();
         let seen = g.seen.entry(gkey).or_default();
+        let mut feed = (self.feed && batch.records.is_some())
+            .then(|| g.feed.entry(sid.0.clone()).or_default());
         let mut bytes = 0u64;
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if !*new {
@@ -611,9 +625,12 @@ impl Writer {
             if over {
                 outcome.overflowed += 1;
             }
+            let key = entry_key(id, e.ts, epoch_id, e.seq);
             if let Some(ecf) = entries_cf {
-                g.batch
-                    .put_cf(ecf, entry_key(id, e.ts, epoch_id, e.seq), &e.value);
+                g.batch.put_cf(ecf, key, &e.value);
+            }
+            if let Some(list) = feed.as_deref_mut() {
+                push_entry(list, key.as_ref());
             }
             g.batch.put_cf(
                 seqs_cf,
@@ -710,9 +727,22 @@ impl Writer {
                 m.ingest_duplicates.inc_by(g.duplicates);
                 m.store_records.inc_by(g.accepted as i64);
                 m.store_streams.set(self.streams.len() as i64);
+                if let Some(c) = g.commit {
+                    self.next_commit = c + 1;
+                }
                 if !g.new_records.is_empty() {
-                    for o in &self.shared.observers {
-                        o.committed(&g.new_records);
+                    match g.commit {
+                        Some(c) => {
+                            let records = Arc::new(std::mem::take(&mut g.new_records));
+                            for o in &self.shared.observers {
+                                o.committed_feed(c, records.clone());
+                            }
+                        }
+                        None => {
+                            for o in &self.shared.observers {
+                                o.committed(&g.new_records);
+                            }
+                        }
                     }
                 }
                 for (reply, outcome, started) in g.done {
@@ -749,6 +779,24 @@ impl Writer {
                 META_NEXT_STREAM,
                 g.next_stream.to_be_bytes(),
             );
+        }
+        // A batch of duplicates only leaves an empty list: no commit.
+        g.feed.retain(|_, list| !list.is_empty());
+        if !g.feed.is_empty() {
+            // The commit's feed lands with its records, or neither does.
+            let commit = self.next_commit;
+            let feed_cf = cf(&self.db, CF_FEED)?;
+            let at = schemas::time::now_nanos();
+            for (sub, mut list) in g.feed.drain() {
+                stamp(&mut list, at);
+                g.batch.put_cf(feed_cf, feed_key(&sub, commit), list);
+            }
+            g.batch.put_cf(
+                cf(&self.db, CF_META)?,
+                META_NEXT_COMMIT,
+                (commit + 1).to_be_bytes(),
+            );
+            g.commit = Some(commit);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -888,6 +936,7 @@ impl Writer {
         let (lo, hi) = (sub_prefix(subscription), sub_prefix_end(subscription));
         batch.delete_range_cf(cf(&self.db, CF_SEQS)?, &lo, &hi);
         batch.delete_range_cf(cf(&self.db, CF_SOURCES)?, &lo, &hi);
+        batch.delete_range_cf(cf(&self.db, CF_FEED)?, &lo, &hi);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db

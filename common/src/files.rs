@@ -33,6 +33,18 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Tightens an existing directory to 0700 (or file to 0600), logging a
+/// warning instead of failing when it cannot (a directory owned by someone
+/// else that the process may still use).
+pub fn tighten_or_warn(path: &Path) {
+    let want = if path.is_dir() { DIR_MODE } else { FILE_MODE };
+    if let Ok(m) = std::fs::metadata(path) {
+        if let Err(e) = tighten(path, m.permissions().mode(), want) {
+            tracing::warn!(path = %path.display(), error = %e, "readable by others and cannot be made private");
+        }
+    }
+}
+
 /// Tightens an existing file to 0600 (no-op when it is missing).
 pub fn private_file(path: &Path) -> std::io::Result<()> {
     match std::fs::metadata(path) {

@@ -1,0 +1,514 @@
+//! The commit feed: which records each group commit stored, per
+//! subscription, in commit order, written in the same `WriteBatch` as the
+//! records themselves. A consumer that evaluates stored records off the
+//! commit path (the notifier) reads it to catch up after a restart, a
+//! crash or an overflow of its in-memory queue, and trims what it has
+//! evaluated. It exists only while [`StoreConfig::feed`] is on.
+//!
+//! Why a feed and not the records' seqs: records of one source commit out
+//! of seq order (a shipper has several batches in flight) and seqs have
+//! gaps (records filtered at the node), so "everything up to seq N" is not
+//! something a consumer can know from seqs. The commit counter is
+//! assigned by the single writer thread, so "every record of commits up to
+//! C" is exact; a consumer persists the last position it evaluated
+//! (`(commit, index)`) and asks for what follows.
+//!
+//! # Layout
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `feed` | subscription, `0`, commit u64 BE | `[1u8 version][committed_at i64 BE]` then per new record of the subscription in that commit, in commit order: `[key length u8][its entries key]` |
+//! | `meta` | `next_commit` | the next commit number, u64 BE (commits start at 1) |
+//!
+//! A record's feed position is (commit, its index in the commit's list).
+//! Records the store no longer holds when the feed is read (retention
+//! deleted them: the consumer lagged by more than the retention) are
+//! reported as missing and skipped. Terminating a subscription deletes its
+//! feed with its records. A store opened without the feed (the notifier
+//! off) drops what an earlier run left of it: nobody would consume it.
+//!
+//! [`StoreConfig::feed`]: super::StoreConfig::feed
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use schemas::{Body, Record};
+
+use super::keys::{parse_entry_key, sub_prefix, sub_prefix_end};
+use super::{cf, Store, StoreError, CF_ENTRIES, ENTRY_V1};
+
+pub(crate) const CF_FEED: &str = "feed";
+pub(crate) const META_NEXT_COMMIT: &[u8] = b"next_commit";
+const FEED_V1: u8 = 1;
+const HEADER: usize = 9;
+
+/// A position in the feed: a record's commit and its index among the
+/// subscription's records of that commit. `(0, 0)` lies before every
+/// record (commits start at 1).
+pub type Position = (u64, u32);
+
+/// `feed` key of `subscription`'s records of `commit`.
+pub(crate) fn feed_key(subscription: &str, commit: u64) -> Vec<u8> {
+    let mut k = sub_prefix(subscription);
+    k.extend_from_slice(&commit.to_be_bytes());
+    k
+}
+
+/// Appends one `entries` key to a commit's list.
+pub(crate) fn push_entry(list: &mut Vec<u8>, key: &[u8]) {
+    if list.is_empty() {
+        list.resize(HEADER, 0);
+        list[0] = FEED_V1;
+    }
+    list.push(key.len() as u8);
+    list.extend_from_slice(key);
+}
+
+/// Stamps a list made by [`push_entry`] with its commit time.
+pub(crate) fn stamp(list: &mut [u8], committed_at: i64) {
+    if list.len() >= HEADER {
+        list[1..HEADER].copy_from_slice(&committed_at.to_be_bytes());
+    }
+}
+
+/// The commit time and the entry keys of a feed value; `None` if it is
+/// malformed.
+fn parse_value(v: &[u8]) -> Option<(i64, Vec<&[u8]>)> {
+    if v.len() < HEADER || v[0] != FEED_V1 {
+        return None;
+    }
+    let at = i64::from_be_bytes(v[1..HEADER].try_into().ok()?);
+    let mut keys = Vec::new();
+    let mut rest = &v[HEADER..];
+    while let Some((&len, tail)) = rest.split_first() {
+        let key = tail.get(..len as usize)?;
+        keys.push(key);
+        rest = &tail[len as usize..];
+    }
+    Some((at, keys))
+}
+
+fn commit_of(key: &[u8], prefix_len: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        key.get(prefix_len..prefix_len + 8)?.try_into().ok()?,
+    ))
+}
+
+/// The body of a stored line of `kind`.
+fn body_from_line(kind: &str, line: &[u8]) -> Option<Body> {
+    Some(match kind {
+        "log" => Body::Log(serde_json::from_slice(line).ok()?),
+        "execution" => Body::Execution(Box::new(serde_json::from_slice(line).ok()?)),
+        "health" => Body::Health(serde_json::from_slice(line).ok()?),
+        "config" => Body::Config(serde_json::from_slice(line).ok()?),
+        "system" => Body::System(serde_json::from_slice(line).ok()?),
+        _ => return None,
+    })
+}
+
+/// One record read back from the feed.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub position: Position,
+    /// When its commit was made (Unix ns).
+    pub committed_at: i64,
+    pub record: Record,
+}
+
+/// What [`Store::feed_read`] found.
+#[derive(Debug, Default)]
+pub struct FeedBatch {
+    pub records: Vec<FeedEntry>,
+    /// Records in the feed the store no longer holds (skipped).
+    pub missing: u64,
+    /// The position of the last record looked at (read or missing).
+    pub last: Option<Position>,
+    /// Nothing follows `last` (at the time of the read).
+    pub end: bool,
+}
+
+/// How much of a subscription's feed lies after a position.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FeedBacklog {
+    pub records: u64,
+    /// Commit time of the oldest of them.
+    pub oldest: Option<i64>,
+}
+
+impl Store {
+    /// The subscriptions that have records in the feed.
+    pub fn feed_subscriptions(&self) -> Result<Vec<String>, StoreError> {
+        let db = &self.inner.db;
+        let feed = cf(db, CF_FEED)?;
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut it = db.iterator_cf(feed, IteratorMode::From(&from, Direction::Forward));
+            let Some(item) = it.next() else { break };
+            let (k, _) = item.map_err(|e| StoreError::storage("read feed", e))?;
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                break;
+            };
+            let sub = String::from_utf8_lossy(&k[..end]).into_owned();
+            from = sub_prefix_end(&sub);
+            out.push(sub);
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with each commit of `subscription`'s feed from `from`
+    /// on: (commit, committed_at, entry keys); stops when `f` says so.
+    fn feed_walk(
+        &self,
+        subscription: &str,
+        from: u64,
+        mut f: impl FnMut(u64, i64, Vec<&[u8]>) -> bool,
+    ) -> Result<bool, StoreError> {
+        let db = &self.inner.db;
+        let feed = cf(db, CF_FEED)?;
+        let prefix_len = subscription.len() + 1;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(sub_prefix_end(subscription));
+        let mut it = db.raw_iterator_cf_opt(feed, opts);
+        it.seek(feed_key(subscription, from));
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let commit = commit_of(k, prefix_len);
+            let parsed = parse_value(v);
+            match (commit, parsed) {
+                (Some(c), Some((at, keys))) => {
+                    if !f(c, at, keys) {
+                        return Ok(false);
+                    }
+                }
+                _ => tracing::error!(
+                    subscription,
+                    "malformed feed entry skipped (its records are not replayed)"
+                ),
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StoreError::storage("read feed", e))?;
+        Ok(true)
+    }
+
+    /// At most `max` records of `subscription` after `after`, in commit
+    /// order, rebuilt from the stored entries.
+    pub fn feed_read(
+        &self,
+        subscription: &str,
+        after: Position,
+        max: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        let mut out = FeedBatch::default();
+        // (position, committed_at, entries key) of what to read.
+        let mut wanted: Vec<(Position, i64, Vec<u8>)> = Vec::new();
+        let max = max.max(1);
+        let end = self.feed_walk(subscription, after.0, |commit, at, keys| {
+            for (i, k) in keys.into_iter().enumerate() {
+                let pos = (commit, i as u32);
+                if pos <= after {
+                    continue;
+                }
+                if wanted.len() == max {
+                    return false;
+                }
+                wanted.push((pos, at, k.to_vec()));
+            }
+            true
+        })?;
+        out.end = end;
+        out.last = wanted.last().map(|w| w.0);
+        let db = &self.inner.db;
+        let entries = cf(db, CF_ENTRIES)?;
+        let values = db.batched_multi_get_cf(entries, wanted.iter().map(|w| &w.2), false);
+        for ((position, committed_at, key), value) in wanted.iter().zip(values) {
+            let value = value.map_err(|e| StoreError::storage("read feed entries", e))?;
+            let record = value.and_then(|v| {
+                let parts = parse_entry_key(key)?;
+                let stream = self.inner.shared.streams.get(subscription, parts.stream)?;
+                let line = match v.split_first() {
+                    Some((&ENTRY_V1, line)) => line,
+                    _ => return None,
+                };
+                let kind = stream.labels.get("kind")?;
+                Some(Record {
+                    seq: parts.seq,
+                    ts: parts.ts,
+                    source: stream.labels.get("source")?.clone(),
+                    subscription: subscription.to_string(),
+                    body: body_from_line(kind, line)?,
+                })
+            });
+            match record {
+                Some(record) => out.records.push(FeedEntry {
+                    position: *position,
+                    committed_at: *committed_at,
+                    record,
+                }),
+                None => out.missing += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many records of `subscription`'s feed lie after `after`.
+    pub fn feed_backlog(
+        &self,
+        subscription: &str,
+        after: Position,
+    ) -> Result<FeedBacklog, StoreError> {
+        let mut b = FeedBacklog::default();
+        self.feed_walk(subscription, after.0, |commit, at, keys| {
+            let n = keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (commit, *i as u32) > after)
+                .count() as u64;
+            if n > 0 {
+                b.records += n;
+                b.oldest.get_or_insert(at);
+            }
+            true
+        })?;
+        Ok(b)
+    }
+
+    /// Forgets `subscription`'s commits before `before` (evaluated).
+    pub fn feed_trim(&self, subscription: &str, before: u64) -> Result<(), StoreError> {
+        let db = &self.inner.db;
+        db.delete_range_cf(
+            cf(db, CF_FEED)?,
+            feed_key(subscription, 0),
+            feed_key(subscription, before),
+        )
+        .map_err(|e| StoreError::storage("trim feed", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use schemas::{EventType, ExecutionBody, Level, LogBody};
+
+    use super::super::{IngestObserver, StoreConfig};
+    use super::*;
+    use crate::logs::ingest::{prepare, DecodedBatch, IngestLimits};
+    use crate::telemetry::Metrics;
+
+    type Seen = Arc<Mutex<Vec<(u64, Vec<Record>)>>>;
+
+    /// Remembers what the writer handed over with each commit.
+    struct Tap(Seen);
+
+    impl IngestObserver for Tap {
+        fn committed(&self, _records: &[Record]) {
+            panic!("with a feed, records come with their commit");
+        }
+        fn committed_feed(&self, commit: u64, records: Arc<Vec<Record>>) {
+            self.0.lock().unwrap().push((commit, records.to_vec()));
+        }
+    }
+
+    fn open(path: &std::path::Path, seen: &Seen) -> Store {
+        let config = StoreConfig {
+            feed: true,
+            ..StoreConfig::default()
+        };
+        let tap: Arc<dyn IngestObserver> = Arc::new(Tap(seen.clone()));
+        Store::open(path, config, Metrics::default(), vec![tap]).expect("open")
+    }
+
+    /// A fixed time a minute ago (a re-sent record must be identical).
+    fn base() -> i64 {
+        static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *BASE.get_or_init(|| schemas::time::now_nanos() - 60_000_000_000)
+    }
+
+    fn rec(sub: &str, source: &str, seq: u64, body: Body) -> Record {
+        Record {
+            seq,
+            ts: base() + seq as i64,
+            source: source.into(),
+            subscription: sub.into(),
+            body,
+        }
+    }
+
+    fn log(m: &str) -> Body {
+        Body::Log(LogBody {
+            level: Level::Info,
+            target: "t".into(),
+            message: m.into(),
+            fields: Default::default(),
+        })
+    }
+
+    fn failed(pipe: &str) -> Body {
+        let mut e = ExecutionBody::new(pipe, EventType::PumpFailed);
+        e.reason_why_stopped = Some("boom".into());
+        Body::Execution(Box::new(e))
+    }
+
+    async fn ingest(store: &Store, records: Vec<Record>) {
+        let batch = DecodedBatch {
+            epoch: String::new(),
+            source: records[0].source.clone(),
+            subscription: records[0].subscription.clone(),
+            records,
+            dropped: 0,
+        };
+        let now = schemas::time::now_nanos();
+        let p = prepare(batch, &IngestLimits::default(), now, 0, true).expect("prepare");
+        store.ingest(p).await.expect("ingest");
+    }
+
+    #[tokio::test]
+    async fn the_feed_lists_each_commit_in_order_and_reads_back_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let store = open(dir.path(), &seen);
+        // Out of seq order, with gaps, two sources and two subscriptions.
+        ingest(
+            &store,
+            vec![
+                rec("a", "n1", 5, log("five")),
+                rec("a", "n1", 9, failed("p")),
+            ],
+        )
+        .await;
+        ingest(&store, vec![rec("a", "n1", 2, log("two"))]).await;
+        ingest(&store, vec![rec("b", "n2", 1, log("other tenant"))]).await;
+        ingest(&store, vec![rec("a", "n1", 5, log("five"))]).await; // a duplicate: not in the feed
+        ingest(&store, vec![rec("a", "n3", 1, failed("q"))]).await;
+
+        let handed = seen.lock().unwrap().clone();
+        let commits: Vec<u64> = handed.iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            commits,
+            vec![1, 2, 3, 4],
+            "one commit number per group with new records"
+        );
+        assert_eq!(store.feed_subscriptions().unwrap(), vec!["a", "b"]);
+
+        let all = store.feed_read("a", (0, 0), 100).unwrap();
+        assert!(all.end);
+        assert_eq!(all.missing, 0);
+        let got: Vec<(Position, u64, String)> = all
+            .records
+            .iter()
+            .map(|e| (e.position, e.record.seq, e.record.source.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ((1, 0), 5, "n1".into()),
+                ((1, 1), 9, "n1".into()),
+                ((2, 0), 2, "n1".into()),
+                ((4, 0), 1, "n3".into()),
+            ]
+        );
+        // What is read back equals what the writer handed over.
+        let handed_a: Vec<Record> = handed
+            .iter()
+            .flat_map(|(_, rs)| rs.iter().filter(|r| r.subscription == "a").cloned())
+            .collect();
+        let read_a: Vec<Record> = all.records.iter().map(|e| e.record.clone()).collect();
+        assert_eq!(read_a, handed_a);
+
+        // Reading on from a position, in pieces.
+        let part = store.feed_read("a", (1, 0), 2).unwrap();
+        assert!(!part.end);
+        assert_eq!(part.last, Some((2, 0)));
+        assert_eq!(part.records.len(), 2);
+        let rest = store.feed_read("a", (2, 0), 2).unwrap();
+        assert!(rest.end);
+        assert_eq!(rest.records.len(), 1);
+        assert_eq!(
+            store.feed_backlog("a", (1, 1)).unwrap().records,
+            2,
+            "commits 2 and 4 follow"
+        );
+
+        // Trimming forgets whole commits; the next commit number survives a
+        // reopen even when the feed is empty.
+        store.feed_trim("a", 5).unwrap();
+        store.feed_trim("b", 5).unwrap();
+        assert!(store.feed_subscriptions().unwrap().is_empty());
+        store.close();
+        drop(store);
+        let store = open(dir.path(), &seen);
+        ingest(&store, vec![rec("a", "n1", 10, log("after"))]).await;
+        assert_eq!(seen.lock().unwrap().last().unwrap().0, 5);
+        let after = store.feed_read("a", (4, 0), 10).unwrap();
+        assert_eq!(after.records.len(), 1);
+        assert_eq!(after.records[0].position, (5, 0));
+    }
+
+    #[tokio::test]
+    async fn records_gone_from_the_store_are_reported_missing_and_a_purge_empties_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let store = open(dir.path(), &seen);
+        ingest(
+            &store,
+            vec![rec("a", "n1", 1, log("x")), rec("a", "n1", 2, log("y"))],
+        )
+        .await;
+        // Retention deletes the records (the consumer lagged past it).
+        for s in store.streams() {
+            store.expire(s.id, i64::MAX, 100).await.unwrap();
+        }
+        let r = store.feed_read("a", (0, 0), 10).unwrap();
+        assert_eq!((r.records.len(), r.missing, r.last), (0, 2, Some((1, 1))));
+        ingest(&store, vec![rec("a", "n1", 3, log("z"))]).await;
+        store.purge("a").await.unwrap();
+        assert!(store.feed_subscriptions().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_without_the_feed_drops_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let store = open(dir.path(), &seen);
+        ingest(&store, vec![rec("a", "n1", 1, failed("p"))]).await;
+        assert_eq!(store.feed_subscriptions().unwrap(), vec!["a"]);
+        store.close();
+        drop(store);
+        let store = Store::open(
+            dir.path(),
+            StoreConfig::default(),
+            Metrics::default(),
+            vec![],
+        )
+        .expect("open without the feed");
+        assert!(store.feed_subscriptions().unwrap().is_empty());
+        ingest(&store, vec![rec("a", "n1", 2, failed("p"))]).await;
+        assert!(
+            store.feed_subscriptions().unwrap().is_empty(),
+            "nothing written"
+        );
+        store.close();
+        drop(store);
+        // On again: commit numbers go on from where they were.
+        let store = open(dir.path(), &seen);
+        ingest(&store, vec![rec("a", "n1", 3, failed("p"))]).await;
+        assert_eq!(seen.lock().unwrap().last().unwrap().0, 2);
+    }
+
+    #[test]
+    fn malformed_feed_values_are_refused() {
+        assert!(parse_value(&[]).is_none());
+        assert!(parse_value(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+        let mut list = Vec::new();
+        push_entry(&mut list, &[7; 24]);
+        push_entry(&mut list, &[8; 28]);
+        stamp(&mut list, 42);
+        let (at, keys) = parse_value(&list).unwrap();
+        assert_eq!((at, keys.len(), keys[1].len()), (42, 2, 28));
+        list.push(30); // a length running past the end
+        assert!(parse_value(&list).is_none());
+    }
+}
