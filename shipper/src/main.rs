@@ -69,8 +69,9 @@ struct Args {
     /// Records per batch (1-100000).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_max_records: u32,
-    /// Stored bytes read into one batch (1KiB-64MiB).
-    #[arg(long, default_value = "4MiB", value_parser = size(1 << 10, 64 << 20))]
+    /// Stored bytes read into one batch (1KiB-64MiB). The batch being
+    /// built, and its encoding buffer, are about this big.
+    #[arg(long, default_value = "512KiB", value_parser = size(1 << 10, 64 << 20))]
     batch_max_bytes: u64,
     /// How long a batch waits to fill before it is sent (0-60s).
     #[arg(long, default_value = "200ms", value_parser = duration(Duration::ZERO, Duration::from_secs(60)))]
@@ -85,6 +86,12 @@ struct Args {
     /// clamped to it (100ms-1h).
     #[arg(long, default_value = "300s", value_parser = duration(Duration::from_millis(100), Duration::from_secs(3600)))]
     max_retry_after: Duration,
+    /// Threads of the async runtime (1-16). 1 (the default) runs it on the
+    /// main thread: plenty for a forwarder, whose reading, redaction and
+    /// encoding run on threads of their own, and every thread is another
+    /// allocator arena holding memory.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    worker_threads: u8,
     /// Log format of the shipper's own logs.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -100,9 +107,31 @@ fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
     move |s| shipper::units::parse_size(s, min, max)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // A forwarder needs little parallelism: one thread drives the HTTP
+    // requests, each sink builds its batches one at a time on a blocking
+    // thread, the outbox and the file tailer have their own threads. Every
+    // extra thread is another malloc arena holding memory, so there is one
+    // blocking thread per sink.
+    let sinks = usize::from(!args.collector.is_empty()) + usize::from(args.otlp.is_some());
+    let mut builder = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.worker_threads.into());
+        b
+    };
+    let runtime = builder
+        .max_blocking_threads(sinks.max(1))
+        .thread_name("shipper")
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     cli::init_logging(args.log_format);
 
     let collector = match (args.collector.is_empty(), &args.token_file) {
@@ -167,15 +196,10 @@ async fn main() -> anyhow::Result<()> {
             max_retry_after: args.max_retry_after,
             ..DeliveryConfig::default()
         },
-        // A shipper's outbox is written at modest rates by its own sources
-        // and read soon after: small memtables and cache keep its memory
-        // low whatever the backlog.
         outbox: OutboxConfig {
             max_bytes: std::num::NonZeroU64::new(args.outbox_max_bytes)
                 .context("--outbox-max-bytes must be positive")?,
-            write_buffer_bytes: 4 << 20,
-            block_cache_bytes: 4 << 20,
-            ..OutboxConfig::default()
+            ..OutboxConfig::forwarder()
         },
         listen: args.listen,
         request_timeout: args.request_timeout,

@@ -22,7 +22,7 @@
 //! An unterminated line that already fills `max_line_bytes` is shipped in
 //! pieces too, up to a cut that splits no secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -33,7 +33,7 @@ use std::time::Duration;
 use schemas::{Body, Record, SystemBody};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Outbox, OutboxError, Receipt, Ticket};
 use crate::redact::Redactor;
 
 #[derive(Clone)]
@@ -74,7 +74,7 @@ impl Default for TailConfig {
             subscription: String::new(),
             poll: Duration::from_millis(250),
             max_line_bytes: 64 << 10,
-            max_read_bytes: 4 << 20,
+            max_read_bytes: 128 << 10,
             redactor: None,
         }
     }
@@ -92,6 +92,9 @@ struct Tailed {
     inode: u64,
     offset: u64,
     file: Option<File>,
+    /// The checkpoint last submitted for this path (what the next append
+    /// expects to find; see [`Outbox::append_after`]).
+    stored: Option<Vec<u8>>,
 }
 
 fn meta_key(path: &Path) -> Vec<u8> {
@@ -240,6 +243,8 @@ fn read_lines(
 ) -> std::io::Result<(Vec<Unit>, u64)> {
     file.seek(SeekFrom::Start(offset))?;
     buf.clear();
+    // Exactly one window: growing by doubling would make it twice that.
+    buf.reserve_exact(config.max_read_bytes);
     file.take(config.max_read_bytes as u64).read_to_end(buf)?;
     let max = config.max_line_bytes.max(1);
     let at = |i: usize| offset + i as u64;
@@ -311,28 +316,36 @@ fn records(lines: Vec<String>, path: &Path, config: &TailConfig) -> Vec<Record> 
         .collect()
 }
 
-/// Ships everything readable from `file` from `state.offset` (the file at
-/// key `path`), checkpointing `(inode, offset)` with each batch.
+/// Ships everything readable from `file` from `offset` (the file at key
+/// `path`), checkpointing `(inode, offset)` with each append. Up to
+/// [`APPENDS_IN_FLIGHT`] appends are submitted before the oldest is waited
+/// for, so reading and encoding overlap the outbox's syncs and several
+/// appends share one; each expects the checkpoint the previous one stores,
+/// so if one is not stored none after it is (no line skipped), and an error
+/// sends the tailer back to the last stored checkpoint.
+#[allow(clippy::too_many_arguments)]
 fn drain(
     outbox: &Outbox,
     path: &Path,
     file: &mut File,
     inode: u64,
     offset: &mut u64,
+    stored: &mut Option<Vec<u8>>,
     config: &TailConfig,
     buf: &mut Vec<u8>,
 ) -> Result<bool, OutboxError> {
     let mut any = false;
+    let mut in_flight: VecDeque<Ticket<Receipt>> = VecDeque::new();
     loop {
         let (units, next) = match read_lines(file, *offset, config, buf) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "tail: read failed");
-                return Ok(any);
+                break;
             }
         };
         if next == *offset {
-            return Ok(any);
+            break;
         }
         // One read can hold more than a small outbox (`max_bytes`) takes in
         // one append; such an append would be refused forever. Append in
@@ -342,38 +355,44 @@ fn drain(
         // a line.
         let budget = (outbox.config().max_bytes.get() / 4).clamp(1, 4 << 20);
         let key = meta_key(path);
-        let mut rest = units.as_slice();
-        while !rest.is_empty() {
-            let (mut n, mut bytes, mut count) = (0, 0u64, 0usize);
-            while n < rest.len() && count < APPEND_MAX_RECORDS {
+        let mut rest = units.into_iter().peekable();
+        while rest.peek().is_some() {
+            let (mut bytes, mut end) = (0u64, *offset);
+            let mut lines = Vec::new();
+            while let Some(u) = rest.peek() {
                 // An estimate of the encoded records: the text plus envelopes.
-                let size: u64 = rest[n].pieces.iter().map(|p| p.len() as u64 + 256).sum();
-                if n > 0 && bytes + size > budget {
+                let size: u64 = u.pieces.iter().map(|p| p.len() as u64 + 256).sum();
+                if !lines.is_empty()
+                    && (bytes + size > budget || lines.len() + u.pieces.len() > APPEND_MAX_RECORDS)
+                {
                     break;
                 }
                 bytes += size;
-                count += rest[n].pieces.len();
-                n += 1;
+                let u = rest.next().expect("peeked");
+                end = u.end;
+                lines.extend(u.pieces);
             }
-            let (chunk, tail) = rest.split_at(n);
-            let end = chunk[n - 1].end;
-            let recs = records(
-                chunk
-                    .iter()
-                    .flat_map(|u| u.pieces.iter().cloned())
-                    .collect(),
-                path,
-                config,
-            );
-            outbox
-                .append_with_meta(&recs, Some((&key, meta_value(inode, end))))
-                .wait()?;
+            let recs = records(lines, path, config);
+            let value = meta_value(inode, end);
+            in_flight.push_back(outbox.append_after(&recs, &key, stored.take(), value.clone()));
+            *stored = Some(value);
+            if in_flight.len() >= APPENDS_IN_FLIGHT {
+                if let Some(t) = in_flight.pop_front() {
+                    t.wait()?;
+                }
+            }
             *offset = end;
             any = true;
-            rest = tail;
         }
     }
+    for t in in_flight {
+        t.wait()?;
+    }
+    Ok(any)
 }
+
+/// Appends of one file submitted and not yet known durable.
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// Records per append of the tailer.
 const APPEND_MAX_RECORDS: usize = 10_000;
@@ -427,46 +446,57 @@ fn tail(
                 continue;
             };
             if !files.contains_key(&path) {
-                let (inode, offset) = outbox
-                    .get_meta(&meta_key(&path))?
+                let mut stored = outbox.get_meta(&meta_key(&path))?;
+                let (inode, offset) = stored
                     .as_deref()
                     .and_then(parse_meta)
                     .unwrap_or((meta.ino(), 0));
+                let mut t = Tailed {
+                    inode,
+                    offset,
+                    file: None,
+                    stored: None,
+                };
                 if inode != meta.ino() {
                     // Rotated while we were down: finish the old file first.
                     if let Some(old) = find_rotated(&path, inode) {
                         if let Ok(mut f) = File::open(&old) {
                             let mut off = offset;
-                            drain(outbox, &path, &mut f, inode, &mut off, config, &mut buf)?;
+                            drain(
+                                outbox,
+                                &path,
+                                &mut f,
+                                inode,
+                                &mut off,
+                                &mut stored,
+                                config,
+                                &mut buf,
+                            )?;
                         }
                     } else {
                         tracing::warn!(path = %path.display(), "tail: file rotated while stopped and the old one is gone; lines may be missing");
                     }
-                    files.insert(
-                        path.clone(),
-                        Tailed {
-                            inode: meta.ino(),
-                            offset: 0,
-                            file: None,
-                        },
-                    );
-                } else {
-                    files.insert(
-                        path.clone(),
-                        Tailed {
-                            inode,
-                            offset,
-                            file: None,
-                        },
-                    );
+                    t.inode = meta.ino();
+                    t.offset = 0;
                 }
+                t.stored = stored;
+                files.insert(path.clone(), t);
             }
             let t = files.get_mut(&path).expect("inserted above");
             if t.inode != meta.ino() {
                 // Renamed away: drain the old file through our handle.
                 if let Some(mut f) = t.file.take() {
                     let mut off = t.offset;
-                    busy |= drain(outbox, &path, &mut f, t.inode, &mut off, config, &mut buf)?;
+                    busy |= drain(
+                        outbox,
+                        &path,
+                        &mut f,
+                        t.inode,
+                        &mut off,
+                        &mut t.stored,
+                        config,
+                        &mut buf,
+                    )?;
                 }
                 t.inode = meta.ino();
                 t.offset = 0;
@@ -486,7 +516,16 @@ fn tail(
             if meta.len() > t.offset {
                 let (inode, mut offset) = (t.inode, t.offset);
                 if let Some(f) = t.file.as_mut() {
-                    busy |= drain(outbox, &path, f, inode, &mut offset, config, &mut buf)?;
+                    busy |= drain(
+                        outbox,
+                        &path,
+                        f,
+                        inode,
+                        &mut offset,
+                        &mut t.stored,
+                        config,
+                        &mut buf,
+                    )?;
                 }
                 t.offset = offset;
             }

@@ -30,6 +30,10 @@ pub struct Faults {
     pub conflict: u32,
     /// Answer the next N requests with 200 and a body that is not JSON.
     pub garbage: u32,
+    /// Store the next N batches, then answer 503 as if the answer was lost
+    /// on the way: the shipper must send them again, and the dedupe makes
+    /// that harmless.
+    pub fail_after_store: u32,
     /// Refuse (400) any batch holding a log/system message containing this.
     pub poison: Option<String>,
     /// Only count and discard records (benchmark blackhole).
@@ -186,6 +190,14 @@ async fn ingest(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     }
     got.accepted += accepted;
     got.duplicates += duplicates;
+    drop(got);
+    {
+        let mut f = rx.faults.lock().unwrap();
+        if f.fail_after_store > 0 {
+            f.fail_after_store -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "stored, answer lost").into_response();
+        }
+    }
     axum::Json(IngestResponse {
         accepted,
         duplicates,
@@ -196,7 +208,16 @@ async fn ingest(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 impl Receiver {
     /// Serves `POST /api/v1/ingest` on `127.0.0.1:0`; returns the base URL.
     pub async fn start(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        self.start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves `POST /api/v1/ingest` on `addr`; returns the base URL. Abort
+    /// the handle to take the receiver down.
+    pub async fn start_on(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/api/v1/ingest", post(ingest))

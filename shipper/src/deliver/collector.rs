@@ -20,7 +20,9 @@ use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
-use schemas::{IngestBatch, IngestResponse, Record};
+#[cfg(doc)]
+use schemas::IngestBatch;
+use schemas::{IngestResponse, Record};
 
 use sesam_common::http::{self, Outcome};
 
@@ -47,7 +49,20 @@ pub struct CollectorEndpoint {
     /// Index of the collector batches go to first.
     current: AtomicUsize,
     zstd_level: i32,
+    /// The compression context, reused from body to body. A std mutex:
+    /// held while one body is compressed, never across an await.
+    compressor: Compressor,
     failovers: Counter,
+}
+
+/// A reusable compression context (its state is not worth printing).
+#[derive(Default)]
+struct Compressor(std::sync::Mutex<Option<zstd::zstd_safe::CCtx<'static>>>);
+
+impl std::fmt::Debug for Compressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compressor")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +141,11 @@ impl CollectorEndpoint {
             urls,
             names,
             current: AtomicUsize::new(0),
-            zstd_level: 3,
+            // Level 1: its compressor is a fifth of level 3's in memory and
+            // faster, for bodies ~10% larger; log batches compress 5-10x
+            // either way.
+            zstd_level: 1,
+            compressor: Compressor::default(),
             failovers: Counter::default(),
         })
     }
@@ -151,15 +170,106 @@ pub fn encode_ingest_body(
     zstd_level: i32,
 ) -> Result<Vec<u8>, String> {
     let first = records.first().ok_or("empty batch")?;
-    let batch = IngestBatch {
-        epoch: epoch.to_string(),
-        source: first.source.clone(),
-        subscription: first.subscription.clone(),
-        records: records.to_vec(),
+    let mut buf = Vec::new();
+    begin_ingest_body(&mut buf);
+    for r in records {
+        encode_ingest_record(r, &mut buf)?;
+    }
+    let mut cctx = compressor(zstd_level)?;
+    finish_ingest_body(
+        &mut cctx,
+        &mut buf,
+        records.len(),
+        epoch,
+        &first.source,
+        &first.subscription,
         dropped,
-    };
-    let raw = schemas::to_msgpack(&batch).map_err(|e| e.to_string())?;
-    zstd::bulk::compress(&raw, zstd_level).map_err(|e| format!("zstd: {e}"))
+    )
+}
+
+/// One record as an element of an ingest batch's `records` (named-field
+/// MessagePack).
+pub fn encode_ingest_record(record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+    schemas::write_msgpack(out, record).map_err(|e| e.to_string())
+}
+
+/// Where the record count of an ingest body is (see [`begin_ingest_body`]).
+const COUNT_AT: usize = 10;
+
+/// Starts an uncompressed ingest body in `out` (cleared): the MessagePack
+/// map of an [`IngestBatch`] with `records` first, its array length a
+/// 32-bit placeholder (any width decodes the same), so records encoded by
+/// [`encode_ingest_record`] can be appended one at a time without knowing
+/// their count; [`finish_ingest_body`] fills it in and adds the other
+/// fields after the records (a map's keys may come in any order).
+pub fn begin_ingest_body(out: &mut Vec<u8>) {
+    out.clear();
+    // map of 5 entries, "records" (fixstr of 7), array32 placeholder.
+    out.push(0x85);
+    out.push(0xa7);
+    out.extend_from_slice(b"records");
+    out.push(0xdd);
+    out.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(out.len(), COUNT_AT + 4);
+}
+
+/// Finishes a body started by [`begin_ingest_body`] with `count` records
+/// appended, and compresses it in one pass (the whole body is in memory
+/// already, so the context needs no window buffers of its own). The
+/// compressed body is allocated at its size.
+pub fn finish_ingest_body(
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    body: &mut Vec<u8>,
+    count: usize,
+    epoch: &str,
+    source: &str,
+    subscription: &str,
+    dropped: u64,
+) -> Result<Vec<u8>, String> {
+    use rmp::encode::{write_str, write_uint};
+    if body.len() < COUNT_AT + 4
+        || body[..COUNT_AT] != [0x85, 0xa7, b'r', b'e', b'c', b'o', b'r', b'd', b's', 0xdd]
+    {
+        return Err("the ingest body was not started by begin_ingest_body".into());
+    }
+    let msgpack = |e: rmp::encode::ValueWriteError| e.to_string();
+    let count = u32::try_from(count).map_err(|_| "too many records for one batch")?;
+    body[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+    for (k, v) in [
+        ("source", source),
+        ("subscription", subscription),
+        ("epoch", epoch),
+    ] {
+        write_str(body, k).map_err(msgpack)?;
+        write_str(body, v).map_err(msgpack)?;
+    }
+    write_str(body, "dropped").map_err(msgpack)?;
+    write_uint(body, dropped).map_err(msgpack)?;
+    compress(cctx, body)
+}
+
+/// A zstd compression context for ingest bodies at `level`.
+fn compressor(level: i32) -> Result<zstd::zstd_safe::CCtx<'static>, String> {
+    use zstd::zstd_safe::{get_error_name, CCtx, CParameter};
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+    Ok(cctx)
+}
+
+/// Compresses `raw` in one pass into a buffer of the compressed size:
+/// first tried in a quarter of the input (log batches compress 5-10x),
+/// then in the worst-case bound.
+fn compress(cctx: &mut zstd::zstd_safe::CCtx<'static>, raw: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{compress_bound, get_error_name};
+    let mut out = Vec::with_capacity(raw.len() / 4 + 1024);
+    if cctx.compress2(&mut out, raw).is_err() {
+        out = Vec::with_capacity(compress_bound(raw.len()));
+        cctx.compress2(&mut out, raw)
+            .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+    }
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// Parses a `Retry-After` value (seconds, integer, decimal or scientific,
@@ -186,8 +296,40 @@ impl Endpoint for CollectorEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
-    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
-        encode_ingest_body(epoch, records, dropped, self.zstd_level)
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        begin_ingest_body(out);
+    }
+
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        encode_ingest_record(record, out)
+    }
+
+    fn finish_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        count: usize,
+        body: &mut Vec<u8>,
+        dropped: u64,
+    ) -> Result<Vec<u8>, String> {
+        // Another batch being compressed (a rebuild beside the producer)
+        // gets a context of its own rather than waiting.
+        let mut slot = match self.compressor.0.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut own;
+        let cctx = match slot.as_deref_mut() {
+            Some(Some(c)) => c,
+            Some(empty) => empty.insert(compressor(self.zstd_level)?),
+            None => {
+                own = compressor(self.zstd_level)?;
+                &mut own
+            }
+        };
+        finish_ingest_body(cctx, body, count, epoch, source, subscription, dropped)
     }
 
     async fn send(&self, body: Bytes) -> SendOutcome {
@@ -347,6 +489,74 @@ pub fn classify(status: StatusCode, after: Option<Duration>, body: &str) -> Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_not_begun_is_refused_not_sent() {
+        let mut cctx = compressor(1).unwrap();
+        let mut body = b"garbage".to_vec();
+        let e = finish_ingest_body(&mut cctx, &mut body, 0, "e", "s", "t", 0).unwrap_err();
+        assert!(e.contains("begin_ingest_body"), "{e}");
+    }
+
+    #[test]
+    fn an_incompressible_body_still_compresses() {
+        // Random bytes do not fit in a quarter of their size: the second
+        // attempt, in the worst-case bound, must succeed.
+        let mut body = Vec::new();
+        begin_ingest_body(&mut body);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: String = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect();
+        rmp::encode::write_str(&mut body, &noise).unwrap();
+        let mut cctx = compressor(1).unwrap();
+        let z = finish_ingest_body(&mut cctx, &mut body, 1, "e", "s", "t", 0).unwrap();
+        assert_eq!(z.len(), z.capacity());
+        assert_eq!(zstd::bulk::decompress(&z, 1 << 20).unwrap(), body);
+    }
+
+    #[test]
+    fn an_ingest_body_decodes_as_an_ingest_batch() {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                seq: i + 1,
+                ts: 7,
+                source: "host:a".into(),
+                subscription: "sub".into(),
+                body: schemas::Body::System(schemas::SystemBody {
+                    facility: None,
+                    priority: Some(6),
+                    message: format!("line {i}"),
+                    file: Some("/var/log/x".into()),
+                }),
+            })
+            .collect();
+        let body = encode_ingest_body("0123abcd", &records, 5, 3).unwrap();
+        // Decodes as the IngestBatch rmp_serde would have written (fields
+        // in another order, the count in a wider integer).
+        let owned = schemas::IngestBatch {
+            source: "host:a".into(),
+            subscription: "sub".into(),
+            epoch: "0123abcd".into(),
+            records: records.clone(),
+            dropped: 5,
+        };
+        let raw = zstd::bulk::decompress(&body, 1 << 20).unwrap();
+        let batch: schemas::IngestBatch = schemas::from_msgpack(&raw).unwrap();
+        assert_eq!(batch, owned);
+        assert_eq!(batch.epoch, "0123abcd");
+        assert_eq!(
+            (batch.source.as_str(), batch.subscription.as_str()),
+            ("host:a", "sub")
+        );
+        assert_eq!(batch.records, records);
+        assert_eq!(batch.dropped, 5);
+    }
 
     #[test]
     fn retry_after_is_the_shared_policys_clamped_to_the_shippers_maximum() {

@@ -4,7 +4,9 @@
 //! Pipeline per sink:
 //! 1. a *producer* reads the outbox after its read position (waiting for new
 //!    records on the outbox's watch channel, lingering up to `linger` to fill
-//!    a batch), filters, redacts and encodes a batch on a blocking thread;
+//!    a batch), and on a blocking thread decodes, filters, redacts and
+//!    encodes its records one at a time straight from the stored values into
+//!    the request body (a batch never exists as decoded records);
 //! 2. a *dispatcher* keeps up to `in_flight` batches in delivery; a batch in
 //!    flight is its seq range and its encoded body, never the decoded
 //!    records: a batch task retries until its whole seq range is delivered,
@@ -78,7 +80,7 @@ pub use metrics::{DeliveryMetrics, ReasonLabel, SinkLabel};
 pub use otlp::OtlpEndpoint;
 pub use sesam_common::http::Backoff;
 
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Outbox, OutboxError, Visit};
 use crate::redact::Redactor;
 
 /// Decides whether a record may leave the host at all (e.g. execution events
@@ -117,9 +119,44 @@ pub trait Endpoint: Send + Sync + 'static {
         let _ = (a, b);
         true
     }
-    /// Encodes already-redacted records of the outbox of epoch `epoch` into
-    /// a request body.
-    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String>;
+    /// Starts a request body in `out` (clearing it): whatever precedes
+    /// the records.
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        out.clear();
+    }
+    /// Appends the encoding of one (already redacted) record to a body
+    /// started by [`Endpoint::begin_body`].
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String>;
+    /// The request body made of `body` (begun by [`Endpoint::begin_body`],
+    /// then `count` records of `source` and `subscription` from the outbox
+    /// of epoch `epoch` appended by [`Endpoint::encode_record`]). May
+    /// append to `body` and use it as scratch space.
+    fn finish_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        count: usize,
+        body: &mut Vec<u8>,
+        dropped: u64,
+    ) -> Result<Vec<u8>, String>;
+    /// Encodes already-redacted records (all compatible) into a request body.
+    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
+        let first = records.first().ok_or("empty batch")?;
+        let mut buf = Vec::new();
+        self.begin_body(&mut buf);
+        for r in records {
+            self.encode_record(r, &mut buf)?;
+        }
+        self.finish_body(
+            epoch,
+            &first.source,
+            &first.subscription,
+            records.len(),
+            &mut buf,
+            dropped,
+        )
+    }
     /// Sends one body. Every failure should be an outcome; a panic is
     /// survived (the batch is re-dispatched) but is a bug.
     fn send(&self, body: Bytes) -> impl Future<Output = SendOutcome> + Send;
@@ -228,6 +265,9 @@ struct Ctx<E: Endpoint> {
     metrics: DeliveryMetrics,
     label: SinkLabel,
     shutdown: CancellationToken,
+    /// The producer's buffer of encoded records. A std mutex, held while
+    /// one batch is built on a blocking thread, never across an await.
+    scratch: std::sync::Mutex<Vec<u8>>,
 }
 
 impl<E: Endpoint> Ctx<E> {
@@ -265,6 +305,7 @@ impl<E: Endpoint> Sink<E> {
             config: self.config,
             metrics: self.metrics,
             shutdown: shutdown.clone(),
+            scratch: std::sync::Mutex::new(Vec::new()),
         });
         // One batch ready ahead of the in-flight ones is enough to keep the
         // pipe full; more would only hold memory.
@@ -515,31 +556,105 @@ async fn produce<E: Endpoint>(
     }
 }
 
-/// Filters, redacts and encodes `records` (all compatible, in seq order).
-fn build<E: Endpoint>(ctx: &Ctx<E>, records: Vec<Record>, dropped: u64) -> (Option<Built>, u64) {
-    let mut kept = Vec::with_capacity(records.len());
-    let mut filtered = 0u64;
-    for mut r in records {
-        if ctx.filter.as_ref().is_some_and(|f| !f(&r)) {
-            filtered += 1;
-            continue;
-        }
-        ctx.redactor.redact(&mut r);
-        kept.push(r);
-    }
-    if kept.is_empty() {
-        return (None, filtered);
-    }
-    let body = ctx
-        .endpoint
-        .encode(ctx.outbox.epoch(), &kept, dropped)
-        .map(Bytes::from);
-    let built = Built {
-        body,
-        seqs: kept.iter().map(|r| r.seq).collect(),
-        oldest_ts: kept.iter().map(|r| r.ts).min(),
+/// The most of the encoding buffer a sink keeps between batches.
+const SCRATCH_KEEP: usize = 2 << 20;
+
+/// What one scan of the outbox made of its records.
+struct Collected {
+    /// The highest seq the scan covered.
+    last_seq: u64,
+    built: Option<Built>,
+    filtered: u64,
+}
+
+/// Scans the records after `after` (up to `to`, if given), one at a time:
+/// decodes, filters, redacts and encodes each straight into the request's
+/// record bytes, so a batch never exists as decoded records (only as the
+/// stored values being read and the encoded bytes). Cuts before the first
+/// record that cannot travel with the first one. `dropped` is the drop count
+/// the body reports, or `None` to take the outbox's unreported drops since
+/// `dropped_sent` (a new batch). Blocking: runs on a blocking thread.
+fn collect<E: Endpoint>(
+    ctx: &Ctx<E>,
+    after: u64,
+    to: Option<u64>,
+    max_records: usize,
+    dropped: u64,
+) -> Result<Collected, OutboxError> {
+    let mut first: Option<Record> = None;
+    let mut seqs = Vec::new();
+    // The encoded records, in the sink's reusable buffer when it is free
+    // (a batch's bytes every time, allocated once rather than grown and
+    // freed per batch).
+    let mut scratch = ctx.scratch.try_lock().ok();
+    let mut own = Vec::new();
+    let buf: &mut Vec<u8> = match scratch.as_deref_mut() {
+        Some(b) => b,
+        None => &mut own,
     };
-    (Some(built), filtered)
+    ctx.endpoint.begin_body(buf);
+    // Room for a batch of `max_batch_bytes` at once (up to what the buffer
+    // keeps), rather than growing to twice that by doubling.
+    let room = ctx.config.max_batch_bytes.get().min(SCRATCH_KEEP) + (16 << 10);
+    buf.reserve_exact(room.saturating_sub(buf.len()));
+    let mut filtered = 0u64;
+    let mut oldest_ts: Option<i64> = None;
+    let scanned = ctx.outbox.scan(
+        after,
+        max_records,
+        ctx.config.max_batch_bytes.get(),
+        |seq, payload| {
+            if to.is_some_and(|to| seq > to) {
+                return Ok(Visit::Stop);
+            }
+            let mut r: Record =
+                schemas::from_msgpack(payload).map_err(|e| format!("undecodable record: {e}"))?;
+            r.seq = seq;
+            match &first {
+                Some(f) if !ctx.endpoint.compatible(f, &r) => return Ok(Visit::Stop),
+                Some(_) => {}
+                None => first = Some(r.clone()),
+            }
+            if ctx.filter.as_ref().is_some_and(|f| !f(&r)) {
+                filtered += 1;
+                return Ok(Visit::Take);
+            }
+            ctx.redactor.redact(&mut r);
+            ctx.endpoint
+                .encode_record(&r, buf)
+                .map_err(|e| format!("cannot encode the record: {e}"))?;
+            seqs.push(seq);
+            oldest_ts = Some(oldest_ts.map_or(r.ts, |t| t.min(r.ts)));
+            Ok(Visit::Take)
+        },
+    )?;
+    let built = match (&first, seqs.is_empty()) {
+        (Some(f), false) => Some(Built {
+            body: ctx
+                .endpoint
+                .finish_body(
+                    ctx.outbox.epoch(),
+                    &f.source,
+                    &f.subscription,
+                    seqs.len(),
+                    buf,
+                    dropped,
+                )
+                .map(Bytes::from),
+            seqs,
+            oldest_ts,
+        }),
+        _ => None,
+    };
+    if buf.capacity() > SCRATCH_KEEP {
+        buf.clear();
+        buf.shrink_to(SCRATCH_KEEP);
+    }
+    Ok(Collected {
+        last_seq: scanned.last_seq,
+        built,
+        filtered,
+    })
 }
 
 /// Builds the next batch after `after`. Blocking: runs on a blocking thread.
@@ -548,39 +663,27 @@ fn build_batch<E: Endpoint>(
     after: u64,
     dropped_sent: u64,
 ) -> Result<Option<(Batch, u64)>, DeliveryError> {
-    let read = ctx.outbox.read(
-        after,
-        ctx.config.max_batch_records.get(),
-        ctx.config.max_batch_bytes.get(),
-    )?;
-    if read.last_seq == after {
-        return Ok(None);
-    }
-    let mut last_seq = read.last_seq;
-    let mut records = read.records;
-    // One source and subscription per request: cut at the first record that
-    // cannot travel with the first; the rest goes in the next batch.
-    if let Some(first) = records.first() {
-        if let Some(cut) = records
-            .iter()
-            .position(|r| !ctx.endpoint.compatible(first, r))
-        {
-            last_seq = records[cut].seq - 1;
-            records.truncate(cut);
-        }
-    }
     let total_dropped = ctx.outbox.stats().dropped_total();
     let dropped = total_dropped.saturating_sub(dropped_sent);
-    let (built, filtered) = build(ctx, records, dropped);
+    let c = collect(
+        ctx,
+        after,
+        None,
+        ctx.config.max_batch_records.get(),
+        dropped,
+    )?;
+    if c.last_seq == after {
+        return Ok(None);
+    }
     Ok(Some((
         Batch {
             first_seq: after + 1,
-            last_seq,
-            built,
+            last_seq: c.last_seq,
+            built: c.built,
             dropped,
             dropped_upto: total_dropped,
         },
-        filtered,
+        c.filtered,
     )))
 }
 
@@ -593,9 +696,7 @@ fn build_range<E: Endpoint>(
     dropped: u64,
 ) -> Result<Option<Built>, OutboxError> {
     let span = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(usize::MAX);
-    let mut records = ctx.outbox.read(from - 1, span, usize::MAX)?.records;
-    records.retain(|r| r.seq <= to);
-    Ok(build(ctx, records, dropped).0)
+    Ok(collect(ctx, from - 1, Some(to), span, dropped)?.built)
 }
 
 /// Part of a batch still to deliver.

@@ -191,31 +191,99 @@ pub fn export_request(
     let observed = schemas::time::now_nanos().max(0) as u64;
     let (source, subscription) = records
         .first()
-        .map(|r| (r.source.clone(), r.subscription.clone()))
+        .map(|r| (r.source.as_str(), r.subscription.as_str()))
         .unwrap_or_default();
+    let mut resource = resource_logs(epoch, source, subscription, service_name);
+    resource.scope_logs[0].log_records = records.iter().map(|r| log_record(r, observed)).collect();
     ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", s(service_name)),
-                    kv("host.name", s(source)),
-                    kv("sesam.subscription", s(subscription)),
-                    kv("sesam.outbox.epoch", s(epoch)),
-                ],
+        resource_logs: vec![resource],
+    }
+}
+
+/// The `ResourceLogs` of a request, with one `ScopeLogs` and no records.
+fn resource_logs(
+    epoch: &str,
+    source: &str,
+    subscription: &str,
+    service_name: &str,
+) -> ResourceLogs {
+    ResourceLogs {
+        resource: Some(Resource {
+            attributes: vec![
+                kv("service.name", s(service_name)),
+                kv("host.name", s(source)),
+                kv("sesam.subscription", s(subscription)),
+                kv("sesam.outbox.epoch", s(epoch)),
+            ],
+            ..Default::default()
+        }),
+        scope_logs: vec![ScopeLogs {
+            scope: Some(InstrumentationScope {
+                name: "sesam-shipper".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
                 ..Default::default()
             }),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "sesam-shipper".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                log_records: records.iter().map(|r| log_record(r, observed)).collect(),
-                ..Default::default()
-            }],
             ..Default::default()
         }],
+        ..Default::default()
     }
+}
+
+/// Field numbers of the messages assembled by hand from encoded parts.
+const REQUEST_RESOURCE_LOGS: u32 = 1;
+const RESOURCE_LOGS_SCOPE_LOGS: u32 = 2;
+const SCOPE_LOGS_LOG_RECORDS: u32 = 2;
+
+/// Appends the key and length of a length-delimited field `tag` of `len`
+/// bytes (the bytes follow).
+fn put_field_head(tag: u32, len: usize, out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(len as u64, out);
+}
+
+/// Bytes of a field's key and length (tag < 16) before `len` bytes.
+fn field_head_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64)
+}
+
+/// One record as an element of `ScopeLogs.log_records` (key included), so
+/// that records encoded one at a time concatenate into the message.
+pub fn encode_log_record(r: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+    let observed = schemas::time::now_nanos().max(0) as u64;
+    let lr = log_record(r, observed);
+    prost::encoding::encode_key(
+        SCOPE_LOGS_LOG_RECORDS,
+        prost::encoding::WireType::LengthDelimited,
+        out,
+    );
+    lr.encode_length_delimited(out).map_err(|e| e.to_string())
+}
+
+/// The export request around records encoded by [`encode_log_record`]:
+/// the same message [`export_request`] builds, assembled from its parts
+/// (protobuf lets repeated fields and fields in any order concatenate).
+pub fn export_body(
+    epoch: &str,
+    source: &str,
+    subscription: &str,
+    records: &[u8],
+    service_name: &str,
+) -> Vec<u8> {
+    let mut resource = resource_logs(epoch, source, subscription, service_name);
+    let scope = resource.scope_logs.remove(0).encode_to_vec();
+    let resource = resource.encode_to_vec();
+    // Written once into a buffer of the exact size: the records are
+    // copied once, not once per level of nesting.
+    let scope_len = scope.len() + records.len();
+    let rl_len = resource.len() + field_head_len(scope_len) + scope_len;
+    let mut out = Vec::with_capacity(field_head_len(rl_len) + rl_len);
+    put_field_head(REQUEST_RESOURCE_LOGS, rl_len, &mut out);
+    out.extend_from_slice(&resource);
+    put_field_head(RESOURCE_LOGS_SCOPE_LOGS, scope_len, &mut out);
+    out.extend_from_slice(&scope);
+    out.extend_from_slice(records);
+    debug_assert_eq!(out.len(), out.capacity());
+    out
 }
 
 impl Endpoint for OtlpEndpoint {
@@ -223,8 +291,26 @@ impl Endpoint for OtlpEndpoint {
         a.source == b.source && a.subscription == b.subscription
     }
 
-    fn encode(&self, epoch: &str, records: &[Record], _dropped: u64) -> Result<Vec<u8>, String> {
-        Ok(export_request(epoch, records, &self.service_name).encode_to_vec())
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        encode_log_record(record, out)
+    }
+
+    fn finish_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        _count: usize,
+        records: &mut Vec<u8>,
+        _dropped: u64,
+    ) -> Result<Vec<u8>, String> {
+        Ok(export_body(
+            epoch,
+            source,
+            subscription,
+            records,
+            &self.service_name,
+        ))
     }
 
     async fn send(&self, body: Bytes) -> SendOutcome {
@@ -281,6 +367,23 @@ mod tests {
             },
         ];
         let bytes = export_request("0123abcd", &records, "sesam-node").encode_to_vec();
+        // Assembled from records encoded one at a time: the same message.
+        let mut parts = Vec::new();
+        for r in &records {
+            encode_log_record(r, &mut parts).unwrap();
+        }
+        let assembled = ExportLogsServiceRequest::decode(
+            export_body("0123abcd", "acme", "sub", &parts, "sesam-node").as_slice(),
+        )
+        .unwrap();
+        let mut whole = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
+        let mut assembled = assembled;
+        for req in [&mut whole, &mut assembled] {
+            for lr in &mut req.resource_logs[0].scope_logs[0].log_records {
+                lr.observed_time_unix_nano = 0;
+            }
+        }
+        assert_eq!(assembled, whole);
         let back = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
         let rl = &back.resource_logs[0];
         let attrs: Vec<(String, String)> = rl

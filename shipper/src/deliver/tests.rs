@@ -489,8 +489,23 @@ impl Endpoint for Panicky {
     fn compatible(&self, a: &Record, b: &Record) -> bool {
         self.inner.compatible(a, b)
     }
-    fn encode(&self, epoch: &str, records: &[Record], dropped: u64) -> Result<Vec<u8>, String> {
-        self.inner.encode(epoch, records, dropped)
+    fn encode_record(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        self.inner.encode_record(record, out)
+    }
+    fn begin_body(&self, out: &mut Vec<u8>) {
+        self.inner.begin_body(out)
+    }
+    fn finish_body(
+        &self,
+        epoch: &str,
+        source: &str,
+        subscription: &str,
+        count: usize,
+        records: &mut Vec<u8>,
+        dropped: u64,
+    ) -> Result<Vec<u8>, String> {
+        self.inner
+            .finish_body(epoch, source, subscription, count, records, dropped)
     }
     async fn send(&self, body: bytes::Bytes) -> SendOutcome {
         use std::sync::atomic::Ordering;

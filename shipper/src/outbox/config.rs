@@ -66,10 +66,44 @@ pub struct OutboxConfig {
     #[serde(with = "humantime_secs")]
     pub block_timeout: Duration,
     pub sync: SyncMode,
-    /// Bytes of RocksDB block cache (shared by all column families).
+    /// Bytes of RocksDB block cache (shared by all column families; index
+    /// blocks live in it too, so table readers stay bounded by it).
     pub block_cache_bytes: usize,
     /// Bytes of one memtable.
     pub write_buffer_bytes: usize,
+    /// Memtables of the records family, the one being written included
+    /// (at least 2: one is written while another is flushed).
+    pub max_write_buffers: i32,
+    /// Buffers of RocksDB's file I/O: compaction readahead and the write
+    /// buffer of each file it writes.
+    pub io_buffer_bytes: usize,
+    /// Table files kept open (-1: all, opened at start). A queue is read
+    /// front to back, so a few open files serve it whatever the backlog,
+    /// and the memory of open tables stays bounded.
+    pub max_open_files: i32,
+}
+
+impl OutboxConfig {
+    /// Settings for an outbox that forwards (`sesam-shipper`): written at
+    /// the rate of its sources and read soon after, so small memtables,
+    /// cache and I/O buffers keep the process small whatever the backlog.
+    pub fn forwarder() -> OutboxConfig {
+        OutboxConfig {
+            block_cache_bytes: 256 << 10,
+            write_buffer_bytes: 512 << 10,
+            max_write_buffers: 2,
+            io_buffer_bytes: 64 << 10,
+            max_open_files: 64,
+            ..OutboxConfig::default()
+        }
+    }
+
+    /// The most bytes of records one group commit takes in: half a
+    /// memtable, between 256 KiB and 8 MiB (a group's write batch is
+    /// another copy of its records).
+    pub fn group_max_bytes(&self) -> u64 {
+        (self.write_buffer_bytes as u64 / 2).clamp(256 << 10, 8 << 20)
+    }
 }
 
 impl Default for OutboxConfig {
@@ -83,6 +117,9 @@ impl Default for OutboxConfig {
             sync: SyncMode::Always,
             block_cache_bytes: 8 << 20,
             write_buffer_bytes: 16 << 20,
+            max_write_buffers: 3,
+            io_buffer_bytes: 1 << 20,
+            max_open_files: -1,
         }
     }
 }

@@ -49,8 +49,18 @@
 //!   durability; recovery mode is RocksDB's default point-in-time recovery.
 //! - LZ4 compression: records are read back soon and usually once, so a
 //!   cheap codec that still shrinks JSON-ish log lines 3-5x beats zstd here.
-//! - Small memtables (16 MiB default) and an 8 MiB shared block cache keep
-//!   a shipper's memory bounded whatever the backlog.
+//! - Small memtables (16 MiB default, at most `max_write_buffers` of them)
+//!   and an 8 MiB shared block cache that also holds the index blocks keep
+//!   memory bounded whatever the backlog; [`OutboxConfig::forwarder`]
+//!   (`sesam-shipper`) shrinks them further (512 KiB memtables, at most 2;
+//!   256 KiB cache; 64 KiB I/O buffers; 64 open table files). A group
+//!   commit takes at most half a memtable (256 KiB to 8 MiB of records).
+//! - A group of acknowledgements (and quarantines) alone is written without
+//!   a sync: losing it to a machine crash only delivers its records again,
+//!   which the receiver's dedupe absorbs, and the next group that stores
+//!   records syncs it too (the WAL is one sequence). This takes one fsync
+//!   per delivered batch off the writer, which the appends would wait for.
+//! - No periodic statistics dumps (a timer thread of their own).
 //! - `max_total_wal_size` 64 MiB forces old memtables to flush so WAL files
 //!   of deleted records do not pile up.
 //! - Keys are appended in increasing order, so flushed files do not overlap
@@ -81,7 +91,10 @@ pub use config::{OutboxConfig, SyncMode, WhenFull};
 pub use format::ValueFault;
 pub use metrics::OutboxMetrics;
 
-use format::{decode_record_value, encode_record_value, key_seq, seq_key, value_pair, value_u64};
+use format::{
+    decode_record_value, encode_record_value, encode_record_value_with, key_seq, seq_key,
+    value_pair, value_u64,
+};
 use writer::{AppendOp, Op, State, Writer};
 
 const CF_RECORDS: &str = "records";
@@ -149,6 +162,8 @@ pub enum OutboxError {
     },
     #[error("outbox is closed")]
     Closed,
+    #[error("metadata {key:?} does not hold what the append expects: an earlier append of the same stream was not stored")]
+    MetaConflict { key: String },
 }
 
 /// Where the records of one append landed.
@@ -203,6 +218,29 @@ pub struct ReadBatch {
     /// once the records are delivered.
     pub last_seq: u64,
     /// Records quarantined by this read.
+    pub quarantined: usize,
+}
+
+/// What a visitor of [`Outbox::scan`] does with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Taken: counts toward the limits, and the scan goes on.
+    Take,
+    /// The scan ends before this record (it is not covered).
+    Stop,
+}
+
+/// What an [`Outbox::scan`] covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Records the visitor took.
+    pub taken: usize,
+    /// Bytes of the stored values visited.
+    pub bytes: usize,
+    /// The highest seq covered, with the same meaning as
+    /// [`ReadBatch::last_seq`].
+    pub last_seq: u64,
+    /// Records quarantined by this scan.
     pub quarantined: usize,
 }
 
@@ -310,16 +348,22 @@ impl Outbox {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_block_size(16 << 10);
+        // Index blocks in the cache (and the L0 ones pinned there), so the
+        // memory of open tables is bounded by the cache, not by the backlog.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
 
         let mut records = Options::default();
         records.set_block_based_table_factory(&table);
         records.set_compression_type(DBCompressionType::Lz4);
         records.set_write_buffer_size(config.write_buffer_bytes);
-        records.set_max_write_buffer_number(3);
+        records.set_max_write_buffer_number(config.max_write_buffers.max(2));
         let mut small = Options::default();
         small.set_block_based_table_factory(&table);
         small.set_compression_type(DBCompressionType::Lz4);
-        small.set_write_buffer_size(1 << 20);
+        // Metadata and quarantine take small writes (cursors, offsets):
+        // a quarter of a records memtable, 64 KiB to 1 MiB.
+        small.set_write_buffer_size((config.write_buffer_bytes / 4).clamp(64 << 10, 1 << 20));
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -329,6 +373,13 @@ impl Outbox {
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_log_file_size(4 << 20);
         db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_compaction_readahead_size(config.io_buffer_bytes);
+        db_opts.set_max_open_files(config.max_open_files);
+        db_opts.set_writable_file_max_buffer_size(config.io_buffer_bytes as u64);
+        // No periodic statistics: their timer is a thread of its own (and
+        // an allocator arena), for LOG lines nobody reads.
+        db_opts.set_stats_dump_period_sec(0);
+        db_opts.set_stats_persist_period_sec(0);
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RECORDS, records),
@@ -443,31 +494,54 @@ impl Outbox {
         records: &[Record],
         meta: Option<(&[u8], Vec<u8>)>,
     ) -> Ticket<Receipt> {
+        self.append_checked(records, meta, None)
+    }
+
+    /// Like [`Outbox::append_with_meta`] with `key` = `value`, taken only if
+    /// `key` holds `expect` (`None`: absent) when the writer comes to it.
+    /// A stream of appends that each expect the value the previous one
+    /// stores can be submitted without waiting for each to be durable (they
+    /// share group commits), and still never leaves a gap: if one is not
+    /// stored, every later one fails with [`OutboxError::MetaConflict`].
+    pub fn append_after(
+        &self,
+        records: &[Record],
+        key: &[u8],
+        expect: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Ticket<Receipt> {
+        self.append_checked(records, Some((key, value)), Some(expect))
+    }
+
+    fn append_checked(
+        &self,
+        records: &[Record],
+        meta: Option<(&[u8], Vec<u8>)>,
+        expect: Option<Option<Vec<u8>>>,
+    ) -> Ticket<Receipt> {
         let started = Instant::now();
         let limit = self.inner.config.max_record_bytes.get();
         let mut values = Vec::with_capacity(records.len());
         let mut bytes = 0u64;
         for (index, r) in records.iter().enumerate() {
-            let mut payload = Vec::with_capacity(256);
-            if let Err(e) = schemas::write_msgpack(&mut payload, r) {
-                return Ticket::failed(OutboxError::Encode {
-                    index,
-                    message: e.to_string(),
-                });
+            let v = match encode_record_value_with(256, |b| schemas::write_msgpack(b, r)) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ticket::failed(OutboxError::Encode {
+                        index,
+                        message: e.to_string(),
+                    })
+                }
+            };
+            let size = v.len() - format::RECORD_HEADER;
+            if size > limit {
+                return Ticket::failed(OutboxError::RecordTooLarge { index, size, limit });
             }
-            if payload.len() > limit {
-                return Ticket::failed(OutboxError::RecordTooLarge {
-                    index,
-                    size: payload.len(),
-                    limit,
-                });
-            }
-            let v = encode_record_value(&payload);
             bytes += v.len() as u64;
             values.push(v);
         }
         let meta = meta.map(|(k, v)| (k.to_vec(), v));
-        self.append_values(values, bytes, started, meta)
+        self.append_values(values, bytes, started, meta, expect)
     }
 
     /// Appends records that are already MessagePack-encoded [`Record`]s.
@@ -488,7 +562,7 @@ impl Outbox {
             bytes += v.len() as u64;
             values.push(v);
         }
-        self.append_values(values, bytes, started, None)
+        self.append_values(values, bytes, started, None, None)
     }
 
     fn append_values(
@@ -497,6 +571,7 @@ impl Outbox {
         bytes: u64,
         started: Instant,
         meta: Option<(Vec<u8>, Vec<u8>)>,
+        expect: Option<Option<Vec<u8>>>,
     ) -> Ticket<Receipt> {
         let c = &self.inner.config;
         // Under drop_newest an oversized append keeps the prefix that fits;
@@ -528,6 +603,7 @@ impl Outbox {
                 bytes,
                 started,
                 deadline,
+                expect,
                 meta,
                 reply,
             })
@@ -659,9 +735,9 @@ impl Outbox {
         })
     }
 
-    /// Iterates stored values after `after` through `decode`; values failing
-    /// their checksum or `decode` are quarantined after the scan. Returns
-    /// (decoded, bytes scanned, last seq covered, quarantined count).
+    /// Iterates stored values after `after` through `decode`, collecting
+    /// what it returns; see [`Outbox::scan`]. Returns (decoded, bytes
+    /// scanned, last seq covered, quarantined count).
     fn scan_values<T>(
         &self,
         after: u64,
@@ -669,11 +745,36 @@ impl Outbox {
         max_bytes: usize,
         mut decode: impl FnMut(u64, &[u8]) -> Result<T, String>,
     ) -> Result<(Vec<T>, usize, u64, usize), OutboxError> {
-        let visible = self.last_seq();
         let mut out = Vec::new();
-        let (mut bytes, mut last_seq, mut quarantined) = (0usize, after, 0usize);
+        let scanned = self.scan(after, max_records, max_bytes, |seq, payload| {
+            out.push(decode(seq, payload)?);
+            Ok(Visit::Take)
+        })?;
+        Ok((out, scanned.bytes, scanned.last_seq, scanned.quarantined))
+    }
+
+    /// Visits the stored payloads (MessagePack records) with seq > `after`
+    /// in order, without copying them: at most `max_records` taken and, past
+    /// the first, `max_bytes` of stored values. `visit` says whether it took
+    /// the record or the scan stops before it; a payload that fails its
+    /// checksum, or that `visit` refuses with an error (it does not decode),
+    /// is quarantined after the scan and skipped. The visitor runs while a
+    /// RocksDB iterator is open: it must not wait for the outbox's writer.
+    /// Blocks: call from a thread, not an async task.
+    pub fn scan(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<Visit, String>,
+    ) -> Result<Scanned, OutboxError> {
+        let visible = self.last_seq();
+        let mut scanned = Scanned {
+            last_seq: after,
+            ..Scanned::default()
+        };
         if after >= visible || max_records == 0 {
-            return Ok((out, bytes, last_seq, quarantined));
+            return Ok(scanned);
         }
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(seq_key(visible + 1).to_vec());
@@ -691,20 +792,24 @@ impl Outbox {
                 stopped = true;
                 break;
             };
-            if !out.is_empty() && bytes + v.len() > max_bytes {
+            if scanned.taken > 0 && scanned.bytes + v.len() > max_bytes {
                 stopped = true;
                 break;
             }
             match decode_record_value(v) {
-                Ok(payload) => match decode(seq, payload) {
-                    Ok(t) => out.push(t),
+                Ok(payload) => match visit(seq, payload) {
+                    Ok(Visit::Take) => scanned.taken += 1,
+                    Ok(Visit::Stop) => {
+                        stopped = true;
+                        break;
+                    }
                     Err(reason) => faults.push((seq, reason)),
                 },
                 Err(fault) => faults.push((seq, fault.to_string())),
             }
-            bytes += v.len();
-            last_seq = seq;
-            if out.len() >= max_records {
+            scanned.bytes += v.len();
+            scanned.last_seq = seq;
+            if scanned.taken >= max_records {
                 stopped = true;
                 break;
             }
@@ -721,15 +826,15 @@ impl Outbox {
             // covers them too. Without this a reader whose cursor sits
             // before a tail of quarantined records would read nothing,
             // forever, and never move past them.
-            last_seq = visible;
+            scanned.last_seq = visible;
         }
         for (seq, reason) in faults {
             tracing::warn!(seq, %reason, "outbox: quarantined a corrupt record");
             if self.quarantine(seq, &reason).wait()? {
-                quarantined += 1;
+                scanned.quarantined += 1;
             }
         }
-        Ok((out, bytes, last_seq, quarantined))
+        Ok(scanned)
     }
 
     /// Quarantined entries (seq, reason, original stored value), oldest first.

@@ -37,6 +37,9 @@ pub(super) struct AppendOp {
     pub bytes: u64,
     pub started: Instant,
     pub deadline: Instant,
+    /// The value the metadata entry must hold for the append to be taken
+    /// (`Some(None)`: absent); `None` takes it whatever the entry holds.
+    pub expect: Option<Option<Vec<u8>>>,
     /// A caller's metadata entry written in the same batch as the records
     /// (e.g. a file offset), so both are durable together or not at all.
     pub meta: Option<(Vec<u8>, Vec<u8>)>,
@@ -119,11 +122,19 @@ struct Group {
     appended_records: u64,
     appended_bytes: u64,
     dirty: bool,
+    /// Whether the group must be synced before it is answered (under
+    /// `SyncMode::Always`): it stores records or something a caller is told
+    /// is durable. A group of acknowledgements and quarantines alone is
+    /// not synced: losing it to a machine crash only sends records again,
+    /// which the receiver deduplicates, and the next synced group makes it
+    /// durable with it (the WAL is one sequence).
+    durable: bool,
+    /// User metadata entries written by this group so far (full keys).
+    meta: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// Bounds of one group commit, so that one group cannot hold callers for long.
 const GROUP_MAX_OPS: usize = 4096;
-const GROUP_MAX_BYTES: u64 = 8 << 20;
 
 pub(super) struct Writer {
     pub db: Arc<DB>,
@@ -167,6 +178,8 @@ impl Writer {
                 appended_records: 0,
                 appended_bytes: 0,
                 dirty: false,
+                durable: false,
+                meta: std::collections::HashMap::new(),
             };
             let mut ops = 0usize;
             let mut bytes = 0u64;
@@ -181,7 +194,7 @@ impl Writer {
                     }
                     other => self.apply(other, &mut group),
                 }
-                if ops >= GROUP_MAX_OPS || bytes >= GROUP_MAX_BYTES {
+                if ops >= GROUP_MAX_OPS || bytes >= self.config.group_max_bytes() {
                     break;
                 }
                 next = match self.rx.try_recv() {
@@ -301,6 +314,7 @@ impl Writer {
                     pair_value(s.acked, s.dropped_reported),
                 );
                 g.dirty = true;
+                g.durable = true;
                 g.done.push(Done::Sink(reply, s));
             }
             Op::Unregister { sink, reply } => {
@@ -309,6 +323,7 @@ impl Writer {
                     g.batch
                         .delete_cf(meta, meta_key(super::META_SINK, sink.as_bytes()));
                     g.dirty = true;
+                    g.durable = true;
                     if let Err(e) = self.advance_head(g) {
                         let _ = reply.send(Err(e));
                         return;
@@ -353,11 +368,13 @@ impl Writer {
             }
             Op::PutMeta { key, value, reply } => {
                 let k = meta_key(super::META_USER, &key);
-                match value {
-                    Some(v) => g.batch.put_cf(self.cf(CF_META), k, v),
-                    None => g.batch.delete_cf(self.cf(CF_META), k),
+                match &value {
+                    Some(v) => g.batch.put_cf(self.cf(CF_META), &k, v),
+                    None => g.batch.delete_cf(self.cf(CF_META), &k),
                 }
+                g.meta.insert(k, value);
                 g.dirty = true;
+                g.durable = true;
                 g.done.push(Done::Unit(reply));
             }
         }
@@ -428,6 +445,10 @@ impl Writer {
         let max_records = self.config.max_records.get();
         let max_bytes = self.config.max_bytes.get();
         while let Some(mut a) = blocked.pop_front() {
+            if let Err(e) = self.check_expect(&a, g) {
+                let _ = a.reply.send(Err(e));
+                continue;
+            }
             let n = a.values.len() as u64;
             let fits =
                 self.state.records + n <= max_records && self.state.bytes + a.bytes <= max_bytes;
@@ -472,10 +493,40 @@ impl Writer {
         }
     }
 
+    /// An append that expects its metadata entry to hold a value is refused
+    /// when it holds another: an earlier append of the same stream failed
+    /// (its group was rolled back), so this one, which continues it, must
+    /// not be taken either (see [`super::Outbox::append_after`]).
+    fn check_expect(&self, a: &AppendOp, g: &Group) -> Result<(), OutboxError> {
+        let (Some(expect), Some((key, _))) = (&a.expect, &a.meta) else {
+            return Ok(());
+        };
+        let k = meta_key(super::META_USER, key);
+        let current = match g.meta.get(&k) {
+            Some(v) => v.clone(),
+            None => self
+                .db
+                .get_cf(self.cf(CF_META), &k)
+                .map_err(|e| OutboxError::Storage {
+                    op: "read metadata",
+                    source: e,
+                })?,
+        };
+        if current.as_deref() == expect.as_deref() {
+            Ok(())
+        } else {
+            Err(OutboxError::MetaConflict {
+                key: String::from_utf8_lossy(key).into_owned(),
+            })
+        }
+    }
+
     fn accept(&mut self, a: AppendOp, dropped: usize, g: &mut Group) {
+        g.durable = true;
         if let Some((key, value)) = a.meta {
-            g.batch
-                .put_cf(self.cf(CF_META), meta_key(super::META_USER, &key), value);
+            let k = meta_key(super::META_USER, &key);
+            g.batch.put_cf(self.cf(CF_META), &k, &value);
+            g.meta.insert(k, Some(value));
         }
         let first_seq = self.state.next_seq;
         let count = a.values.len();
@@ -565,7 +616,7 @@ impl Writer {
         g.batch.put_cf(meta, META_COUNTERS, counters);
 
         let mut wo = WriteOptions::default();
-        wo.set_sync(matches!(self.config.sync, SyncMode::Always));
+        wo.set_sync(matches!(self.config.sync, SyncMode::Always) && g.durable);
         let batch = std::mem::take(&mut g.batch);
         match self.db.write_opt(batch, &wo) {
             Ok(()) => {
