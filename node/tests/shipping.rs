@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use schemas::{Body, EventType, Kind};
 use serde_json::json;
-use shipper::testkit::Receiver;
+use testkit::receiver::Receiver;
 
 const SECRET: &str = "crm-secret-value-7f3a9c";
 

@@ -14,7 +14,7 @@ mod common;
 use common::record;
 use schemas::Record;
 use shipper::outbox::{Outbox, OutboxConfig};
-use shipper::testkit::Receiver;
+use testkit::receiver::Receiver;
 
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

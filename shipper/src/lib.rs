@@ -15,5 +15,3 @@ pub mod tail;
 pub mod units;
 
 pub use outbox::{Outbox, OutboxConfig, OutboxError, WhenFull};
-/// A stand-in ingest receiver for tests and benchmarks.
-pub mod testkit;

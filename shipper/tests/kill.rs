@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use schemas::{Body, Level, LogBody, Record};
 use shipper::outbox::{Outbox, OutboxConfig};
-use shipper::testkit::Receiver;
+use testkit::receiver::Receiver;
 
 const RECORDS: u64 = 200_000;
 

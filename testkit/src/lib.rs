@@ -3,11 +3,14 @@
 //!
 //! - [`process`]: locating the workspace binaries, child processes killed on
 //!   drop, SIGKILL / SIGTERM, `VmHWM`, free ports, polling, tmpfs mounts;
+//! - [`receiver`]: a stand-in for the collector's ingest endpoint (dedupe,
+//!   injected faults) for shipper and node tests and benchmarks;
 //! - [`engines`]: the real ClickHouse, ZooKeeper, VictoriaMetrics and
 //!   ChromeDriver from Debian's packages on free loopback ports.
 
 pub mod engines;
 pub mod process;
+pub mod receiver;
 
 pub use process::{free_port, until, Proc};
 

@@ -81,7 +81,8 @@ pub fn corrupt_record(dir: &Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> boo
         return false;
     };
     f(&mut value);
-    db.put_cf(records, key, value).expect("write the record back");
+    db.put_cf(records, key, value)
+        .expect("write the record back");
     db.flush_cf(records).expect("flush");
     true
 }

@@ -3,7 +3,7 @@
 //! sink, secrets in tailed files, `409 source_conflict`, and failover
 //! between two collectors while one is down.
 //!
-//! The receivers are `shipper::testkit::Receiver`s served by the test (a
+//! The receivers are `testkit::receiver::Receiver`s served by the test (a
 //! stand-in for the collector's ingest that dedupes by (subscription,
 //! source, seq) and can be told to misbehave); they keep what they got, so
 //! the checks are on the bytes that left the host.
@@ -17,7 +17,7 @@ use std::time::Duration;
 use e2e::process::{free_port, until};
 use e2e::shipper::{numbered_line, Shipper};
 use schemas::Body;
-use shipper::testkit::Receiver;
+use testkit::receiver::Receiver;
 
 const HOST: &str = "host-hostile";
 const SUB: &str = "sub-1";

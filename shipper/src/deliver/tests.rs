@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::outbox::{OutboxConfig, WhenFull};
 use crate::redact::{RedactConfig, Redactor};
-use crate::testkit::Receiver;
+use testkit::receiver::Receiver;
 
 fn log(i: u64, msg: &str) -> Record {
     Record {

@@ -1,5 +1,5 @@
 //! A faithful stand-in for the collector's ingest endpoint, for tests and
-//! benchmarks (feature `testkit`): decodes zstd MessagePack batches, stores
+//! benchmarks: decodes zstd MessagePack batches, stores
 //! each (subscription, source, seq) at most once, and can be told to fail.
 
 use std::collections::HashMap;
