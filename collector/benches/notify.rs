@@ -33,6 +33,7 @@ use axum::Router;
 use collector::{CollectorConfig, Listen, Tokens};
 use schemas::{Body, EventType, ExecutionBody, IngestBatch, Record};
 use serde_json::{json, Value};
+use testkit::env_usize;
 use tokio_util::sync::CancellationToken;
 
 const SUB: &str = "bench";
@@ -46,13 +47,6 @@ const PROBE_SUB: &str = "bench-probe";
 const PROBE_SOURCE: usize = SOURCES;
 /// One probe every this often.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 

@@ -15,6 +15,7 @@ use axum::Router;
 use common::*;
 use schemas::EventType;
 use serde_json::{json, Value};
+use testkit::free_port;
 
 type Got = Arc<Mutex<Vec<Value>>>;
 
@@ -347,14 +348,6 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
