@@ -44,6 +44,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn queue_records(s: &str) -> Result<usize, String> {
+    match s.replace('_', "").parse::<usize>() {
+        Ok(v) if (1..=10_000_000).contains(&v) => Ok(v),
+        _ => Err(format!("expected a count from 1 to 10000000, got {s:?}")),
+    }
+}
+
 fn share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.01..=1.0).contains(&v) => Ok(v),
@@ -310,8 +317,9 @@ struct NotifierArgs {
     max_deferred_records_per_subscription: usize,
     /// Records held in memory between the store's commits and the
     /// notifier's evaluation thread (all subscriptions); further ones wait
-    /// in the store's commit feed and are read back from there.
-    #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_records)]
+    /// in the store's commit feed and are read back from there (1 to
+    /// 10,000,000).
+    #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_records, value_parser = queue_records)]
     notifier_queue_records: usize,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]

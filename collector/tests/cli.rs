@@ -207,3 +207,21 @@ async fn binary_serves_searches_checkpoints_and_stops_on_sigterm() {
     assert_eq!(h.logs(ADMIN, "{}", 10).await.len(), 2);
     h.stop().await;
 }
+
+#[test]
+fn out_of_range_scheduling_and_queue_flags_are_refused_naming_the_flag() {
+    for (flag, value) in [
+        ("--notifier-queue-records", "0"),
+        ("--notifier-queue-records", "99999999999"),
+        ("--query-background-share", "5"),
+        ("--query-nice", "40"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args([flag, value])
+            .output()
+            .expect("run sesam-collector");
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}

@@ -197,14 +197,15 @@ pub fn encode_ingest_record(record: &Record, out: &mut Vec<u8>) -> Result<(), St
 const COUNT_AT: usize = 10;
 
 /// Starts an uncompressed ingest body in `out` (cleared): the MessagePack
-/// map of an [`IngestBatch`] with `records` first, its array length a
-/// 32-bit placeholder (any width decodes the same), so records encoded by
+/// map of an [`IngestBatch`] with `records` first, its array length
+/// reserved as a 32-bit count written later (any width decodes the same), so records encoded by
 /// [`encode_ingest_record`] can be appended one at a time without knowing
 /// their count; [`finish_ingest_body`] fills it in and adds the other
 /// fields after the records (a map's keys may come in any order).
 pub fn begin_ingest_body(out: &mut Vec<u8>) {
     out.clear();
-    // map of 5 entries, "records" (fixstr of 7), array32 placeholder.
+    // map of 5 entries, "records" (fixstr of 7), array32 header whose
+    // count `finish_ingest_body` writes.
     out.push(0x85);
     out.push(0xa7);
     out.extend_from_slice(b"records");
