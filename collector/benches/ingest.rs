@@ -71,13 +71,7 @@ fn record(source: u64, seq: u64, ts: i64) -> Record {
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    testkit::process::status_kib(pid, "VmHWM")
 }
 
 fn ingest_bench(dir: &Path, total: usize) {

@@ -154,15 +154,8 @@ fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
 }
 
 fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (kb("VmRSS:") >> 10, kb("VmHWM:") >> 10)
+    let mib = |field| testkit::process::status_kib(pid, field).unwrap_or(0) >> 10;
+    (mib("VmRSS"), mib("VmHWM"))
 }
 
 #[derive(Default)]

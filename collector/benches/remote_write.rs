@@ -23,26 +23,8 @@ use std::time::{Duration, Instant};
 
 use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
+use testkit::process::{cpu_seconds, status_kib, wait_http_ok};
 use testkit::{env_usize, free_port};
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = &s[s.rfind(')').map_or(0, |i| i + 1)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
 
 const MODES: [&str; 4] = ["user", "system", "idle", "iowait"];
 
@@ -167,28 +149,13 @@ fn send(
     Run {
         elapsed,
         cpu: cpu_seconds(pid) - cpu0,
-        hwm_kib: status_kib(pid, "VmHWM:").unwrap_or(0),
+        hwm_kib: status_kib(pid, "VmHWM").unwrap_or(0),
     }
 }
 
 fn wait_ready(rt: &tokio::runtime::Runtime, url: &str) {
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let t = Instant::now();
-        while client
-            .get(url)
-            .send()
-            .await
-            .map(|r| !r.status().is_success())
-            .unwrap_or(true)
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "{url} did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let client = reqwest::Client::new();
+    rt.block_on(wait_http_ok(&client, url, url, Duration::from_secs(60)));
 }
 
 fn report(name: &str, samples: usize, wire: usize, run: &Run) {

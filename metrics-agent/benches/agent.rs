@@ -18,29 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::process::{cpu_seconds, status_kib, wait_http_ok};
 use testkit::{env_usize, free_port};
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = &s[s.rfind(')').map_or(0, |i| i + 1)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 fn status_mib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    status_kib(pid, key).unwrap_or(0) as f64 / 1024.0
 }
 
 struct Proc {
@@ -80,20 +62,7 @@ fn node_exporter() -> Option<&'static str> {
 }
 
 async fn wait_up(client: &reqwest::Client, url: &str) {
-    let t = Instant::now();
-    while client
-        .get(url)
-        .send()
-        .await
-        .map(|r| !r.status().is_success())
-        .unwrap_or(true)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{url} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_http_ok(client, url, url, Duration::from_secs(30)).await
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> usize {
@@ -113,8 +82,8 @@ fn row(name: &str, pid: u32, cpu: f64, per: usize, samples: usize) {
         "{name:<48} CPU {:>7.3} ms per collection ({} collections, {samples} samples each), RSS {:.1} MiB, peak {:.1} MiB",
         cpu * 1000.0 / per as f64,
         per,
-        status_mib(pid, "VmRSS:"),
-        status_mib(pid, "VmHWM:"),
+        status_mib(pid, "VmRSS"),
+        status_mib(pid, "VmHWM"),
     );
 }
 

@@ -51,19 +51,13 @@ async fn host_metrics_match_node_exporter() {
         return;
     };
     let (ne_port, agent_port) = (free_port(), free_port());
-    let ne = Proc::spawn(
-        "node_exporter",
-        Command::new(ne_bin)
-            .arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
-    let agent = Proc::spawn(
-        "agent",
-        Command::new(agent_bin())
-            .args(["--listen", &format!("127.0.0.1:{agent_port}")])
-            .stderr(std::process::Stdio::null()),
-    );
+    let logs = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(ne_bin);
+    cmd.arg(format!("--web.listen-address=127.0.0.1:{ne_port}"));
+    let mut ne = Proc::spawn("node_exporter", cmd, &logs.path().join("ne.log"));
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--listen", &format!("127.0.0.1:{agent_port}")]);
+    let mut agent = Proc::spawn("agent", cmd, &logs.path().join("agent.log"));
     let client = reqwest::Client::new();
     let (ne_url, agent_url) = (
         format!("http://127.0.0.1:{ne_port}/metrics"),
@@ -118,6 +112,6 @@ async fn host_metrics_match_node_exporter() {
     assert!(rss > 1e6 && rss < 200e6, "agent RSS {rss}");
     assert!(!of(&a, "process_cpu_seconds_total").is_empty());
 
-    agent.stop();
-    ne.stop();
+    agent.terminate(STOP);
+    ne.terminate(STOP);
 }

@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -58,28 +58,19 @@ async fn prometheus_finds_host_and_pipe_series_through_federate_and_direct_scrap
     let node_token = write("node.token", NODE_TOKEN);
     let op_token = write("op.token", OP_ACME);
     let agent_port = free_port();
-    let agent = Proc::spawn(
-        "agent",
-        Command::new(agent_bin())
-            .args([
-                "--interval",
-                "1s",
-                "--instance",
-                "vm-test",
-                "--subscription",
-                "acme",
-            ])
-            .args(["--remote-write", &collector.url("/api/v1/write")])
-            .args(["--token-file", &ship_token])
-            .args([
-                "--scrape",
-                &format!("sesam-node={}", node.url("/api/metrics")),
-            ])
-            .args(["--scrape-token-file", &format!("sesam-node={node_token}")])
-            .args(["--listen", &format!("127.0.0.1:{agent_port}")])
-            .stderr(Stdio::null()),
-    );
-    let prom = Prometheus::start(&example_config(&[
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--interval", "1s", "--instance", "vm-test"])
+        .args(["--subscription", "acme"])
+        .args(["--remote-write", &collector.url("/api/v1/write")])
+        .args(["--token-file", &ship_token])
+        .args([
+            "--scrape",
+            &format!("sesam-node={}", node.url("/api/metrics")),
+        ])
+        .args(["--scrape-token-file", &format!("sesam-node={node_token}")])
+        .args(["--listen", &format!("127.0.0.1:{agent_port}")]);
+    let mut agent = Proc::spawn("agent", cmd, &dir.path().join("agent.log"));
+    let mut prom = Prometheus::start(&example_config(&[
         ("collector.example:3100", collector.addr.to_string()),
         ("node.example:9042", node.addr.to_string()),
         ("vm-1.example:9101", format!("127.0.0.1:{agent_port}")),
@@ -146,8 +137,8 @@ async fn prometheus_finds_host_and_pipe_series_through_federate_and_direct_scrap
     }
     assert!(up.len() >= 4, "{up:?}");
 
-    agent.stop();
-    prom.proc.stop();
+    agent.terminate(STOP);
+    prom.proc.terminate(STOP);
     node.stop().await;
     collector.stop().await;
 }
@@ -164,23 +155,14 @@ fn meminfo_total() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_pushes_by_remote_write_into_prometheus() {
-    let Some(prom) = Prometheus::start("").await else {
+    let Some(mut prom) = Prometheus::start("").await else {
         return;
     };
-    let agent = Proc::spawn(
-        "agent",
-        Command::new(agent_bin())
-            .args([
-                "--interval",
-                "1s",
-                "--instance",
-                "vm-direct",
-                "--subscription",
-                "acme",
-            ])
-            .args(["--remote-write", &prom.url("/api/v1/write")])
-            .stderr(Stdio::null()),
-    );
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--interval", "1s", "--instance", "vm-direct"])
+        .args(["--subscription", "acme"])
+        .args(["--remote-write", &prom.url("/api/v1/write")]);
+    let mut agent = Proc::spawn("agent", cmd, &prom.dir.path().join("agent.log"));
     let r = prom
         .query_until(r#"node_memory_MemTotal_bytes{instance="vm-direct"}"#)
         .await;
@@ -202,6 +184,6 @@ async fn the_agent_pushes_by_remote_write_into_prometheus() {
         .query_until(r#"rate(node_cpu_seconds_total{instance="vm-direct",mode="idle"}[10s]) >= 0"#)
         .await;
     assert!(!r.is_empty());
-    agent.stop();
-    prom.proc.stop();
+    agent.terminate(STOP);
+    prom.proc.terminate(STOP);
 }

@@ -36,14 +36,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    testkit::process::status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 struct Collector {

@@ -17,14 +17,7 @@ use shipper::outbox::{Outbox, OutboxConfig};
 use testkit::receiver::Receiver;
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    testkit::process::status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 async fn run(records: u64, rules: Option<&str>) -> (f64, f64, u64) {

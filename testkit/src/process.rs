@@ -130,10 +130,7 @@ impl Proc {
 
     /// Peak resident memory (`VmHWM` of `/proc/PID/status`) in bytes.
     pub fn vm_hwm_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        status_kib(self.pid(), "VmHWM").map(|kib| kib * 1024)
     }
 
     pub fn log_path(&self) -> &Path {
@@ -142,21 +139,169 @@ impl Proc {
 
     /// The whole log (every start of this process appends to it).
     pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        read_log(&self.log)
     }
 
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        last_lines(&self.log_text(), n)
     }
+}
+
+fn read_log(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A field of `/proc/PID/status` measured in KiB (`VmHWM`, `VmRSS`,
+/// `RssAnon`, ...); `None` if the process or the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// CPU seconds (user + system) a process has used so far; 0 if it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses;
+    // utime and stime are the 14th and 15th, in clock ticks (100 a second).
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// A workspace binary under test that is started, killed and restarted on
+/// the same data directory and log, at most one process at a time (the
+/// end-to-end tests' collector, node and shipper).
+#[derive(Debug)]
+pub struct Service {
+    name: String,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Service {
+    /// A stopped service whose every start appends to `log`.
+    pub fn new(name: &str, log: PathBuf) -> Service {
+        Service {
+            name: name.to_string(),
+            log,
+            proc: None,
+        }
+    }
+
+    /// Starts `cmd` without waiting for it; panics if it is running.
+    pub fn spawn(&mut self, cmd: Command) {
+        assert!(self.proc.is_none(), "{} is already running", self.name);
+        self.proc = Some(Proc::spawn(&self.name, cmd, &self.log));
+    }
+
+    /// Polls `ready` every 25 ms until it says yes; panics with the log's
+    /// end if the process exits first or `timeout` passes.
+    pub async fn wait_ready<F, Fut>(&mut self, timeout: Duration, mut ready: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
+                panic!(
+                    "{} exited at start ({status}):\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            if ready().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not up within {timeout:?}:\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    pub fn process(&self) -> Option<&Proc> {
+        self.proc.as_ref()
+    }
+
+    pub fn process_mut(&mut self) -> Option<&mut Proc> {
+        self.proc.as_mut()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM; the process must exit successfully within 30 s.
+    pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(30));
+    }
+
+    /// SIGTERM; the process must exit successfully within `timeout`.
+    pub fn stop_within(&mut self, timeout: Duration) {
+        if let Some(mut p) = self.proc.take() {
+            let status = p.terminate(timeout);
+            assert!(
+                status.success(),
+                "{} exited with {status} on SIGTERM:\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The whole log, every start's output.
+    pub fn log_text(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        last_lines(&self.log_text(), n)
+    }
+}
+
+/// Polls `url` until it answers 2xx; panics naming `what` after `timeout`.
+pub async fn wait_http_ok(client: &reqwest::Client, url: &str, what: &str, timeout: Duration) {
+    let ok = || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+            .then_some(())
+    };
+    until(&format!("{what} to answer at {url}"), timeout, ok).await
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics naming `what`

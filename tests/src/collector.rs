@@ -14,17 +14,9 @@ use std::time::Duration;
 use collector::logs::rocks::StoreConfig;
 use serde_json::{json, Value};
 
-use crate::process::{bin, free_port, until, Proc};
+use crate::process::{bin, free_port, until, Service};
 
-pub const ADMIN: &str = "e2e-admin-token";
-
-pub fn shipper_token(subscription: &str) -> String {
-    format!("e2e-shipper-{subscription}")
-}
-
-pub fn operator_token(subscription: &str) -> String {
-    format!("e2e-operator-{subscription}")
-}
+pub use testkit::tokens::{operator as operator_token, shipper as shipper_token, ADMIN};
 
 /// What `GET /api/v1/sources` says about one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,13 +32,14 @@ pub struct Collector {
     pub root: PathBuf,
     pub data_dir: PathBuf,
     tokens: PathBuf,
-    log: PathBuf,
     pub port: u16,
     /// `http://127.0.0.1:PORT`
     pub url: String,
     /// Extra flags of every start.
     pub args: Vec<String>,
-    proc: Option<Proc>,
+    /// The process (start, SIGKILL, SIGTERM, log), also reached through
+    /// `Deref`: `collector.kill()`.
+    service: Service,
     client: reqwest::Client,
 }
 
@@ -55,35 +48,18 @@ impl Collector {
     /// [`Collector::start`] runs it.
     pub fn new(root: &Path, subscriptions: &[&str]) -> Collector {
         std::fs::create_dir_all(root).expect("create collector root");
-        let mut toml =
-            format!("[[tokens]]\ntoken = \"{ADMIN}\"\nsubscription = \"*\"\nrole = \"admin\"\n");
-        for s in subscriptions {
-            for (token, role) in [
-                (shipper_token(s), "shipper"),
-                (operator_token(s), "operator"),
-            ] {
-                toml.push_str(&format!(
-                    "\n[[tokens]]\ntoken = \"{token}\"\nsubscription = \"{s}\"\nrole = \"{role}\"\n"
-                ));
-            }
-        }
-        let tokens = root.join("tokens.toml");
-        std::fs::write(&tokens, toml).expect("write tokens");
-        // The collector refuses a tokens file others may read.
-        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod tokens");
+        let tokens = testkit::tokens::write(&root.join("tokens.toml"), subscriptions);
         let port = free_port();
         Collector {
             root: root.to_path_buf(),
             data_dir: root.join("data"),
             tokens,
-            log: root.join("collector.log"),
             port,
             url: format!("http://127.0.0.1:{port}"),
             // The tests' webhooks listen on this host's loopback, which the
             // notifier's egress policy refuses unless allowed.
             args: vec!["--egress-allow".into(), "127.0.0.1/32".into()],
-            proc: None,
+            service: Service::new("sesam-collector", root.join("collector.log")),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -100,7 +76,6 @@ impl Collector {
 
     /// Starts the process without waiting for it to serve.
     pub fn spawn(&mut self) {
-        assert!(self.proc.is_none(), "collector already running");
         let mut cmd = Command::new(bin("sesam-collector"));
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
@@ -109,7 +84,7 @@ impl Collector {
             .arg(&self.tokens)
             .args(&self.args)
             .env("RUST_LOG", "warn");
-        self.proc = Some(Proc::spawn("sesam-collector", cmd, &self.log));
+        self.service.spawn(cmd);
     }
 
     /// Starts the process and waits until it answers `/readyz`.
@@ -121,62 +96,15 @@ impl Collector {
     pub async fn wait_ready(&mut self) {
         let url = format!("{}/readyz", self.url);
         let client = self.client.clone();
-        for _ in 0..1200 {
-            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
-                panic!(
-                    "sesam-collector exited at start ({status}):\n{}",
-                    self.log_tail(30)
-                );
-            }
-            let ok = client
+        let ready = || async {
+            client
                 .get(&url)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!(
-            "sesam-collector not ready within 30 s:\n{}",
-            self.log_tail(30)
-        );
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    pub fn process(&self) -> Option<&Proc> {
-        self.proc.as_ref()
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// SIGTERM; the collector must exit successfully.
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let status = p.terminate(Duration::from_secs(30));
-            assert!(
-                status.success(),
-                "sesam-collector exited with {status} on SIGTERM:\n{}",
-                self.log_tail(30)
-            );
-        }
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let text =
-            String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+                .is_ok_and(|r| r.status().is_success())
+        };
+        self.service.wait_ready(Duration::from_secs(30), ready).await;
     }
 
     /// `GET path` with `token`: (status, body text).
@@ -438,4 +366,17 @@ pub fn audit_store(data_dir: &Path, subscription: &str, source: &str) -> BTreeMa
     }
     store.close();
     out
+}
+
+impl std::ops::Deref for Collector {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Collector {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
-use schemas::{Body, IngestBatch, Level, LogBody, Record};
+use schemas::{Body, IngestBatch, Record};
+use testkit::records;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -24,33 +25,15 @@ pub fn log(
     message: &str,
     pipe: Option<&str>,
 ) -> Record {
-    let mut fields = std::collections::BTreeMap::new();
-    if let Some(p) = pipe {
-        fields.insert("pipe".to_string(), Value::String(p.to_string()));
+    let mut body = records::log_body("hostile", message);
+    if let (Body::Log(l), Some(p)) = (&mut body, pipe) {
+        l.fields
+            .insert("pipe".to_string(), Value::String(p.to_string()));
     }
-    Record {
-        seq,
-        ts,
-        source: source.into(),
-        subscription: sub.into(),
-        body: Body::Log(LogBody {
-            level: Level::Info,
-            target: "hostile".into(),
-            message: message.into(),
-            fields,
-        }),
-    }
+    records::record(sub, source, seq, ts, body)
 }
 
-pub fn batch(sub: &str, source: &str, epoch: &str, records: Vec<Record>) -> IngestBatch {
-    IngestBatch {
-        epoch: epoch.into(),
-        source: source.into(),
-        subscription: sub.into(),
-        records,
-        dropped: 0,
-    }
-}
+pub use testkit::records::batch;
 
 /// Posts `b` as MessagePack (no compression): (status, JSON answer, time).
 pub async fn post_batch(

@@ -20,7 +20,7 @@ pub use testkit::process;
 pub mod shipper;
 pub mod webhook;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ::shipper::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use schemas::Record;
@@ -51,6 +51,62 @@ pub fn outbox_stats(dir: &Path) -> OutboxStats {
     Outbox::open(dir, OutboxConfig::default())
         .unwrap_or_else(|e| panic!("open the outbox {}: {e}", dir.display()))
         .stats()
+}
+
+/// Where most fault tests start: a scratch directory, a webhook, a
+/// collector (started) serving one subscription with a `pump_failed` rule
+/// for the pipe that notifies the webhook, and a node (not started) whose
+/// pipe fails ([`node::failing_pipe_config`]), shipping to the collector.
+pub struct FailingPipe {
+    pub dir: tempfile::TempDir,
+    pub hook: webhook::Webhook,
+    pub collector: collector::Collector,
+    pub node: node::Node,
+    /// The subscription's shipper token file (`--token-file`).
+    pub token: PathBuf,
+}
+
+impl FailingPipe {
+    /// `subscription`, node `node_id`, its failing pipe `pipe`, notified to
+    /// `hook`.
+    pub async fn start(
+        subscription: &str,
+        node_id: &str,
+        pipe: &str,
+        hook: webhook::Webhook,
+    ) -> FailingPipe {
+        FailingPipe::start_with(subscription, node_id, pipe, hook, &[]).await
+    }
+
+    /// [`FailingPipe::start`] with extra flags for the collector.
+    pub async fn start_with(
+        subscription: &str,
+        node_id: &str,
+        pipe: &str,
+        hook: webhook::Webhook,
+        collector_args: &[&str],
+    ) -> FailingPipe {
+        let dir = scratch();
+        let mut collector = collector::Collector::new(&dir.path().join("collector"), &[subscription]);
+        collector
+            .args
+            .extend(collector_args.iter().map(|a| a.to_string()));
+        collector.start().await;
+        collector
+            .pump_failed_rule(subscription, "ops", &[pipe], &hook.url)
+            .await;
+        let token = collector.token_file(subscription);
+        let config = node::failing_pipe_config(pipe);
+        let mut node = node::Node::new(&dir.path().join("node"), node_id, subscription, &config);
+        node.collector = Some((collector.url.clone(), token.clone()));
+        FailingPipe {
+            dir,
+            hook,
+            collector,
+            node,
+            token,
+        }
+    }
 }
 
 /// A temporary directory for one test; kept (and its path printed) when

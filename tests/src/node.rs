@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shipper::outbox::{Outbox, OutboxConfig, OutboxStats};
 
-use crate::process::{bin, free_port, metric_sum, until, Proc};
+use crate::process::{bin, free_port, metric_sum, until, Service};
 
 /// The sink name of the node's in-process shipper in its outbox.
 pub const SINK: &str = "collector";
@@ -30,12 +30,22 @@ pub fn failing_pipe_config(pipe: &str) -> Value {
     ])
 }
 
+/// The flags of a synthetic stream of `total` log records at `rate` a
+/// second (`--synthetic-logs`, `--synthetic-rate`).
+pub fn synthetic(total: u64, rate: u64) -> Vec<String> {
+    vec![
+        "--synthetic-logs".into(),
+        total.to_string(),
+        "--synthetic-rate".into(),
+        rate.to_string(),
+    ]
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub root: PathBuf,
     pub data_dir: PathBuf,
     config: PathBuf,
-    log: PathBuf,
     pub port: u16,
     /// `http://127.0.0.1:PORT`
     pub url: String,
@@ -43,7 +53,9 @@ pub struct Node {
     pub subscription: String,
     /// `--collector URL --token-file F`, if it ships.
     pub collector: Option<(String, PathBuf)>,
-    proc: Option<Proc>,
+    /// The process (start, SIGKILL, SIGTERM, log), also reached through
+    /// `Deref`: `node.kill()`.
+    service: Service,
     client: reqwest::Client,
 }
 
@@ -61,13 +73,12 @@ impl Node {
             root: root.to_path_buf(),
             data_dir: root.join("data"),
             config: path,
-            log: root.join("node.log"),
             port,
             url: format!("http://127.0.0.1:{port}"),
             node_id: node_id.to_string(),
             subscription: subscription.to_string(),
             collector: None,
-            proc: None,
+            service: Service::new("sesam-node", root.join("node.log")),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -77,7 +88,6 @@ impl Node {
 
     /// Starts the process with `extra` flags, without waiting for it.
     pub fn spawn(&mut self, extra: &[String]) {
-        assert!(self.proc.is_none(), "node already running");
         let mut cmd = Command::new(bin("sesam-node"));
         cmd.arg("--config")
             .arg(&self.config)
@@ -93,67 +103,19 @@ impl Node {
                 .arg("--token-file")
                 .arg(token);
         }
-        self.proc = Some(Proc::spawn("sesam-node", cmd, &self.log));
+        self.service.spawn(cmd);
     }
 
     /// Starts the process and waits until its API answers.
     pub async fn start(&mut self, extra: &[String]) {
         self.spawn(extra);
-        for _ in 0..1200 {
-            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
-                panic!(
-                    "sesam-node exited at start ({status}):\n{}",
-                    self.log_tail(30)
-                );
-            }
-            if self.ping().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("sesam-node not up within 30 s:\n{}", self.log_tail(30));
+        let (client, url) = (self.client.clone(), self.url.clone());
+        let ready = || ping(&client, &url);
+        self.service.wait_ready(Duration::from_secs(30), ready).await;
     }
 
     pub async fn ping(&self) -> bool {
-        self.client
-            .get(format!("{}/api/ping", self.url))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// SIGTERM; the node must exit successfully.
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let status = p.terminate(Duration::from_secs(30));
-            assert!(
-                status.success(),
-                "sesam-node exited with {status} on SIGTERM:\n{}",
-                self.log_tail(30)
-            );
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        ping(&self.client, &self.url).await
     }
 
     /// `POST /api/pipes/{pipe}/pump operation=start`; the status code, or
@@ -184,7 +146,7 @@ impl Node {
     /// Opens the outbox of the stopped node.
     pub fn outbox(&self) -> Outbox {
         assert!(
-            self.proc.is_none(),
+            !self.is_running(),
             "the node must be stopped to open its outbox"
         );
         Outbox::open(self.data_dir.join("outbox"), OutboxConfig::default())
@@ -194,7 +156,7 @@ impl Node {
     /// The stopped node's outbox counters.
     pub fn outbox_stats(&self) -> OutboxStats {
         assert!(
-            self.proc.is_none(),
+            !self.is_running(),
             "the node must be stopped to open its outbox"
         );
         crate::outbox_stats(&self.data_dir.join("outbox"))
@@ -232,5 +194,27 @@ impl Node {
             }
         }
         panic!("the node's outbox never emptied");
+    }
+}
+
+async fn ping(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(format!("{url}/api/ping"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+impl std::ops::Deref for Node {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 }

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use ::shipper::outbox::OutboxStats;
 use serde_json::Value;
 
-use crate::process::{bin, free_port, Proc};
+use crate::process::{bin, free_port, Service};
 
 #[derive(Debug)]
 pub struct Shipper {
     pub root: PathBuf,
     pub data_dir: PathBuf,
-    log: PathBuf,
     pub source: String,
     pub subscription: String,
     pub collector: String,
@@ -28,7 +27,9 @@ pub struct Shipper {
     pub args: Vec<String>,
     /// `/metrics` address (`--listen`).
     pub metrics_port: u16,
-    proc: Option<Proc>,
+    /// The process (start, SIGKILL, SIGTERM, log), also reached through
+    /// `Deref`: `shipper.kill()`.
+    service: Service,
     client: reqwest::Client,
 }
 
@@ -45,7 +46,6 @@ impl Shipper {
         Shipper {
             root: root.to_path_buf(),
             data_dir: root.join("data"),
-            log: root.join("shipper.log"),
             source: source.to_string(),
             subscription: subscription.to_string(),
             collector: collector.to_string(),
@@ -53,7 +53,7 @@ impl Shipper {
             files: files.iter().map(|f| f.display().to_string()).collect(),
             args: Vec::new(),
             metrics_port: free_port(),
-            proc: None,
+            service: Service::new("sesam-shipper", root.join("shipper.log")),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -62,7 +62,6 @@ impl Shipper {
     }
 
     pub fn spawn(&mut self) {
-        assert!(self.proc.is_none(), "shipper already running");
         let mut cmd = Command::new(bin("sesam-shipper"));
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
@@ -78,40 +77,26 @@ impl Shipper {
         for f in &self.files {
             cmd.args(["--file", f]);
         }
-        self.proc = Some(Proc::spawn("sesam-shipper", cmd, &self.log));
+        self.service.spawn(cmd);
     }
 
     /// Starts the process and waits until it serves `/metrics` (its signal
     /// handlers are installed by then).
     pub async fn start(&mut self) {
         self.spawn();
-        for _ in 0..1200 {
-            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
-                panic!(
-                    "sesam-shipper exited at start ({status}):\n{}",
-                    self.log_text()
-                );
-            }
-            if self.metrics().await.is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("sesam-shipper not up within 30 s:\n{}", self.log_text());
+        let (client, url) = (self.client.clone(), self.metrics_url());
+        let ready = || metrics(&client, &url);
+        let ready = || async { ready().await.is_some() };
+        self.service.wait_ready(Duration::from_secs(30), ready).await;
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
     }
 
     /// Its `/metrics` text, if it answers.
     pub async fn metrics(&self) -> Option<String> {
-        let r = self
-            .client
-            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.text().await.ok()
+        metrics(&self.client, &self.metrics_url()).await
     }
 
     /// The sum of metric `name` in its `/metrics`, if it answers.
@@ -119,37 +104,10 @@ impl Shipper {
         crate::process::metric_sum(&self.metrics().await?, name)
     }
 
-    pub fn is_running(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    pub fn process(&mut self) -> Option<&mut Proc> {
-        self.proc.as_mut()
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// SIGTERM; the shipper must exit successfully.
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let status = p.terminate(Duration::from_secs(30));
-            assert!(
-                status.success(),
-                "sesam-shipper exited with {status} on SIGTERM:\n{}",
-                p.log_tail(30)
-            );
-        }
-    }
-
     /// The stopped shipper's outbox counters.
     pub fn outbox_stats(&self) -> OutboxStats {
         assert!(
-            self.proc.is_none(),
+            !self.is_running(),
             "the shipper must be stopped to open its outbox"
         );
         crate::outbox_stats(&self.data_dir.join("outbox"))
@@ -159,9 +117,26 @@ impl Shipper {
     pub fn accepted(&self) -> u64 {
         self.outbox_stats().next_seq.saturating_sub(1)
     }
+}
 
-    pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+async fn metrics(client: &reqwest::Client, url: &str) -> Option<String> {
+    let r = client.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+impl std::ops::Deref for Shipper {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Shipper {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 }
 

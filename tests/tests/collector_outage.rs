@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::node::synthetic;
+use e2e::FailingPipe;
 use e2e::process::until;
 use e2e::webhook::Webhook;
 
@@ -27,27 +28,14 @@ const SYNTHETIC: &str = "sesam_node_synthetic_records_total";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_collector_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let dir = e2e::scratch();
-    let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
-    node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
-    node.start(&[
-        "--synthetic-logs".into(),
-        TOTAL.to_string(),
-        "--synthetic-rate".into(),
-        RATE.to_string(),
-    ])
-    .await;
+    let FailingPipe {
+        dir: _dir,
+        hook,
+        mut collector,
+        mut node,
+        ..
+    } = FailingPipe::start(SUB, NODE, PIPE, Webhook::start().await).await;
+    node.start(&synthetic(TOTAL, RATE)).await;
 
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = collector.source(SUB, NODE).await.unwrap_or_default();

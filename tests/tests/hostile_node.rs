@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::node::{failing_pipe_config, Node};
-use e2e::process::{bin, free_port, metric_sum, until, Proc};
+use e2e::process::{bin, free_port, metric_sum, until, Service};
 use serde_json::{json, Value};
 
 fn mode(p: &Path) -> u32 {
@@ -42,9 +42,8 @@ fn assert_private_tree(dir: &Path) -> usize {
 }
 
 struct Stack {
-    proc: Option<Proc>,
+    service: Service,
     data: std::path::PathBuf,
-    log: std::path::PathBuf,
     node: String,
     collector: String,
     args: Vec<String>,
@@ -55,8 +54,7 @@ impl Stack {
         let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
         let data = root.join("data");
         Stack {
-            proc: None,
-            log: root.join("stack.log"),
+            service: Service::new("sesam-stack", root.join("stack.log")),
             node: format!("http://127.0.0.1:{}", ports[1]),
             collector: format!("http://127.0.0.1:{}", ports[0]),
             args: vec![
@@ -80,22 +78,19 @@ impl Stack {
     async fn start(&mut self) {
         let mut cmd = std::process::Command::new(bin("sesam-stack"));
         cmd.args(&self.args).env("RUST_LOG", "info");
-        let mut p = Proc::spawn("sesam-stack", cmd, &self.log);
-        let before = p.log_text().matches("sesam-stack is running").count();
-        until("sesam-stack to print its banner", Duration::from_secs(90), || {
-            let text = p.log_text();
-            if let Some(s) = p.exited() {
-                panic!("sesam-stack exited ({s}):\n{}", p.log_tail(40));
-            }
-            async move { (text.matches("sesam-stack is running").count() > before).then_some(()) }
-        })
-        .await;
-        self.proc = Some(p);
+        let banners = |log: &Path| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.matches("sesam-stack is running").count()
+        };
+        let log = self.service.log_path().to_path_buf();
+        let before = banners(&log);
+        self.service.spawn(cmd);
+        let printed = || std::future::ready(banners(&log) > before);
+        self.service.wait_ready(Duration::from_secs(90), printed).await;
     }
 
     fn stop(&mut self) {
-        let status = self.proc.take().unwrap().terminate(Duration::from_secs(60));
-        assert!(status.success(), "sesam-stack exited with {status}");
+        self.service.stop_within(Duration::from_secs(60));
     }
 
     fn node_token(&self) -> String {
@@ -106,7 +101,7 @@ impl Stack {
     }
 
     fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        self.service.log_text()
     }
 }
 

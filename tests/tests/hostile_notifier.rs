@@ -91,17 +91,8 @@ async fn collector(root: &std::path::Path, subs: &[&str], extra: &[&str]) -> Col
 }
 
 fn execution(sub: &str, source: &str, seq: u64, pipe: &str, ev: EventType, reason: &str) -> Record {
-    let mut b = ExecutionBody::new(pipe, ev);
-    if ev == EventType::PumpFailed {
-        b.reason_why_stopped = Some(reason.to_string());
-    }
-    Record {
-        seq,
-        ts: schemas::time::now_nanos(),
-        source: source.into(),
-        subscription: sub.into(),
-        body: Body::Execution(Box::new(b)),
-    }
+    let body = testkit::records::execution_body(pipe, ev, reason);
+    testkit::records::record(sub, source, seq, schemas::time::now_nanos(), body)
 }
 
 /// POSTs a batch (MessagePack, uncompressed) with `sub`'s shipper token;

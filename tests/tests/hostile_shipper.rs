@@ -149,7 +149,7 @@ async fn absurd_retry_after_values_neither_panic_nor_wedge_the_shipper() {
         .await;
         assert_eq!(rx.faults.lock().unwrap().throttled, 0, "{value}: throttled");
         assert!(
-            s.process().and_then(|p| p.exited()).is_none(),
+            s.process_mut().and_then(|p| p.exited()).is_none(),
             "{value}: the shipper exited:\n{}",
             s.log_text()
         );

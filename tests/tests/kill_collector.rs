@@ -17,7 +17,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::node::synthetic;
+use e2e::FailingPipe;
 use e2e::webhook::Webhook;
 use rand::RngExt;
 
@@ -45,29 +46,17 @@ async fn sigkill_of_the_collector_long() {
 /// least `min_kills` times before the stream ends.
 async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
-    let dir = e2e::scratch();
     // The first notification is answered only after 3 s: the collector is
     // killed before (its lives last at most 1.8 s), so it must send it again.
     let hook = Webhook::start_slow_first(Duration::from_secs(3)).await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
-    node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
-    node.start(&[
-        "--synthetic-logs".into(),
-        total.to_string(),
-        "--synthetic-rate".into(),
-        RATE.to_string(),
-    ])
-    .await;
+    let FailingPipe {
+        dir: _dir,
+        hook,
+        mut collector,
+        mut node,
+        ..
+    } = FailingPipe::start(SUB, NODE, PIPE, hook).await;
+    node.start(&synthetic(total, RATE)).await;
 
     let mut rng = rand::rng();
     let (mut lives, mut kills) = (0, 0);

@@ -13,7 +13,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{operator_token, Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::node::synthetic;
+use e2e::FailingPipe;
 use e2e::webhook::Webhook;
 use rand::RngExt;
 
@@ -41,32 +42,19 @@ async fn sigkill_of_the_node_long() {
 /// least `min_kills` times before the stream ends.
 async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
-    let dir = e2e::scratch();
-    let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
-    node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
+    let FailingPipe {
+        dir: _dir,
+        hook,
+        mut collector,
+        mut node,
+        ..
+    } = FailingPipe::start(SUB, NODE, PIPE, Webhook::start().await).await;
 
     let mut rng = rand::rng();
     let (mut lives, mut kills, mut accepted) = (0, 0, 0);
     while accepted < total {
         lives += 1;
-        let rest = (total - accepted).to_string();
-        node.spawn(&[
-            "--synthetic-logs".into(),
-            rest,
-            "--synthetic-rate".into(),
-            RATE.to_string(),
-        ]);
+        node.spawn(&synthetic(total - accepted, RATE));
         let born = Instant::now();
         let life = Duration::from_millis(rng.random_range(300..2500));
         // Fail the pipe at a random moment of this life, if the API is up by then.

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::FailingPipe;
 use e2e::shipper::{line_number, LogWriter, Shipper};
 use e2e::webhook::Webhook;
 use rand::RngExt;
@@ -43,21 +43,13 @@ async fn sigkill_of_the_shipper_long() {
 /// least `min_kills` times before the stream ends.
 async fn run(total: u64, min_kills: usize) {
     let started = Instant::now();
-    let dir = e2e::scratch();
-    let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
-    let token = collector.token_file(SUB);
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
-    node.collector = Some((collector.url.clone(), token.clone()));
+    let FailingPipe {
+        dir,
+        hook,
+        mut collector,
+        mut node,
+        token,
+    } = FailingPipe::start(SUB, NODE, PIPE, Webhook::start().await).await;
     node.start(&[]).await;
 
     let logs = dir.path().join("logs");

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect, ADMIN};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::FailingPipe;
 use e2e::process::until;
 use e2e::shipper::{line_number, write_numbered_file, Shipper};
 use e2e::webhook::Webhook;
@@ -34,24 +34,14 @@ const PIPE: &str = "orders";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_shippers_are_shed_with_429_in_bounded_memory_losing_nothing() {
     let started = Instant::now();
-    let dir = e2e::scratch();
     let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector
-        .args
-        .extend(["--admission-wait".into(), "0s".into()]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
-    let token = collector.token_file(SUB);
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
-    node.collector = Some((collector.url.clone(), token.clone()));
+    let FailingPipe {
+        dir,
+        hook,
+        mut collector,
+        mut node,
+        token,
+    } = FailingPipe::start_with(SUB, NODE, PIPE, hook, &["--admission-wait", "0s"]).await;
     node.start(&[]).await;
 
     let mut shippers: Vec<Shipper> = (0..SHIPPERS)

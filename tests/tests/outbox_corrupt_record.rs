@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::FailingPipe;
 use e2e::process::until;
 use e2e::webhook::Webhook;
 use rand::seq::IndexedRandom;
@@ -29,21 +29,16 @@ const PIPE: &str = "orders";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_are_quarantined_and_counted_and_the_rest_flows() {
     let started = Instant::now();
-    let dir = e2e::scratch();
-    let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.start().await;
-    collector
-        .pump_failed_rule(SUB, "ops", &[PIPE], &hook.url)
-        .await;
+    let FailingPipe {
+        dir: _dir,
+        hook,
+        mut collector,
+        mut node,
+        ..
+    } = FailingPipe::start(SUB, NODE, PIPE, Webhook::start().await).await;
 
     // Records pile up in the outbox: no collector yet.
-    let mut node = Node::new(
-        &dir.path().join("node"),
-        NODE,
-        SUB,
-        &failing_pipe_config(PIPE),
-    );
+    let shipping_to = node.collector.take();
     node.start(&["--synthetic-logs".into(), RECORDS.to_string()])
         .await;
     until("the synthetic records", Duration::from_secs(60), || async {
@@ -85,7 +80,7 @@ async fn corrupt_records_are_quarantined_and_counted_and_the_rest_flows() {
     corrupted.sort_unstable();
     eprintln!("flipped a byte of seqs {corrupted:?}");
 
-    node.collector = Some((collector.url.clone(), collector.token_file(SUB)));
+    node.collector = shipping_to;
     node.start(&[]).await;
     let quarantined = until("the quarantine", Duration::from_secs(60), || async {
         let n = node.metric("outbox_records_quarantined_total").await?;

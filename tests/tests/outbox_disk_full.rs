@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use e2e::collector::{Collector, Expect};
-use e2e::node::{failing_pipe_config, Node};
+use e2e::node::{failing_pipe_config, synthetic, Node};
 use e2e::process::{until, Tmpfs};
 use e2e::shipper::{line_number, LogWriter, Shipper};
 use e2e::webhook::Webhook;
@@ -85,13 +85,7 @@ async fn full_disk_refuses_appends_clearly_and_recovers_losing_nothing() {
     let shipper_disk = Tmpfs::mount(&shipper.data_dir.join("outbox"), "16m").unwrap();
     let writer = LogWriter::start(&logs.join("app.log"), LINES, LINE_RATE);
     shipper.start().await;
-    node.start(&[
-        "--synthetic-logs".into(),
-        TOTAL.to_string(),
-        "--synthetic-rate".into(),
-        RATE.to_string(),
-    ])
-    .await;
+    node.start(&synthetic(TOTAL, RATE)).await;
 
     // The backlogs fill the filesystems.
     until(

@@ -6,44 +6,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use collector::{CollectorConfig, Listen, Tokens};
-use schemas::{Body, EventType, ExecutionBody, IngestBatch, Level, LogBody, Record};
+use schemas::{Body, EventType, ExecutionBody, IngestBatch, Record};
+use testkit::records;
 use tokio_util::sync::CancellationToken;
 
-pub const ADMIN: &str = "admin-token";
+pub use testkit::tokens::ADMIN;
 pub const SHIP_ACME: &str = "ship-acme";
 pub const OP_ACME: &str = "op-acme";
 pub const SHIP_BETA: &str = "ship-beta";
 pub const OP_BETA: &str = "op-beta";
 
-pub const TOKENS: &str = r#"
-[[tokens]]
-token = "admin-token"
-subscription = "*"
-role = "admin"
-
-[[tokens]]
-token = "ship-acme"
-subscription = "acme"
-role = "shipper"
-
-[[tokens]]
-token = "op-acme"
-subscription = "acme"
-role = "operator"
-
-[[tokens]]
-token = "ship-beta"
-subscription = "beta"
-role = "shipper"
-
-[[tokens]]
-token = "op-beta"
-subscription = "beta"
-role = "operator"
-"#;
-
 pub fn tokens() -> Tokens {
-    Tokens::parse(TOKENS, Path::new("test-tokens.toml")).expect("tokens parse")
+    let toml = testkit::tokens::toml(&["acme", "beta"]);
+    Tokens::parse(&toml, Path::new("test-tokens.toml")).expect("tokens parse")
 }
 
 pub struct Harness {
@@ -181,18 +156,8 @@ pub fn now() -> i64 {
 }
 
 pub fn log_record(sub: &str, source: &str, seq: u64, ts: i64, message: &str) -> Record {
-    Record {
-        seq,
-        ts,
-        source: source.into(),
-        subscription: sub.into(),
-        body: Body::Log(LogBody {
-            level: Level::Info,
-            target: "node::pump".into(),
-            message: message.into(),
-            fields: Default::default(),
-        }),
-    }
+    let body = records::log_body("node::pump", message);
+    records::record(sub, source, seq, ts, body)
 }
 
 pub fn exec_record(
@@ -210,23 +175,11 @@ pub fn exec_record(
     if event == EventType::PumpFailed {
         b.original_error_message = Some("connection timeout talking to crm".into());
     }
-    Record {
-        seq,
-        ts,
-        source: source.into(),
-        subscription: sub.into(),
-        body: Body::Execution(Box::new(b)),
-    }
+    records::record(sub, source, seq, ts, Body::Execution(Box::new(b)))
 }
 
 pub fn batch(sub: &str, source: &str, records: Vec<Record>) -> IngestBatch {
-    IngestBatch {
-        epoch: String::new(),
-        source: source.into(),
-        subscription: sub.into(),
-        records,
-        dropped: 0,
-    }
+    records::batch(sub, source, "", records)
 }
 
 /// `n` log records with seqs `first..first+n`, one millisecond apart.

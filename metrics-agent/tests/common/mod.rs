@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -14,24 +14,10 @@ pub const SHIP_ACME: &str = "ship-acme";
 pub const OP_ACME: &str = "op-acme";
 pub const NODE_TOKEN: &str = "node-api-token-0123456789";
 
-pub const TOKENS: &str = r#"
-[[tokens]]
-token = "admin-token"
-subscription = "*"
-role = "admin"
+/// How long a process under test may take to exit on SIGTERM.
+pub const STOP: Duration = Duration::from_secs(10);
 
-[[tokens]]
-token = "ship-acme"
-subscription = "acme"
-role = "shipper"
-
-[[tokens]]
-token = "op-acme"
-subscription = "acme"
-role = "operator"
-"#;
-
-pub use testkit::free_port;
+pub use testkit::{free_port, Proc};
 
 /// A Debian package's binary, or `None` with a message saying the test
 /// is skipped.
@@ -46,61 +32,9 @@ pub fn binary(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A child process killed when dropped.
-pub struct Proc {
-    pub child: Child,
-    pub name: &'static str,
-}
-
-impl Proc {
-    pub fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc { child, name }
-    }
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    /// SIGTERM, then wait up to 10 s, then SIGKILL.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits until `url` answers 2xx.
+/// Waits until `url` answers 2xx (30 s).
 pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not become ready at {url}");
+    testkit::process::wait_http_ok(client, url, what, Duration::from_secs(30)).await
 }
 
 pub async fn get_text(client: &reqwest::Client, url: &str, token: Option<&str>) -> String {
@@ -134,7 +68,8 @@ impl Collector {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let tokens = collector::Tokens::parse(TOKENS, Path::new("tokens.toml")).unwrap();
+        let toml = testkit::tokens::toml(&["acme"]);
+        let tokens = collector::Tokens::parse(&toml, Path::new("tokens.toml")).unwrap();
         let config = collector::CollectorConfig::new(
             dir.join("collector"),
             collector::Listen::Listener(listener),
@@ -270,20 +205,15 @@ impl Prometheus {
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let proc = Proc::spawn(
-            "prometheus",
-            Command::new(bin)
-                .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--web.enable-remote-write-receiver")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        );
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver");
+        let proc = Proc::spawn("prometheus", cmd, &dir.path().join("prometheus.log"));
         let p = Prometheus { proc, port, dir };
         wait_ready(&reqwest::Client::new(), &p.url("/-/ready"), "prometheus").await;
         Some(p)
@@ -292,7 +222,7 @@ impl Prometheus {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        self.proc.log_text()
     }
     /// The result vector of an instant query.
     pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {

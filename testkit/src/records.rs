@@ -1,0 +1,47 @@
+//! Records and ingest batches as shippers send them, for tests and
+//! benchmarks of the collector and the notifier.
+
+use schemas::{Body, EventType, ExecutionBody, IngestBatch, Level, LogBody, Record};
+
+/// A record of `subscription` from `source` with this body.
+pub fn record(subscription: &str, source: &str, seq: u64, ts: i64, body: Body) -> Record {
+    Record {
+        seq,
+        ts,
+        source: source.into(),
+        subscription: subscription.into(),
+        body,
+    }
+}
+
+/// An INFO service log line of `target` (no fields).
+pub fn log_body(target: &str, message: &str) -> Body {
+    Body::Log(LogBody {
+        level: Level::Info,
+        target: target.into(),
+        message: message.into(),
+        fields: Default::default(),
+    })
+}
+
+/// An execution event of `pipe`; a `pump-failed` one carries `reason` as
+/// its `reason_why_stopped`.
+pub fn execution_body(pipe: &str, event: EventType, reason: &str) -> Body {
+    let mut b = ExecutionBody::new(pipe, event);
+    if event == EventType::PumpFailed {
+        b.reason_why_stopped = Some(reason.to_string());
+    }
+    Body::Execution(Box::new(b))
+}
+
+/// A batch of `records` of one source (`epoch` as the outbox names its
+/// life; empty for none).
+pub fn batch(subscription: &str, source: &str, epoch: &str, records: Vec<Record>) -> IngestBatch {
+    IngestBatch {
+        epoch: epoch.into(),
+        source: source.into(),
+        subscription: subscription.into(),
+        records,
+        dropped: 0,
+    }
+}
