@@ -39,7 +39,9 @@ pub fn write(path: &Path, subscriptions: &[&str]) -> PathBuf {
 }
 
 fn entry(token: &str, subscription: &str, role: &str) -> String {
-    format!("[[tokens]]\ntoken = \"{token}\"\nsubscription = \"{subscription}\"\nrole = \"{role}\"\n\n")
+    format!(
+        "[[tokens]]\ntoken = \"{token}\"\nsubscription = \"{subscription}\"\nrole = \"{role}\"\n\n"
+    )
 }
 
 #[cfg(test)]

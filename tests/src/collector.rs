@@ -104,7 +104,9 @@ impl Collector {
                 .await
                 .is_ok_and(|r| r.status().is_success())
         };
-        self.service.wait_ready(Duration::from_secs(30), ready).await;
+        self.service
+            .wait_ready(Duration::from_secs(30), ready)
+            .await;
     }
 
     /// `GET path` with `token`: (status, body text).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use collector::metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use schemas::{Body, IngestBatch, Record};
-use testkit::records;
 use serde_json::Value;
+use testkit::records;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

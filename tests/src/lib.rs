@@ -57,6 +57,7 @@ pub fn outbox_stats(dir: &Path) -> OutboxStats {
 /// collector (started) serving one subscription with a `pump_failed` rule
 /// for the pipe that notifies the webhook, and a node (not started) whose
 /// pipe fails ([`node::failing_pipe_config`]), shipping to the collector.
+#[derive(Debug)]
 pub struct FailingPipe {
     pub dir: tempfile::TempDir,
     pub hook: webhook::Webhook,
@@ -87,7 +88,8 @@ impl FailingPipe {
         collector_args: &[&str],
     ) -> FailingPipe {
         let dir = scratch();
-        let mut collector = collector::Collector::new(&dir.path().join("collector"), &[subscription]);
+        let mut collector =
+            collector::Collector::new(&dir.path().join("collector"), &[subscription]);
         collector
             .args
             .extend(collector_args.iter().map(|a| a.to_string()));

@@ -111,7 +111,9 @@ impl Node {
         self.spawn(extra);
         let (client, url) = (self.client.clone(), self.url.clone());
         let ready = || ping(&client, &url);
-        self.service.wait_ready(Duration::from_secs(30), ready).await;
+        self.service
+            .wait_ready(Duration::from_secs(30), ready)
+            .await;
     }
 
     pub async fn ping(&self) -> bool {

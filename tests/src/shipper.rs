@@ -87,7 +87,9 @@ impl Shipper {
         let (client, url) = (self.client.clone(), self.metrics_url());
         let ready = || metrics(&client, &url);
         let ready = || async { ready().await.is_some() };
-        self.service.wait_ready(Duration::from_secs(30), ready).await;
+        self.service
+            .wait_ready(Duration::from_secs(30), ready)
+            .await;
     }
 
     fn metrics_url(&self) -> String {

@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{Collector, Expect};
+use e2e::collector::Expect;
 use e2e::node::synthetic;
-use e2e::FailingPipe;
 use e2e::process::until;
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 
 const TOTAL: u64 = 500_000;
 const RATE: u64 = 6_500;

@@ -86,7 +86,9 @@ impl Stack {
         let before = banners(&log);
         self.service.spawn(cmd);
         let printed = || std::future::ready(banners(&log) > before);
-        self.service.wait_ready(Duration::from_secs(90), printed).await;
+        self.service
+            .wait_ready(Duration::from_secs(90), printed)
+            .await;
     }
 
     fn stop(&mut self) {

@@ -30,7 +30,7 @@ use axum::routing::post;
 use axum::Router;
 use e2e::collector::{operator_token, shipper_token, Collector, ADMIN};
 use e2e::process::{metric_sum, until};
-use schemas::{Body, EventType, ExecutionBody, IngestBatch, Record};
+use schemas::{EventType, IngestBatch, Record};
 use serde_json::{json, Value};
 
 const A: &str = "alpha";

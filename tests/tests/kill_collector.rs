@@ -16,10 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{Collector, Expect};
+use e2e::collector::Expect;
 use e2e::node::synthetic;
-use e2e::FailingPipe;
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 use rand::RngExt;
 
 /// Records per second of the node: about 20 s of stream, so collector lives

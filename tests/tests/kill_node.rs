@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{operator_token, Collector, Expect};
+use e2e::collector::{operator_token, Expect};
 use e2e::node::synthetic;
-use e2e::FailingPipe;
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 use rand::RngExt;
 
 /// Records per second: the stream lasts about 20 s of node uptime, so that

@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{Collector, Expect};
-use e2e::FailingPipe;
+use e2e::collector::Expect;
 use e2e::shipper::{line_number, LogWriter, Shipper};
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 use rand::RngExt;
 
 /// Lines per second written: the file grows for 20 s, so lives of 0.3-2.5 s

@@ -15,11 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{Collector, Expect, ADMIN};
-use e2e::FailingPipe;
+use e2e::collector::{Expect, ADMIN};
 use e2e::process::until;
 use e2e::shipper::{line_number, write_numbered_file, Shipper};
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 
 const SHIPPERS: usize = 50;
 const LINES: u64 = 10_000;

@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{Collector, Expect};
-use e2e::FailingPipe;
+use e2e::collector::Expect;
 use e2e::process::until;
 use e2e::webhook::Webhook;
+use e2e::FailingPipe;
 use rand::seq::IndexedRandom;
 use rand::RngExt;
 use schemas::Body;
