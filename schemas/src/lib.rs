@@ -8,6 +8,8 @@
 //! its Rust type drift apart (regenerate with `UPDATE_SCHEMAS=1 cargo test
 //! -p schemas`).
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod body;
 pub mod codec;

@@ -6,6 +6,8 @@
 //!   exactly-once in effect thanks to the collector's dedupe;
 //! - [`kmsg`] and [`tail`]: the host log sources of `sesam-shipper`.
 
+#![forbid(unsafe_code)]
+
 pub mod deliver;
 pub mod kmsg;
 pub mod outbox;
