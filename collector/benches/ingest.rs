@@ -75,15 +75,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 fn ingest_bench(dir: &Path, total: usize) {
-    let tokens = dir.join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n",
-    )
-    .expect("write tokens");
-    // The collector refuses a tokens file others may read.
-    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod tokens");
+    let tokens = testkit::tokens::write(&dir.join("tokens.toml"), &["bench"]);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -180,7 +172,7 @@ fn ingest_bench(dir: &Path, total: usize) {
                     loop {
                         let r = client
                             .post(&url)
-                            .bearer_auth("bench-shipper")
+                            .bearer_auth("ship-bench")
                             .header("content-type", "application/msgpack")
                             .header("content-encoding", "zstd")
                             .body(batches[i].clone())

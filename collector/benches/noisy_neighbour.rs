@@ -36,33 +36,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const TOKENS: &str = r#"
-[[tokens]]
-token = "admin"
-subscription = "*"
-role = "admin"
-
-[[tokens]]
-token = "ship-a"
-subscription = "a"
-role = "shipper"
-
-[[tokens]]
-token = "op-a"
-subscription = "a"
-role = "operator"
-
-[[tokens]]
-token = "ship-b"
-subscription = "b"
-role = "shipper"
-
-[[tokens]]
-token = "op-b"
-subscription = "b"
-role = "operator"
-"#;
-
 /// b: one ingest of this many records every `B_INGEST_EVERY`.
 const B_BATCH: u64 = 200;
 const B_INGEST_EVERY: Duration = Duration::from_millis(50);
@@ -490,7 +463,7 @@ async fn attack(
 async fn refused_by_server(client: &reqwest::Client, url: &str) -> f64 {
     let Ok(r) = client
         .get(format!("{url}/metrics"))
-        .bearer_auth("admin")
+        .bearer_auth(testkit::tokens::ADMIN)
         .send()
         .await
     else {
@@ -513,10 +486,7 @@ fn truncated(tail: &[u8]) -> bool {
 }
 
 fn start_collector(dir: &Path) -> (Child, u16) {
-    let tokens = dir.join("tokens.toml");
-    std::fs::write(&tokens, TOKENS).expect("tokens");
-    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
+    let tokens = testkit::tokens::write(&dir.join("tokens.toml"), &["a", "b"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -686,7 +656,7 @@ fn main() {
         }
         let m = client
             .get(format!("{url}/metrics"))
-            .bearer_auth("admin")
+            .bearer_auth(testkit::tokens::ADMIN)
             .send()
             .await
             .expect("metrics")

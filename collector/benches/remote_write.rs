@@ -202,15 +202,7 @@ fn main() {
         .expect("runtime");
 
     // The collector, default flags.
-    let tokens = dir.join("rw-tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[tokens]]\ntoken = \"bench-shipper\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"bench-admin\"\nsubscription = \"*\"\nrole = \"admin\"\n",
-    )
-    .expect("tokens");
-    // The collector refuses a tokens file others may read.
-    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod tokens");
+    let tokens = testkit::tokens::write(&dir.join("rw-tokens.toml"), &["bench"]);
     let data = dir.join("rw-collector");
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();
@@ -227,7 +219,7 @@ fn main() {
     let run = send(
         &rt,
         &format!("http://127.0.0.1:{port}/api/v1/write"),
-        Some("bench-shipper"),
+        Some("ship-bench"),
         reqs.clone(),
         child.id(),
     );
@@ -238,7 +230,7 @@ fn main() {
             .get(format!(
                 "http://127.0.0.1:{port}/federate?match[]=%7Bjob%3D%22node%22%7D"
             ))
-            .bearer_auth("bench-admin")
+            .bearer_auth(testkit::tokens::ADMIN)
             .send()
             .await
             .expect("federate")
