@@ -45,8 +45,12 @@ use crate::handoff::{Link, Msg};
 use crate::service::Notifier;
 
 /// Records one round evaluates at most before it writes its effects and
-/// releases the engine (API calls and timers get their turn).
-pub const ROUND_RECORDS: usize = 1024;
+/// releases the engine (API calls and timers get their turn). A record of
+/// another subscription waits for at most the round in progress (a few
+/// milliseconds of a busy subscription's rules), so rounds are short; the
+/// fixed cost of a round (one unsynced write of its effects) stays a few
+/// percent of its evaluation.
+pub const ROUND_RECORDS: usize = 256;
 /// Records read back from the feed at once.
 const READ_RECORDS: usize = 4096;
 /// Messages taken from the commit queue between two rounds.
@@ -129,6 +133,10 @@ struct Evaluator {
     measured: Option<Instant>,
     /// Records were evaluated since the memory was last measured.
     worked: bool,
+    /// The subscription of the last round, put back in the order only
+    /// after the commits that arrived during the round are taken: another
+    /// subscription's record that arrived meanwhile runs first.
+    ran: Option<String>,
 }
 
 impl Notifier {
@@ -154,6 +162,7 @@ impl Notifier {
             refreshed: Instant::now(),
             measured: None,
             worked: false,
+            ran: None,
         };
         let handle = std::thread::Builder::new()
             .name("notifier-eval".into())
@@ -201,6 +210,7 @@ impl Evaluator {
                 }
             }
             self.absorb();
+            self.relist();
             if let Some(deadline) = self.stop {
                 let working = self.subs.values().any(Sub::has_work);
                 if !working || Instant::now() >= deadline {
@@ -336,6 +346,9 @@ impl Evaluator {
     /// can run; else until the first one's share refills (at most the
     /// refresh interval).
     fn idle_wait(&self) -> Duration {
+        if self.ran.is_some() {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let mut wait = REFRESH;
         for sub in &self.order {
@@ -450,8 +463,23 @@ impl Evaluator {
                 ),
             );
         }
-        list(&mut self.order, &sub, s);
+        // Back in the order after the commits that arrive meanwhile
+        // (`relist`); until then no commit lists it.
+        s.listed = true;
+        self.ran = Some(sub.clone());
         self.trim(&sub, false);
+    }
+
+    /// Puts the subscription of the last round back in the order, behind
+    /// the subscriptions whose commits arrived during the round.
+    fn relist(&mut self) {
+        let Some(sub) = self.ran.take() else {
+            return;
+        };
+        if let Some(s) = self.subs.get_mut(&sub) {
+            s.listed = false;
+            list(&mut self.order, &sub, s);
+        }
     }
 
     /// Reads the next chunk of `sub`'s records from the feed.
