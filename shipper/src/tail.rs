@@ -74,7 +74,7 @@ impl Default for TailConfig {
             subscription: String::new(),
             poll: Duration::from_millis(250),
             max_line_bytes: 64 << 10,
-            max_read_bytes: 128 << 10,
+            max_read_bytes: 64 << 10,
             redactor: None,
         }
     }
