@@ -19,6 +19,7 @@
 //! 4. the rule engine's estimated memory after that stream
 //!    (`notifier_engine_memory_bytes`), per part, per pipe and per rule.
 //!
+//! `BENCH_NOTIFY_ROUNDS` (default 2) sets how many off/on pairs run.
 //! Prints one line per figure; BENCHMARKS.md records them.
 
 use std::collections::HashMap;
@@ -177,6 +178,16 @@ fn exec(source: usize, seq: u64, ts: i64, pipe: &str, ev: EventType) -> Record {
         source: format!("node-{source}"),
         subscription: SUB.into(),
         body: Body::Execution(Box::new(b)),
+    }
+}
+
+/// The median of sorted, non-empty `v`.
+fn median(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -515,16 +526,21 @@ fn main() {
         let rules = tmp.path().join("rules.json");
         rules_file(&rules, &hook);
         let batches = Arc::new(stream(records));
-        // Off and on alternate twice on fresh stores so that drift of this
-        // shared machine hits both; the better run of each is reported.
+        // Off and on alternate (`BENCH_NOTIFY_ROUNDS` pairs, default 2) on
+        // fresh stores so that drift of this shared machine hits both; the
+        // better run of each is reported, and the median of the pairs'
+        // ratios (each pair ran back to back).
+        let rounds = env_usize("BENCH_NOTIFY_ROUNDS", 2).max(1);
         let (mut off, mut on, mut setup) = (0f64, 0f64, 0f64);
+        let mut ratios = Vec::new();
         let mut last = OnRun::default();
-        for round in 0..2 {
+        for round in 0..rounds {
             let off_dir = tmp.path().join(format!("off-{round}"));
             let on_dir = tmp.path().join(format!("on-{round}"));
             let (r, _, _) = throughput(&off_dir, batches.clone(), None, &arrivals).await;
             println!("  round {round}: notifier off {r:.0} records/s");
             off = off.max(r);
+            let pair_off = r;
             let (r, s, run) = throughput(&on_dir, batches.clone(), Some(&rules), &arrivals).await;
             let (p, o) = (&run.probes, &run.other);
             println!(
@@ -544,6 +560,7 @@ fn main() {
                 pct(&run.other_after, 0.99)
             );
             on = on.max(r);
+            ratios.push(r / pair_off);
             setup = s;
             last = run;
             let _ = std::fs::remove_dir_all(&off_dir);
@@ -553,6 +570,13 @@ fn main() {
             "notify cost: {records} execution records over {PIPES} pipes: notifier off {off:.0} records/s, on with {RULES} rules {on:.0} records/s (ratio {:.2}); {} alerts notified; loading the rules took {setup:.1} s",
             on / off,
             arrivals.lock().unwrap().len()
+        );
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "notify cost per pair (on / off run back to back): {}; median {:.2}",
+            listed.join(", "),
+            median(&ratios)
         );
         let part = |name: &str| {
             last.memory

@@ -43,12 +43,47 @@ pub fn bin(name: &str) -> PathBuf {
     );
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a child to listen on.
+///
+/// Taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), where no process's outgoing
+/// connection or `bind(0)` is given a port between this check and the
+/// child's `bind` (50 shippers connecting to a collector made that race
+/// real), and never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, span) = (low.saturating_sub(12_000).max(1024), 12_000u16);
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if low > first {
+        let span = span.min(low - first);
+        // A random start, so that test processes running at once mostly
+        // pick different ports.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let start = (h.finish() % u64::from(span)) as u16;
+        for i in 0..span {
+            let port = first + (start + i) % span;
+            if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed.insert(port);
+                return port;
+            }
+        }
+    }
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if handed.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running child process; killed (SIGKILL) when dropped, so a failing test
