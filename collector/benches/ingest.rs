@@ -316,6 +316,7 @@ fn search_bench(dir: &Path, total: usize) {
             deadline: far,
             max_bytes: usize::MAX,
             parallel: true,
+            max_scanned_bytes: u64::MAX,
         };
         let t = Instant::now();
         let r = store.search(&q, &p).expect("search");
@@ -342,6 +343,7 @@ fn search_bench(dir: &Path, total: usize) {
         deadline: far,
         max_bytes: usize::MAX,
         parallel: true,
+        max_scanned_bytes: u64::MAX,
     };
     let mut best = None::<(Duration, u64, u64)>;
     for _ in 0..2 {

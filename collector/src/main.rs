@@ -179,6 +179,10 @@ struct ServeArgs {
     /// "truncated".
     #[arg(long, default_value_t = 32 << 20)]
     max_answer_bytes: usize,
+    /// Bytes of log lines one query (search or metric query) may read;
+    /// past it the query is answered 400 naming this limit.
+    #[arg(long, default_value_t = 8 << 30)]
+    max_query_scan_bytes: u64,
     /// match[] selectors of one /federate request.
     #[arg(long, default_value_t = 64)]
     max_federate_selectors: usize,
@@ -536,6 +540,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_regex_bytes: a.max_query_regex_bytes,
     };
     config.read.max_answer_bytes = a.max_answer_bytes;
+    config.read.max_scanned_bytes = a.max_query_scan_bytes;
     config.read.max_federate_selectors = a.max_federate_selectors;
     config.read.max_federate_bytes = a.max_federate_bytes;
     config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;

@@ -86,6 +86,7 @@ where
         deadline: Instant::now() + s.query_timeout,
         max_bytes: s.read_limits.max_answer_bytes,
         parallel: false,
+        max_scanned_bytes: s.read_limits.max_scanned_bytes,
     };
     let store = s.store.clone();
     let limits = s.read_limits.query.clone();
@@ -148,6 +149,12 @@ where
             SearchError::Timeout.to_string(),
         )
         .with_field("query")),
+        Err(Failed::Search(e @ SearchError::ScanLimit(limit))) => {
+            s.metrics.refuse_query("scan_limit");
+            Err(ApiError::bad_request(e.to_string(), "query")
+                .with("reason", json!("scan_limit"))
+                .with("limit", json!(limit)))
+        }
         Err(Failed::Search(e @ (SearchError::Store(_) | SearchError::Panicked))) => {
             Err(ApiError::internal(e.to_string()))
         }

@@ -71,6 +71,9 @@ pub struct ReadLimits {
     /// Bytes of log lines in one answer (`/api/v1/logs`, Loki
     /// `query_range`); the answer stops there, marked truncated.
     pub max_answer_bytes: usize,
+    /// Bytes of log lines one query may read (searches and metric
+    /// queries); past it the query is refused with 400.
+    pub max_scanned_bytes: u64,
     /// `match[]` selectors of one `/federate` request.
     pub max_federate_selectors: usize,
     /// Bytes of one `/federate` answer; past it the request is refused.
@@ -98,6 +101,7 @@ impl Default for ReadLimits {
         ReadLimits {
             query: QueryLimits::default(),
             max_answer_bytes: 32 << 20,
+            max_scanned_bytes: 8 << 30,
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
             max_queries_per_subscription: 2,

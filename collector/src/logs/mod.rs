@@ -21,7 +21,10 @@ pub use model::{
     EpochMeta, IngestObserver, IngestOutcome, PreparedBatch, PreparedEntry, PreparedStream,
     PurgeReport, SourceInfo, SourceMeta, StoreError, StreamInfo,
 };
-use query::{Query, SearchError, SearchParams, SearchResult};
+use query::{
+    MatchedRecord, Query, ScanParams, ScanStats, SearchError, SearchParams, SearchResult,
+    VolumeBucket,
+};
 use retention::RetentionPolicy;
 
 /// Resolves once a queued batch is durable (or failed).
@@ -46,6 +49,33 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Runs `query` (blocking; call it from a query thread).
     fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult, SearchError>;
+
+    /// Calls `f` with every record of `streams` (picked by
+    /// [`LogStore::select_streams`]) in `[p.start, p.end)` that passes the
+    /// query's stages, a stream at a time, oldest first, until `f` answers
+    /// `false` (blocking; call it from a query thread). Metric queries run
+    /// on this.
+    fn scan_matches(
+        &self,
+        query: &Query,
+        streams: &[Arc<StreamInfo>],
+        p: &ScanParams,
+        f: &mut dyn FnMut(MatchedRecord<'_>) -> bool,
+    ) -> Result<ScanStats, SearchError>;
+
+    /// The exact records and line bytes of `stream` per volume bucket
+    /// (see [`VolumeBucket`]) whose end is in `(start, end]` (both
+    /// multiples of [`query::VOLUME_BUCKET_NS`]), oldest first, buckets
+    /// without records left out; `None` when the store keeps no volume
+    /// index (metric queries then scan).
+    fn volume(
+        &self,
+        _stream: &StreamInfo,
+        _start: i64,
+        _end: i64,
+    ) -> Option<Result<Vec<VolumeBucket>, StoreError>> {
+        None
+    }
 
     /// The streams `query`'s selector picks of `subscription` (every one
     /// when `None`) in `[start, end)`: the label index.

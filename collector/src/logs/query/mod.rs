@@ -40,6 +40,58 @@ pub struct SearchParams {
     /// Whether the search may split into two threads (when nothing else
     /// is searching: under load one query per thread is fairer).
     pub parallel: bool,
+    /// Give up (with [`SearchError::ScanLimit`]) once this many bytes of
+    /// lines were read.
+    pub max_scanned_bytes: u64,
+}
+
+/// What a scan for a metric query reads: every record of the given
+/// streams in `[start, end)` that passes the query's stages.
+#[derive(Debug, Clone)]
+pub struct ScanParams {
+    /// Unix ns, inclusive.
+    pub start: i64,
+    /// Unix ns, exclusive.
+    pub end: i64,
+    /// Give up (with [`SearchError::Timeout`]) after this instant.
+    pub deadline: Instant,
+    /// Give up (with [`SearchError::ScanLimit`]) once this many bytes of
+    /// lines were read.
+    pub max_scanned_bytes: u64,
+}
+
+/// One record a scan found.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchedRecord<'a> {
+    pub stream: &'a Arc<StreamInfo>,
+    pub ts: i64,
+    pub line: &'a [u8],
+    /// Fields extracted by `| json`, when the query has it.
+    pub extracted: Option<&'a [(String, String)]>,
+}
+
+/// What a scan read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Entries read (before filtering).
+    pub scanned: u64,
+    /// Bytes of lines read.
+    pub scanned_bytes: u64,
+}
+
+/// Width of a bucket of the volume index (see
+/// [`LogStore::volume`](crate::logs::LogStore::volume)): 10 s.
+pub const VOLUME_BUCKET_NS: i64 = 10_000_000_000;
+
+/// Records and line bytes of one stream in one volume bucket: the records
+/// with `end - VOLUME_BUCKET_NS < ts <= end` (left-open, right-closed, like
+/// a LogQL range).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeBucket {
+    /// A multiple of [`VOLUME_BUCKET_NS`].
+    pub end: i64,
+    pub records: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +102,8 @@ pub enum SearchError {
     Timeout,
     #[error("a search thread panicked")]
     Panicked,
+    #[error("query would read more than {0} bytes of log lines (--max-query-scan-bytes); narrow the time range or the selector")]
+    ScanLimit(u64),
 }
 
 /// One matching line.

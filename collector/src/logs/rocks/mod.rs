@@ -76,6 +76,7 @@
 
 pub mod feed;
 pub mod keys;
+mod scan;
 mod search;
 mod writer;
 
@@ -100,7 +101,9 @@ pub use crate::logs::model::{
     PurgeReport, SourceInfo, SourceMeta, StoreError, StreamInfo, ENTRY_V1, ENTRY_V1_BYTE,
     MAX_OLD_EPOCHS,
 };
-use crate::logs::query::{Query, SearchError, SearchParams, SearchResult};
+use crate::logs::query::{
+    MatchedRecord, Query, ScanParams, ScanStats, SearchError, SearchParams, SearchResult,
+};
 use crate::logs::retention::RetentionPolicy;
 use crate::logs::{IngestReceipt, LogStore, StoreFuture};
 
@@ -842,6 +845,16 @@ impl LogStore for Store {
 
     fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult, SearchError> {
         search::search(self, query, params)
+    }
+
+    fn scan_matches(
+        &self,
+        query: &Query,
+        streams: &[Arc<StreamInfo>],
+        p: &ScanParams,
+        f: &mut dyn FnMut(MatchedRecord<'_>) -> bool,
+    ) -> Result<ScanStats, SearchError> {
+        scan::scan_matches(self, query, streams, p, f)
     }
 
     fn select_streams(

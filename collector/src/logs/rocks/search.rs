@@ -177,6 +177,9 @@ fn search_streams(
             line_len = line.len();
             result.scanned += 1;
             result.scanned_bytes += line.len() as u64;
+            if result.scanned_bytes > p.max_scanned_bytes {
+                return Err(SearchError::ScanLimit(p.max_scanned_bytes));
+            }
             let stream = &streams[head.idx];
             if let Some(extracted) = run_stages(query, stream, line) {
                 let hit = Hit {

@@ -299,6 +299,7 @@ async fn search_over_many_streams_matches_a_brute_force_answer() {
             deadline: std::time::Instant::now() + Duration::from_secs(60),
             max_bytes: usize::MAX,
             parallel: true,
+            max_scanned_bytes: u64::MAX,
         };
         let r = search::search(&store, &q, &p).expect("search");
         let mut expected: Vec<i64> = all
