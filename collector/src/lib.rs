@@ -83,6 +83,8 @@ pub struct CollectorConfig {
     pub admission: AdmissionLimits,
     /// Bounds of queries and answers.
     pub read: ReadLimits,
+    /// Live tails open at once (`/loki/api/v1/tail`).
+    pub tail: logs::tail::TailLimits,
     pub max_concurrent_queries: usize,
     pub query_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests get to finish.
@@ -138,6 +140,7 @@ impl CollectorConfig {
             server: ServerLimits::default(),
             admission: AdmissionLimits::default(),
             read: ReadLimits::default(),
+            tail: logs::tail::TailLimits::default(),
             max_concurrent_queries: 4,
             query_timeout: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(10),
@@ -305,6 +308,8 @@ pub async fn run(
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
+    let tails = logs::tail::TailHub::new(config.tail.clone());
+    observers.push(tails.clone());
     let (data_dir, mut store_cfg) = (config.data_dir.clone(), config.store.clone());
     // The notifier evaluates off the commit path from the store's feed.
     store_cfg.feed = config.notifier_enabled;
@@ -388,6 +393,7 @@ pub async fn run(
             metric_observers,
         )),
         notifier: notifier.clone(),
+        tails,
     });
 
     let tracker = TaskTracker::new();

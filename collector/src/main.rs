@@ -183,6 +183,16 @@ struct ServeArgs {
     /// past it the query is answered 400 naming this limit.
     #[arg(long, default_value_t = 8 << 30)]
     max_query_scan_bytes: u64,
+    /// Series one metric query may produce; past it the query is answered
+    /// 400 naming this limit.
+    #[arg(long, default_value_t = 1000)]
+    max_query_series: usize,
+    /// Live tails (/loki/api/v1/tail) open at once.
+    #[arg(long, default_value_t = 256)]
+    max_tails: usize,
+    /// Live tails open at once for one subscription.
+    #[arg(long, default_value_t = 8)]
+    max_tails_per_subscription: usize,
     /// match[] selectors of one /federate request.
     #[arg(long, default_value_t = 64)]
     max_federate_selectors: usize,
@@ -420,6 +430,14 @@ struct SearchArgs {
     /// Oldest first instead of newest first.
     #[arg(long)]
     forward: bool,
+    /// Keep printing new records as they are stored (after the newest
+    /// --limit of --since), until interrupted.
+    #[arg(long, conflicts_with = "forward")]
+    tail: bool,
+    /// Step of a metric query (e.g. `sum by (level) (count_over_time({...}[1m]))`);
+    /// default: --since / 250, at least 1s.
+    #[arg(long)]
+    step: Option<String>,
     #[arg(
         long,
         env = "SESAM_COLLECTOR_URL",
@@ -541,6 +559,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     config.read.max_answer_bytes = a.max_answer_bytes;
     config.read.max_scanned_bytes = a.max_query_scan_bytes;
+    config.read.max_series = a.max_query_series;
+    config.tail.max_tails = a.max_tails;
+    config.tail.max_tails_per_subscription = a.max_tails_per_subscription;
     config.read.max_federate_selectors = a.max_federate_selectors;
     config.read.max_federate_bytes = a.max_federate_bytes;
     config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;
@@ -598,8 +619,50 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .context("build HTTP client")
 }
 
+/// Whether `query` is a metric query (it starts with a function or an
+/// aggregation rather than a stream selector).
+fn is_metric_query(query: &str) -> bool {
+    !query.trim_start().starts_with('{')
+}
+
+/// One record's text line: time, labels (but the subscription), body.
+fn record_line(
+    time: &str,
+    labels: Option<&serde_json::Map<String, serde_json::Value>>,
+    body: &str,
+) -> String {
+    let labels = labels
+        .map(|l| {
+            l.iter()
+                .filter(|(k, _)| *k != "subscription")
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    format!("{time} {labels} {body}")
+}
+
+fn answer_error(body: &serde_json::Value) -> String {
+    let mut msg = body
+        .get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("?")
+        .to_string();
+    if let Some(c) = body.get("column").and_then(|c| c.as_u64()) {
+        msg.push_str(&format!(" (column {c})"));
+    }
+    msg
+}
+
 async fn search(a: SearchArgs) -> anyhow::Result<()> {
     let token = read_token(a.token_file.as_ref())?;
+    if a.tail {
+        return tail(&a, &token).await;
+    }
+    if is_metric_query(&a.query) {
+        return metric_search(&a, &token).await;
+    }
     let url = format!("{}/api/v1/logs", a.url.trim_end_matches('/'));
     let resp = client()?
         .get(&url)
@@ -616,10 +679,7 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.context("read search answer")?;
     if !status.is_success() {
-        bail!(
-            "search failed ({status}): {}",
-            body.get("error").and_then(|e| e.as_str()).unwrap_or("?")
-        );
+        bail!("search failed ({status}): {}", answer_error(&body));
     }
     let records = body
         .get("records")
@@ -632,25 +692,155 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
         }
         Output::Text => {
             for r in &records {
-                let labels = r
-                    .get("labels")
-                    .and_then(|l| l.as_object())
-                    .map(|l| {
-                        l.iter()
-                            .filter(|(k, _)| *k != "subscription")
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
                 println!(
-                    "{} {} {}",
-                    r.get("time").and_then(|t| t.as_str()).unwrap_or("?"),
-                    labels,
-                    r.get("body").map(|b| b.to_string()).unwrap_or_default()
+                    "{}",
+                    record_line(
+                        r.get("time").and_then(|t| t.as_str()).unwrap_or("?"),
+                        r.get("labels").and_then(|l| l.as_object()),
+                        &r.get("body").map(|b| b.to_string()).unwrap_or_default(),
+                    )
                 );
             }
             eprintln!("{} records", records.len());
+        }
+    }
+    Ok(())
+}
+
+/// A metric query over --since at --step, printed as a table: one row per
+/// (series, time).
+async fn metric_search(a: &SearchArgs, token: &str) -> anyhow::Result<()> {
+    let url = format!("{}/loki/api/v1/query_range", a.url.trim_end_matches('/'));
+    let mut params = vec![("query", a.query.clone()), ("since", a.since.clone())];
+    if let Some(step) = &a.step {
+        params.push(("step", step.clone()));
+    }
+    let resp = client()?
+        .get(&url)
+        .bearer_auth(token)
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("query {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("read query answer")?;
+    if !status.is_success() {
+        bail!("query failed ({status}): {}", answer_error(&body));
+    }
+    let series = body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if let Output::Json = a.output {
+        println!("{}", serde_json::to_string_pretty(&series)?);
+        return Ok(());
+    }
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for s in &series {
+        let labels = s["metric"]
+            .as_object()
+            .map(|l| {
+                let inner: Vec<String> = l
+                    .iter()
+                    .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
+                    .collect();
+                format!("{{{}}}", inner.join(", "))
+            })
+            .unwrap_or_default();
+        for p in s["values"].as_array().into_iter().flatten() {
+            let t = p[0].as_f64().unwrap_or(0.0);
+            let time = schemas::time::rfc3339_from_nanos((t * 1e9) as i64);
+            rows.push((
+                time,
+                p[1].as_str().unwrap_or("?").to_string(),
+                labels.clone(),
+            ));
+        }
+    }
+    let w_time = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let w_val = rows.iter().map(|r| r.1.len()).max().unwrap_or(5).max(5);
+    println!("{:<w_time$}  {:>w_val$}  SERIES", "TIME", "VALUE");
+    for (t, v, l) in &rows {
+        println!("{t:<w_time$}  {v:>w_val$}  {l}");
+    }
+    eprintln!("{} series, {} points", series.len(), rows.len());
+    Ok(())
+}
+
+/// Follows a query over the collector's WebSocket tail until interrupted.
+async fn tail(a: &SearchArgs, token: &str) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let base = a.url.trim_end_matches('/');
+    let ws_base = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if base.starts_with("https://") {
+        bail!("--tail speaks plain WebSocket (ws://) only; reach the collector over http:// (e.g. through an SSH tunnel) to tail");
+    } else {
+        bail!("--url must start with http://");
+    };
+    let since =
+        humantime::parse_duration(&a.since).with_context(|| format!("--since {:?}", a.since))?;
+    let start = schemas::time::now_nanos()
+        .saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
+    let mut url =
+        reqwest::Url::parse(&format!("{ws_base}/loki/api/v1/tail")).context("tail URL")?;
+    url.query_pairs_mut()
+        .append_pair("query", &a.query)
+        .append_pair("limit", &a.limit.to_string())
+        .append_pair("start", &start.to_string());
+    let mut req = url.as_str().into_client_request().context("tail request")?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("token is not a valid header value")?,
+    );
+    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .map(|b| answer_error(&b))
+                .unwrap_or_default();
+            bail!("tail refused ({}): {body}", resp.status());
+        }
+        Err(e) => return Err(e).with_context(|| format!("connect to {url}")),
+    };
+    while let Some(msg) = ws.next().await {
+        let msg = msg.context("tail connection")?;
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).context("tail message")?;
+        if let Some(d) = v.get("dropped_commit_groups").and_then(|d| d.as_u64()) {
+            eprintln!("warning: the tail fell behind and skipped {d} commit groups");
+        }
+        for s in v["streams"].as_array().into_iter().flatten() {
+            for e in s["values"].as_array().into_iter().flatten() {
+                let ns: i64 = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+                let line = e[1].as_str().unwrap_or("");
+                match a.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"ts": ns, "labels": s["stream"], "line": line})
+                    ),
+                    Output::Text => println!(
+                        "{}",
+                        record_line(
+                            &schemas::time::rfc3339_from_nanos(ns),
+                            s["stream"].as_object(),
+                            line
+                        )
+                    ),
+                }
+            }
         }
     }
     Ok(())

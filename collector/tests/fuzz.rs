@@ -12,7 +12,7 @@
 //! is the long run recorded in BENCHMARKS.md ("Fuzzing").
 
 use collector::logs::ingest::{decode, decompress, prepare, IngestLimits};
-use collector::logs::query::parse;
+use collector::logs::query::{parse, parse_expr_with, Expr, QueryLimits};
 use collector::metrics::otlp;
 use collector::metrics::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
 use collector::metrics::selector::Selector;
@@ -280,7 +280,32 @@ proptest! {
     #[test]
     fn parser_never_panics_on_arbitrary_text(s in "\\PC{0,80}") {
         let _ = parse(&s);
+        let _ = parse_expr_with(&s, &QueryLimits::default());
         let _ = Selector::parse(&s);
+    }
+
+    #[test]
+    fn metric_parser_never_panics_on_metric_like_text(
+        s in r#"(sum|topk|rate|count_over_time|by|without|unwrap|\(|\)|\[|\]|[0-9]+[smhd]|\{\}|[{}=!~|",a-z_0-9 ]){0,30}"#
+    ) {
+        if let Err(e) = parse_expr_with(&s, &QueryLimits::default()) {
+            prop_assert!(e.column >= 1 && e.column <= s.chars().count() + 1, "{e} for {s:?}");
+        }
+    }
+
+    #[test]
+    fn generated_metric_queries_parse(
+        name in "[a-z_][a-z0-9_]{0,10}",
+        value in "[a-zA-Z0-9 ._-]{0,20}",
+        range in 1u32..700,
+        unit in "(ms|s|m|h)",
+        k in 1usize..100,
+        f in 0usize..4,
+    ) {
+        let func = ["count_over_time", "rate", "bytes_over_time", "bytes_rate"][f];
+        let q = format!(r#"topk({k}, sum by ({name}) ({func}({{{name}="{value}"}} |= "x" [{range}{unit}])))"#);
+        let parsed = parse_expr_with(&q, &QueryLimits::default());
+        prop_assert!(matches!(parsed, Ok(Expr::Metric(_))), "{q}: {parsed:?}");
     }
 
     #[test]

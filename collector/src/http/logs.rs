@@ -27,7 +27,7 @@ use crate::logs::query::{self, Hit, ParseError, Query, SearchError, SearchParams
 use crate::logs::StoreError;
 use crate::telemetry::EndpointLabel;
 
-const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
+pub(super) const READ_ROLES: [Role; 2] = [Role::Operator, Role::Admin];
 
 /// Answers larger than this stream as background answers (see
 /// `answer::Background`).
@@ -36,7 +36,7 @@ const BACKGROUND_ANSWER_BYTES: usize = 1 << 20;
 /// A Loki stream of an answer: its labels and its (time, line) values.
 type LokiStream = (BTreeMap<String, String>, Vec<(i64, Vec<u8>)>);
 
-fn query_text(q: &HashMap<String, String>) -> Result<String, ApiError> {
+pub(super) fn query_text(q: &HashMap<String, String>) -> Result<String, ApiError> {
     q.get("query")
         .filter(|s| !s.trim().is_empty())
         .cloned()
@@ -45,7 +45,7 @@ fn query_text(q: &HashMap<String, String>) -> Result<String, ApiError> {
 
 /// The 400 of a query that does not parse or passes a bound; counted by
 /// reason.
-fn parse_error(s: &AppState, principal: &Principal, e: ParseError) -> ApiError {
+pub(super) fn parse_error(s: &AppState, principal: &Principal, e: ParseError) -> ApiError {
     s.metrics.refuse_query(e.reason);
     if e.reason != "syntax" {
         if let Some(sub) = principal.subscription() {
@@ -58,51 +58,34 @@ fn parse_error(s: &AppState, principal: &Principal, e: ParseError) -> ApiError {
         .with("reason", json!(e.reason))
 }
 
-enum Failed {
+pub(super) enum Failed {
     Parse(ParseError),
     Search(SearchError),
 }
 
-/// Parses, runs and renders a search on a query thread (niced, with the
-/// subscription's slot; see `query::pool`): regexes are compiled and the
-/// answer is written there, never on the async workers.
-async fn run_search<R>(
+/// What a job on the query pool produced: the answer's chunks, whether it
+/// was cut at the answer limit.
+pub(super) type Answer = (Vec<Bytes>, bool);
+
+/// Runs `job` on a query thread (niced, with the subscription's slot; see
+/// `query::pool`): regexes are compiled and the answer is written there,
+/// never on the async workers. `job` gets whether it runs alone (and may
+/// use two threads).
+pub(super) async fn on_query_pool<J>(
     s: &Arc<AppState>,
     principal: &Principal,
-    text: String,
-    r: &RangeParams,
     endpoint: &'static str,
-    render: R,
+    job: J,
 ) -> Result<Body, ApiError>
 where
-    R: FnOnce(SearchResult, Duration, usize) -> Vec<Bytes> + Send + 'static,
+    J: FnOnce(bool) -> Result<Answer, Failed> + Send + 'static,
 {
-    let mut params = SearchParams {
-        start: r.start,
-        end: r.end,
-        limit: r.limit,
-        backward: r.backward,
-        subscription: principal.subscription().map(str::to_string),
-        deadline: Instant::now() + s.query_timeout,
-        max_bytes: s.read_limits.max_answer_bytes,
-        parallel: false,
-        max_scanned_bytes: s.read_limits.max_scanned_bytes,
-    };
-    let store = s.store.clone();
-    let limits = s.read_limits.query.clone();
-    let max_bytes = s.read_limits.max_answer_bytes;
     let started = Instant::now();
     let key = principal.subscription().unwrap_or("*").to_string();
     let result = s
         .query_pool
         .run(&key, s.query_timeout, move |alone| {
-            let t = Instant::now();
-            params.parallel = alone;
-            let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
-            let result = store.search(&query, &params).map_err(Failed::Search)?;
-            let truncated = result.truncated;
-            let chunks = render(result, t.elapsed(), max_bytes);
-            Ok((chunks, truncated, pool::demoted()))
+            job(alone).map(|(chunks, truncated)| (chunks, truncated, pool::demoted()))
         })
         .await
         .map_err(|e| match e {
@@ -143,22 +126,77 @@ where
             });
             Ok(chunks_body(chunks, background))
         }
-        Err(Failed::Parse(e)) => Err(parse_error(s, principal, e)),
-        Err(Failed::Search(SearchError::Timeout)) => Err(ApiError::new(
+        Err(e) => Err(failed(s, principal, e)),
+    }
+}
+
+/// The answer to a query that failed.
+pub(super) fn failed(s: &AppState, principal: &Principal, e: Failed) -> ApiError {
+    match e {
+        Failed::Parse(e) => parse_error(s, principal, e),
+        Failed::Search(SearchError::Timeout) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             SearchError::Timeout.to_string(),
         )
-        .with_field("query")),
-        Err(Failed::Search(e @ SearchError::ScanLimit(limit))) => {
+        .with_field("query"),
+        Failed::Search(e @ SearchError::ScanLimit(limit)) => {
             s.metrics.refuse_query("scan_limit");
-            Err(ApiError::bad_request(e.to_string(), "query")
+            ApiError::bad_request(e.to_string(), "query")
                 .with("reason", json!("scan_limit"))
-                .with("limit", json!(limit)))
+                .with("limit", json!(limit))
         }
-        Err(Failed::Search(e @ (SearchError::Store(_) | SearchError::Panicked))) => {
-            Err(ApiError::internal(e.to_string()))
+        Failed::Search(e @ SearchError::TooManySeries(limit)) => {
+            s.metrics.refuse_query("too_many_series");
+            ApiError::bad_request(e.to_string(), "query")
+                .with("reason", json!("too_many_series"))
+                .with("limit", json!(limit))
+        }
+        Failed::Search(e @ (SearchError::Store(_) | SearchError::Panicked)) => {
+            ApiError::internal(e.to_string())
         }
     }
+}
+
+/// The search parameters of a request.
+pub(super) fn search_params(s: &AppState, principal: &Principal, r: &RangeParams) -> SearchParams {
+    SearchParams {
+        start: r.start,
+        end: r.end,
+        limit: r.limit,
+        backward: r.backward,
+        subscription: principal.subscription().map(str::to_string),
+        deadline: Instant::now() + s.query_timeout,
+        max_bytes: s.read_limits.max_answer_bytes,
+        parallel: false,
+        max_scanned_bytes: s.read_limits.max_scanned_bytes,
+    }
+}
+
+/// Parses, runs and renders a log search on a query thread.
+async fn run_search<R>(
+    s: &Arc<AppState>,
+    principal: &Principal,
+    text: String,
+    r: &RangeParams,
+    endpoint: &'static str,
+    render: R,
+) -> Result<Body, ApiError>
+where
+    R: FnOnce(SearchResult, Duration, usize) -> Vec<Bytes> + Send + 'static,
+{
+    let mut params = search_params(s, principal, r);
+    let store = s.store.clone();
+    let limits = s.read_limits.query.clone();
+    let max_bytes = s.read_limits.max_answer_bytes;
+    on_query_pool(s, principal, endpoint, move |alone| {
+        let t = Instant::now();
+        params.parallel = alone;
+        let query = query::parse_with(&text, &limits).map_err(Failed::Parse)?;
+        let result = store.search(&query, &params).map_err(Failed::Search)?;
+        let truncated = result.truncated;
+        Ok((render(result, t.elapsed(), max_bytes), truncated))
+    })
+    .await
 }
 
 fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
@@ -174,7 +212,7 @@ fn stats(r: &SearchResult, took: Duration, max_bytes: usize) -> Value {
     })
 }
 
-fn json_response(body: Body) -> Response {
+pub(super) fn json_response(body: Body) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -233,7 +271,11 @@ pub async fn logs(
     Ok(json_response(chunks))
 }
 
-fn render_loki(mut result: SearchResult, took: Duration, _max_bytes: usize) -> Vec<Bytes> {
+pub(super) fn render_loki(
+    mut result: SearchResult,
+    took: Duration,
+    _max_bytes: usize,
+) -> Vec<Bytes> {
     // Group by the full label set (stream labels plus extracted fields, as
     // Loki does), keeping the order of first appearance.
     let hits = std::mem::take(&mut result.hits);
@@ -287,20 +329,6 @@ fn render_loki(mut result: SearchResult, took: Duration, _max_bytes: usize) -> V
             buf.extend_from_slice(b"]}");
         },
     )
-}
-
-/// `GET /loki/api/v1/query_range`: Loki's streams result.
-#[tracing::instrument(name = "loki_query_range", skip_all)]
-pub async fn loki_query_range(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    QueryParams(q): QueryParams<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let principal = s.require(&headers, &READ_ROLES)?;
-    let text = query_text(&q)?;
-    let r = range_params(&q, schemas::time::now_nanos(), Duration::from_secs(3600))?;
-    let chunks = run_search(&s, &principal, text, &r, "loki_query_range", render_loki).await?;
-    Ok(json_response(chunks))
 }
 
 /// Streams visible to the caller in the request's range (Loki's default

@@ -4,7 +4,11 @@
 //! |---|---|---|
 //! | `POST /api/v1/ingest` | shipper (own subscription), admin | store a MessagePack batch |
 //! | `GET /api/v1/logs` | operator (own), admin | LogQL search, JSON records |
-//! | `GET /loki/api/v1/query_range` | operator, admin | the same, in Loki's streams shape |
+//! | `GET /loki/api/v1/query_range` | operator, admin | log queries in Loki's streams shape, metric queries as its matrix |
+//! | `GET /loki/api/v1/query` | operator, admin | metric queries at one time (vector), log queries (streams) |
+//! | `GET /loki/api/v1/series` | operator, admin | label sets of the streams `match[]` selects |
+//! | `GET /loki/api/v1/index/stats`, `/index/volume` | operator, admin | streams, chunks, entries, bytes; bytes per label set |
+//! | `GET /loki/api/v1/tail` | operator, admin | WebSocket: live tail of a query |
 //! | `GET /loki/api/v1/labels` | operator, admin | label names |
 //! | `GET /loki/api/v1/label/{name}/values` | operator, admin | values of a label |
 //! | `GET /api/v1/sources` | operator, admin | every source with last seen, last seq, lag |
@@ -34,6 +38,7 @@ mod admin;
 pub mod admission;
 mod answer;
 mod logs;
+mod loki;
 mod metrics;
 mod notify;
 mod params;
@@ -74,6 +79,8 @@ pub struct ReadLimits {
     /// Bytes of log lines one query may read (searches and metric
     /// queries); past it the query is refused with 400.
     pub max_scanned_bytes: u64,
+    /// Series one metric query may produce (or any of its parts).
+    pub max_series: usize,
     /// `match[]` selectors of one `/federate` request.
     pub max_federate_selectors: usize,
     /// Bytes of one `/federate` answer; past it the request is refused.
@@ -102,6 +109,7 @@ impl Default for ReadLimits {
             query: QueryLimits::default(),
             max_answer_bytes: 32 << 20,
             max_scanned_bytes: 8 << 30,
+            max_series: 1000,
             max_federate_selectors: 64,
             max_federate_bytes: 256 << 20,
             max_queries_per_subscription: 2,
@@ -138,6 +146,8 @@ pub struct AppState {
     pub metric_store: Arc<crate::metrics::MetricStore>,
     /// The notifier (rules, alerts, receivers, silences, history).
     pub notifier: Option<notifier::Notifier>,
+    /// Open live tails (`/loki/api/v1/tail`).
+    pub tails: Arc<crate::logs::tail::TailHub>,
 }
 
 impl AppState {
@@ -266,7 +276,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/ingest", post(logs::ingest))
         .route("/api/v1/logs", get(logs::logs))
-        .route("/loki/api/v1/query_range", get(logs::loki_query_range))
+        .route("/loki/api/v1/query_range", get(loki::query_range))
+        .route("/loki/api/v1/query", get(loki::query))
+        .route("/loki/api/v1/series", get(loki::series))
+        .route("/loki/api/v1/index/stats", get(loki::index_stats))
+        .route("/loki/api/v1/index/volume", get(loki::index_volume))
+        .route("/loki/api/v1/tail", get(loki::tail))
         .route("/loki/api/v1/labels", get(logs::loki_labels))
         .route(
             "/loki/api/v1/label/{name}/values",

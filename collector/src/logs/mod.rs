@@ -9,6 +9,7 @@ pub mod model;
 pub mod query;
 pub mod retention;
 pub mod rocks;
+pub mod tail;
 
 use std::future::Future;
 use std::path::Path;

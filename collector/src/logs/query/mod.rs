@@ -9,13 +9,17 @@
 //! `truncated`, whatever `limit` asked for; the deadline is checked as the
 //! search goes.
 
+pub mod metric;
 pub mod parser;
 pub mod pool;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use parser::{parse, parse_with, ParseError, Query, QueryLimits, Stage};
+pub use parser::{
+    parse, parse_expr_with, parse_with, AggOp, Expr, Grouping, MetricExpr, ParseError, Query,
+    QueryLimits, RangeFn, Stage,
+};
 
 use crate::logs::model::{StoreError, StreamInfo};
 
@@ -104,6 +108,8 @@ pub enum SearchError {
     Panicked,
     #[error("query would read more than {0} bytes of log lines (--max-query-scan-bytes); narrow the time range or the selector")]
     ScanLimit(u64),
+    #[error("query produces more than {0} series (--max-query-series); aggregate (e.g. sum by (pipe) (...)) or narrow the selector")]
+    TooManySeries(usize),
 }
 
 /// One matching line.

@@ -1,6 +1,16 @@
-//! A LogQL subset: stream selector, line filters, `| json` and label filters.
+//! A LogQL subset: stream selector, line filters, `| json` and label
+//! filters, and metric queries over them.
 //!
 //! ```text
+//! expr      = query | metric
+//! metric    = range_fn "(" selector [ RANGE ] { stage } [ "|" "unwrap" IDENT ] [ RANGE ] ")"
+//!           | agg_op [ grouping ] "(" [ NUMBER "," ] metric ")" [ grouping ]
+//!           | "(" metric ")"
+//! range_fn  = count_over_time | rate | bytes_over_time | bytes_rate      (log ranges)
+//!           | sum_over_time | avg_over_time | min_over_time | max_over_time  (unwrapped)
+//! agg_op    = sum | avg | min | max | count | topk | bottomk   (topk/bottomk take NUMBER)
+//! grouping  = ( "by" | "without" ) "(" [ IDENT { "," IDENT } ] ")"
+//! RANGE     = "[" duration "]"   e.g. [1m], [1h30m], [500ms]; at most 31 days
 //! query     = selector { stage }
 //! selector  = "{" [ matcher { "," matcher } ] "}"
 //! matcher   = IDENT ( "=" | "!=" | "=~" | "!~" ) STRING
@@ -26,6 +36,12 @@ use crate::pattern::{PatternError, RegexBudget};
 
 /// Longest query text accepted.
 pub const MAX_QUERY_LEN: usize = 16 << 10;
+
+/// Longest range of a range aggregation (`[31d]`).
+pub const MAX_RANGE_NS: i64 = 31 * 86_400 * 1_000_000_000;
+
+/// Deepest nesting of aggregations.
+pub const MAX_NESTING: usize = 8;
 
 /// Bounds of one query, checked while it is parsed.
 #[derive(Debug, Clone)]
@@ -213,6 +229,10 @@ enum Tok {
     Ge,
     Lt,
     Le,
+    LParen,
+    RParen,
+    /// `[duration]`, in ns.
+    Range(i64),
     Ident(String),
     Str(String),
     Num(f64),
@@ -237,6 +257,9 @@ impl Tok {
             Tok::Ge => "\">=\"".into(),
             Tok::Lt => "\"<\"".into(),
             Tok::Le => "\"<=\"".into(),
+            Tok::LParen => "\"(\"".into(),
+            Tok::RParen => "\")\"".into(),
+            Tok::Range(_) => "a range \"[...]\"".into(),
             Tok::Ident(s) => format!("identifier {s:?}"),
             Tok::Str(s) => format!("string {:?}", s.chars().take(40).collect::<String>()),
             Tok::Num(n) => format!("number {n}"),
@@ -293,6 +316,33 @@ impl<'a> Lexer<'a> {
         let n = self.peek_char(1);
         match (c, n) {
             ('{', _) => one(self, Tok::LBrace),
+            ('(', _) => one(self, Tok::LParen),
+            (')', _) => one(self, Tok::RParen),
+            ('[', _) => {
+                self.i += 1;
+                let start = self.i;
+                while self.peek_char(0).is_some_and(|c| c != ']') {
+                    self.i += 1;
+                }
+                if self.peek_char(0).is_none() {
+                    return Err(self.err(col, "closing \"]\" of the range", "end of query".into()));
+                }
+                let text: String = self.chars[start..self.i].iter().map(|(_, c)| *c).collect();
+                self.i += 1;
+                match parse_duration(text.trim()) {
+                    Some(ns) if ns > 0 && ns <= MAX_RANGE_NS => Ok((Tok::Range(ns), col)),
+                    Some(_) => Err(self.err(
+                        col + 1,
+                        "a range above 0 and at most 31 days",
+                        format!("{text:?}"),
+                    )),
+                    None => Err(self.err(
+                        col + 1,
+                        "a duration such as 30s, 5m, 1h30m, 1d",
+                        format!("{text:?}"),
+                    )),
+                }
+            }
             ('}', _) => one(self, Tok::RBrace),
             (',', _) => one(self, Tok::Comma),
             ('=', Some('~')) => two(self, Tok::Re),
@@ -423,6 +473,10 @@ struct Parser<'a> {
     col: usize,
     limits: &'a QueryLimits,
     budget: RegexBudget,
+    /// Parsing a metric query (`| unwrap` allowed).
+    metric: bool,
+    /// The field of `| unwrap` in the range being parsed.
+    unwrap: Option<String>,
 }
 
 impl Parser<'_> {
@@ -534,16 +588,39 @@ impl Parser<'_> {
         }
     }
 
-    fn stage(&mut self) -> Result<Stage, ParseError> {
+    /// A stage, or `None` after `| unwrap name` (kept in `self.unwrap`;
+    /// only metric queries accept it, as their last stage).
+    fn stage(&mut self) -> Result<Option<Stage>, ParseError> {
+        if self.unwrap.is_some() {
+            return self.fail("the range or \")\" after \"| unwrap\"");
+        }
+        if self.tok == Tok::Pipe {
+            self.bump()?;
+            if self.tok == Tok::Ident("unwrap".into()) {
+                if !self.metric {
+                    return self.fail("\"json\" or a label filter (unwrap belongs in a metric query such as sum_over_time({...} | json | unwrap field [5m]))");
+                }
+                self.bump()?;
+                match &self.tok {
+                    Tok::Ident(name) => {
+                        self.unwrap = Some(name.clone());
+                        self.bump()?;
+                        return Ok(None);
+                    }
+                    _ => return self.fail("the name of the field to unwrap"),
+                }
+            }
+            return self.pipe_stage().map(Some);
+        }
+        self.line_stage().map(Some)
+    }
+
+    fn line_stage(&mut self) -> Result<Stage, ParseError> {
         let (negate, is_re) = match self.tok {
             Tok::PipeEq => (false, false),
             Tok::Ne => (true, false),
             Tok::PipeRe => (false, true),
             Tok::NotRe => (true, true),
-            Tok::Pipe => {
-                self.bump()?;
-                return self.pipe_stage();
-            }
             _ => {
                 return self
                     .fail("a line filter (\"|=\", \"!=\", \"|~\", \"!~\"), \"|\" or end of query")
@@ -624,8 +701,7 @@ pub fn parse(src: &str) -> Result<Query, ParseError> {
     parse_with(src, &QueryLimits::default())
 }
 
-/// Parses a LogQL query within `limits`.
-pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> {
+fn parser<'a>(src: &'a str, limits: &'a QueryLimits) -> Result<Parser<'a>, ParseError> {
     if src.len() > MAX_QUERY_LEN {
         return Err(ParseError {
             column: 1,
@@ -640,25 +716,391 @@ pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> 
         col: 1,
         limits,
         budget: RegexBudget::new(limits.max_regex_bytes),
+        metric: false,
+        unwrap: None,
     };
     p.bump()?;
-    let matchers = p.selector()?;
-    let mut stages = Vec::new();
-    while p.tok != Tok::Eof {
-        if stages.len() >= limits.max_stages {
+    Ok(p)
+}
+
+/// Parses a log query (no metric functions) within `limits`.
+pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> {
+    let mut p = parser(src, limits)?;
+    if let Tok::Ident(name) = &p.tok {
+        if RangeFn::from_name(name).is_some() || AggOp::from_name(name).is_some() {
+            return p.fail("a log query (\"{...}\" and stages): metric queries are answered by /loki/api/v1/query_range and /loki/api/v1/query");
+        }
+    }
+    let q = p.log_query(&[Tok::Eof])?;
+    Ok(q)
+}
+
+/// Parses a log or metric query within `limits`.
+pub fn parse_expr_with(src: &str, limits: &QueryLimits) -> Result<Expr, ParseError> {
+    let mut p = parser(src, limits)?;
+    if p.tok == Tok::LBrace {
+        return p.log_query(&[Tok::Eof]).map(Expr::Log);
+    }
+    p.metric = true;
+    let m = p.metric_expr(0)?;
+    if p.tok != Tok::Eof {
+        return p.fail("end of query");
+    }
+    Ok(Expr::Metric(m))
+}
+
+/// What a query asks: log lines or numbers.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    Log(Query),
+    Metric(MetricExpr),
+}
+
+/// A range aggregation's function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeFn {
+    CountOverTime,
+    Rate,
+    BytesOverTime,
+    BytesRate,
+    SumOverTime,
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+}
+
+impl RangeFn {
+    fn from_name(s: &str) -> Option<RangeFn> {
+        Some(match s {
+            "count_over_time" => RangeFn::CountOverTime,
+            "rate" => RangeFn::Rate,
+            "bytes_over_time" => RangeFn::BytesOverTime,
+            "bytes_rate" => RangeFn::BytesRate,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RangeFn::CountOverTime => "count_over_time",
+            RangeFn::Rate => "rate",
+            RangeFn::BytesOverTime => "bytes_over_time",
+            RangeFn::BytesRate => "bytes_rate",
+            RangeFn::SumOverTime => "sum_over_time",
+            RangeFn::AvgOverTime => "avg_over_time",
+            RangeFn::MinOverTime => "min_over_time",
+            RangeFn::MaxOverTime => "max_over_time",
+        }
+    }
+
+    /// Whether it aggregates an unwrapped value (and so needs `| unwrap`).
+    pub fn unwrapped(self) -> bool {
+        matches!(
+            self,
+            RangeFn::SumOverTime
+                | RangeFn::AvgOverTime
+                | RangeFn::MinOverTime
+                | RangeFn::MaxOverTime
+        )
+    }
+}
+
+/// A vector aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+    Topk,
+    Bottomk,
+}
+
+impl AggOp {
+    fn from_name(s: &str) -> Option<AggOp> {
+        Some(match s {
+            "sum" => AggOp::Sum,
+            "avg" => AggOp::Avg,
+            "min" => AggOp::Min,
+            "max" => AggOp::Max,
+            "count" => AggOp::Count,
+            "topk" => AggOp::Topk,
+            "bottomk" => AggOp::Bottomk,
+            _ => return None,
+        })
+    }
+}
+
+/// `by (labels)` or `without (labels)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouping {
+    pub without: bool,
+    pub labels: Vec<String>,
+}
+
+/// A metric query.
+#[derive(Debug, Clone)]
+pub enum MetricExpr {
+    /// `func(selector stages [| unwrap field] [range])`.
+    Range {
+        func: RangeFn,
+        query: Query,
+        unwrap: Option<String>,
+        /// ns.
+        range: i64,
+    },
+    /// `op [grouping] ([k,] inner)`.
+    Aggregate {
+        op: AggOp,
+        /// k of topk / bottomk.
+        k: usize,
+        grouping: Option<Grouping>,
+        inner: Box<MetricExpr>,
+    },
+}
+
+/// Largest k of topk / bottomk.
+pub const MAX_TOPK: usize = 10_000;
+
+impl Parser<'_> {
+    /// A selector and its stages up to one of `until` (not consumed).
+    fn log_query(&mut self, until: &[Tok]) -> Result<Query, ParseError> {
+        let matchers = self.selector()?;
+        let mut stages = Vec::new();
+        while !until.contains(&self.tok) && !matches!(self.tok, Tok::Range(_)) {
+            if stages.len() >= self.limits.max_stages {
+                return Err(ParseError {
+                    column: self.col,
+                    expected: format!(
+                        "at most {} stages (line filters, | json, label filters; --max-query-stages)",
+                        self.limits.max_stages
+                    ),
+                    found: format!("stage {}", stages.len() + 1),
+                    reason: "too_many_stages",
+                });
+            }
+            if self.tok == Tok::Eof {
+                return self.fail("\")\"");
+            }
+            if let Some(stage) = self.stage()? {
+                stages.push(stage);
+            }
+        }
+        if !self.metric && matches!(self.tok, Tok::Range(_)) {
+            return self.fail("a line filter, \"|\" or end of query (a range [..] belongs in a metric query such as count_over_time({...}[5m]))");
+        }
+        Ok(Query { matchers, stages })
+    }
+
+    fn expect(&mut self, t: Tok) -> Result<(), ParseError> {
+        if self.tok != t {
+            return self.fail(&t.describe());
+        }
+        self.bump()
+    }
+
+    fn grouping(&mut self) -> Result<Option<Grouping>, ParseError> {
+        let without = match &self.tok {
+            Tok::Ident(s) if s == "by" => false,
+            Tok::Ident(s) if s == "without" => true,
+            _ => return Ok(None),
+        };
+        self.bump()?;
+        self.expect(Tok::LParen)?;
+        let mut labels = Vec::new();
+        loop {
+            match &self.tok {
+                Tok::RParen => {
+                    self.bump()?;
+                    return Ok(Some(Grouping { without, labels }));
+                }
+                Tok::Ident(l) => {
+                    if labels.len() >= self.limits.max_matchers {
+                        return Err(ParseError {
+                            column: self.col,
+                            expected: format!(
+                                "at most {} grouping labels (--max-query-matchers)",
+                                self.limits.max_matchers
+                            ),
+                            found: format!("label {}", labels.len() + 1),
+                            reason: "too_many_matchers",
+                        });
+                    }
+                    labels.push(l.clone());
+                    self.bump()?;
+                    match self.tok {
+                        Tok::Comma => self.bump()?,
+                        Tok::RParen => {}
+                        _ => return self.fail("\",\" or \")\""),
+                    }
+                }
+                _ => return self.fail("a label name or \")\""),
+            }
+        }
+    }
+
+    fn metric_expr(&mut self, depth: usize) -> Result<MetricExpr, ParseError> {
+        if depth >= MAX_NESTING {
             return Err(ParseError {
-                column: p.col,
-                expected: format!(
-                    "at most {} stages (line filters, | json, label filters; --max-query-stages)",
-                    limits.max_stages
-                ),
-                found: format!("stage {}", stages.len() + 1),
-                reason: "too_many_stages",
+                column: self.col,
+                expected: format!("at most {MAX_NESTING} nested aggregations"),
+                found: self.tok.describe(),
+                reason: "too_deep",
             });
         }
-        stages.push(p.stage()?);
+        if self.tok == Tok::LParen {
+            self.bump()?;
+            let inner = self.metric_expr(depth + 1)?;
+            self.expect(Tok::RParen)?;
+            return Ok(inner);
+        }
+        let name = match &self.tok {
+            Tok::Ident(s) => s.clone(),
+            _ => {
+                return self.fail(
+                    "a stream selector \"{...}\", a range function (count_over_time, rate, bytes_over_time, bytes_rate, sum_over_time, avg_over_time, min_over_time, max_over_time) or an aggregation (sum, avg, min, max, count, topk, bottomk)",
+                )
+            }
+        };
+        if let Some(func) = RangeFn::from_name(&name) {
+            self.bump()?;
+            self.expect(Tok::LParen)?;
+            self.unwrap = None;
+            let mut range = None;
+            let matchers = self.selector()?;
+            if let Tok::Range(r) = self.tok {
+                range = Some(r);
+                self.bump()?;
+            }
+            let mut q = self.log_query_after(matchers)?;
+            if let Tok::Range(r) = self.tok {
+                if range.is_some() {
+                    return self.fail("\")\" (the range is given once)");
+                }
+                range = Some(r);
+                self.bump()?;
+            }
+            let Some(range) = range else {
+                return self.fail("a range such as [5m]");
+            };
+            let unwrap = self.unwrap.take();
+            if func.unwrapped() && unwrap.is_none() {
+                return self.fail(&format!(
+                    "\"| unwrap field\" before the range: {} aggregates an unwrapped value",
+                    func.name()
+                ));
+            }
+            if !func.unwrapped() && unwrap.is_some() {
+                return self.fail(&format!("no \"| unwrap\": {} counts lines or bytes (use sum_over_time, avg_over_time, min_over_time or max_over_time)", func.name()));
+            }
+            self.expect(Tok::RParen)?;
+            q.stages.shrink_to_fit();
+            return Ok(MetricExpr::Range {
+                func,
+                query: q,
+                unwrap,
+                range,
+            });
+        }
+        let Some(op) = AggOp::from_name(&name) else {
+            return self.fail("a range function (count_over_time, rate, bytes_over_time, bytes_rate, sum_over_time, avg_over_time, min_over_time, max_over_time) or an aggregation (sum, avg, min, max, count, topk, bottomk)");
+        };
+        self.bump()?;
+        let mut grouping = self.grouping()?;
+        self.expect(Tok::LParen)?;
+        let mut k = 0;
+        if matches!(op, AggOp::Topk | AggOp::Bottomk) {
+            k = match self.tok {
+                Tok::Num(n) if n >= 1.0 && n <= MAX_TOPK as f64 && n.fract() == 0.0 => n as usize,
+                _ => return self.fail(&format!("k, a whole number from 1 to {MAX_TOPK}")),
+            };
+            self.bump()?;
+            self.expect(Tok::Comma)?;
+        }
+        let inner = self.metric_expr(depth + 1)?;
+        self.expect(Tok::RParen)?;
+        if let Some(after) = self.grouping()? {
+            if grouping.is_some() {
+                return self.fail("one grouping (by or without), before or after the parentheses");
+            }
+            grouping = Some(after);
+        }
+        Ok(MetricExpr::Aggregate {
+            op,
+            k,
+            grouping,
+            inner: Box::new(inner),
+        })
     }
-    Ok(Query { matchers, stages })
+
+    /// The stages after an already parsed selector, up to the range or
+    /// `)`.
+    fn log_query_after(&mut self, matchers: Vec<Matcher>) -> Result<Query, ParseError> {
+        let mut stages = Vec::new();
+        while !matches!(self.tok, Tok::Range(_) | Tok::RParen) {
+            if stages.len() >= self.limits.max_stages {
+                return Err(ParseError {
+                    column: self.col,
+                    expected: format!(
+                        "at most {} stages (line filters, | json, label filters; --max-query-stages)",
+                        self.limits.max_stages
+                    ),
+                    found: format!("stage {}", stages.len() + 1),
+                    reason: "too_many_stages",
+                });
+            }
+            if self.tok == Tok::Eof {
+                return self.fail("a range such as [5m] and \")\"");
+            }
+            if let Some(stage) = self.stage()? {
+                stages.push(stage);
+            }
+        }
+        Ok(Query { matchers, stages })
+    }
+}
+
+/// Parses a LogQL / Prometheus duration: one or more number-unit pairs
+/// (`ms`, `s`, `m`, `h`, `d`, `w`, `y`), e.g. `1h30m`; `None` when it is
+/// not one or overflows.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    if s.is_empty() {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut total: i64 = 0;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i - start > 12 {
+            return None;
+        }
+        let n: i64 = s[start..i].parse().ok()?;
+        let unit_start = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit: i64 = match &s[unit_start..i] {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 7 * 86_400_000_000_000,
+            "y" => 365 * 86_400_000_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -784,5 +1226,141 @@ mod tests {
             Stage::Line(f) => assert_eq!(f.text, "a\\b"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn metric(src: &str) -> MetricExpr {
+        match parse_expr_with(src, &QueryLimits::default()) {
+            Ok(Expr::Metric(m)) => m,
+            other => panic!("{src}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metric_queries_parse() {
+        match metric(r#"count_over_time({pipe="orders"} |= "timeout" [5m])"#) {
+            MetricExpr::Range {
+                func,
+                query,
+                unwrap,
+                range,
+            } => {
+                assert_eq!(func, RangeFn::CountOverTime);
+                assert_eq!(query.matchers.len(), 1);
+                assert_eq!(query.stages.len(), 1);
+                assert_eq!(unwrap, None);
+                assert_eq!(range, 300_000_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The range right after the selector, as older LogQL allows.
+        assert!(matches!(
+            metric(r#"rate({a="b"}[1h30m] |= "x")"#),
+            MetricExpr::Range {
+                range: 5_400_000_000_000,
+                ..
+            }
+        ));
+        match metric(
+            r#"topk(3, sum by (pipe) (sum_over_time({kind="execution"} | json | unwrap metrics_entities_changes_last_run [1h])))"#,
+        ) {
+            MetricExpr::Aggregate {
+                op: AggOp::Topk,
+                k: 3,
+                grouping: None,
+                inner,
+            } => match *inner {
+                MetricExpr::Aggregate {
+                    op: AggOp::Sum,
+                    grouping: Some(g),
+                    inner,
+                    ..
+                } => {
+                    assert_eq!(
+                        g,
+                        Grouping {
+                            without: false,
+                            labels: vec!["pipe".into()]
+                        }
+                    );
+                    assert!(matches!(
+                        *inner,
+                        MetricExpr::Range { func: RangeFn::SumOverTime, unwrap: Some(ref u), .. }
+                            if u == "metrics_entities_changes_last_run"
+                    ));
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // Grouping after the parentheses; without; parenthesised.
+        assert!(matches!(
+            metric(r#"sum(count_over_time({a="b"}[1m])) without (source, level)"#),
+            MetricExpr::Aggregate {
+                grouping: Some(Grouping { without: true, .. }),
+                ..
+            }
+        ));
+        assert!(matches!(
+            metric(r#"(max(bytes_rate({}[10s])))"#),
+            MetricExpr::Aggregate { op: AggOp::Max, .. }
+        ));
+        // A log query through parse_expr_with.
+        assert!(matches!(
+            parse_expr_with(r#"{a="b"} |= "x""#, &QueryLimits::default()),
+            Ok(Expr::Log(_))
+        ));
+        assert_eq!(parse_duration("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(parse_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration("99999999999999y"), None);
+    }
+
+    #[test]
+    fn metric_errors_name_the_column_and_the_bound() {
+        let l = QueryLimits::default();
+        for (src, needle) in [
+            (r#"count_over_time({a="b"})"#, "range"),
+            (r#"count_over_time({a="b"}[0s])"#, "above 0"),
+            (r#"count_over_time({a="b"}[32d])"#, "31 days"),
+            (r#"count_over_time({a="b"}[5 minutes])"#, "duration"),
+            (r#"count_over_time({a="b"}[1m]"#, "\")\""),
+            (
+                r#"count_over_time({a="b"} | unwrap x [1m])"#,
+                "no \"| unwrap\"",
+            ),
+            (r#"sum_over_time({a="b"}[1m])"#, "unwrap"),
+            (
+                r#"sum_over_time({a="b"} | unwrap x | json [1m])"#,
+                "after \"| unwrap\"",
+            ),
+            (r#"topk(count_over_time({a="b"}[1m]))"#, "k, a whole number"),
+            (
+                r#"topk(1.5, count_over_time({a="b"}[1m]))"#,
+                "k, a whole number",
+            ),
+            (
+                r#"sum by (a) (count_over_time({}[1m])) by (b)"#,
+                "one grouping",
+            ),
+            (r#"median(count_over_time({}[1m]))"#, "aggregation"),
+            (r#"count_over_time({a="b"}[1m]) extra"#, "end of query"),
+        ] {
+            let e = parse_expr_with(src, &l).expect_err(src);
+            assert!(e.to_string().contains(needle), "{src}: {e}");
+        }
+        let deep = format!(
+            "{}count_over_time({{}}[1m]){}",
+            "sum(".repeat(20),
+            ")".repeat(20)
+        );
+        let e = parse_expr_with(&deep, &l).expect_err("deep");
+        assert_eq!(e.reason, "too_deep", "{e}");
+        // Log-only entry points refuse metric syntax with a pointer.
+        let e = parse(r#"rate({a="b"}[1m])"#).expect_err("metric in a log search");
+        assert!(e.to_string().contains("query_range"), "{e}");
+        let e = parse(r#"{a="b"}[1m]"#).expect_err("range in a log search");
+        assert!(e.to_string().contains("metric query"), "{e}");
+        let e = parse(r#"{a="b"} | unwrap x"#).expect_err("unwrap in a log search");
+        assert!(e.to_string().contains("unwrap belongs"), "{e}");
     }
 }
