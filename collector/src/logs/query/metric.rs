@@ -151,7 +151,7 @@ fn step_span(p: &MetricParams, n: usize, first: i64, last: i64) -> Option<(usize
     let hi = (i128::from(last) - start)
         .div_euclid(step)
         .min(n as i128 - 1);
-    (lo <= hi).then(|| (lo as usize, hi as usize))
+    (lo <= hi).then_some((lo as usize, hi as usize))
 }
 
 /// Per-series accumulators over the steps.
@@ -405,6 +405,7 @@ fn aggregate(op: AggOp, k: usize, g: Option<&Grouping>, input: Vec<Dense>, n: us
             AggOp::Topk | AggOp::Bottomk => {
                 let mut kept: Vec<Vec<f64>> = vec![vec![f64::NAN; n]; members.len()];
                 let mut order: Vec<usize> = Vec::with_capacity(members.len());
+                #[allow(clippy::needless_range_loop)] // indexes both members and kept
                 for step in 0..n {
                     order.clear();
                     order.extend((0..members.len()).filter(|&m| !members[m].values[step].is_nan()));

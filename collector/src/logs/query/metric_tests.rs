@@ -71,7 +71,11 @@ async fn store_with(dir: &std::path::Path, records: &[Record]) -> Store {
     store
 }
 
+/// A series' labels and (time, value) points.
+type Points = (BTreeMap<String, String>, Vec<(i64, f64)>);
+
 /// The query's answer computed directly from the records.
+#[allow(clippy::too_many_arguments)]
 fn expected(
     records: &[Record],
     func: &str,
@@ -81,7 +85,7 @@ fn expected(
     start: i64,
     end: i64,
     step: i64,
-) -> Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)> {
+) -> Vec<Points> {
     // Series: a stream's labels, or the group's.
     let mut out: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
     let mut t = start;
@@ -247,6 +251,7 @@ async fn metric_queries_equal_a_direct_computation() {
                         close(*v1, *v2),
                         "{ctx}: {labels:?} at {t1}: got {v1}, want {v2}"
                     );
+                    compared += 1;
                 }
             }
         }
