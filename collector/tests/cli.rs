@@ -146,6 +146,107 @@ async fn binary_serves_searches_checkpoints_and_stops_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected"));
 
+    // A metric query prints a table.
+    let (u, tf) = (url.clone(), token_file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "search",
+                r#"sum(count_over_time({source="node-1"}[1h]))"#,
+                "--since",
+                "10m",
+                "--step",
+                "5m",
+                "--url",
+                &u,
+            ])
+            .arg("--token-file")
+            .arg(&tf)
+            .output()
+            .expect("search")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|h| h.starts_with("TIME") && h.contains("VALUE")),
+        "{text}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r.split_whitespace().nth(1) == Some("2")),
+        "{text}"
+    );
+
+    // --tail prints the history, then what is stored while it runs.
+    let mut tail = Command::new(BIN)
+        .args([
+            "search",
+            r#"{source="node-1"}"#,
+            "--tail",
+            "--limit",
+            "1",
+            "--url",
+            &url,
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tail");
+    let stdout = tail.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("history line");
+    assert!(
+        first.contains("all fine"),
+        "the newest record first: {first}"
+    );
+    let raw = schemas::to_msgpack(&batch(
+        "acme",
+        "node-1",
+        vec![log_record("acme", "node-1", 3, now(), "tailed live")],
+    ))
+    .expect("encode");
+    // The history line came after the tail subscribed: this one is live.
+    let r = client
+        .post(format!("{url}/api/v1/ingest"))
+        .bearer_auth(&shipper)
+        .header("content-encoding", "zstd")
+        .body(zstd::encode_all(raw.as_slice(), 3).expect("zstd"))
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(r.status(), 200);
+    let live = rx.recv_timeout(Duration::from_secs(10)).expect("live line");
+    assert!(live.contains("tailed live"), "{live}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
     // Checkpoint through the running collector.
     let admin_file = dir.path().join("admin.token");
     std::fs::write(&admin_file, &admin).expect("write");
@@ -204,7 +305,8 @@ async fn binary_serves_searches_checkpoints_and_stops_on_sigterm() {
     let newest = collector::checkpoint::list(&cps).expect("list");
     assert_eq!(newest.len(), 2);
     let h = Harness::start(newest.last().expect("cp")).await;
-    assert_eq!(h.logs(ADMIN, "{}", 10).await.len(), 2);
+    // The two records above and the one stored while tailing.
+    assert_eq!(h.logs(ADMIN, "{}", 10).await.len(), 3);
     h.stop().await;
 }
 
