@@ -271,6 +271,21 @@ impl UnitDelta {
         });
     }
 
+    /// Leaves out the bits `sent` holds (sent in earlier operands of this
+    /// part, durable or in this batch) and adds the rest to it: a part's
+    /// later operands then carry mostly the rare tokens' bits (sparse, a
+    /// fraction of the write-ahead log and memtable bytes).
+    pub fn thin(&mut self, sent: &mut Vec<u64>) {
+        if sent.len() != self.words.len() {
+            *sent = vec![0; self.words.len()];
+        }
+        for (w, s) in self.words.iter_mut().zip(sent.iter_mut()) {
+            let new = *w & !*s;
+            *s |= *w;
+            *w = new;
+        }
+    }
+
     /// The merge operand (sparse when that is smaller).
     pub fn encode(&self) -> Vec<u8> {
         encode_unit(self.m, self.records, self.min_ts, self.max_ts, &self.words)
@@ -748,6 +763,10 @@ pub fn candidate_ranges(
         return Ok(vec![(start, end)]);
     }
     let mut ranges = Vec::new();
+    // Bounds of the units ruled out: a gap between two candidate ranges
+    // that overlaps none of them holds no record, so the two are joined
+    // (one cursor instead of two).
+    let mut ruled_out = Vec::new();
     if let Some(through) = unindexed_through {
         if through >= start {
             ranges.push((start, through.saturating_add(1).min(end)));
@@ -767,12 +786,12 @@ pub fn candidate_ranges(
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             break;
         };
-        let Some((s, bucket, _part)) = parse_unit_key(k).filter(|(s, _, _)| *s == stream) else {
+        let Some((_, bucket, _part)) = parse_unit_key(k).filter(|(s, _, _)| *s == stream) else {
             // Cannot tell which hour it covers: scan everything.
             return Ok(vec![(start, end)]);
         };
-        debug_assert_eq!(s, stream);
-        let (a, b) = match parse_unit(v) {
+        let (bs, be) = bucket_range(bucket);
+        let (range, keep) = match parse_unit(v) {
             UnitView::Bloom {
                 m,
                 min_ts,
@@ -780,34 +799,41 @@ pub fn candidate_ranges(
                 body,
                 ..
             } => {
-                if min_ts > max_ts || !may_hold(m, &body, tokens) {
-                    None
+                // Bounds outside the hour are malformed: take the hour.
+                let r = if min_ts > max_ts || min_ts < bs || max_ts >= be {
+                    (bs, be)
                 } else {
-                    let (bs, be) = bucket_range(bucket);
-                    // Bounds outside the hour are malformed: take the hour.
-                    if min_ts < bs || max_ts >= be {
-                        Some((bs, be))
-                    } else {
-                        Some((min_ts, max_ts.saturating_add(1)))
-                    }
-                }
+                    (min_ts, max_ts.saturating_add(1))
+                };
+                (r, may_hold(m, &body, tokens))
             }
-            UnitView::Unknown => Some(bucket_range(bucket)),
-        }
-        .unwrap_or((0, 0));
-        let (a, b) = (a.max(start), b.min(end));
+            UnitView::Unknown => ((bs, be), true),
+        };
+        let (a, b) = (range.0.max(start), range.1.min(end));
         if a < b {
-            ranges.push((a, b));
+            if keep {
+                ranges.push((a, b));
+            } else {
+                ruled_out.push((a, b));
+            }
         }
         it.next();
     }
     it.status()
         .map_err(|e| StoreError::storage("read skip index", e))?;
     ranges.sort_unstable();
+    ruled_out.sort_unstable();
     let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    // Over the ruled-out ranges starting before the candidate at hand:
+    // the latest end.
+    let (mut j, mut out_end) = (0, i64::MIN);
     for (a, b) in ranges {
+        while j < ruled_out.len() && ruled_out[j].0 < a {
+            out_end = out_end.max(ruled_out[j].1);
+            j += 1;
+        }
         match merged.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            Some(last) if a <= last.1 || out_end <= last.1 => last.1 = last.1.max(b),
             _ => merged.push((a, b)),
         }
     }

@@ -96,11 +96,20 @@ type SourceId = (String, String);
 /// seeded) instead of SipHash, which was a tenth of the writer's time
 /// under a flood.
 type SeqMap = HashMap<u64, u32, foldhash::fast::RandomState>;
-/// Per (stream, hour): the part being filled and the records it holds.
-type PartMap = HashMap<(u64, i64), (u32, u64), foldhash::fast::RandomState>;
-/// Hours whose part the writer remembers; past it the map is cleared and
-/// refilled from the index as hours come up again.
-const PARTS_KEPT: usize = 100_000;
+/// Per (stream, hour): the part being filled, the records it holds, and
+/// the bloom bits this writer sent for it (see [`UnitDelta::thin`]).
+type PartMap = HashMap<(u64, i64), PartState, foldhash::fast::RandomState>;
+
+struct PartState {
+    part: u32,
+    records: u64,
+    sent: Vec<u64>,
+}
+
+/// Hours whose part the writer remembers (at most 10 KiB of bits each);
+/// past it the map is cleared and refilled from the index as hours come
+/// up again.
+const PARTS_KEPT: usize = 16_384;
 
 pub(crate) struct Writer {
     db: Arc<DB>,
@@ -776,6 +785,15 @@ impl Writer {
         if g.done.is_empty() && g.sources.is_empty() {
             return;
         }
+        if self.index {
+            for ((stream, bucket, part), d) in g.units.iter_mut() {
+                if let Some(st) = self.parts.get_mut(&(*stream, *bucket)) {
+                    if st.part == *part {
+                        d.thin(&mut st.sent);
+                    }
+                }
+            }
+        }
         let result = self.write_group(&mut g);
         let m = &self.shared.metrics;
         match result {
@@ -1190,15 +1208,21 @@ impl Writer {
 /// that part's count (a read error or a malformed unit: the next part,
 /// which is never wrong, only less full).
 fn next_part(db: &DB, parts: &mut PartMap, stream: u64, bucket: i64) -> u32 {
-    let e = parts
-        .entry((stream, bucket))
-        .or_insert_with(|| restore_part(db, stream, bucket));
-    if e.1 >= part_capacity(e.0) {
-        e.0 = e.0.saturating_add(1);
-        e.1 = 0;
+    let e = parts.entry((stream, bucket)).or_insert_with(|| {
+        let (part, records) = restore_part(db, stream, bucket);
+        PartState {
+            part,
+            records,
+            sent: Vec::new(),
+        }
+    });
+    if e.records >= part_capacity(e.part) {
+        e.part = e.part.saturating_add(1);
+        e.records = 0;
+        e.sent = Vec::new();
     }
-    e.1 += 1;
-    e.0
+    e.records += 1;
+    e.part
 }
 
 fn restore_part(db: &DB, stream: u64, bucket: i64) -> (u32, u64) {
