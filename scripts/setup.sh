@@ -4,13 +4,14 @@
 # build; the real peers the integration tests start on loopback (Prometheus,
 # Alertmanager, node_exporter, ClickHouse, ZooKeeper with a headless JRE,
 # VictoriaMetrics) and Chromium with its WebDriver for the console's browser
-# tests. Idempotent; installs only what is missing; starts nothing.
+# tests; ripgrep, the baseline of the collector's search benchmark.
+# Idempotent; installs only what is missing; starts nothing.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in libclang-dev clang g++ make pkg-config prometheus prometheus-alertmanager prometheus-node-exporter \
-  clickhouse-server clickhouse-client zookeeper default-jre-headless victoria-metrics chromium chromium-driver; do
+  clickhouse-server clickhouse-client zookeeper default-jre-headless victoria-metrics chromium chromium-driver ripgrep; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

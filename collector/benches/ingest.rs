@@ -6,7 +6,8 @@
 //!   (8 connections, zstd batches of 1,000 records of ~250 bytes);
 //! - `BENCH_SEARCH_RECORDS` (default 10,000,000): records in the search
 //!   store (written through the store API, spread over 24 h, 4 sources,
-//!   50 pipes);
+//!   50 pipes), once with the skip index and once without (ingest rates,
+//!   index space, and every search with the index on and off);
 //! - `BENCH_DIR` (default a temp dir): where the stores and the JSON-lines
 //!   export go.
 //!
@@ -213,40 +214,35 @@ fn ingest_bench(dir: &Path, total: usize) {
     );
 }
 
-fn build_search_store(path: &Path, total: usize, now: i64) -> Store {
-    let store = Store::open(path, StoreConfig::default(), Metrics::default(), Vec::new())
-        .expect("open store");
-    if !store.streams().is_empty() {
-        println!("search store: reusing {}", path.display());
-        return store;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+/// The prepared batches of records `[from, from + n)` of the search store.
+fn search_batches(
+    from: usize,
+    n: usize,
+    total: usize,
+    now: i64,
+    seqs: &mut [u64; SOURCES as usize],
+) -> Vec<collector::logs::PreparedBatch> {
     let span = 24 * 3_600_000_000_000i64;
     let per_batch = 5000usize;
-    let started = Instant::now();
-    let mut seqs = [0u64; SOURCES as usize];
     let limits = IngestLimits::default();
-    rt.block_on(async {
-        let mut pending = std::collections::VecDeque::new();
-        let mut done = 0usize;
-        while done < total {
-            let source = (done / per_batch) as u64 % SOURCES;
-            let n = per_batch.min(total - done);
-            let records: Vec<Record> = (0..n)
-                .map(|i| {
-                    seqs[source as usize] += 1;
-                    let k = (done + i) as i64;
-                    record(
-                        source,
-                        seqs[source as usize],
-                        now - span + k * (span / total as i64),
-                    )
-                })
-                .collect();
-            let prepared = prepare(
+    let mut out = Vec::new();
+    let mut done = from;
+    while done < from + n {
+        let source = (done / per_batch) as u64 % SOURCES;
+        let k = per_batch.min(from + n - done);
+        let records: Vec<Record> = (0..k)
+            .map(|i| {
+                seqs[source as usize] += 1;
+                let at = (done + i) as i64;
+                record(
+                    source,
+                    seqs[source as usize],
+                    now - span + at * (span / total as i64),
+                )
+            })
+            .collect();
+        out.push(
+            prepare(
                 DecodedBatch {
                     source: format!("node-{source}"),
                     subscription: SUB.into(),
@@ -259,103 +255,230 @@ fn build_search_store(path: &Path, total: usize, now: i64) -> Store {
                 now - span - 1,
                 false,
             )
-            .expect("valid");
+            .expect("valid"),
+        );
+        done += k;
+    }
+    out
+}
+
+/// Ingests `batches` through the store API (4 in flight); returns the time.
+fn ingest_batches(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    batches: Vec<collector::logs::PreparedBatch>,
+) -> Duration {
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut pending = std::collections::VecDeque::new();
+        for b in batches {
             let s = store.clone();
-            pending.push_back(tokio::spawn(async move { s.ingest(prepared).await }));
+            pending.push_back(tokio::spawn(async move { s.ingest(b).await }));
             if pending.len() >= 4 {
                 if let Some(t) = pending.pop_front() {
                     t.await.expect("join").expect("ingest");
                 }
             }
-            done += n;
         }
         for t in pending {
             t.await.expect("join").expect("ingest");
         }
     });
-    println!(
-        "search store: wrote {total} records through the store API in {:.1} s",
-        started.elapsed().as_secs_f64()
+    started.elapsed()
+}
+
+fn open_search_store(path: &Path, skip_index: bool) -> Store {
+    let config = StoreConfig {
+        skip_index,
+        ..StoreConfig::default()
+    };
+    Store::open(path, config, Metrics::default(), Vec::new()).expect("open store")
+}
+
+/// The search store (skip index on) and, beside it, the same records in a
+/// store without the index: written chunk by chunk in turn, so that both
+/// ingest rates come from the same minutes of a shared machine.
+fn build_search_stores(path: &Path, plain_path: &Path, total: usize, now: i64) -> (Store, Store) {
+    let store = open_search_store(path, true);
+    let plain = open_search_store(plain_path, false);
+    if !store.streams().is_empty() && !plain.streams().is_empty() {
+        println!(
+            "search stores: reusing {} and {}",
+            path.display(),
+            plain_path.display()
+        );
+        return (store, plain);
+    }
+    assert!(
+        store.streams().is_empty() && plain.streams().is_empty(),
+        "remove the half-built stores in BENCH_DIR"
     );
-    store
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let chunk = 100_000usize;
+    let mut seqs = [0u64; SOURCES as usize];
+    let (mut t_index, mut t_plain) = (Duration::ZERO, Duration::ZERO);
+    let mut done = 0;
+    while done < total {
+        let n = chunk.min(total - done);
+        let batches = search_batches(done, n, total, now, &mut seqs);
+        let copy = batches.clone();
+        // Alternate which store goes first.
+        if (done / chunk) % 2 == 0 {
+            t_index += ingest_batches(&rt, &store, batches);
+            t_plain += ingest_batches(&rt, &plain, copy);
+        } else {
+            t_plain += ingest_batches(&rt, &plain, copy);
+            t_index += ingest_batches(&rt, &store, batches);
+        }
+        done += n;
+    }
+    let (r_index, r_plain) = (
+        total as f64 / t_index.as_secs_f64(),
+        total as f64 / t_plain.as_secs_f64(),
+    );
+    println!(
+        "search store ingest through the store API, {total} records, chunks of {chunk} alternating: skip index on {:.1} s = {:.0} records/s, off {:.1} s = {:.0} records/s; on/off rate {:.3} (cost {:.1}%)",
+        t_index.as_secs_f64(),
+        r_index,
+        t_plain.as_secs_f64(),
+        r_plain,
+        r_index / r_plain,
+        (1.0 - r_index / r_plain) * 100.0
+    );
+    (store, plain)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// Best time of `runs` searches and the answer's (hits, scanned, bytes).
+fn best_of(
+    store: &Store,
+    q: &query::Query,
+    p: &SearchParams,
+    runs: usize,
+) -> (Duration, usize, u64, u64) {
+    let mut best = None::<(Duration, usize, u64, u64)>;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = store.search(q, p).expect("search");
+        let e = t.elapsed();
+        if best.is_none_or(|b| e < b.0) {
+            best = Some((e, r.hits.len(), r.scanned, r.scanned_bytes));
+        }
+    }
+    best.expect("ran")
+}
+
+/// Best of 3 `rg -c -F needle` over the export.
+fn rg_best(export: &Path, needle: &str) -> Option<Duration> {
+    let mut best = None::<Duration>;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = Command::new("rg")
+            .args(["-c", "-F", needle])
+            .arg(export)
+            .output();
+        let e = t.elapsed();
+        match out {
+            Ok(o) if o.status.code() == Some(1) || o.status.success() => {
+                if best.is_none_or(|b| e < b) {
+                    best = Some(e);
+                }
+            }
+            Ok(o) => {
+                println!("rg failed: {}", String::from_utf8_lossy(&o.stderr));
+                return None;
+            }
+            Err(e) => {
+                println!("rg not runnable: {e}");
+                return None;
+            }
+        }
+    }
+    best
 }
 
 fn search_bench(dir: &Path, total: usize) {
     let path = dir.join(format!("search-{total}"));
+    let plain_path = dir.join(format!("search-{total}-noindex"));
     let now_file = path.with_extension("now");
     let now = std::fs::read_to_string(&now_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(schemas::time::now_nanos);
-    let store = build_search_store(&path, total, now);
+    let (store, plain) = build_search_stores(&path, &plain_path, total, now);
     std::fs::write(&now_file, now.to_string()).expect("write now");
+    store.compact().expect("compact");
+    plain.compact().expect("compact");
+    let cfs = store.column_family_bytes();
+    let sst: u64 = cfs.iter().map(|(_, b)| b).sum();
+    let index: u64 = cfs
+        .iter()
+        .filter(|(n, _)| *n == "skip" || *n == "volume")
+        .map(|(_, b)| b)
+        .sum();
+    let plain_sst: u64 = plain.column_family_bytes().iter().map(|(_, b)| b).sum();
     println!(
-        "search store: {} streams, {:.0} MiB on disk",
+        "search store: {} streams; after full compaction SST {:.1} MiB ({}), of which skip + volume index {:.1} MiB = {:.1}% of the store; the same records without the index: SST {:.1} MiB (index adds {:.1}%)",
         store.streams().len(),
-        store.disk_bytes() as f64 / (1 << 20) as f64
+        mib(sst),
+        cfs.iter()
+            .map(|(n, b)| format!("{n} {:.1} MiB", mib(*b)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        mib(index),
+        index as f64 / sst as f64 * 100.0,
+        mib(plain_sst),
+        (sst as f64 / plain_sst as f64 - 1.0) * 100.0
     );
+    plain.close();
+    drop(plain);
     let hour = 3_600_000_000_000i64;
     let far = Instant::now() + Duration::from_secs(3600);
 
     // Selective: one pipe, one hour, a line filter; 50 different hours/pipes.
-    let mut times = Vec::new();
-    let mut hits_total = 0;
-    for i in 0..50i64 {
-        let q = query::parse(&format!(
-            r#"{{pipe="pipe-{}"}} |= "timeout""#,
-            i % PIPES as i64
-        ))
-        .expect("parse");
-        let end = now - (i % 23) * hour;
-        let p = SearchParams {
-            start: end - hour,
-            end,
-            limit: 100,
-            backward: true,
-            subscription: Some(SUB.into()),
-            deadline: far,
-            max_bytes: usize::MAX,
-            parallel: true,
-            max_scanned_bytes: u64::MAX,
-        };
-        let t = Instant::now();
-        let r = store.search(&q, &p).expect("search");
-        times.push(t.elapsed());
-        hits_total += r.hits.len();
-    }
-    times.sort();
-    println!(
-        "selective query ({{pipe=\"pipe-N\"}} |= \"timeout\", 1 h, limit 100; 50 runs): p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms, {:.1} hits/query",
-        times[times.len() / 2].as_secs_f64() * 1e3,
-        times[times.len() * 9 / 10].as_secs_f64() * 1e3,
-        times[times.len() - 1].as_secs_f64() * 1e3,
-        hits_total as f64 / times.len() as f64
-    );
-
-    // Full scan with a line filter that never matches.
-    let q = query::parse(r#"{subscription="bench"} |= "needle-not-present""#).expect("parse");
-    let p = SearchParams {
-        start: now - 25 * hour,
-        end: now + 1,
-        limit: 100,
-        backward: true,
-        subscription: None,
-        deadline: far,
-        max_bytes: usize::MAX,
-        parallel: true,
-        max_scanned_bytes: u64::MAX,
-    };
-    let mut best = None::<(Duration, u64, u64)>;
-    for _ in 0..2 {
-        let t = Instant::now();
-        let r = store.search(&q, &p).expect("search");
-        let e = t.elapsed();
-        assert_eq!(r.hits.len(), 0);
-        if best.is_none_or(|b| e < b.0) {
-            best = Some((e, r.scanned, r.scanned_bytes));
+    for on in [true, false] {
+        store.set_skip_index_reads(on);
+        let mut times = Vec::new();
+        let mut hits_total = 0;
+        for i in 0..50i64 {
+            let q = query::parse(&format!(
+                r#"{{pipe="pipe-{}"}} |= "timeout""#,
+                i % PIPES as i64
+            ))
+            .expect("parse");
+            let end = now - (i % 23) * hour;
+            let p = SearchParams {
+                start: end - hour,
+                end,
+                limit: 100,
+                backward: true,
+                subscription: Some(SUB.into()),
+                deadline: far,
+                max_bytes: usize::MAX,
+                parallel: true,
+                max_scanned_bytes: u64::MAX,
+            };
+            let t = Instant::now();
+            let r = store.search(&q, &p).expect("search");
+            times.push(t.elapsed());
+            hits_total += r.hits.len();
         }
+        times.sort();
+        println!(
+            "selective query ({{pipe=\"pipe-N\"}} |= \"timeout\", 1 h, limit 100; 50 runs), skip index {}: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms, {:.1} hits/query",
+            if on { "on" } else { "off" },
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() * 9 / 10].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3,
+            hits_total as f64 / times.len() as f64
+        );
     }
-    let (scan_t, scanned, scanned_bytes) = best.expect("ran");
 
     // The same records as JSON lines for ripgrep.
     let export = dir.join(format!("export-{total}.jsonl"));
@@ -383,47 +506,71 @@ fn search_bench(dir: &Path, total: usize) {
         std::io::Write::flush(&mut w).expect("flush");
     }
     let export_bytes = std::fs::metadata(&export).map(|m| m.len()).unwrap_or(0);
-    let mut rg_best = None::<Duration>;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let out = Command::new("rg")
-            .args(["-c", "needle-not-present"])
-            .arg(&export)
-            .output();
-        let e = t.elapsed();
-        match out {
-            Ok(o) if o.status.code() == Some(1) || o.status.success() => {
-                if rg_best.is_none_or(|b| e < b) {
-                    rg_best = Some(e);
-                }
-            }
-            Ok(o) => {
-                println!("rg failed: {}", String::from_utf8_lossy(&o.stderr));
-                break;
-            }
-            Err(e) => {
-                println!("rg not runnable: {e}");
-                break;
-            }
-        }
-    }
-    println!(
-        "full scan ({{subscription=\"bench\"}} |= \"needle-not-present\", 25 h): {} records, {:.0} MiB of lines in {:.2} s = {:.0} records/s, {:.0} MiB/s",
-        scanned,
-        scanned_bytes as f64 / (1 << 20) as f64,
-        scan_t.as_secs_f64(),
-        scanned as f64 / scan_t.as_secs_f64(),
-        scanned_bytes as f64 / (1 << 20) as f64 / scan_t.as_secs_f64()
-    );
-    if let Some(rg) = rg_best {
+
+    // Line-filter scans over everything (25 h): an absent token, a rare one
+    // (a log line of one seq per source: 4 records), and a token of every
+    // record (nothing skipped; `!= "pipe"` keeps every line from matching,
+    // so all are read).
+    let mut rare = (total / SOURCES as usize / 2) as u64;
+    rare += (3 + 5 - rare % 5) % 5;
+    let rare_needle = format!("batch {rare} of");
+    let cases = [
+        (
+            "absent",
+            "needle-not-present".to_string(),
+            r#"{subscription="bench"} |= "needle-not-present""#.to_string(),
+            Some("needle-not-present".to_string()),
+        ),
+        (
+            "rare",
+            rare_needle.clone(),
+            format!(r#"{{subscription="bench"}} |= "{rare_needle}""#),
+            Some(rare_needle.clone()),
+        ),
+        (
+            "common",
+            ":\"pipe-".to_string(),
+            r#"{subscription="bench"} |= ":\"pipe-" != "pipe""#.to_string(),
+            None,
+        ),
+    ];
+    for (name, needle, text, rg_needle) in cases {
+        let q = query::parse(&text).expect("parse");
+        let p = SearchParams {
+            start: now - 25 * hour,
+            end: now + 1,
+            limit: 100,
+            backward: true,
+            subscription: None,
+            deadline: far,
+            max_bytes: usize::MAX,
+            parallel: true,
+            max_scanned_bytes: u64::MAX,
+        };
+        store.set_skip_index_reads(true);
+        let (t_on, hits, scanned_on, _) = best_of(&store, &q, &p, 3);
+        store.set_skip_index_reads(false);
+        let (t_off, hits_off, scanned, scanned_bytes) = best_of(&store, &q, &p, 2);
+        store.set_skip_index_reads(true);
+        assert_eq!(hits, hits_off, "the index changed an answer");
         println!(
-            "ripgrep baseline (rg -c needle-not-present, {:.0} MiB JSON-lines export, page cache warm, best of 3): {:.2} s = {:.0} records/s, {:.0} MiB/s; collector/rg time ratio {:.2}",
-            export_bytes as f64 / (1 << 20) as f64,
-            rg.as_secs_f64(),
-            scanned as f64 / rg.as_secs_f64(),
-            export_bytes as f64 / (1 << 20) as f64 / rg.as_secs_f64(),
-            scan_t.as_secs_f64() / rg.as_secs_f64()
+            "{name} token scan ({text}, 25 h): skip index on {:.3} s ({scanned_on} records read, {hits} hits), off {:.3} s ({scanned} records, {:.0} MiB of lines, {:.0} records/s); off/on {:.1}x",
+            t_on.as_secs_f64(),
+            t_off.as_secs_f64(),
+            mib(scanned_bytes),
+            scanned as f64 / t_off.as_secs_f64(),
+            t_off.as_secs_f64() / t_on.as_secs_f64()
         );
+        if let Some(rg) = rg_needle.and_then(|n| rg_best(&export, &n)) {
+            println!(
+                "  ripgrep baseline (rg -c -F {needle:?}, {:.0} MiB JSON-lines export, page cache warm, best of 3): {:.3} s = {:.0} records/s; rg/collector-with-index time {:.2}x, collector-without-index/rg {:.2}x",
+                mib(export_bytes),
+                rg.as_secs_f64(),
+                scanned as f64 / rg.as_secs_f64(),
+                rg.as_secs_f64() / t_on.as_secs_f64(),
+                t_off.as_secs_f64() / rg.as_secs_f64()
+            );
+        }
     }
     store.close();
 }

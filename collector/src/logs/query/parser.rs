@@ -189,6 +189,11 @@ impl LineFilter {
         };
         found != self.negate
     }
+
+    /// Whether this is a regex filter (`|~`, `!~`) rather than a literal.
+    pub fn is_regex(&self) -> bool {
+        matches!(self.m, LineMatch::Regex(_))
+    }
 }
 
 #[derive(Debug, Clone)]

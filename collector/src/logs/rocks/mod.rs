@@ -78,10 +78,12 @@ pub mod feed;
 pub mod keys;
 mod scan;
 mod search;
+mod skip;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -103,9 +105,11 @@ pub use crate::logs::model::{
 };
 use crate::logs::query::{
     MatchedRecord, Query, ScanParams, ScanStats, SearchError, SearchParams, SearchResult,
+    VolumeBucket, VOLUME_BUCKET_NS,
 };
 use crate::logs::retention::RetentionPolicy;
 use crate::logs::{IngestReceipt, LogStore, StoreFuture};
+pub use skip::SkipPlan;
 
 use crate::telemetry::Metrics;
 
@@ -114,7 +118,12 @@ pub(crate) const CF_STREAMS: &str = "streams";
 pub(crate) const CF_SEQS: &str = "seqs";
 pub(crate) const CF_SOURCES: &str = "sources";
 pub(crate) const CF_META: &str = "meta";
-const FORMAT: &[u8] = b"sesam-collector-v2";
+/// A store with the skip and volume indexes (`skip.rs`).
+const FORMAT: &[u8] = b"sesam-collector-v3";
+/// Stores from before the skip index: migrated at open (see `skip.rs`,
+/// "Coverage"), then marked [`FORMAT`]; a store opened with
+/// [`StoreConfig::skip_index`] off is marked v2 again.
+const FORMAT_V2: &[u8] = b"sesam-collector-v2";
 /// Stores from before outbox epochs: read as is (their keys are the legacy
 /// epoch's), then marked [`FORMAT`].
 const FORMAT_V1: &[u8] = b"sesam-collector-v1";
@@ -140,6 +149,12 @@ pub struct StoreConfig {
     /// turns it on with its notifier, which evaluates records off the
     /// commit path and trims the feed.
     pub feed: bool,
+    /// Write the skip and volume indexes with the entries and use them in
+    /// searches (`skip.rs`). Off: the store is written as before the index
+    /// existed (format v2; the indexes are dropped at open), which the
+    /// next open with it on migrates like any older store. Off is for
+    /// comparisons (benchmarks, tests).
+    pub skip_index: bool,
 }
 
 impl Default for StoreConfig {
@@ -151,6 +166,7 @@ impl Default for StoreConfig {
             max_streams_per_subscription: 50_000,
             max_sources_per_subscription: 1_000,
             feed: false,
+            skip_index: true,
         }
     }
 }
@@ -164,6 +180,12 @@ pub struct StreamMeta {
     pub max_ts: i64,
     /// Entries stored.
     pub records: u64,
+    /// The newest entry time the stream held when the store was migrated
+    /// to the skip index: entries up to it may be in no index unit, so
+    /// queries scan that part of the stream (`skip.rs`). `None` for
+    /// streams made since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unindexed_through: Option<i64>,
 }
 
 /// The streams of one subscription, as readers see them.
@@ -255,6 +277,12 @@ impl StreamIndex {
 
 pub(crate) struct Shared {
     pub streams: StreamIndex,
+    /// Per stream: [`StreamMeta::unindexed_through`] (fixed after open).
+    pub unindexed: HashMap<u64, i64>,
+    /// The skip and volume indexes are written (`StoreConfig::skip_index`).
+    pub indexed: bool,
+    /// Queries use them (a switch for comparisons: off, every query scans).
+    pub skip_reads: AtomicBool,
     pub sources: RwLock<BTreeMap<(String, String), SourceMeta>>,
     pub metrics: Metrics,
     pub observers: Vec<Arc<dyn IngestObserver>>,
@@ -349,6 +377,22 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
     let mut feed = small.clone();
     feed.set_write_buffer_size(16 << 20);
 
+    // Index units: values of a few KiB read whole by queries; merged (OR
+    // of bloom bits, sums) by RocksDB, see `skip.rs`.
+    let mut skip_table = BlockBasedOptions::default();
+    skip_table.set_block_cache(&cache);
+    skip_table.set_block_size(64 << 10);
+    let mut skip_opts = Options::default();
+    skip_opts.set_block_based_table_factory(&skip_table);
+    skip_opts.set_compression_type(DBCompressionType::Lz4);
+    skip_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    skip_opts.set_write_buffer_size(config.write_buffer_bytes / 2);
+    skip_opts.set_merge_operator("sesam-skip-v1", skip::merge_units, skip::merge_units);
+    let mut volume_opts = small.clone();
+    volume_opts.set_write_buffer_size(8 << 20);
+    volume_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    volume_opts.set_merge_operator("sesam-volume-v1", skip::merge_volume, skip::merge_volume);
+
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
@@ -365,6 +409,8 @@ fn open_db(path: &Path, config: &StoreConfig) -> Result<DB, StoreError> {
         ColumnFamilyDescriptor::new(CF_SOURCES, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small.clone()),
         ColumnFamilyDescriptor::new(feed::CF_FEED, feed),
+        ColumnFamilyDescriptor::new(skip::CF_SKIP, skip_opts),
+        ColumnFamilyDescriptor::new(skip::CF_VOLUME, volume_opts),
         // The notifier's state (rules, alerts, queue): small, kept here so
         // that checkpoints carry it.
         ColumnFamilyDescriptor::new(notifier::COLUMN_FAMILY, small),
@@ -431,16 +477,12 @@ impl Store {
         let db = Arc::new(open_db(&path, &config)?);
 
         let meta = cf(&db, CF_META)?;
-        match db
+        let format = db
             .get_cf(meta, META_FORMAT)
-            .map_err(|e| StoreError::storage("read format", e))?
-        {
-            Some(f) if f == FORMAT => {}
-            Some(f) if f == FORMAT_V1 => {
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(true);
-                db.put_cf_opt(meta, META_FORMAT, FORMAT, &wo)
-                    .map_err(|e| StoreError::storage("write format", e))?;
+            .map_err(|e| StoreError::storage("read format", e))?;
+        match format.as_deref() {
+            Some(FORMAT) | Some(FORMAT_V2) | None => {}
+            Some(FORMAT_V1) => {
                 tracing::info!(path = %path.display(), "log store format v1 read as v2 (outbox epochs); older collectors can no longer open it");
             }
             Some(f) => {
@@ -448,15 +490,9 @@ impl Store {
                     path,
                     reason: format!(
                         "unknown store format {:?}",
-                        String::from_utf8_lossy(&f).into_owned()
+                        String::from_utf8_lossy(f).into_owned()
                     ),
                 })
-            }
-            None => {
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(true);
-                db.put_cf_opt(meta, META_FORMAT, FORMAT, &wo)
-                    .map_err(|e| StoreError::storage("write format", e))?;
             }
         }
         let next_stream = match db
@@ -516,6 +552,17 @@ impl Store {
         it.status()
             .map_err(|e| StoreError::storage("load streams", e))?;
         drop(it);
+        migrate_index(
+            &db,
+            &path,
+            format.as_deref(),
+            config.skip_index,
+            &mut streams,
+        )?;
+        let unindexed: HashMap<u64, i64> = streams
+            .iter()
+            .filter_map(|(id, m)| Some((*id, m.unindexed_through?)))
+            .collect();
 
         let mut sources = BTreeMap::new();
         let mut it = db.raw_iterator_cf(cf(&db, CF_SOURCES)?);
@@ -543,6 +590,9 @@ impl Store {
         }
         let shared = Arc::new(Shared {
             streams: index,
+            unindexed,
+            indexed: config.skip_index,
+            skip_reads: AtomicBool::new(true),
             sources: RwLock::new(sources.clone()),
             metrics,
             observers,
@@ -774,6 +824,109 @@ impl Store {
         Ok(EntryIter { it, backward })
     }
 
+    /// Whether queries use the skip and volume indexes (on by default, when
+    /// the store writes them). Off, every query scans: for comparisons.
+    pub fn set_skip_index_reads(&self, on: bool) {
+        self.inner.shared.skip_reads.store(on, Ordering::Relaxed);
+    }
+
+    fn index_usable(&self) -> bool {
+        self.inner.shared.indexed && self.inner.shared.skip_reads.load(Ordering::Relaxed)
+    }
+
+    /// A cursor over the entries of `stream` in `[start, end)` that may
+    /// pass a query with `plan`: the skip index rules the rest out (see
+    /// `skip.rs`). Yields what [`Store::scan`] would, minus entries that
+    /// cannot match.
+    pub fn cursor(
+        &self,
+        plan: &SkipPlan,
+        stream: &StreamInfo,
+        start: i64,
+        end: i64,
+        backward: bool,
+    ) -> Result<RangeCursor<'_>, StoreError> {
+        let ranges = if start >= end {
+            Vec::new()
+        } else if plan.is_empty() || !self.index_usable() {
+            vec![(start, end)]
+        } else {
+            let tokens = plan.tokens_for(stream);
+            let through = self.inner.shared.unindexed.get(&stream.id).copied();
+            skip::candidate_ranges(&self.inner.db, stream.id, through, &tokens, start, end)?
+        };
+        RangeCursor::open(self, stream.id, ranges, backward)
+    }
+
+    /// See [`LogStore::volume`]: `None` when the index is off or does not
+    /// cover the range (entries from before it), or a unit is malformed.
+    pub fn volume(
+        &self,
+        stream: &StreamInfo,
+        start: i64,
+        end: i64,
+    ) -> Option<Result<Vec<VolumeBucket>, StoreError>> {
+        if !self.index_usable() {
+            return None;
+        }
+        if let Some(through) = self.inner.shared.unindexed.get(&stream.id) {
+            // Bucket ends in (start, end] count records after start - 10 s.
+            if *through > start.saturating_sub(VOLUME_BUCKET_NS) {
+                return None;
+            }
+        }
+        match skip::read_volume(&self.inner.db, stream.id, start, end) {
+            Ok(Some(v)) => Some(Ok(v)),
+            Ok(None) => {
+                tracing::warn!(
+                    stream = stream.id,
+                    "malformed volume index unit; scanning instead"
+                );
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Per column family: bytes of its SST files (what compaction left);
+    /// for measurements of the indexes' share.
+    pub fn column_family_bytes(&self) -> Vec<(&'static str, u64)> {
+        let db = &self.inner.db;
+        [
+            CF_ENTRIES,
+            CF_STREAMS,
+            CF_SEQS,
+            CF_SOURCES,
+            CF_META,
+            feed::CF_FEED,
+            skip::CF_SKIP,
+            skip::CF_VOLUME,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let c = db.cf_handle(name)?;
+            let v = db
+                .property_int_value_cf(c, "rocksdb.total-sst-files-size")
+                .ok()
+                .flatten()?;
+            Some((name, v))
+        })
+        .collect()
+    }
+
+    /// Flushes and fully compacts the log families (blocking; for
+    /// measurements and tests).
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let db = &self.inner.db;
+        for name in [CF_ENTRIES, CF_SEQS, skip::CF_SKIP, skip::CF_VOLUME] {
+            let c = cf(db, name)?;
+            db.flush_cf(c)
+                .map_err(|e| StoreError::storage("flush before compaction", e))?;
+            db.compact_range_cf(c, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Bytes the store occupies on disk (SST files, WAL, metadata).
     pub fn disk_bytes(&self) -> u64 {
         dir_size(&self.inner.path)
@@ -845,6 +998,15 @@ impl LogStore for Store {
 
     fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult, SearchError> {
         search::search(self, query, params)
+    }
+
+    fn volume(
+        &self,
+        stream: &StreamInfo,
+        start: i64,
+        end: i64,
+    ) -> Option<Result<Vec<VolumeBucket>, StoreError>> {
+        Store::volume(self, stream, start, end)
     }
 
     fn scan_matches(
@@ -972,5 +1134,154 @@ impl EntryIter<'_> {
     }
 }
 
+/// Entries of one stream in a list of time ranges (see [`Store::cursor`]),
+/// in time order (newest first when backward).
+pub struct RangeCursor<'a> {
+    store: &'a Store,
+    stream: u64,
+    /// In visiting order.
+    ranges: Vec<(i64, i64)>,
+    next: usize,
+    it: Option<EntryIter<'a>>,
+    backward: bool,
+    error: Option<StoreError>,
+}
+
+impl std::fmt::Debug for RangeCursor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeCursor")
+            .field("stream", &self.stream)
+            .field("ranges", &self.ranges.len())
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl<'a> RangeCursor<'a> {
+    fn open(
+        store: &'a Store,
+        stream: u64,
+        mut ranges: Vec<(i64, i64)>,
+        backward: bool,
+    ) -> Result<RangeCursor<'a>, StoreError> {
+        if backward {
+            ranges.reverse();
+        }
+        let mut c = RangeCursor {
+            store,
+            stream,
+            ranges,
+            next: 0,
+            it: None,
+            backward,
+            error: None,
+        };
+        c.settle();
+        match c.error.take() {
+            Some(e) => Err(e),
+            None => Ok(c),
+        }
+    }
+
+    /// Moves to the next range while the current one is exhausted.
+    fn settle(&mut self) {
+        loop {
+            if let Some(it) = &self.it {
+                if it.valid() {
+                    return;
+                }
+                if let Err(e) = it.status() {
+                    self.error = Some(e);
+                    self.it = None;
+                    self.next = self.ranges.len();
+                    return;
+                }
+            }
+            let Some(&(a, b)) = self.ranges.get(self.next) else {
+                self.it = None;
+                return;
+            };
+            self.next += 1;
+            match self.store.scan(self.stream, a, b, self.backward) {
+                Ok(it) => self.it = Some(it),
+                Err(e) => {
+                    self.error = Some(e);
+                    self.it = None;
+                    self.next = self.ranges.len();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// See [`EntryIter::current`].
+    pub fn current(&self) -> Option<(i64, u64, &[u8])> {
+        self.it.as_ref()?.current()
+    }
+
+    /// Whether the cursor is on an entry (well-formed or not).
+    pub fn valid(&self) -> bool {
+        self.it.as_ref().is_some_and(EntryIter::valid)
+    }
+
+    pub fn advance(&mut self) {
+        if let Some(it) = &mut self.it {
+            it.advance();
+        }
+        self.settle();
+    }
+
+    /// The storage error that ended the iteration, if any.
+    pub fn status(&self) -> Result<(), StoreError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => self.it.as_ref().map_or(Ok(()), EntryIter::status),
+        }
+    }
+}
+
+/// Brings the store's format in line with `index` (see `skip.rs`,
+/// "Coverage"): a store not written with the index gets, per stream, the
+/// newest time it holds as `unindexed_through`, loses any index units an
+/// earlier run left (they may miss deletions made without the index), and
+/// is marked [`FORMAT`]; with the index off the units are dropped and the
+/// store is marked [`FORMAT_V2`]. One synced batch: a crash leaves the
+/// store as it was.
+fn migrate_index(
+    db: &DB,
+    path: &Path,
+    format: Option<&[u8]>,
+    index: bool,
+    streams: &mut HashMap<u64, StreamMeta>,
+) -> Result<(), StoreError> {
+    let target = if index { FORMAT } else { FORMAT_V2 };
+    if format == Some(target) {
+        return Ok(());
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    let all_end = [0xFFu8; 24];
+    batch.delete_range_cf(cf(db, skip::CF_SKIP)?, b"".as_slice(), all_end.as_slice());
+    batch.delete_range_cf(cf(db, skip::CF_VOLUME)?, b"".as_slice(), all_end.as_slice());
+    if index {
+        let streams_cf = cf(db, CF_STREAMS)?;
+        for (id, m) in streams.iter_mut() {
+            m.unindexed_through = Some(m.max_ts.max(m.unindexed_through.unwrap_or(i64::MIN)));
+            let v =
+                rmp_serde::to_vec_named(m).map_err(|e| StoreError::storage("encode stream", e))?;
+            batch.put_cf(streams_cf, keys::stream_key(*id), v);
+        }
+        if !streams.is_empty() {
+            tracing::info!(path = %path.display(), streams = streams.len(), "log store migrated to the skip index: records stored so far are scanned by queries, later ones indexed; older collectors can no longer open it");
+        }
+    }
+    batch.put_cf(cf(db, CF_META)?, META_FORMAT, target);
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo)
+        .map_err(|e| StoreError::storage("migrate the skip index", e))
+}
+
+#[cfg(test)]
+mod skip_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Store;
+use super::{SkipPlan, Store};
 use crate::logs::model::StreamInfo;
 use crate::logs::query::{
     pool, run_stages, MatchedRecord, Query, ScanParams, ScanStats, SearchError,
@@ -29,11 +29,13 @@ pub fn scan_matches(
         return Ok(stats);
     }
     let mut work = 0usize;
+    let plan = SkipPlan::new(query);
     for stream in streams {
         if stream.max_ts < p.start || stream.min_ts >= p.end {
             continue;
         }
-        let mut it = store.scan(stream.id, p.start, p.end, false)?;
+        // Only the time ranges the skip index cannot rule out.
+        let mut it = store.cursor(&plan, stream, p.start, p.end, false)?;
         while it.valid() {
             if let Some((ts, _seq, line)) = it.current() {
                 stats.scanned += 1;

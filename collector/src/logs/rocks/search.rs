@@ -4,14 +4,15 @@
 //! `direction=backward`, Loki's default) until `limit` lines, or the byte
 //! budget, passed every stage. Line filters run on the stored bytes before
 //! anything is decoded; `| json` parses a line only when the earlier stages
-//! kept it.
+//! kept it. Each stream is read only in the time ranges its skip index
+//! units cannot rule out (`skip.rs`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{EntryIter, Store};
+use super::{RangeCursor, SkipPlan, Store};
 use crate::logs::model::StreamInfo;
 use crate::logs::query::{pool, run_stages, Hit, Query, SearchError, SearchParams, SearchResult};
 
@@ -162,10 +163,12 @@ fn search_streams(
         streams: streams.len(),
         ..SearchResult::default()
     };
-    let mut iters: Vec<EntryIter<'_>> = Vec::with_capacity(streams.len());
+    let plan = SkipPlan::new(query);
+    let mut iters: Vec<RangeCursor<'_>> = Vec::with_capacity(streams.len());
     let mut heap = BinaryHeap::with_capacity(streams.len());
     for (idx, s) in streams.iter().enumerate() {
-        let it = store.scan(s.id, p.start, p.end, p.backward)?;
+        // Only the time ranges the skip index cannot rule out.
+        let it = store.cursor(&plan, s, p.start, p.end, p.backward)?;
         iters.push(it);
         push_head(&mut iters[idx], idx, p.backward, &mut heap)?;
     }
@@ -219,7 +222,7 @@ fn search_streams(
 
 /// Pushes the next well-formed entry of `it` (skipping malformed ones).
 fn push_head(
-    it: &mut EntryIter<'_>,
+    it: &mut RangeCursor<'_>,
     idx: usize,
     backward: bool,
     heap: &mut BinaryHeap<Head>,

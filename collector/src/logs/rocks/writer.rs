@@ -36,6 +36,10 @@ use super::keys::{
     digest_value, entry_bound, entry_key, parse_digest, parse_entry_key, seq_key, source_key,
     stream_key, sub_prefix, sub_prefix_end, LEGACY_EPOCH,
 };
+use super::skip::{
+    self, bucket_of, part_capacity, unit_bound, unit_key, volume_key, volume_slot, UnitDelta,
+    VolumeDelta, CF_SKIP, CF_VOLUME,
+};
 use super::{
     cf, stream_info, EpochMeta, IngestOutcome, PreparedBatch, PurgeReport, Shared, SourceMeta,
     StoreConfig, StoreError, StreamMeta, CF_ENTRIES, CF_META, CF_SEQS, CF_SOURCES, CF_STREAMS,
@@ -92,6 +96,20 @@ type SourceId = (String, String);
 /// seeded) instead of SipHash, which was a tenth of the writer's time
 /// under a flood.
 type SeqMap = HashMap<u64, u32, foldhash::fast::RandomState>;
+/// Per (stream, hour): the part being filled, the records it holds, and
+/// the bloom bits this writer sent for it (see [`UnitDelta::thin`]).
+type PartMap = HashMap<(u64, i64), PartState, foldhash::fast::RandomState>;
+
+struct PartState {
+    part: u32,
+    records: u64,
+    sent: Vec<u64>,
+}
+
+/// Hours whose part the writer remembers (at most 10 KiB of bits each);
+/// past it the map is cleared and refilled from the index as hours come
+/// up again.
+const PARTS_KEPT: usize = 16_384;
 
 pub(crate) struct Writer {
     db: Arc<DB>,
@@ -118,6 +136,9 @@ pub(crate) struct Writer {
     reclaim: std::sync::mpsc::SyncSender<Garbage>,
     /// Groups the oldest held batch has been passed over.
     passed_over: u32,
+    /// Write the skip and volume indexes (`skip.rs`).
+    index: bool,
+    parts: PartMap,
 }
 
 /// One ingest group in the making; applied to the writer's state only once
@@ -146,6 +167,10 @@ struct Group {
     feed: HashMap<String, Vec<u8>>,
     /// The commit number, once the feed is written.
     commit: Option<u64>,
+    /// Skip index operands: per (stream, hour, part).
+    units: HashMap<(u64, i64, u32), UnitDelta, foldhash::fast::RandomState>,
+    /// Volume index operands: per (stream, volume unit).
+    volume: HashMap<(u64, i64), VolumeDelta, foldhash::fast::RandomState>,
 }
 
 /// How full the group in the making is, per subscription.
@@ -225,6 +250,8 @@ impl Writer {
             next_commit,
             reclaim,
             passed_over: 0,
+            index: config.skip_index,
+            parts: PartMap::default(),
         })
     }
 
@@ -339,6 +366,7 @@ impl Writer {
                 min_ts: i64::MAX,
                 max_ts: i64::MIN,
                 records: 0,
+                unindexed_through: None,
             })
         })
     }
@@ -629,6 +657,7 @@ impl Writer {
                                     min_ts: i64::MAX,
                                     max_ts: i64::MIN,
                                     records: 0,
+                                    unindexed_through: None,
                                 },
                             );
                             if labels.contains_key(FREE_FORM_LABEL) {
@@ -649,6 +678,9 @@ impl Writer {
         let mut feed = (self.feed && batch.records.is_some())
             .then(|| g.feed.entry(sid.0.clone()).or_default());
         let mut bytes = 0u64;
+        if self.parts.len() > PARTS_KEPT {
+            self.parts.clear();
+        }
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if !*new {
                 outcome.duplicates += 1;
@@ -667,6 +699,25 @@ impl Writer {
             }
             if let Some(list) = feed.as_deref_mut() {
                 push_entry(list, key.as_ref());
+            }
+            if self.index {
+                // The index of the record goes into the same batch.
+                let line = e.value.get(1..).unwrap_or_default();
+                let bucket = bucket_of(e.ts);
+                let part = next_part(&self.db, &mut self.parts, id, bucket);
+                g.units
+                    .entry((id, bucket, part))
+                    .or_insert_with(|| UnitDelta::new(part))
+                    .add(e.ts, line);
+                let (unit, slot) = volume_slot(e.ts);
+                let v = g
+                    .volume
+                    .entry((id, unit))
+                    .or_default()
+                    .entry(slot)
+                    .or_default();
+                v.0 += 1;
+                v.1 += line.len() as i64;
             }
             g.batch.put_cf(
                 seqs_cf,
@@ -734,6 +785,15 @@ impl Writer {
         if g.done.is_empty() && g.sources.is_empty() {
             return;
         }
+        if self.index {
+            for ((stream, bucket, part), d) in g.units.iter_mut() {
+                if let Some(st) = self.parts.get_mut(&(*stream, *bucket)) {
+                    if st.part == *part {
+                        d.thin(&mut st.sent);
+                    }
+                }
+            }
+        }
         let result = self.write_group(&mut g);
         let m = &self.shared.metrics;
         match result {
@@ -800,6 +860,8 @@ impl Writer {
                 }
             }
             Err(e) => {
+                // The part counts took records that were not stored.
+                self.parts.clear();
                 tracing::error!(error = %e, "log store: group commit failed; nothing of it is stored");
                 for (reply, _, _) in g.done {
                     let _ = reply.send(Err(e.clone()));
@@ -820,6 +882,20 @@ impl Writer {
             let v = rmp_serde::to_vec_named(meta)
                 .map_err(|e| StoreError::storage("encode source", e))?;
             g.batch.put_cf(sources_cf, source_key(sub, src), v);
+        }
+        if !g.units.is_empty() {
+            let skip_cf = cf(&self.db, CF_SKIP)?;
+            for ((stream, bucket, part), d) in g.units.drain() {
+                g.batch
+                    .merge_cf(skip_cf, unit_key(stream, bucket, part), d.encode());
+            }
+        }
+        if !g.volume.is_empty() {
+            let volume_cf = cf(&self.db, CF_VOLUME)?;
+            for ((stream, unit), d) in g.volume.drain() {
+                g.batch
+                    .merge_cf(volume_cf, volume_key(stream, unit), skip::encode_volume(&d));
+            }
         }
         if g.next_stream != self.next_stream {
             g.batch.put_cf(
@@ -875,6 +951,8 @@ impl Writer {
         let mut deleted = 0u64;
         // The first entry that stays, if any: (its key, its ts).
         let mut stop: Option<(Vec<u8>, i64)> = None;
+        // Volume of what is deleted, per volume unit (`skip.rs`).
+        let mut gone: std::collections::BTreeMap<i64, VolumeDelta> = Default::default();
         while it.valid() {
             let Some(k) = it.key() else { break };
             let Some(p) = parse_entry_key(k) else {
@@ -887,6 +965,15 @@ impl Writer {
             }
             batch.delete_cf(seqs_cf, seq_key(&sub, &source, p.epoch, p.seq));
             deleted += 1;
+            if self.index {
+                // Counted as the volume index counted it (a malformed value
+                // was indexed with what follows its version byte).
+                let len = it.value().map_or(0, |v| v.len().saturating_sub(1));
+                let (unit, slot) = volume_slot(p.ts);
+                let v = gone.entry(unit).or_default().entry(slot).or_default();
+                v.0 -= 1;
+                v.1 -= len as i64;
+            }
             it.next();
         }
         it.status()
@@ -900,6 +987,9 @@ impl Writer {
             None => entry_bound(stream + 1, i64::MIN).to_vec(),
         };
         batch.delete_range_cf(entries_cf, start.to_vec(), end);
+        if self.index {
+            self.expire_index(&mut batch, stream, stop.as_ref().map(|s| s.1), gone)?;
+        }
         let mut new_meta = meta.clone();
         new_meta.records = new_meta.records.saturating_sub(deleted);
         let streams_cf = cf(&self.db, CF_STREAMS)?;
@@ -960,6 +1050,53 @@ impl Writer {
         Ok(deleted)
     }
 
+    /// The index side of an expiry of `stream` up to (not including) the
+    /// entry at `stop` (everything when `None`): units whose whole time
+    /// range went are deleted; the volume unit the cut goes through gets
+    /// the deleted counts subtracted (`gone`, per volume unit). A skip unit
+    /// the cut goes through keeps its bits and bounds: at worst a false
+    /// positive.
+    fn expire_index(
+        &mut self,
+        batch: &mut WriteBatch,
+        stream: u64,
+        stop: Option<i64>,
+        gone: std::collections::BTreeMap<i64, VolumeDelta>,
+    ) -> Result<(), StoreError> {
+        let skip_cf = cf(&self.db, CF_SKIP)?;
+        let volume_cf = cf(&self.db, CF_VOLUME)?;
+        let stream_end = unit_bound(stream + 1, i64::MIN);
+        self.parts.retain(|(s, _), _| *s != stream);
+        let Some(stop_ts) = stop else {
+            batch.delete_range_cf(skip_cf, unit_bound(stream, i64::MIN), stream_end);
+            batch.delete_range_cf(volume_cf, volume_key(stream, i64::MIN), stream_end);
+            return Ok(());
+        };
+        // Every record of an hour before the stop's hour is gone.
+        batch.delete_range_cf(
+            skip_cf,
+            unit_bound(stream, i64::MIN),
+            unit_bound(stream, bucket_of(stop_ts)),
+        );
+        // Every bucket of a volume unit before the stop's unit ends before
+        // the stop's bucket, so before the stop: all gone.
+        let (stop_unit, _) = volume_slot(stop_ts);
+        batch.delete_range_cf(
+            volume_cf,
+            volume_key(stream, i64::MIN),
+            volume_key(stream, stop_unit),
+        );
+        // Deleted entries are older than the stop: none in a later unit.
+        if let Some(d) = gone.get(&stop_unit) {
+            batch.merge_cf(
+                volume_cf,
+                volume_key(stream, stop_unit),
+                skip::encode_volume(d),
+            );
+        }
+        Ok(())
+    }
+
     fn purge(&mut self, subscription: &str) -> Result<PurgeReport, StoreError> {
         let entries_cf = cf(&self.db, CF_ENTRIES)?;
         let streams_cf = cf(&self.db, CF_STREAMS)?;
@@ -971,12 +1108,18 @@ impl Writer {
             .filter(|(_, m)| m.labels.get("subscription").map(String::as_str) == Some(subscription))
             .map(|(id, _)| *id)
             .collect();
+        let skip_cf = cf(&self.db, CF_SKIP)?;
+        let volume_cf = cf(&self.db, CF_VOLUME)?;
         for id in &ids {
             batch.delete_range_cf(
                 entries_cf,
                 entry_bound(*id, i64::MIN),
                 entry_bound(*id + 1, i64::MIN),
             );
+            let (lo, hi) = (unit_bound(*id, i64::MIN), unit_bound(*id + 1, i64::MIN));
+            batch.delete_range_cf(skip_cf, lo, hi);
+            batch.delete_range_cf(volume_cf, lo, hi);
+            self.parts.retain(|(s, _), _| s != id);
             batch.delete_cf(streams_cf, stream_key(*id));
             report.streams += 1;
             report.records += self.streams.get(id).map_or(0, |m| m.records);
@@ -1021,6 +1164,17 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("purge-compaction".into())
             .spawn(move || {
+                for name in [CF_SKIP, CF_VOLUME] {
+                    if let Some(c) = db.cf_handle(name) {
+                        for id in &ids {
+                            db.compact_range_cf(
+                                c,
+                                Some(unit_bound(*id, i64::MIN)),
+                                Some(unit_bound(*id + 1, i64::MIN)),
+                            );
+                        }
+                    }
+                }
                 if let Some(c) = db.cf_handle(CF_ENTRIES) {
                     for id in ids {
                         db.compact_range_cf(
@@ -1046,5 +1200,54 @@ impl Writer {
             }
         }
         Ok(report)
+    }
+}
+
+/// The part of hour `bucket` of `stream` the next record goes to, counting
+/// it. An hour not in `parts` is looked up in the index: its last part and
+/// that part's count (a read error or a malformed unit: the next part,
+/// which is never wrong, only less full).
+fn next_part(db: &DB, parts: &mut PartMap, stream: u64, bucket: i64) -> u32 {
+    let e = parts.entry((stream, bucket)).or_insert_with(|| {
+        let (part, records) = restore_part(db, stream, bucket);
+        PartState {
+            part,
+            records,
+            sent: Vec::new(),
+        }
+    });
+    if e.records >= part_capacity(e.part) {
+        e.part = e.part.saturating_add(1);
+        e.records = 0;
+        e.sent = Vec::new();
+    }
+    e.records += 1;
+    e.part
+}
+
+fn restore_part(db: &DB, stream: u64, bucket: i64) -> (u32, u64) {
+    let Ok(skip_cf) = cf(db, CF_SKIP) else {
+        return (0, 0);
+    };
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(unit_bound(stream, bucket).to_vec());
+    opts.set_iterate_upper_bound(unit_key(stream, bucket, u32::MAX).to_vec());
+    let mut it = db.raw_iterator_cf_opt(skip_cf, opts);
+    it.seek_to_last();
+    if !it.valid() {
+        if let Err(e) = it.status() {
+            tracing::warn!(error = %e, stream, "cannot read the skip index; the hour's records go to a fresh part");
+            return (1, 0);
+        }
+        return (0, 0);
+    }
+    let part = it
+        .key()
+        .and_then(skip::parse_unit_key)
+        .map_or(0, |(_, _, p)| p);
+    match it.value().and_then(skip::unit_records) {
+        Some(n) => (part, n),
+        // Unknown: take a new part.
+        None => (part, u64::MAX),
     }
 }
