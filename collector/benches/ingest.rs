@@ -326,7 +326,7 @@ fn build_search_stores(path: &Path, plain_path: &Path, total: usize, now: i64) -
         let batches = search_batches(done, n, total, now, &mut seqs);
         let copy = batches.clone();
         // Alternate which store goes first.
-        if (done / chunk) % 2 == 0 {
+        if (done / chunk).is_multiple_of(2) {
             t_index += ingest_batches(&rt, &store, batches);
             t_plain += ingest_batches(&rt, &plain, copy);
         } else {
