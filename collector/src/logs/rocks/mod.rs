@@ -46,7 +46,9 @@
 //! | `streams` | stream id u64 BE | MessagePack [`StreamMeta`]: labels, oldest/newest ts, entry count |
 //! | `seqs` | subscription, `0`, source, `0`, seq u64 BE (epoch 0); subscription, `0`, source, `1`, epoch id u32 BE, seq u64 BE (others) | CRC-32 of the record (4 bytes BE; empty in stores written before epochs): "this seq is stored" (dedupe) |
 //! | `sources` | subscription, `0`, source | MessagePack [`SourceMeta`]: first/last seen, current epoch and its last seq, older epochs, counts |
-//! | `meta` | `format`, `next_stream` | `sesam-collector-v2` (a v1 store, from before epochs, opens as is and is marked v2); next stream id u64 BE |
+//! | `skip` | stream id u64 BE, hour i64 BE (sign bit flipped), part u32 BE | token bloom filter, record count, oldest/newest ts of the part (merge operator; see `skip.rs`) |
+//! | `volume` | stream id u64 BE, hour i64 BE (sign bit flipped) | records and line bytes per 10 s bucket (merge operator; see `skip.rs`) |
+//! | `meta` | `format`, `next_stream` | `sesam-collector-v3` (a v1 store, from before epochs, opens as is; a v2 store, from before the skip index, is migrated: see `skip.rs`); next stream id u64 BE |
 //! | `feed` | subscription, `0`, commit u64 BE | the entries keys each commit stored, for consumers off the commit path (see `feed.rs`; written only with [`StoreConfig::feed`]) |
 //! | `notifier` | see the notifier crate's `store.rs` | rules, receivers, silences, alerts, notification queue and history |
 //!

@@ -82,13 +82,13 @@ fn rec_strategy(span: i64) -> impl Strategy<Value = Rec> {
 /// late), in batches per source.
 async fn write(store: &Store, recs: &[Rec], seqs: &mut [u64; 2]) {
     for chunk in recs.chunks(37) {
-        for source in 0..2 {
+        for (source, seq) in seqs.iter_mut().enumerate() {
             let records: Vec<Record> = chunk
                 .iter()
                 .filter(|r| r.source == source)
                 .map(|r| {
-                    seqs[source] += 1;
-                    record(r, seqs[source])
+                    *seq += 1;
+                    record(r, *seq)
                 })
                 .collect();
             if records.is_empty() {
