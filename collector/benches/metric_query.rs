@@ -47,7 +47,11 @@ fn record(source: u64, seq: u64, ts: i64) -> Record {
         Body::Execution(Box::new(b))
     } else {
         Body::Log(LogBody {
-            level: if seq % 10 == 3 { Level::Warn } else { Level::Info },
+            level: if seq % 10 == 3 {
+                Level::Warn
+            } else {
+                Level::Info
+            },
             target: "sesam_node::pump::runner".into(),
             message: format!("pipe {pipe} processed batch {seq} of entities; next run scheduled"),
             fields: Default::default(),
@@ -87,7 +91,11 @@ fn build(path: &Path, total: usize, start: i64, span: i64) -> Store {
                 .map(|i| {
                     seqs[source as usize] += 1;
                     let k = (done + i) as i64;
-                    record(source, seqs[source as usize], start + 1 + k * (span / total as i64))
+                    record(
+                        source,
+                        seqs[source as usize],
+                        start + 1 + k * (span / total as i64),
+                    )
                 })
                 .collect();
             let prepared = prepare(
@@ -125,7 +133,13 @@ fn build(path: &Path, total: usize, start: i64, span: i64) -> Store {
 }
 
 /// p50 and max of `runs` evaluations, and the last answer's total.
-fn time(store: &Store, text: &str, start: i64, end: i64, runs: usize) -> (Duration, Duration, f64, usize, usize) {
+fn time(
+    store: &Store,
+    text: &str,
+    start: i64,
+    end: i64,
+    runs: usize,
+) -> (Duration, Duration, f64, usize, usize) {
     let Expr::Metric(expr) = parse_expr_with(text, &QueryLimits::default()).expect("parse") else {
         panic!("{text} is a metric query");
     };
@@ -156,7 +170,13 @@ fn time(store: &Store, text: &str, start: i64, end: i64, runs: usize) -> (Durati
         from_index = r.from_index;
     }
     times.sort();
-    (times[times.len() / 2], times[times.len() - 1], total, series, from_index)
+    (
+        times[times.len() / 2],
+        times[times.len() - 1],
+        total,
+        series,
+        from_index,
+    )
 }
 
 fn main() {
@@ -182,10 +202,18 @@ fn main() {
         p50.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
-    assert_eq!(sum as usize, total, "the histogram counts every record once");
+    assert_eq!(
+        sum as usize, total,
+        "the histogram counts every record once"
+    );
     let scan_runs = runs.min(3);
-    let (p50s, maxs, sums, _, idxs) =
-        time(&store, q, start + MIN + 1_000_000_000, start + span + 1_000_000_000, scan_runs);
+    let (p50s, maxs, sums, _, idxs) = time(
+        &store,
+        q,
+        start + MIN + 1_000_000_000,
+        start + span + 1_000_000_000,
+        scan_runs,
+    );
     println!(
         "the same shifted by 1 s (scan path, baseline): p50 {:.1} ms, max {:.1} ms over {scan_runs} runs; {idxs} streams from the index; total {sums}; index speedup {:.0}x",
         p50s.as_secs_f64() * 1e3,
