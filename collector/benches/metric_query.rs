@@ -34,7 +34,7 @@ const MIN: i64 = 60_000_000_000;
 fn record(source: u64, seq: u64, ts: i64) -> Record {
     let pipe = format!("pipe-{}", (seq * 7 + source) % 50);
     let body = if seq % 5 < 3 {
-        let event = if seq % 20 == 0 {
+        let event = if seq.is_multiple_of(20) {
             EventType::PumpFailed
         } else {
             EventType::PumpCompleted
