@@ -411,6 +411,14 @@ async fn series_index_stats_and_volume() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().expect("data").len(), 2, "{body}");
+    let many: Vec<(&str, &str)> = (0..65).map(|_| ("match[]", "{}")).collect();
+    let (status, body) = h.get_json(OP_ACME, "/loki/api/v1/series", &many).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("match[]")),
+        "{body}"
+    );
+    assert_eq!(body["limit"], 64, "{body}");
     let (status, body) = h.get_json(OP_ACME, "/loki/api/v1/series", &[]).await;
     assert_eq!(
         (status, body["field"].as_str()),
@@ -490,21 +498,32 @@ async fn series_index_stats_and_volume() {
     h.stop().await;
 }
 
+/// A tail request with `token` for `query` (and `extra` query text).
+fn tail_request(
+    h: &Harness,
+    token: &str,
+    query: &str,
+    extra: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut url = reqwest::Url::parse(&format!("ws://{}/loki/api/v1/tail", h.addr)).expect("url");
+    url.query_pairs_mut().append_pair("query", query);
+    let mut req = format!("{url}{extra}")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    req
+}
+
 async fn connect(
     h: &Harness,
     token: &str,
     query: &str,
     extra: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut url = reqwest::Url::parse(&format!("ws://{}/loki/api/v1/tail", h.addr)).expect("url");
-    url.query_pairs_mut().append_pair("query", query);
-    let url = format!("{url}{extra}");
-    let mut req = url.into_client_request().expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    tokio_tungstenite::connect_async(req)
+    tokio_tungstenite::connect_async(tail_request(h, token, query, extra))
         .await
         .expect("connect")
         .0
@@ -595,14 +614,7 @@ async fn live_tail_over_websocket_sends_history_then_new_records_of_its_tenant_o
     // Per-subscription limit: acme has one open; a second is fine, a
     // third is refused with 429 naming the flag.
     let _second = connect(&h, OP_ACME, r#"{kind="log"}"#, "").await;
-    let mut url = reqwest::Url::parse(&format!("ws://{}/loki/api/v1/tail", h.addr)).expect("url");
-    url.query_pairs_mut()
-        .append_pair("query", r#"{kind="log"}"#);
-    let mut req = url.as_str().into_client_request().expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {OP_ACME}").parse().expect("header"),
-    );
+    let req = tail_request(&h, OP_ACME, r#"{kind="log"}"#, "");
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 429);
@@ -624,15 +636,7 @@ async fn live_tail_over_websocket_sends_history_then_new_records_of_its_tenant_o
     let mut reopened = None;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut url =
-            reqwest::Url::parse(&format!("ws://{}/loki/api/v1/tail", h.addr)).expect("url");
-        url.query_pairs_mut()
-            .append_pair("query", r#"{kind="log"}"#);
-        let mut req = url.as_str().into_client_request().expect("request");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {OP_ACME}").parse().expect("header"),
-        );
+        let req = tail_request(&h, OP_ACME, r#"{kind="log"}"#, "");
         if let Ok((s, _)) = tokio_tungstenite::connect_async(req).await {
             reopened = Some(s);
             break;

@@ -736,7 +736,7 @@ pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> 
             return p.fail("a log query (\"{...}\" and stages): metric queries are answered by /loki/api/v1/query_range and /loki/api/v1/query");
         }
     }
-    let q = p.log_query(&[Tok::Eof])?;
+    let q = p.log_query()?;
     Ok(q)
 }
 
@@ -744,7 +744,7 @@ pub fn parse_with(src: &str, limits: &QueryLimits) -> Result<Query, ParseError> 
 pub fn parse_expr_with(src: &str, limits: &QueryLimits) -> Result<Expr, ParseError> {
     let mut p = parser(src, limits)?;
     if p.tok == Tok::LBrace {
-        return p.log_query(&[Tok::Eof]).map(Expr::Log);
+        return p.log_query().map(Expr::Log);
     }
     p.metric = true;
     let m = p.metric_expr(0)?;
@@ -873,11 +873,22 @@ pub enum MetricExpr {
 pub const MAX_TOPK: usize = 10_000;
 
 impl Parser<'_> {
-    /// A selector and its stages up to one of `until` (not consumed).
-    fn log_query(&mut self, until: &[Tok]) -> Result<Query, ParseError> {
+    /// A log query: a selector and its stages, to the end of the query.
+    fn log_query(&mut self) -> Result<Query, ParseError> {
         let matchers = self.selector()?;
+        let stages = self.stages(&Tok::Eof, "end of query")?;
+        if matches!(self.tok, Tok::Range(_)) {
+            return self.fail("a line filter, \"|\" or end of query (a range [..] belongs in a metric query such as count_over_time({...}[5m]))");
+        }
+        Ok(Query { matchers, stages })
+    }
+
+    /// Stages up to `stop` or a range (not consumed), within
+    /// `--max-query-stages`; the end of the query before them expects
+    /// `at_eof`.
+    fn stages(&mut self, stop: &Tok, at_eof: &str) -> Result<Vec<Stage>, ParseError> {
         let mut stages = Vec::new();
-        while !until.contains(&self.tok) && !matches!(self.tok, Tok::Range(_)) {
+        while self.tok != *stop && !matches!(self.tok, Tok::Range(_)) {
             if stages.len() >= self.limits.max_stages {
                 return Err(ParseError {
                     column: self.col,
@@ -890,16 +901,13 @@ impl Parser<'_> {
                 });
             }
             if self.tok == Tok::Eof {
-                return self.fail("\")\"");
+                return self.fail(at_eof);
             }
             if let Some(stage) = self.stage()? {
                 stages.push(stage);
             }
         }
-        if !self.metric && matches!(self.tok, Tok::Range(_)) {
-            return self.fail("a line filter, \"|\" or end of query (a range [..] belongs in a metric query such as count_over_time({...}[5m]))");
-        }
-        Ok(Query { matchers, stages })
+        Ok(stages)
     }
 
     fn expect(&mut self, t: Tok) -> Result<(), ParseError> {
@@ -1046,26 +1054,7 @@ impl Parser<'_> {
     /// The stages after an already parsed selector, up to the range or
     /// `)`.
     fn log_query_after(&mut self, matchers: Vec<Matcher>) -> Result<Query, ParseError> {
-        let mut stages = Vec::new();
-        while !matches!(self.tok, Tok::Range(_) | Tok::RParen) {
-            if stages.len() >= self.limits.max_stages {
-                return Err(ParseError {
-                    column: self.col,
-                    expected: format!(
-                        "at most {} stages (line filters, | json, label filters; --max-query-stages)",
-                        self.limits.max_stages
-                    ),
-                    found: format!("stage {}", stages.len() + 1),
-                    reason: "too_many_stages",
-                });
-            }
-            if self.tok == Tok::Eof {
-                return self.fail("a range such as [5m] and \")\"");
-            }
-            if let Some(stage) = self.stage()? {
-                stages.push(stage);
-            }
-        }
+        let stages = self.stages(&Tok::RParen, "a range such as [5m] and \")\"")?;
         Ok(Query { matchers, stages })
     }
 }
