@@ -75,26 +75,12 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     testkit::process::status_kib(pid, "VmHWM")
 }
 
+/// The HTTP ingest benchmark: the same pre-encoded batches POSTed to a
+/// fresh collector per run; with `BENCH_INGEST_ROUNDS` = n > 0, n rounds
+/// of a run with the skip index and one without (`--skip-index false`),
+/// the order alternating, to measure what the index costs.
 fn ingest_bench(dir: &Path, total: usize) {
     let tokens = testkit::tokens::write(&dir.join("tokens.toml"), &["bench"]);
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let data = dir.join("ingest-data");
-    let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
-        .arg(&tokens)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn collector");
-    let pid = child.id();
 
     // Pre-encode every batch so the generator costs little while measuring.
     let batch_size = 1000usize;
@@ -129,14 +115,102 @@ fn ingest_bench(dir: &Path, total: usize) {
     }
     let record_bytes = raw_bytes as f64 / (batches_n * batch_size) as f64;
     let wire: usize = batches.iter().map(Vec::len).sum();
+    let batches = Arc::new(batches);
+    let records = (batches_n * batch_size) as f64;
 
+    let rounds = env_usize("BENCH_INGEST_ROUNDS", 0);
+    if rounds == 0 {
+        let run = http_ingest(dir, &tokens, &batches, true);
+        println!(
+            "ingest: {} records ({:.0} B each as MessagePack, {:.1} MiB on the wire zstd) in {:.2} s = {:.0} records/s; collector peak RSS {} MiB; 429 retries {}",
+            records as u64,
+            record_bytes,
+            wire as f64 / (1 << 20) as f64,
+            run.elapsed.as_secs_f64(),
+            records / run.elapsed.as_secs_f64(),
+            run.hwm_kib / 1024,
+            run.retries
+        );
+        return;
+    }
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for round in 0..rounds {
+        for index in [round % 2 == 0, round % 2 != 0] {
+            let run = http_ingest(dir, &tokens, &batches, index);
+            println!(
+                "ingest round {round}, skip index {}: {} records in {:.2} s = {:.0} records/s; collector CPU {:.2} us/record; peak RSS {} MiB; 429 retries {}",
+                if index { "on" } else { "off" },
+                records as u64,
+                run.elapsed.as_secs_f64(),
+                records / run.elapsed.as_secs_f64(),
+                run.cpu / records * 1e6,
+                run.hwm_kib / 1024,
+                run.retries
+            );
+            if index { &mut on } else { &mut off }.push(run);
+        }
+    }
+    let median = |runs: &[HttpRun], f: &dyn Fn(&HttpRun) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rate = |r: &HttpRun| records / r.elapsed.as_secs_f64();
+    let cpu = |r: &HttpRun| r.cpu / records * 1e6;
+    let (r_on, r_off) = (median(&on, &rate), median(&off, &rate));
+    let (c_on, c_off) = (median(&on, &cpu), median(&off, &cpu));
+    println!(
+        "ingest over HTTP, {} records ({:.0} B each as MessagePack), median of {rounds} runs each: skip index on {:.0} records/s, off {:.0} records/s: on/off {:.3} (cost {:.1}%); collector CPU on {:.2} us/record, off {:.2} (+{:.1}%)",
+        records as u64,
+        record_bytes,
+        r_on,
+        r_off,
+        r_on / r_off,
+        (1.0 - r_on / r_off) * 100.0,
+        c_on,
+        c_off,
+        (c_on / c_off - 1.0) * 100.0
+    );
+}
+
+struct HttpRun {
+    elapsed: Duration,
+    retries: u64,
+    /// CPU seconds of the collector process during the load.
+    cpu: f64,
+    hwm_kib: u64,
+}
+
+/// POSTs `batches` to a collector started on a fresh data dir.
+fn http_ingest(
+    dir: &Path,
+    tokens: &Path,
+    batches: &Arc<Vec<Vec<u8>>>,
+    skip_index: bool,
+) -> HttpRun {
+    let port = testkit::free_port();
+    let data = dir.join("ingest-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
+        .arg(tokens)
+        .args(["--skip-index", if skip_index { "true" } else { "false" }])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn collector");
+    let pid = child.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let url = format!("http://127.0.0.1:{port}/api/v1/ingest");
-    let (elapsed, retries) = rt.block_on(async move {
+    let batches = batches.clone();
+    let (elapsed, retries, cpu) = rt.block_on(async move {
         let client = reqwest::Client::new();
         let health = format!("http://127.0.0.1:{port}/readyz");
         let start_wait = Instant::now();
@@ -155,8 +229,8 @@ fn ingest_bench(dir: &Path, total: usize) {
         }
         // Connections per source keep each source's batches in order, as a
         // shipper does; 2 connections per source.
-        let batches = Arc::new(batches);
         let retries = Arc::new(AtomicU64::new(0));
+        let cpu = testkit::process::cpu_seconds(pid);
         let started = Instant::now();
         let mut tasks = Vec::new();
         let conns = (SOURCES * 2) as usize;
@@ -194,24 +268,23 @@ fn ingest_bench(dir: &Path, total: usize) {
         for t in tasks {
             t.await.expect("task");
         }
-        (started.elapsed(), retries.load(Ordering::Relaxed))
+        (
+            started.elapsed(),
+            retries.load(Ordering::Relaxed),
+            testkit::process::cpu_seconds(pid) - cpu,
+        )
     });
-    let records = (batches_n * batch_size) as f64;
-    let hwm = vm_hwm_kib(pid).unwrap_or(0);
+    let hwm_kib = vm_hwm_kib(pid).unwrap_or(0);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
-    println!(
-        "ingest: {} records ({:.0} B each as MessagePack, {:.1} MiB on the wire zstd) in {:.2} s = {:.0} records/s; collector peak RSS {} MiB; 429 retries {}",
-        records as u64,
-        record_bytes,
-        wire as f64 / (1 << 20) as f64,
-        elapsed.as_secs_f64(),
-        records / elapsed.as_secs_f64(),
-        hwm / 1024,
-        retries
-    );
+    HttpRun {
+        elapsed,
+        retries,
+        cpu,
+        hwm_kib,
+    }
 }
 
 /// The prepared batches of records `[from, from + n)` of the search store.
@@ -262,12 +335,15 @@ fn search_batches(
     out
 }
 
-/// Ingests `batches` through the store API (4 in flight); returns the time.
+/// Ingests `batches` through the store API (4 in flight); returns the time
+/// and the CPU seconds the process used meanwhile (every thread: the
+/// callers, the writer, flushes and compactions).
 fn ingest_batches(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     batches: Vec<collector::logs::PreparedBatch>,
-) -> Duration {
+) -> (Duration, f64) {
+    let cpu = testkit::process::cpu_seconds(std::process::id());
     let started = Instant::now();
     rt.block_on(async {
         let mut pending = std::collections::VecDeque::new();
@@ -284,7 +360,10 @@ fn ingest_batches(
             t.await.expect("join").expect("ingest");
         }
     });
-    started.elapsed()
+    (
+        started.elapsed(),
+        testkit::process::cpu_seconds(std::process::id()) - cpu,
+    )
 }
 
 fn open_search_store(path: &Path, skip_index: bool) -> Store {
@@ -313,26 +392,37 @@ fn build_search_stores(path: &Path, plain_path: &Path, total: usize, now: i64) -
         store.streams().is_empty() && plain.streams().is_empty(),
         "remove the half-built stores in BENCH_DIR"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers, like the collector's decode pool: a batch's index work
+    // (`Store::stage`, done by the caller) runs in parallel with others.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let chunk = 100_000usize;
     let mut seqs = [0u64; SOURCES as usize];
     let (mut t_index, mut t_plain) = (Duration::ZERO, Duration::ZERO);
+    let (mut cpu_index, mut cpu_plain) = (0.0, 0.0);
     let mut done = 0;
     while done < total {
         let n = chunk.min(total - done);
         let batches = search_batches(done, n, total, now, &mut seqs);
         let copy = batches.clone();
+        let mut run = |indexed: bool, b| {
+            if indexed {
+                let (t, c) = ingest_batches(&rt, &store, b);
+                t_index += t;
+                cpu_index += c;
+            } else {
+                let (t, c) = ingest_batches(&rt, &plain, b);
+                t_plain += t;
+                cpu_plain += c;
+            }
+        };
         // Alternate which store goes first.
-        if (done / chunk).is_multiple_of(2) {
-            t_index += ingest_batches(&rt, &store, batches);
-            t_plain += ingest_batches(&rt, &plain, copy);
-        } else {
-            t_plain += ingest_batches(&rt, &plain, copy);
-            t_index += ingest_batches(&rt, &store, batches);
-        }
+        let first = (done / chunk).is_multiple_of(2);
+        run(first, if first { batches.clone() } else { copy.clone() });
+        run(!first, if first { copy } else { batches });
         done += n;
     }
     let (r_index, r_plain) = (
@@ -340,13 +430,16 @@ fn build_search_stores(path: &Path, plain_path: &Path, total: usize, now: i64) -
         total as f64 / t_plain.as_secs_f64(),
     );
     println!(
-        "search store ingest through the store API, {total} records, chunks of {chunk} alternating: skip index on {:.1} s = {:.0} records/s, off {:.1} s = {:.0} records/s; on/off rate {:.3} (cost {:.1}%)",
+        "search store ingest through the store API, {total} records, chunks of {chunk} alternating: skip index on {:.1} s = {:.0} records/s, off {:.1} s = {:.0} records/s; on/off rate {:.3} (cost {:.1}%); CPU per record (all threads) on {:.2} us, off {:.2} us ({:+.1}%)",
         t_index.as_secs_f64(),
         r_index,
         t_plain.as_secs_f64(),
         r_plain,
         r_index / r_plain,
-        (1.0 - r_index / r_plain) * 100.0
+        (1.0 - r_index / r_plain) * 100.0,
+        cpu_index / total as f64 * 1e6,
+        cpu_plain / total as f64 * 1e6,
+        (cpu_index / cpu_plain - 1.0) * 100.0
     );
     (store, plain)
 }

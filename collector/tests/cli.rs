@@ -317,6 +317,7 @@ fn out_of_range_scheduling_and_queue_flags_are_refused_naming_the_flag() {
         ("--notifier-queue-records", "99999999999"),
         ("--query-background-share", "5"),
         ("--query-nice", "40"),
+        ("--skip-index", "maybe"),
     ] {
         let out = std::process::Command::new(BIN)
             .args([flag, value])

@@ -476,7 +476,10 @@ pub async fn ingest(
             .accept_past
             .min(state.retention.for_subscription(&decoded.subscription));
         let oldest = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
-        prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)
+        let mut batch =
+            prepare(decoded, &state.limits, now, oldest, keep).map_err(Refused::Invalid)?;
+        state.store.stage(&mut batch);
+        Ok(batch)
     };
     let decoded = admission::decode(&s, &admitted, |r| m.reject(r), job).await?;
     let prepared = decoded.map_err(|r| match r {

@@ -471,6 +471,7 @@ pub fn prepare(
         streams,
         entries,
         records: keep_records.then_some(batch.records),
+        staged: None,
     })
 }
 

@@ -45,6 +45,13 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
     /// the receipt.
     fn try_ingest(&self, batch: PreparedBatch) -> Result<IngestReceipt, StoreError>;
 
+    /// Work on `batch` that the store would otherwise do on its write
+    /// path and that may run beforehand on the caller's thread, in
+    /// parallel with other batches (e.g. tokenizing lines for an index),
+    /// kept in [`PreparedBatch::staged`]. Optional: a batch that was not
+    /// staged is still stored whole.
+    fn stage(&self, _batch: &mut PreparedBatch) {}
+
     /// Whether ingest should keep the decoded records for observers.
     fn wants_records(&self) -> bool;
 

@@ -208,6 +208,9 @@ pub struct PreparedBatch {
     /// The decoded records, in the order of `entries`; only kept when an
     /// observer wants them.
     pub records: Option<Vec<Record>>,
+    /// What the store's [`LogStore::stage`](super::LogStore::stage) worked
+    /// out for this batch on the caller's thread (opaque to everyone else).
+    pub staged: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What one ingest changed.

@@ -691,16 +691,39 @@ impl Store {
             .ok_or(StoreError::Closed)
     }
 
+    /// The skip index's token hashes of `batch`, worked out on the
+    /// caller's thread so that the single writer thread only sets bits
+    /// (none when the store keeps no index).
+    pub fn stage(&self, batch: &mut PreparedBatch) {
+        if self.inner.shared.indexed && batch.staged.is_none() {
+            batch.staged = Some(Arc::new(skip::BatchTokens::of(batch)));
+        }
+    }
+
+    fn ingest_op(
+        &self,
+        mut batch: PreparedBatch,
+        reply: writer::Reply<IngestOutcome>,
+    ) -> writer::Op {
+        self.stage(&mut batch);
+        let tokens = batch
+            .staged
+            .take()
+            .and_then(|s| s.downcast::<skip::BatchTokens>().ok());
+        writer::Op::Ingest(writer::IngestOp {
+            batch,
+            tokens,
+            reply,
+            started: Instant::now(),
+        })
+    }
+
     /// Queues `batch` for the writer without waiting for room: `Busy` when
     /// the queue is full. The returned future resolves once the batch is
     /// durable (or failed).
     pub fn try_ingest(&self, batch: PreparedBatch) -> Result<IngestReceipt, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let op = writer::Op::Ingest(writer::IngestOp {
-            batch,
-            reply,
-            started: Instant::now(),
-        });
+        let op = self.ingest_op(batch, reply);
         match self.sender()?.try_send(op) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
@@ -711,11 +734,7 @@ impl Store {
     /// Stores `batch`, waiting for room in the queue.
     pub async fn ingest(&self, batch: PreparedBatch) -> Result<IngestOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let op = writer::Op::Ingest(writer::IngestOp {
-            batch,
-            reply,
-            started: Instant::now(),
-        });
+        let op = self.ingest_op(batch, reply);
         self.sender()?
             .send(op)
             .await
@@ -992,6 +1011,10 @@ pub const RETENTION_SLICE: usize = 10_000;
 impl LogStore for Store {
     fn try_ingest(&self, batch: PreparedBatch) -> Result<IngestReceipt, StoreError> {
         Store::try_ingest(self, batch)
+    }
+
+    fn stage(&self, batch: &mut PreparedBatch) {
+        Store::stage(self, batch)
     }
 
     fn wants_records(&self) -> bool {

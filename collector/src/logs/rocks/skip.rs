@@ -56,13 +56,13 @@
 //! A stream whose range reaches back before the index existed answers
 //! `None` (the caller scans).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::{MergeOperands, ReadOptions, DB};
 
 use super::keys::{ts_bytes, ts_from_bytes};
 use super::StoreError;
-use crate::logs::model::StreamInfo;
+use crate::logs::model::{PreparedBatch, StreamInfo};
 use crate::logs::query::{
     parser::{CmpOp, FilterValue},
     Query, Stage, VolumeBucket, VOLUME_BUCKET_NS,
@@ -121,22 +121,94 @@ static TOKEN_BYTE: [bool; 256] = token_table();
 
 /// Calls `f` with every indexed token of `line`.
 pub fn for_each_token(line: &[u8], mut f: impl FnMut(&[u8])) {
-    let mut start = None;
-    for (i, b) in line.iter().enumerate() {
-        if TOKEN_BYTE[*b as usize] {
-            if start.is_none() {
-                start = Some(i);
+    for_each_token_span(line, |s, e| f(&line[s..e]));
+}
+
+/// The token bytes of `bytes` (at most 64) as the bits of a word.
+#[inline]
+fn token_mask(bytes: &[u8]) -> u64 {
+    let mut ones = 0u64;
+    let mut words = bytes.chunks_exact(8);
+    for (k, c) in (&mut words).enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        ones |= token_bits(u64::from_le_bytes(w)) << (k * 8);
+    }
+    let done = bytes.len() - words.remainder().len();
+    for (i, b) in words.remainder().iter().enumerate() {
+        ones |= u64::from(TOKEN_BYTE[*b as usize]) << (done + i);
+    }
+    ones
+}
+
+/// Eight bytes classified at once (SWAR): bit `i` is set when byte `i` of
+/// `x` (little-endian) is a token byte: >= 0x80, an ASCII digit or letter.
+#[inline]
+fn token_bits(x: u64) -> u64 {
+    const H: u64 = 0x8080_8080_8080_8080;
+    const L: u64 = 0x0101_0101_0101_0101;
+    // Each byte's low 7 bits: sums below stay under 0x100, so no byte
+    // carries into the next.
+    let t = x & !H;
+    let lower = t | (0x20 * L);
+    // A byte is in [lo, hi] when t + (0x80 - lo) has its top bit set and
+    // t + (0x7f - hi) has not.
+    let letter = (lower + (0x80 - u64::from(b'a')) * L) & !(lower + (0x7f - u64::from(b'z')) * L);
+    let digit = (t + (0x80 - u64::from(b'0')) * L) & !(t + (0x7f - u64::from(b'9')) * L);
+    let top = (x | letter | digit) & H;
+    // One bit per byte, gathered into the low byte.
+    ((top >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// [`for_each_token`] with each token as its `[start, end)` in `line`.
+///
+/// Branch-light: the token bytes of each 64-byte block become the bits of
+/// a word ([`token_mask`]); tokens start where a one follows a zero and
+/// end where a zero follows a one, found with `trailing_zeros`. (A byte
+/// loop mispredicted a branch at every token boundary, dozens per line.)
+fn for_each_token_span(line: &[u8], mut f: impl FnMut(usize, usize)) {
+    let mut emit = |s: usize, e: usize| {
+        if e - s >= MIN_TOKEN_LEN {
+            f(s, e);
+        }
+    };
+    // The token still open at the end of the last block, and whether that
+    // block's last byte was a token byte.
+    let mut open: Option<usize> = None;
+    let mut carry = 0u64;
+    for (block, bytes) in line.chunks(64).enumerate() {
+        let base = block * 64;
+        let ones = token_mask(bytes);
+        let valid = if bytes.len() == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bytes.len()) - 1
+        };
+        let after_one = (ones << 1) | carry;
+        let mut starts = ones & !after_one;
+        let mut ends = !ones & valid & after_one;
+        carry = ones >> 63;
+        if let Some(s) = open {
+            if ends == 0 {
+                continue;
             }
-        } else if let Some(s) = start.take() {
-            if i - s >= MIN_TOKEN_LEN {
-                f(&line[s..i]);
+            emit(s, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
+            open = None;
+        }
+        while starts != 0 {
+            let s = base + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if ends == 0 {
+                open = Some(s);
+                break;
             }
+            emit(s, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
         }
     }
-    if let Some(s) = start {
-        if line.len() - s >= MIN_TOKEN_LEN {
-            f(&line[s..]);
-        }
+    if let Some(s) = open {
+        emit(s, line.len());
     }
 }
 
@@ -236,6 +308,149 @@ pub fn parse_unit_key(k: &[u8]) -> Option<(u64, i64, u32)> {
     Some((stream, bucket, part))
 }
 
+#[inline]
+fn set_probes(words: &mut [u64], m: u32, h: u64) {
+    for p in probes(h, m) {
+        words[(p / 64) as usize] |= 1 << (p % 64);
+    }
+}
+
+/// The token hashes of one ingest batch, computed by the caller before
+/// the batch goes to the writer (so that tokenizing and hashing run on
+/// the ingest workers, in parallel, not on the single writer thread):
+/// per group of up to [`GROUP_RECORDS`] consecutive entries of one batch
+/// stream and one hour, the hashes of their lines, each listed about
+/// once. The writer ORs a group's hashes into every part its new entries
+/// went to: when a group straddles a part boundary, both parts get the
+/// group's tokens (at most 15 other records' worth, which can only cost a
+/// false positive, never a miss).
+#[derive(Debug, Default)]
+pub struct BatchTokens {
+    /// Per entry of the batch, in order: its group.
+    pub entry_group: Vec<u32>,
+    /// Per group: the token hashes of its lines (repeats mostly dropped).
+    pub groups: Vec<Vec<u64>>,
+}
+
+/// Records of one token group of [`BatchTokens`]: few enough that a part
+/// takes little of a neighbour's tokens, enough that the tokens every
+/// line shares are listed once for many lines.
+pub const GROUP_RECORDS: usize = 16;
+
+/// Slots of [`BatchTokens::of`]'s cache of short tokens' hashes (a power
+/// of two).
+const SHORT_SLOTS: usize = 2048;
+/// Slots of its table of the hashes a group has listed (a power of two).
+const LISTED_SLOTS: usize = 1024;
+
+/// A token of at most 8 bytes as a word (little-endian, zero-padded): it
+/// identifies the token, as no token byte is zero.
+#[inline]
+fn short_word(line: &[u8], s: usize, e: usize) -> u64 {
+    let len = e - s;
+    match line.get(s..s + 8) {
+        Some(w) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            let w = u64::from_le_bytes(b);
+            if len >= 8 {
+                w
+            } else {
+                w & ((1u64 << (8 * len)) - 1)
+            }
+        }
+        None => {
+            let mut b = [0u8; 8];
+            b[..len].copy_from_slice(&line[s..e]);
+            u64::from_le_bytes(b)
+        }
+    }
+}
+
+impl BatchTokens {
+    pub fn of(batch: &PreparedBatch) -> BatchTokens {
+        // The group of each entry, then the entries of each group in
+        // batch order.
+        // Per (batch stream, hour): its records so far and its group.
+        let mut index: HashMap<(usize, i64), (usize, u32), foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut entry_group = Vec::with_capacity(batch.entries.len());
+        let mut groups = 0usize;
+        for e in &batch.entries {
+            let (n, g) = index
+                .entry((e.stream, bucket_of(e.ts)))
+                .or_insert((0, u32::MAX));
+            if n.is_multiple_of(GROUP_RECORDS) {
+                *g = groups as u32;
+                groups += 1;
+            }
+            *n += 1;
+            entry_group.push(*g);
+        }
+        let mut start = vec![0usize; groups + 1];
+        for g in &entry_group {
+            start[*g as usize + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut fill = start.clone();
+        let mut order = vec![0usize; batch.entries.len()];
+        for (i, g) in entry_group.iter().enumerate() {
+            order[fill[*g as usize]] = i;
+            fill[*g as usize] += 1;
+        }
+
+        // Most tokens recur from line to line (field names, pipes, parts
+        // of timestamps): tokens of up to 8 bytes find their hash in a
+        // direct-mapped cache keyed by the token, which also notes the
+        // group that listed it last, so a group lists such a token once.
+        // Longer tokens are hashed and listed unless their slot in
+        // `listed` says the group has them. A slot lost to another token
+        // only lists a hash twice (setting bits twice is harmless).
+        let mut short = vec![(0u64, 0u64, u32::MAX); SHORT_SLOTS];
+        let mut listed = vec![(u32::MAX, 0u64); LISTED_SLOTS];
+        let mut out = Vec::with_capacity(groups);
+        for g in 0..groups {
+            let gid = g as u32;
+            let mut list = Vec::new();
+            for e in order[start[g]..start[g + 1]]
+                .iter()
+                .filter_map(|i| batch.entries.get(*i))
+            {
+                let line = e.value.get(1..).unwrap_or_default();
+                for_each_token_span(line, |s, end| {
+                    if end - s <= 8 {
+                        let w = short_word(line, s, end);
+                        let slot = &mut short[(w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 53)
+                            as usize
+                            & (SHORT_SLOTS - 1)];
+                        if slot.0 != w {
+                            *slot = (w, token_hash(&line[s..end]), u32::MAX);
+                        }
+                        if slot.2 != gid {
+                            slot.2 = gid;
+                            list.push(slot.1);
+                        }
+                    } else {
+                        let h = token_hash(&line[s..end]);
+                        let l = &mut listed[h as usize & (LISTED_SLOTS - 1)];
+                        if *l != (gid, h) {
+                            *l = (gid, h);
+                            list.push(h);
+                        }
+                    }
+                });
+            }
+            out.push(list);
+        }
+        BatchTokens {
+            entry_group,
+            groups: out,
+        }
+    }
+}
+
 /// The bits, count and bounds of one unit's new records in one write
 /// batch (the writer's merge operand).
 pub struct UnitDelta {
@@ -259,16 +474,28 @@ impl UnitDelta {
     }
 
     /// Adds a record.
+    #[cfg(test)]
     pub fn add(&mut self, ts: i64, line: &[u8]) {
-        self.records += 1;
-        self.min_ts = self.min_ts.min(ts);
-        self.max_ts = self.max_ts.max(ts);
+        self.note_many(1, ts, ts);
         let (m, words) = (self.m, &mut self.words);
-        for_each_token(line, |t| {
-            for p in probes(token_hash(t), m) {
-                words[(p / 64) as usize] |= 1 << (p % 64);
-            }
-        });
+        for_each_token(line, |t| set_probes(words, m, token_hash(t)));
+    }
+
+    /// Counts `records` records between `oldest` and `newest` without
+    /// their tokens: the writer adds those per group of records
+    /// ([`BatchTokens`]).
+    pub fn note_many(&mut self, records: u64, oldest: i64, newest: i64) {
+        self.records += records;
+        self.min_ts = self.min_ts.min(oldest);
+        self.max_ts = self.max_ts.max(newest);
+    }
+
+    /// Sets the bits of token hashes (from [`BatchTokens`]).
+    pub fn add_hashes(&mut self, hashes: &[u64]) {
+        let (m, words) = (self.m, &mut self.words);
+        for h in hashes {
+            set_probes(words, m, *h);
+        }
     }
 
     /// Leaves out the bits `sent` holds (sent in earlier operands of this
@@ -850,6 +1077,75 @@ mod tests {
             v.push(String::from_utf8_lossy(t).into_owned())
         });
         v
+    }
+
+    /// The plain definition: maximal runs of token bytes.
+    fn tokens_plainly(line: &[u8]) -> Vec<&[u8]> {
+        line.split(|b| !TOKEN_BYTE[*b as usize])
+            .filter(|t| t.len() >= MIN_TOKEN_LEN)
+            .collect()
+    }
+
+    #[test]
+    fn block_tokenizer_finds_the_maximal_runs_across_64_byte_blocks() {
+        let mut rng = 0x1234_5678_u64;
+        let alphabet = b"ab9_ -\"\xc3\xa9:{}";
+        for len in (0..300).chain([511, 512, 513, 1000]) {
+            for _ in 0..20 {
+                let line: Vec<u8> = (0..len)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        alphabet[(rng % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let mut got = Vec::new();
+                for_each_token(&line, |t| got.push(t.to_vec()));
+                let want: Vec<Vec<u8>> = tokens_plainly(&line)
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                assert_eq!(got, want, "line {:?}", String::from_utf8_lossy(&line));
+            }
+        }
+        // Every byte value, classified eight at a time.
+        let all: Vec<u8> = (0..=255u8).collect();
+        for c in all.chunks(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            let want = c.iter().enumerate().fold(0u64, |m, (i, b)| {
+                m | (u64::from(TOKEN_BYTE[*b as usize]) << i)
+            });
+            assert_eq!(token_bits(u64::from_le_bytes(w)), want, "bytes {c:?}");
+        }
+        // A token running over whole blocks.
+        let long = vec![b'x'; 200];
+        let mut got = Vec::new();
+        for_each_token(&long, |t| got.push(t.len()));
+        assert_eq!(got, vec![200]);
+    }
+
+    #[test]
+    fn short_words_identify_tokens_wherever_they_sit_in_the_line() {
+        let line = b"ab,abcdefgh,abcdefg,x1";
+        let mut words = Vec::new();
+        for_each_token_span(line, |s, e| {
+            if e - s <= 8 {
+                words.push((short_word(line, s, e), line[s..e].to_vec()));
+            }
+        });
+        for (w, t) in &words {
+            let mut b = [0u8; 8];
+            b[..t.len()].copy_from_slice(t);
+            assert_eq!(
+                *w,
+                u64::from_le_bytes(b),
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+        }
+        assert_eq!(words.len(), 4);
     }
 
     #[test]

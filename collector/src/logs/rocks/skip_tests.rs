@@ -80,6 +80,46 @@ fn rec_strategy(span: i64) -> impl Strategy<Value = Rec> {
 
 /// Stores `recs` (in the order given: times are random, so many arrive
 /// late), in batches per source.
+/// One batch of `records` (of one source), validated.
+fn prepared(records: Vec<Record>) -> PreparedBatch {
+    prepare(
+        DecodedBatch {
+            source: records[0].source.clone(),
+            subscription: SUB.into(),
+            epoch: String::new(),
+            records,
+            dropped: 0,
+        },
+        &IngestLimits::default(),
+        i64::MAX / 2,
+        0,
+        false,
+    )
+    .expect("valid")
+}
+
+/// A search of the subscription's records in `[start, end)`, unbounded
+/// but for `limit`.
+fn params(start: i64, end: i64, limit: usize, backward: bool, parallel: bool) -> SearchParams {
+    SearchParams {
+        start,
+        end,
+        limit,
+        backward,
+        subscription: Some(SUB.into()),
+        deadline: Instant::now() + Duration::from_secs(60),
+        max_bytes: usize::MAX,
+        parallel,
+        max_scanned_bytes: u64::MAX,
+    }
+}
+
+/// Searches the subscription's records in `[start, end)`, newest first.
+fn search_range(store: &Store, text: &str, start: i64, end: i64, limit: usize) -> SearchResult {
+    let q = query::parse(text).expect("parse");
+    LogStore::search(store, &q, &params(start, end, limit, true, false)).expect("search")
+}
+
 async fn write(store: &Store, recs: &[Rec], seqs: &mut [u64; 2]) {
     for chunk in recs.chunks(37) {
         for (source, seq) in seqs.iter_mut().enumerate() {
@@ -94,21 +134,7 @@ async fn write(store: &Store, recs: &[Rec], seqs: &mut [u64; 2]) {
             if records.is_empty() {
                 continue;
             }
-            let batch = prepare(
-                DecodedBatch {
-                    source: records[0].source.clone(),
-                    subscription: SUB.into(),
-                    epoch: String::new(),
-                    records,
-                    dropped: 0,
-                },
-                &IngestLimits::default(),
-                i64::MAX / 2,
-                0,
-                false,
-            )
-            .expect("valid");
-            store.ingest(batch).await.expect("ingest");
+            store.ingest(prepared(records)).await.expect("ingest");
         }
     }
 }
@@ -222,17 +248,7 @@ type Answer = Vec<(i64, u64, u64, Vec<u8>)>;
 
 fn run(store: &Store, q: &Q, parallel: bool) -> Answer {
     let query = query::parse(&q.text).expect("parse");
-    let p = SearchParams {
-        start: q.start,
-        end: q.end,
-        limit: q.limit,
-        backward: q.backward,
-        subscription: Some(SUB.into()),
-        deadline: Instant::now() + Duration::from_secs(60),
-        max_bytes: usize::MAX,
-        parallel,
-        max_scanned_bytes: u64::MAX,
-    };
+    let p = params(q.start, q.end, q.limit, q.backward, parallel);
     let r = LogStore::search(store, &query, &p).expect("search");
     r.hits
         .into_iter()
@@ -398,21 +414,7 @@ async fn an_absent_token_skips_the_stream_and_a_present_one_finds_its_record() {
         .collect();
     let mut seqs = [0; 2];
     write(&store, &recs, &mut seqs).await;
-    let search = |text: &str| {
-        let q = query::parse(text).expect("parse");
-        let p = SearchParams {
-            start: T0,
-            end: T0 + 2 * HOUR,
-            limit: 1000,
-            backward: true,
-            subscription: Some(SUB.into()),
-            deadline: Instant::now() + Duration::from_secs(60),
-            max_bytes: usize::MAX,
-            parallel: false,
-            max_scanned_bytes: u64::MAX,
-        };
-        LogStore::search(&store, &q, &p).expect("search")
-    };
+    let search = |text: &str| search_range(&store, text, T0, T0 + 2 * HOUR, 1000);
     let r = search(r#"{} |= " omega ""#);
     assert_eq!((r.hits.len(), r.scanned), (0, 0), "nothing read");
     let r = search(r#"{} |~ "message (omega|nothere) ""#);
@@ -436,6 +438,47 @@ async fn an_absent_token_skips_the_stream_and_a_present_one_finds_its_record() {
 }
 
 #[tokio::test]
+async fn a_big_batch_of_one_stream_is_indexed_part_by_part() {
+    // 10 records, then 1,000 in one batch (one stream, one hour): the
+    // writer's parts (128, 256, 512, ... records) cut through the token
+    // groups of the batch; every record is still found, and a token of
+    // one record is looked for only in the parts that may hold it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(dir.path(), true);
+    let rec = |i: u64| Record {
+        seq: i + 1,
+        ts: T0 + i as i64 * 1_000_000,
+        source: "na".into(),
+        subscription: SUB.into(),
+        body: Body::Log(LogBody {
+            level: Level::Info,
+            target: "t".into(),
+            message: format!("record rare{i} of the batch"),
+            fields: BTreeMap::new(),
+        }),
+    };
+    for range in [0..10u64, 10..1010] {
+        let batch = prepared(range.map(rec).collect());
+        store.ingest(batch).await.expect("ingest");
+    }
+    for i in [0u64, 5, 125, 127, 128, 130, 383, 384, 500, 895, 896, 1009] {
+        let r = search_range(
+            &store,
+            &format!(r#"{{}} |= " rare{i} ""#),
+            T0,
+            T0 + HOUR,
+            10,
+        );
+        assert_eq!(r.hits.len(), 1, "rare{i} is found");
+        assert!(
+            r.scanned < 1010,
+            "rare{i}: {} of 1,010 records read; parts without it are skipped",
+            r.scanned
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_store_written_before_the_index_is_scanned_up_to_what_it_held() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mk = |i: i64, w: usize| Rec {
@@ -455,17 +498,7 @@ async fn a_store_written_before_the_index_is_scanned_up_to_what_it_held() {
     // A late record before the old one, and a newer one.
     write(&store, &[mk(50, 0), mk(5000, 0)], &mut seqs).await;
     let q = query::parse(r#"{} |= " zeta ""#).expect("parse");
-    let p = SearchParams {
-        start: T0,
-        end: T0 + 2 * HOUR,
-        limit: 10,
-        backward: false,
-        subscription: Some(SUB.into()),
-        deadline: Instant::now() + Duration::from_secs(60),
-        max_bytes: usize::MAX,
-        parallel: false,
-        max_scanned_bytes: u64::MAX,
-    };
+    let p = params(T0, T0 + 2 * HOUR, 10, false, false);
     let r = LogStore::search(&store, &q, &p).expect("search");
     assert_eq!(r.hits.len(), 1, "the record from before the index is found");
     assert_eq!(

@@ -50,6 +50,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) struct IngestOp {
     pub batch: PreparedBatch,
+    /// The batch's token hashes when the store is indexed (computed by the
+    /// caller; the writer computes them if they are missing).
+    pub tokens: Option<Arc<skip::BatchTokens>>,
     pub reply: Reply<IngestOutcome>,
     pub started: Instant,
 }
@@ -435,6 +438,7 @@ impl Writer {
     fn add(&mut self, op: IngestOp, g: &mut Group) {
         let IngestOp {
             batch,
+            tokens,
             reply,
             started,
         } = op;
@@ -681,6 +685,11 @@ impl Writer {
         if self.parts.len() > PARTS_KEPT {
             self.parts.clear();
         }
+        let tokens = match tokens {
+            Some(t) if self.index && t.entry_group.len() == batch.entries.len() => Some(t),
+            _ if self.index => Some(Arc::new(skip::BatchTokens::of(&batch))),
+            _ => None,
+        };
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if !*new {
                 outcome.duplicates += 1;
@@ -700,25 +709,6 @@ impl Writer {
             if let Some(list) = feed.as_deref_mut() {
                 push_entry(list, key.as_ref());
             }
-            if self.index {
-                // The index of the record goes into the same batch.
-                let line = e.value.get(1..).unwrap_or_default();
-                let bucket = bucket_of(e.ts);
-                let part = next_part(&self.db, &mut self.parts, id, bucket);
-                g.units
-                    .entry((id, bucket, part))
-                    .or_insert_with(|| UnitDelta::new(part))
-                    .add(e.ts, line);
-                let (unit, slot) = volume_slot(e.ts);
-                let v = g
-                    .volume
-                    .entry((id, unit))
-                    .or_default()
-                    .entry(slot)
-                    .or_default();
-                v.0 += 1;
-                v.1 += line.len() as i64;
-            }
             g.batch.put_cf(
                 seqs_cf,
                 seq_key(&sid.0, &sid.1, epoch_id, e.seq),
@@ -731,6 +721,10 @@ impl Writer {
                 src.newest_ts.max(e.ts)
             };
             src.records += 1;
+        }
+        if let Some(t) = &tokens {
+            // The index of the records goes into the same batch.
+            self.index_new(g, &batch, &is_new, &ids, t);
         }
         for (e, new) in batch.entries.iter().zip(&is_new) {
             if *new {
@@ -1203,28 +1197,128 @@ impl Writer {
     }
 }
 
-/// The part of hour `bucket` of `stream` the next record goes to, counting
-/// it. An hour not in `parts` is looked up in the index: its last part and
-/// that part's count (a read error or a malformed unit: the next part,
-/// which is never wrong, only less full).
-fn next_part(db: &DB, parts: &mut PartMap, stream: u64, bucket: i64) -> u32 {
-    let e = parts.entry((stream, bucket)).or_insert_with(|| {
-        let (part, records) = restore_part(db, stream, bucket);
-        PartState {
-            part,
-            records,
-            sent: Vec::new(),
+impl Writer {
+    /// Adds the new records of `batch` to the group's skip and volume
+    /// operands, a token group (one batch stream, one hour) at a time: the
+    /// hour's part state and each part's operand are looked up once per
+    /// group and part, not per record.
+    fn index_new(
+        &mut self,
+        g: &mut Group,
+        batch: &PreparedBatch,
+        is_new: &[bool],
+        ids: &[Option<(u64, bool)>],
+        t: &skip::BatchTokens,
+    ) {
+        // The new entries of each token group, in batch order.
+        let mut start = vec![0usize; t.groups.len() + 1];
+        for (gi, new) in t.entry_group.iter().zip(is_new) {
+            if *new {
+                start[*gi as usize + 1] += 1;
+            }
         }
-    });
-    if e.records >= part_capacity(e.part) {
-        e.part = e.part.saturating_add(1);
-        e.records = 0;
-        e.sent = Vec::new();
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut fill = start.clone();
+        let mut order = vec![0usize; start[t.groups.len()]];
+        for (i, (gi, new)) in t.entry_group.iter().zip(is_new).enumerate() {
+            if *new {
+                order[fill[*gi as usize]] = i;
+                fill[*gi as usize] += 1;
+            }
+        }
+        for (gi, hashes) in t.groups.iter().enumerate() {
+            let members = &order[start[gi]..start[gi + 1]];
+            let Some(e0) = members.first().and_then(|i| batch.entries.get(*i)) else {
+                continue;
+            };
+            let id = ids.get(e0.stream).copied().flatten().map_or(0, |x| x.0);
+            let bucket = bucket_of(e0.ts);
+            let state = self.parts.entry((id, bucket)).or_insert_with(|| {
+                let (part, records) = restore_part(&self.db, id, bucket);
+                PartState {
+                    part,
+                    records,
+                    sent: Vec::new(),
+                }
+            });
+            // The part being filled: (part, records, oldest, newest), and
+            // the volume unit being counted.
+            let mut cur: Option<(u32, u64, i64, i64)> = None;
+            let mut vol: Option<(i64, skip::VolumeDelta)> = None;
+            for e in members.iter().filter_map(|i| batch.entries.get(*i)) {
+                if state.records >= part_capacity(state.part) {
+                    state.part = state.part.saturating_add(1);
+                    state.records = 0;
+                    state.sent = Vec::new();
+                }
+                state.records += 1;
+                match &mut cur {
+                    Some((p, n, lo, hi)) if *p == state.part => {
+                        *n += 1;
+                        *lo = (*lo).min(e.ts);
+                        *hi = (*hi).max(e.ts);
+                    }
+                    _ => {
+                        if let Some(c) = cur.replace((state.part, 1, e.ts, e.ts)) {
+                            add_unit(g, (id, bucket), c, hashes);
+                        }
+                    }
+                }
+                let (vu, slot) = volume_slot(e.ts);
+                if vol.as_ref().is_some_and(|(u, _)| *u != vu) {
+                    if let Some(v) = vol.take() {
+                        add_volume(g, id, v);
+                    }
+                }
+                let c = vol
+                    .get_or_insert_with(|| (vu, skip::VolumeDelta::new()))
+                    .1
+                    .entry(slot)
+                    .or_default();
+                c.0 += 1;
+                c.1 += e.value.len().saturating_sub(1) as i64;
+            }
+            if let Some(c) = cur {
+                add_unit(g, (id, bucket), c, hashes);
+            }
+            if let Some(v) = vol {
+                add_volume(g, id, v);
+            }
+        }
     }
-    e.records += 1;
-    e.part
 }
 
+/// Adds `records` records of one token group, with its token hashes, to
+/// the operand of part `part` of (stream, hour) `at`.
+fn add_unit(
+    g: &mut Group,
+    at: (u64, i64),
+    (part, records, oldest, newest): (u32, u64, i64, i64),
+    hashes: &[u64],
+) {
+    let d = g
+        .units
+        .entry((at.0, at.1, part))
+        .or_insert_with(|| UnitDelta::new(part));
+    d.note_many(records, oldest, newest);
+    d.add_hashes(hashes);
+}
+
+/// Adds the counts of one volume unit of `stream` to the group's operand.
+fn add_volume(g: &mut Group, stream: u64, (unit, counts): (i64, skip::VolumeDelta)) {
+    let d = g.volume.entry((stream, unit)).or_default();
+    for (slot, (records, bytes)) in counts {
+        let c = d.entry(slot).or_default();
+        c.0 += records;
+        c.1 += bytes;
+    }
+}
+
+/// The last part of hour `bucket` of `stream` in the index and that
+/// part's count (a read error or a malformed unit: the next part, which is
+/// never wrong, only less full).
 fn restore_part(db: &DB, stream: u64, bucket: i64) -> (u32, u64) {
     let Ok(skip_cf) = cf(db, CF_SKIP) else {
         return (0, 0);
