@@ -85,6 +85,8 @@ pub struct CollectorConfig {
     pub read: ReadLimits,
     /// Live tails open at once (`/loki/api/v1/tail`).
     pub tail: logs::tail::TailLimits,
+    /// The operator console (`/ui/`).
+    pub ui: http::ui::session::UiConfig,
     pub max_concurrent_queries: usize,
     pub query_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests get to finish.
@@ -141,6 +143,7 @@ impl CollectorConfig {
             admission: AdmissionLimits::default(),
             read: ReadLimits::default(),
             tail: logs::tail::TailLimits::default(),
+            ui: http::ui::session::UiConfig::default(),
             max_concurrent_queries: 4,
             query_timeout: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(10),
@@ -394,6 +397,7 @@ pub async fn run(
         )),
         notifier: notifier.clone(),
         tails,
+        sessions: Arc::new(http::ui::session::Sessions::new(config.ui.clone())),
     });
 
     let tracker = TaskTracker::new();

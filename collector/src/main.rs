@@ -44,6 +44,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn session_ttl(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d >= Duration::from_secs(1) && d <= Duration::from_secs(30 * 86_400) => Ok(d),
+        d => Err(format!("expected 1s to 30d, got {d:?}")),
+    }
+}
+
 fn queue_records(s: &str) -> Result<usize, String> {
     match s.replace('_', "").parse::<usize>() {
         Ok(v) if (1..=10_000_000).contains(&v) => Ok(v),
@@ -195,6 +202,19 @@ struct ServeArgs {
     /// again, records written while it was off are scanned, never missed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     skip_index: bool,
+    /// Serve the operator console at /ui/.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ui: bool,
+    /// How long a console session lasts after sign-in.
+    #[arg(long, default_value = "12h", value_parser = session_ttl)]
+    ui_session_ttl: Duration,
+    /// Console sessions open at once; past it a sign-in is refused (503).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ui_max_sessions: u64,
+    /// Mark the console's session cookie Secure (set it when the
+    /// collector is reached through a TLS proxy).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    ui_secure_cookie: bool,
     /// Live tails (/loki/api/v1/tail) open at once.
     #[arg(long, default_value_t = 256)]
     max_tails: usize,
@@ -578,6 +598,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.query_quantum = a.query_quantum;
     config.read.query_background_share = a.query_background_share;
     config.store.skip_index = a.skip_index;
+    config.ui = collector::http::ui::session::UiConfig {
+        enabled: a.ui,
+        session_ttl: a.ui_session_ttl,
+        max_sessions: a.ui_max_sessions as usize,
+        secure_cookie: a.ui_secure_cookie,
+    };
     config.store.max_streams_per_subscription = a.max_streams_per_subscription;
     config.store.max_sources_per_subscription = a.max_sources_per_subscription;
     config.max_concurrent_queries = a.max_concurrent_queries;

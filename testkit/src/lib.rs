@@ -15,6 +15,7 @@ pub mod process;
 pub mod receiver;
 pub mod records;
 pub mod tokens;
+pub mod webdriver;
 
 pub use process::{free_port, until, Proc, Service};
 

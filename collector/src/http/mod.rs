@@ -24,6 +24,7 @@
 //! | `GET /api/v1/alerts` | operator (own), admin | active alerts, with silences and inhibitions |
 //! | `GET /api/v1/notifications` | operator (own), admin | notification history and queue |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | own metrics, liveness, readiness |
+//! | `GET /ui/` and below | operator, admin (session cookie) | the operator console (`ui`) |
 //!
 //! Every error is a JSON body `{"error": ..., "field": ...}` (plus `index`
 //! for a bad record, `column` for a query parse error, `reason` for
@@ -43,6 +44,7 @@ mod metrics;
 mod notify;
 mod params;
 pub mod serve;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,12 +150,21 @@ pub struct AppState {
     pub notifier: Option<notifier::Notifier>,
     /// Open live tails (`/loki/api/v1/tail`).
     pub tails: Arc<crate::logs::tail::TailHub>,
+    /// Console sessions (`/ui/`).
+    pub sessions: Arc<ui::session::Sessions>,
 }
 
 impl AppState {
-    /// The principal of the request's `Authorization: Bearer` token.
+    /// The principal of the request's `Authorization: Bearer` token, or
+    /// without one, of its console session cookie (whose cross-site and
+    /// CSRF checks [`ui::guard`] made).
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
+            if let Some((_, opened)) = ui::session_of(self, headers) {
+                return self.tokens.authenticate(&opened.token).ok_or_else(|| {
+                    ApiError::unauthorized("the session's token is no longer known")
+                });
+            }
             return Err(ApiError::unauthorized(
                 "missing Authorization: Bearer token",
             ));
@@ -273,7 +284,9 @@ async fn not_found() -> ApiError {
 
 /// The collector's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let ui_enabled = state.sessions.config().enabled;
     Router::new()
+        .merge(ui::routes(ui_enabled))
         .route("/api/v1/ingest", post(logs::ingest))
         .route("/api/v1/logs", get(logs::logs))
         .route("/loki/api/v1/query_range", get(loki::query_range))
@@ -322,5 +335,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ui::guard,
+        ))
         .with_state(state)
 }

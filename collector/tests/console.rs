@@ -1,0 +1,412 @@
+//! The operator console in a real browser (headless Debian Chromium over
+//! WebDriver), against an in-process collector on loopback: sign-in into
+//! a session cookie, search with the histogram and label chips, a query
+//! error shown at its column, live tail, sources, sign-out; and the
+//! session's protections tried with a plain HTTP client (CSRF, another
+//! site's Origin, shipper tokens, tenant scope through the cookie).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use testkit::engines::ChromeDriver;
+use testkit::webdriver::Browser;
+
+const S: i64 = 1_000_000_000;
+
+async fn seed(h: &Harness, t0: i64) {
+    let mut recs: Vec<_> = (1..=5)
+        .map(|s| {
+            log_record(
+                "acme",
+                "node-1",
+                s,
+                t0 + s as i64 * S,
+                &format!("hello console {s}"),
+            )
+        })
+        .collect();
+    recs.push(exec_record(
+        "acme",
+        "node-1",
+        6,
+        t0 + 10 * S,
+        "orders",
+        schemas::EventType::PumpFailed,
+        None,
+    ));
+    h.ingest_ok(SHIP_ACME, &batch("acme", "node-1", recs)).await;
+    let beta = vec![log_record("beta", "node-9", 1, t0 + S, "beta secret line")];
+    h.ingest_ok(SHIP_BETA, &batch("beta", "node-9", beta)).await;
+}
+
+/// Signs in with `token` in the browser; returns once the console shows.
+async fn sign_in(b: &Browser, h: &Harness, token: &str) {
+    b.goto(&h.url("/ui/")).await.expect("goto");
+    let field = b
+        .wait_for("#token", Duration::from_secs(10))
+        .await
+        .expect("sign-in form");
+    b.type_text(&field, token).await.expect("type");
+    let button = b.find("#sign-in").await.expect("find").expect("button");
+    b.click(&button).await.expect("click");
+    b.wait_for("#search-form", Duration::from_secs(10))
+        .await
+        .expect("the console after sign-in");
+}
+
+async fn texts(b: &Browser, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in b.find_all(css).await.expect("find") {
+        out.push(b.text(&e).await.expect("text"));
+    }
+    out
+}
+
+/// Waits until `f` holds for the texts of `css`.
+async fn until_texts(b: &Browser, css: &str, f: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = texts(b, css).await;
+        if f(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{css}: {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
+    let driver = ChromeDriver::start().expect("chromedriver (scripts/setup.sh installs it)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start(dir.path()).await;
+    let t0 = now() - 120 * S;
+    seed(&h, t0).await;
+
+    let b = Browser::open(&driver, 1280, 800).await.expect("browser");
+    // Not signed in: the console sends to the sign-in page; a wrong token
+    // is told so there.
+    b.goto(&h.url("/ui/")).await.expect("goto");
+    let field = b
+        .wait_for("#token", Duration::from_secs(10))
+        .await
+        .expect("form");
+    b.type_text(&field, "not-a-token").await.expect("type");
+    b.click(&b.find("#sign-in").await.expect("find").expect("button"))
+        .await
+        .expect("click");
+    let err = b
+        .wait_for("#login-error", Duration::from_secs(10))
+        .await
+        .expect("error");
+    assert_eq!(b.text(&err).await.expect("text"), "unknown token");
+
+    sign_in(&b, &h, OP_ACME).await;
+    let cookies = b.cookies().await.expect("cookies");
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "sesam_session")
+        .expect("session cookie");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    let who = b.find("#who").await.expect("find").expect("who");
+    assert_eq!(b.text(&who).await.expect("text"), "operator of acme");
+
+    // The default search ({} over the last hour): acme's six records,
+    // newest first, never beta's.
+    let rows = until_texts(&b, "#results > li summary", |t| t.len() == 6).await;
+    assert!(rows[1].contains("hello console 5"), "{rows:?}");
+    assert!(rows.iter().all(|r| !r.contains("beta")), "{rows:?}");
+    // The histogram: stacked bars of the records by level.
+    if let Err(e) = b
+        .wait_for("#histogram-svg rect.bar", Duration::from_secs(10))
+        .await
+    {
+        panic!(
+            "histogram bars: {e}; it shows {:?}",
+            b.execute(
+                "return document.getElementById('histogram').innerHTML;",
+                vec![]
+            )
+            .await
+        );
+    }
+    let counted = b
+        .execute(
+            "return [...document.querySelectorAll('#histogram-svg rect.bar title')].map(t => Number(t.textContent.split(': ')[1].split(' ')[0])).reduce((a, b) => a + b, 0);",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(counted, Value::from(6), "bars count every record");
+
+    // A label chip narrows the query to that label's value.
+    let first = b
+        .find("#results > li details")
+        .await
+        .expect("find")
+        .expect("row");
+    b.click(&first).await.expect("expand");
+    let chip = b
+        .execute(
+            "const c = [...document.querySelectorAll('#results > li:first-child a.chip')].find(a => a.textContent.startsWith('kind=')); c.click(); return c.textContent;",
+            vec![],
+        )
+        .await
+        .expect("chip");
+    assert_eq!(chip, Value::from("kind=execution"));
+    until_texts(&b, "#results > li summary", |t| t.len() == 1).await;
+    let q = b.find("#query").await.expect("find").expect("query");
+    let text = b.property(&q, "value").await.expect("value");
+    assert_eq!(text, Value::from(r#"{kind="execution"}"#));
+
+    // A query error is shown at its column.
+    b.clear(&q).await.expect("clear");
+    b.type_text(&q, "{kind=}\u{E007}").await.expect("type");
+    let caret = b
+        .wait_for("#error-caret", Duration::from_secs(10))
+        .await
+        .expect("caret");
+    let caret = b.text(&caret).await.expect("text");
+    assert_eq!(
+        caret, "{kind=}\n      ^",
+        "the caret under the column at fault"
+    );
+
+    // Live tail: a record stored while tailing appears within 2 s.
+    b.goto(&h.url("/ui/#search?q=%7B%7D&range=1h"))
+        .await
+        .expect("goto");
+    until_texts(&b, "#results > li summary", |t| t.len() == 6).await;
+    b.click(&b.find("#tail").await.expect("find").expect("tail"))
+        .await
+        .expect("tail");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = Instant::now();
+    h.ingest_ok(
+        SHIP_ACME,
+        &batch(
+            "acme",
+            "node-1",
+            vec![log_record("acme", "node-1", 7, now(), "tailed live")],
+        ),
+    )
+    .await;
+    b.wait_for("#results > li.tailed", Duration::from_secs(5))
+        .await
+        .expect("tailed record");
+    assert!(
+        stored.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stored.elapsed()
+    );
+    let tailed = texts(&b, "#results > li.tailed summary").await;
+    assert!(tailed[0].contains("tailed live"), "{tailed:?}");
+
+    // Sources: acme's one source.
+    b.goto(&h.url("/ui/#sources")).await.expect("goto");
+    let cells = until_texts(&b, "#sources tbody td", |t| !t.is_empty()).await;
+    assert_eq!(&cells[..2], ["acme", "node-1"]);
+
+    // Sign-out ends the session: the old cookie no longer works.
+    b.goto(&h.url("/ui/")).await.expect("goto");
+    b.wait_for("#sign-out", Duration::from_secs(10))
+        .await
+        .expect("sign-out");
+    let old = session["value"].as_str().expect("value").to_string();
+    b.click(&b.find("#sign-out").await.expect("find").expect("button"))
+        .await
+        .expect("click");
+    b.wait_for("#token", Duration::from_secs(10))
+        .await
+        .expect("back to sign-in");
+    let (status, _) = get_as(&h, "/api/v1/sources", &format!("sesam_session={old}")).await;
+    assert_eq!(status, 401);
+    b.close().await;
+
+    // The same console at a phone's width.
+    let phone = Browser::open(&driver, 390, 844).await.expect("browser");
+    sign_in(&phone, &h, OP_ACME).await;
+    until_texts(&phone, "#results > li summary", |t| t.len() == 7).await;
+    let overflow = phone
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(overflow, Value::Bool(true), "no sideways scrolling");
+    phone.close().await;
+    h.stop().await;
+}
+
+/// GET `path` with the session `cookie`: the status and the JSON body
+/// (`Null` if there is none).
+async fn get_as(h: &Harness, path: &str, cookie: &str) -> (u16, Value) {
+    let r = h
+        .client
+        .get(h.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("get");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Signs in over plain HTTP; returns the session cookie and CSRF token.
+async fn session(h: &Harness, token: &str) -> (String, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = client
+        .post(h.url("/ui/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
+    let page = client
+        .get(h.url("/ui/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("console");
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .contains("default-src 'self'"));
+    let html = page.text().await.expect("html");
+    let csrf = html
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf meta")
+        .to_string();
+    (cookie, csrf)
+}
+
+#[tokio::test]
+async fn a_session_cookie_is_guarded_against_other_sites_and_keeps_the_tenant_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start(dir.path()).await;
+    seed(&h, now() - 60 * S).await;
+    let (cookie, csrf) = session(&h, OP_ACME).await;
+    let ends = schemas::time::rfc3339_from_nanos(now() + 3600 * S);
+    let silence = serde_json::json!({
+        "matchers": [{"name": "pipe", "value": "orders"}],
+        "endsAt": ends,
+        "comment": "maintenance"
+    });
+    // State changes need the CSRF token.
+    let r = h
+        .client
+        .post(h.url("/api/v1/silences"))
+        .header("cookie", &cookie)
+        .json(&silence)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["field"], "X-CSRF-Token");
+    let r = h
+        .client
+        .post(h.url("/api/v1/silences"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&silence)
+        .send()
+        .await
+        .expect("post");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    // Another site's page may not use the session, not even to read.
+    let r = h
+        .client
+        .get(h.url("/api/v1/sources"))
+        .header("cookie", &cookie)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 403);
+    // The session keeps its token's scope: acme's records only, and beta's
+    // subscription is refused as through the API.
+    let (_, r) = get_as(&h, "/api/v1/logs?query=%7B%7D", &cookie).await;
+    let records = r["records"].as_array().expect("records");
+    assert_eq!(records.len(), 6);
+    assert!(records.iter().all(|x| x["subscription"] == "acme"));
+    let (_, v) = get_as(
+        &h,
+        "/api/v1/logs?query=%7Bsubscription%3D%22beta%22%7D",
+        &cookie,
+    )
+    .await;
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(0), "{v}");
+    // Sign-out needs the token too, and then ends the session.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = client
+        .post(h.url("/ui/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), 403);
+    let r = client
+        .post(h.url("/ui/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .contains("Max-Age=0"));
+    assert_eq!(get_as(&h, "/api/v1/sources", &cookie).await.0, 401);
+    // An admin's session is every subscription's.
+    let (admin, _) = session(&h, ADMIN).await;
+    let (_, v) = get_as(&h, "/api/v1/sources", &admin).await;
+    assert_eq!(v["sources"].as_array().map(Vec::len), Some(2), "{v}");
+    // Shipper tokens may not sign in; oversized tokens are refused.
+    for (token, status) in [(SHIP_ACME.to_string(), 403), ("x".repeat(5000), 400)] {
+        let r = client
+            .post(h.url("/ui/login"))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), status);
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_can_be_turned_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start_with(dir.path(), |c| c.ui.enabled = false).await;
+    let r = h.client.get(h.url("/ui/")).send().await.expect("get");
+    assert_eq!(r.status(), 404);
+    h.stop().await;
+}
