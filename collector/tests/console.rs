@@ -16,6 +16,17 @@ use testkit::webdriver::Browser;
 
 const S: i64 = 1_000_000_000;
 
+/// Saves a screenshot of the page for a reviewer, under the target
+/// directory (`target/.../tmp/console-screenshots/NAME.png`).
+async fn shot(b: &Browser, name: &str) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("console-screenshots")
+        .join(format!("{name}.png"));
+    b.screenshot(&path).await.expect("screenshot");
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 1000, "{}: {size} bytes", path.display());
+}
+
 async fn seed(h: &Harness, t0: i64) {
     let mut recs: Vec<_> = (1..=5)
         .map(|s| {
@@ -103,6 +114,7 @@ async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
         .await
         .expect("error");
     assert_eq!(b.text(&err).await.expect("text"), "unknown token");
+    shot(&b, "sign-in-refused").await;
 
     sign_in(&b, &h, OP_ACME).await;
     let cookies = b.cookies().await.expect("cookies");
@@ -142,6 +154,7 @@ async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
         .await
         .expect("script");
     assert_eq!(counted, Value::from(6), "bars count every record");
+    shot(&b, "search").await;
 
     // A label chip narrows the query to that label's value.
     let first = b
@@ -175,6 +188,7 @@ async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
         caret, "{kind=}\n      ^",
         "the caret under the column at fault"
     );
+    shot(&b, "search-error").await;
 
     // Live tail: a record stored while tailing appears within 2 s.
     b.goto(&h.url("/ui/#search?q=%7B%7D&range=1h"))
@@ -210,6 +224,7 @@ async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
     b.goto(&h.url("/ui/#sources")).await.expect("goto");
     let cells = until_texts(&b, "#sources tbody td", |t| !t.is_empty()).await;
     assert_eq!(&cells[..2], ["acme", "node-1"]);
+    shot(&b, "sources").await;
 
     // Sign-out ends the session: the old cookie no longer works.
     b.goto(&h.url("/ui/")).await.expect("goto");
@@ -239,6 +254,7 @@ async fn an_operator_searches_tails_and_signs_out_in_a_real_browser() {
         .await
         .expect("script");
     assert_eq!(overflow, Value::Bool(true), "no sideways scrolling");
+    shot(&phone, "search-phone").await;
     phone.close().await;
     h.stop().await;
 }

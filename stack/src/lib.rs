@@ -98,6 +98,7 @@ impl Ready {
             r#"
 sesam-stack is running (Ctrl-C stops it; data stays in the data dir).
 
+  console           {c}/ui/   (sign in with the operator token below)
   node API          {node}/api/pipes   (token: {node_token_file})
   collector API     {c}/api/v1/logs, {c}/api/v1/alerts, {c}/api/v1/notifications
   federate          {c}/federate?match[]={{__name__=~"node_.*"}}   (Prometheus scrape target)

@@ -82,6 +82,16 @@ async fn the_stack_runs_the_whole_path_and_resumes() {
     let cfg = config(dir.path());
     let (ready, stop, task) = start(cfg.clone()).await;
     assert!(ready.banner().contains(&ready.operator_token));
+    assert!(
+        ready
+            .banner()
+            .contains(&format!("console           {}/ui/", ready.collector_url)),
+        "the console's address comes first"
+    );
+    let login = reqwest::get(format!("{}/ui/login", ready.collector_url))
+        .await
+        .expect("console");
+    assert_eq!(login.status(), 200, "the console is served");
     let (c, tok) = (ready.collector_url.clone(), ready.operator_token.clone());
 
     // The orders pipe fails on its first run: the example rule notifies the

@@ -182,6 +182,20 @@ impl Browser {
             .unwrap_or_default())
     }
 
+    /// Saves a PNG of the page as it shows now to `path` (directories
+    /// made as needed).
+    pub async fn screenshot(&self, path: &std::path::Path) -> Result<(), String> {
+        use base64::Engine;
+        let v = self.call("GET", "/screenshot", None).await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(path, png).map_err(|e| e.to_string())
+    }
+
     /// Ends the session (closes the browser).
     pub async fn close(self) {
         let _ = self.call("DELETE", "", None).await;
