@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -29,7 +28,10 @@ fn value(series: &serde_json::Value) -> f64 {
 /// deploy/prometheus/prometheus.yml with the example hosts, token files and
 /// intervals replaced.
 fn example_config(replace: &[(&str, String)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/prometheus.yml");
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../deploy/prometheus/prometheus.yml");
     let mut text = std::fs::read_to_string(&path).expect("read the example config");
     for (from, to) in replace {
         assert!(text.contains(from), "{from} is in the example config");

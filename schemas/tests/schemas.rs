@@ -7,7 +7,10 @@ use schemas::*;
 use serde_json::{json, Value};
 
 fn json_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("json")
 }
 
 #[test]

@@ -11,7 +11,10 @@ fn release_dir() -> PathBuf {
 
 #[test]
 fn systemd_units_use_existing_flags() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../deploy/systemd");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

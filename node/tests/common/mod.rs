@@ -322,7 +322,10 @@ pub async fn http_system() -> (String, Arc<Mutex<Seen>>) {
 
 /// The example config with the `crm` system pointed at `base`.
 pub fn example_config(base: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.json");
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("examples/config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     for e in v.as_array_mut().unwrap() {
         if e["_id"] == "crm" {
