@@ -406,6 +406,13 @@ async fn a_session_cookie_is_guarded_against_other_sites_and_keeps_the_tenant_sc
     let (_, v) = get_as(&h, "/api/v1/sources", &admin).await;
     assert_eq!(v["sources"].as_array().map(Vec::len), Some(2), "{v}");
     // Shipper tokens may not sign in; oversized tokens are refused.
+    let r = client
+        .post(h.url("/ui/login"))
+        .form(&[("user", "x")])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 400, "a form without a token");
     for (token, status) in [(SHIP_ACME.to_string(), 403), ("x".repeat(5000), 400)] {
         let r = client
             .post(h.url("/ui/login"))

@@ -186,6 +186,8 @@ async fn login_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 
 #[derive(Deserialize)]
 struct LoginForm {
+    /// Missing: answered like an empty one (400 on the form).
+    #[serde(default)]
     token: String,
 }
 
