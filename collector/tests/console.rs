@@ -433,3 +433,502 @@ async fn the_console_can_be_turned_off() {
     assert_eq!(r.status(), 404);
     h.stop().await;
 }
+
+/// Serves `html` to every request on a free loopback port (another
+/// origin than the collector's): the page of a hostile site.
+async fn serve_page(html: String) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = sock.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, task)
+}
+
+/// Waits for `css`; on timeout fails with what the page shows.
+async fn shows(b: &Browser, css: &str) -> testkit::webdriver::Element {
+    match b.wait_for(css, Duration::from_secs(10)).await {
+        Ok(e) => e,
+        Err(e) => {
+            let page = b
+                .execute(
+                    "return location.hash + '\\n' + document.getElementById('view')?.innerText;",
+                    vec![],
+                )
+                .await;
+            panic!("{css}: {e}; the page shows {page:?}")
+        }
+    }
+}
+
+/// Sets a form control's value the way a user's choice would (with its
+/// `change` event).
+async fn choose(b: &Browser, css: &str, value: &str) {
+    let done = b
+        .execute(
+            "const e = document.querySelector(arguments[0]); e.value = arguments[1]; e.dispatchEvent(new Event('change', {bubbles: true})); return e.value;",
+            vec![Value::from(css), Value::from(value)],
+        )
+        .await
+        .expect("script");
+    assert_eq!(done, Value::from(value), "{css}");
+}
+
+async fn set_text(b: &Browser, css: &str, text: &str) {
+    let e = b.find(css).await.expect("find").expect(css);
+    b.clear(&e).await.expect("clear");
+    b.type_text(&e, text).await.expect("type");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_manages_pipes_rules_and_alerts_in_a_real_browser() {
+    let driver = ChromeDriver::start().expect("chromedriver (scripts/setup.sh installs it)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start(dir.path()).await;
+    let t0 = now() - 600 * S;
+    use schemas::EventType::{PumpCompleted, PumpFailed, PumpStarted};
+    let runs = vec![
+        exec_record("acme", "node-1", 1, t0, "orders", PumpStarted, None),
+        exec_record(
+            "acme",
+            "node-1",
+            2,
+            t0 + S,
+            "orders",
+            PumpCompleted,
+            Some(4),
+        ),
+        exec_record(
+            "acme",
+            "node-1",
+            3,
+            t0 + 60 * S,
+            "orders",
+            PumpStarted,
+            None,
+        ),
+        exec_record("acme", "node-1", 4, t0 + 61 * S, "orders", PumpFailed, None),
+        exec_record(
+            "acme",
+            "node-1",
+            5,
+            t0 + 62 * S,
+            "crm",
+            PumpCompleted,
+            Some(9),
+        ),
+    ];
+    h.ingest_ok(SHIP_ACME, &batch("acme", "node-1", runs)).await;
+    let beta = vec![exec_record(
+        "beta", "node-9", 1, t0, "ledger", PumpFailed, None,
+    )];
+    h.ingest_ok(SHIP_BETA, &batch("beta", "node-9", beta)).await;
+
+    let b = Browser::open(&driver, 1280, 800).await.expect("browser");
+    sign_in(&b, &h, OP_ACME).await;
+
+    // Pipes: each pipe's last run, its timeline with the failure marked.
+    b.goto(&h.url("/ui/#pipes")).await.expect("goto");
+    let rows = until_texts(&b, "#pipes tbody tr", |t| t.len() == 2).await;
+    assert!(
+        rows[0].contains("crm") && rows[0].contains("ok"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].contains("orders") && rows[1].contains("failed"),
+        "{rows:?}"
+    );
+    assert!(rows[1].contains("connection timeout"), "{rows:?}");
+    let marks = b
+        .execute(
+            "return [...document.querySelectorAll('#pipes tbody tr:nth-child(2) rect')].map(r => r.getAttribute('class'));",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        marks,
+        serde_json::json!(["run run-completed", "run run-failed"])
+    );
+    shot(&b, "pipes").await;
+
+    // A pipe's page: the failure reason, its events, no rule yet; "add
+    // rule for this pipe" opens the form for it.
+    b.click(
+        &b.find("#pipes tbody tr:nth-child(2) a.pipe-link")
+            .await
+            .expect("find")
+            .expect("link"),
+    )
+    .await
+    .expect("click");
+    let reason = b
+        .wait_for("#failure-reason pre", Duration::from_secs(10))
+        .await
+        .expect("reason");
+    assert_eq!(
+        b.text(&reason).await.expect("text"),
+        "connection timeout talking to crm"
+    );
+    until_texts(&b, "#pipe-events > li summary", |t| t.len() == 4).await;
+    assert!(b.find("#pipe-rules-none").await.expect("find").is_some());
+    shot(&b, "pipe").await;
+    b.click(&b.find("#add-rule").await.expect("find").expect("add"))
+        .await
+        .expect("click");
+    let pipes = b
+        .wait_for("#f-pipes", Duration::from_secs(10))
+        .await
+        .expect("form");
+    assert_eq!(
+        b.property(&pipes, "value").await.expect("value"),
+        Value::from("orders")
+    );
+    let source = b.find("#f-source").await.expect("find").expect("source");
+    assert_eq!(
+        b.property(&source, "value").await.expect("value"),
+        Value::from("node-1")
+    );
+
+    // The form is built from the rule types: a pattern rule without its
+    // pattern is refused at the pattern's field.
+    set_text(&b, "#f-name", "Orders failed").await;
+    choose(&b, "#f-type", "pattern_match").await;
+    b.wait_for("#f-params-pattern", Duration::from_secs(5))
+        .await
+        .expect("the pattern field of pattern_match");
+    b.click(&b.find("#rule-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    let err = b
+        .wait_for(
+            "#f-params-pattern-error:not([hidden])",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("error at the pattern field");
+    assert!(
+        b.text(&err).await.expect("text").contains("pattern"),
+        "{:?}",
+        b.text(&err).await
+    );
+    shot(&b, "rule-error").await;
+    // A wrong repeat interval is shown at its field.
+    choose(&b, "#f-type", "pump_failed").await;
+    set_text(&b, "#f-repeat_interval", "300y").await;
+    b.click(&b.find("#rule-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    let err = b
+        .wait_for(
+            "#f-repeat_interval-error:not([hidden])",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("error at repeat_interval");
+    assert!(b.text(&err).await.expect("text").contains("over the limit"));
+    let invalid = b
+        .find("#f-repeat_interval")
+        .await
+        .expect("find")
+        .expect("input");
+    assert_eq!(
+        b.property(&invalid, "ariaInvalid").await.expect("aria"),
+        Value::from("true")
+    );
+    // Right: it is saved and the API has it.
+    set_text(&b, "#f-repeat_interval", "1h").await;
+    b.click(&b.find("#rule-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    until_texts(&b, "#rules tbody tr", |t| t.len() == 1).await;
+    let (_, rules) = h.get_json(OP_ACME, "/api/v1/notification-rules", &[]).await;
+    let rule = &rules["rules"][0];
+    assert_eq!(rule["name"], "Orders failed");
+    assert_eq!(rule["type"], "pump_failed");
+    assert_eq!(rule["pipes"], serde_json::json!(["orders"]));
+    assert_eq!(rule["source"], "node-1");
+    shot(&b, "rules").await;
+
+    // A glob that matches no known pipe is saved with a warning shown.
+    b.goto(&h.url("/ui/#rule-new")).await.expect("goto");
+    b.wait_for("#f-name", Duration::from_secs(10))
+        .await
+        .expect("form");
+    set_text(&b, "#f-name", "Typo").await;
+    set_text(&b, "#f-pipes", "ordres*").await;
+    b.click(&b.find("#rule-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    shows(&b, "#flash.warning").await;
+    until_texts(&b, "#flash.warning", |t| {
+        t.len() == 1 && t[0].contains("matches none")
+    })
+    .await;
+
+    // The pipe's page lists the rule now.
+    b.goto(&h.url("/ui/#pipe?source=node-1&pipe=orders"))
+        .await
+        .expect("goto");
+    let listed = until_texts(&b, "#pipe-rules li", |t| !t.is_empty()).await;
+    assert_eq!(listed.len(), 1, "the typo glob does not apply: {listed:?}");
+    assert!(listed[0].starts_with("Orders failed"), "{listed:?}");
+
+    // A failure fires the rule; the alert is silenced from the alerts page.
+    h.ingest_ok(
+        SHIP_ACME,
+        &batch(
+            "acme",
+            "node-1",
+            vec![exec_record(
+                "acme",
+                "node-1",
+                6,
+                now(),
+                "orders",
+                PumpFailed,
+                None,
+            )],
+        ),
+    )
+    .await;
+    b.goto(&h.url("/ui/#alerts")).await.expect("goto");
+    let alerts = until_texts(&b, "#alerts tbody tr", |t| t.len() == 1).await;
+    assert!(alerts[0].starts_with("firing"), "{alerts:?}");
+    shot(&b, "alerts").await;
+    b.click(
+        &b.find("#alerts button.silence")
+            .await
+            .expect("find")
+            .expect("silence"),
+    )
+    .await
+    .expect("click");
+    b.wait_for("#silence-form", Duration::from_secs(5))
+        .await
+        .expect("silence form");
+    shot(&b, "silence-form").await;
+    b.click(
+        &b.find("#silence-create")
+            .await
+            .expect("find")
+            .expect("create"),
+    )
+    .await
+    .expect("click");
+    let alerts = until_texts(&b, "#alerts tbody tr", |t| {
+        t.len() == 1 && t[0].starts_with("suppressed")
+    })
+    .await;
+    assert!(alerts[0].contains("silenced by"), "{alerts:?}");
+    let (_, api) = h.get_json(OP_ACME, "/api/v1/alerts", &[]).await;
+    let st = &api["alerts"][0]["status"];
+    assert_eq!(st["state"], "suppressed", "{api}");
+    assert_eq!(st["silencedBy"].as_array().map(Vec::len), Some(1), "{api}");
+    let (_, silences) = h.get_json(OP_ACME, "/api/v1/silences", &[]).await;
+    let matchers: Vec<&str> = silences["silences"][0]["matchers"]
+        .as_array()
+        .expect("matchers")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(matchers.contains(&"pipe"), "{silences}");
+    shot(&b, "alerts-silenced").await;
+    // Expiring the silence makes the alert fire again.
+    b.click(
+        &b.find("#silences button.expire")
+            .await
+            .expect("find")
+            .expect("expire"),
+    )
+    .await
+    .expect("click");
+    until_texts(&b, "#alerts tbody tr", |t| {
+        t.len() == 1 && t[0].starts_with("firing")
+    })
+    .await;
+    assert!(b.find("#no-silences").await.expect("find").is_some());
+
+    // Notifications: the history page answers (no receiver: none sent).
+    b.goto(&h.url("/ui/#notifications")).await.expect("goto");
+    b.wait_for("#no-notifications, #notifications", Duration::from_secs(10))
+        .await
+        .expect("history");
+
+    // A hostile page of another origin posts a form to the collector with
+    // the operator's cookie: refused, nothing created, session intact.
+    let attack = format!(
+        "<!doctype html><form id=f method=post enctype=text/plain action=\"{}\"><input name='{{\"matchers\":[{{\"name\":\"pipe\",\"value\":\"orders\"}}],\"endsAt\":\"2999-01-01T00:00:00Z\",\"x\":\"' value='\"}}'></form><script>document.getElementById('f').submit()</script>",
+        h.url("/api/v1/silences")
+    );
+    let (evil, server) = serve_page(attack).await;
+    b.goto(&evil).await.expect("goto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let t = b
+            .execute(
+                "return document.body ? document.body.innerText : '';",
+                vec![],
+            )
+            .await
+            .expect("script");
+        let t = t.as_str().unwrap_or("").to_string();
+        if t.contains("error") {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "{t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.contains("another site"), "{answer}");
+    server.abort();
+    let (_, silences) = h.get_json(OP_ACME, "/api/v1/silences", &[]).await;
+    assert_eq!(silences["silences"], serde_json::json!([]), "{silences}");
+    b.goto(&h.url("/ui/#rules")).await.expect("goto");
+    until_texts(&b, "#rules tbody tr", |t| t.len() == 2).await;
+    b.close().await;
+
+    // Another subscription's operator sees none of it.
+    let other = Browser::open(&driver, 1280, 800).await.expect("browser");
+    sign_in(&other, &h, OP_BETA).await;
+    other.goto(&h.url("/ui/#pipes")).await.expect("goto");
+    let rows = until_texts(&other, "#pipes tbody tr", |t| t.len() == 1).await;
+    assert!(rows[0].contains("ledger"), "{rows:?}");
+    other.goto(&h.url("/ui/#rules")).await.expect("goto");
+    other
+        .wait_for("#no-rules", Duration::from_secs(10))
+        .await
+        .expect("no rules");
+    other.goto(&h.url("/ui/#alerts")).await.expect("goto");
+    other
+        .wait_for("#no-alerts", Duration::from_secs(10))
+        .await
+        .expect("no alerts");
+    other
+        .goto(&h.url("/ui/#pipe?source=node-1&pipe=orders"))
+        .await
+        .expect("goto");
+    other
+        .wait_for("#pipe-rules-none", Duration::from_secs(10))
+        .await
+        .expect("acme's rules hidden");
+    assert!(other.find("#failure-reason").await.expect("find").is_none());
+    shot(&other, "other-subscription").await;
+    other.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_pipes_api_answers_runs_per_pipe_within_bounds_and_scope() {
+    use schemas::EventType::{PumpCompleted, PumpFailed, PumpStarted};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start(dir.path()).await;
+    let t0 = now() - 300 * S;
+    let mut recs = Vec::new();
+    for i in 0..40u64 {
+        let event = if i % 10 == 9 {
+            PumpFailed
+        } else {
+            PumpCompleted
+        };
+        recs.push(exec_record(
+            "acme",
+            "node-1",
+            2 * i + 1,
+            t0 + (2 * i as i64) * S,
+            "orders",
+            PumpStarted,
+            None,
+        ));
+        recs.push(exec_record(
+            "acme",
+            "node-1",
+            2 * i + 2,
+            t0 + (2 * i as i64 + 1) * S,
+            "orders",
+            event,
+            Some(i),
+        ));
+    }
+    recs.push(exec_record(
+        "acme",
+        "node-1",
+        81,
+        t0 + 100 * S,
+        "orders",
+        PumpStarted,
+        None,
+    ));
+    h.ingest_ok(SHIP_ACME, &batch("acme", "node-1", recs)).await;
+    let beta = vec![exec_record(
+        "beta", "node-9", 1, t0, "ledger", PumpFailed, None,
+    )];
+    h.ingest_ok(SHIP_BETA, &batch("beta", "node-9", beta)).await;
+
+    let (status, v) = h.get_json(OP_ACME, "/api/v1/pipes", &[("runs", "5")]).await;
+    assert_eq!(status, 200, "{v}");
+    let pipes = v["pipes"].as_array().expect("pipes");
+    assert_eq!(pipes.len(), 1, "acme's pipe only: {v}");
+    let p = &pipes[0];
+    assert_eq!(p["pipe"], "orders");
+    assert_eq!(p["status"], "running", "a start after the last finish");
+    assert_eq!(p["runs_in_range"], 40);
+    assert_eq!(p["failures_in_range"], 4);
+    let runs = p["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 5, "the newest five");
+    assert_eq!(runs[0]["changes"], 39, "newest first");
+    assert_eq!(runs[0]["status"], "failed");
+    assert_eq!(
+        p["last_failure"]["reason"],
+        "connection timeout talking to crm"
+    );
+    // Narrowed to a pipe that is not there: nothing.
+    let (_, v) = h
+        .get_json(
+            OP_ACME,
+            "/api/v1/pipes",
+            &[("source", "node-1"), ("pipe", "crm")],
+        )
+        .await;
+    assert_eq!(v["pipes"], serde_json::json!([]));
+    // An admin sees both subscriptions' pipes, and may narrow to one.
+    let (_, v) = h.get_json(ADMIN, "/api/v1/pipes", &[]).await;
+    assert_eq!(v["pipes"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, v) = h
+        .get_json(ADMIN, "/api/v1/pipes", &[("subscription", "beta")])
+        .await;
+    assert_eq!(v["pipes"][0]["pipe"], "ledger", "{v}");
+    // Bounds, each named.
+    let long = "x".repeat(300);
+    for (k, val) in [
+        ("runs", "0"),
+        ("runs", "201"),
+        ("source", long.as_str()),
+        ("pipe", ""),
+        ("since", "soon"),
+    ] {
+        let (status, v) = h.get_json(OP_ACME, "/api/v1/pipes", &[(k, val)]).await;
+        assert_eq!(status, 400, "{k}={val}: {v}");
+        assert_eq!(v["field"], k, "{v}");
+    }
+    // Rules that apply to a pipe need its source.
+    let (status, v) = h
+        .get_json(OP_ACME, "/api/v1/notification-rules", &[("pipe", "orders")])
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["field"], "source");
+    // Shippers may not read it.
+    let (status, _) = h.get_json(SHIP_ACME, "/api/v1/pipes", &[]).await;
+    assert_eq!(status, 403);
+    h.stop().await;
+}

@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::error::{ErrorKind, NotifierError};
 use crate::model::Change;
 use crate::receiver;
-use crate::rule::{self, RuleKey};
+use crate::rule::{self, CompiledRule, RuleKey};
 use crate::service::{lock, Notifier};
 use crate::silence::ActiveSilence;
 use crate::telemetry::labels;
@@ -125,6 +125,33 @@ impl Notifier {
         match scope.lookup(sub) {
             Some(s) => e.rules_of(s).map(|r| r.rule.clone()).collect(),
             None => e.rules.values().map(|r| r.rule.clone()).collect(),
+        }
+    }
+
+    /// The rules `scope` may see (an admin may narrow to `sub`) that
+    /// apply to `pipe` of `source`: their source glob matches the source
+    /// and one of their pipe globs the pipe.
+    pub fn rules_for_pipe(
+        &self,
+        scope: &Scope,
+        sub: Option<&str>,
+        source: &str,
+        pipe: &str,
+    ) -> Vec<NotificationRule> {
+        let e = lock(&self.inner.engine);
+        let applies = |r: &&Arc<CompiledRule>| r.matches_source(source) && r.matches_pipe(pipe);
+        match scope.lookup(sub) {
+            Some(s) => e
+                .rules_of(s)
+                .filter(applies)
+                .map(|r| r.rule.clone())
+                .collect(),
+            None => e
+                .rules
+                .values()
+                .filter(applies)
+                .map(|r| r.rule.clone())
+                .collect(),
         }
     }
 

@@ -177,8 +177,31 @@ fn params<T: DeserializeOwned>(v: &Value) -> Result<T, NotifierError> {
     if !v.is_object() {
         return Err(invalid("params", "params must be an object"));
     }
-    serde_json::from_value(v)
-        .map_err(|e| invalid("params", format!("params: {}", short_error(&e.to_string()))))
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let message = short_error(&e.inner().to_string());
+        invalid(
+            params_field(e.path(), &message),
+            format!("params: {message}"),
+        )
+    })
+}
+
+/// The field a parameter error is about: `params.<name>` when the path or
+/// the message (`missing field `x``, `unknown field `x``) names one.
+fn params_field(path: &serde_path_to_error::Path, message: &str) -> String {
+    let at = path.to_string();
+    if at != "." && !at.is_empty() {
+        let first = at.split(['.', '[']).next().unwrap_or(&at);
+        return format!("params.{first}");
+    }
+    for prefix in ["missing field `", "unknown field `"] {
+        if let Some(rest) = message.split(prefix).nth(1) {
+            if let Some(name) = rest.split('`').next().filter(|n| !n.is_empty()) {
+                return format!("params.{name}");
+            }
+        }
+    }
+    "params".to_string()
 }
 
 /// Turns a Sesam wildcard (`*` any text, `?` one character) into an anchored
@@ -524,7 +547,20 @@ mod tests {
         assert_eq!(field(rule(json!({"pipes": []}))), "pipes");
         assert_eq!(field(rule(json!({"pipes": ["ok", "[x"]}))), "pipes[1]");
         assert_eq!(field(rule(json!({"source": "[x"}))), "source");
-        assert_eq!(field(rule(json!({"params": {"x": 1}}))), "params");
+        assert_eq!(field(rule(json!({"params": {"x": 1}}))), "params.x");
+        assert_eq!(
+            field(rule(
+                json!({"type": "pattern_match", "params": {"field": "traceback"}})
+            )),
+            "params.pattern"
+        );
+        assert_eq!(
+            field(rule(
+                json!({"type": "pump_started_overdue", "params": {"grace": "zz"}})
+            )),
+            "params.grace"
+        );
+        assert_eq!(field(rule(json!({"params": 3}))), "params");
         assert_eq!(
             field(rule(
                 json!({"type": "pattern_match", "params": {"field": "traceback", "pattern": "(", "syntax": "regex"}})

@@ -43,6 +43,7 @@ mod loki;
 mod metrics;
 mod notify;
 mod params;
+mod pipes;
 pub mod serve;
 pub mod ui;
 
@@ -301,6 +302,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(logs::loki_label_values),
         )
         .route("/api/v1/sources", get(admin::sources))
+        .route("/api/v1/pipes", get(pipes::pipes))
         .route("/api/v1/subscriptions/{id}", delete(admin::purge))
         .route("/api/v1/checkpoints", post(admin::checkpoint))
         .route("/metrics", get(admin::metrics))

@@ -69,6 +69,22 @@ fn sub_param(q: &HashMap<String, String>) -> Option<String> {
     q.get("subscription").cloned()
 }
 
+/// Longest source or pipe name a filter may carry.
+const MAX_NAME_BYTES: usize = 256;
+
+/// The query parameter `field` (a source or pipe name), bounded.
+fn name_param(q: &HashMap<String, String>, field: &'static str) -> Api<Option<String>> {
+    match q.get(field) {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > MAX_NAME_BYTES => Err(ApiError::bad_request(
+            format!("{field} must be 1 to {MAX_NAME_BYTES} bytes"),
+            field,
+        )
+        .with("limit", json!(MAX_NAME_BYTES))),
+        Some(v) => Ok(Some(v.clone())),
+    }
+}
+
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Api<T> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("a JSON body is required", "body"));
@@ -107,7 +123,17 @@ pub async fn list_rules(
 ) -> Api<Json<Value>> {
     let (n, scope) = access(&s, &headers)?;
     let sub = sub_param(&q);
-    Ok(Json(json!({ "rules": n.rules(&scope, sub.as_deref()) })))
+    let source = name_param(&q, "source")?;
+    let rules = match name_param(&q, "pipe")? {
+        None => n.rules(&scope, sub.as_deref()),
+        Some(pipe) => {
+            let source = source.ok_or_else(|| {
+                ApiError::bad_request("pipe= needs source= (the pipe's node)", "source")
+            })?;
+            n.rules_for_pipe(&scope, sub.as_deref(), &source, &pipe)
+        }
+    };
+    Ok(Json(json!({ "rules": rules })))
 }
 
 /// `POST /api/v1/notification-rules`

@@ -87,6 +87,23 @@ function searchLink(query, params) {
   return "#search?" + p.toString();
 }
 
+// One record of a result list: time and summary, labels as chips that
+// add themselves to `query`, the body pretty-printed on expand.
+function recordRow(rec, query, params) {
+  const chips = Object.entries(rec.labels || {}).map(([k, v]) =>
+    el("li", {}, el("a", { class: "chip", href: searchLink(addMatcher(query, k, v), params), title: `add ${k}="${v}" to the query` }, `${k}=${v}`)));
+  const body = rec.body;
+  const summary = typeof body === "object" && body !== null
+    ? (body.message || (body.event_type && `${body.event_type} ${body.pipe || ""}`) || body.original_error_message || JSON.stringify(body))
+    : String(body);
+  const details = el("details", {},
+    el("summary", {}, el("time", { datetime: rec.time }, rec.time), " ", el("span", { class: "line" }, String(summary).slice(0, 300))),
+    el("ul", { class: "chips", "aria-label": "labels" }, chips),
+    el("pre", { class: "body" }, JSON.stringify(body, null, 2)));
+  const level = ((rec.labels && rec.labels.level) || "").toLowerCase();
+  return el("li", { class: `record level-${level}` }, details);
+}
+
 function renderSearch(params) {
   const query = params.get("q") || "{}";
   const range = rangeOf(params);
@@ -136,26 +153,11 @@ function renderSearch(params) {
     errorBox.replaceChildren(...parts);
   }
 
-  function row(rec) {
-    const chips = Object.entries(rec.labels || {}).map(([k, v]) =>
-      el("li", {}, el("a", { class: "chip", href: searchLink(addMatcher(query, k, v), params), title: `add ${k}="${v}" to the query` }, `${k}=${v}`)));
-    let body = rec.body;
-    const summary = typeof body === "object" && body !== null
-      ? (body.message || body.event_type || body.original_error_message || JSON.stringify(body))
-      : String(body);
-    const details = el("details", {},
-      el("summary", {}, el("time", { datetime: rec.time }, rec.time), " ", el("span", { class: "line" }, String(summary).slice(0, 300))),
-      el("ul", { class: "chips", "aria-label": "labels" }, chips),
-      el("pre", { class: "body" }, JSON.stringify(body, null, 2)));
-    const level = ((rec.labels && rec.labels.level) || "").toLowerCase();
-    return el("li", { class: `record level-${level}` }, details);
-  }
-
   (async () => {
-    const q = new URLSearchParams({ query, start: nanos(range.start), end: nanos(range.end), limit: "200", direction: "backward" });
+    const q = new URLSearchParams({ query, start: nanos(range.start), end: nanos(range.end), limit: "1000", direction: "backward" });
     try {
       const r = await api("GET", "/api/v1/logs?" + q);
-      results.replaceChildren(...r.records.map(row));
+      results.replaceChildren(...r.records.map((rec) => recordRow(rec, query, params)));
       const s = r.stats || {};
       stats.textContent = `${r.records.length} records shown${s.truncated ? " (more exist: narrow the range)" : ""}; ${s.scanned_records} read in ${(s.duration_seconds * 1000).toFixed(1)} ms`;
       drawHistogram(hist, query, range).catch((e) => { hist.replaceChildren(el("p", { class: "muted" }, `no histogram: ${e.message}`)); });
@@ -179,7 +181,7 @@ function renderSearch(params) {
           let body = line;
           try { body = JSON.parse(line); } catch (_) { /* text line */ }
           const time = new Date(Number(BigInt(ts) / 1000000n)).toISOString();
-          const r = row({ time, labels: s.stream, body });
+          const r = recordRow({ time, labels: s.stream, body }, query, params);
           r.classList.add("tailed");
           results.prepend(r);
         }
@@ -228,7 +230,7 @@ async function drawHistogram(box, query, range) {
   box.replaceChildren(svg);
 }
 
-// ---- sources and alerts ----
+// ---- sources ----
 
 async function renderSources() {
   view.replaceChildren(el("h1", {}, "Sources"), el("p", { class: "muted" }, "loading"));
@@ -244,40 +246,24 @@ async function renderSources() {
       el("tbody", {}, rows)));
 }
 
-async function renderAlerts() {
-  view.replaceChildren(el("h1", {}, "Alerts"), el("p", { class: "muted" }, "loading"));
-  let r;
-  try { r = await api("GET", "/api/v1/alerts"); } catch (e) {
-    view.replaceChildren(el("h1", {}, "Alerts"), el("p", { class: "error", role: "alert" }, e.message));
-    return;
-  }
-  const rows = r.alerts.map((a) => {
-    const st = a.status || {};
-    const why = st.inhibitedBy ? st.inhibitedBy.reason
-      : (st.silencedBy && st.silencedBy.length ? `silenced by ${st.silencedBy.join(", ")}` : "");
-    return el("tr", {},
-      el("td", {}, st.state === "active" ? "firing" : (st.state || ""), why ? el("div", { class: "muted" }, why) : null),
-      el("td", {}, (a.labels && (a.labels.alertname || a.labels.rule)) || ""),
-      el("td", {}, Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")),
-      el("td", {}, el("time", { datetime: a.startsAt }, a.startsAt || "")),
-      el("td", {}, a.eventCount ?? ""));
-  });
-  view.replaceChildren(el("h1", {}, "Alerts"),
-    rows.length ? el("table", { id: "alerts" },
-      el("thead", {}, el("tr", {}, ["State", "Alert", "Labels", "Since", "Events"].map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, rows)) : el("p", { id: "no-alerts" }, "No active alerts."));
-}
+// Run before each page is drawn (the other scripts add theirs).
+const ROUTE_HOOKS = [];
 
 function route() {
   stopTail();
+  for (const hook of ROUTE_HOOKS) hook();
   const { page, params } = hashParams();
   for (const a of document.querySelectorAll("header nav a")) {
     if (a.getAttribute("href") === `#${page}`) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  const show = { search: () => renderSearch(params), sources: renderSources, alerts: renderAlerts }[page] || (() => renderSearch(params));
-  Promise.resolve(show()).catch((e) => view.replaceChildren(el("p", { class: "error", role: "alert" }, e.message)));
+  const show = PAGES[page] || PAGES.search;
+  Promise.resolve(show(params)).catch((e) => view.replaceChildren(el("p", { class: "error", role: "alert" }, e.message)));
 }
 
+// Pages by the name in the address's fragment (#name?params); the other
+// console scripts add theirs before the document is loaded.
+const PAGES = { search: renderSearch, sources: renderSources };
+
 window.addEventListener("hashchange", route);
-route();
+document.addEventListener("DOMContentLoaded", route);

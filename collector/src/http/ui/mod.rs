@@ -10,7 +10,7 @@
 //! | `GET /ui/` | the console (or a redirect to the sign-in page) |
 //! | `GET /ui/login`, `POST /ui/login` | sign-in form; a token field |
 //! | `POST /ui/logout` | sign-out (the form carries the CSRF token) |
-//! | `GET /ui/console.js`, `/ui/console.css` | the console's script and style |
+//! | `GET /ui/console.js`, `/ui/manage.js`, `/ui/console.css` | the console's scripts and style |
 //!
 //! Cross-site requests: the cookie is `SameSite=Strict`; a cookie-
 //! authenticated request that changes state must carry the session's CSRF
@@ -34,6 +34,7 @@ use crate::auth::Role;
 use session::{cookie_value, csrf_matches, Opened, CSRF_HEADER};
 
 const SCRIPT: &str = include_str!("console.js");
+const MANAGE_SCRIPT: &str = include_str!("manage.js");
 const STYLE: &str = include_str!("console.css");
 /// Longest token a sign-in form may carry.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -49,6 +50,7 @@ pub fn routes(enabled: bool) -> Router<Arc<AppState>> {
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/console.js", get(script))
+        .route("/ui/manage.js", get(manage_script))
         .route("/ui/console.css", get(style))
 }
 
@@ -259,14 +261,19 @@ async fn console(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
         None => "admin".to_string(),
     };
     let csrf = escape(&opened.csrf);
+    let sub = escape(principal.subscription().unwrap_or(""));
     let head = format!(
-        "<meta name=\"csrf-token\" content=\"{csrf}\"><script src=\"/ui/console.js\" defer></script>"
+        "<meta name=\"csrf-token\" content=\"{csrf}\"><meta name=\"subscription\" content=\"{sub}\">\
+         <script src=\"/ui/console.js\" defer></script><script src=\"/ui/manage.js\" defer></script>"
     );
     let body = format!(
         "<header><span class=\"brand\">Sesam collector</span>\
          <nav aria-label=\"Sections\"><a href=\"#search\" id=\"nav-search\">Search</a>\
-         <a href=\"#sources\" id=\"nav-sources\">Sources</a>\
-         <a href=\"#alerts\" id=\"nav-alerts\">Alerts</a></nav>\
+         <a href=\"#pipes\" id=\"nav-pipes\">Pipes</a>\
+         <a href=\"#alerts\" id=\"nav-alerts\">Alerts</a>\
+         <a href=\"#rules\" id=\"nav-rules\">Rules</a>\
+         <a href=\"#notifications\" id=\"nav-notifications\">Notifications</a>\
+         <a href=\"#sources\" id=\"nav-sources\">Sources</a></nav>\
          <span class=\"who\" id=\"who\">{who}</span>\
          <form method=\"post\" action=\"/ui/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button type=\"submit\" id=\"sign-out\">Sign out</button></form></header>\
@@ -290,6 +297,10 @@ fn asset(content_type: &'static str, text: &'static str) -> Response {
 
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn manage_script() -> Response {
+    asset("text/javascript; charset=utf-8", MANAGE_SCRIPT)
 }
 
 async fn style() -> Response {

@@ -95,6 +95,16 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// `name="value"`.
+    pub fn equal(name: &str, value: &str) -> Matcher {
+        Matcher {
+            name: name.to_string(),
+            op: MatchOp::Eq,
+            value: value.to_string(),
+            re: None,
+        }
+    }
+
     /// Whether a label value (`""` when absent) matches.
     pub fn matches(&self, v: &str) -> bool {
         match self.op {
