@@ -661,6 +661,29 @@ async fn an_operator_manages_pipes_rules_and_alerts_in_a_real_browser() {
     assert_eq!(rule["source"], "node-1");
     shot(&b, "rules").await;
 
+    // A receiver: an address the egress policy refuses is shown at the
+    // URL field; a public one is saved.
+    b.click(&b.find("#new-receiver").await.expect("find").expect("new"))
+        .await
+        .expect("click");
+    shows(&b, "#f-url").await;
+    set_text(&b, "#f-name", "ops").await;
+    set_text(&b, "#f-url", "http://169.254.169.254/latest/meta-data").await;
+    b.click(&b.find("#receiver-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    shows(&b, "#f-url-error:not([hidden])").await;
+    set_text(&b, "#f-url", "https://hooks.example.com/sesam").await;
+    b.click(&b.find("#receiver-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    until_texts(&b, "#receivers tbody tr", |t| {
+        t.len() == 1 && t[0].starts_with("ops")
+    })
+    .await;
+    let (_, recv) = h.get_json(OP_ACME, "/api/v1/receivers/ops", &[]).await;
+    assert_eq!(recv["url"], "https://hooks.example.com/sesam", "{recv}");
+
     // A glob that matches no known pipe is saved with a warning shown.
     b.goto(&h.url("/ui/#rule-new")).await.expect("goto");
     b.wait_for("#f-name", Duration::from_secs(10))
