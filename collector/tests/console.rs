@@ -883,6 +883,21 @@ async fn the_pipes_api_answers_runs_per_pipe_within_bounds_and_scope() {
             Some(i),
         ));
     }
+    // crm failed once, long before its last ten runs.
+    recs.push(exec_record(
+        "acme", "node-1", 100, t0, "crm", PumpFailed, None,
+    ));
+    for i in 0..10u64 {
+        recs.push(exec_record(
+            "acme",
+            "node-1",
+            101 + i,
+            t0 + (200 + i as i64) * S,
+            "crm",
+            PumpCompleted,
+            Some(i),
+        ));
+    }
     recs.push(exec_record(
         "acme",
         "node-1",
@@ -901,8 +916,23 @@ async fn the_pipes_api_answers_runs_per_pipe_within_bounds_and_scope() {
     let (status, v) = h.get_json(OP_ACME, "/api/v1/pipes", &[("runs", "5")]).await;
     assert_eq!(status, 200, "{v}");
     let pipes = v["pipes"].as_array().expect("pipes");
-    assert_eq!(pipes.len(), 1, "acme's pipe only: {v}");
-    let p = &pipes[0];
+    assert_eq!(pipes.len(), 2, "acme's pipes only: {v}");
+    let crm = &pipes[0];
+    assert_eq!(crm["pipe"], "crm");
+    assert_eq!(crm["status"], "completed");
+    assert_eq!(crm["runs_in_range"], 11);
+    assert_eq!(crm["failures_in_range"], 1);
+    assert_eq!(crm["runs"][0]["changes"], 9);
+    assert!(crm["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .all(|r| r["status"] == "completed"));
+    assert_eq!(
+        crm["last_failure"]["reason"], "connection timeout talking to crm",
+        "the last failure, older than the runs shown: {crm}"
+    );
+    let p = &pipes[1];
     assert_eq!(p["pipe"], "orders");
     assert_eq!(p["status"], "running", "a start after the last finish");
     assert_eq!(p["runs_in_range"], 40);
@@ -920,13 +950,13 @@ async fn the_pipes_api_answers_runs_per_pipe_within_bounds_and_scope() {
         .get_json(
             OP_ACME,
             "/api/v1/pipes",
-            &[("source", "node-1"), ("pipe", "crm")],
+            &[("source", "node-1"), ("pipe", "ledger")],
         )
         .await;
     assert_eq!(v["pipes"], serde_json::json!([]));
     // An admin sees both subscriptions' pipes, and may narrow to one.
     let (_, v) = h.get_json(ADMIN, "/api/v1/pipes", &[]).await;
-    assert_eq!(v["pipes"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["pipes"].as_array().map(Vec::len), Some(3), "{v}");
     let (_, v) = h
         .get_json(ADMIN, "/api/v1/pipes", &[("subscription", "beta")])
         .await;

@@ -345,7 +345,7 @@ pub async fn series(
 /// index over the 10 s buckets that meet the range (so the edges round
 /// out to whole buckets), else by reading the records. Also the number
 /// of buckets with records.
-fn stream_volume(
+pub(super) fn stream_volume(
     store: &dyn crate::logs::LogStore,
     stream: &Arc<StreamInfo>,
     start: i64,
