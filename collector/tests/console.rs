@@ -819,6 +819,41 @@ async fn an_operator_manages_pipes_rules_and_alerts_in_a_real_browser() {
     assert_eq!(silences["silences"], serde_json::json!([]), "{silences}");
     b.goto(&h.url("/ui/#rules")).await.expect("goto");
     until_texts(&b, "#rules tbody tr", |t| t.len() == 2).await;
+    // Edit a rule (its form is filled from the API), then delete the other.
+    b.execute(
+        "[...document.querySelectorAll('#rules tbody a')].find(a => a.textContent === 'Orders failed').click(); return true;",
+        vec![],
+    )
+    .await
+    .expect("script");
+    let name = shows(&b, "#f-name").await;
+    until_texts(&b, "#rule-form legend", |t| {
+        t.iter().any(|l| l.contains("pump_failed"))
+    })
+    .await;
+    assert_eq!(
+        b.property(&name, "value").await.expect("value"),
+        Value::from("Orders failed")
+    );
+    choose(&b, "#f-severity", "critical").await;
+    b.click(&b.find("#rule-save").await.expect("find").expect("save"))
+        .await
+        .expect("click");
+    until_texts(&b, "#rules tbody tr", |t| {
+        t.iter()
+            .any(|r| r.starts_with("Orders failed") && r.contains("critical"))
+    })
+    .await;
+    b.execute(
+        "window.confirm = () => true; [...document.querySelectorAll('#rules tbody tr')].find(r => r.textContent.startsWith('Typo')).querySelector('button.delete').click(); return true;",
+        vec![],
+    )
+    .await
+    .expect("script");
+    until_texts(&b, "#rules tbody tr", |t| t.len() == 1).await;
+    let (_, rules) = h.get_json(OP_ACME, "/api/v1/notification-rules", &[]).await;
+    assert_eq!(rules["rules"].as_array().map(Vec::len), Some(1), "{rules}");
+    assert_eq!(rules["rules"][0]["severity"], "critical", "{rules}");
     b.close().await;
 
     // Another subscription's operator sees none of it.
