@@ -139,7 +139,7 @@ async fn rules_alerts_and_notifications_over_the_api() {
         ),
         (
             json!({"name": "x", "type": "pump_finished_overdue", "params": {}}),
-            "params",
+            "params.limit",
         ),
         (
             json!({"name": "x", "type": "pump_failed", "receivers": ["nobody"]}),
