@@ -68,12 +68,21 @@ async fn sign_in(b: &Browser, h: &Harness, token: &str) {
         .expect("the console after sign-in");
 }
 
+/// The rendered texts of the elements `css` selects, read in one script
+/// (so a page drawn again meanwhile cannot leave stale references).
 async fn texts(b: &Browser, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in b.find_all(css).await.expect("find") {
-        out.push(b.text(&e).await.expect("text"));
-    }
-    out
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.getClientRects().length ? e.innerText.trim() : '');",
+            vec![Value::from(css)],
+        )
+        .await
+        .expect("script");
+    v.as_array()
+        .unwrap_or_else(|| panic!("{css}: {v}"))
+        .iter()
+        .map(|t| t.as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// Waits until `f` holds for the texts of `css`.
