@@ -660,7 +660,7 @@ repeat_interval = "30m"
     );
     std::fs::write(&path, "[[rules]]\nid = \"x\"\nname = \"x\"\ntype = \"pump_failed\"\nsubscription = \"acme\"\nparams = { limit = 1 }\n").unwrap();
     let e = h.n.load_file(&path).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("rules[0].params"), "{e:?}");
+    assert_eq!(e.field.as_deref(), Some("rules[0].params.limit"), "{e:?}");
 }
 
 #[test]
