@@ -865,6 +865,35 @@ async fn an_operator_manages_pipes_rules_and_alerts_in_a_real_browser() {
     assert_eq!(rules["rules"][0]["severity"], "critical", "{rules}");
     b.close().await;
 
+    // Every page at a phone's width: no sideways scrolling.
+    let phone = Browser::open(&driver, 390, 844).await.expect("browser");
+    sign_in(&phone, &h, OP_ACME).await;
+    for (page, ready) in [
+        ("pipes", "#pipes"),
+        ("pipe?source=node-1&pipe=orders", "#pipe-summary"),
+        ("alerts", "#alerts"),
+        ("rules", "#rules"),
+        ("rule-new", "#rule-form"),
+        ("notifications", "#no-notifications, #notifications"),
+        ("sources", "#sources"),
+    ] {
+        phone
+            .goto(&h.url(&format!("/ui/#{page}")))
+            .await
+            .expect("goto");
+        shows(&phone, ready).await;
+        let fits = phone
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(fits, Value::Bool(true), "{page}: sideways scrolling");
+    }
+    shot(&phone, "sources-phone").await;
+    phone.close().await;
+
     // Another subscription's operator sees none of it.
     let other = Browser::open(&driver, 1280, 800).await.expect("browser");
     sign_in(&other, &h, OP_BETA).await;
