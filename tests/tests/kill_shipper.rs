@@ -102,6 +102,13 @@ async fn run(total: u64, min_kills: usize) {
     collector
         .wait_records(SUB, HOST, total, Duration::from_secs(120))
         .await;
+    // Stored is not yet acknowledged: a killed life's batch can be stored
+    // without its answer reaching the shipper; the last life sends it
+    // again (deduplicated) and only then empties its outbox.
+    e2e::process::until("the outbox drained", Duration::from_secs(60), || async {
+        (shipper.metric("outbox_records").await == Some(0.0)).then_some(())
+    })
+    .await;
     shipper.stop();
     let stats = shipper.outbox_stats();
     assert_eq!(stats.next_seq - 1, total);
