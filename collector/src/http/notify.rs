@@ -18,6 +18,7 @@ use schemas::notify::RuleType;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::params::name_param;
 use super::{ApiError, AppState};
 use crate::auth::{self, Role};
 
@@ -67,22 +68,6 @@ async fn blocking<T: Send + 'static>(
 /// own).
 fn sub_param(q: &HashMap<String, String>) -> Option<String> {
     q.get("subscription").cloned()
-}
-
-/// Longest source or pipe name a filter may carry.
-const MAX_NAME_BYTES: usize = 256;
-
-/// The query parameter `field` (a source or pipe name), bounded.
-fn name_param(q: &HashMap<String, String>, field: &'static str) -> Api<Option<String>> {
-    match q.get(field) {
-        None => Ok(None),
-        Some(v) if v.is_empty() || v.len() > MAX_NAME_BYTES => Err(ApiError::bad_request(
-            format!("{field} must be 1 to {MAX_NAME_BYTES} bytes"),
-            field,
-        )
-        .with("limit", json!(MAX_NAME_BYTES))),
-        Some(v) => Ok(Some(v.clone())),
-    }
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Api<T> {

@@ -55,6 +55,27 @@ fn time_param(q: &HashMap<String, String>, name: &str, default: i64) -> Result<i
 /// `start`, `end`, `since`, `limit`, `direction` with Loki's defaults
 /// (end = now, start = end - `default_span` or `since`, limit 100,
 /// direction backward).
+/// Longest source, pipe or subscription name a filter parameter may carry.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// The query parameter `field` (a source, pipe or subscription name):
+/// absent, or 1 to [`MAX_NAME_BYTES`] bytes (else a 400 naming the field
+/// and the limit).
+pub fn name_param(
+    q: &HashMap<String, String>,
+    field: &'static str,
+) -> Result<Option<String>, ApiError> {
+    match q.get(field) {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > MAX_NAME_BYTES => Err(ApiError::bad_request(
+            format!("{field} must be 1 to {MAX_NAME_BYTES} bytes"),
+            field,
+        )
+        .with("limit", serde_json::json!(MAX_NAME_BYTES))),
+        Some(v) => Ok(Some(v.clone())),
+    }
+}
+
 pub fn range_params(
     q: &HashMap<String, String>,
     now: i64,

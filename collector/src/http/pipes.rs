@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::logs::{on_query_pool, Failed, READ_ROLES};
 use super::loki::stream_volume;
-use super::params::range_params;
+use super::params::{name_param, range_params};
 use super::{ApiError, AppState};
 use crate::logs::model::StreamInfo;
 use crate::logs::query::parser::Matcher;
@@ -34,8 +34,6 @@ use crate::logs::query::{Query, ScanParams, SearchError};
 pub const MAX_RUNS: usize = 200;
 /// Most pipes in one answer.
 pub const MAX_PIPES: usize = 5000;
-/// Longest `source`, `pipe` or `subscription` parameter.
-const MAX_NAME_BYTES: usize = 256;
 /// Longest failure reason answered (the rest is cut).
 const MAX_REASON_CHARS: usize = 2000;
 
@@ -68,21 +66,6 @@ struct PipeRuns {
     failures: u64,
     last_started: Option<i64>,
     last_failure: Option<Run>,
-}
-
-fn name_param(
-    q: &HashMap<String, String>,
-    field: &'static str,
-) -> Result<Option<String>, ApiError> {
-    match q.get(field) {
-        None => Ok(None),
-        Some(v) if v.is_empty() || v.len() > MAX_NAME_BYTES => Err(ApiError::bad_request(
-            format!("{field} must be 1 to {MAX_NAME_BYTES} bytes"),
-            field,
-        )
-        .with("limit", json!(MAX_NAME_BYTES))),
-        Some(v) => Ok(Some(v.clone())),
-    }
 }
 
 /// The fields of an execution line the pipes view uses (the rest is
