@@ -59,6 +59,17 @@ pub enum Listen {
     Listener(tokio::net::TcpListener),
 }
 
+/// The log store backend.
+#[derive(Debug, Clone, Default)]
+pub enum Storage {
+    /// RocksDB under the data dir: one collector, one machine.
+    #[default]
+    RocksDb,
+    /// ClickHouse: any number of collectors over one server or cluster.
+    /// The data dir still keeps the notifier's state.
+    ClickHouse(logs::clickhouse::ClickHouseConfig),
+}
+
 /// Everything [`run`] needs.
 pub struct CollectorConfig {
     pub data_dir: PathBuf,
@@ -74,6 +85,9 @@ pub struct CollectorConfig {
     pub retention_interval: Duration,
     pub limits: IngestLimits,
     pub store: StoreConfig,
+    /// Where the logs are kept: the embedded RocksDB store under
+    /// `data_dir` (default) or ClickHouse.
+    pub storage: Storage,
     /// Connection limits and timeouts of the HTTP server.
     pub server: ServerLimits,
     /// Body budget, body deadlines and decode slots of the write endpoints
@@ -139,6 +153,7 @@ impl CollectorConfig {
             retention_interval: Duration::from_secs(60),
             limits: IngestLimits::default(),
             store: StoreConfig::default(),
+            storage: Storage::default(),
             server: ServerLimits::default(),
             admission: AdmissionLimits::default(),
             read: ReadLimits::default(),
@@ -314,13 +329,39 @@ pub async fn run(
     let tails = logs::tail::TailHub::new(config.tail.clone());
     observers.push(tails.clone());
     let (data_dir, mut store_cfg) = (config.data_dir.clone(), config.store.clone());
-    // The notifier evaluates off the commit path from the store's feed.
-    store_cfg.feed = config.notifier_enabled;
+    let clickhouse = match &config.storage {
+        Storage::RocksDb => None,
+        Storage::ClickHouse(c) => Some(c.clone()),
+    };
+    // The notifier evaluates off the commit path from the RocksDB store's
+    // feed. Over ClickHouse the RocksDB store under the data dir holds the
+    // notifier's state only, and records reach the notifier through the
+    // observers after each insert.
+    store_cfg.feed = config.notifier_enabled && clickhouse.is_none();
+    let (rocks_observers, ch_observers) = match clickhouse {
+        None => (observers, Vec::new()),
+        Some(_) => (Vec::new(), observers),
+    };
     let m = metrics.clone();
     let store =
-        tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, observers))
+        tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, rocks_observers))
             .await
             .map_err(|e| CollectorError::Task(format!("open store task: {e}")))??;
+    let log_store: Arc<dyn LogStore> = match clickhouse {
+        None => Arc::new(store.clone()),
+        Some(mut c) => {
+            c.max_streams_per_subscription = config.store.max_streams_per_subscription;
+            c.max_sources_per_subscription = config.store.max_sources_per_subscription;
+            let m = metrics.clone();
+            let ch = tokio::task::spawn_blocking(move || {
+                logs::clickhouse::ClickHouseStore::open(c, m, ch_observers)
+            })
+            .await
+            .map_err(|e| CollectorError::Task(format!("open ClickHouse store task: {e}")))??;
+            Arc::new(ch)
+        }
+    };
+    let on_rocks = matches!(config.storage, Storage::RocksDb);
 
     let (db, ncfg, clock, rules_file) = (
         store.db(),
@@ -340,7 +381,9 @@ pub async fn run(
         .await
         .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
         let _ = hook.0.set(n.clone());
-        n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
+        if on_rocks {
+            n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
+        }
         Some(n)
     } else {
         None
@@ -363,7 +406,6 @@ pub async fn run(
 
     // The HTTP layer, retention and checkpoints see the store only as a
     // LogStore; the notifier needs the RocksDB database itself (above).
-    let log_store: Arc<dyn LogStore> = Arc::new(store.clone());
     let foreground = Arc::new(logs::query::pool::Foreground::new(
         config.read.query_background_share,
     ));
@@ -455,7 +497,9 @@ pub async fn run(
     // rest waits in the feed for the next start).
     let closing = store.clone();
     let stopping = evaluator.0.take();
+    let logs_closing = log_store.clone();
     let _ = tokio::task::spawn_blocking(move || {
+        logs_closing.close();
         closing.close();
         if let Some((n, within)) = stopping {
             n.stop_evaluator(within);

@@ -72,11 +72,35 @@ fn retention_override(s: &str) -> Result<(String, Duration), String> {
     Ok((sub.to_string(), duration(d)?))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StorageKind {
+    /// The embedded RocksDB store under --data-dir (one machine).
+    Rocksdb,
+    /// ClickHouse (--clickhouse-url): any number of collectors over one
+    /// server or cluster.
+    Clickhouse,
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Directory of the log store (created if missing).
+    /// Directory of the log store (created if missing). With --storage
+    /// clickhouse it keeps the notifier's state and the console sessions.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where logs are kept.
+    #[arg(long, value_enum, default_value = "rocksdb")]
+    storage: StorageKind,
+    /// ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123.
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Database of the collector's tables (created if missing).
+    #[arg(long, default_value = "sesam")]
+    clickhouse_database: String,
+    #[arg(long, default_value = "default")]
+    clickhouse_user: String,
+    /// File holding the ClickHouse user's password (chmod 600).
+    #[arg(long)]
+    clickhouse_password_file: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:3100.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -536,7 +560,42 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start tokio runtime")
 }
 
+fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
+    match a.storage {
+        StorageKind::Rocksdb => {
+            if a.clickhouse_url.is_some() {
+                bail!("--clickhouse-url needs --storage clickhouse");
+            }
+            Ok(collector::Storage::RocksDb)
+        }
+        StorageKind::Clickhouse => {
+            let Some(url) = &a.clickhouse_url else {
+                bail!("--storage clickhouse needs --clickhouse-url (e.g. http://127.0.0.1:8123)");
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--clickhouse-url {url:?} must start with http:// or https:// (ClickHouse's HTTP interface, port 8123 by default)");
+            }
+            let mut c = collector::logs::clickhouse::ClickHouseConfig::new(url.clone());
+            c.database = a.clickhouse_database.clone();
+            c.user = a.clickhouse_user.clone();
+            if let Some(f) = &a.clickhouse_password_file {
+                if sesam_common::token::readable_by_others(f) {
+                    bail!(
+                        "--clickhouse-password-file {}: group or others may read it; chmod 600 it",
+                        f.display()
+                    );
+                }
+                let p = std::fs::read_to_string(f)
+                    .with_context(|| format!("read --clickhouse-password-file {}", f.display()))?;
+                c.password = Some(p.trim_end_matches(['\n', '\r']).to_string());
+            }
+            Ok(collector::Storage::ClickHouse(c))
+        }
+    }
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let storage_kind = storage(&a)?;
     let (Some(data_dir), Some(listen), Some(tokens_path)) = (a.data_dir, a.listen, a.tokens) else {
         bail!("--data-dir, --listen and --tokens are required (or give a subcommand; see --help)");
     };
@@ -546,6 +605,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %tokens_path.display(), "tokens file has no tokens: every request will be refused");
     }
     let mut config = CollectorConfig::new(data_dir, Listen::Addr(listen), tokens);
+    config.storage = storage_kind;
+    if !matches!(config.storage, collector::Storage::RocksDb) && a.checkpoint_dir.is_some() {
+        bail!("--checkpoint-dir works with --storage rocksdb only: with ClickHouse, back up ClickHouse itself (see README, ClickHouse)");
+    }
     config.checkpoint_dir = a.checkpoint_dir;
     config.checkpoint_interval = a.checkpoint_interval;
     config.checkpoint_keep = a.checkpoint_keep;

@@ -3,6 +3,7 @@
 //! and the stores that keep the records behind the [`LogStore`] trait
 //! ([`rocks`]: RocksDB, the first backend). Nothing here knows HTTP.
 
+pub mod clickhouse;
 pub mod ingest;
 pub mod labels;
 pub mod model;
