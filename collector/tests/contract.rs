@@ -554,3 +554,158 @@ async fn tenants_stay_apart_and_termination_and_retention_delete() {
     }
     p.stop().await;
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_sesam-collector");
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Starts the binary with `args` (after a data dir, listen address and
+/// tokens file) and expects it to exit non-zero within 30 s; its stderr.
+fn refused(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, testkit::tokens::toml(&["acme"])).expect("tokens");
+    set_mode(&tokens, 0o600);
+    let mut child = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", testkit::free_port())])
+        .arg("--tokens")
+        .arg(&tokens)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read stderr");
+            assert!(!status.success(), "{args:?} started: {err}");
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?}: still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_missing_unreachable_or_wrong_clickhouse_is_named_at_start() {
+    let closed = format!("http://127.0.0.1:{}", testkit::free_port());
+    let err = refused(&["--storage", "clickhouse"]);
+    assert!(
+        err.contains("--storage clickhouse needs --clickhouse-url"),
+        "{err}"
+    );
+    let err = refused(&["--storage", "clickhouse", "--clickhouse-url", &closed]);
+    assert!(
+        err.contains("unreachable") && err.contains("is clickhouse-server running"),
+        "{err}"
+    );
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        "127.0.0.1:8123",
+    ]);
+    assert!(err.contains("must start with http://"), "{err}");
+    let err = refused(&["--clickhouse-url", &closed]);
+    assert!(
+        err.contains("--clickhouse-url needs --storage clickhouse"),
+        "{err}"
+    );
+    let Some(server) = clickhouse() else {
+        return;
+    };
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &server.url(),
+        "--clickhouse-database",
+        "x; DROP DATABASE default",
+    ]);
+    assert!(
+        err.contains("--clickhouse-database") && err.contains("[A-Za-z0-9_]"),
+        "{err}"
+    );
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &server.url(),
+        "--checkpoint-dir",
+        "/tmp/x",
+    ]);
+    assert!(
+        err.contains("--checkpoint-dir works with --storage rocksdb only"),
+        "{err}"
+    );
+    // Something that is not ClickHouse answers there: said so.
+    let other = ClickHouse::start(ClickHouseOptions {
+        password: Some("right".into()),
+        ..ClickHouseOptions::default()
+    })
+    .expect("a second clickhouse-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "wrong\n").expect("pw");
+    set_mode(&pw, 0o644);
+    let pws = pw.display().to_string();
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &other.url(),
+        "--clickhouse-password-file",
+        &pws,
+    ]);
+    assert!(err.contains("group or others may read it"), "{err}");
+    set_mode(&pw, 0o600);
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &other.url(),
+        "--clickhouse-password-file",
+        &pws,
+    ]);
+    assert!(
+        err.contains("refused the credentials of user \"default\""),
+        "{err}"
+    );
+    // The collector's own HTTP port is not ClickHouse.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().flatten().take(4) {
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    assert!(err.contains("is this ClickHouse's HTTP port"), "{err}");
+}

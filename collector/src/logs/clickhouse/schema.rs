@@ -81,12 +81,31 @@ pub fn valid_database(name: &str) -> bool {
 
 /// `SELECT version()`, parsed to (major, minor).
 pub fn version(client: &Client) -> Result<(String, (u32, u32)), ChError> {
-    let v = client.query("SELECT version()".into())?;
+    let not_clickhouse = |what: String| {
+        ChError::Answer(format!(
+            "{what} to SELECT version(): is this ClickHouse's HTTP port (8123 by default)?"
+        ))
+    };
+    let v = match client.query("SELECT version()".into()) {
+        Ok(v) => v,
+        // Not a ClickHouse error message: something else answers there.
+        Err(ChError::Server { code: 0, message }) => {
+            return Err(not_clickhouse(format!(
+                "answered {:?}",
+                message.chars().take(80).collect::<String>()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     let text = String::from_utf8_lossy(&v).trim().to_string();
-    let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    Ok((text, (major, minor)))
+    let parts: Vec<Option<u32>> = text.split('.').map(|p| p.parse::<u32>().ok()).collect();
+    match parts.as_slice() {
+        [Some(major), Some(minor), ..] => Ok((text, (*major, *minor))),
+        _ => Err(not_clickhouse(format!(
+            "answered {:?}",
+            text.chars().take(80).collect::<String>()
+        ))),
+    }
 }
 
 /// Creates what is missing and checks what exists has the columns this
