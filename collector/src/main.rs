@@ -90,9 +90,20 @@ struct ServeArgs {
     /// Where logs are kept.
     #[arg(long, value_enum, default_value = "rocksdb")]
     storage: StorageKind,
-    /// ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123.
+    /// ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123. Repeat it
+    /// for replicas or servers of a cluster to fail over between (tables
+    /// are created on each).
     #[arg(long)]
-    clickhouse_url: Option<String>,
+    clickhouse_url: Vec<String>,
+    /// Replicated tables (ReplicatedReplacingMergeTree, ...): every server
+    /// defines the `shard` and `replica` macros and knows ZooKeeper.
+    #[arg(long)]
+    clickhouse_replicated: bool,
+    /// A cluster of the servers' `remote_servers`: local tables on every
+    /// server and Distributed tables over them, sharded by (subscription,
+    /// source).
+    #[arg(long)]
+    clickhouse_cluster: Option<String>,
     /// Database of the collector's tables (created if missing).
     #[arg(long, default_value = "sesam")]
     clickhouse_database: String,
@@ -563,19 +574,30 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
     match a.storage {
         StorageKind::Rocksdb => {
-            if a.clickhouse_url.is_some() {
+            if !a.clickhouse_url.is_empty() {
                 bail!("--clickhouse-url needs --storage clickhouse");
             }
             Ok(collector::Storage::RocksDb)
         }
         StorageKind::Clickhouse => {
-            let Some(url) = &a.clickhouse_url else {
+            if a.clickhouse_url.is_empty() {
                 bail!("--storage clickhouse needs --clickhouse-url (e.g. http://127.0.0.1:8123)");
-            };
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("--clickhouse-url {url:?} must start with http:// or https:// (ClickHouse's HTTP interface, port 8123 by default)");
             }
-            let mut c = collector::logs::clickhouse::ClickHouseConfig::new(url.clone());
+            for url in &a.clickhouse_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    bail!("--clickhouse-url {url:?} must start with http:// or https:// (ClickHouse's HTTP interface, port 8123 by default)");
+                }
+            }
+            let mut c =
+                collector::logs::clickhouse::ClickHouseConfig::new(a.clickhouse_url[0].clone());
+            c.urls = a.clickhouse_url.clone();
+            c.layout.replicated = a.clickhouse_replicated;
+            if let Some(name) = &a.clickhouse_cluster {
+                if !collector::logs::clickhouse::schema::valid_database(name) {
+                    bail!("--clickhouse-cluster {name:?} must be 1-64 characters of [A-Za-z0-9_], not starting with a digit");
+                }
+                c.layout.cluster = Some(name.clone());
+            }
             c.database = a.clickhouse_database.clone();
             c.user = a.clickhouse_user.clone();
             if let Some(f) = &a.clickhouse_password_file {

@@ -8,7 +8,8 @@
 //! (ClickHouse 18.16, Debian's, has no query parameters; they came in
 //! 19.x.)
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -41,8 +42,10 @@ impl ChError {
 /// Where and as whom.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `http://host:8123` (no path).
-    pub url: String,
+    /// `http://host:8123` (no path): one server, or several (replicas, or
+    /// servers of a cluster) to fail over between, tried in order and
+    /// sticky to the last that answered.
+    pub urls: Vec<String>,
     pub user: String,
     pub password: Option<String>,
     /// Per request.
@@ -51,17 +54,25 @@ pub struct Endpoint {
 
 /// The client and the runtime it runs on.
 pub struct Client {
-    ep: Endpoint,
-    http: reqwest::Client,
+    target: Target,
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
+}
+
+/// What a request needs, cheap to clone into a task.
+#[derive(Clone)]
+struct Target {
+    ep: Arc<Endpoint>,
+    http: reqwest::Client,
+    /// The server requests go to first.
+    current: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.ep.url)
-            .field("user", &self.ep.user)
+            .field("urls", &self.target.ep.urls)
+            .field("user", &self.target.ep.user)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +88,9 @@ impl Drop for Client {
 
 impl Client {
     pub fn new(ep: Endpoint) -> Result<Client, ChError> {
+        if ep.urls.is_empty() {
+            return Err(ChError::Answer("no ClickHouse URL".into()));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("clickhouse")
@@ -87,22 +101,31 @@ impl Client {
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
             .timeout(ep.timeout)
             .pool_max_idle_per_host(16)
             .build()
             .map_err(|e| ChError::Answer(format!("build the HTTP client: {e}")))?;
         let handle = rt.handle().clone();
         Ok(Client {
-            ep,
-            http,
+            target: Target {
+                ep: Arc::new(ep),
+                http,
+                current: Arc::new(AtomicUsize::new(0)),
+            },
             rt: Mutex::new(Some(rt)),
             handle,
         })
     }
 
+    /// The servers, as configured.
+    pub fn urls(&self) -> &[String] {
+        &self.target.ep.urls
+    }
+
+    /// The first server (for messages).
     pub fn url(&self) -> &str {
-        &self.ep.url
+        &self.target.ep.urls[0]
     }
 
     /// Runs `fut` on the client's runtime and waits for it; callable from
@@ -128,26 +151,42 @@ impl Client {
         self.handle.spawn(fut);
     }
 
-    /// `sql` (a statement or a query), answering the body. `settings` go
-    /// in the URL (`name=value`, names and values are ours, not a
-    /// client's).
+    /// `sql` (a statement or a query), answering the body; on the first
+    /// server that can be reached. `settings` go in the URL (names and
+    /// values are ours, not a client's). With `data`, the statement goes
+    /// in the URL and the data is the body (`INSERT ... FORMAT RowBinary`).
     pub fn request(
         &self,
         sql: String,
         data: Option<Vec<u8>>,
         settings: &[(&str, &str)],
     ) -> BoxFuture<'static, Result<Vec<u8>, ChError>> {
-        let req = self.build(sql, data, settings);
-        let (base, user) = (self.ep.url.clone(), self.ep.user.clone());
+        self.request_to(None, sql, data, settings)
+    }
+
+    /// [`Client::request`] on server `only` of [`Client::urls`] (no
+    /// failover), or the first that answers.
+    pub fn request_to(
+        &self,
+        only: Option<usize>,
+        sql: String,
+        data: Option<Vec<u8>>,
+        settings: &[(&str, &str)],
+    ) -> BoxFuture<'static, Result<Vec<u8>, ChError>> {
+        let t = self.target.clone();
+        let settings = owned(settings);
         Box::pin(async move {
-            let resp = req.send().await.map_err(|e| unreachable(&base, &e))?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| unreachable(&base, &e))?;
-            if status.is_success() {
-                return Ok(body.to_vec());
-            }
-            Err(server_error(&body, &user))
+            let (resp, url) = t
+                .send(&sql, data.map(bytes::Bytes::from), &settings, only)
+                .await?;
+            read_answer(resp, &url, &t.ep.user).await
         })
+    }
+
+    /// [`Client::request`] on server `i` of [`Client::urls`] only (schema
+    /// changes, which every server needs). Blocking.
+    pub fn request_on(&self, i: usize, sql: String) -> Result<Vec<u8>, ChError> {
+        self.block(self.request_to(Some(i), sql, None, &[]))?
     }
 
     /// Runs a query and hands its answer over as it arrives, a few chunks
@@ -155,20 +194,20 @@ impl Client {
     /// and dropping the [`Chunks`] closes the connection (ClickHouse then
     /// stops the query).
     pub fn stream(&self, sql: String, settings: &[(&str, &str)]) -> Chunks {
-        let req = self.build(sql, None, settings);
-        let (base, user) = (self.ep.url.clone(), self.ep.user.clone());
+        let t = self.target.clone();
+        let settings = owned(settings);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         self.handle.spawn(async move {
-            let mut resp = match req.send().await {
+            let (mut resp, url) = match t.send(&sql, None, &settings, None).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Err(unreachable(&base, &e))).await;
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
             if !resp.status().is_success() {
                 let body = resp.bytes().await.unwrap_or_default();
-                let _ = tx.send(Err(server_error(&body, &user))).await;
+                let _ = tx.send(Err(server_error(&body, &t.ep.user))).await;
                 return;
             }
             loop {
@@ -181,7 +220,7 @@ impl Client {
                         }
                         Ok(None) => return,
                         Err(e) => {
-                            let _ = tx.send(Err(unreachable(&base, &e))).await;
+                            let _ = tx.send(Err(unreachable(&url, &e))).await;
                             return;
                         }
                     },
@@ -190,43 +229,6 @@ impl Client {
             }
         });
         Chunks { rx }
-    }
-
-    fn build(
-        &self,
-        sql: String,
-        data: Option<Vec<u8>>,
-        settings: &[(&str, &str)],
-    ) -> reqwest::RequestBuilder {
-        let mut url = format!("{}/?", self.ep.url.trim_end_matches('/'));
-        let mut first = true;
-        for (k, v) in settings {
-            if !first {
-                url.push('&');
-            }
-            first = false;
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&percent_encode(v));
-        }
-        // With data, the statement goes in the URL and the data is the
-        // body (INSERT ... FORMAT RowBinary); otherwise the body is the SQL.
-        let (url, body) = match data {
-            Some(d) => {
-                let mut u = url;
-                if !first {
-                    u.push('&');
-                }
-                u.push_str("query=");
-                u.push_str(&percent_encode(&sql));
-                (u, d)
-            }
-            None => (url, sql.into_bytes()),
-        };
-        self.http
-            .post(url)
-            .body(body)
-            .basic_auth(&self.ep.user, self.ep.password.as_deref())
     }
 
     /// [`Client::request`], blocking.
@@ -252,6 +254,83 @@ fn unreachable(base: &str, e: &reqwest::Error) -> ChError {
     ChError::Unreachable {
         url: base.to_string(),
         reason: error_chain(e),
+    }
+}
+
+fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn read_answer(resp: reqwest::Response, url: &str, user: &str) -> Result<Vec<u8>, ChError> {
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| unreachable(url, &e))?;
+    if status.is_success() {
+        return Ok(body.to_vec());
+    }
+    Err(server_error(&body, user))
+}
+
+impl Target {
+    /// Sends to the current server, failing over to the next ones (in
+    /// order) when one cannot be reached; `only` pins one server.
+    async fn send(
+        &self,
+        sql: &str,
+        data: Option<bytes::Bytes>,
+        settings: &[(String, String)],
+        only: Option<usize>,
+    ) -> Result<(reqwest::Response, String), ChError> {
+        let urls = &self.ep.urls;
+        let n = urls.len();
+        let first = only.unwrap_or_else(|| self.current.load(Ordering::Relaxed) % n);
+        let tries = if only.is_some() { 1 } else { n };
+        let mut last = None;
+        for k in 0..tries {
+            let i = (first + k) % n;
+            let req = self.build(&urls[i], sql, data.clone(), settings);
+            match req.send().await {
+                Ok(r) => {
+                    if k > 0 && only.is_none() {
+                        self.current.store(i, Ordering::Relaxed);
+                        tracing::warn!(from = %urls[first], to = %urls[i], "ClickHouse unreachable: failed over");
+                    }
+                    return Ok((r, urls[i].clone()));
+                }
+                Err(e) => last = Some(unreachable(&urls[i], &e)),
+            }
+        }
+        Err(last.unwrap_or(ChError::Stopped))
+    }
+
+    fn build(
+        &self,
+        base: &str,
+        sql: &str,
+        data: Option<bytes::Bytes>,
+        settings: &[(String, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut url = format!("{}/?", base.trim_end_matches('/'));
+        for (k, v) in settings {
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&percent_encode(v));
+            url.push('&');
+        }
+        let body = match data {
+            Some(d) => {
+                url.push_str("query=");
+                url.push_str(&percent_encode(sql));
+                d
+            }
+            None => bytes::Bytes::from(sql.to_string()),
+        };
+        self.http
+            .post(url)
+            .body(body)
+            .basic_auth(&self.ep.user, self.ep.password.as_deref())
     }
 }
 

@@ -36,8 +36,10 @@ use crate::telemetry::Metrics;
 /// How to reach ClickHouse and what to keep there.
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
-    /// `http://host:8123`
-    pub url: String,
+    /// `http://host:8123`: one server, or several to fail over between.
+    pub urls: Vec<String>,
+    /// Replicated tables, and/or a cluster to shard over.
+    pub layout: schema::Layout,
     pub database: String,
     pub user: String,
     pub password: Option<String>,
@@ -53,7 +55,8 @@ pub struct ClickHouseConfig {
 impl ClickHouseConfig {
     pub fn new(url: impl Into<String>) -> Self {
         ClickHouseConfig {
-            url: url.into(),
+            urls: vec![url.into()],
+            layout: schema::Layout::default(),
             database: "sesam".into(),
             user: "default".into(),
             password: None,
@@ -72,6 +75,7 @@ pub(crate) struct Shared {
     db: String,
     observers: Vec<Arc<dyn IngestObserver>>,
     metrics: Metrics,
+    layout: schema::Layout,
     max_sources: usize,
     max_streams: usize,
 }
@@ -115,9 +119,10 @@ impl ClickHouseStore {
         metrics: Metrics,
         observers: Vec<Arc<dyn IngestObserver>>,
     ) -> Result<ClickHouseStore, StoreError> {
+        let url = cfg.urls.join(", ");
         if !schema::valid_database(&cfg.database) {
             return Err(open_error(
-                &cfg.url,
+                &url,
                 format!(
                     "--clickhouse-database {:?} must be 1-64 characters of [A-Za-z0-9_], not starting with a digit",
                     cfg.database
@@ -125,15 +130,15 @@ impl ClickHouseStore {
             ));
         }
         let client = Client::new(Endpoint {
-            url: cfg.url.clone(),
+            urls: cfg.urls.clone(),
             user: cfg.user.clone(),
             password: cfg.password.clone(),
             timeout: cfg.timeout,
         })
-        .map_err(|e| open_error(&cfg.url, e))?;
+        .map_err(|e| open_error(&url, e))?;
         let (text, v) = schema::version(&client).map_err(|e| {
             open_error(
-                &cfg.url,
+                &url,
                 match e {
                     ChError::Unreachable { .. } => format!("{e} (is clickhouse-server running there, and is this its HTTP port, 8123 by default?)"),
                     other => other.to_string(),
@@ -142,7 +147,7 @@ impl ClickHouseStore {
         })?;
         if v < schema::MIN_VERSION {
             return Err(open_error(
-                &cfg.url,
+                &url,
                 format!(
                     "server version {text} is too old: the collector needs {}.{} or newer",
                     schema::MIN_VERSION.0,
@@ -150,13 +155,14 @@ impl ClickHouseStore {
                 ),
             ));
         }
-        schema::migrate(&client, &cfg.database).map_err(|e| open_error(&cfg.url, e))?;
-        tracing::info!(url = %cfg.url, version = %text, database = %cfg.database, "ClickHouse log store ready");
+        schema::migrate(&client, &cfg.database, &cfg.layout).map_err(|e| open_error(&url, e))?;
+        tracing::info!(url = %url, version = %text, database = %cfg.database, "ClickHouse log store ready");
         let shared = Arc::new(Shared {
             client,
             db: schema::ident(&cfg.database),
             observers,
             metrics,
+            layout: cfg.layout.clone(),
             max_sources: cfg.max_sources_per_subscription,
             max_streams: cfg.max_streams_per_subscription,
         });
@@ -472,20 +478,57 @@ fn sources(store: &ClickHouseStore) -> Result<Vec<SourceInfo>, ChError> {
     Ok(out)
 }
 
-/// Waits (at most `within`) until ClickHouse has run every mutation
+/// Runs a deletion on every server that holds rows (each server's local
+/// tables; a replicated table passes it on to its other replicas, which
+/// then run it once more, harmlessly). A server that cannot be reached is
+/// skipped with a warning when another could be: it deletes when it is
+/// asked again (retention runs every interval).
+async fn mutate(store: &ClickHouseStore, sql: String) -> Result<(), ChError> {
+    let mut done = 0;
+    let mut last = None;
+    for i in 0..store.client().urls().len() {
+        match store
+            .client()
+            .request_to(Some(i), sql.clone(), None, &[])
+            .await
+        {
+            Ok(_) => done += 1,
+            Err(e @ ChError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, "ClickHouse server unreachable: deletion skipped there");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match (done, last) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Waits (at most `within`) until every server has run every mutation
 /// queued on this database's tables, so that a deletion is visible to
 /// reads when it is answered.
 async fn settle(store: &ClickHouseStore, within: Duration) -> Result<(), ChError> {
     let started = std::time::Instant::now();
     loop {
-        let pending = count(
-            store,
-            format!(
+        let mut pending = 0;
+        for i in 0..store.client().urls().len() {
+            let sql = format!(
                 "SELECT count() FROM system.mutations WHERE database = {} AND is_done = 0",
                 quote(&store.database)
-            ),
-        )
-        .await?;
+            );
+            match store.client().request_to(Some(i), sql, None, &[]).await {
+                Ok(b) => {
+                    pending += String::from_utf8_lossy(&b)
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                }
+                Err(ChError::Unreachable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if pending == 0 {
             return Ok(());
         }
@@ -537,16 +580,14 @@ async fn retention(
             continue;
         }
         for table in ["records", "seqs"] {
-            store
-                .client()
-                .request(
-                    format!(
-                        "ALTER TABLE {db}.{table} DELETE WHERE subscription = {q} AND ts < {cutoff}"
-                    ),
-                    None,
-                    &[],
-                )
-                .await?;
+            mutate(
+                store,
+                format!(
+                    "ALTER TABLE {db}.{} DELETE WHERE subscription = {q} AND ts < {cutoff}",
+                    store.shared.layout.local(table)
+                ),
+            )
+            .await?;
         }
         deleted += n;
     }
@@ -578,14 +619,14 @@ async fn purge(store: &ClickHouseStore, sub: &str) -> Result<PurgeReport, ChErro
     )
     .await?;
     for table in ["records", "seqs", "streams", "batches"] {
-        store
-            .client()
-            .request(
-                format!("ALTER TABLE {db}.{table} DELETE WHERE subscription = {q}"),
-                None,
-                &[],
-            )
-            .await?;
+        mutate(
+            store,
+            format!(
+                "ALTER TABLE {db}.{} DELETE WHERE subscription = {q}",
+                store.shared.layout.local(table)
+            ),
+        )
+        .await?;
     }
     settle(store, Duration::from_secs(120)).await?;
     Ok(PurgeReport {

@@ -25,44 +25,114 @@ use super::client::{quote, ChError, Client};
 /// Oldest server the schema works on.
 pub const MIN_VERSION: (u32, u32) = (18, 16);
 
-/// The statements creating every table in `db`.
-pub fn statements(db: &str) -> Vec<String> {
-    let db = ident(db);
-    vec![
-        format!("CREATE DATABASE IF NOT EXISTS {db}"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.records (\
-             subscription String, stream UInt64, ts Int64, source String, epoch String, \
-             seq UInt64, line String) \
-             ENGINE = ReplacingMergeTree \
-             PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts, 1000000000))) \
-             ORDER BY (subscription, stream, ts, source, epoch, seq)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.seqs (\
-             subscription String, source String, epoch String, seq UInt64, \
-             digest UInt32, ts Int64) \
-             ENGINE = ReplacingMergeTree \
-             PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts, 1000000000))) \
-             ORDER BY (subscription, source, epoch, seq)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.streams (\
-             subscription String, stream UInt64, day Date, labels String, records UInt64) \
-             ENGINE = SummingMergeTree((records)) \
-             PARTITION BY toYYYYMM(day) \
-             ORDER BY (subscription, stream, day)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.batches (\
-             subscription String, source String, epoch String, at Int64, \
-             first_seq UInt64, last_seq UInt64, accepted UInt64, duplicates UInt64, \
-             dropped UInt64, conflicts UInt64, newest_ts Int64) \
-             ENGINE = MergeTree \
-             PARTITION BY toYYYYMM(toDateTime(intDiv(at, 1000000000))) \
-             ORDER BY (subscription, source, at)"
-        ),
-    ]
+/// How the tables are laid out over the servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// `Replicated*MergeTree` engines (ZooKeeper paths
+    /// `/clickhouse/tables/{shard}/<db>/<table>`, replica `{replica}`:
+    /// every server defines the `shard` and `replica` macros).
+    pub replicated: bool,
+    /// A cluster of `remote_servers`: the tables live as `<table>_local`
+    /// on every server, and `<table>` is a `Distributed` table over them,
+    /// sharded so that all rows of one (subscription, source) are on one
+    /// shard (dedupe is per shard).
+    pub cluster: Option<String>,
+}
+
+impl Layout {
+    /// The table that holds the rows on each server (what deletions
+    /// mutate).
+    pub fn local(&self, table: &str) -> String {
+        match self.cluster {
+            Some(_) => format!("{table}_local"),
+            None => table.to_string(),
+        }
+    }
+}
+
+/// (name, columns, engine family, engine arguments after the replication
+/// path, partition, order, sharding key).
+type TableDef = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const TABLES: [TableDef; 4] = [
+    (
+        "records",
+        "subscription String, stream UInt64, ts Int64, source String, epoch String, seq UInt64, line String",
+        "ReplacingMergeTree",
+        "",
+        "toYYYYMMDD(toDateTime(intDiv(ts, 1000000000)))",
+        "(subscription, stream, ts, source, epoch, seq)",
+        "cityHash64(subscription, source)",
+    ),
+    (
+        "seqs",
+        "subscription String, source String, epoch String, seq UInt64, digest UInt32, ts Int64",
+        "ReplacingMergeTree",
+        "",
+        "toYYYYMMDD(toDateTime(intDiv(ts, 1000000000)))",
+        "(subscription, source, epoch, seq)",
+        "cityHash64(subscription, source)",
+    ),
+    (
+        "streams",
+        "subscription String, stream UInt64, day Date, labels String, records UInt64",
+        "SummingMergeTree",
+        "(records)",
+        "toYYYYMM(day)",
+        "(subscription, stream, day)",
+        "cityHash64(subscription, stream)",
+    ),
+    (
+        "batches",
+        "subscription String, source String, epoch String, at Int64, first_seq UInt64, last_seq UInt64, accepted UInt64, duplicates UInt64, dropped UInt64, conflicts UInt64, newest_ts Int64",
+        "MergeTree",
+        "",
+        "toYYYYMM(toDateTime(intDiv(at, 1000000000)))",
+        "(subscription, source, at)",
+        "cityHash64(subscription, source)",
+    ),
+];
+
+/// The statements creating every table in `db`, on one server.
+pub fn statements(db: &str, layout: &Layout) -> Vec<String> {
+    let q = ident(db);
+    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS {q}")];
+    for (name, cols, family, args, partition, order, shard_key) in TABLES {
+        let local = layout.local(name);
+        let engine = if layout.replicated {
+            let path = format!("'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'");
+            let args = if args.is_empty() {
+                path
+            } else {
+                format!("{path}, {args}")
+            };
+            format!("Replicated{family}({args})")
+        } else if args.is_empty() {
+            family.to_string()
+        } else {
+            format!("{family}({args})")
+        };
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {q}.{local} ({cols}) ENGINE = {engine} \
+             PARTITION BY {partition} ORDER BY {order}"
+        ));
+        if let Some(cluster) = &layout.cluster {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {q}.{name} AS {q}.{local} \
+                 ENGINE = Distributed({}, {db}, {local}, {shard_key})",
+                ident(cluster)
+            ));
+        }
+    }
+    out
 }
 
 /// A database name as an identifier: the flag is checked to be
@@ -108,53 +178,36 @@ pub fn version(client: &Client) -> Result<(String, (u32, u32)), ChError> {
     }
 }
 
-/// Creates what is missing and checks what exists has the columns this
-/// version reads.
-pub fn migrate(client: &Client, db: &str) -> Result<(), String> {
-    for s in statements(db) {
-        client
-            .query(s.clone())
-            .map_err(|e| format!("{e} (while running: {s})"))?;
+/// Creates what is missing on every server (a server that cannot be
+/// reached is skipped with a warning as long as one could be), and checks
+/// that what exists has the columns this version reads.
+pub fn migrate(client: &Client, db: &str, layout: &Layout) -> Result<(), String> {
+    let mut done = 0;
+    let mut unreachable = Vec::new();
+    for (i, url) in client.urls().iter().enumerate() {
+        let mut failed = None;
+        for s in statements(db, layout) {
+            match client.request_on(i, s.clone()) {
+                Ok(_) => {}
+                Err(e @ ChError::Unreachable { .. }) => {
+                    failed = Some(e);
+                    break;
+                }
+                Err(e) => return Err(format!("{e} (while running on {url}: {s})")),
+            }
+        }
+        match failed {
+            None => done += 1,
+            Some(e) => {
+                tracing::warn!(url = %url, error = %e, "ClickHouse server unreachable at start: its tables were not checked");
+                unreachable.push(e.to_string());
+            }
+        }
     }
-    let want: &[(&str, &[&str])] = &[
-        (
-            "records",
-            &[
-                "subscription",
-                "stream",
-                "ts",
-                "source",
-                "epoch",
-                "seq",
-                "line",
-            ],
-        ),
-        (
-            "seqs",
-            &["subscription", "source", "epoch", "seq", "digest", "ts"],
-        ),
-        (
-            "streams",
-            &["subscription", "stream", "day", "labels", "records"],
-        ),
-        (
-            "batches",
-            &[
-                "subscription",
-                "source",
-                "epoch",
-                "at",
-                "first_seq",
-                "last_seq",
-                "accepted",
-                "duplicates",
-                "dropped",
-                "conflicts",
-                "newest_ts",
-            ],
-        ),
-    ];
-    for (table, cols) in want {
+    if done == 0 {
+        return Err(unreachable.join("; "));
+    }
+    for (table, ..) in TABLES {
         let have = client
             .query(format!(
                 "SELECT name FROM system.columns WHERE database = {} AND table = {}",
@@ -164,8 +217,9 @@ pub fn migrate(client: &Client, db: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let have = String::from_utf8_lossy(&have);
         let have: Vec<&str> = have.lines().collect();
-        for c in *cols {
-            if !have.contains(c) {
+        let def = TABLES.iter().find(|t| t.0 == table).map_or("", |t| t.1);
+        for c in def.split(", ").filter_map(|c| c.split(' ').next()) {
+            if !have.contains(&c) {
                 return Err(format!(
                     "table {db}.{table} exists without column {c}: it was made by something else or an older version; move it away or use another --clickhouse-database"
                 ));

@@ -493,11 +493,17 @@ impl Writer {
                 g.batches.buf.clone(),
             ),
         ];
+        // Over a cluster, the insert answers once every shard has its rows.
+        let settings: &[(&str, &str)] = if self.shared.layout.cluster.is_some() {
+            &[("insert_distributed_sync", "1")]
+        } else {
+            &[]
+        };
         for (sql, data) in inserts {
             if data.is_empty() {
                 continue;
             }
-            c.request(sql, Some(data), &[]).await?;
+            c.request(sql, Some(data), settings).await?;
         }
         Ok(())
     }
