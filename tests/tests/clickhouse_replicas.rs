@@ -150,3 +150,103 @@ async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
         c.stop();
     }
 }
+
+/// Two shards (one server each) under `--clickhouse-cluster`: sources
+/// spread over the shards, every record is stored once on the shard of
+/// its (subscription, source) whichever collector took it, and reads
+/// through the Distributed tables see all shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_hold_each_source_once_on_its_shard() {
+    if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() {
+        testkit::engines::skip("ClickHouse shards", "clickhouse-server is not installed");
+        return;
+    }
+    let (p1, p2) = (ClickHouse::reserve_ports(), ClickHouse::reserve_ports());
+    let shard = |ports| ClickHouseOptions {
+        cluster: vec![vec![p1.1], vec![p2.1]],
+        ports: Some(ports),
+        ..ClickHouseOptions::default()
+    };
+    let shards = [
+        ClickHouse::start(shard(p1)).expect("shard 1"),
+        ClickHouse::start(shard(p2)).expect("shard 2"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    collector.args.extend([
+        "--storage".into(),
+        "clickhouse".into(),
+        "--clickhouse-cluster".into(),
+        "sesam".into(),
+        "--clickhouse-url".into(),
+        shards[0].url(),
+        "--clickhouse-url".into(),
+        shards[1].url(),
+    ]);
+    collector.start().await;
+    let token = e2e::collector::shipper_token(SUB);
+    let client = reqwest::Client::new();
+    let now = schemas::time::now_nanos();
+    for s in 0..8u64 {
+        let source = format!("node-{s}");
+        let records: Vec<_> = (1..=500u64)
+            .map(|q| {
+                testkit::records::record(
+                    SUB,
+                    &source,
+                    q,
+                    now - 60_000_000_000 + q as i64 * 1_000_000,
+                    testkit::records::log_body("app", &format!("record {q} of {source}")),
+                )
+            })
+            .collect();
+        let batch = testkit::records::batch(SUB, &source, "", records);
+        let body = schemas::to_msgpack(&batch).expect("encode");
+        // Twice: the second is all duplicates.
+        for want in [500, 0] {
+            let r = client
+                .post(format!("{}/api/v1/ingest", collector.url))
+                .bearer_auth(&token)
+                .header("content-type", "application/msgpack")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("ingest");
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(v["accepted"], want, "{v}");
+        }
+    }
+    let per_shard: Vec<u64> = shards
+        .iter()
+        .map(|c| count(c, "SELECT count() FROM sesam.records_local"))
+        .collect();
+    assert_eq!(per_shard.iter().sum::<u64>(), 8 * 500, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|n| *n > 0 && n % 500 == 0),
+        "each source whole on one shard: {per_shard:?}"
+    );
+    for c in &shards {
+        assert_eq!(count(c, "SELECT count() FROM sesam.records"), 4000);
+    }
+    let (_, v) = collector
+        .get("/api/v1/sources", e2e::collector::ADMIN)
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&v).expect("json");
+    let sources = v["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 8, "{v}");
+    assert!(
+        sources
+            .iter()
+            .all(|s| s["records"] == 500 && s["duplicates"] == 500),
+        "{v}"
+    );
+    let hits = collector
+        .search(
+            &e2e::collector::operator_token(SUB),
+            r#"{source=~"node-.*"} |= "record 250 of""#,
+        )
+        .await;
+    assert_eq!(hits.len(), 8);
+    collector.stop();
+}
