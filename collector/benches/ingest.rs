@@ -15,7 +15,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,53 +22,12 @@ use collector::logs::ingest::{prepare, DecodedBatch, IngestLimits};
 use collector::logs::query::{self, SearchParams};
 use collector::telemetry::Metrics;
 use collector::{LogStore, Store, StoreConfig};
-use schemas::{Body, EventType, ExecutionBody, IngestBatch, Level, LogBody, Record};
+use schemas::Record;
 use testkit::env_usize;
 
-const SUB: &str = "bench";
-const PIPES: u64 = 50;
-const SOURCES: u64 = 4;
-
-/// A record of about 250 bytes as MessagePack: 60% execution events, 40% logs.
-fn record(source: u64, seq: u64, ts: i64) -> Record {
-    let pipe = format!("pipe-{}", (seq * 7 + source) % PIPES);
-    let body = if seq % 5 < 3 {
-        let event = match seq % 20 {
-            0 => EventType::PumpFailed,
-            1..=9 => EventType::PumpStarted,
-            _ => EventType::PumpCompleted,
-        };
-        let mut b = ExecutionBody::new(pipe, event);
-        b.run_id = Some(format!("run-{source}-{seq}"));
-        b.start_time = Some("2026-11-27T10:00:00.000000Z".into());
-        b.end_time = Some("2026-11-27T10:00:01.250000Z".into());
-        if event == EventType::PumpCompleted {
-            b.metrics.changes_last_run = Some(seq % 1000);
-            b.metrics.entities_last_run = Some(seq % 5000);
-            b.total_time = Some(1.25);
-        }
-        if event == EventType::PumpFailed {
-            b.original_error_message = Some("read timeout from upstream system".into());
-        }
-        Body::Execution(Box::new(b))
-    } else {
-        Body::Log(LogBody {
-            level: if seq % 10 == 3 { Level::Warn } else { Level::Info },
-            target: "sesam_node::pump::runner".into(),
-            message: format!(
-                "pipe {pipe} processed batch {seq} of entities from the source dataset crm-person-raw; next run scheduled"
-            ),
-            fields: Default::default(),
-        })
-    };
-    Record {
-        seq,
-        ts,
-        source: format!("node-{source}"),
-        subscription: SUB.into(),
-        body,
-    }
-}
+#[path = "common/load.rs"]
+mod load;
+use load::{record, PIPES, SOURCES, SUB};
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     testkit::process::status_kib(pid, "VmHWM")
@@ -83,40 +41,12 @@ fn ingest_bench(dir: &Path, total: usize) {
     let tokens = testkit::tokens::write(&dir.join("tokens.toml"), &["bench"]);
 
     // Pre-encode every batch so the generator costs little while measuring.
-    let batch_size = 1000usize;
-    let batches_n = total.div_ceil(batch_size);
     let now = schemas::time::now_nanos();
-    let mut raw_bytes = 0usize;
-    let mut batches: Vec<Vec<u8>> = Vec::with_capacity(batches_n);
-    let mut per_source_seq = [0u64; SOURCES as usize];
-    for b in 0..batches_n {
-        let source = b as u64 % SOURCES;
-        let records: Vec<Record> = (0..batch_size)
-            .map(|i| {
-                per_source_seq[source as usize] += 1;
-                let seq = per_source_seq[source as usize];
-                record(
-                    source,
-                    seq,
-                    now - 3_600_000_000_000 + (b * batch_size + i) as i64 * 1000,
-                )
-            })
-            .collect();
-        let raw = schemas::to_msgpack(&IngestBatch {
-            epoch: String::new(),
-            source: format!("node-{source}"),
-            subscription: SUB.into(),
-            records,
-            dropped: 0,
-        })
-        .expect("encode");
-        raw_bytes += raw.len();
-        batches.push(zstd::encode_all(raw.as_slice(), 1).expect("zstd"));
-    }
-    let record_bytes = raw_bytes as f64 / (batches_n * batch_size) as f64;
-    let wire: usize = batches.iter().map(Vec::len).sum();
-    let batches = Arc::new(batches);
-    let records = (batches_n * batch_size) as f64;
+    let encoded = load::encode(total, &|k| now - 3_600_000_000_000 + k as i64 * 1000);
+    let record_bytes = encoded.record_bytes();
+    let wire = encoded.wire_bytes();
+    let records = encoded.records as f64;
+    let batches = Arc::new(encoded.bodies);
 
     let rounds = env_usize("BENCH_INGEST_ROUNDS", 0);
     if rounds == 0 {
@@ -208,7 +138,6 @@ fn http_ingest(
         .enable_all()
         .build()
         .expect("runtime");
-    let url = format!("http://127.0.0.1:{port}/api/v1/ingest");
     let batches = batches.clone();
     let (elapsed, retries, cpu) = rt.block_on(async move {
         let client = reqwest::Client::new();
@@ -229,48 +158,13 @@ fn http_ingest(
         }
         // Connections per source keep each source's batches in order, as a
         // shipper does; 2 connections per source.
-        let retries = Arc::new(AtomicU64::new(0));
+        let targets = vec![format!("http://127.0.0.1:{port}"); load::CONNECTIONS];
         let cpu = testkit::process::cpu_seconds(pid);
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        let conns = (SOURCES * 2) as usize;
-        for c in 0..conns {
-            let (client, url, batches, retries) = (
-                client.clone(),
-                url.clone(),
-                batches.clone(),
-                retries.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut i = c;
-                while i < batches.len() {
-                    loop {
-                        let r = client
-                            .post(&url)
-                            .bearer_auth("ship-bench")
-                            .header("content-type", "application/msgpack")
-                            .header("content-encoding", "zstd")
-                            .body(batches[i].clone())
-                            .send()
-                            .await
-                            .expect("post");
-                        if r.status() == 200 {
-                            break;
-                        }
-                        assert_eq!(r.status(), 429, "unexpected status");
-                        retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    i += conns;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("task");
-        }
+        let retries = load::post(&client, &targets, &batches).await;
         (
             started.elapsed(),
-            retries.load(Ordering::Relaxed),
+            retries,
             testkit::process::cpu_seconds(pid) - cpu,
         )
     });

@@ -250,3 +250,125 @@ async fn two_shards_hold_each_source_once_on_its_shard() {
     assert_eq!(hits.len(), 8);
     collector.stop();
 }
+
+/// The layout of `deploy/clickhouse/`: two shards of two replicas with
+/// ZooKeeper, `--clickhouse-replicated --clickhouse-cluster sesam`, two
+/// collectors listing every server. Each source is whole on one shard and
+/// on both of its replicas; both collectors read everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_of_two_replicas_as_in_deploy() {
+    if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() {
+        testkit::engines::skip("ClickHouse 2x2", "clickhouse-server is not installed");
+        return;
+    }
+    let zk = match ZooKeeper::start() {
+        Ok(z) => z,
+        Err(e) if !std::path::Path::new("/usr/share/zookeeper").exists() => {
+            testkit::engines::skip("ClickHouse 2x2", &e);
+            return;
+        }
+        Err(e) => panic!("zookeeper did not start: {e}"),
+    };
+    let ports: Vec<(u16, u16, u16)> = (0..4).map(|_| ClickHouse::reserve_ports()).collect();
+    let cluster = vec![vec![ports[0].1, ports[1].1], vec![ports[2].1, ports[3].1]];
+    let servers: Vec<ClickHouse> = (0..4)
+        .map(|i| {
+            ClickHouse::start(ClickHouseOptions {
+                zookeeper: Some(zk.address()),
+                shard: Some(format!("0{}", i / 2 + 1)),
+                replica: Some(format!("r{}", i % 2 + 1)),
+                cluster: cluster.clone(),
+                ports: Some(ports[i]),
+                password: None,
+            })
+            .unwrap_or_else(|e| panic!("server {i}: {e}"))
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collectors: Vec<Collector> = (0..2)
+        .map(|i| {
+            let mut c = Collector::new(&dir.path().join(format!("collector-{i}")), &[SUB]);
+            c.args.extend([
+                "--storage".into(),
+                "clickhouse".into(),
+                "--clickhouse-replicated".into(),
+                "--clickhouse-cluster".into(),
+                "sesam".into(),
+            ]);
+            // Each collector starts on another server.
+            for k in 0..4 {
+                c.args.push("--clickhouse-url".into());
+                c.args.push(servers[(k + 2 * i) % 4].url());
+            }
+            c
+        })
+        .collect();
+    for c in &mut collectors {
+        c.start().await;
+    }
+    let token = e2e::collector::shipper_token(SUB);
+    let client = reqwest::Client::new();
+    let now = schemas::time::now_nanos();
+    for s in 0..8u64 {
+        let source = format!("node-{s}");
+        let records: Vec<_> = (1..=300u64)
+            .map(|q| {
+                testkit::records::record(
+                    SUB,
+                    &source,
+                    q,
+                    now - 60_000_000_000 + q as i64 * 1_000_000,
+                    testkit::records::log_body("app", &format!("record {q} of {source}")),
+                )
+            })
+            .collect();
+        let batch = testkit::records::batch(SUB, &source, "", records);
+        let body = schemas::to_msgpack(&batch).expect("encode");
+        // Through one collector, then the retry through the other.
+        for (c, want) in [
+            (&collectors[(s % 2) as usize], 300),
+            (&collectors[((s + 1) % 2) as usize], 0),
+        ] {
+            let r = client
+                .post(format!("{}/api/v1/ingest", c.url))
+                .bearer_auth(&token)
+                .header("content-type", "application/msgpack")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("ingest");
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(v["accepted"], want, "{v}");
+        }
+    }
+    for s in &servers {
+        s.query("SYSTEM SYNC REPLICA sesam.records_local")
+            .expect("sync");
+    }
+    let local: Vec<u64> = servers
+        .iter()
+        .map(|c| count(c, "SELECT count() FROM sesam.records_local"))
+        .collect();
+    assert_eq!(local[0], local[1], "replicas of shard 1 agree: {local:?}");
+    assert_eq!(local[2], local[3], "replicas of shard 2 agree: {local:?}");
+    assert_eq!(local[0] + local[2], 8 * 300, "{local:?}");
+    assert!(
+        local[0] > 0 && local[2] > 0 && local[0] % 300 == 0,
+        "{local:?}"
+    );
+    for c in &collectors {
+        let hits = c
+            .search(
+                &e2e::collector::operator_token(SUB),
+                r#"{source=~"node-.*"} |= "record 150 of""#,
+            )
+            .await;
+        assert_eq!(hits.len(), 8, "{}", c.url);
+        let s = c.source(SUB, "node-3").await.expect("node-3");
+        assert_eq!((s.records, s.last_seq), (300, 300));
+    }
+    for c in &mut collectors {
+        c.stop();
+    }
+}

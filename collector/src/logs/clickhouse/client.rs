@@ -50,6 +50,8 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// Per request.
     pub timeout: Duration,
+    /// Settings every request carries.
+    pub settings: Vec<(String, String)>,
 }
 
 /// The client and the runtime it runs on.
@@ -313,7 +315,7 @@ impl Target {
         settings: &[(String, String)],
     ) -> reqwest::RequestBuilder {
         let mut url = format!("{}/?", base.trim_end_matches('/'));
-        for (k, v) in settings {
+        for (k, v) in self.ep.settings.iter().chain(settings) {
             url.push_str(k);
             url.push('=');
             url.push_str(&percent_encode(v));

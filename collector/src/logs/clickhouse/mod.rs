@@ -134,6 +134,17 @@ impl ClickHouseStore {
             user: cfg.user.clone(),
             password: cfg.password.clone(),
             timeout: cfg.timeout,
+            // Over a cluster, reads and inserts go to the first live
+            // replica of each shard in the cluster's order, so that the
+            // dedupe lookup sees what the last insert wrote (replication
+            // to the other replicas is asynchronous; when the first is
+            // down, a lookup may miss the newest rows: the merge and the
+            // reads' one-row-per-key still keep them once).
+            settings: if cfg.layout.cluster.is_some() {
+                vec![("load_balancing".into(), "in_order".into())]
+            } else {
+                Vec::new()
+            },
         })
         .map_err(|e| open_error(&url, e))?;
         let (text, v) = schema::version(&client).map_err(|e| {
