@@ -223,7 +223,7 @@ async fn two_shards_hold_each_source_once_on_its_shard() {
         .collect();
     assert_eq!(per_shard.iter().sum::<u64>(), 8 * 500, "{per_shard:?}");
     assert!(
-        per_shard.iter().all(|n| *n > 0 && n % 500 == 0),
+        per_shard.iter().all(|n| *n > 0 && n.is_multiple_of(500)),
         "each source whole on one shard: {per_shard:?}"
     );
     for c in &shards {
@@ -354,7 +354,7 @@ async fn two_shards_of_two_replicas_as_in_deploy() {
     assert_eq!(local[2], local[3], "replicas of shard 2 agree: {local:?}");
     assert_eq!(local[0] + local[2], 8 * 300, "{local:?}");
     assert!(
-        local[0] > 0 && local[2] > 0 && local[0] % 300 == 0,
+        local[0] > 0 && local[2] > 0 && local[0].is_multiple_of(300),
         "{local:?}"
     );
     for c in &collectors {
