@@ -5,6 +5,7 @@
 //!   drop, SIGKILL / SIGTERM, `VmHWM`, free ports, polling, tmpfs mounts;
 //! - [`collector`], [`node`], [`shipper`]: the three binaries with their
 //!   flags, data directories and APIs, restartable on the same port;
+//! - [`clickhouse`]: collectors over ClickHouse, the engines or a loud skip;
 //! - [`webhook`]: a notification receiver served by the test process;
 //! - [`hostile`]: raw requests of hostile tenants (stalled uploads, idle
 //!   sockets from chosen loopback addresses, batches with epochs,
@@ -12,6 +13,7 @@
 //! - [`collector::Collector::assert_exactly_once_and_stop`]: the final
 //!   check of every fault test, over HTTP and then offline in the store.
 
+pub mod clickhouse;
 pub mod collector;
 pub mod hostile;
 pub mod node;

@@ -9,22 +9,15 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::clickhouse::count;
 use e2e::collector::{operator_token, Collector, ADMIN};
 use e2e::shipper::{LogWriter, Shipper};
 use rand::RngExt;
-use testkit::engines::{ClickHouse, ClickHouseOptions};
+use testkit::engines::ClickHouseOptions;
 
 const SUB: &str = "ch-kill";
 const SOURCE: &str = "host-1";
 const RATE: u64 = 25_000;
-
-fn count(ch: &ClickHouse, sql: &str) -> u64 {
-    ch.query(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_over_one_clickhouse_store_everything_once_through_kills() {
@@ -39,25 +32,17 @@ async fn two_collectors_over_one_clickhouse_long() {
 }
 
 async fn run(total: u64, min_kills: usize) {
-    let ch = match ClickHouse::start(ClickHouseOptions::default()) {
-        Ok(c) => c,
-        Err(e) if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() => {
-            testkit::engines::skip("two collectors over ClickHouse", &e);
-            return;
-        }
-        Err(e) => panic!("clickhouse-server did not start: {e}"),
+    let Some(ch) = e2e::clickhouse::start_or_skip(
+        "two collectors over ClickHouse",
+        ClickHouseOptions::default(),
+    ) else {
+        return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut collectors: Vec<Collector> = (0..2)
         .map(|i| {
-            let mut c = Collector::new(&dir.path().join(format!("collector-{i}")), &[SUB]);
-            c.args.extend([
-                "--storage".into(),
-                "clickhouse".into(),
-                "--clickhouse-url".into(),
-                ch.url(),
-            ]);
-            c
+            let root = dir.path().join(format!("collector-{i}"));
+            e2e::clickhouse::collector(&root, SUB, &[], &[ch.url()])
         })
         .collect();
     for c in &mut collectors {

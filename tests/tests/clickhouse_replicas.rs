@@ -9,36 +9,20 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::clickhouse::{collector, count, ingest_twice, start_or_skip, zookeeper_or_skip};
 use e2e::collector::Collector;
 use e2e::shipper::{LogWriter, Shipper};
-use testkit::engines::{ClickHouse, ClickHouseOptions, ZooKeeper};
+use testkit::engines::{ClickHouse, ClickHouseOptions};
 
 const SUB: &str = "ch-replicas";
 const SOURCE: &str = "host-r";
 const TOTAL: u64 = 200_000;
 const RATE: u64 = 20_000;
 
-fn count(ch: &ClickHouse, sql: &str) -> u64 {
-    ch.query(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
-    if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() {
-        testkit::engines::skip("ClickHouse replicas", "clickhouse-server is not installed");
+    let Some(zk) = zookeeper_or_skip("ClickHouse replicas") else {
         return;
-    }
-    let zk = match ZooKeeper::start() {
-        Ok(z) => z,
-        Err(e) if !std::path::Path::new("/usr/share/zookeeper").exists() => {
-            testkit::engines::skip("ClickHouse replicas", &e);
-            return;
-        }
-        Err(e) => panic!("zookeeper did not start: {e}"),
     };
     let (p1, p2) = (ClickHouse::reserve_ports(), ClickHouse::reserve_ports());
     let replica = |name: &str, ports| ClickHouseOptions {
@@ -57,17 +41,9 @@ async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
     let urls = [replicas[0].url(), replicas[1].url()];
     let mut collectors: Vec<Collector> = (0..2)
         .map(|i| {
-            let mut c = Collector::new(&dir.path().join(format!("collector-{i}")), &[SUB]);
-            c.args.extend([
-                "--storage".into(),
-                "clickhouse".into(),
-                "--clickhouse-replicated".into(),
-                "--clickhouse-url".into(),
-                urls[i].clone(),
-                "--clickhouse-url".into(),
-                urls[1 - i].clone(),
-            ]);
-            c
+            let root = dir.path().join(format!("collector-{i}"));
+            let order = [urls[i].clone(), urls[1 - i].clone()];
+            collector(&root, SUB, &["--clickhouse-replicated"], &order)
         })
         .collect();
     for c in &mut collectors {
@@ -153,85 +129,45 @@ async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
 
 /// Two shards (one server each) under `--clickhouse-cluster`: sources
 /// spread over the shards, every record is stored once on the shard of
-/// its (subscription, source) whichever collector took it, and reads
-/// through the Distributed tables see all shards.
+/// its (subscription, source), and reads through the Distributed tables
+/// see all shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shards_hold_each_source_once_on_its_shard() {
-    if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() {
-        testkit::engines::skip("ClickHouse shards", "clickhouse-server is not installed");
-        return;
-    }
     let (p1, p2) = (ClickHouse::reserve_ports(), ClickHouse::reserve_ports());
     let shard = |ports| ClickHouseOptions {
         cluster: vec![vec![p1.1], vec![p2.1]],
         ports: Some(ports),
         ..ClickHouseOptions::default()
     };
-    let shards = [
-        ClickHouse::start(shard(p1)).expect("shard 1"),
-        ClickHouse::start(shard(p2)).expect("shard 2"),
-    ];
+    let Some(s1) = start_or_skip("ClickHouse shards", shard(p1)) else {
+        return;
+    };
+    let shards = [s1, ClickHouse::start(shard(p2)).expect("shard 2")];
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
-    collector.args.extend([
-        "--storage".into(),
-        "clickhouse".into(),
-        "--clickhouse-cluster".into(),
-        "sesam".into(),
-        "--clickhouse-url".into(),
-        shards[0].url(),
-        "--clickhouse-url".into(),
-        shards[1].url(),
-    ]);
-    collector.start().await;
-    let token = e2e::collector::shipper_token(SUB);
-    let client = reqwest::Client::new();
-    let now = schemas::time::now_nanos();
-    for s in 0..8u64 {
-        let source = format!("node-{s}");
-        let records: Vec<_> = (1..=500u64)
-            .map(|q| {
-                testkit::records::record(
-                    SUB,
-                    &source,
-                    q,
-                    now - 60_000_000_000 + q as i64 * 1_000_000,
-                    testkit::records::log_body("app", &format!("record {q} of {source}")),
-                )
-            })
-            .collect();
-        let batch = testkit::records::batch(SUB, &source, "", records);
-        let body = schemas::to_msgpack(&batch).expect("encode");
-        // Twice: the second is all duplicates.
-        for want in [500, 0] {
-            let r = client
-                .post(format!("{}/api/v1/ingest", collector.url))
-                .bearer_auth(&token)
-                .header("content-type", "application/msgpack")
-                .body(body.clone())
-                .send()
-                .await
-                .expect("ingest");
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = r.json().await.expect("json");
-            assert_eq!(v["accepted"], want, "{v}");
-        }
+    let urls = [shards[0].url(), shards[1].url()];
+    let mut c = collector(
+        &dir.path().join("collector"),
+        SUB,
+        &["--clickhouse-cluster", "sesam"],
+        &urls,
+    );
+    c.start().await;
+    for s in 0..8 {
+        ingest_twice(&c, &c, SUB, &format!("node-{s}"), 500).await;
     }
     let per_shard: Vec<u64> = shards
         .iter()
-        .map(|c| count(c, "SELECT count() FROM sesam.records_local"))
+        .map(|x| count(x, "SELECT count() FROM sesam.records_local"))
         .collect();
     assert_eq!(per_shard.iter().sum::<u64>(), 8 * 500, "{per_shard:?}");
     assert!(
         per_shard.iter().all(|n| *n > 0 && n.is_multiple_of(500)),
         "each source whole on one shard: {per_shard:?}"
     );
-    for c in &shards {
-        assert_eq!(count(c, "SELECT count() FROM sesam.records"), 4000);
+    for x in &shards {
+        assert_eq!(count(x, "SELECT count() FROM sesam.records"), 4000);
     }
-    let (_, v) = collector
-        .get("/api/v1/sources", e2e::collector::ADMIN)
-        .await;
+    let (_, v) = c.get("/api/v1/sources", e2e::collector::ADMIN).await;
     let v: serde_json::Value = serde_json::from_str(&v).expect("json");
     let sources = v["sources"].as_array().expect("sources");
     assert_eq!(sources.len(), 8, "{v}");
@@ -241,33 +177,25 @@ async fn two_shards_hold_each_source_once_on_its_shard() {
             .all(|s| s["records"] == 500 && s["duplicates"] == 500),
         "{v}"
     );
-    let hits = collector
-        .search(
-            &e2e::collector::operator_token(SUB),
-            r#"{source=~"node-.*"} |= "record 250 of""#,
-        )
-        .await;
-    assert_eq!(hits.len(), 8);
-    collector.stop();
+    let q = r#"{source=~"node-.*"} |= "record 250 of""#;
+    assert_eq!(
+        c.search(&e2e::collector::operator_token(SUB), q)
+            .await
+            .len(),
+        8
+    );
+    c.stop();
 }
 
 /// The layout of `deploy/clickhouse/`: two shards of two replicas with
 /// ZooKeeper, `--clickhouse-replicated --clickhouse-cluster sesam`, two
-/// collectors listing every server. Each source is whole on one shard and
+/// collectors listing every server. A batch stored through one collector
+/// is a duplicate through the other; each source is whole on one shard and
 /// on both of its replicas; both collectors read everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shards_of_two_replicas_as_in_deploy() {
-    if !std::path::Path::new("/usr/sbin/clickhouse-server").exists() {
-        testkit::engines::skip("ClickHouse 2x2", "clickhouse-server is not installed");
+    let Some(zk) = zookeeper_or_skip("ClickHouse 2x2") else {
         return;
-    }
-    let zk = match ZooKeeper::start() {
-        Ok(z) => z,
-        Err(e) if !std::path::Path::new("/usr/share/zookeeper").exists() => {
-            testkit::engines::skip("ClickHouse 2x2", &e);
-            return;
-        }
-        Err(e) => panic!("zookeeper did not start: {e}"),
     };
     let ports: Vec<(u16, u16, u16)> = (0..4).map(|_| ClickHouse::reserve_ports()).collect();
     let cluster = vec![vec![ports[0].1, ports[1].1], vec![ports[2].1, ports[3].1]];
@@ -285,62 +213,25 @@ async fn two_shards_of_two_replicas_as_in_deploy() {
         })
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--clickhouse-replicated", "--clickhouse-cluster", "sesam"];
     let mut collectors: Vec<Collector> = (0..2)
         .map(|i| {
-            let mut c = Collector::new(&dir.path().join(format!("collector-{i}")), &[SUB]);
-            c.args.extend([
-                "--storage".into(),
-                "clickhouse".into(),
-                "--clickhouse-replicated".into(),
-                "--clickhouse-cluster".into(),
-                "sesam".into(),
-            ]);
             // Each collector starts on another server.
-            for k in 0..4 {
-                c.args.push("--clickhouse-url".into());
-                c.args.push(servers[(k + 2 * i) % 4].url());
-            }
-            c
+            let urls: Vec<String> = (0..4).map(|k| servers[(k + 2 * i) % 4].url()).collect();
+            collector(
+                &dir.path().join(format!("collector-{i}")),
+                SUB,
+                &flags,
+                &urls,
+            )
         })
         .collect();
     for c in &mut collectors {
         c.start().await;
     }
-    let token = e2e::collector::shipper_token(SUB);
-    let client = reqwest::Client::new();
-    let now = schemas::time::now_nanos();
-    for s in 0..8u64 {
-        let source = format!("node-{s}");
-        let records: Vec<_> = (1..=300u64)
-            .map(|q| {
-                testkit::records::record(
-                    SUB,
-                    &source,
-                    q,
-                    now - 60_000_000_000 + q as i64 * 1_000_000,
-                    testkit::records::log_body("app", &format!("record {q} of {source}")),
-                )
-            })
-            .collect();
-        let batch = testkit::records::batch(SUB, &source, "", records);
-        let body = schemas::to_msgpack(&batch).expect("encode");
-        // Through one collector, then the retry through the other.
-        for (c, want) in [
-            (&collectors[(s % 2) as usize], 300),
-            (&collectors[((s + 1) % 2) as usize], 0),
-        ] {
-            let r = client
-                .post(format!("{}/api/v1/ingest", c.url))
-                .bearer_auth(&token)
-                .header("content-type", "application/msgpack")
-                .body(body.clone())
-                .send()
-                .await
-                .expect("ingest");
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = r.json().await.expect("json");
-            assert_eq!(v["accepted"], want, "{v}");
-        }
+    for s in 0..8usize {
+        let (a, b) = (&collectors[s % 2], &collectors[(s + 1) % 2]);
+        ingest_twice(a, b, SUB, &format!("node-{s}"), 300).await;
     }
     for s in &servers {
         s.query("SYSTEM SYNC REPLICA sesam.records_local")
@@ -358,12 +249,8 @@ async fn two_shards_of_two_replicas_as_in_deploy() {
         "{local:?}"
     );
     for c in &collectors {
-        let hits = c
-            .search(
-                &e2e::collector::operator_token(SUB),
-                r#"{source=~"node-.*"} |= "record 150 of""#,
-            )
-            .await;
+        let q = r#"{source=~"node-.*"} |= "record 150 of""#;
+        let hits = c.search(&e2e::collector::operator_token(SUB), q).await;
         assert_eq!(hits.len(), 8, "{}", c.url);
         let s = c.source(SUB, "node-3").await.expect("node-3");
         assert_eq!((s.records, s.last_seq), (300, 300));

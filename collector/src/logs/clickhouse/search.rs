@@ -128,6 +128,29 @@ fn run(
     })
 }
 
+/// After each row read: the scan budget, and every 256 rows (or 1 MiB of
+/// lines) the query pool's checkpoint and the deadline.
+fn account(
+    scanned: u64,
+    max: u64,
+    line: usize,
+    checked: &mut usize,
+    deadline: Instant,
+) -> Result<(), SearchError> {
+    if scanned > max {
+        return Err(SearchError::ScanLimit(max));
+    }
+    *checked += 1 + line / 4096;
+    if *checked >= 256 {
+        *checked = 0;
+        pool::checkpoint();
+        if Instant::now() >= deadline {
+            return Err(SearchError::Timeout);
+        }
+    }
+    Ok(())
+}
+
 /// The literal line filters as SQL, and whether they are every stage.
 fn pushdown(query: &Query) -> (String, bool) {
     let mut sql = String::new();
@@ -240,17 +263,13 @@ pub(super) fn search(
                 last = Some((row.ts, row.stream, row.seq, row.epoch.to_vec()));
                 result.scanned += 1;
                 result.scanned_bytes += row.line.len() as u64;
-                if result.scanned_bytes > p.max_scanned_bytes {
-                    return Err(SearchError::ScanLimit(p.max_scanned_bytes));
-                }
-                checked += 1 + row.line.len() / 4096;
-                if checked >= 256 {
-                    checked = 0;
-                    pool::checkpoint();
-                    if Instant::now() >= p.deadline {
-                        return Err(SearchError::Timeout);
-                    }
-                }
+                account(
+                    result.scanned_bytes,
+                    p.max_scanned_bytes,
+                    row.line.len(),
+                    &mut checked,
+                    p.deadline,
+                )?;
                 let Some(stream) = by_id.get(&row.stream) else {
                     return Ok(true);
                 };
@@ -319,17 +338,13 @@ pub(super) fn scan(
             &mut |row| {
                 stats.scanned += 1;
                 stats.scanned_bytes += row.line.len() as u64;
-                if stats.scanned_bytes > p.max_scanned_bytes {
-                    return Err(SearchError::ScanLimit(p.max_scanned_bytes));
-                }
-                checked += 1 + row.line.len() / 4096;
-                if checked >= 256 {
-                    checked = 0;
-                    pool::checkpoint();
-                    if Instant::now() >= p.deadline {
-                        return Err(SearchError::Timeout);
-                    }
-                }
+                account(
+                    stats.scanned_bytes,
+                    p.max_scanned_bytes,
+                    row.line.len(),
+                    &mut checked,
+                    p.deadline,
+                )?;
                 if let Some(extracted) = run_stages(query, stream, row.line) {
                     more = f(MatchedRecord {
                         stream,
