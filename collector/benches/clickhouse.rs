@@ -45,12 +45,15 @@
 //!   the same searches there.
 //! - `BENCH_DIR` (default a temp dir): the collectors' data dirs, tokens and
 //!   logs (ClickHouse's data is always in a temp dir of its own).
+//! - `BENCH_COLLECTOR_BIN` (default the `sesam-collector` cargo built): the
+//!   collector binary to run, e.g. a copy that a later build cannot replace.
 //!
 //! Prints one line per figure (indented lines are details).
 
 #[path = "common/load.rs"]
 mod load;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -98,6 +101,14 @@ fn machine(when: &str) {
     );
 }
 
+/// The collector binary: `BENCH_COLLECTOR_BIN`, else the one cargo built.
+fn collector_bin() -> PathBuf {
+    std::env::var_os("BENCH_COLLECTOR_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_sesam-collector").into(),
+        PathBuf::from,
+    )
+}
+
 /// A `sesam-collector` on a free loopback port, its data under
 /// `dir/<name>` (emptied first), its log in `dir/<name>.log`.
 struct Collector {
@@ -120,7 +131,7 @@ impl Collector {
         let _ = std::fs::remove_dir_all(&data);
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&log);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sesam-collector"));
+        let mut cmd = Command::new(collector_bin());
         cmd.arg("--data-dir")
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
@@ -221,6 +232,61 @@ struct LoadRun {
     collectors_cpu: f64,
     ch_cpu: f64,
     bench_cpu: f64,
+    /// ClickHouse's counters (`system.events`) over the load.
+    ch_events: HashMap<String, u64>,
+}
+
+/// ClickHouse's cumulative counters (`system.events`).
+fn ch_events(ch: &ClickHouse) -> HashMap<String, u64> {
+    ch_query(ch, "SELECT event, value FROM system.events")
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `after - before`, counter by counter.
+fn events_delta(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// What ClickHouse did for `records` records, from its counters; `group`:
+/// the collector's inserts are 4 per group (streams, records, seqs,
+/// batches).
+fn ch_work(ev: &HashMap<String, u64>, records: usize, group: bool) -> String {
+    let n = |k: &str| ev.get(k).copied().unwrap_or(0);
+    let inserts = n("InsertQuery");
+    let groups = if group && inserts > 0 {
+        format!(
+            "; 4 per group of the collector: ~{:.0} records a group",
+            records as f64 * 4.0 / inserts as f64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "ClickHouse's counters over it: {inserts} inserts ({} rows in all{groups}), {} selects, {} rows merged ({:.1} per record, {:.0} s in merge threads), {:.0} MiB of compressed data read, {:.0} MiB written",
+        n("InsertedRows"),
+        n("SelectQuery"),
+        n("MergedRows"),
+        n("MergedRows") as f64 / records as f64,
+        n("MergesTimeMilliseconds") as f64 / 1e3,
+        mib(n("ReadCompressedBytes") as f64),
+        mib(n("WriteBufferFromFileDescriptorWriteBytes") as f64)
+    )
 }
 
 /// POSTs `bodies` over the 8 connections to `targets` (one per connection).
@@ -230,21 +296,24 @@ fn run_load(
     targets: &[String],
     bodies: &Arc<Vec<Vec<u8>>>,
     collectors: &[&Collector],
-    ch_pid: u32,
+    ch: &ClickHouse,
 ) -> LoadRun {
     let pids: Vec<u32> = collectors.iter().map(|c| c.pid()).collect();
     let sum = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let me = std::process::id();
-    let (c0, h0, b0) = (sum(&pids), cpu_seconds(ch_pid), cpu_seconds(me));
+    let events = ch_events(ch);
+    let (c0, h0, b0) = (sum(&pids), cpu_seconds(ch.pid()), cpu_seconds(me));
     let started = Instant::now();
     let retries = rt.block_on(load::post(client, targets, bodies));
     let elapsed = started.elapsed();
+    let (c1, h1, b1) = (sum(&pids), cpu_seconds(ch.pid()), cpu_seconds(me));
     LoadRun {
         elapsed,
         retries,
-        collectors_cpu: sum(&pids) - c0,
-        ch_cpu: cpu_seconds(ch_pid) - h0,
-        bench_cpu: cpu_seconds(me) - b0,
+        collectors_cpu: c1 - c0,
+        ch_cpu: h1 - h0,
+        bench_cpu: b1 - b0,
+        ch_events: events_delta(&events, &ch_events(ch)),
     }
 }
 
@@ -356,6 +425,9 @@ fn print_ingest(case: &str, records: usize, run: &LoadRun, rss: &str, with_ch: b
         run.bench_cpu,
         run.retries
     );
+    if with_ch {
+        println!("  {}", ch_work(&run.ch_events, records, true));
+    }
 }
 
 /// ClickHouse's own insert speed: the rows the collector would store for
@@ -425,6 +497,7 @@ fn raw_insert(
         "INSERT INTO {db}.records (subscription, stream, ts, source, epoch, seq, line) FORMAT RowBinary"
     );
     let url = format!("{}/", ch.url());
+    let events = ch_events(ch);
     let (c0, b0) = (cpu_seconds(ch.pid()), cpu_seconds(std::process::id()));
     let started = Instant::now();
     rt.block_on(async {
@@ -450,6 +523,7 @@ fn raw_insert(
         cpu_seconds(ch.pid()) - c0,
         cpu_seconds(std::process::id()) - b0,
     );
+    let events = events_delta(&events, &ch_events(ch));
     let stored = ch_u64(ch, &format!("SELECT count() FROM {db}.records"));
     println!(
         "raw ClickHouse insert ({db}.records, RowBinary, {RAW_INSERT_ROWS} rows a request, one at a time): {rows} rows ({:.0} B each in RowBinary, lines {:.0} B) in {secs:.2} s = {:.0} rows/s, {:.1} MiB/s; ClickHouse CPU {ch_cpu:.1} s ({:.2} us/row); client CPU {bench_cpu:.1} s; rows in the table {stored}{}; waited {:.0} s for ClickHouse to idle first",
@@ -461,6 +535,7 @@ fn raw_insert(
         if stored == rows as u64 { "" } else { " (MISMATCH)" },
         waited.as_secs_f64()
     );
+    println!("  {}", ch_work(&events, rows, false));
 }
 
 /// The ingest cases; answers whether every exactly-once check held.
@@ -487,7 +562,7 @@ fn ingest_bench(
 
     // (a) RocksDB, the baseline.
     let c = Collector::start(rt, client, dir, "ingest-rocks", tokens, &[]);
-    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch.pid());
+    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch);
     print_ingest(
         "ingest (a) one collector, RocksDB",
         records,
@@ -510,7 +585,7 @@ fn ingest_bench(
         tokens,
         &ch_args(ch, "bench_one"),
     );
-    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch.pid());
+    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch);
     print_ingest(
         "ingest (b) one collector, ClickHouse",
         records,
@@ -539,7 +614,7 @@ fn ingest_bench(
             }
         })
         .collect();
-    let run = run_load(rt, client, &targets, &bodies, &[&c1, &c2], ch.pid());
+    let run = run_load(rt, client, &targets, &bodies, &[&c1, &c2], ch);
     print_ingest(
         "ingest (c) two collectors, one ClickHouse database, sources split",
         records,
@@ -723,7 +798,7 @@ fn search_bench(
     let mut args = ch_args(ch, db);
     args.extend(flags.iter().cloned());
     let c = Collector::start(rt, client, dir, "search-ch", tokens, &args);
-    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch.pid());
+    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch);
     print_ingest(
         "search store ingest, one collector, ClickHouse",
         records,
@@ -761,7 +836,7 @@ fn search_bench(
 
     if compare_rocks {
         let c = Collector::start(rt, client, dir, "search-rocks", tokens, &flags);
-        let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch.pid());
+        let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch);
         print_ingest(
             "search store ingest, one collector, RocksDB",
             records,
@@ -808,10 +883,11 @@ fn main() {
     let ch = ClickHouse::start(ClickHouseOptions::default())
         .unwrap_or_else(|e| panic!("clickhouse-server did not start: {e}"));
     println!(
-        "ClickHouse {} (pid {}, {})",
+        "ClickHouse {} (pid {}, {}); collector {}",
         ch_query(&ch, "SELECT version()"),
         ch.pid(),
-        ch.url()
+        ch.url(),
+        collector_bin().display()
     );
     let started = Instant::now();
     let mut ok = true;
@@ -821,8 +897,23 @@ fn main() {
     if search > 0 {
         ok &= search_bench(&rt, &client, &ch, &dir, &tokens, search);
     }
+    // What a run leaves: parts replaced by merges stay on disk for 8
+    // minutes (ClickHouse's `old_parts_lifetime`), each part a directory of
+    // a few files per column.
+    let parts = ch_query(
+        &ch,
+        "SELECT active, count(), sum(rows) FROM system.parts \
+         WHERE database LIKE 'bench%' GROUP BY active ORDER BY active DESC",
+    );
+    println!(
+        "ClickHouse parts at the end (active, parts, rows): {}",
+        parts.replace('\t', " ").replace('\n', "; ")
+    );
     println!("bench took {:.0} s", started.elapsed().as_secs_f64());
     machine("end");
+    println!(
+        "(removing ClickHouse's data dir: hundreds of thousands of files, minutes on a slow disk)"
+    );
     drop(ch);
     assert!(ok, "an exactly-once check failed (MISMATCH above)");
 }

@@ -709,3 +709,55 @@ fn a_missing_unreachable_or_wrong_clickhouse_is_named_at_start() {
     ]);
     assert!(err.contains("is this ClickHouse's HTTP port"), "{err}");
 }
+
+async fn seed_wide(p: &Pair) {
+    let t0 = now() - 900 * S;
+    let recs: Vec<_> = (1..=400u64)
+        .map(|s| json_line("acme", "node-1", s, t0 + s as i64 * S, &"x".repeat(150)))
+        .collect();
+    assert_eq!(
+        p.ingest(SHIP_ACME, &batch("acme", "node-1", recs)).await,
+        (400, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answer_and_scan_budgets_cut_alike() {
+    // The answer stops at the byte budget, marked, on both.
+    let Some(p) = Pair::start("c_answer_budget", |c| c.read.max_answer_bytes = 4_000).await else {
+        return;
+    };
+    seed_wide(&p).await;
+    let (status, v) = p
+        .get(
+            OP_ACME,
+            "/api/v1/logs",
+            &[("query", "{}"), ("since", "2h"), ("limit", "1000")],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let n = records(&v).len();
+    assert!(n > 0 && n < 400, "cut by the answer budget: {n}");
+    p.stop().await;
+    // A search that must read more than the scan budget is refused alike
+    // (ClickHouse counts what the server reads: whole granules of every
+    // column, so a small budget refuses earlier there; see README).
+    let Some(p) = Pair::start("c_scan_budget", |c| c.read.max_scanned_bytes = 60_000).await else {
+        return;
+    };
+    seed_wide(&p).await;
+    let (status, v) = p
+        .get(
+            OP_ACME,
+            "/api/v1/logs",
+            &[
+                ("query", r#"{} |= "absent-needle""#),
+                ("since", "2h"),
+                ("limit", "10"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("max-query-scan-bytes"), "{v}");
+    p.stop().await;
+}

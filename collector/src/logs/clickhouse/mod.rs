@@ -224,6 +224,17 @@ impl ClickHouseStore {
         start: i64,
         end: i64,
     ) -> Result<Vec<Arc<StreamInfo>>, ChError> {
+        Ok(self.streams_sized(subscription, start, end)?.0)
+    }
+
+    /// [`ClickHouseStore::streams_in`], with the line bytes of each stream
+    /// in those days.
+    fn streams_sized(
+        &self,
+        subscription: Option<&str>,
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<Arc<StreamInfo>>, HashMap<u64, u64>), ChError> {
         let (d0, d1) = (
             writer::day_of(start.max(0)),
             writer::day_of(end.saturating_sub(1).max(0)),
@@ -232,12 +243,13 @@ impl ClickHouseStore {
             format!("subscription = {} AND ", quote(s))
         });
         let body = self.client().query(format!(
-            "SELECT stream, any(labels), toUInt16(min(day)), toUInt16(max(day)), sum(records) \
+            "SELECT stream, any(labels), toUInt16(min(day)), toUInt16(max(day)), sum(records), sum(bytes) \
              FROM {db}.streams WHERE {sub}day >= toDate({d0}) AND day <= toDate({d1}) \
              GROUP BY stream FORMAT RowBinary",
             db = self.db()
         ))?;
         let mut out = Vec::new();
+        let mut bytes = HashMap::new();
         let mut r = RowReader::new(&body);
         const DAY: i64 = 86_400_000_000_000;
         while !r.done() {
@@ -245,6 +257,7 @@ impl ClickHouseStore {
             let labels = r.bytes()?;
             let (lo, hi) = (r.date()?, r.date()?);
             let records = r.u64()?;
+            bytes.insert(id, r.u64()?);
             out.push(Arc::new(StreamInfo {
                 id,
                 labels: self.labels_of(id, labels),
@@ -253,7 +266,7 @@ impl ClickHouseStore {
                 records: records.max(1),
             }));
         }
-        Ok(out)
+        Ok((out, bytes))
     }
 }
 

@@ -11,7 +11,7 @@
 //!   conflict index, written after the records of a group (it is the
 //!   commit mark: a crash between the two makes the retry store the
 //!   records again, which the merge folds, never lose them).
-//! - `streams`: (subscription, stream, day) -> labels, records
+//! - `streams`: (subscription, stream, day) -> labels, records, line bytes
 //!   (`SummingMergeTree`): the label index.
 //! - `batches`: one row per ingest (source, epoch, seqs, counts, time):
 //!   `/api/v1/sources` and each source's epochs.
@@ -83,9 +83,9 @@ const TABLES: [TableDef; 4] = [
     ),
     (
         "streams",
-        "subscription String, stream UInt64, day Date, labels String, records UInt64",
+        "subscription String, stream UInt64, day Date, labels String, records UInt64, bytes UInt64",
         "SummingMergeTree",
-        "(records)",
+        "(records, bytes)",
         "toYYYYMM(day)",
         "(subscription, stream, day)",
         "cityHash64(subscription, stream)",

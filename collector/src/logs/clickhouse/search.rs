@@ -96,12 +96,11 @@ fn settings(deadline: Instant, max_scanned: u64) -> Vec<(&'static str, String)> 
         ("readonly", "2".into()),
         ("max_execution_time", (left.as_secs() + 1).to_string()),
         ("timeout_overflow_mode", "throw".into()),
-        // Bounded by the line bytes the search may read, with room for
-        // the other columns.
-        (
-            "max_bytes_to_read",
-            max_scanned.saturating_mul(2).max(1 << 20).to_string(),
-        ),
+        // The server reads the lines a pushed-down filter drops: it counts
+        // them (with the other columns it reads, uncompressed) against the
+        // budget, so such a search is refused as on RocksDB (a little
+        // earlier: every column counts there).
+        ("max_bytes_to_read", max_scanned.max(1).to_string()),
         ("read_overflow_mode", "throw".into()),
         ("max_query_size", (16 << 20).to_string()),
     ]
@@ -205,8 +204,8 @@ pub(super) fn search(
     query: &Query,
     p: &SearchParams,
 ) -> Result<SearchResult, SearchError> {
-    let all = store
-        .streams_in(p.subscription.as_deref(), p.start, p.end)
+    let (all, bytes) = store
+        .streams_sized(p.subscription.as_deref(), p.start, p.end)
         .map_err(map_err)?;
     let picked = filter_streams(all.clone(), query, p.start, p.end);
     let mut result = SearchResult {
@@ -218,89 +217,178 @@ pub(super) fn search(
     }
     let by_id: HashMap<u64, &Arc<StreamInfo>> = picked.iter().map(|s| (s.id, s)).collect();
     let (filters, exact) = pushdown(query);
-    let cond = stream_condition(&picked, &all);
-    let (dir, cmp) = if p.backward {
-        ("DESC", "<")
-    } else {
-        ("ASC", ">")
-    };
     let page = if exact {
         p.limit
     } else {
         (p.limit * 4).clamp(MIN_PAGE, MAX_PAGE)
     };
-    let mut after: Option<(i64, u64, u64, Vec<u8>)> = None;
+    let ctx = Ctx {
+        store,
+        query,
+        p,
+        by_id: &by_id,
+        cond: stream_condition(&picked, &all),
+        filters,
+        page,
+    };
+    // ClickHouse 18.16 sorts a whole range to answer its newest rows, so
+    // the range is read in windows from its newest (oldest, forward) end:
+    // the first sized to hold about what the answer can take (the limit,
+    // or the byte budget over the picked streams' average line), each
+    // next four times the last. A search reads about what it answers, as
+    // on RocksDB, not the whole range.
+    let records: u64 = picked.iter().map(|s| s.records).sum();
+    let line_bytes: u64 = picked
+        .iter()
+        .map(|s| bytes.get(&s.id).copied().unwrap_or(0))
+        .sum();
+    let avg = (line_bytes / records.max(1)).max(1) as usize;
+    let want = p.limit.min(p.max_bytes / avg + 1).max(1) as f64 * 2.0;
+    let lo_all = picked
+        .iter()
+        .map(|s| s.min_ts)
+        .min()
+        .unwrap_or(p.start)
+        .max(p.start);
+    let hi_all = picked
+        .iter()
+        .map(|s| s.max_ts.saturating_add(1))
+        .max()
+        .unwrap_or(p.end)
+        .min(p.end);
+    let span = hi_all.saturating_sub(lo_all).max(1);
+    let mut width = ((span as f64) * (want / records.max(1) as f64).min(1.0)) as i64;
+    width = width.clamp(1_000_000_000, span);
+    let (mut lo, mut hi) = if p.backward {
+        (hi_all.saturating_sub(width).max(lo_all), hi_all)
+    } else {
+        (lo_all, lo_all.saturating_add(width).min(hi_all))
+    };
     let mut checked = 0usize;
     loop {
-        if Instant::now() >= p.deadline {
-            return Err(SearchError::Timeout);
-        }
-        let keyset = match &after {
-            None => String::new(),
-            Some((ts, stream, seq, epoch)) => format!(
-                " AND ts {cmp}= {ts} AND (ts, stream, seq, epoch) {cmp} ({ts}, {stream}, {seq}, {})",
-                quote_bytes(epoch)
-            ),
-        };
-        let sql = format!(
-            "SELECT stream, ts, seq, epoch, line FROM {db}.records WHERE {cond} \
-             AND ts >= {start} AND ts < {end}{filters}{keyset} \
-             ORDER BY ts {dir}, stream {dir}, seq {dir}, epoch {dir} \
-             LIMIT 1 BY ts, stream, seq, epoch LIMIT {page} FORMAT RowBinary",
-            db = store.db(),
-            start = p.start,
-            end = p.end,
-        );
-        let mut last = None;
-        let mut stop = false;
-        let rows = run(
-            store,
-            sql,
-            p.deadline,
-            p.max_scanned_bytes.saturating_sub(result.scanned_bytes),
-            true,
-            &mut |row| {
-                last = Some((row.ts, row.stream, row.seq, row.epoch.to_vec()));
-                result.scanned += 1;
-                result.scanned_bytes += row.line.len() as u64;
-                account(
-                    result.scanned_bytes,
-                    p.max_scanned_bytes,
-                    row.line.len(),
-                    &mut checked,
-                    p.deadline,
-                )?;
-                let Some(stream) = by_id.get(&row.stream) else {
-                    return Ok(true);
-                };
-                if let Some(extracted) = run_stages(query, stream, row.line) {
-                    let hit = Hit {
-                        ts: row.ts,
-                        seq: row.seq,
-                        stream: (*stream).clone(),
-                        line: row.line.to_vec(),
-                        extracted,
-                    };
-                    let w = hit.weight();
-                    if !result.hits.is_empty() && result.bytes + w > p.max_bytes {
-                        result.truncated = true;
-                        stop = true;
-                        return Ok(false);
-                    }
-                    result.bytes += w;
-                    result.hits.push(hit);
-                    if result.hits.len() >= p.limit {
-                        stop = true;
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            },
-        )?;
-        if stop || rows < page {
+        if ctx.window(lo, hi, &mut result, &mut checked)? {
             return Ok(result);
         }
-        after = last;
+        width = width.saturating_mul(4);
+        if p.backward {
+            if lo <= lo_all {
+                return Ok(result);
+            }
+            hi = lo;
+            lo = hi.saturating_sub(width).max(lo_all);
+        } else {
+            if hi >= hi_all {
+                return Ok(result);
+            }
+            lo = hi;
+            hi = lo.saturating_add(width).min(hi_all);
+        }
+    }
+}
+
+/// What every window of one search shares.
+struct Ctx<'a> {
+    store: &'a ClickHouseStore,
+    query: &'a Query,
+    p: &'a SearchParams,
+    by_id: &'a HashMap<u64, &'a Arc<StreamInfo>>,
+    cond: String,
+    filters: String,
+    page: usize,
+}
+
+impl Ctx<'_> {
+    /// Reads `[lo, hi)` in pages; `true` once the answer is complete
+    /// (limit or byte budget reached).
+    fn window(
+        &self,
+        lo: i64,
+        hi: i64,
+        result: &mut SearchResult,
+        checked: &mut usize,
+    ) -> Result<bool, SearchError> {
+        let p = self.p;
+        let (dir, cmp) = if p.backward {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
+        let mut after: Option<(i64, u64, u64, Vec<u8>)> = None;
+        loop {
+            if Instant::now() >= p.deadline {
+                return Err(SearchError::Timeout);
+            }
+            let keyset = match &after {
+                None => String::new(),
+                Some((ts, stream, seq, epoch)) => format!(
+                    " AND ts {cmp}= {ts} AND (ts, stream, seq, epoch) {cmp} ({ts}, {stream}, {seq}, {})",
+                    quote_bytes(epoch)
+                ),
+            };
+            let sql = format!(
+                "SELECT stream, ts, seq, epoch, line FROM {db}.records WHERE {cond} \
+                 AND ts >= {lo} AND ts < {hi}{filters}{keyset} \
+                 ORDER BY ts {dir}, stream {dir}, seq {dir}, epoch {dir} \
+                 LIMIT 1 BY ts, stream, seq, epoch LIMIT {page} FORMAT RowBinary",
+                db = self.store.db(),
+                cond = self.cond,
+                filters = self.filters,
+                page = self.page,
+            );
+            let mut last = None;
+            let mut stop = false;
+            let rows = run(
+                self.store,
+                sql,
+                p.deadline,
+                p.max_scanned_bytes.saturating_sub(result.scanned_bytes),
+                true,
+                &mut |row| {
+                    last = Some((row.ts, row.stream, row.seq, row.epoch.to_vec()));
+                    result.scanned += 1;
+                    result.scanned_bytes += row.line.len() as u64;
+                    account(
+                        result.scanned_bytes,
+                        p.max_scanned_bytes,
+                        row.line.len(),
+                        checked,
+                        p.deadline,
+                    )?;
+                    let Some(stream) = self.by_id.get(&row.stream) else {
+                        return Ok(true);
+                    };
+                    if let Some(extracted) = run_stages(self.query, stream, row.line) {
+                        let hit = Hit {
+                            ts: row.ts,
+                            seq: row.seq,
+                            stream: (*stream).clone(),
+                            line: row.line.to_vec(),
+                            extracted,
+                        };
+                        let w = hit.weight();
+                        if !result.hits.is_empty() && result.bytes + w > p.max_bytes {
+                            result.truncated = true;
+                            stop = true;
+                            return Ok(false);
+                        }
+                        result.bytes += w;
+                        result.hits.push(hit);
+                        if result.hits.len() >= p.limit {
+                            stop = true;
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                },
+            )?;
+            if stop {
+                return Ok(true);
+            }
+            if rows < self.page {
+                return Ok(false);
+            }
+            after = last;
+        }
     }
 }
 

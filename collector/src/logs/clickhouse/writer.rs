@@ -150,38 +150,45 @@ impl Writer {
         Ok(())
     }
 
-    /// The digests stored for the batches' seqs: one query per group.
+    /// The digests stored for the batches' seqs: one query per group, one
+    /// `UNION ALL` branch per (subscription, source, epoch), each a single
+    /// range of the table's sorting key (an `OR` of such ranges is not
+    /// narrowed by the primary index on 18.16: it read the whole table).
     async fn stored(&self, ops: &[IngestOp]) -> Result<HashMap<SeqKey, u32>, ChError> {
-        let mut conds = Vec::new();
+        let mut ranges: HashMap<(&str, &str, &str), (u64, u64)> = HashMap::new();
         for op in ops {
             let b = &op.batch;
-            let (Some(lo), Some(hi)) = (
-                b.entries.iter().map(|e| e.seq).min(),
-                b.entries.iter().map(|e| e.seq).max(),
-            ) else {
-                continue;
-            };
-            conds.push(format!(
-                "(subscription = {} AND source = {} AND epoch = {} AND seq >= {lo} AND seq <= {hi})",
-                quote(&b.subscription),
-                quote(&b.source),
-                quote(&b.epoch)
-            ));
+            for e in &b.entries {
+                let r = ranges
+                    .entry((&b.subscription, &b.source, &b.epoch))
+                    .or_insert((e.seq, e.seq));
+                r.0 = r.0.min(e.seq);
+                r.1 = r.1.max(e.seq);
+            }
         }
         let mut out = HashMap::new();
-        if conds.is_empty() {
+        if ranges.is_empty() {
             return Ok(out);
         }
         let db = &self.shared.db;
+        let branches: Vec<String> = ranges
+            .iter()
+            .map(|((sub, source, epoch), (lo, hi))| {
+                format!(
+                    "SELECT subscription, source, epoch, seq, digest FROM {db}.seqs \
+                     WHERE subscription = {} AND source = {} AND epoch = {} \
+                     AND seq >= {lo} AND seq <= {hi}",
+                    quote(sub),
+                    quote(source),
+                    quote(epoch)
+                )
+            })
+            .collect();
         let body = self
             .shared
             .client
             .request(
-                format!(
-                    "SELECT subscription, source, epoch, seq, any(digest) FROM {db}.seqs WHERE {} \
-                     GROUP BY subscription, source, epoch, seq FORMAT RowBinary",
-                    conds.join(" OR ")
-                ),
+                format!("{} FORMAT RowBinary", branches.join(" UNION ALL ")),
                 None,
                 &[],
             )
@@ -430,9 +437,12 @@ impl Writer {
             };
             g.record(sub, id, e.ts, &batch.source, &batch.epoch, e.seq, line);
             g.seq(sub, &batch.source, &batch.epoch, e.seq, e.digest, e.ts);
-            *g.stream_days
+            let day = g
+                .stream_days
                 .entry((sub.to_string(), id, day_of(e.ts)))
-                .or_default() += 1;
+                .or_default();
+            day.0 += 1;
+            day.1 += line.len() as u64;
             first_seq = first_seq.min(e.seq);
             last_seq = last_seq.max(e.seq);
             newest = newest.max(e.ts);
@@ -460,17 +470,18 @@ impl Writer {
         // Streams and records first, seqs (the commit mark) after them,
         // the batch rows last.
         let mut streams = RowWriter::default();
-        for ((sub, id, day), n) in &g.stream_days {
+        for ((sub, id, day), (n, bytes)) in &g.stream_days {
             streams.str(sub);
             streams.u64(*id);
             streams.date(*day);
             streams.str(g.labels.get(id).map_or("{}", String::as_str));
             streams.u64(*n);
+            streams.u64(*bytes);
         }
         let inserts = [
             (
                 format!(
-                    "INSERT INTO {db}.streams (subscription, stream, day, labels, records) FORMAT RowBinary"
+                    "INSERT INTO {db}.streams (subscription, stream, day, labels, records, bytes) FORMAT RowBinary"
                 ),
                 streams.buf,
             ),
@@ -515,7 +526,8 @@ struct Group {
     records: RowWriter,
     seqs: RowWriter,
     batches: RowWriter,
-    stream_days: HashMap<(String, u64, u16), u64>,
+    /// (records, line bytes) per stream and day.
+    stream_days: HashMap<(String, u64, u16), (u64, u64)>,
     labels: HashMap<u64, String>,
 }
 
