@@ -80,6 +80,9 @@ pub(crate) struct Shared {
     max_streams: usize,
 }
 
+/// Streams, and the line bytes of each by id.
+type SizedStreams = (Vec<Arc<StreamInfo>>, HashMap<u64, u64>);
+
 /// The ClickHouse log store.
 #[derive(Clone)]
 pub struct ClickHouseStore {
@@ -234,7 +237,7 @@ impl ClickHouseStore {
         subscription: Option<&str>,
         start: i64,
         end: i64,
-    ) -> Result<(Vec<Arc<StreamInfo>>, HashMap<u64, u64>), ChError> {
+    ) -> Result<SizedStreams, ChError> {
         let (d0, d1) = (
             writer::day_of(start.max(0)),
             writer::day_of(end.saturating_sub(1).max(0)),
