@@ -28,6 +28,8 @@ use crate::logs::model::{IngestOutcome, PreparedBatch, StoreError};
 /// Records one group carries at most (several batches, one insert per
 /// table).
 pub const MAX_GROUP_RECORDS: usize = 50_000;
+/// How long a group under load waits for more batches.
+const LINGER: Duration = Duration::from_millis(5);
 /// A source's conflicts are told to the observers at most this often.
 const CONFLICT_EVERY: Duration = Duration::from_secs(60);
 
@@ -89,6 +91,22 @@ impl Writer {
                         ops.push(op);
                     }
                     Err(_) => break,
+                }
+            }
+            // Under load (more than one batch was waiting), wait a moment
+            // for the batches in flight behind them: every insert is a
+            // part that ClickHouse merges again and again, so fewer,
+            // larger groups cost it less. One batch alone goes at once.
+            if ops.len() > 1 {
+                let until = tokio::time::Instant::now() + LINGER;
+                while n < MAX_GROUP_RECORDS {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(op)) => {
+                            n += op.batch.entries.len();
+                            ops.push(op);
+                        }
+                        _ => break,
+                    }
                 }
             }
             self.commit(ops).await;
