@@ -583,7 +583,16 @@ fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
             if a.clickhouse_url.is_empty() {
                 bail!("--storage clickhouse needs --clickhouse-url (e.g. http://127.0.0.1:8123)");
             }
+            if a.clickhouse_url.len() > MAX_CLICKHOUSE_URLS {
+                bail!(
+                    "--clickhouse-url given {} times; at most {MAX_CLICKHOUSE_URLS} servers (put a load balancer in front of more)",
+                    a.clickhouse_url.len()
+                );
+            }
             for url in &a.clickhouse_url {
+                if url.len() > 2048 {
+                    bail!("--clickhouse-url is {} bytes long; at most 2048", url.len());
+                }
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     bail!("--clickhouse-url {url:?} must start with http:// or https:// (ClickHouse's HTTP interface, port 8123 by default)");
                 }
@@ -599,8 +608,23 @@ fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
                 c.layout.cluster = Some(name.clone());
             }
             c.database = a.clickhouse_database.clone();
+            if a.clickhouse_user.is_empty()
+                || a.clickhouse_user.len() > 256
+                || a.clickhouse_user.chars().any(char::is_control)
+            {
+                bail!("--clickhouse-user must be 1-256 characters without control characters");
+            }
             c.user = a.clickhouse_user.clone();
             if let Some(f) = &a.clickhouse_password_file {
+                let len = std::fs::metadata(f)
+                    .with_context(|| format!("read --clickhouse-password-file {}", f.display()))?
+                    .len();
+                if len > 4096 {
+                    bail!(
+                        "--clickhouse-password-file {} is {len} bytes; a password file holds at most 4096",
+                        f.display()
+                    );
+                }
                 if sesam_common::token::readable_by_others(f) {
                     bail!(
                         "--clickhouse-password-file {}: group or others may read it; chmod 600 it",
@@ -609,12 +633,22 @@ fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
                 }
                 let p = std::fs::read_to_string(f)
                     .with_context(|| format!("read --clickhouse-password-file {}", f.display()))?;
-                c.password = Some(p.trim_end_matches(['\n', '\r']).to_string());
+                let p = p.trim_end_matches(['\n', '\r']);
+                if p.chars().any(char::is_control) {
+                    bail!(
+                        "--clickhouse-password-file {}: the password holds a control character (one line expected)",
+                        f.display()
+                    );
+                }
+                c.password = Some(p.to_string());
             }
             Ok(collector::Storage::ClickHouse(c))
         }
     }
 }
+
+/// ClickHouse servers one collector lists at most.
+const MAX_CLICKHOUSE_URLS: usize = 16;
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let storage_kind = storage(&a)?;

@@ -627,6 +627,43 @@ fn a_missing_unreachable_or_wrong_clickhouse_is_named_at_start() {
         err.contains("--clickhouse-url needs --storage clickhouse"),
         "{err}"
     );
+    let mut many = vec!["--storage", "clickhouse"];
+    for _ in 0..17 {
+        many.extend(["--clickhouse-url", closed.as_str()]);
+    }
+    let err = refused(&many);
+    assert!(
+        err.contains("--clickhouse-url given 17 times; at most 16"),
+        "{err}"
+    );
+    let long = format!("http://{}", "a".repeat(2100));
+    let err = refused(&["--storage", "clickhouse", "--clickhouse-url", &long]);
+    assert!(err.contains("at most 2048"), "{err}");
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &closed,
+        "--clickhouse-user",
+        "",
+    ]);
+    assert!(err.contains("--clickhouse-user must be 1-256"), "{err}");
+    let big = tempfile::tempdir().expect("tempdir");
+    let big_pw = big.path().join("pw");
+    std::fs::write(&big_pw, "p".repeat(5000)).expect("pw");
+    set_mode(&big_pw, 0o600);
+    let err = refused(&[
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &closed,
+        "--clickhouse-password-file",
+        &big_pw.display().to_string(),
+    ]);
+    assert!(
+        err.contains("is 5000 bytes; a password file holds at most 4096"),
+        "{err}"
+    );
     let Some(server) = clickhouse() else {
         return;
     };

@@ -39,10 +39,15 @@ pub fn zookeeper_or_skip(test: &str) -> Option<ZooKeeper> {
     Some(ZooKeeper::start().unwrap_or_else(|e| panic!("zookeeper did not start: {e}")))
 }
 
-/// A collector in `root` for `subscription` with `--storage clickhouse`,
+/// A collector in `root` for `subscriptions` with `--storage clickhouse`,
 /// `flags`, and `--clickhouse-url` for each of `urls` in order.
-pub fn collector(root: &Path, subscription: &str, flags: &[&str], urls: &[String]) -> Collector {
-    let mut c = Collector::new(root, &[subscription]);
+pub fn collector(
+    root: &Path,
+    subscriptions: &[&str],
+    flags: &[&str],
+    urls: &[String],
+) -> Collector {
+    let mut c = Collector::new(root, subscriptions);
     c.args.extend(["--storage".into(), "clickhouse".into()]);
     c.args.extend(flags.iter().map(|f| f.to_string()));
     for u in urls {

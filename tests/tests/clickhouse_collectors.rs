@@ -42,7 +42,7 @@ async fn run(total: u64, min_kills: usize) {
     let mut collectors: Vec<Collector> = (0..2)
         .map(|i| {
             let root = dir.path().join(format!("collector-{i}"));
-            e2e::clickhouse::collector(&root, SUB, &[], &[ch.url()])
+            e2e::clickhouse::collector(&root, &[SUB], &[], &[ch.url()])
         })
         .collect();
     for c in &mut collectors {

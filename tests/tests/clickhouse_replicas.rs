@@ -43,7 +43,7 @@ async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
         .map(|i| {
             let root = dir.path().join(format!("collector-{i}"));
             let order = [urls[i].clone(), urls[1 - i].clone()];
-            collector(&root, SUB, &["--clickhouse-replicated"], &order)
+            collector(&root, &[SUB], &["--clickhouse-replicated"], &order)
         })
         .collect();
     for c in &mut collectors {
@@ -147,7 +147,7 @@ async fn two_shards_hold_each_source_once_on_its_shard() {
     let urls = [shards[0].url(), shards[1].url()];
     let mut c = collector(
         &dir.path().join("collector"),
-        SUB,
+        &[SUB],
         &["--clickhouse-cluster", "sesam"],
         &urls,
     );
@@ -220,7 +220,7 @@ async fn two_shards_of_two_replicas_as_in_deploy() {
             let urls: Vec<String> = (0..4).map(|k| servers[(k + 2 * i) % 4].url()).collect();
             collector(
                 &dir.path().join(format!("collector-{i}")),
-                SUB,
+                &[SUB],
                 &flags,
                 &urls,
             )

@@ -16,6 +16,9 @@
 //! as for one that does not exist. The same calls with alpha's token do
 //! show alpha's data, so the check can fail. Alpha's failure is notified
 //! exactly once.
+//!
+//! The same run twice: on the default RocksDB store and with
+//! `--storage clickhouse` (a `clickhouse-server` started for the test).
 
 use std::process::Command;
 use std::time::Duration;
@@ -49,8 +52,24 @@ fn enc(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_subscriptions_operator_sees_nothing_of_it() {
     let dir = e2e::scratch();
+    let collector = Collector::new(&dir.path().join("collector"), &[A, B]);
+    isolation(&dir, collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_subscriptions_operator_sees_nothing_of_it_on_clickhouse() {
+    let test = "another_subscriptions_operator_sees_nothing_of_it_on_clickhouse";
+    let Some(ch) = e2e::clickhouse::start_or_skip(test, Default::default()) else {
+        return;
+    };
+    let dir = e2e::scratch();
+    let collector =
+        e2e::clickhouse::collector(&dir.path().join("collector"), &[A, B], &[], &[ch.url()]);
+    isolation(&dir, collector).await;
+}
+
+async fn isolation(dir: &tempfile::TempDir, mut collector: Collector) {
     let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[A, B]);
     collector.start().await;
     let (op_a, op_b) = (operator_token(A), operator_token(B));
 
