@@ -111,6 +111,10 @@ pub struct CollectorConfig {
     pub metric_observers: Vec<Arc<dyn MetricObserver>>,
     /// Bounds of the latest-sample table of pushed metrics.
     pub metric_limits: MetricLimits,
+    /// Keep accepted samples in VictoriaMetrics at this base URL too and
+    /// answer `/federate` from it (`--metrics-storage victoriametrics`);
+    /// `None`: the latest-sample table only.
+    pub victoriametrics_url: Option<String>,
     /// Receivers, rules and silences loaded into the notifier at start
     /// (`--rules FILE`, TOML or JSON).
     pub rules_file: Option<PathBuf>,
@@ -165,6 +169,7 @@ impl CollectorConfig {
             observers: Vec::new(),
             metric_observers: Vec::new(),
             metric_limits: MetricLimits::default(),
+            victoriametrics_url: None,
             rules_file: None,
             notifier: notifier::NotifierConfig::default(),
             notifier_clock: Arc::new(notifier::SystemClock),
@@ -190,6 +195,8 @@ pub enum CollectorError {
     Task(String),
     #[error("notifier: {0}")]
     Notifier(#[from] notifier::NotifierError),
+    #[error("metrics store: {0}")]
+    MetricsStore(String),
 }
 
 /// Feeds the notifier from the store's commits and the metrics ingest. The
@@ -323,6 +330,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let metrics = telemetry::Metrics::default();
+    let victoria = match &config.victoriametrics_url {
+        None => None,
+        Some(url) => {
+            let v = metrics::victoria::Victoria::new(url).map_err(CollectorError::MetricsStore)?;
+            v.check()
+                .await
+                .map_err(|e| CollectorError::MetricsStore(e.to_string()))?;
+            tracing::info!(url = v.url(), "metrics kept in VictoriaMetrics");
+            Some(v)
+        }
+    };
     let hook = Arc::new(NotifierHook::default());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
@@ -433,10 +451,10 @@ pub async fn run(
         checkpoint_dir: config.checkpoint_dir.clone(),
         checkpoint_keep: config.checkpoint_keep,
         ready: AtomicBool::new(true),
-        metric_store: Arc::new(metrics::MetricStore::new(
-            config.metric_limits.clone(),
-            metric_observers,
-        )),
+        metric_store: Arc::new(
+            metrics::MetricStore::new(config.metric_limits.clone(), metric_observers)
+                .with_victoria(victoria),
+        ),
         notifier: notifier.clone(),
         tails,
         sessions: Arc::new(http::ui::session::Sessions::new(config.ui.clone())),

@@ -81,6 +81,15 @@ enum StorageKind {
     Clickhouse,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MetricsStorageKind {
+    /// The latest-sample table in memory (one collector).
+    Memory,
+    /// VictoriaMetrics (--victoriametrics-url); the table still counts
+    /// series against the limits and feeds the notifier.
+    Victoriametrics,
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Directory of the log store (created if missing). With --storage
@@ -112,6 +121,14 @@ struct ServeArgs {
     /// File holding the ClickHouse user's password (chmod 600).
     #[arg(long)]
     clickhouse_password_file: Option<PathBuf>,
+    /// Where pushed metrics (remote-write, OTLP) are kept and /federate is
+    /// answered from.
+    #[arg(long, value_enum, default_value = "memory")]
+    metrics_storage: MetricsStorageKind,
+    /// VictoriaMetrics' HTTP address, e.g. http://127.0.0.1:8428 (with
+    /// --metrics-storage victoriametrics).
+    #[arg(long)]
+    victoriametrics_url: Option<String>,
     /// Address to listen on, e.g. 127.0.0.1:3100.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -652,6 +669,19 @@ const MAX_CLICKHOUSE_URLS: usize = 16;
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let storage_kind = storage(&a)?;
+    let victoriametrics_url = match (a.metrics_storage, a.victoriametrics_url.clone()) {
+        (MetricsStorageKind::Memory, None) => None,
+        (MetricsStorageKind::Memory, Some(_)) => {
+            bail!("--victoriametrics-url needs --metrics-storage victoriametrics")
+        }
+        (MetricsStorageKind::Victoriametrics, None) => bail!(
+            "--metrics-storage victoriametrics needs --victoriametrics-url (e.g. http://127.0.0.1:8428)"
+        ),
+        (MetricsStorageKind::Victoriametrics, Some(url)) => {
+            collector::metrics::victoria::Victoria::new(&url).map_err(anyhow::Error::msg)?;
+            Some(url)
+        }
+    };
     let (Some(data_dir), Some(listen), Some(tokens_path)) = (a.data_dir, a.listen, a.tokens) else {
         bail!("--data-dir, --listen and --tokens are required (or give a subcommand; see --help)");
     };
@@ -662,6 +692,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = CollectorConfig::new(data_dir, Listen::Addr(listen), tokens);
     config.storage = storage_kind;
+    config.victoriametrics_url = victoriametrics_url;
     if !matches!(config.storage, collector::Storage::RocksDb) && a.checkpoint_dir.is_some() {
         bail!("--checkpoint-dir works with --storage rocksdb only: with ClickHouse, back up ClickHouse itself (see README, ClickHouse)");
     }

@@ -328,3 +328,35 @@ fn out_of_range_scheduling_and_queue_flags_are_refused_naming_the_flag() {
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn metrics_storage_flags_are_checked_before_anything_starts() {
+    for (args, want) in [
+        (
+            &["--metrics-storage", "victoriametrics"][..],
+            "--metrics-storage victoriametrics needs --victoriametrics-url",
+        ),
+        (
+            &["--victoriametrics-url", "http://127.0.0.1:8428"][..],
+            "--victoriametrics-url needs --metrics-storage victoriametrics",
+        ),
+        (
+            &[
+                "--metrics-storage",
+                "victoriametrics",
+                "--victoriametrics-url",
+                "127.0.0.1:8428",
+            ][..],
+            "must be an http:// or https:// URL",
+        ),
+        (&["--metrics-storage", "graphite"][..], "--metrics-storage"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run sesam-collector");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -537,6 +537,11 @@ impl VictoriaMetrics {
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
 }
 
 // ------------------------------------------------------------- ChromeDriver

@@ -14,6 +14,7 @@ use crate::http::admission::{admit, decode, Spec};
 use crate::http::{ApiError, AppState};
 use crate::metrics::federate::{self, FederateError, FederateLimits};
 use crate::metrics::ingest::{Outcome, PushLimits, Refusal};
+use crate::metrics::victoria::VictoriaError;
 use crate::metrics::{self, Protocol};
 
 fn now_ms() -> i64 {
@@ -146,6 +147,22 @@ async fn receive(
     )
     .await?;
     drop(admitted);
+    // Nothing is answered 2xx before VictoriaMetrics has the samples.
+    let outcome = match (outcome, &s.metric_store.victoria) {
+        (Ok(mut o), Some(vm)) => {
+            let lines = std::mem::take(&mut o.forward);
+            if let Err(e) = vm.import(lines).await {
+                s.metric_store.reject_request("metrics_store_unavailable");
+                tracing::warn!(error = %e, "write to VictoriaMetrics failed");
+                return Err(ApiError::unavailable(
+                    "the metrics store did not take the samples; nothing is acknowledged, send again",
+                )
+                .retry_after(5));
+            }
+            Ok(o)
+        }
+        (o, _) => o,
+    };
     match outcome {
         Ok(o) if o.refused.total == 0 => Ok(()),
         Ok(o) => Err(partial(&o)),
@@ -258,6 +275,34 @@ pub async fn federate(
     federate::check_count(&params, &limits).map_err(refuse)?;
     let state = s.clone();
     let sub = principal.subscription().map(str::to_string);
+    if let Some(vm) = &s.metric_store.victoria {
+        let checked = params.clone();
+        tokio::task::spawn_blocking(move || federate::parse(&checked, &limits).map(|_| ()))
+            .await
+            .map_err(|e| ApiError::internal(format!("federate task failed: {e}")))?
+            .map_err(refuse)?;
+        let body = vm
+            .federate(&params, sub.as_deref(), limits.max_answer_bytes)
+            .await
+            .map_err(|e| match e {
+                VictoriaError::TooLarge { limit } => {
+                    refuse(FederateError::AnswerTooLarge { limit })
+                }
+                e => {
+                    tracing::warn!(error = %e, "federate from VictoriaMetrics failed");
+                    ApiError::unavailable("the metrics store did not answer; try again")
+                        .retry_after(5)
+                }
+            })?;
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response());
+    }
     let rows = tokio::task::spawn_blocking(move || {
         federate::select(
             &state.metric_store,

@@ -68,6 +68,17 @@ pub fn check_count(params: &[String], limits: &FederateLimits) -> Result<(), Fed
     Ok(())
 }
 
+/// The selectors of `params`, within the request's bounds (count,
+/// matchers, one regex budget).
+pub fn parse(params: &[String], limits: &FederateLimits) -> Result<Vec<Selector>, FederateError> {
+    check_count(params, limits)?;
+    let mut budget = RegexBudget::new(limits.max_regex_bytes);
+    Ok(params
+        .iter()
+        .map(|p| Selector::parse_with(p, &mut budget, MAX_MATCHERS))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// The rows of `subscription` (every one when `None`) matching `params`
 /// (blocking: regexes are compiled here).
 pub fn select(
@@ -77,12 +88,7 @@ pub fn select(
     limits: &FederateLimits,
     now_ms: i64,
 ) -> Result<Vec<Row>, FederateError> {
-    check_count(params, limits)?;
-    let mut budget = RegexBudget::new(limits.max_regex_bytes);
-    let selectors = params
-        .iter()
-        .map(|p| Selector::parse_with(p, &mut budget, MAX_MATCHERS))
-        .collect::<Result<Vec<_>, _>>()?;
+    let selectors = parse(params, limits)?;
     let rows = store
         .table
         .select_bounded(subscription, &selectors, now_ms, limits.max_answer_bytes)

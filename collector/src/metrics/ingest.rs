@@ -48,6 +48,9 @@ pub struct Outcome {
     pub accepted: u64,
     /// Samples refused one by one (the others were stored).
     pub refused: Refused,
+    /// The accepted samples as VictoriaMetrics import lines, when the
+    /// store keeps them there (written before the push is answered).
+    pub forward: Vec<u8>,
 }
 
 /// Bounds of one push.
@@ -130,9 +133,15 @@ pub fn ingest(
             }
         }
     }
-    store.notify(&prepared, &applied.refused_indexes());
+    let refused = applied.refused_indexes();
+    let forward = match &store.victoria {
+        Some(_) => super::victoria::import_lines(&prepared, &refused),
+        None => Vec::new(),
+    };
+    store.notify(&prepared, &refused);
     Ok(Outcome {
         accepted: applied.accepted,
         refused: prepared.refused,
+        forward,
     })
 }

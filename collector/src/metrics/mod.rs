@@ -25,6 +25,7 @@ pub mod remote_write;
 pub mod selector;
 pub mod series;
 pub mod table;
+pub mod victoria;
 
 use std::sync::Arc;
 
@@ -140,6 +141,9 @@ pub struct MetricStore {
     pub table: Table,
     pub counters: MetricCounters,
     observers: Vec<Arc<dyn MetricObserver>>,
+    /// Where accepted samples are kept and `/federate` is answered from
+    /// (`--metrics-storage victoriametrics`); `None`: the table.
+    pub victoria: Option<victoria::Victoria>,
 }
 
 impl std::fmt::Debug for MetricStore {
@@ -158,7 +162,15 @@ impl MetricStore {
             table: Table::new(limits),
             counters: MetricCounters::default(),
             observers,
+            victoria: None,
         }
+    }
+
+    /// Keeps accepted samples in VictoriaMetrics too and answers
+    /// `/federate` from it.
+    pub fn with_victoria(mut self, v: Option<victoria::Victoria>) -> MetricStore {
+        self.victoria = v;
+        self
     }
 
     pub fn reject_request(&self, reason: &'static str) {

@@ -1,0 +1,261 @@
+//! VictoriaMetrics as the metrics store (`--metrics-storage
+//! victoriametrics --victoriametrics-url URL`).
+//!
+//! Every push is validated and bounded as with the in-memory store (the
+//! latest-sample table still counts series against the per-subscription
+//! limits and feeds the notifier), then its accepted samples are written
+//! to VictoriaMetrics (`POST /api/v1/import`, JSON lines, one per sample,
+//! the `subscription` label the one of the token) before the push is
+//! answered: a push answered 2xx is in VictoriaMetrics, and a push that
+//! VictoriaMetrics did not take is answered 503, so the sender retries
+//! (samples are idempotent: the same series, time and value again).
+//!
+//! `GET /federate` is answered by VictoriaMetrics' own `/federate`, the
+//! `match[]` selectors checked here first (count, matchers, regex budget)
+//! and, for an operator, `extra_label=subscription=<theirs>` always added:
+//! VictoriaMetrics then applies `subscription="<theirs>"` to every
+//! selector, whatever the selector says of `subscription`. The answer is
+//! read up to `--max-federate-bytes`; a larger one is refused (400), as
+//! with the in-memory table.
+//!
+//! Staleness differs from the in-memory table: VictoriaMetrics serves a
+//! series in `/federate` while its newest sample is within its lookback
+//! (`-search.maxStalenessInterval`, 5 minutes by default), and does not
+//! store Prometheus' staleness markers sent through the JSON import, so a
+//! series ended by a marker is served until that lookback passes.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::series::{self, Prepared};
+
+/// How long one request to VictoriaMetrics may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why VictoriaMetrics did not answer as expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VictoriaError {
+    #[error(
+        "VictoriaMetrics at {url} is unreachable: {detail} (is victoria-metrics running there?)"
+    )]
+    Unreachable { url: String, detail: String },
+    #[error("VictoriaMetrics at {url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("the answer would pass {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
+/// A VictoriaMetrics single-node server.
+#[derive(Debug, Clone)]
+pub struct Victoria {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Victoria {
+    /// `url` is the server's base URL (`http://host:8428`); checked to be
+    /// http(s) here, reached by [`Victoria::check`].
+    pub fn new(url: &str) -> Result<Victoria, String> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() > 2048 {
+            return Err(format!(
+                "--victoriametrics-url {url:?} must be an http:// or https:// URL of at most 2048 bytes (e.g. http://127.0.0.1:8428)"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Victoria { base, client })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /health`: that it answers, and is VictoriaMetrics.
+    pub async fn check(&self) -> Result<(), VictoriaError> {
+        let body = self.get("/health", &[]).await?;
+        if String::from_utf8_lossy(&body).trim() != "OK" {
+            return Err(VictoriaError::Status {
+                url: self.base.clone(),
+                status: 200,
+                body: "/health did not answer \"OK\" (is this VictoriaMetrics' HTTP port?)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes JSON lines made by [`import_lines`].
+    pub async fn import(&self, lines: Vec<u8>) -> Result<(), VictoriaError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .client
+            .post(format!("{}/api/v1/import", self.base))
+            .body(lines)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.expect_ok(r, 1 << 12).await.map(|_| ())
+    }
+
+    /// VictoriaMetrics' `/federate` for `selectors`, restricted to
+    /// `subscription` when given; at most `max_bytes` of answer.
+    pub async fn federate(
+        &self,
+        selectors: &[String],
+        subscription: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, VictoriaError> {
+        let mut q: Vec<(&str, String)> = selectors.iter().map(|s| ("match[]", s.clone())).collect();
+        if let Some(sub) = subscription {
+            q.push(("extra_label", format!("subscription={sub}")));
+        }
+        let r = self
+            .client
+            .get(format!("{}/federate", self.base))
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.expect_ok(r, max_bytes).await
+    }
+
+    async fn get(&self, path: &str, q: &[(&str, &str)]) -> Result<Vec<u8>, VictoriaError> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .query(q)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.expect_ok(r, 1 << 12).await
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> VictoriaError {
+        VictoriaError::Unreachable {
+            url: self.base.clone(),
+            detail: e.without_url().to_string(),
+        }
+    }
+
+    /// The body of a 2xx answer, read up to `max` bytes.
+    async fn expect_ok(
+        &self,
+        mut r: reqwest::Response,
+        max: usize,
+    ) -> Result<Vec<u8>, VictoriaError> {
+        let status = r.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(|e| self.unreachable(e))? {
+            if body.len() + chunk.len() > max {
+                if status.is_success() {
+                    return Err(VictoriaError::TooLarge { limit: max });
+                }
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect();
+            return Err(VictoriaError::Status {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// The accepted samples of `p` (not staleness markers, not `refused`,
+/// sorted indexes into `p.samples`) as VictoriaMetrics JSON import lines,
+/// each with the `subscription` label of its tenant.
+pub fn import_lines(p: &Prepared, refused: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut line = String::new();
+    for (i, s) in p.samples.iter().enumerate() {
+        if s.stale || refused.binary_search(&i).is_ok() {
+            continue;
+        }
+        let sub = &p.tenants[s.tenant as usize];
+        let (name, labels) = series::split_key(p.key(s));
+        line.clear();
+        line.push_str("{\"metric\":{\"__name__\":");
+        push_json(&mut line, name);
+        for (k, v) in labels {
+            if k == "subscription" {
+                // The tenant's is written below, whatever the key held.
+                continue;
+            }
+            line.push(',');
+            push_json(&mut line, k);
+            line.push(':');
+            push_json(&mut line, v);
+        }
+        line.push_str(",\"subscription\":");
+        push_json(&mut line, sub);
+        // Finite values only reach here (NaN/Inf are refused or markers).
+        let _ = write!(
+            line,
+            "}},\"values\":[{}],\"timestamps\":[{}]}}",
+            s.value, s.timestamp_ms
+        );
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn push_json(out: &mut String, s: &str) {
+    // serde_json's string escaping; infallible for a &str.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_force_the_subscription_and_escape_labels() {
+        let mut b = series::SeriesBuilder::new(Some("acme"), 0, 1000);
+        b.series(
+            0,
+            &[
+                ("__name__", "up"),
+                ("instance", "h\"1\n"),
+                ("subscription", "bravo"),
+            ],
+            std::iter::once((1.5, 5)),
+        )
+        .unwrap();
+        let lines = String::from_utf8(import_lines(&b.prepared, &[])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+        assert_eq!(v["metric"]["__name__"], "up");
+        assert_eq!(v["metric"]["subscription"], "acme");
+        assert_eq!(v["metric"]["instance"], "h\"1\n");
+        assert_eq!(v["values"][0], 1.5);
+        assert_eq!(v["timestamps"][0], 5);
+        assert_eq!(lines.lines().count(), 1);
+        // A refused sample is not written.
+        assert!(import_lines(&b.prepared, &[0]).is_empty());
+    }
+
+    #[test]
+    fn only_http_urls() {
+        assert!(Victoria::new("127.0.0.1:8428").is_err());
+        assert!(Victoria::new("http://127.0.0.1:8428/").is_ok());
+    }
+}
