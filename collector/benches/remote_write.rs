@@ -14,6 +14,12 @@
 //!   disjoint set of hosts so every series' samples arrive in order;
 //! - `BENCH_DIR` (default a temp dir).
 //!
+//! Then VictoriaMetrics (Debian's `victoria-metrics`, when installed): its
+//! own remote-write receiver as the baseline, and the collector with
+//! `--metrics-storage victoriametrics` writing into a fresh one (CPU of
+//! both processes reported); after each, every series must be served by
+//! `/federate`.
+//!
 //! Prints one line per receiver; BENCHMARKS.md records them.
 
 use std::path::Path;
@@ -170,6 +176,109 @@ fn report(name: &str, samples: usize, wire: usize, run: &Run) {
     );
 }
 
+/// The series `/federate` at `base` serves for `{job="node"}` (admin
+/// token), polled up to 30 s until `want` (VictoriaMetrics makes samples
+/// searchable after its in-memory buffer is flushed).
+fn federated(rt: &tokio::runtime::Runtime, base: &str, want: usize) -> usize {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = reqwest::Client::new()
+                .get(format!("{base}/federate?match[]=%7Bjob%3D%22node%22%7D"))
+                .bearer_auth(testkit::tokens::ADMIN)
+                .send()
+                .await
+                .expect("federate")
+                .text()
+                .await
+                .expect("federate body");
+            let n = text.lines().filter(|l| !l.starts_with('#')).count();
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// VictoriaMetrics' own receiver, then the collector writing into it.
+fn victoria(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    tokens: &Path,
+    reqs: Arc<Vec<Vec<Vec<u8>>>>,
+    samples: usize,
+    wire: usize,
+    series: usize,
+) {
+    if !Path::new("/usr/bin/victoria-metrics").exists() {
+        println!(
+            "VictoriaMetrics cases skipped: victoria-metrics is not installed (./scripts/setup.sh)"
+        );
+        return;
+    }
+    let vm = testkit::engines::VictoriaMetrics::start().expect("victoria-metrics");
+    let run = send(
+        rt,
+        &format!("{}/api/v1/write", vm.url()),
+        None,
+        reqs.clone(),
+        vm.pid(),
+    );
+    report(
+        "victoria-metrics /api/v1/write (baseline)",
+        samples,
+        wire,
+        &run,
+    );
+    let served = federated(rt, &vm.url(), series);
+    println!("  its /federate serves {served} series (expected {series})");
+    drop(vm);
+
+    let vm = testkit::engines::VictoriaMetrics::start().expect("victoria-metrics");
+    let data = dir.join("rw-collector-vm");
+    let _ = std::fs::remove_dir_all(&data);
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
+        .arg(tokens)
+        .args(["--metrics-storage", "victoriametrics"])
+        .args(["--victoriametrics-url", &vm.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn collector");
+    wait_ready(rt, &format!("http://127.0.0.1:{port}/readyz"));
+    let vm_cpu0 = cpu_seconds(vm.pid());
+    let run = send(
+        rt,
+        &format!("http://127.0.0.1:{port}/api/v1/write"),
+        Some("ship-bench"),
+        reqs,
+        child.id(),
+    );
+    let vm_cpu = cpu_seconds(vm.pid()) - vm_cpu0;
+    report(
+        "sesam-collector /api/v1/write -> victoria-metrics",
+        samples,
+        wire,
+        &run,
+    );
+    println!(
+        "  victoria-metrics CPU behind it {vm_cpu:.2} s ({:.2} us/sample)",
+        vm_cpu * 1e6 / samples as f64
+    );
+    let served = federated(rt, &format!("http://127.0.0.1:{port}"), series);
+    println!("  the collector's /federate (from victoria-metrics) serves {served} series (expected {series})");
+    assert_eq!(served, series, "every series is in VictoriaMetrics");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -225,26 +334,15 @@ fn main() {
     );
     report("sesam-collector /api/v1/write", samples, wire, &run);
     // Sanity: every series is served by /federate.
-    let served = rt.block_on(async {
-        let text = reqwest::Client::new()
-            .get(format!(
-                "http://127.0.0.1:{port}/federate?match[]=%7Bjob%3D%22node%22%7D"
-            ))
-            .bearer_auth(testkit::tokens::ADMIN)
-            .send()
-            .await
-            .expect("federate")
-            .text()
-            .await
-            .expect("federate body");
-        text.lines().filter(|l| !l.starts_with('#')).count()
-    });
+    let served = federated(&rt, &format!("http://127.0.0.1:{port}"), series);
     println!("  /federate serves {served} series (expected {series})");
     assert_eq!(served, series, "every series is federated");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+
+    victoria(&rt, &dir, &tokens, reqs.clone(), samples, wire, series);
 
     // Baseline: Prometheus' own remote-write receiver, same requests.
     let prom = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]

@@ -151,7 +151,7 @@ async fn receive(
     let outcome = match (outcome, &s.metric_store.victoria) {
         (Ok(mut o), Some(vm)) => {
             let lines = std::mem::take(&mut o.forward);
-            if let Err(e) = vm.import(lines).await {
+            if let Err(e) = vm.write(lines).await {
                 s.metric_store.reject_request("metrics_store_unavailable");
                 tracing::warn!(error = %e, "write to VictoriaMetrics failed");
                 return Err(ApiError::unavailable(

@@ -48,8 +48,9 @@ pub struct Outcome {
     pub accepted: u64,
     /// Samples refused one by one (the others were stored).
     pub refused: Refused,
-    /// The accepted samples as VictoriaMetrics import lines, when the
-    /// store keeps them there (written before the push is answered).
+    /// The accepted samples as a remote-write request to VictoriaMetrics,
+    /// when the store keeps them there (written before the push is
+    /// answered).
     pub forward: Vec<u8>,
 }
 
@@ -135,7 +136,7 @@ pub fn ingest(
     }
     let refused = applied.refused_indexes();
     let forward = match &store.victoria {
-        Some(_) => super::victoria::import_lines(&prepared, &refused),
+        Some(_) => super::victoria::write_request(&prepared, &refused),
         None => Vec::new(),
     };
     store.notify(&prepared, &refused);

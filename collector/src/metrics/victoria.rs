@@ -4,8 +4,8 @@
 //! Every push is validated and bounded as with the in-memory store (the
 //! latest-sample table still counts series against the per-subscription
 //! limits and feeds the notifier), then its accepted samples are written
-//! to VictoriaMetrics (`POST /api/v1/import`, JSON lines, one per sample,
-//! the `subscription` label the one of the token) before the push is
+//! to VictoriaMetrics (`POST /api/v1/write`, remote-write 1.0, the
+//! `subscription` label the one of the token) before the push is
 //! answered: a push answered 2xx is in VictoriaMetrics, and a push that
 //! VictoriaMetrics did not take is answered 503, so the sender retries
 //! (samples are idempotent: the same series, time and value again).
@@ -21,12 +21,13 @@
 //! Staleness differs from the in-memory table: VictoriaMetrics serves a
 //! series in `/federate` while its newest sample is within its lookback
 //! (`-search.maxStalenessInterval`, 5 minutes by default), and does not
-//! store Prometheus' staleness markers sent through the JSON import, so a
-//! series ended by a marker is served until that lookback passes.
+//! receive Prometheus' staleness markers from the collector (they end a
+//! series in the table only), so a series ended by a marker is served
+//! until that lookback passes.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use super::series::{self, Prepared};
 
 /// How long one request to VictoriaMetrics may take.
@@ -91,15 +92,19 @@ impl Victoria {
         Ok(())
     }
 
-    /// Writes JSON lines made by [`import_lines`].
-    pub async fn import(&self, lines: Vec<u8>) -> Result<(), VictoriaError> {
-        if lines.is_empty() {
+    /// Writes a request made by [`write_request`] to VictoriaMetrics'
+    /// remote-write receiver.
+    pub async fn write(&self, body: Vec<u8>) -> Result<(), VictoriaError> {
+        if body.is_empty() {
             return Ok(());
         }
         let r = self
             .client
-            .post(format!("{}/api/v1/import", self.base))
-            .body(lines)
+            .post(format!("{}/api/v1/write", self.base))
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .body(body)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -181,47 +186,42 @@ impl Victoria {
 }
 
 /// The accepted samples of `p` (not staleness markers, not `refused`,
-/// sorted indexes into `p.samples`) as VictoriaMetrics JSON import lines,
-/// each with the `subscription` label of its tenant.
-pub fn import_lines(p: &Prepared, refused: &[usize]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut line = String::new();
+/// sorted indexes into `p.samples`) as one remote-write 1.0 request
+/// (protobuf, snappy), each series with the `subscription` label of its
+/// tenant; empty when nothing was accepted.
+pub fn write_request(p: &Prepared, refused: &[usize]) -> Vec<u8> {
+    let mut req = WriteRequest {
+        timeseries: Vec::new(),
+        metadata: Vec::new(),
+    };
     for (i, s) in p.samples.iter().enumerate() {
         if s.stale || refused.binary_search(&i).is_ok() {
             continue;
         }
         let sub = &p.tenants[s.tenant as usize];
-        let (name, labels) = series::split_key(p.key(s));
-        line.clear();
-        line.push_str("{\"metric\":{\"__name__\":");
-        push_json(&mut line, name);
-        for (k, v) in labels {
-            if k == "subscription" {
-                // The tenant's is written below, whatever the key held.
-                continue;
-            }
-            line.push(',');
-            push_json(&mut line, k);
-            line.push(':');
-            push_json(&mut line, v);
-        }
-        line.push_str(",\"subscription\":");
-        push_json(&mut line, sub);
-        // Finite values only reach here (NaN/Inf are refused or markers).
-        let _ = write!(
-            line,
-            "}},\"values\":[{}],\"timestamps\":[{}]}}",
-            s.value, s.timestamp_ms
+        let (name, _) = series::split_key(p.key(s));
+        let mut labels = vec![Label::new("__name__", name)];
+        // Sorted by name, `subscription` the tenant's (keys never hold one).
+        labels.extend(
+            series::labels_with_subscription(p.key(s), sub)
+                .into_iter()
+                .map(|(name, value)| Label { name, value }),
         );
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
+        req.timeseries.push(TimeSeries {
+            labels,
+            samples: vec![Sample {
+                value: s.value,
+                timestamp: s.timestamp_ms,
+            }],
+            histograms: Vec::new(),
+        });
     }
-    out
-}
-
-fn push_json(out: &mut String, s: &str) {
-    // serde_json's string escaping; infallible for a &str.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    if req.timeseries.is_empty() {
+        return Vec::new();
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&prost::Message::encode_to_vec(&req))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -229,7 +229,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_force_the_subscription_and_escape_labels() {
+    fn requests_force_the_subscription_and_keep_labels_sorted() {
         let mut b = series::SeriesBuilder::new(Some("acme"), 0, 1000);
         b.series(
             0,
@@ -237,20 +237,33 @@ mod tests {
                 ("__name__", "up"),
                 ("instance", "h\"1\n"),
                 ("subscription", "bravo"),
+                ("zone", "z"),
             ],
             std::iter::once((1.5, 5)),
         )
         .unwrap();
-        let lines = String::from_utf8(import_lines(&b.prepared, &[])).unwrap();
-        let v: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
-        assert_eq!(v["metric"]["__name__"], "up");
-        assert_eq!(v["metric"]["subscription"], "acme");
-        assert_eq!(v["metric"]["instance"], "h\"1\n");
-        assert_eq!(v["values"][0], 1.5);
-        assert_eq!(v["timestamps"][0], 5);
-        assert_eq!(lines.lines().count(), 1);
+        let body = write_request(&b.prepared, &[]);
+        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let req = <WriteRequest as prost::Message>::decode(&raw[..]).unwrap();
+        assert_eq!(req.timeseries.len(), 1);
+        let ts = &req.timeseries[0];
+        let labels: Vec<(&str, &str)> = ts
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("__name__", "up"),
+                ("instance", "h\"1\n"),
+                ("subscription", "acme"),
+                ("zone", "z")
+            ]
+        );
+        assert_eq!((ts.samples[0].value, ts.samples[0].timestamp), (1.5, 5));
         // A refused sample is not written.
-        assert!(import_lines(&b.prepared, &[0]).is_empty());
+        assert!(write_request(&b.prepared, &[0]).is_empty());
     }
 
     #[test]
