@@ -176,6 +176,30 @@ fn report(name: &str, samples: usize, wire: usize, run: &Run) {
     );
 }
 
+/// The real `sesam-collector` on a fresh data dir `data` and a free port,
+/// with `extra` flags, once it is ready.
+fn collector(
+    rt: &tokio::runtime::Runtime,
+    data: &Path,
+    tokens: &Path,
+    extra: &[&str],
+) -> (std::process::Child, u16) {
+    let _ = std::fs::remove_dir_all(data);
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
+        .arg(tokens)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn collector");
+    wait_ready(rt, &format!("http://127.0.0.1:{port}/readyz"));
+    (child, port)
+}
+
 /// The series `/federate` at `base` serves for `{job="node"}` (admin
 /// token), polled up to 30 s until `want` (VictoriaMetrics makes samples
 /// searchable after its in-memory buffer is flushed).
@@ -236,21 +260,17 @@ fn victoria(
     drop(vm);
 
     let vm = testkit::engines::VictoriaMetrics::start().expect("victoria-metrics");
-    let data = dir.join("rw-collector-vm");
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
-        .arg(tokens)
-        .args(["--metrics-storage", "victoriametrics"])
-        .args(["--victoriametrics-url", &vm.url()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn collector");
-    wait_ready(rt, &format!("http://127.0.0.1:{port}/readyz"));
+    let (mut child, port) = collector(
+        rt,
+        &dir.join("rw-collector-vm"),
+        tokens,
+        &[
+            "--metrics-storage",
+            "victoriametrics",
+            "--victoriametrics-url",
+            &vm.url(),
+        ],
+    );
     let vm_cpu0 = cpu_seconds(vm.pid());
     let run = send(
         rt,
@@ -312,19 +332,7 @@ fn main() {
 
     // The collector, default flags.
     let tokens = testkit::tokens::write(&dir.join("rw-tokens.toml"), &["bench"]);
-    let data = dir.join("rw-collector");
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesam-collector"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens"])
-        .arg(&tokens)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn collector");
-    wait_ready(&rt, &format!("http://127.0.0.1:{port}/readyz"));
+    let (mut child, port) = collector(&rt, &dir.join("rw-collector"), &tokens, &[]);
     let run = send(
         &rt,
         &format!("http://127.0.0.1:{port}/api/v1/write"),

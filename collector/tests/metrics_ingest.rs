@@ -37,19 +37,11 @@ fn snappy(raw: &[u8]) -> Vec<u8> {
 }
 
 async fn post_write(h: &Harness, token: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let r = h
-        .client
-        .post(h.url("/api/v1/write"))
-        .bearer_auth(token)
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    let (status, _, text) = post_remote_write(h, token, body).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 async fn write(h: &Harness, token: &str, ts: Vec<TimeSeries>) -> (u16, serde_json::Value) {

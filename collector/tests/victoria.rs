@@ -49,23 +49,7 @@ fn write_body(series: &[(&[(&str, &str)], f64)]) -> Vec<u8> {
 }
 
 async fn push(h: &Harness, token: &str, body: Vec<u8>) -> (u16, Option<String>, String) {
-    let r = h
-        .client
-        .post(h.url("/api/v1/write"))
-        .bearer_auth(token)
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, retry, r.text().await.unwrap())
+    post_remote_write(h, token, body).await
 }
 
 async fn federate(h: &Harness, token: &str, selector: &str) -> (u16, String) {

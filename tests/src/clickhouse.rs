@@ -9,6 +9,7 @@ use serde_json::Value;
 use testkit::engines::{skip, ClickHouse, ClickHouseOptions, ZooKeeper};
 
 use crate::collector::{shipper_token, Collector};
+use crate::shipper::Shipper;
 
 const CLICKHOUSE: &str = "/usr/sbin/clickhouse-server";
 const ZOOKEEPER: &str = "/usr/share/zookeeper";
@@ -54,6 +55,29 @@ pub fn collector(
         c.args.extend(["--clickhouse-url".into(), u.clone()]);
     }
     c
+}
+
+/// A shipper in `dir/shipper` for `file` as `source`, delivering to the
+/// first of `collectors` and failing over to the others (`--collector`).
+pub fn shipper_over(
+    dir: &Path,
+    source: &str,
+    subscription: &str,
+    collectors: &[Collector],
+    file: &Path,
+) -> Shipper {
+    let mut shipper = Shipper::new(
+        &dir.join("shipper"),
+        source,
+        subscription,
+        &collectors[0].url,
+        &collectors[0].token_file(subscription),
+        &[file],
+    );
+    for c in &collectors[1..] {
+        shipper.args.extend(["--collector".into(), c.url.clone()]);
+    }
+    shipper
 }
 
 /// `n` log records `record <seq> of <source>`, a millisecond apart, posted

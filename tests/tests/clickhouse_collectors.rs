@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::clickhouse::count;
 use e2e::collector::{operator_token, Collector, ADMIN};
-use e2e::shipper::{LogWriter, Shipper};
+use e2e::shipper::LogWriter;
 use rand::RngExt;
 use testkit::engines::ClickHouseOptions;
 
@@ -49,18 +49,7 @@ async fn run(total: u64, min_kills: usize) {
         c.start().await;
     }
     let file = dir.path().join("app.log");
-    let token = collectors[0].token_file(SUB);
-    let mut shipper = Shipper::new(
-        &dir.path().join("shipper"),
-        SOURCE,
-        SUB,
-        &collectors[0].url,
-        &token,
-        &[&file],
-    );
-    shipper
-        .args
-        .extend(["--collector".into(), collectors[1].url.clone()]);
+    let mut shipper = e2e::clickhouse::shipper_over(dir.path(), SOURCE, SUB, &collectors, &file);
     let started = Instant::now();
     let writer = LogWriter::start(&file, total, RATE);
     shipper.start().await;

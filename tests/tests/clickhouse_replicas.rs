@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::clickhouse::{collector, count, ingest_twice, start_or_skip, zookeeper_or_skip};
 use e2e::collector::Collector;
-use e2e::shipper::{LogWriter, Shipper};
+use e2e::shipper::LogWriter;
 use testkit::engines::{ClickHouse, ClickHouseOptions};
 
 const SUB: &str = "ch-replicas";
@@ -50,18 +50,7 @@ async fn a_replica_killed_mid_stream_loses_and_doubles_nothing() {
         c.start().await;
     }
     let file = dir.path().join("app.log");
-    let token = collectors[0].token_file(SUB);
-    let mut shipper = Shipper::new(
-        &dir.path().join("shipper"),
-        SOURCE,
-        SUB,
-        &collectors[0].url,
-        &token,
-        &[&file],
-    );
-    shipper
-        .args
-        .extend(["--collector".into(), collectors[1].url.clone()]);
+    let mut shipper = e2e::clickhouse::shipper_over(dir.path(), SOURCE, SUB, &collectors, &file);
     let started = Instant::now();
     let writer = LogWriter::start(&file, TOTAL, RATE);
     shipper.start().await;

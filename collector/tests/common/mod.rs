@@ -200,3 +200,30 @@ pub fn logs_batch(sub: &str, source: &str, first: u64, n: u64, base_ts: i64) -> 
             .collect(),
     )
 }
+
+/// POSTs a remote-write body (snappy protobuf) to `/api/v1/write`: the
+/// status, the `Retry-After` header and the body.
+pub async fn post_remote_write(
+    h: &Harness,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Option<String>, String) {
+    let r = h
+        .client
+        .post(h.url("/api/v1/write"))
+        .bearer_auth(token)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .body(body)
+        .send()
+        .await
+        .expect("post /api/v1/write");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, retry, r.text().await.unwrap_or_default())
+}
