@@ -17,8 +17,10 @@
 //! show alpha's data, so the check can fail. Alpha's failure is notified
 //! exactly once.
 //!
-//! The same run twice: on the default RocksDB store and with
-//! `--storage clickhouse` (a `clickhouse-server` started for the test).
+//! The same run three times: on the defaults (RocksDB, in-memory metrics),
+//! with `--storage clickhouse` (a `clickhouse-server` started for the
+//! test) and with `--metrics-storage victoriametrics` (a
+//! `victoria-metrics` started for the test).
 
 use std::process::Command;
 use std::time::Duration;
@@ -65,6 +67,28 @@ async fn another_subscriptions_operator_sees_nothing_of_it_on_clickhouse() {
     let dir = e2e::scratch();
     let collector =
         e2e::clickhouse::collector(&dir.path().join("collector"), &[A, B], &[], &[ch.url()]);
+    isolation(&dir, collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_subscriptions_operator_sees_nothing_of_it_on_victoriametrics() {
+    if !std::path::Path::new("/usr/bin/victoria-metrics").exists() {
+        testkit::engines::skip(
+            "another_subscriptions_operator_sees_nothing_of_it_on_victoriametrics",
+            "victoria-metrics is not installed (scripts/setup.sh)",
+        );
+        return;
+    }
+    let vm = testkit::engines::VictoriaMetrics::start()
+        .unwrap_or_else(|e| panic!("victoria-metrics did not start: {e}"));
+    let dir = e2e::scratch();
+    let mut collector = Collector::new(&dir.path().join("collector"), &[A, B]);
+    collector.args.extend([
+        "--metrics-storage".into(),
+        "victoriametrics".into(),
+        "--victoriametrics-url".into(),
+        vm.url(),
+    ]);
     isolation(&dir, collector).await;
 }
 
