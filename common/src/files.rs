@@ -146,3 +146,99 @@ mod tests {
         assert!(private_dir(&f).is_err(), "a file is not a directory");
     }
 }
+
+/// Whether `dir` holds only what a RocksDB database creation that was
+/// interrupted (the process killed before it wrote `CURRENT`) leaves behind:
+/// no `CURRENT`, no table file, every write-ahead log empty, and nothing
+/// but RocksDB's own file names (`LOCK`, `IDENTITY`, `LOG`, `LOG.old.*`,
+/// `MANIFEST-*`, `OPTIONS-*`, `*.dbtmp`, `NNNNNN.log`). Nothing can have
+/// been written to such a database (writes need it open, and opening
+/// needs `CURRENT`), so its files may be removed and the database
+/// created again. Anything else (a damaged database, other files) is not
+/// this and must be refused by the caller.
+pub fn interrupted_rocksdb_creation(dir: &Path) -> std::io::Result<bool> {
+    if dir.join("CURRENT").exists() {
+        return Ok(false);
+    }
+    let mut any = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(false);
+        };
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            return Ok(false);
+        }
+        let wal = name
+            .strip_suffix(".log")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let ours = matches!(name, "LOCK" | "IDENTITY" | "LOG")
+            || name.starts_with("LOG.old.")
+            || name.starts_with("MANIFEST-")
+            || name.starts_with("OPTIONS-")
+            || name.ends_with(".dbtmp")
+            || wal;
+        if !ours || (wal && meta.len() > 0) {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// Removes the files of an interrupted RocksDB creation in `dir` when
+/// [`interrupted_rocksdb_creation`] says that is all it holds; whether it
+/// did.
+pub fn clear_interrupted_rocksdb_creation(dir: &Path) -> std::io::Result<bool> {
+    if !interrupted_rocksdb_creation(dir)? {
+        return Ok(false);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    tracing::warn!(
+        path = %dir.display(),
+        "removed the files of a database creation that was interrupted (no CURRENT, nothing written); creating it again"
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod interrupted_tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unfinished_creation_is_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        assert!(
+            !interrupted_rocksdb_creation(p).unwrap(),
+            "empty: nothing to clear"
+        );
+        for f in [
+            "LOCK",
+            "IDENTITY",
+            "LOG",
+            "MANIFEST-000001",
+            "000001.dbtmp",
+            "000003.log",
+        ] {
+            std::fs::write(p.join(f), if f.ends_with(".log") { "" } else { "x" }).unwrap();
+        }
+        assert!(interrupted_rocksdb_creation(p).unwrap());
+        // A write-ahead log with something in it: not an empty creation.
+        std::fs::write(p.join("000003.log"), "record").unwrap();
+        assert!(!interrupted_rocksdb_creation(p).unwrap());
+        std::fs::write(p.join("000003.log"), "").unwrap();
+        // A table file, a foreign file, CURRENT: not it either.
+        for f in ["000004.sst", "notes.txt", "CURRENT"] {
+            std::fs::write(p.join(f), "x").unwrap();
+            assert!(!interrupted_rocksdb_creation(p).unwrap(), "{f}");
+            std::fs::remove_file(p.join(f)).unwrap();
+        }
+        assert!(clear_interrupted_rocksdb_creation(p).unwrap());
+        assert_eq!(std::fs::read_dir(p).unwrap().count(), 0);
+    }
+}

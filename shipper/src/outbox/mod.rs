@@ -910,6 +910,12 @@ fn check_directory(path: &Path) -> Result<bool, OutboxError> {
                 }
                 return Ok(true);
             }
+            // Killed while creating the database the first time: start over.
+            if sesam_common::files::clear_interrupted_rocksdb_creation(path)
+                .map_err(|e| not(&e.to_string()))?
+            {
+                return Ok(false);
+            }
             let mut entries = std::fs::read_dir(path).map_err(|e| not(&e.to_string()))?;
             if entries.next().is_some() {
                 return Err(not(

@@ -335,6 +335,25 @@ fn not_an_outbox_and_locked_are_clear_errors_naming_the_path() {
     assert!(matches!(e, OutboxError::NotAnOutbox { .. }), "{e}");
     assert!(other.join("notes.txt").exists());
 
+    // What a SIGKILL during the very first open leaves (RocksDB had not
+    // written CURRENT yet): opened as a new outbox, not refused.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for f in ["LOCK", "LOG", "IDENTITY", "MANIFEST-000001", "000001.dbtmp"] {
+        std::fs::write(cut.join(f), b"partial").unwrap();
+    }
+    let reopened = Outbox::open(&cut, OutboxConfig::default()).unwrap();
+    drop(reopened);
+    assert!(cut.join("CURRENT").exists());
+    // With a foreign file beside them it is refused, and nothing removed.
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::write(mixed.join("LOCK"), b"").unwrap();
+    std::fs::write(mixed.join("notes.txt"), b"hello").unwrap();
+    let e = Outbox::open(&mixed, OutboxConfig::default()).unwrap_err();
+    assert!(matches!(e, OutboxError::NotAnOutbox { .. }), "{e}");
+    assert!(mixed.join("LOCK").exists() && mixed.join("notes.txt").exists());
+
     let ok = dir.path().join("ob");
     let _first = Outbox::open(&ok, OutboxConfig::default()).unwrap();
     let e = Outbox::open(&ok, OutboxConfig::default()).unwrap_err();

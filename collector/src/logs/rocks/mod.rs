@@ -446,6 +446,9 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => Err(open_err("not a directory".into())),
         Ok(_) => {
+            // Killed while creating the database the first time: start over.
+            sesam_common::files::clear_interrupted_rocksdb_creation(path)
+                .map_err(|e| open_err(format!("clear an interrupted creation: {e}")))?;
             let mut entries =
                 std::fs::read_dir(path).map_err(|e| open_err(format!("read directory: {e}")))?;
             let empty = entries.next().is_none();
