@@ -13,6 +13,10 @@
 //! - `BENCH_RW_CONNS` (default 4): concurrent connections, each owning a
 //!   disjoint set of hosts so every series' samples arrive in order;
 //! - `BENCH_DIR` (default a temp dir).
+//! - `BENCH_RW_COLLECTOR_FLAGS`: extra flags of the collector run
+//!   (whitespace-separated, e.g. `--bulk-ingest-nice 0`).
+//! - `BENCH_RW_ONLY=collector`: the collector's run only (no
+//!   VictoriaMetrics, no Prometheus baseline).
 //!
 //! Then VictoriaMetrics (Debian's `victoria-metrics`, when installed): its
 //! own remote-write receiver as the baseline, and the collector with
@@ -332,7 +336,9 @@ fn main() {
 
     // The collector, default flags.
     let tokens = testkit::tokens::write(&dir.join("rw-tokens.toml"), &["bench"]);
-    let (mut child, port) = collector(&rt, &dir.join("rw-collector"), &tokens, &[]);
+    let flags = std::env::var("BENCH_RW_COLLECTOR_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let (mut child, port) = collector(&rt, &dir.join("rw-collector"), &tokens, &flags);
     let run = send(
         &rt,
         &format!("http://127.0.0.1:{port}/api/v1/write"),
@@ -349,6 +355,9 @@ fn main() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    if std::env::var("BENCH_RW_ONLY").is_ok_and(|o| o == "collector") {
+        return;
+    }
 
     victoria(&rt, &dir, &tokens, reqs.clone(), samples, wire, series);
 

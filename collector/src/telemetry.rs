@@ -272,7 +272,7 @@ impl Metrics {
         );
         r.register(
             "ingest_bulk_decodes",
-            "Write bodies (ingest, remote-write, OTLP) decoded on the bulk lane (a subscription's concurrent write requests beyond its first, at a lower CPU priority)",
+            "Write bodies (ingest, remote-write, OTLP) decoded on the bulk lane (a subscription's concurrent write requests beyond its first while another subscription is active, at a lower CPU priority)",
             self.ingest_bulk_decodes.clone(),
         );
         r.register(

@@ -655,3 +655,78 @@ async fn otlp_metrics_are_federated_and_observers_see_accepted_samples() {
     assert_eq!(rec.0.lock().unwrap().len(), 6);
     h.stop().await;
 }
+
+/// `n` remote-write bodies of `per` series each (distinct per body, the
+/// same for every call with `tag`; samples stamped now), for concurrent
+/// pushes.
+fn bodies(tag: &str, n: usize, per: usize) -> Vec<Vec<u8>> {
+    let t = now_ms();
+    (0..n)
+        .map(|b| {
+            let ts = (0..per)
+                .map(|i| {
+                    let host = format!("{tag}-{b}-{i}");
+                    series(&[("__name__", "node_load1"), ("instance", &host)], 1.0, t)
+                })
+                .collect();
+            snappy(
+                &WriteRequest {
+                    timeseries: ts,
+                    metadata: vec![],
+                }
+                .encode_to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// Pushes `bodies` at once with `token`; every one must be accepted.
+async fn push_concurrently(h: &Harness, token: &str, bodies: Vec<Vec<u8>>) {
+    let pushes = bodies.into_iter().map(|b| post_remote_write(h, token, b));
+    for (status, _, text) in futures::future::join_all(pushes).await {
+        assert_eq!(status, 204, "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_tenants_concurrent_pushes_skip_the_bulk_lane_a_neighbours_presence_sends_them_there(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    let bulk = "collector_ingest_bulk_decodes_total ";
+    // acme alone: 8 concurrent pushes, three times; nobody waits behind
+    // them, so none is demoted.
+    for _ in 0..3 {
+        push_concurrently(&h, SHIP_ACME, bodies("acme", 8, 1_000)).await;
+    }
+    assert_eq!(
+        metric_value(&h, bulk).await,
+        0.0,
+        "a lone tenant is never demoted"
+    );
+    // beta was just served: acme's concurrent pushes now go to the bulk
+    // lane (at least one of 8 overlapping pushes finds another in flight).
+    let mut demoted = 0.0;
+    for _ in 0..10 {
+        let (status, _) = write(
+            &h,
+            SHIP_BETA,
+            vec![series(
+                &[("__name__", "up"), ("instance", "b")],
+                1.0,
+                now_ms(),
+            )],
+        )
+        .await;
+        assert_eq!(status, 204);
+        push_concurrently(&h, SHIP_ACME, bodies("acme", 8, 1_000)).await;
+        demoted = metric_value(&h, bulk).await;
+        if demoted > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        demoted > 0.0,
+        "with a neighbour active, concurrent pushes take the bulk lane"
+    );
+}

@@ -21,7 +21,8 @@
 //!
 //! 5. Decoding then runs on the blocking pool, at the collector's priority,
 //!    for a subscription's first write request in flight; its further
-//!    concurrent ones (ingest, remote-write, OTLP) decode on the *bulk
+//!    concurrent ones (ingest, remote-write, OTLP), while another
+//!    subscription was served in the last second, decode on the *bulk
 //!    lane* ([`decode`]): `bulk_threads` threads
 //!    `bulk_nice` steps below the collector, one per subscription at a
 //!    time (a request waits up to `admission_wait` for it, then 429). A
@@ -350,7 +351,8 @@ pub async fn admit(
 
 /// Runs `job`, the decoding of an admitted body, on the blocking pool, or
 /// on the bulk lane when its subscription has other write requests in
-/// flight (see the module documentation); `reject` counts a refusal.
+/// flight and another subscription was served in the last second (see the
+/// module documentation); `reject` counts a refusal.
 pub async fn decode<T, F>(
     s: &AppState,
     admitted: &Admitted,
@@ -361,10 +363,15 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    match (&s.admission.bulk, admitted.concurrent > 1) {
+    let key = admitted.principal.subscription().unwrap_or("*");
+    // A tenant alone keeps every core: the lane only orders its
+    // concurrent pushes behind a neighbour that was served in the last
+    // second (serializing a lone tenant's pushes halved its rate and left
+    // a core idle).
+    let demote = admitted.concurrent > 1 && s.foreground.others_active(key);
+    match (&s.admission.bulk, demote) {
         (Some(bulk), true) => {
             s.metrics.ingest_bulk_decodes.inc();
-            let key = admitted.principal.subscription().unwrap_or("*");
             let wait = s.admission.limits.admission_wait;
             bulk.run(key, wait, move |_| job()).await.map_err(|e| match e {
                 PoolError::Busy(wait) => {
