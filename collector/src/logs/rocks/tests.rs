@@ -705,3 +705,77 @@ async fn a_small_batch_is_not_committed_with_a_neighbours_flood() {
         .collect();
     assert_eq!(a, (1..9001).collect::<Vec<_>>());
 }
+
+/// 8 batches of 1,000 records of `sub`/`source`, seqs after `from`.
+fn flood(sub: &str, source: &str, from: u64) -> Vec<PreparedBatch> {
+    (0..8u64)
+        .map(|b| {
+            let recs = (1..=1000u64)
+                .map(|i| {
+                    rec(
+                        sub,
+                        source,
+                        from + b * 1000 + i,
+                        1_000 + i as i64,
+                        Level::Info,
+                    )
+                })
+                .collect();
+            prepared(recs, false)
+        })
+        .collect()
+}
+
+/// Queues every batch before awaiting any answer; all must be stored.
+async fn queue_all(store: &Store, batches: Vec<PreparedBatch>) {
+    let answers: Vec<_> = batches
+        .into_iter()
+        .map(|b| store.try_ingest(b).expect("queued"))
+        .collect();
+    for a in answers {
+        a.await.expect("answered").expect("stored");
+    }
+}
+
+#[tokio::test]
+async fn a_lone_tenant_commits_in_large_groups_and_a_neighbour_seen_in_the_last_second_caps_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Metrics::default();
+    let store =
+        Store::open(dir.path(), StoreConfig::default(), metrics.clone(), vec![]).expect("open");
+    let groups = || metrics.group_commits.get();
+    // acme alone: its 8 queued batches go in a few large groups.
+    let before = groups();
+    queue_all(&store, flood("acme", "s1", 0)).await;
+    let alone = groups() - before;
+    assert!(
+        alone <= 4,
+        "a lone tenant's queue is committed in large groups, not {alone}"
+    );
+    // beta commits one record; for the next second acme's groups hold at
+    // most its share (1,000 records: one batch), so a record of beta
+    // arriving meanwhile waits for at most one of them.
+    queue_all(
+        &store,
+        vec![prepared(
+            vec![rec("beta", "b1", 1, 1_000, Level::Info)],
+            false,
+        )],
+    )
+    .await;
+    let before = groups();
+    queue_all(&store, flood("acme", "s1", 8_000)).await;
+    let shared = groups() - before;
+    // (A held batch goes along after being passed over twice: groups of
+    // 1,000 or 2,000 records.)
+    assert!(
+        shared >= 5 && shared > alone,
+        "with a neighbour seen in the last second, groups are capped: {shared} groups for 8 batches (alone: {alone})"
+    );
+    // A second later acme is alone again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = groups();
+    queue_all(&store, flood("acme", "s1", 16_000)).await;
+    let again = groups() - before;
+    assert!(again <= 4, "alone again after a second: {again} groups");
+}

@@ -21,8 +21,13 @@
 //! nor by a group the flood fills: the small batch gets a short group of
 //! its own. (Records cost the writer microseconds each: a share of 5,000
 //! records in every group had made a neighbour's commit wait tens of
-//! milliseconds.) A tenant alone is never capped. Order per subscription
-//! (and so per source) is kept.
+//! milliseconds.) Groups are also capped while only one subscription
+//! waits if another one committed in the last [`RECENT_TENANT`]: a
+//! neighbour that writes now and then (a pump-failed, a health record) then
+//! never finds the writer inside one uncapped group of a flood's whole
+//! queue (8 batches of 1,000 records had made its commit wait 60-190 ms).
+//! A tenant alone is never capped. Order per subscription (and so per
+//! source) is kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -91,6 +96,9 @@ const GROUP_MAX_RECORDS: usize = 200_000;
 const GROUP_SHARE_RECORDS: usize = 1_000;
 /// Groups a held batch larger than the share may be passed over.
 const MAX_PASSED_OVER: u32 = 2;
+/// How long a subscription that committed keeps groups capped for the
+/// others (see the module docs).
+const RECENT_TENANT: Duration = Duration::from_secs(1);
 /// At most one conflict event per source in this interval.
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -139,6 +147,8 @@ pub(crate) struct Writer {
     reclaim: std::sync::mpsc::SyncSender<Garbage>,
     /// Groups the oldest held batch has been passed over.
     passed_over: u32,
+    /// Subscriptions that committed in the last [`RECENT_TENANT`], when.
+    recent: HashMap<String, Instant>,
     /// Write the skip and volume indexes (`skip.rs`).
     index: bool,
     parts: PartMap,
@@ -253,6 +263,7 @@ impl Writer {
             next_commit,
             reclaim,
             passed_over: 0,
+            recent: HashMap::new(),
             index: config.skip_index,
             parts: PartMap::default(),
         })
@@ -312,14 +323,25 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let now = Instant::now();
+            self.recent
+                .retain(|_, t| now.duration_since(*t) < RECENT_TENANT);
+            let first = waiting[0].batch.subscription.clone();
             let mut fill = Fill {
-                capped: waiting
-                    .iter()
-                    .any(|op| op.batch.subscription != waiting[0].batch.subscription),
+                capped: waiting.iter().any(|op| op.batch.subscription != first)
+                    || self.recent.keys().any(|sub| *sub != first),
                 ..Fill::default()
             };
             for op in waiting {
                 self.admit(op, &mut g, &mut fill);
+            }
+            for sub in fill.per_tenant.keys() {
+                match self.recent.get_mut(sub) {
+                    Some(t) => *t = now,
+                    None => {
+                        self.recent.insert(sub.clone(), now);
+                    }
+                }
             }
             // A batch over the share goes when nothing else fits, or once
             // it has waited long enough (it is the oldest held batch of its
