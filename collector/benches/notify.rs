@@ -1,4 +1,6 @@
-//! Notifier benchmark, over real HTTP into an in-process collector.
+//! Notifier benchmark, over real HTTP into an in-process collector (on its
+//! own runtime, a worker per core as in `sesam-collector`, apart from the
+//! load generator's two workers).
 //!
 //! `cargo bench -p collector --bench notify` (release profile). Figures:
 //! 1. latency from a `pump-failed` POSTed to ingest to the webhook request
@@ -78,10 +80,31 @@ struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), collector::CollectorError>>,
     client: reqwest::Client,
+    /// The collector's own runtime (as in `sesam-collector`: a worker per
+    /// core), apart from the load generator's.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("collector-rt")
+        .build()
+        .unwrap();
+    let listener = {
+        let _in_rt = rt.enter();
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        tokio::net::TcpListener::from_std(std).unwrap()
+    };
     let base = format!("http://{}", listener.local_addr().unwrap());
     std::fs::create_dir_all(dir).unwrap();
     let tokens_path = dir.join("tokens.toml");
@@ -97,7 +120,7 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
     cfg.notifier.egress = notifier::EgressPolicy::allowing(&["127.0.0.1/32"]);
     cfg.notifier.limits = notifier::Limits::generous();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(collector::run(cfg, stop.clone()));
+    let task = rt.spawn(collector::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
     for _ in 0..6000 {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
@@ -107,6 +130,7 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
                     stop,
                     task,
                     client,
+                    rt: Some(rt),
                 };
             }
         }
@@ -116,9 +140,9 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
 }
 
 impl Running {
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.stop.cancel();
-        self.task.await.unwrap().unwrap();
+        (&mut self.task).await.unwrap().unwrap();
     }
     async fn post(&self, body: Vec<u8>) {
         self.post_as("ship", body).await
