@@ -15,12 +15,15 @@
 //!   the secrets store and are never part of the configuration.
 //!
 //! An append that fails (outbox full past its block timeout, disk error) is
-//! logged and counted (`sesam_node_emit_failures_total`); it never fails the
-//! pump run that produced the event. A refusal that every append would
+//! counted (`sesam_node_emit_failures_total`) and logged, at most once a
+//! second with the number of refused appends and records since the last
+//! line (a full disk refuses thousands of appends a second); it never fails
+//! the pump run that produced the event. A refusal that every append would
 //! meet (full, storage error) is remembered for the health check.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use schemas::{Body, ConfigBody, EventType, ExecutionBody, HealthBody, Record};
 use serde_json::Value;
@@ -41,7 +44,19 @@ pub struct Emitter {
     store: Store,
     metrics: Metrics,
     refusing: Arc<AtomicBool>,
+    refusals: Arc<Mutex<Refusals>>,
 }
+
+/// Refused appends not yet logged (see the module docs).
+#[derive(Debug, Default)]
+struct Refusals {
+    logged_at: Option<Instant>,
+    appends: u64,
+    records: u64,
+}
+
+/// Least time between two log lines about refused appends.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The execution-dataset `_id` of an event, following Sesam: the event type
 /// for run events (so `history=false` shows the latest of each),
@@ -70,6 +85,7 @@ impl Emitter {
             store,
             metrics,
             refusing: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -106,7 +122,18 @@ impl Emitter {
             ) {
                 self.refusing.store(true, Ordering::Relaxed);
             }
-            tracing::warn!(target: crate::logs::DRAIN_TARGET, error = %e, records = records.len(), "could not append records to the outbox");
+            let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            r.appends += 1;
+            r.records += records.len() as u64;
+            if r.logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                let (appends, refused) = (r.appends, r.records);
+                *r = Refusals {
+                    logged_at: Some(Instant::now()),
+                    ..Refusals::default()
+                };
+                drop(r);
+                tracing::warn!(target: crate::logs::DRAIN_TARGET, error = %e, records = records.len(), appends, refused, "could not append records to the outbox ({appends} appends, {refused} records refused since the last such line)");
+            }
             return false;
         }
         self.refusing.store(false, Ordering::Relaxed);
