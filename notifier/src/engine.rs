@@ -37,8 +37,8 @@ use crate::alerts::AlertStore;
 use crate::index::Index;
 use crate::limits::Limits;
 use crate::model::{
-    Alert, Change, Effects, Group, MetricState, PipeKey, PipeState, ScheduleSpec, SourceKey,
-    SourceState,
+    Alert, Change, Effects, FastMap, FastSet, Group, MetricState, PipeKey, PipeState, ScheduleSpec,
+    SourceKey, SourceState,
 };
 use crate::rule::{CompiledRule, Kind, RuleKey};
 use crate::schedule::{parse_cron, Timer, Timers};
@@ -55,9 +55,9 @@ pub(crate) struct Counts {
 /// State changed by the current evaluation, written once at its end.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
-    pub(crate) alerts: HashSet<(String, String)>,
-    pub(crate) pipes: HashSet<PipeKey>,
-    pub(crate) sources: HashSet<SourceKey>,
+    pub(crate) alerts: FastSet<(String, String)>,
+    pub(crate) pipes: FastSet<PipeKey>,
+    pub(crate) sources: FastSet<SourceKey>,
     pub(crate) windows: HashSet<String>,
     pub(crate) metrics: HashSet<String>,
     pub(crate) groups: HashSet<String>,
@@ -71,10 +71,10 @@ pub struct Engine {
     pub(crate) receivers: BTreeMap<(String, String), Receiver>,
     pub(crate) silences: Silences,
     pub(crate) alerts: AlertStore,
-    pub(crate) pipes: HashMap<PipeKey, PipeState>,
+    pub(crate) pipes: FastMap<PipeKey, PipeState>,
     /// Pipe names of each source.
-    pub(crate) pipes_of: HashMap<SourceKey, BTreeSet<String>>,
-    pub(crate) sources: HashMap<SourceKey, SourceState>,
+    pub(crate) pipes_of: FastMap<SourceKey, BTreeSet<String>>,
+    pub(crate) sources: FastMap<SourceKey, SourceState>,
     pub(crate) counts: HashMap<String, Counts>,
     /// `<sub>\0<rule id>\0<source>\0<pipe>`
     pub(crate) windows: HashMap<String, VecDeque<(i64, f64)>>,
@@ -122,9 +122,9 @@ impl Engine {
             receivers: BTreeMap::new(),
             silences: Silences::default(),
             alerts: AlertStore::default(),
-            pipes: HashMap::new(),
-            pipes_of: HashMap::new(),
-            sources: HashMap::new(),
+            pipes: FastMap::default(),
+            pipes_of: FastMap::default(),
+            sources: FastMap::default(),
             counts: HashMap::new(),
             windows: HashMap::new(),
             metric: HashMap::new(),

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
 use std::sync::Arc;
 
+use crate::model::FastMap;
 use crate::rule::{CompiledRule, Kind};
 
 /// Rules matching one (subscription, source, pipe).
@@ -15,7 +16,7 @@ pub type RuleSet = Arc<[Arc<CompiledRule>]>;
 #[derive(Debug, Default)]
 struct SubIndex {
     /// Pipe rules whose patterns are all plain names, by name.
-    literal: HashMap<String, Vec<Arc<CompiledRule>>>,
+    literal: FastMap<String, Vec<Arc<CompiledRule>>>,
     /// Pipe rules with a wildcard pattern.
     wild: Vec<Arc<CompiledRule>>,
     /// Heartbeat, health and source-conflict rules.
@@ -24,7 +25,7 @@ struct SubIndex {
     metric: HashMap<String, Vec<Arc<CompiledRule>>>,
     /// Rules by `<source>\0<pipe>`; cleared when the rules change, and
     /// when it outgrows its bound (log records name arbitrary pipes).
-    cache: HashMap<String, RuleSet>,
+    cache: FastMap<String, RuleSet>,
     /// The smallest heartbeat interval of the subscription's rules.
     min_heartbeat: Option<i64>,
 }
@@ -212,7 +213,7 @@ impl Index {
     /// Estimated bytes of the rule lists (by pipe name, wildcard, source,
     /// metric) of every subscription.
     pub(crate) fn rule_bytes(&self) -> usize {
-        fn lists(m: &HashMap<String, Vec<Arc<CompiledRule>>>) -> usize {
+        fn lists<S>(m: &HashMap<String, Vec<Arc<CompiledRule>>, S>) -> usize {
             m.capacity() * (size_of::<(String, Vec<Arc<CompiledRule>>)>() + 1)
                 + m.iter()
                     .map(|(k, v)| k.len() + v.capacity() * size_of::<usize>())

@@ -69,6 +69,7 @@ mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod model;
+mod pipecodec;
 pub mod receiver;
 pub mod rule;
 pub mod schedule;

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::model::{PipeKey, PipeState, ScheduleSpec, SourceKey};
+use crate::model::{FastMap, PipeKey, PipeState, ScheduleSpec, SourceKey};
 use crate::rule::{CompiledRule, Kind, RuleKey};
 
 /// Longest schedule interval taken from a node's config (a year).
@@ -108,9 +108,9 @@ impl Timer {
 /// The armed timers.
 #[derive(Debug)]
 pub(crate) struct Timers {
-    event: HashMap<SourceKey, BTreeSet<(i64, Timer)>>,
+    event: FastMap<SourceKey, BTreeSet<(i64, Timer)>>,
     wall: BTreeSet<(i64, Timer)>,
-    armed: HashMap<Timer, i64>,
+    armed: FastMap<Timer, i64>,
     per_sub: HashMap<String, usize>,
     cap: usize,
 }
@@ -119,9 +119,9 @@ impl Timers {
     /// `cap`: armed timers per subscription.
     pub(crate) fn new(cap: usize) -> Timers {
         Timers {
-            event: HashMap::new(),
+            event: FastMap::default(),
             wall: BTreeSet::new(),
-            armed: HashMap::new(),
+            armed: FastMap::default(),
             per_sub: HashMap::new(),
             cap,
         }

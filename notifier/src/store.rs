@@ -11,7 +11,7 @@
 //! | `v\0<sub>\0<name>` | a receiver |
 //! | `s\0<sub>\0<silence id>` | a silence |
 //! | `a\0<sub>\0<fingerprint>` | an active alert (firing; deleted on resolve) |
-//! | `p\0<sub>\0<source>\0<pipe>` | `[key, state]` of a pipe (last start/finish, schedule) |
+//! | `p\0<sub>\0<source>\0<pipe>` | a pipe's key and state (last start/finish, schedule), compact binary (`pipecodec.rs`; JSON `[key, state]` before) |
 //! | `o\0<sub>\0<source>` | `[key, state]` of a source (event clock, last arrival) |
 //! | `w\0<sub>\0<rule>\0<source>\0<pipe>` | `[key, window]` of a summed value rule |
 //! | `x\0<sub>\0<rule>\0<series>` | `[key, state]` of a pending `metric_threshold` series |
@@ -212,7 +212,7 @@ fn change(c: &Change) -> (Vec<u8>, Option<Vec<u8>>) {
         Change::SilenceGone { sub, id } => (keys::silence(sub, id), None),
         Change::Alert(a) => (keys::alert(&a.subscription, &a.fingerprint), Some(json(a))),
         Change::AlertGone { sub, fp } => (keys::alert(sub, fp), None),
-        Change::Pipe(k, p) => (keys::pipe(k), Some(json(&(k, p)))),
+        Change::Pipe(k, p) => (keys::pipe(k), Some(crate::pipecodec::encode(k, p))),
         Change::PipeGone(k) => (keys::pipe(k), None),
         Change::Source(k, s) => (keys::source(k), Some(json(&(k, s)))),
         Change::SourceGone(k) => (keys::source(k), None),
@@ -269,7 +269,17 @@ impl Db {
             rules: all(self, keys::RULES)?,
             silences: all(self, keys::SILENCES)?,
             alerts: all(self, keys::ALERTS)?,
-            pipes: all(self, keys::PIPES)?,
+            pipes: self
+                .scan(keys::PIPES)?
+                .iter()
+                .filter_map(|(k, v)| {
+                    let p = crate::pipecodec::decode(v);
+                    if p.is_none() {
+                        tracing::error!(key = %String::from_utf8_lossy(k), "unreadable notifier pipe state skipped");
+                    }
+                    p
+                })
+                .collect(),
             sources: all(self, keys::SOURCES)?,
             windows: all(self, keys::WINDOWS)?,
             metrics: all(self, keys::METRICS)?,
