@@ -19,6 +19,17 @@ struct SubIndex {
     literal: FastMap<String, Vec<Arc<CompiledRule>>>,
     /// Pipe rules with a wildcard pattern.
     wild: Vec<Arc<CompiledRule>>,
+    /// The same rules by the literal prefix of each of their patterns
+    /// (`pipe-9*` under `pipe-9`), with the order they were added in: a
+    /// pipe seen for the first time is checked only against the rules
+    /// whose prefix it starts with (a hash lookup per distinct prefix
+    /// length), not against every wildcard rule of the subscription.
+    by_prefix: FastMap<String, Vec<(u64, Arc<CompiledRule>)>>,
+    /// Distinct prefix lengths in `by_prefix`, with how many prefixes have
+    /// each; `lens` lists them, sorted (rebuilt on change).
+    len_counts: FastMap<usize, usize>,
+    lens: Vec<usize>,
+    added: u64,
     /// Heartbeat, health and source-conflict rules.
     source: Vec<Arc<CompiledRule>>,
     /// Metric rules by metric name.
@@ -33,6 +44,8 @@ struct SubIndex {
 impl SubIndex {
     fn refresh(&mut self) {
         self.cache.clear();
+        self.lens = self.len_counts.keys().copied().collect();
+        self.lens.sort_unstable();
         self.min_heartbeat = self
             .source
             .iter()
@@ -42,6 +55,18 @@ impl SubIndex {
             })
             .min();
     }
+}
+
+/// The distinct literal prefixes of a wildcard rule's pipe patterns.
+fn rule_prefixes(rule: &CompiledRule) -> Vec<&str> {
+    let mut out: Vec<&str> = rule
+        .pipes
+        .iter()
+        .map(|p| crate::rule::literal_prefix(p.as_str()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The rule index of every subscription.
@@ -87,7 +112,18 @@ impl Index {
                         }
                     }
                 }
-                None => idx.wild.push(rule.clone()),
+                None => {
+                    idx.wild.push(rule.clone());
+                    idx.added += 1;
+                    let seq = idx.added;
+                    for prefix in rule_prefixes(rule) {
+                        let v = idx.by_prefix.entry(prefix.to_string()).or_insert_with(|| {
+                            *idx.len_counts.entry(prefix.len()).or_default() += 1;
+                            Vec::new()
+                        });
+                        v.push((seq, rule.clone()));
+                    }
+                }
             },
         }
         idx.refresh();
@@ -98,7 +134,24 @@ impl Index {
             return;
         };
         let id = rule.id();
-        idx.wild.retain(|r| r.id() != id);
+        if idx.wild.iter().any(|r| r.id() == id) {
+            idx.wild.retain(|r| r.id() != id);
+            for prefix in idx.by_prefix.keys().cloned().collect::<Vec<_>>() {
+                let Some(v) = idx.by_prefix.get_mut(&prefix) else {
+                    continue;
+                };
+                v.retain(|(_, r)| r.id() != id);
+                if v.is_empty() {
+                    idx.by_prefix.remove(&prefix);
+                    if let Some(n) = idx.len_counts.get_mut(&prefix.len()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            idx.len_counts.remove(&prefix.len());
+                        }
+                    }
+                }
+            }
+        }
         idx.source.retain(|r| r.id() != id);
         if let Kind::Metric { metric, .. } = &rule.kind {
             if let Some(v) = idx.metric.get_mut(metric) {
@@ -144,11 +197,26 @@ impl Index {
         if let Some(v) = idx.literal.get(pipe) {
             out.extend(v.iter().filter(|r| r.matches_source(source)).cloned());
         }
+        // Wildcard rules whose patterns' prefixes the pipe starts with, in
+        // the order they were added (a rule under two prefixes once).
+        let mut wild: Vec<&(u64, Arc<CompiledRule>)> = Vec::new();
+        for &len in &idx.lens {
+            let Some(prefix) = pipe.get(..len) else {
+                if len > pipe.len() {
+                    break;
+                }
+                continue;
+            };
+            if let Some(v) = idx.by_prefix.get(prefix) {
+                wild.extend(v.iter());
+            }
+        }
+        wild.sort_unstable_by_key(|(seq, _)| *seq);
+        wild.dedup_by_key(|(seq, _)| *seq);
         out.extend(
-            idx.wild
-                .iter()
-                .filter(|r| r.matches_source(source) && r.matches_pipe(pipe))
-                .cloned(),
+            wild.into_iter()
+                .filter(|(_, r)| r.matches_source(source) && r.matches_pipe(pipe))
+                .map(|(_, r)| r.clone()),
         );
         let rules: RuleSet = Arc::from(out);
         if idx.cache.len() >= self.cache_cap {
@@ -226,6 +294,12 @@ impl Index {
                     + lists(&i.literal)
                     + lists(&i.metric)
                     + (i.wild.capacity() + i.source.capacity()) * size_of::<usize>()
+                    + i.by_prefix.capacity()
+                        * (size_of::<(String, Vec<(u64, Arc<CompiledRule>)>)>() + 1)
+                    + i.by_prefix
+                        .iter()
+                        .map(|(k, v)| k.len() + v.capacity() * size_of::<(u64, usize)>())
+                        .sum::<usize>()
             })
             .sum()
     }
@@ -240,5 +314,75 @@ impl Index {
                     .sum::<usize>();
             (n + i.cache.len(), b + bytes)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::rule::compile;
+    use serde_json::json;
+
+    fn rule(id: &str, pipes: &[&str]) -> Arc<CompiledRule> {
+        let v = json!({"id": id, "name": id, "type": "pump_failed", "subscription": "s", "pipes": pipes});
+        Arc::new(compile(serde_json::from_value(v).unwrap(), &Limits::default()).unwrap())
+    }
+
+    fn ids(set: &RuleSet) -> Vec<&str> {
+        set.iter().map(|r| r.id()).collect()
+    }
+
+    /// The prefix lookup finds exactly what checking every wildcard rule
+    /// finds, in the order the rules were added, each rule once.
+    #[test]
+    fn wildcard_rules_are_found_by_prefix_as_a_scan_of_all_would_find_them() {
+        let mut idx = Index::new(1024);
+        let rules = [
+            rule("a", &["pipe-9*"]),
+            rule("b", &["pipe-19*", "pipe-1*"]),
+            rule("c", &["*-inbound"]),
+            rule("d", &["pipe-1?"]),
+            rule("e", &["exact"]),
+            rule("f", &["pi[p]e-*", "p*"]),
+            rule("g", &["pipé-*"]),
+        ];
+        for r in &rules {
+            idx.add(r);
+        }
+        let names = [
+            "pipe-9",
+            "pipe-99",
+            "pipe-19",
+            "pipe-1",
+            "pipe-12",
+            "pipe-123",
+            "crm-inbound",
+            "exact",
+            "p",
+            "",
+            "pipé-1",
+            "pip",
+            "pipe-9-inbound",
+        ];
+        for name in names {
+            let want: Vec<&str> = rules
+                .iter()
+                .filter(|r| r.matches_pipe(name))
+                .map(|r| r.id())
+                .collect();
+            assert_eq!(ids(&idx.pipe_rules("s", "src", name)), want, "{name:?}");
+        }
+        // Removing a rule takes it out of every prefix it was under.
+        idx.remove(&rules[1]);
+        assert_eq!(ids(&idx.pipe_rules("s", "src", "pipe-19")), ["d", "f"]);
+        assert_eq!(ids(&idx.pipe_rules("s", "src", "pipe-12")), ["d", "f"]);
+        // Re-adding moves it last, as an update does.
+        idx.add(&rules[1]);
+        assert_eq!(ids(&idx.pipe_rules("s", "src", "pipe-19")), ["d", "f", "b"]);
+        for r in &rules {
+            idx.remove(r);
+        }
+        assert!(!idx.has("s"));
     }
 }

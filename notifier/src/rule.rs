@@ -236,7 +236,9 @@ fn valid_metric_name(s: &str) -> bool {
 /// matches starts with it (a cheap test that turns most names away before
 /// the glob runs; the rule index matches each new pipe against every
 /// wildcard rule of its subscription).
-fn literal_prefix(glob: &str) -> &str {
+/// What every name a glob matches starts with: its text before the first
+/// `*`, `?` or `[`.
+pub(crate) fn literal_prefix(glob: &str) -> &str {
     glob.find(['*', '?', '[']).map_or(glob, |i| &glob[..i])
 }
 

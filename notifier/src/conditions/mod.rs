@@ -38,9 +38,10 @@ impl Engine {
             pipe: e.pipe.clone(),
         };
         let ts = r.ts;
+        let mut changed = false;
         if self.track_pipe(&key, ts) {
             if let Some(p) = self.pipes.get_mut(&key) {
-                let changed = match e.event_type {
+                changed = match e.event_type {
                     EventType::PumpStarted => {
                         p.last_started = Some(p.last_started.map_or(ts, |t| t.max(ts)));
                         p.running_since = Some(ts);
@@ -61,9 +62,6 @@ impl Engine {
                     }
                     _ => false,
                 };
-                if changed {
-                    self.dirty.pipes.insert(key.clone());
-                }
             }
         }
         let rules = self.index.pipe_rules(&r.subscription, &r.source, &e.pipe);
@@ -84,6 +82,10 @@ impl Engine {
                 }
                 _ => {}
             }
+        }
+        if changed {
+            // Moved, not cloned: once per execution record.
+            self.dirty.pipes.insert(key);
         }
     }
 }
