@@ -655,6 +655,17 @@ impl IngestObserver for Groups {
 
 #[tokio::test]
 async fn a_small_batch_is_not_committed_with_a_neighbours_flood() {
+    small_batch_beside_a_flood(3000).await;
+}
+
+/// Batches of exactly one share (1,000 records, what shippers send) are
+/// held too while another subscription's batch waits for the same group.
+#[tokio::test]
+async fn a_small_batch_is_not_committed_with_a_neighbours_full_size_batches_either() {
+    small_batch_beside_a_flood(1000).await;
+}
+
+async fn small_batch_beside_a_flood(size: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (go, gate) = std::sync::mpsc::channel();
     let groups = Arc::new(Groups {
@@ -671,10 +682,14 @@ async fn a_small_batch_is_not_committed_with_a_neighbours_flood() {
     };
     // a's first batch is being committed (held at the gate) while a's
     // next two large batches and b's small one queue behind it.
-    let first = store.try_ingest(batch("a", 1..3001)).expect("queued");
+    let first = store.try_ingest(batch("a", 1..size + 1)).expect("queued");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let a2 = store.try_ingest(batch("a", 3001..6001)).expect("queued");
-    let a3 = store.try_ingest(batch("a", 6001..9001)).expect("queued");
+    let a2 = store
+        .try_ingest(batch("a", size + 1..2 * size + 1))
+        .expect("queued");
+    let a3 = store
+        .try_ingest(batch("a", 2 * size + 1..3 * size + 1))
+        .expect("queued");
     let b1 = store.try_ingest(batch("b", 1..11)).expect("queued");
     go.send(()).expect("release");
     for rx in [first, a2, a3, b1] {
@@ -703,7 +718,7 @@ async fn a_small_batch_is_not_committed_with_a_neighbours_flood() {
         .filter(|(s, _)| s == "a")
         .map(|(_, q)| *q)
         .collect();
-    assert_eq!(a, (1..9001).collect::<Vec<_>>());
+    assert_eq!(a, (1..3 * size + 1).collect::<Vec<_>>());
 }
 
 /// 8 batches of 1,000 records of `sub`/`source`, seqs after `from`.

@@ -21,7 +21,12 @@
 //! nor by a group the flood fills: the small batch gets a short group of
 //! its own. (Records cost the writer microseconds each: a share of 5,000
 //! records in every group had made a neighbour's commit wait tens of
-//! milliseconds.) Groups are also capped while only one subscription
+//! milliseconds.) While a subscription with a few records (at most
+//! [`CROWDED_SHARE_RECORDS`]) waits beside a larger queue of another, the
+//! share is that small, below one full batch of 1,000 records, so the
+//! neighbour's batch does not share its group with a flood's next batch
+//! either (notify bench: another subscription's POST -> webhook p99
+//! 89-99 -> 63-70 ms during a stream). Groups are also capped while only one subscription
 //! waits if another one committed in the last [`RECENT_TENANT`]: a
 //! neighbour that writes now and then (a pump-failed, a health record) then
 //! never finds the writer inside one uncapped group of a flood's whole
@@ -94,6 +99,12 @@ const GROUP_MAX_RECORDS: usize = 200_000;
 /// Records of one subscription in one group when several wait (see the
 /// module docs).
 const GROUP_SHARE_RECORDS: usize = 1_000;
+/// The share while a subscription with at most this many records waits
+/// for the same group as another one: below one full batch of a flood
+/// (1,000 records), so the flood's next batch is held and the neighbour's
+/// small batch is committed in a group of its own, instead of beside
+/// 1,000 of the flood's records.
+const CROWDED_SHARE_RECORDS: usize = 500;
 /// Groups a held batch larger than the share may be passed over.
 const MAX_PASSED_OVER: u32 = 2;
 /// How long a subscription that committed keeps groups capped for the
@@ -191,6 +202,8 @@ struct Group {
 struct Fill {
     /// Several subscriptions wait: each gets its share of the group.
     capped: bool,
+    /// Records of one subscription in this group when capped.
+    share: usize,
     ops: usize,
     per_tenant: HashMap<String, usize>,
     /// Subscriptions with a batch held for the next group.
@@ -327,9 +340,24 @@ impl Writer {
             self.recent
                 .retain(|_, t| now.duration_since(*t) < RECENT_TENANT);
             let first = waiting[0].batch.subscription.clone();
+            // A small batch of another subscription waits beside a larger
+            // queue (two floods keep the normal share between them: groups
+            // of one batch each would double their fsyncs).
+            let crowded = {
+                let mut totals: HashMap<&str, usize> = HashMap::new();
+                for op in &waiting {
+                    *totals.entry(op.batch.subscription.as_str()).or_default() +=
+                        op.batch.entries.len();
+                }
+                totals.len() > 1 && totals.values().any(|&n| n <= CROWDED_SHARE_RECORDS)
+            };
             let mut fill = Fill {
-                capped: waiting.iter().any(|op| op.batch.subscription != first)
-                    || self.recent.keys().any(|sub| *sub != first),
+                capped: crowded || self.recent.keys().any(|sub| *sub != first),
+                share: if crowded {
+                    CROWDED_SHARE_RECORDS
+                } else {
+                    GROUP_SHARE_RECORDS
+                },
                 ..Fill::default()
             };
             for op in waiting {
@@ -372,9 +400,7 @@ impl Writer {
     fn admit(&mut self, op: IngestOp, g: &mut Group, fill: &mut Fill) {
         let sub = op.batch.subscription.as_str();
         let taken = fill.per_tenant.get(sub).copied().unwrap_or(0);
-        if fill.held.contains(sub)
-            || (fill.capped && taken + op.batch.entries.len() > GROUP_SHARE_RECORDS)
-        {
+        if fill.held.contains(sub) || (fill.capped && taken + op.batch.entries.len() > fill.share) {
             fill.held.insert(sub.to_string());
             fill.later.push_back(op);
             return;
