@@ -781,11 +781,13 @@ async fn a_lone_tenant_commits_in_large_groups_and_a_neighbour_seen_in_the_last_
     let before = groups();
     queue_all(&store, flood("acme", "s1", 8_000)).await;
     let shared = groups() - before;
-    // (A held batch goes along after being passed over twice: groups of
-    // 1,000 or 2,000 records.)
-    assert!(
-        shared >= 5 && shared > alone,
-        "with a neighbour seen in the last second, groups are capped: {shared} groups for 8 batches (alone: {alone})"
+    // Exactly one batch per group: acme has records in every group, so
+    // its next batch is never forced along as a passed-over one (it was,
+    // every third group, before: groups of 2,000 records, which a
+    // neighbour's record then waited for).
+    assert_eq!(
+        shared, 8,
+        "with a neighbour seen in the last second, each group holds one of acme's 1,000-record batches (alone: {alone} groups)"
     );
     // A second later acme is alone again.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
