@@ -176,7 +176,11 @@ impl Default for StoreConfig {
 /// Persisted description of a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamMeta {
-    pub labels: Labels,
+    /// Shared with the readers' [`StreamInfo`] and with the writer's copy
+    /// of a group in the making: a group touching a stream clones its
+    /// meta, which must not clone its labels (a flood over many streams
+    /// had spent a tenth of the writer's time copying and freeing them).
+    pub labels: Arc<Labels>,
     /// Oldest and newest entry time (Unix ns) stored in the stream.
     pub min_ts: i64,
     pub max_ts: i64,
@@ -1100,7 +1104,7 @@ fn dir_size(path: &Path) -> u64 {
 pub(crate) fn stream_info(id: u64, m: &StreamMeta) -> StreamInfo {
     StreamInfo {
         id,
-        labels: Arc::new(m.labels.clone()),
+        labels: m.labels.clone(),
         min_ts: m.min_ts,
         max_ts: m.max_ts,
         records: m.records,

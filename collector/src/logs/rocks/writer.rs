@@ -723,7 +723,7 @@ impl Writer {
                             g.streams.insert(
                                 id,
                                 StreamMeta {
-                                    labels: labels.clone(),
+                                    labels: Arc::new(labels.clone()),
                                     min_ts: i64::MAX,
                                     max_ts: i64::MIN,
                                     records: 0,
@@ -1301,8 +1301,14 @@ impl Writer {
             };
             let id = ids.get(e0.stream).copied().flatten().map_or(0, |x| x.0);
             let bucket = bucket_of(e0.ts);
+            // A stream made in this group has nothing in the index yet.
+            let made_now = id >= self.next_stream;
             let state = self.parts.entry((id, bucket)).or_insert_with(|| {
-                let (part, records) = restore_part(&self.db, id, bucket);
+                let (part, records) = if made_now {
+                    (0, 0)
+                } else {
+                    restore_part(&self.db, id, bucket)
+                };
                 PartState {
                     part,
                     records,
