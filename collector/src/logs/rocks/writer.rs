@@ -30,8 +30,9 @@
 //! share is that small, below one full batch of 1,000 records, so the
 //! neighbour's batch does not share its group with a flood's next batch
 //! either (notify bench: another subscription's POST -> webhook p99
-//! 89-99 -> 63-70 ms during a stream). Groups are also capped while only one subscription
-//! waits if another one committed in the last [`RECENT_TENANT`]: a
+//! 89-99 -> 63-70 ms during a stream). Groups are also capped while only
+//! one subscription waits if another one committed in the last
+//! [`RECENT_TENANT`]: a
 //! neighbour that writes now and then (a pump-failed, a health record) then
 //! never finds the writer inside one uncapped group of a flood's whole
 //! queue (8 batches of 1,000 records had made its commit wait 60-190 ms).
