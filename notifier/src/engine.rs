@@ -63,12 +63,17 @@ pub(crate) struct Dirty {
     pub(crate) groups: HashSet<String>,
 }
 
+/// Every receiver by (subscription, name).
+pub(crate) type Receivers = BTreeMap<(String, String), Receiver>;
+
 /// The engine state. Not thread safe: its owner serializes the calls.
 #[derive(Debug)]
 pub struct Engine {
     pub(crate) rules: BTreeMap<RuleKey, Arc<CompiledRule>>,
     pub(crate) index: Index,
-    pub(crate) receivers: BTreeMap<(String, String), Receiver>,
+    /// Copied on write: the delivery tasks read a snapshot of it
+    /// ([`Engine::receivers_snapshot`]) without taking the engine's lock.
+    pub(crate) receivers: Arc<Receivers>,
     pub(crate) silences: Silences,
     pub(crate) alerts: AlertStore,
     pub(crate) pipes: FastMap<PipeKey, PipeState>,
@@ -119,7 +124,7 @@ impl Engine {
         Engine {
             rules: BTreeMap::new(),
             index: Index::new(cache),
-            receivers: BTreeMap::new(),
+            receivers: Arc::default(),
             silences: Silences::default(),
             alerts: AlertStore::default(),
             pipes: FastMap::default(),
@@ -422,6 +427,12 @@ impl Engine {
         }
     }
 
+    /// The receivers as they are now; a later change copies them, so the
+    /// snapshot stays as it was.
+    pub(crate) fn receivers_snapshot(&self) -> Arc<Receivers> {
+        self.receivers.clone()
+    }
+
     pub fn receiver(&self, sub: &str, name: &str) -> Option<&Receiver> {
         self.receivers.get(&(sub.to_string(), name.to_string()))
     }
@@ -429,15 +440,13 @@ impl Engine {
     /// Adds or replaces a receiver; whether it is new.
     pub fn set_receiver(&mut self, r: Receiver) -> bool {
         self.record(Change::Receiver(r.clone()));
-        self.receivers
+        Arc::make_mut(&mut self.receivers)
             .insert((r.subscription.clone(), r.name.clone()), r)
             .is_none()
     }
 
     pub fn remove_receiver(&mut self, sub: &str, name: &str) -> Option<Receiver> {
-        let r = self
-            .receivers
-            .remove(&(sub.to_string(), name.to_string()))?;
+        let r = Arc::make_mut(&mut self.receivers).remove(&(sub.to_string(), name.to_string()))?;
         self.record(Change::ReceiverGone {
             sub: sub.to_string(),
             name: name.to_string(),
@@ -556,7 +565,9 @@ impl Engine {
     pub fn purge(&mut self, sub: &str) {
         self.rules.retain(|k, _| k.sub != sub);
         self.index.purge(sub);
-        self.receivers.retain(|(s, _), _| s != sub);
+        if self.receivers.keys().any(|(s, _)| s == sub) {
+            Arc::make_mut(&mut self.receivers).retain(|(s, _), _| s != sub);
+        }
         self.silences.purge(sub);
         self.alerts.purge(sub);
         self.heartbeat_firing.retain(|k, _| k.sub != sub);

@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::delivery::{DeliveryConfig, Queue};
 use crate::dispatch::{Input, SampleRef};
 use crate::egress::{self, EgressPolicy, EgressResolver, SharedPolicy};
-use crate::engine::{Engine, Restored};
+use crate::engine::{Engine, Receivers, Restored};
 use crate::error::NotifierError;
 use crate::handoff::Slot;
 use crate::limits::{self, Limits};
@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) db: Db,
     /// Short critical sections; never held across an await.
     pub(crate) engine: Mutex<Engine>,
+    /// The engine's receivers as of its last change, for the delivery
+    /// tasks (see [`Notifier::receiver_set`]).
+    receivers: std::sync::RwLock<Arc<Receivers>>,
     /// Short critical sections; never held across an await.
     pub(crate) queue: Mutex<Queue>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -128,8 +131,7 @@ impl Notifier {
         let loaded = db.load()?;
         let mut engine = Engine::new(config.external_url.clone(), now, limits.clone());
         for r in loaded.receivers {
-            engine
-                .receivers
+            Arc::make_mut(&mut engine.receivers)
                 .insert((r.subscription.clone(), r.name.clone()), r);
         }
         for r in loaded.rules {
@@ -189,6 +191,7 @@ impl Notifier {
         Ok(Notifier {
             inner: Arc::new(Inner {
                 db,
+                receivers: std::sync::RwLock::new(engine.receivers_snapshot()),
                 engine: Mutex::new(engine),
                 queue: Mutex::new(queue),
                 clock,
@@ -215,6 +218,15 @@ impl Notifier {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .own_address = Some(addr);
+    }
+
+    /// The receivers, without the engine's lock.
+    pub(crate) fn receiver_set(&self) -> Arc<Receivers> {
+        self.inner
+            .receivers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn policy(&self) -> EgressPolicy {
@@ -302,6 +314,15 @@ impl Notifier {
             }
         }
         let written = self.inner.db.apply(&fx, engine.next_notification);
+        // A receiver changed (API, termination): publish the new set to
+        // the delivery tasks (they do not take the engine's lock).
+        if !Arc::ptr_eq(&engine.receivers, &self.receiver_set()) {
+            *self
+                .inner
+                .receivers
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = engine.receivers_snapshot();
+        }
         let after = engine.next_deadline();
         let (rules, firing) = (engine.rules.len(), engine.alert_count());
         drop(engine);

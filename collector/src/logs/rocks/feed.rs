@@ -167,6 +167,13 @@ impl Store {
         let prefix_len = subscription.len() + 1;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(sub_prefix_end(subscription));
+        // Only commits whose state is published: a later one is written
+        // but may name streams that `streams.get` below does not know yet.
+        let published = self
+            .inner
+            .shared
+            .published_commit
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut it = db.raw_iterator_cf_opt(feed, opts);
         it.seek(feed_key(subscription, from));
         while it.valid() {
@@ -174,6 +181,9 @@ impl Store {
                 break;
             };
             let commit = commit_of(k, prefix_len);
+            if commit.is_some_and(|c| c > published) {
+                break;
+            }
             let parsed = parse_value(v);
             match (commit, parsed) {
                 (Some(c), Some((at, keys))) => {
@@ -431,6 +441,19 @@ mod tests {
             2,
             "commits 2 and 4 follow"
         );
+
+        // A commit the writer has written but not published yet is not
+        // read (its new streams are unknown to readers until then):
+        // commit 4 stands for one here.
+        let published = &store.inner.shared.published_commit;
+        assert_eq!(published.load(std::sync::atomic::Ordering::Acquire), 4);
+        published.store(3, std::sync::atomic::Ordering::Release);
+        let before = store.feed_read("a", (2, 0), 10).unwrap();
+        assert!(before.end, "nothing else readable yet");
+        assert!(before.records.is_empty(), "commit 4 is not published");
+        published.store(4, std::sync::atomic::Ordering::Release);
+        let after = store.feed_read("a", (2, 0), 10).unwrap();
+        assert_eq!(after.last, Some((4, 0)));
 
         // Trimming forgets whole commits; the next commit number survives a
         // reopen even when the feed is empty.

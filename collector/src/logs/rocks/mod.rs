@@ -85,7 +85,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -292,6 +292,11 @@ pub(crate) struct Shared {
     pub sources: RwLock<BTreeMap<(String, String), SourceMeta>>,
     pub metrics: Metrics,
     pub observers: Vec<Arc<dyn IngestObserver>>,
+    /// The last commit whose state (streams, sources) is published to
+    /// readers; the feed is read up to it only: a commit written but not
+    /// yet published can name a stream made in it that readers do not know
+    /// yet, and its records would be reported missing and skipped.
+    pub published_commit: AtomicU64,
 }
 
 struct Inner {
@@ -605,6 +610,7 @@ impl Store {
             sources: RwLock::new(sources.clone()),
             metrics,
             observers,
+            published_commit: AtomicU64::new(next_commit - 1),
         });
         let records: u64 = streams.values().map(|s| s.records).sum();
         shared.metrics.store_records.set(records as i64);

@@ -895,6 +895,11 @@ impl Writer {
                 m.store_streams.set(self.streams.len() as i64);
                 if let Some(c) = g.commit {
                     self.next_commit = c + 1;
+                    // After the streams and sources above: a feed reader
+                    // that sees the commit finds its streams.
+                    self.shared
+                        .published_commit
+                        .store(c, std::sync::atomic::Ordering::Release);
                 }
                 if !g.new_records.is_empty() {
                     match g.commit {
