@@ -284,6 +284,15 @@ mod tests {
             "the old receiver got one attempt"
         );
         held.join().unwrap();
+
+        // A terminated subscription's receivers leave the snapshot too.
+        let key = ("acme".to_string(), "hook".to_string());
+        assert!(n.receiver_set().contains_key(&key));
+        n.purge("acme");
+        assert!(
+            !n.receiver_set().contains_key(&key),
+            "the purged subscription's receiver is still published"
+        );
         stop.cancel();
         tracker.close();
         tracker.wait().await;

@@ -229,6 +229,27 @@ impl Notifier {
             .clone()
     }
 
+    /// After a change to `engine` (under its lock, so publications keep
+    /// the order of the changes): if its receivers changed (they are
+    /// copied on write, so a change is a new pointer), the delivery tasks
+    /// get the new set.
+    fn publish_receivers(&self, engine: &Engine) {
+        let current = self
+            .inner
+            .receivers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&engine.receivers, &current) {
+            return;
+        }
+        drop(current);
+        *self
+            .inner
+            .receivers
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = engine.receivers_snapshot();
+    }
+
     pub(crate) fn policy(&self) -> EgressPolicy {
         egress::read(&self.inner.policy)
     }
@@ -314,15 +335,7 @@ impl Notifier {
             }
         }
         let written = self.inner.db.apply(&fx, engine.next_notification);
-        // A receiver changed (API, termination): publish the new set to
-        // the delivery tasks (they do not take the engine's lock).
-        if !Arc::ptr_eq(&engine.receivers, &self.receiver_set()) {
-            *self
-                .inner
-                .receivers
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = engine.receivers_snapshot();
-        }
+        self.publish_receivers(&engine);
         let after = engine.next_deadline();
         let (rules, firing) = (engine.rules.len(), engine.alert_count());
         drop(engine);
@@ -479,6 +492,7 @@ impl Notifier {
     pub fn purge(&self, subscription: &str) {
         let mut engine = lock(&self.inner.engine);
         engine.purge(subscription);
+        self.publish_receivers(&engine);
         // Under the engine lock: the evaluation thread checks it there.
         self.inner.eval.purged(subscription);
         let fx = engine.take_effects();
