@@ -389,6 +389,39 @@ async fn attack(
                 }));
             }
         }
+        "large batches" => {
+            // One loop of 20,000-record batches (the ingest limit is
+            // 50,000), a few pipes, new seqs: each is decoded and stored.
+            let bodies: Vec<Vec<u8>> = (0..30u64)
+                .map(|b| {
+                    let records = (0..20_000u64)
+                        .map(|i| {
+                            let seq = b * 20_000 + i + 1;
+                            record(
+                                "a",
+                                "bulk",
+                                seq,
+                                "backfill",
+                                Some(format!("pipe-{}", seq % 8)),
+                            )
+                        })
+                        .collect();
+                    body("a", "bulk", records)
+                })
+                .collect();
+            let (client, url, stop, refused) =
+                (client.clone(), url.clone(), stop.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
+                for b in bodies.iter().cycle() {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    if ingest(&client, &url, "ship-a", b.clone()).await != 200 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
         "series cardinality" => {
             // Two loops of 1,000 new series per request; one series in 100
             // carries a 64 KiB label value.
@@ -568,6 +601,7 @@ fn main() {
             "query bombs",
             "big answers",
             "stream cardinality",
+            "large batches",
             "series cardinality",
             // Slot for the notifier's rule budget (expensive rules), once it
             // lands: an attack class "expensive rules" goes here.

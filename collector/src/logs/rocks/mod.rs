@@ -728,6 +728,7 @@ impl Store {
             tokens,
             reply,
             started: Instant::now(),
+            progress: None,
         })
     }
 

@@ -796,3 +796,102 @@ async fn a_lone_tenant_commits_in_large_groups_and_a_neighbour_seen_in_the_last_
     let again = groups() - before;
     assert!(again <= 4, "alone again after a second: {again} groups");
 }
+
+fn numbered(sub: &str, source: &str, seqs: std::ops::RangeInclusive<u64>) -> PreparedBatch {
+    prepared(
+        seqs.map(|s| rec(sub, source, s, 1_000 + s as i64, Level::Info))
+            .collect(),
+        true,
+    )
+}
+
+/// A batch larger than a share, arriving while another subscription is
+/// active, is committed one share at a time (a neighbour then waits for at
+/// most one share of it), answered once after its last piece, in order
+/// with the subscription's next batch, and every record is stored once.
+#[tokio::test]
+async fn a_large_batch_beside_a_neighbour_is_committed_one_share_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let groups = Arc::new(Groups {
+        groups: Mutex::default(),
+        gate: Mutex::new(None),
+    });
+    let store = open(dir.path(), vec![groups.clone()]);
+    // b committed a moment ago: groups are capped for a second.
+    store.ingest(numbered("b", "n", 1..=1)).await.expect("b");
+    let a1 = store
+        .try_ingest(numbered("a", "s", 1..=2_500))
+        .expect("queued");
+    let a2 = store
+        .try_ingest(numbered("a", "s", 2_501..=3_000))
+        .expect("queued");
+    let b2 = store
+        .try_ingest(numbered("b", "n", 2..=11))
+        .expect("queued");
+    let o1 = a1.await.expect("answered").expect("stored");
+    let o2 = a2.await.expect("answered").expect("stored");
+    b2.await.expect("answered").expect("stored");
+    assert_eq!(
+        (o1.accepted, o1.duplicates),
+        (2_500, 0),
+        "one answer for all pieces"
+    );
+    assert_eq!((o2.accepted, o2.duplicates), (500, 0));
+    let groups = groups.groups.lock().expect("lock").clone();
+    let per_group: Vec<usize> = groups
+        .iter()
+        .map(|g| g.iter().filter(|(s, _)| s == "a").count())
+        .collect();
+    assert!(
+        per_group.iter().all(|&n| n <= 1_000),
+        "no group holds more than a share of a's records: {per_group:?}"
+    );
+    let a: Vec<u64> = groups
+        .iter()
+        .flatten()
+        .filter(|(s, _)| s == "a")
+        .map(|(_, q)| *q)
+        .collect();
+    assert_eq!(a, (1..=3_000).collect::<Vec<_>>(), "once each, in order");
+    assert_eq!(lines_of(&store, "s").len(), 3_000);
+    // Sent again: all duplicates, nothing stored twice.
+    let again = store
+        .ingest(numbered("a", "s", 1..=2_500))
+        .await
+        .expect("resent");
+    assert_eq!((again.accepted, again.duplicates), (0, 2_500));
+    assert_eq!(lines_of(&store, "s").len(), 3_000);
+}
+
+/// Splitting keeps the contract that a conflicting batch stores nothing:
+/// the verdicts are taken for the whole batch before its first piece.
+#[tokio::test]
+async fn a_conflict_in_the_last_piece_of_a_split_batch_stores_nothing_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Vec::new());
+    store
+        .ingest(prepared(
+            vec![msg("a", "s", 2_400, 3_400, "stored first")],
+            false,
+        ))
+        .await
+        .expect("first");
+    store.ingest(numbered("b", "n", 1..=1)).await.expect("b");
+    let mut records: Vec<Record> = (1..=2_500u64)
+        .map(|s| rec("a", "s", s, 1_000 + s as i64, Level::Info))
+        .collect();
+    records[2_399] = msg("a", "s", 2_400, 3_400, "other content");
+    let e = store
+        .ingest(prepared(records, true))
+        .await
+        .expect_err("conflict");
+    match &e {
+        StoreError::SourceConflict { field, .. } => assert_eq!(field, "records[2399]"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        lines_of(&store, "s").len(),
+        1,
+        "no piece of the refused batch was stored"
+    );
+}

@@ -38,6 +38,15 @@
 //! queue (8 batches of 1,000 records had made its commit wait 60-190 ms).
 //! A tenant alone is never capped. Order per subscription (and so per
 //! source) is kept.
+//!
+//! Large batches: while groups are capped, a held batch larger than the
+//! share goes one share per group ([`Piece::AtMost`]): a group first judges
+//! up to a share of its records (new, re-send or conflict; a re-send costs
+//! a seq lookup), then writes up to a share of them, and the batch is
+//! answered after its last piece ([`Progress`]). Every record is judged
+//! before the first is written, so a conflicting batch still stores
+//! nothing. A 20,000-record batch had held a neighbour's commit for
+//! 57-100 ms (p99), most of it judging re-sent records.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -70,6 +79,49 @@ pub(crate) struct IngestOp {
     pub tokens: Option<Arc<skip::BatchTokens>>,
     pub reply: Reply<IngestOutcome>,
     pub started: Instant,
+    /// Set once a group took a piece of the batch (see [`Piece`]).
+    pub progress: Option<Box<Progress>>,
+}
+
+impl IngestOp {
+    /// Records of the batch not yet in a group.
+    fn remaining(&self) -> usize {
+        let done = self.progress.as_ref().map_or(0, |p| p.next);
+        self.batch.entries.len().saturating_sub(done)
+    }
+}
+
+/// A batch committed over several groups (see [`Piece`]): its verdicts so
+/// far and what its pieces stored.
+pub(crate) struct Progress {
+    /// The source as the batch leaves it (its epoch switched when the
+    /// batch starts a new one, its pieces' records counted).
+    src: SourceMeta,
+    space: Space,
+    /// The sequence space the batch writes.
+    epoch_id: u32,
+    /// Per record judged so far: new, or a re-send. Every record is judged
+    /// before the first is written, so a conflict anywhere still refuses
+    /// the whole batch; the verdicts stay valid for the later pieces
+    /// because nothing else of the subscription is committed in between
+    /// (its later batches wait behind the rest of this one).
+    is_new: Vec<bool>,
+    /// The new seqs judged so far (with digests) and the highest seq.
+    local: SeqMap,
+    max_seq: u64,
+    /// Records before this index are written.
+    next: usize,
+    /// What the pieces written so far stored.
+    outcome: IngestOutcome,
+}
+
+/// How much of a batch one group takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// The rest of it.
+    All,
+    /// At most this many records; the rest goes in later groups.
+    AtMost(usize),
 }
 
 pub(crate) enum Op {
@@ -196,6 +248,9 @@ struct Group {
     feed: HashMap<String, Vec<u8>>,
     /// The commit number, once the feed is written.
     commit: Option<u64>,
+    /// Batches with a piece in this group and more to come: queued again
+    /// (first) once the group is durable, answered with its error if not.
+    continued: Vec<IngestOp>,
     /// Skip index operands: per (stream, hour, part).
     units: HashMap<(u64, i64, u32), UnitDelta, foldhash::fast::RandomState>,
     /// Volume index operands: per (stream, volume unit).
@@ -329,7 +384,7 @@ impl Writer {
             };
             // What waits now (the queue is short: it is bounded).
             let mut waiting = std::mem::take(&mut deferred);
-            let mut records: usize = waiting.iter().map(|op| op.batch.entries.len()).sum();
+            let mut records: usize = waiting.iter().map(IngestOp::remaining).sum();
             while pending.is_none() && waiting.len() < GROUP_MAX_OPS && records < GROUP_MAX_RECORDS
             {
                 match self.rx.try_recv() {
@@ -351,8 +406,7 @@ impl Writer {
             let crowded = {
                 let mut totals: HashMap<&str, usize> = HashMap::new();
                 for op in &waiting {
-                    *totals.entry(op.batch.subscription.as_str()).or_default() +=
-                        op.batch.entries.len();
+                    *totals.entry(op.batch.subscription.as_str()).or_default() += op.remaining();
                 }
                 totals.len() > 1 && totals.values().any(|&n| n <= CROWDED_SHARE_RECORDS)
             };
@@ -385,17 +439,24 @@ impl Writer {
                 .later
                 .iter()
                 .position(|op| !fill.per_tenant.contains_key(&op.batch.subscription));
+            // While groups are capped, a held batch larger than the share
+            // goes one share at a time (see the module docs).
+            let piece = if fill.capped {
+                Piece::AtMost(fill.share)
+            } else {
+                Piece::All
+            };
             if fill.ops == 0 && !fill.later.is_empty() {
                 if let Some(op) = fill.later.pop_front() {
                     fill.ops += 1;
-                    self.add(op, &mut g);
+                    self.add(op, &mut g, piece);
                 }
                 self.passed_over = 0;
             } else if let Some(i) = starved {
                 if self.passed_over >= MAX_PASSED_OVER {
                     if let Some(op) = fill.later.remove(i) {
                         fill.ops += 1;
-                        self.add(op, &mut g);
+                        self.add(op, &mut g, piece);
                     }
                     self.passed_over = 0;
                 } else {
@@ -405,7 +466,11 @@ impl Writer {
                 self.passed_over = 0;
             }
             deferred = fill.later;
-            self.commit(g);
+            // The rest of a batch split over groups goes before everything
+            // else of its subscription (all of which is held behind it).
+            for op in self.commit(g).into_iter().rev() {
+                deferred.push_front(op);
+            }
         }
         for h in self.background.drain(..) {
             let _ = h.join();
@@ -419,14 +484,15 @@ impl Writer {
     fn admit(&mut self, op: IngestOp, g: &mut Group, fill: &mut Fill) {
         let sub = op.batch.subscription.as_str();
         let taken = fill.per_tenant.get(sub).copied().unwrap_or(0);
-        if fill.held.contains(sub) || (fill.capped && taken + op.batch.entries.len() > fill.share) {
+        let n = op.remaining();
+        if fill.held.contains(sub) || (fill.capped && taken + n > fill.share) {
             fill.held.insert(sub.to_string());
             fill.later.push_back(op);
             return;
         }
-        *fill.per_tenant.entry(sub.to_string()).or_default() += op.batch.entries.len();
+        *fill.per_tenant.entry(sub.to_string()).or_default() += n;
         fill.ops += 1;
-        self.add(op, g);
+        self.add(op, g, Piece::All);
     }
 
     fn stream_meta<'a>(&'a self, g: &'a mut Group, id: u64) -> &'a mut StreamMeta {
@@ -501,42 +567,29 @@ impl Writer {
         }));
     }
 
-    /// Adds one ingest to the group, or answers it with an error.
-    fn add(&mut self, op: IngestOp, g: &mut Group) {
-        let IngestOp {
-            batch,
-            tokens,
-            reply,
-            started,
-        } = op;
-        let sid: SourceId = (batch.subscription.clone(), batch.source.clone());
-        let db = self.db.clone();
-        let seqs_cf = match cf(&db, CF_SEQS) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let now = schemas::time::now_nanos();
-        let before = g
-            .sources
-            .get(&sid)
-            .or_else(|| self.sources.get(&sid))
-            .cloned();
-        let mut src = match &before {
+    /// Where a batch of `sid` starts: the source's state (made when it is
+    /// new, within the subscription's source limit; its epoch switched when
+    /// the batch starts a new one) and the sequence space it writes.
+    fn start_batch(
+        &self,
+        batch: &PreparedBatch,
+        sid: &SourceId,
+        before: Option<&SourceMeta>,
+        g: &Group,
+        now: i64,
+    ) -> Result<Progress, StoreError> {
+        let mut src = match before {
             Some(s) => s.clone(),
             None => {
                 let have = self.source_counts.get(&sid.0).copied().unwrap_or(0)
                     + g.new_sources.get(&sid.0).copied().unwrap_or(0);
                 if have >= self.max_sources {
                     self.shared.metrics.refuse_tenant(&sid.0, "source_limit");
-                    let _ = reply.send(Err(StoreError::SourceLimit {
-                        subscription: sid.0,
-                        source_name: sid.1,
+                    return Err(StoreError::SourceLimit {
+                        subscription: sid.0.clone(),
+                        source_name: sid.1.clone(),
                         limit: self.max_sources,
-                    }));
-                    return;
+                    });
                 }
                 let legacy = batch.epoch.is_empty();
                 SourceMeta {
@@ -548,7 +601,6 @@ impl Writer {
                 }
             }
         };
-
         let space = if batch.epoch == src.epoch {
             Space::Current
         } else if let Some(o) = src.old_epochs.iter().find(|o| o.epoch == batch.epoch) {
@@ -586,118 +638,206 @@ impl Writer {
             src.last_seq = 0;
             src.legacy_last_seq = legacy_last;
         }
-        let epoch_id = match space {
-            Space::Old { id, .. } => id,
-            _ => src.epoch_id,
+        let (epoch_id, max_seq) = match space {
+            Space::Old { id, last_seq } => (id, last_seq),
+            _ => (src.epoch_id, src.last_seq),
         };
+        Ok(Progress {
+            src,
+            space,
+            epoch_id,
+            is_new: Vec::with_capacity(batch.entries.len()),
+            local: SeqMap::default(),
+            max_seq,
+            next: 0,
+            outcome: IngestOutcome::default(),
+        })
+    }
 
-        // Pass 1 (read-only): which records are new, which are re-sends.
-        let mut max_seq = match space {
-            Space::Old { last_seq, .. } => last_seq,
-            _ => src.last_seq,
+    /// Whether record `i` of `batch` is new, a re-send, or a conflict,
+    /// given the records of the batch judged before it (`p`), what earlier
+    /// batches of the group stored (`g.seen`) and the store.
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &self,
+        batch: &PreparedBatch,
+        i: usize,
+        sid: &SourceId,
+        gkey: &(SourceId, u32),
+        g: &Group,
+        seqs_cf: &rocksdb::ColumnFamily,
+        p: &Progress,
+    ) -> Result<Verdict, StoreError> {
+        let e = &batch.entries[i];
+        let epoch_id = p.epoch_id;
+        let prior = p
+            .local
+            .get(&e.seq)
+            .or_else(|| g.seen.get(gkey).and_then(|s| s.get(&e.seq)))
+            .copied();
+        let content = |seq: u64| {
+            Verdict::Conflict {
+            field: format!("records[{i}]"),
+            detail: format!(
+                "seq {seq} of epoch {:?} was stored with other content (two outboxes share an epoch and a source, or the record changed before a re-send); nothing of the batch was stored",
+                batch.epoch
+            ),
+        }
         };
-        let gkey = (sid.clone(), epoch_id);
-        let mut is_new = Vec::with_capacity(batch.entries.len());
-        let mut local = SeqMap::default();
-        for (i, e) in batch.entries.iter().enumerate() {
-            let prior = local
-                .get(&e.seq)
-                .or_else(|| g.seen.get(&gkey).and_then(|s| s.get(&e.seq)))
-                .copied();
-            let content = |seq: u64| {
-                Verdict::Conflict {
-                field: format!("records[{i}]"),
-                detail: format!(
-                    "seq {seq} of epoch {:?} was stored with other content (two outboxes share an epoch and a source, or the record changed before a re-send); nothing of the batch was stored",
-                    batch.epoch
-                ),
-            }
-            };
-            let old_epoch = |seq: u64| {
-                Verdict::Conflict {
-                field: "epoch".into(),
-                detail: format!(
-                    "epoch {:?} is older than the source's current epoch {:?} and seq {seq} is new to it: two live outboxes write this source (e.g. two nodes with the same --node-id); nothing of the batch was stored",
-                    batch.epoch, src.epoch
-                ),
-            }
-            };
-            let verdict = if let Some(d) = prior {
-                if d == e.digest {
-                    Verdict::Duplicate
-                } else {
-                    content(e.seq)
-                }
-            } else if let Space::Old { .. } = space {
-                if e.seq > max_seq {
-                    old_epoch(e.seq)
-                } else {
-                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
-                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
-                        Ok(Some(_)) => Verdict::Duplicate,
-                        Ok(None) => old_epoch(e.seq),
-                        Err(err) => {
-                            let _ = reply.send(Err(err));
-                            return;
-                        }
-                    }
-                }
+        let old_epoch = |seq: u64| {
+            Verdict::Conflict {
+            field: "epoch".into(),
+            detail: format!(
+                "epoch {:?} is older than the source's current epoch {:?} and seq {seq} is new to it: two live outboxes write this source (e.g. two nodes with the same --node-id); nothing of the batch was stored",
+                batch.epoch, p.src.epoch
+            ),
+        }
+        };
+        if let Some(d) = prior {
+            return Ok(if d == e.digest {
+                Verdict::Duplicate
             } else {
-                // A new epoch right after the legacy one: the same record
-                // re-sent by an upgraded shipper is a duplicate.
-                let legacy_dup = epoch_id != LEGACY_EPOCH
-                    && e.seq <= src.legacy_last_seq
-                    && match self.lookup(seqs_cf, &sid, LEGACY_EPOCH, e.seq) {
-                        Ok(found) => found == Some(Some(e.digest)),
-                        Err(err) => {
-                            let _ = reply.send(Err(err));
-                            return;
-                        }
-                    };
-                if legacy_dup {
-                    Verdict::Duplicate
-                } else if e.seq > max_seq {
-                    Verdict::New
-                } else {
-                    match self.lookup(seqs_cf, &sid, epoch_id, e.seq) {
-                        Ok(Some(Some(d))) if d != e.digest => content(e.seq),
-                        Ok(Some(_)) => Verdict::Duplicate,
-                        Ok(None) => Verdict::New,
-                        Err(err) => {
-                            let _ = reply.send(Err(err));
-                            return;
-                        }
-                    }
-                }
-            };
-            match verdict {
-                Verdict::New => {
-                    local.insert(e.seq, e.digest);
-                    max_seq = max_seq.max(e.seq);
-                    is_new.push(true);
-                }
-                Verdict::Duplicate => is_new.push(false),
-                Verdict::Conflict { field, detail } => {
-                    let kind = if field == "epoch" { "epoch" } else { "content" };
-                    self.conflict(g, sid, before, kind, field, detail, reply);
+                content(e.seq)
+            });
+        }
+        if let Space::Old { .. } = p.space {
+            if e.seq > p.max_seq {
+                return Ok(old_epoch(e.seq));
+            }
+            return Ok(match self.lookup(seqs_cf, sid, epoch_id, e.seq)? {
+                Some(Some(d)) if d != e.digest => content(e.seq),
+                Some(_) => Verdict::Duplicate,
+                None => old_epoch(e.seq),
+            });
+        }
+        // A new epoch right after the legacy one: the same record re-sent
+        // by an upgraded shipper is a duplicate.
+        let legacy_dup = epoch_id != LEGACY_EPOCH
+            && e.seq <= p.src.legacy_last_seq
+            && self.lookup(seqs_cf, sid, LEGACY_EPOCH, e.seq)? == Some(Some(e.digest));
+        if legacy_dup {
+            return Ok(Verdict::Duplicate);
+        }
+        if e.seq > p.max_seq {
+            return Ok(Verdict::New);
+        }
+        Ok(match self.lookup(seqs_cf, sid, epoch_id, e.seq)? {
+            Some(Some(d)) if d != e.digest => content(e.seq),
+            Some(_) => Verdict::Duplicate,
+            None => Verdict::New,
+        })
+    }
+
+    /// Adds one ingest (or `piece` of it) to the group, or answers it with
+    /// an error.
+    fn add(&mut self, op: IngestOp, g: &mut Group, piece: Piece) {
+        let IngestOp {
+            mut batch,
+            tokens,
+            reply,
+            started,
+            progress,
+        } = op;
+        let sid: SourceId = (batch.subscription.clone(), batch.source.clone());
+        let db = self.db.clone();
+        let seqs_cf = match cf(&db, CF_SEQS) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let now = schemas::time::now_nanos();
+        let before = g
+            .sources
+            .get(&sid)
+            .or_else(|| self.sources.get(&sid))
+            .cloned();
+        let mut p = match progress {
+            Some(p) => *p,
+            None => match self.start_batch(&batch, &sid, before.as_ref(), g, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                     return;
                 }
+            },
+        };
+        let len = batch.entries.len();
+        let mut budget = match piece {
+            Piece::All => usize::MAX,
+            Piece::AtMost(n) => n.max(1),
+        };
+        // Pass 1 (read-only): which records are new, which are re-sends;
+        // for the whole batch before any of it is written (a conflict
+        // anywhere refuses all of it), one share per group when the batch
+        // is split.
+        let checked = p.is_new.len();
+        if checked < len {
+            let upto = checked.saturating_add(budget).min(len);
+            let gkey = (sid.clone(), p.epoch_id);
+            for i in checked..upto {
+                match self.verdict(&batch, i, &sid, &gkey, g, seqs_cf, &p) {
+                    Ok(Verdict::New) => {
+                        let e = &batch.entries[i];
+                        p.local.insert(e.seq, e.digest);
+                        p.max_seq = p.max_seq.max(e.seq);
+                        p.is_new.push(true);
+                    }
+                    Ok(Verdict::Duplicate) => p.is_new.push(false),
+                    Ok(Verdict::Conflict { field, detail }) => {
+                        let kind = if field == "epoch" { "epoch" } else { "content" };
+                        self.conflict(g, sid, before, kind, field, detail, reply);
+                        return;
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        return;
+                    }
+                }
+            }
+            budget = budget.saturating_sub(upto - checked);
+            if upto == len && p.space == Space::New && before.is_some() {
+                tracing::info!(
+                    subscription = %sid.0,
+                    source = %sid.1,
+                    epoch = %batch.epoch,
+                    "source started a new outbox epoch (a new sequence space)"
+                );
             }
         }
-        if space == Space::New && before.is_some() {
-            tracing::info!(
-                subscription = %sid.0,
-                source = %sid.1,
-                epoch = %batch.epoch,
-                "source started a new outbox epoch (a new sequence space)"
-            );
+        let start = p.next;
+        let end = if p.is_new.len() < len {
+            start
+        } else {
+            start.saturating_add(budget).min(len)
+        };
+        if end == start && end < len {
+            // This group only judged records of it.
+            g.continued.push(IngestOp {
+                batch,
+                tokens,
+                reply,
+                started,
+                progress: Some(Box::new(p)),
+            });
+            return;
         }
+        let epoch_id = p.epoch_id;
+        let mut src = std::mem::take(&mut p.src);
+        let is_new = std::mem::take(&mut p.is_new);
+        let so_far = p.outcome;
+        let range = start..end;
+        let gkey = (sid.clone(), epoch_id);
+        // Only the piece's records; the rest of the batch is not touched.
+        let entries = &batch.entries[range.clone()];
+        let piece_new = &is_new[range.clone()];
 
         // Pass 2: the stream of every new record (streams are made only for
         // records that are stored, so duplicates never create empty ones).
         let sub = batch.subscription.as_str();
         let mut ids: Vec<Option<(u64, bool)>> = vec![None; batch.streams.len()];
-        for (e, new) in batch.entries.iter().zip(&is_new) {
+        for (e, new) in entries.iter().zip(piece_new) {
             if !*new || ids.get(e.stream).is_none_or(|x| x.is_some()) {
                 continue;
             }
@@ -757,7 +897,7 @@ impl Writer {
             _ if self.index => Some(Arc::new(skip::BatchTokens::of(&batch))),
             _ => None,
         };
-        for (e, new) in batch.entries.iter().zip(&is_new) {
+        for (e, new) in entries.iter().zip(piece_new) {
             if !*new {
                 outcome.duplicates += 1;
                 continue;
@@ -791,9 +931,15 @@ impl Writer {
         }
         if let Some(t) = &tokens {
             // The index of the records goes into the same batch.
-            self.index_new(g, &batch, &is_new, &ids, t);
+            if range.len() == len {
+                self.index_new(g, &batch, &is_new, &ids, t);
+            } else {
+                let mut mask = vec![false; len];
+                mask[range.clone()].copy_from_slice(piece_new);
+                self.index_new(g, &batch, &mask, &ids, t);
+            }
         }
-        for (e, new) in batch.entries.iter().zip(&is_new) {
+        for (e, new) in entries.iter().zip(piece_new) {
             if *new {
                 let id = ids.get(e.stream).copied().flatten().map_or(0, |x| x.0);
                 let m = self.stream_meta(g, id);
@@ -805,17 +951,23 @@ impl Writer {
         if outcome.accepted > 0 {
             src.last_seen = now;
         }
-        src.dropped += batch.dropped;
+        if start == 0 {
+            src.dropped += batch.dropped;
+        }
         src.duplicates += outcome.duplicates;
         if before.is_none() && !g.sources.contains_key(&sid) {
             *g.new_sources.entry(sid.0.clone()).or_default() += 1;
         }
+        if end < len {
+            p.src = src.clone();
+        }
         g.sources.insert(sid, src);
-        if let Some(records) = batch.records {
+        if let Some(records) = batch.records.as_mut() {
+            // They hold the records from the piece's start on.
             g.new_records.extend(
                 records
-                    .into_iter()
-                    .zip(&is_new)
+                    .drain(..range.len().min(records.len()))
+                    .zip(piece_new)
                     .filter(|(_, n)| **n)
                     .map(|(r, _)| r),
             );
@@ -829,8 +981,26 @@ impl Writer {
         g.duplicates += outcome.duplicates;
         g.overflowed += outcome.overflowed;
         g.bytes += bytes;
-        g.records += batch.entries.len();
-        g.done.push((reply, outcome, started));
+        g.records += range.len();
+        let so_far = IngestOutcome {
+            accepted: so_far.accepted + outcome.accepted,
+            duplicates: so_far.duplicates + outcome.duplicates,
+            overflowed: so_far.overflowed + outcome.overflowed,
+        };
+        if end < len {
+            p.is_new = is_new;
+            p.next = end;
+            p.outcome = so_far;
+            g.continued.push(IngestOp {
+                batch,
+                tokens,
+                reply,
+                started,
+                progress: Some(Box::new(p)),
+            });
+            return;
+        }
+        g.done.push((reply, so_far, started));
         self.discard(Box::new((batch.entries, batch.streams)));
     }
 
@@ -842,9 +1012,12 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut g: Group) {
+    /// Writes the group and answers its callers; returns the batches with
+    /// more pieces to come (none when the write failed: they are answered
+    /// with its error).
+    fn commit(&mut self, mut g: Group) -> Vec<IngestOp> {
         if g.done.is_empty() && g.sources.is_empty() {
-            return;
+            return std::mem::take(&mut g.continued);
         }
         if self.index {
             for ((stream, bucket, part), d) in g.units.iter_mut() {
@@ -924,6 +1097,7 @@ impl Writer {
                 if !g.new_records.is_empty() {
                     self.discard(Box::new(g.new_records));
                 }
+                g.continued
             }
             Err(e) => {
                 // The part counts took records that were not stored.
@@ -932,6 +1106,12 @@ impl Writer {
                 for (reply, _, _) in g.done {
                     let _ = reply.send(Err(e.clone()));
                 }
+                // What earlier pieces of such a batch stored stays stored;
+                // a re-send finds it and stores only the rest.
+                for op in g.continued {
+                    let _ = op.reply.send(Err(e.clone()));
+                }
+                Vec::new()
             }
         }
     }
