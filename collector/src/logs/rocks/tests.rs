@@ -895,3 +895,34 @@ async fn a_conflict_in_the_last_piece_of_a_split_batch_stores_nothing_of_it() {
         "no piece of the refused batch was stored"
     );
 }
+
+/// A split batch whose second piece fails to be written is answered with
+/// the error; its first piece stays stored, and the shipper's re-send of
+/// the whole batch stores only the rest: every record once, none lost.
+#[tokio::test]
+async fn a_failed_later_piece_answers_the_error_and_the_resend_stores_only_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Vec::new());
+    store.ingest(numbered("b", "n", 1..=1)).await.expect("b");
+    super::writer::tests_hooks::FAIL_WRITES
+        .lock()
+        .expect("lock")
+        .push(("piece-fails".into(), 1));
+    let e = store
+        .ingest(numbered("piece-fails", "s", 1..=2_500))
+        .await
+        .expect_err("the second piece's write fails");
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    let written = lines_of(&store, "s").len() as u64;
+    assert!(
+        (1..=1_000).contains(&written),
+        "one piece (at most a share) was written before the failure: {written}"
+    );
+    let o = store
+        .ingest(numbered("piece-fails", "s", 1..=2_500))
+        .await
+        .expect("re-sent");
+    assert_eq!((o.accepted, o.duplicates), (2_500 - written, written));
+    let seqs: Vec<u64> = lines_of(&store, "s").iter().map(|l| l.1).collect();
+    assert_eq!(seqs, (1..=2_500).collect::<Vec<_>>(), "every record once");
+}

@@ -669,6 +669,7 @@ impl Writer {
         p: &Progress,
     ) -> Result<Verdict, StoreError> {
         let e = &batch.entries[i];
+        let lookup = |epoch: u32, seq: u64| self.lookup(seqs_cf, sid, epoch, seq);
         let epoch_id = p.epoch_id;
         let prior = p
             .local
@@ -704,7 +705,7 @@ impl Writer {
             if e.seq > p.max_seq {
                 return Ok(old_epoch(e.seq));
             }
-            return Ok(match self.lookup(seqs_cf, sid, epoch_id, e.seq)? {
+            return Ok(match lookup(epoch_id, e.seq)? {
                 Some(Some(d)) if d != e.digest => content(e.seq),
                 Some(_) => Verdict::Duplicate,
                 None => old_epoch(e.seq),
@@ -714,14 +715,14 @@ impl Writer {
         // by an upgraded shipper is a duplicate.
         let legacy_dup = epoch_id != LEGACY_EPOCH
             && e.seq <= p.src.legacy_last_seq
-            && self.lookup(seqs_cf, sid, LEGACY_EPOCH, e.seq)? == Some(Some(e.digest));
+            && lookup(LEGACY_EPOCH, e.seq)? == Some(Some(e.digest));
         if legacy_dup {
             return Ok(Verdict::Duplicate);
         }
         if e.seq > p.max_seq {
             return Ok(Verdict::New);
         }
-        Ok(match self.lookup(seqs_cf, sid, epoch_id, e.seq)? {
+        Ok(match lookup(epoch_id, e.seq)? {
             Some(Some(d)) if d != e.digest => content(e.seq),
             Some(_) => Verdict::Duplicate,
             None => Verdict::New,
@@ -772,14 +773,17 @@ impl Writer {
         // for the whole batch before any of it is written (a conflict
         // anywhere refuses all of it), one share per group when the batch
         // is split.
+        // (Counted in records judged: counting only the records that need
+        // a seq lookup let a group judge a whole 20,000-record batch of new
+        // records, and a neighbour's p99 in the noisy-neighbour bench went
+        // from 13 to 22 ms.)
         let checked = p.is_new.len();
         if checked < len {
             let upto = checked.saturating_add(budget).min(len);
             let gkey = (sid.clone(), p.epoch_id);
-            for i in checked..upto {
+            for (i, e) in batch.entries.iter().enumerate().take(upto).skip(checked) {
                 match self.verdict(&batch, i, &sid, &gkey, g, seqs_cf, &p) {
                     Ok(Verdict::New) => {
-                        let e = &batch.entries[i];
                         p.local.insert(e.seq, e.digest);
                         p.max_seq = p.max_seq.max(e.seq);
                         p.is_new.push(true);
@@ -1028,6 +1032,12 @@ impl Writer {
                 }
             }
         }
+        #[cfg(test)]
+        let result = match tests_hooks::injected_failure(&g) {
+            Some(e) => Err(e),
+            None => self.write_group(&mut g),
+        };
+        #[cfg(not(test))]
         let result = self.write_group(&mut g);
         let m = &self.shared.metrics;
         match result {
@@ -1601,5 +1611,30 @@ fn restore_part(db: &DB, stream: u64, bucket: i64) -> (u32, u64) {
         Some(n) => (part, n),
         // Unknown: take a new part.
         None => (part, u64::MAX),
+    }
+}
+
+/// Write failures injected by the store's tests.
+#[cfg(test)]
+pub(crate) mod tests_hooks {
+    use std::sync::Mutex;
+
+    use super::{Group, StoreError};
+
+    /// (subscription, groups with it to let through): the group after
+    /// those fails its write.
+    pub(crate) static FAIL_WRITES: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+    pub(super) fn injected_failure(g: &Group) -> Option<StoreError> {
+        let mut fails = FAIL_WRITES.lock().unwrap_or_else(|p| p.into_inner());
+        let i = fails
+            .iter()
+            .position(|(sub, _)| g.sources.keys().any(|(s, _)| s == sub))?;
+        if fails[i].1 > 0 {
+            fails[i].1 -= 1;
+            return None;
+        }
+        fails.remove(i);
+        Some(StoreError::storage("write batch", "injected failure"))
     }
 }
