@@ -40,6 +40,11 @@ use serde_json::{json, Value};
 use testkit::env_usize;
 use tokio_util::sync::CancellationToken;
 
+/// The shipped `sesam-collector`'s allocator (see `collector/src/main.rs`):
+/// the collector runs in this process, so it is measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SUB: &str = "bench";
 const PIPES: usize = 100_000;
 const RULES: usize = 10_000;
@@ -93,6 +98,12 @@ impl Drop for Running {
     }
 }
 
+/// `BENCH_NOTIFY_BUDGET=default`: evaluation within the default
+/// per-subscription time budget and share instead of unlimited.
+fn budgeted() -> bool {
+    std::env::var("BENCH_NOTIFY_BUDGET").is_ok_and(|v| v == "default")
+}
+
 async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -119,6 +130,12 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
     // inline (the cost measured is the whole evaluation, none deferred).
     cfg.notifier.egress = notifier::EgressPolicy::allowing(&["127.0.0.1/32"]);
     cfg.notifier.limits = notifier::Limits::generous();
+    if budgeted() {
+        // The production default: each subscription's evaluation within its
+        // share of time (`--notifier-eval-budget`, `--notifier-eval-share`);
+        // what does not fit waits in the commit feed.
+        cfg.notifier.limits.eval_budget = notifier::Limits::default().eval_budget;
+    }
     let stop = CancellationToken::new();
     let task = rt.spawn(collector::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
@@ -381,6 +398,29 @@ struct OnRun {
     catch_up: f64,
     /// `notifier_engine_memory_bytes` / `_entries` by part.
     memory: Vec<(String, f64, f64)>,
+    /// CPU per record (us) of the process's thread groups during the
+    /// stream, and from its start until evaluation caught up.
+    cpu_stream: String,
+    cpu_total: String,
+}
+
+/// CPU used between two `thread_cpu_ms` readings, in us per record, by
+/// thread group (the load generator's threads are `tokio-runtime-worker`).
+fn cpu_per_record(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    records: usize,
+) -> String {
+    let mut used: Vec<(&String, u64)> = after
+        .iter()
+        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    used.sort_by_key(|u| std::cmp::Reverse(u.1));
+    used.iter()
+        .map(|(k, v)| format!("{k} {:.2}", *v as f64 * 1e3 / records as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A sample of the collector's `/metrics`.
@@ -439,6 +479,8 @@ async fn throughput(
     // load (another subscription active: the stream's concurrent batches
     // take the bulk lane in both); their latency counts in the on run.
     let probers = (probe(SUB, "ship"), probe(PROBE_SUB, "ship2"));
+    let pid = std::process::id();
+    let cpu_start = testkit::process::thread_cpu_ms(pid);
     let mut tasks = Vec::new();
     // Two connections per source, each source's batches in order per
     // connection (as shippers do).
@@ -462,8 +504,12 @@ async fn throughput(
         t.await.unwrap();
     }
     let rate = records as f64 / started.elapsed().as_secs_f64();
+    let cpu_streamed = testkit::process::thread_cpu_ms(pid);
     streaming.cancel();
-    let mut on = OnRun::default();
+    let mut on = OnRun {
+        cpu_stream: cpu_per_record(&cpu_start, &cpu_streamed, records),
+        ..OnRun::default()
+    };
     let answered = Instant::now();
     let (same, other) = (probers.0.await.unwrap(), probers.1.await.unwrap());
     on.ingest = other
@@ -478,6 +524,7 @@ async fn throughput(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         on.catch_up = answered.elapsed().as_secs_f64();
+        on.cpu_total = cpu_per_record(&cpu_start, &testkit::process::thread_cpu_ms(pid), records);
         let deadline = Instant::now() + Duration::from_secs(60);
         let all = || same.iter().chain(other.iter());
         loop {
@@ -571,6 +618,10 @@ fn main() {
                 pct(i, 0.5),
                 pct(i, 0.99)
             );
+            println!(
+                "  round {round}: notifier off, CPU us per record during the stream: {}",
+                off_run.cpu_stream
+            );
             off = off.max(r);
             let pair_off = r;
             let (r, s, run) = throughput(&on_dir, batches.clone(), Some(&rules), &arrivals).await;
@@ -590,6 +641,10 @@ fn main() {
                 pct(&run.ingest, 0.99),
                 pct(&run.other_after, 0.5),
                 pct(&run.other_after, 0.99)
+            );
+            println!(
+                "  round {round}: notifier on, CPU us per record during the stream: {}; until evaluation caught up: {}",
+                run.cpu_stream, run.cpu_total
             );
             on = on.max(r);
             ratios.push(r / pair_off);

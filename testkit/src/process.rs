@@ -219,6 +219,41 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// CPU time (ms) of each thread group of `pid` (threads named alike, the
+/// digits of their names dropped: `query-0`, `query-1` are `query-`).
+pub fn thread_cpu_ms(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    // USER_HZ is 100 on Linux.
+    for t in tasks.filter_map(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name: String = stat[open + 1..close]
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // After the name: state(0) ... utime(11) stime(12).
+        *out.entry(name).or_default() += (ticks(11) + ticks(12)) * 10;
+    }
+    // The whole process, exited threads included.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if let Some(close) = stat.rfind(')') {
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out.insert("(total)".into(), (ticks(11) + ticks(12)) * 10);
+        }
+    }
+    out
+}
+
 /// A workspace binary under test that is started, killed and restarted on
 /// the same data directory and log, at most one process at a time (the
 /// end-to-end tests' collector, node and shipper).
