@@ -216,6 +216,10 @@ impl IngestObserver for NotifierHook {
             n.on_committed(commit, records);
         }
     }
+    fn wants_feed(&self, subscription: &str) -> bool {
+        // Until the notifier is open (the store opens first), everything.
+        self.0.get().is_none_or(|n| n.has_rules(subscription))
+    }
     fn subscription_purged(&self, subscription: &str) {
         if let Some(n) = self.0.get() {
             n.purge(subscription);
@@ -351,11 +355,11 @@ pub async fn run(
         Storage::RocksDb => None,
         Storage::ClickHouse(c) => Some(c.clone()),
     };
-    // The notifier evaluates off the commit path from the RocksDB store's
-    // feed. Over ClickHouse the RocksDB store under the data dir holds the
-    // notifier's state only, and records reach the notifier through the
-    // observers after each insert.
-    store_cfg.feed = config.notifier_enabled && clickhouse.is_none();
+    // The notifier evaluates off the commit path from the commit feed of
+    // the RocksDB store under the data dir. Over ClickHouse that store
+    // holds the notifier's state and the feed only (records inline,
+    // written by the ClickHouse writer: `rocks/feed.rs`).
+    store_cfg.feed = config.notifier_enabled;
     let (rocks_observers, ch_observers) = match clickhouse {
         None => (observers, Vec::new()),
         Some(_) => (Vec::new(), observers),
@@ -371,15 +375,15 @@ pub async fn run(
             c.max_streams_per_subscription = config.store.max_streams_per_subscription;
             c.max_sources_per_subscription = config.store.max_sources_per_subscription;
             let m = metrics.clone();
+            let feed = config.notifier_enabled.then(|| store.clone());
             let ch = tokio::task::spawn_blocking(move || {
-                logs::clickhouse::ClickHouseStore::open(c, m, ch_observers)
+                logs::clickhouse::ClickHouseStore::open(c, m, ch_observers, feed)
             })
             .await
             .map_err(|e| CollectorError::Task(format!("open ClickHouse store task: {e}")))??;
             Arc::new(ch)
         }
     };
-    let on_rocks = matches!(config.storage, Storage::RocksDb);
 
     let (db, ncfg, clock, rules_file) = (
         store.db(),
@@ -399,9 +403,7 @@ pub async fn run(
         .await
         .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
         let _ = hook.0.set(n.clone());
-        if on_rocks {
-            n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
-        }
+        n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
         Some(n)
     } else {
         None

@@ -278,6 +278,12 @@ impl Index {
         self.subs.remove(sub);
     }
 
+    /// The subscriptions with rules (or that had some: an emptied
+    /// subscription's entry may stay).
+    pub fn subscriptions(&self) -> HashSet<String> {
+        self.subs.keys().cloned().collect()
+    }
+
     /// Estimated bytes of the rule lists (by pipe name, wildcard, source,
     /// metric) of every subscription.
     pub(crate) fn rule_bytes(&self) -> usize {

@@ -89,6 +89,9 @@ pub(crate) struct Inner {
     /// Metric names watched by `metric_threshold` rules, per subscription:
     /// lets the metrics ingest skip building samples nobody evaluates.
     metric_watch: std::sync::RwLock<HashMap<String, HashSet<String>>>,
+    /// The subscriptions with rules ([`Notifier::has_rules`]), refreshed
+    /// with `metric_watch`.
+    rule_subs: std::sync::RwLock<HashSet<String>>,
     /// Notifications finished per subscription since its history was
     /// last pruned. Short critical sections.
     pub(crate) finished: Mutex<HashMap<String, u64>>,
@@ -187,6 +190,7 @@ impl Notifier {
         metrics.alerts_firing.set(engine.alert_count() as i64);
         metrics.queue_pending.set(queue.pending.len() as i64);
         let watch = engine.index.watched_metrics();
+        let rule_subs = engine.index.subscriptions();
         let eval = Slot::new(loaded.watermarks);
         Ok(Notifier {
             inner: Arc::new(Inner {
@@ -203,6 +207,7 @@ impl Notifier {
                 metrics,
                 warnings: Warnings::default(),
                 metric_watch: std::sync::RwLock::new(watch),
+                rule_subs: std::sync::RwLock::new(rule_subs),
                 finished: Mutex::new(HashMap::new()),
                 shares: Shares::default(),
                 eval,
@@ -264,13 +269,31 @@ impl Notifier {
             .is_some_and(|names| names.contains(name))
     }
 
+    /// Whether `subscription` has notification rules (read without the
+    /// engine's lock: a snapshot taken after each rule change).
+    pub fn has_rules(&self, subscription: &str) -> bool {
+        self.inner
+            .rule_subs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(subscription)
+    }
+
     pub(crate) fn refresh_metric_watch(&self) {
-        let watch = lock(&self.inner.engine).index.watched_metrics();
+        let (watch, subs) = {
+            let e = lock(&self.inner.engine);
+            (e.index.watched_metrics(), e.index.subscriptions())
+        };
         *self
             .inner
             .metric_watch
             .write()
             .unwrap_or_else(|p| p.into_inner()) = watch;
+        *self
+            .inner
+            .rule_subs
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = subs;
     }
 
     /// Registers the notifier's metrics (`notifier_*`).

@@ -137,10 +137,32 @@ async fn deliver(client: &reqwest::Client, url: &str, body: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_evaluation_notifies_every_incident_exactly_once() {
-    let started = Instant::now();
     let dir = e2e::scratch();
+    let collector = Collector::new(&dir.path().join("collector"), &[SUB]);
+    sigkill_during_evaluation(collector).await;
+}
+
+/// The same over ClickHouse (`--storage clickhouse`): the ClickHouse
+/// writer keeps the commit feed in the collector's local store, written
+/// before each insert and settled at the next start after a kill between
+/// the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_evaluation_over_clickhouse_notifies_every_incident_exactly_once() {
+    let Some(ch) = e2e::clickhouse::start_or_skip(
+        "kill during evaluation over ClickHouse",
+        testkit::engines::ClickHouseOptions::default(),
+    ) else {
+        return;
+    };
+    let dir = e2e::scratch();
+    let collector =
+        e2e::clickhouse::collector(&dir.path().join("collector"), &[SUB], &[], &[ch.url()]);
+    sigkill_during_evaluation(collector).await;
+}
+
+async fn sigkill_during_evaluation(mut collector: Collector) {
+    let started = Instant::now();
     let hook = Webhook::start().await;
-    let mut collector = Collector::new(&dir.path().join("collector"), &[SUB]);
     // A small evaluation queue: records beyond it are read back from the
     // store's commit feed, so that path runs too, not only after restarts.
     collector

@@ -153,11 +153,19 @@ pub trait IngestObserver: Send + Sync + 'static {
     /// `records` were just stored durably, all of one commit group.
     fn committed(&self, records: &[Record]);
     /// Instead of [`IngestObserver::committed`] when the store writes a
-    /// durable commit feed (the RocksDB store with `StoreConfig::feed`):
+    /// durable commit feed (the RocksDB store with `StoreConfig::feed`, the
+    /// ClickHouse store with the local store's feed):
     /// the same records with the commit's number, so that an observer can
     /// queue them in memory and fall back to the feed when it lags.
     fn committed_feed(&self, _commit: u64, records: Arc<Vec<Record>>) {
         self.committed(&records)
+    }
+    /// Whether this observer needs `subscription`'s records in a commit
+    /// feed the store keeps for it (the ClickHouse store writes whole
+    /// records there; see `rocks/feed.rs`). Records of a subscription no
+    /// observer wants there still reach `committed_feed`, in memory only.
+    fn wants_feed(&self, _subscription: &str) -> bool {
+        false
     }
     /// Every record of `subscription` was deleted (termination).
     fn subscription_purged(&self, _subscription: &str) {}

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     layout: schema::Layout,
     max_sources: usize,
     max_streams: usize,
+    /// The commit feed, kept in the collector's local store (`--data-dir`)
+    /// while the notifier is on: see `rocks/feed.rs`.
+    feed: Option<crate::logs::rocks::Store>,
 }
 
 /// Streams, and the line bytes of each by id.
@@ -105,6 +108,55 @@ impl std::fmt::Debug for ClickHouseStore {
     }
 }
 
+/// The query of `seqs` rows (subscription, source, epoch, then `columns`)
+/// in `ranges` of seqs per (subscription, source, epoch): one `UNION ALL`
+/// branch each, a single range of the table's sorting key (an `OR` of
+/// such ranges is not narrowed by the primary index on 18.16: it read the
+/// whole table). RowBinary.
+fn seqs_query(db: &str, columns: &str, ranges: &HashMap<(&str, &str, &str), (u64, u64)>) -> String {
+    let branches: Vec<String> = ranges
+        .iter()
+        .map(|((sub, source, epoch), (lo, hi))| {
+            format!(
+                "SELECT subscription, source, epoch, {columns} FROM {db}.seqs \
+                 WHERE subscription = {} AND source = {} AND epoch = {} \
+                 AND seq >= {lo} AND seq <= {hi}",
+                quote(sub),
+                quote(source),
+                quote(epoch)
+            )
+        })
+        .collect();
+    format!("{} FORMAT RowBinary", branches.join(" UNION ALL "))
+}
+
+/// Which of `keys` (subscription, source, epoch, seq) ClickHouse's
+/// `seqs` (the commit mark) holds ([`seqs_query`]). Blocking.
+fn stored_keys(
+    client: &Client,
+    db: &str,
+    keys: &[(String, String, String, u64)],
+) -> Result<std::collections::HashSet<(String, String, String, u64)>, ChError> {
+    let mut ranges: HashMap<(&str, &str, &str), (u64, u64)> = HashMap::new();
+    for (sub, source, epoch, seq) in keys {
+        let r = ranges
+            .entry((sub.as_str(), source.as_str(), epoch.as_str()))
+            .or_insert((*seq, *seq));
+        r.0 = r.0.min(*seq);
+        r.1 = r.1.max(*seq);
+    }
+    let mut out = std::collections::HashSet::new();
+    if ranges.is_empty() {
+        return Ok(out);
+    }
+    let body = client.query(seqs_query(db, "seq", &ranges))?;
+    let mut r = RowReader::new(&body);
+    while !r.done() {
+        out.insert((r.string()?, r.string()?, r.string()?, r.u64()?));
+    }
+    Ok(out)
+}
+
 /// Why the store could not open: said so that the operator knows what to
 /// fix.
 pub fn open_error(url: &str, what: impl std::fmt::Display) -> StoreError {
@@ -117,10 +169,16 @@ pub fn open_error(url: &str, what: impl std::fmt::Display) -> StoreError {
 impl ClickHouseStore {
     /// Connects, checks the server's version and the credentials, creates
     /// or checks the tables, and starts the writer. Blocking.
+    ///
+    /// With `feed` (the local store under `--data-dir`), each group's new
+    /// records are written to its commit feed before they are inserted
+    /// here, and the observers get them with their commit
+    /// (`committed_feed`); a commit a crash left pending is settled first.
     pub fn open(
         cfg: ClickHouseConfig,
         metrics: Metrics,
         observers: Vec<Arc<dyn IngestObserver>>,
+        feed: Option<crate::logs::rocks::Store>,
     ) -> Result<ClickHouseStore, StoreError> {
         let url = cfg.urls.join(", ");
         if !schema::valid_database(&cfg.database) {
@@ -170,15 +228,32 @@ impl ClickHouseStore {
             ));
         }
         schema::migrate(&client, &cfg.database, &cfg.layout).map_err(|e| open_error(&url, e))?;
+        let db = schema::ident(&cfg.database);
+        if let Some(f) = &feed {
+            let settled = f
+                .feed_settle_pending(|keys| {
+                    stored_keys(&client, &db, keys).map_err(|e| open_error(&url, e))
+                })
+                .map_err(|e| open_error(&url, e))?;
+            if let Some((commit, kept, dropped)) = settled {
+                tracing::warn!(
+                    commit,
+                    kept,
+                    dropped,
+                    "commit feed: the last commit before a crash kept the records ClickHouse holds"
+                );
+            }
+        }
         tracing::info!(url = %url, version = %text, database = %cfg.database, "ClickHouse log store ready");
         let shared = Arc::new(Shared {
             client,
-            db: schema::ident(&cfg.database),
+            db,
             observers,
             metrics,
             layout: cfg.layout.clone(),
             max_sources: cfg.max_sources_per_subscription,
             max_streams: cfg.max_streams_per_subscription,
+            feed,
         });
         let (tx, rx) = mpsc::channel(cfg.queue_batches.max(1));
         let w = writer::Writer::new(shared.clone());
@@ -398,6 +473,9 @@ impl LogStore for ClickHouseStore {
                 .await
                 .map_err(|e| StoreError::storage("purge", e))?
                 .map_err(|e| StoreError::storage("purge", e))?;
+            if let Some(f) = &this.shared.feed {
+                f.feed_trim(&sub, u64::MAX)?;
+            }
             for o in &this.shared.observers {
                 o.subscription_purged(&sub);
             }

@@ -65,6 +65,15 @@ pub(super) struct Writer {
 
 type SeqKey = (String, String, String, u64);
 
+/// A batch decided in a group: its reply, its outcome, its new records
+/// (when kept for observers) and its epoch.
+type Done = (
+    oneshot::Sender<Result<IngestOutcome, StoreError>>,
+    IngestOutcome,
+    Option<Vec<Record>>,
+    String,
+);
+
 enum Verdict {
     New,
     Duplicate,
@@ -188,29 +197,8 @@ impl Writer {
         if ranges.is_empty() {
             return Ok(out);
         }
-        let db = &self.shared.db;
-        let branches: Vec<String> = ranges
-            .iter()
-            .map(|((sub, source, epoch), (lo, hi))| {
-                format!(
-                    "SELECT subscription, source, epoch, seq, digest FROM {db}.seqs \
-                     WHERE subscription = {} AND source = {} AND epoch = {} \
-                     AND seq >= {lo} AND seq <= {hi}",
-                    quote(sub),
-                    quote(source),
-                    quote(epoch)
-                )
-            })
-            .collect();
-        let body = self
-            .shared
-            .client
-            .request(
-                format!("{} FORMAT RowBinary", branches.join(" UNION ALL ")),
-                None,
-                &[],
-            )
-            .await?;
+        let sql = super::seqs_query(&self.shared.db, "seq, digest", &ranges);
+        let body = self.shared.client.request(sql, None, &[]).await?;
         let mut r = RowReader::new(&body);
         while !r.done() {
             let k = (r.string()?, r.string()?, r.string()?, r.u64()?);
@@ -256,7 +244,7 @@ impl Writer {
                             .map(|(r, _)| r)
                             .collect::<Vec<Record>>()
                     });
-                    done.push((reply, outcome, records));
+                    done.push((reply, outcome, records, batch.epoch));
                 }
                 Err(e) => {
                     if let StoreError::SourceConflict {
@@ -272,21 +260,46 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.write(&g).await {
+        // The commit feed (evaluation off the commit path): its commit is
+        // durable before the insert, published after it.
+        let commit = match self.feed_begin(&done) {
+            Ok(c) => c,
+            Err(e) => {
+                for (reply, ..) in done {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let written = self.write(&g).await;
+        if let (Some(c), Some(feed)) = (commit, &self.shared.feed) {
+            let ok = written.is_ok();
+            if let Err(e) = tokio::task::block_in_place(|| feed.feed_finish(c, ok)) {
+                // Left pending: the next start keeps what ClickHouse holds.
+                tracing::error!(commit = c, error = %e, "cannot finish the commit feed's commit");
+            }
+        }
+        if let Err(e) = written {
             // What this collector believed of these subscriptions may be
             // ahead of ClickHouse now: read it again on the next batch.
             for s in &touched {
                 self.tenants.remove(s);
             }
-            for (reply, _, _) in done {
+            for (reply, ..) in done {
                 let _ = reply.send(Err(storage("insert into ClickHouse", &e)));
             }
             return;
         }
-        for (reply, outcome, records) in done {
+        let mut fed = Vec::new();
+        for (reply, outcome, records, _) in done {
             if let Some(r) = records.filter(|r| !r.is_empty()) {
-                for o in &self.shared.observers {
-                    o.committed(&r);
+                match commit {
+                    Some(_) => fed.extend(r),
+                    None => {
+                        for o in &self.shared.observers {
+                            o.committed(&r);
+                        }
+                    }
                 }
             }
             if outcome.overflowed > 0 {
@@ -295,6 +308,56 @@ impl Writer {
             }
             let _ = reply.send(Ok(outcome));
         }
+        if let Some(c) = commit {
+            let records = Arc::new(fed);
+            for o in &self.shared.observers {
+                o.committed_feed(c, records.clone());
+            }
+        }
+    }
+
+    /// Writes the group's new records to the commit feed, if there is one
+    /// and they are kept for observers; `None` when nothing was written.
+    fn feed_begin(&self, done: &[Done]) -> Result<Option<u64>, StoreError> {
+        let Some(feed) = &self.shared.feed else {
+            return Ok(None);
+        };
+        // Per subscription, in the order the observers get them. A
+        // subscription no observer needs in the feed (no notification
+        // rules) gets an empty list: its records reach the observers in
+        // memory only, and their positions in this commit hold nothing.
+        let mut lists: Vec<(&str, Vec<(&str, &Record)>)> = Vec::new();
+        let mut wanted: Vec<(&str, bool)> = Vec::new();
+        let mut any = false;
+        for (_, _, records, epoch) in done {
+            for r in records.iter().flatten() {
+                any = true;
+                let sub = r.subscription.as_str();
+                let want = match wanted.iter().find(|(s, _)| *s == sub) {
+                    Some((_, w)) => *w,
+                    None => {
+                        let w = self.shared.observers.iter().any(|o| o.wants_feed(sub));
+                        wanted.push((sub, w));
+                        w
+                    }
+                };
+                if !want {
+                    continue;
+                }
+                let i = match lists.iter().position(|(s, _)| *s == sub) {
+                    Some(i) => i,
+                    None => {
+                        lists.push((sub, Vec::new()));
+                        lists.len() - 1
+                    }
+                };
+                lists[i].1.push((epoch.as_str(), r));
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        tokio::task::block_in_place(|| feed.feed_begin(&lists)).map(Some)
     }
 
     fn conflict(&mut self, sub: &str, source: &str, detail: &str, now: i64, g: &mut Group) {

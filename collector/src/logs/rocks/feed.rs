@@ -20,6 +20,18 @@
 //! | `feed` | subscription, `0`, commit u64 BE | `[1u8 version][committed_at i64 BE]` then per new record of the subscription in that commit, in commit order: `[key length u8][its entries key]` |
 //! | `meta` | `next_commit` | the next commit number, u64 BE (commits start at 1) |
 //!
+//! Over ClickHouse (`--storage clickhouse`) the records are not in this
+//! database: the ClickHouse writer keeps the feed here itself, each value
+//! holding its records inline (`[2u8][committed_at i64 BE]` then the
+//! MessagePack of `[(epoch, record), ...]`), numbered by `meta`
+//! `ch_feed_next`. Its commits are written *before* the ClickHouse insert
+//! (synced, with `meta` `ch_feed_pending` naming the commit and its
+//! subscriptions) and published after it succeeded; a failed insert
+//! deletes them. After a crash between the two, the store's next open
+//! keeps of the pending commit exactly the records ClickHouse holds
+//! ([`Store::feed_settle_pending`]): those were stored, and a re-send of
+//! them is a duplicate that no commit carries again.
+//!
 //! A record's feed position is (commit, its index in the commit's list).
 //! Records the store no longer holds when the feed is read (retention
 //! deleted them: the consumer lagged by more than the retention) are
@@ -33,12 +45,40 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use schemas::{Body, Record};
 
 use super::keys::{parse_entry_key, sub_prefix, sub_prefix_end};
-use super::{cf, Store, StoreError, CF_ENTRIES, ENTRY_V1};
+use super::{cf, Store, StoreError, CF_ENTRIES, CF_META, ENTRY_V1};
 
 pub(crate) const CF_FEED: &str = "feed";
 pub(crate) const META_NEXT_COMMIT: &[u8] = b"next_commit";
+/// The next commit of the feed the ClickHouse writer keeps (see above).
+const META_CH_NEXT: &[u8] = b"ch_feed_next";
+/// The ClickHouse writer's commit written but not yet inserted: commit
+/// u64 BE, then its subscriptions, each `[length u8][name]`.
+const META_CH_PENDING: &[u8] = b"ch_feed_pending";
 const FEED_V1: u8 = 1;
+/// Records inline (the ClickHouse writer's feed).
+const FEED_V2: u8 = 2;
 const HEADER: usize = 9;
+
+/// A stored record with the outbox epoch of its batch.
+pub type EpochRecord = (String, Record);
+
+/// The records of one subscription in one commit, as a feed value holds
+/// them.
+enum Listed<'a> {
+    /// Keys of this store's `entries`.
+    Keys(Vec<&'a [u8]>),
+    /// The records themselves (MessagePack of [`EpochRecord`]s).
+    Inline(Vec<EpochRecord>),
+}
+
+impl Listed<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Listed::Keys(k) => k.len(),
+            Listed::Inline(r) => r.len(),
+        }
+    }
+}
 
 /// A position in the feed: a record's commit and its index among the
 /// subscription's records of that commit. `(0, 0)` lies before every
@@ -69,13 +109,21 @@ pub(crate) fn stamp(list: &mut [u8], committed_at: i64) {
     }
 }
 
-/// The commit time and the entry keys of a feed value; `None` if it is
+/// The commit time and the records of a feed value; `None` if it is
 /// malformed.
-fn parse_value(v: &[u8]) -> Option<(i64, Vec<&[u8]>)> {
-    if v.len() < HEADER || v[0] != FEED_V1 {
+fn parse_value(v: &[u8]) -> Option<(i64, Listed<'_>)> {
+    if v.len() < HEADER {
         return None;
     }
     let at = i64::from_be_bytes(v[1..HEADER].try_into().ok()?);
+    match v[0] {
+        FEED_V1 => {}
+        FEED_V2 => {
+            let records = schemas::from_msgpack(&v[HEADER..]).ok()?;
+            return Some((at, Listed::Inline(records)));
+        }
+        _ => return None,
+    }
     let mut keys = Vec::new();
     let mut rest = &v[HEADER..];
     while let Some((&len, tail)) = rest.split_first() {
@@ -83,7 +131,31 @@ fn parse_value(v: &[u8]) -> Option<(i64, Vec<&[u8]>)> {
         keys.push(key);
         rest = &tail[len as usize..];
     }
-    Some((at, keys))
+    Some((at, Listed::Keys(keys)))
+}
+
+/// A V2 feed value: `records` inline, committed at `at`.
+fn inline_value(at: i64, records: &[(&str, &Record)]) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::with_capacity(HEADER + 64 * records.len());
+    v.push(FEED_V2);
+    v.extend_from_slice(&at.to_be_bytes());
+    schemas::write_msgpack(&mut v, records)
+        .map_err(|e| StoreError::storage("encode feed records", e))?;
+    Ok(v)
+}
+
+fn u64_meta(db: &rocksdb::DB, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let meta = cf(db, CF_META)?;
+    match db
+        .get_cf(meta, key)
+        .map_err(|e| StoreError::storage("read feed meta", e))?
+    {
+        None => Ok(None),
+        Some(v) => Ok(v
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)),
+    }
 }
 
 fn commit_of(key: &[u8], prefix_len: usize) -> Option<u64> {
@@ -155,12 +227,12 @@ impl Store {
     }
 
     /// Calls `f` with each commit of `subscription`'s feed from `from`
-    /// on: (commit, committed_at, entry keys); stops when `f` says so.
+    /// on: (commit, committed_at, its records); stops when `f` says so.
     fn feed_walk(
         &self,
         subscription: &str,
         from: u64,
-        mut f: impl FnMut(u64, i64, Vec<&[u8]>) -> bool,
+        mut f: impl FnMut(u64, i64, Listed<'_>) -> bool,
     ) -> Result<bool, StoreError> {
         let db = &self.inner.db;
         let feed = cf(db, CF_FEED)?;
@@ -186,8 +258,8 @@ impl Store {
             }
             let parsed = parse_value(v);
             match (commit, parsed) {
-                (Some(c), Some((at, keys))) => {
-                    if !f(c, at, keys) {
+                (Some(c), Some((at, listed))) => {
+                    if !f(c, at, listed) {
                         return Ok(false);
                     }
                 }
@@ -214,21 +286,53 @@ impl Store {
         let mut out = FeedBatch::default();
         // (position, committed_at, entries key) of what to read.
         let mut wanted: Vec<(Position, i64, Vec<u8>)> = Vec::new();
+        // What the feed holds inline, in feed order before `wanted`'s
+        // (a feed is written by one writer: all of one kind).
+        let mut inline: Vec<FeedEntry> = Vec::new();
         let max = max.max(1);
-        let end = self.feed_walk(subscription, after.0, |commit, at, keys| {
-            for (i, k) in keys.into_iter().enumerate() {
-                let pos = (commit, i as u32);
-                if pos <= after {
+        let end = self.feed_walk(subscription, after.0, |commit, at, listed| {
+            let n = listed.len();
+            let mut records = match listed {
+                Listed::Keys(keys) => {
+                    for (i, k) in keys.into_iter().enumerate() {
+                        let pos = (commit, i as u32);
+                        if pos <= after {
+                            continue;
+                        }
+                        if wanted.len() + inline.len() == max {
+                            return false;
+                        }
+                        wanted.push((pos, at, k.to_vec()));
+                    }
+                    return true;
+                }
+                Listed::Inline(records) => records.into_iter(),
+            };
+            for i in 0..n {
+                let Some((_, record)) = records.next() else {
+                    break;
+                };
+                let position = (commit, i as u32);
+                if position <= after {
                     continue;
                 }
-                if wanted.len() == max {
+                if wanted.len() + inline.len() == max {
                     return false;
                 }
-                wanted.push((pos, at, k.to_vec()));
+                inline.push(FeedEntry {
+                    position,
+                    committed_at: at,
+                    record,
+                });
             }
             true
         })?;
         out.end = end;
+        if !inline.is_empty() {
+            out.last = inline.last().map(|e| e.position);
+            out.records = inline;
+            return Ok(out);
+        }
         out.last = wanted.last().map(|w| w.0);
         let db = &self.inner.db;
         let entries = cf(db, CF_ENTRIES)?;
@@ -270,11 +374,9 @@ impl Store {
         after: Position,
     ) -> Result<FeedBacklog, StoreError> {
         let mut b = FeedBacklog::default();
-        self.feed_walk(subscription, after.0, |commit, at, keys| {
-            let n = keys
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| (commit, *i as u32) > after)
+        self.feed_walk(subscription, after.0, |commit, at, listed| {
+            let n = (0..listed.len())
+                .filter(|i| (commit, *i as u32) > after)
                 .count() as u64;
             if n > 0 {
                 b.records += n;
@@ -283,6 +385,182 @@ impl Store {
             true
         })?;
         Ok(b)
+    }
+
+    /// For a writer that keeps its records elsewhere (the ClickHouse
+    /// store): writes one commit of `records` (per subscription, in
+    /// commit order, each with its batch's epoch), synced and marked
+    /// pending, before the records are stored there. Returns the commit;
+    /// [`Store::feed_finish`] must follow. With no records, only takes
+    /// the next commit number. Blocking.
+    pub fn feed_begin(&self, records: &[(&str, Vec<(&str, &Record)>)]) -> Result<u64, StoreError> {
+        let db = &self.inner.db;
+        let (feed, meta) = (cf(db, CF_FEED)?, cf(db, CF_META)?);
+        let commit = u64_meta(db, META_CH_NEXT)?.unwrap_or(1).max(1);
+        let at = schemas::time::now_nanos();
+        let mut b = rocksdb::WriteBatch::default();
+        let mut pending = commit.to_be_bytes().to_vec();
+        for (sub, list) in records {
+            if list.is_empty() {
+                continue;
+            }
+            b.put_cf(feed, feed_key(sub, commit), inline_value(at, list)?);
+            let name = sub.as_bytes();
+            // Subscription names are at most 200 bytes (checked at ingest).
+            let len = u8::try_from(name.len())
+                .map_err(|_| StoreError::storage("feed", "subscription name too long"))?;
+            pending.push(len);
+            pending.extend_from_slice(name);
+        }
+        // Nothing to settle after a crash when no records were written
+        // (only a number taken: unsynced, a kill -9 keeps it; a power cut
+        // may hand it out again, to records evaluated in memory only).
+        let any = pending.len() > 8;
+        if any {
+            b.put_cf(meta, META_CH_PENDING, pending);
+        }
+        b.put_cf(meta, META_CH_NEXT, (commit + 1).to_be_bytes());
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(any);
+        db.write_opt(b, &wo)
+            .map_err(|e| StoreError::storage("write feed", e))?;
+        Ok(commit)
+    }
+
+    /// Ends a commit of [`Store::feed_begin`]: `stored` (its records are
+    /// where they belong: the commit stays, and readers may read it) or
+    /// not (it is deleted). Blocking.
+    pub fn feed_finish(&self, commit: u64, stored: bool) -> Result<(), StoreError> {
+        let db = &self.inner.db;
+        let (feed, meta) = (cf(db, CF_FEED)?, cf(db, CF_META)?);
+        let mut b = rocksdb::WriteBatch::default();
+        if !stored {
+            for sub in self.pending_subscriptions(commit)? {
+                b.delete_cf(feed, feed_key(&sub, commit));
+            }
+        }
+        b.delete_cf(meta, META_CH_PENDING);
+        db.write(b)
+            .map_err(|e| StoreError::storage("finish feed commit", e))?;
+        if stored {
+            self.inner
+                .shared
+                .published_commit
+                .fetch_max(commit, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// The subscriptions of the pending commit `commit` (none if another
+    /// or none is pending).
+    fn pending_subscriptions(&self, commit: u64) -> Result<Vec<String>, StoreError> {
+        let db = &self.inner.db;
+        let Some(v) = db
+            .get_cf(cf(db, CF_META)?, META_CH_PENDING)
+            .map_err(|e| StoreError::storage("read feed meta", e))?
+        else {
+            return Ok(Vec::new());
+        };
+        let at = v
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if at != Some(commit) {
+            return Ok(Vec::new());
+        }
+        let mut subs = Vec::new();
+        let mut rest = &v[8..];
+        while let Some((&len, tail)) = rest.split_first() {
+            let Some(name) = tail.get(..len as usize) else {
+                break;
+            };
+            subs.push(String::from_utf8_lossy(name).into_owned());
+            rest = &tail[len as usize..];
+        }
+        Ok(subs)
+    }
+
+    /// At open, for a writer that keeps its records elsewhere: settles a
+    /// commit left pending by a crash. `stored` answers, for the pending
+    /// records (subscription, source, epoch, seq), which are stored where
+    /// they belong; the commit keeps exactly those. Then the feed is
+    /// published up to its last commit. Blocking.
+    pub fn feed_settle_pending<E>(
+        &self,
+        stored: impl FnOnce(
+            &[(String, String, String, u64)],
+        )
+            -> Result<std::collections::HashSet<(String, String, String, u64)>, E>,
+    ) -> Result<Option<(u64, usize, usize)>, E>
+    where
+        E: From<StoreError>,
+    {
+        let db = &self.inner.db;
+        let next = u64_meta(db, META_CH_NEXT)?.unwrap_or(1).max(1);
+        let pending = match db
+            .get_cf(cf(db, CF_META)?, META_CH_PENDING)
+            .map_err(|e| StoreError::storage("read feed meta", e))?
+        {
+            Some(v) => v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            None => None,
+        };
+        let publish = |p: u64| {
+            self.inner
+                .shared
+                .published_commit
+                .fetch_max(p, std::sync::atomic::Ordering::AcqRel);
+        };
+        let Some(commit) = pending else {
+            publish(next - 1);
+            return Ok(None);
+        };
+        let feed = cf(db, CF_FEED)?;
+        let mut lists: Vec<(String, i64, Vec<EpochRecord>)> = Vec::new();
+        for sub in self.pending_subscriptions(commit)? {
+            let v = db
+                .get_cf(feed, feed_key(&sub, commit))
+                .map_err(|e| StoreError::storage("read feed", e))?;
+            if let Some((at, Listed::Inline(records))) = v.as_deref().and_then(parse_value) {
+                lists.push((sub, at, records));
+            }
+        }
+        let keys: Vec<(String, String, String, u64)> = lists
+            .iter()
+            .flat_map(|(sub, _, records)| {
+                records
+                    .iter()
+                    .map(|(epoch, r)| (sub.clone(), r.source.clone(), epoch.clone(), r.seq))
+            })
+            .collect();
+        let present = stored(&keys)?;
+        let (mut kept, mut dropped) = (0, 0);
+        let mut b = rocksdb::WriteBatch::default();
+        for (sub, at, records) in &lists {
+            let keep: Vec<(&str, &Record)> = records
+                .iter()
+                .filter(|(epoch, r)| {
+                    present.contains(&(sub.clone(), r.source.clone(), epoch.clone(), r.seq))
+                })
+                .map(|(epoch, r)| (epoch.as_str(), r))
+                .collect();
+            kept += keep.len();
+            dropped += records.len() - keep.len();
+            if keep.is_empty() {
+                b.delete_cf(feed, feed_key(sub, commit));
+            } else {
+                b.put_cf(feed, feed_key(sub, commit), inline_value(*at, &keep)?);
+            }
+        }
+        b.delete_cf(cf(db, CF_META)?, META_CH_PENDING);
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(b, &wo)
+            .map_err(|e| StoreError::storage("settle feed commit", e))?;
+        publish(next - 1);
+        Ok(Some((commit, kept, dropped)))
     }
 
     /// Forgets `subscription`'s commits before `before` (evaluated).
@@ -521,6 +799,115 @@ mod tests {
         assert_eq!(seen.lock().unwrap().last().unwrap().0, 2);
     }
 
+    /// The feed another writer keeps here (the ClickHouse store): records
+    /// inline, a commit pending until its insert, read like the own feed.
+    #[tokio::test]
+    async fn an_inline_feed_is_published_after_its_insert_and_a_crash_keeps_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let store = open(dir.path(), &seen);
+        let (r1, r2, r3) = (
+            rec("a", "n1", 7, failed("p")),
+            rec("a", "n1", 8, log("eight")),
+            rec("b", "n2", 1, failed("q")),
+        );
+        // Two subscriptions in one commit; published only when finished.
+        let c1 = store
+            .feed_begin(&[
+                ("a", vec![("e1", &r1), ("e1", &r2)]),
+                ("b", vec![("", &r3)]),
+            ])
+            .unwrap();
+        assert_eq!(c1, 1);
+        assert!(store.feed_read("a", (0, 0), 10).unwrap().records.is_empty());
+        store.feed_finish(c1, true).unwrap();
+        let read = store.feed_read("a", (0, 0), 10).unwrap();
+        let got: Vec<(Position, u64)> = read
+            .records
+            .iter()
+            .map(|e| (e.position, e.record.seq))
+            .collect();
+        assert_eq!(got, vec![((1, 0), 7), ((1, 1), 8)]);
+        assert!(read.end);
+        assert_eq!(read.records[0].record.body, r1.body);
+        // Read in pieces, after a position.
+        let after = store.feed_read("a", (1, 0), 10).unwrap();
+        assert_eq!(after.records.len(), 1);
+        assert_eq!(after.last, Some((1, 1)));
+        let one = store.feed_read("a", (0, 0), 1).unwrap();
+        assert_eq!((one.records.len(), one.end), (1, false));
+        assert_eq!(
+            store.feed_backlog("a", (1, 0)).unwrap().records,
+            1,
+            "one record after (1, 0)"
+        );
+        // A failed insert leaves nothing, and its number is not reused.
+        let c2 = store.feed_begin(&[("a", vec![("e1", &r2)])]).unwrap();
+        store.feed_finish(c2, false).unwrap();
+        assert_eq!(store.feed_backlog("a", (1, 1)).unwrap().records, 0);
+
+        // A crash between the feed write and the insert: the next open
+        // keeps the records the other store holds, and publishes them.
+        let (r4, r5) = (
+            rec("a", "n1", 9, log("nine")),
+            rec("a", "n1", 10, log("ten")),
+        );
+        let c3 = store
+            .feed_begin(&[("a", vec![("e1", &r4), ("e1", &r5)])])
+            .unwrap();
+        assert!(c3 > c2);
+        store.close();
+        drop(store);
+        let store = open(dir.path(), &seen);
+        let mut asked = Vec::new();
+        let settled = store
+            .feed_settle_pending(|keys| {
+                asked = keys.to_vec();
+                Ok::<_, StoreError>(
+                    keys.iter()
+                        .filter(|k| k.3 == 10)
+                        .cloned()
+                        .collect::<std::collections::HashSet<_>>(),
+                )
+            })
+            .unwrap();
+        assert_eq!(settled, Some((c3, 1, 1)));
+        assert_eq!(
+            asked,
+            vec![
+                ("a".into(), "n1".into(), "e1".into(), 9),
+                ("a".into(), "n1".into(), "e1".into(), 10)
+            ]
+        );
+        let read = store.feed_read("a", (1, 1), 10).unwrap();
+        let got: Vec<(Position, u64)> = read
+            .records
+            .iter()
+            .map(|e| (e.position, e.record.seq))
+            .collect();
+        assert_eq!(got, vec![((c3, 0), 10)]);
+        // Nothing pending any more; the next commit goes on after it.
+        assert_eq!(
+            store
+                .feed_settle_pending(|_| -> Result<_, StoreError> { panic!("nothing pending") })
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store.feed_begin(&[("a", vec![("e1", &r5)])]).unwrap(),
+            c3 + 1
+        );
+        store.feed_finish(c3 + 1, true).unwrap();
+        // No records (no subscription wants them in the feed): a number
+        // only, nothing pending.
+        assert_eq!(store.feed_begin(&[("a", vec![])]).unwrap(), c3 + 2);
+        assert!(store.pending_subscriptions(c3 + 2).unwrap().is_empty());
+        store.feed_finish(c3 + 2, true).unwrap();
+        assert_eq!(store.feed_backlog("a", (c3 + 1, 0)).unwrap().records, 0);
+        store.feed_trim("a", u64::MAX).unwrap();
+        assert_eq!(store.feed_subscriptions().unwrap(), vec!["b".to_string()]);
+    }
+
     #[test]
     fn malformed_feed_values_are_refused() {
         assert!(parse_value(&[]).is_none());
@@ -529,7 +916,9 @@ mod tests {
         push_entry(&mut list, &[7; 24]);
         push_entry(&mut list, &[8; 28]);
         stamp(&mut list, 42);
-        let (at, keys) = parse_value(&list).unwrap();
+        let Some((at, Listed::Keys(keys))) = parse_value(&list) else {
+            panic!("keys expected");
+        };
         assert_eq!((at, keys.len(), keys[1].len()), (42, 2, 28));
         list.push(30); // a length running past the end
         assert!(parse_value(&list).is_none());
