@@ -68,7 +68,28 @@ enum Listed<'a> {
     /// Keys of this store's `entries`.
     Keys(Vec<&'a [u8]>),
     /// The records themselves (MessagePack of [`EpochRecord`]s).
-    Inline(Vec<EpochRecord>),
+    Inline(std::sync::Arc<Vec<EpochRecord>>),
+}
+
+/// A decoded inline commit: (subscription, commit, its records).
+type Decoded = (String, u64, std::sync::Arc<Vec<EpochRecord>>);
+
+/// The last inline commit decoded. Short critical sections.
+#[derive(Default)]
+pub(crate) struct InlineCache(std::sync::Mutex<Option<Decoded>>);
+
+impl InlineCache {
+    fn get(&self, sub: &str, commit: u64) -> Option<std::sync::Arc<Vec<EpochRecord>>> {
+        let c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref()
+            .filter(|(s, n, _)| s == sub && *n == commit)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    fn put(&self, sub: &str, commit: u64, records: std::sync::Arc<Vec<EpochRecord>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((sub.to_string(), commit, records));
+    }
 }
 
 impl Listed<'_> {
@@ -120,7 +141,7 @@ fn parse_value(v: &[u8]) -> Option<(i64, Listed<'_>)> {
         FEED_V1 => {}
         FEED_V2 => {
             let records = schemas::from_msgpack(&v[HEADER..]).ok()?;
-            return Some((at, Listed::Inline(records)));
+            return Some((at, Listed::Inline(std::sync::Arc::new(records))));
         }
         _ => return None,
     }
@@ -256,7 +277,25 @@ impl Store {
             if commit.is_some_and(|c| c > published) {
                 break;
             }
-            let parsed = parse_value(v);
+            let cache = &self.inner.feed_cache;
+            let parsed = match commit {
+                Some(c) if v.first() == Some(&FEED_V2) && v.len() >= HEADER => {
+                    match cache.get(subscription, c) {
+                        Some(records) => v[1..HEADER]
+                            .try_into()
+                            .ok()
+                            .map(|at| (i64::from_be_bytes(at), Listed::Inline(records))),
+                        None => {
+                            let parsed = parse_value(v);
+                            if let Some((_, Listed::Inline(records))) = &parsed {
+                                cache.put(subscription, c, records.clone());
+                            }
+                            parsed
+                        }
+                    }
+                }
+                _ => parse_value(v),
+            };
             match (commit, parsed) {
                 (Some(c), Some((at, listed))) => {
                     if !f(c, at, listed) {
@@ -292,7 +331,7 @@ impl Store {
         let max = max.max(1);
         let end = self.feed_walk(subscription, after.0, |commit, at, listed| {
             let n = listed.len();
-            let mut records = match listed {
+            let records = match listed {
                 Listed::Keys(keys) => {
                     for (i, k) in keys.into_iter().enumerate() {
                         let pos = (commit, i as u32);
@@ -306,12 +345,9 @@ impl Store {
                     }
                     return true;
                 }
-                Listed::Inline(records) => records.into_iter(),
+                Listed::Inline(records) => records,
             };
-            for i in 0..n {
-                let Some((_, record)) = records.next() else {
-                    break;
-                };
+            for (i, (_, record)) in records.iter().enumerate().take(n) {
                 let position = (commit, i as u32);
                 if position <= after {
                     continue;
@@ -322,7 +358,7 @@ impl Store {
                 inline.push(FeedEntry {
                     position,
                     committed_at: at,
-                    record,
+                    record: record.clone(),
                 });
             }
             true
@@ -524,7 +560,7 @@ impl Store {
                 .get_cf(feed, feed_key(&sub, commit))
                 .map_err(|e| StoreError::storage("read feed", e))?;
             if let Some((at, Listed::Inline(records))) = v.as_deref().and_then(parse_value) {
-                lists.push((sub, at, records));
+                lists.push((sub, at, records.to_vec()));
             }
         }
         let keys: Vec<(String, String, String, u64)> = lists
@@ -836,6 +872,17 @@ mod tests {
         assert_eq!(after.last, Some((1, 1)));
         let one = store.feed_read("a", (0, 0), 1).unwrap();
         assert_eq!((one.records.len(), one.end), (1, false));
+        // Chunk by chunk (the decoded commit is kept between reads).
+        let (mut at, mut seqs) = ((0, 0), Vec::new());
+        loop {
+            let r = store.feed_read("a", at, 1).unwrap();
+            seqs.extend(r.records.iter().map(|e| e.record.seq));
+            match r.last {
+                Some(l) if !r.records.is_empty() => at = l,
+                _ => break,
+            }
+        }
+        assert_eq!(seqs, vec![7, 8]);
         assert_eq!(
             store.feed_backlog("a", (1, 0)).unwrap().records,
             1,

@@ -307,6 +307,9 @@ struct Inner {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     events: Mutex<Option<std::thread::JoinHandle<()>>>,
     reclaim: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The last inline feed commit decoded (`feed.rs`): read in chunks,
+    /// a large commit is decoded once, not once per chunk.
+    feed_cache: feed::InlineCache,
 }
 
 impl Drop for Inner {
@@ -677,6 +680,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 events: Mutex::new(Some(events)),
                 reclaim: Mutex::new(Some(reclaim)),
+                feed_cache: feed::InlineCache::default(),
             }),
         })
     }
