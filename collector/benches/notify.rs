@@ -49,7 +49,7 @@ const SUB: &str = "bench";
 const PIPES: usize = 100_000;
 const RULES: usize = 10_000;
 const SOURCES: usize = 4;
-const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n\n[[tokens]]\ntoken = \"ship2\"\nsubscription = \"bench-probe\"\nrole = \"shipper\"\n";
+const TOKENS: &str = "[[tokens]]\ntoken = \"ship\"\nsubscription = \"bench\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op\"\nsubscription = \"bench\"\nrole = \"operator\"\n\n[[tokens]]\ntoken = \"ship2\"\nsubscription = \"bench-probe\"\nrole = \"shipper\"\n\n[[tokens]]\ntoken = \"op2\"\nsubscription = \"bench-probe\"\nrole = \"operator\"\n";
 /// The other subscription of the latency probes.
 const PROBE_SUB: &str = "bench-probe";
 /// Source of the latency probes sent during the notifier-on stream.
@@ -57,12 +57,14 @@ const PROBE_SOURCE: usize = SOURCES;
 /// One probe every this often.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+/// Per alert's pipe: when the webhook first got it (monotonic, and wall
+/// clock nanoseconds to compare with the notification's `created_at`).
+type Arrivals = Arc<Mutex<HashMap<String, (Instant, i64)>>>;
 
 /// A webhook that notes when each alert's pipe first arrived.
 async fn webhook() -> (String, Arrivals) {
     async fn hook(State(a): State<Arrivals>, body: Bytes) -> &'static str {
-        let at = Instant::now();
+        let at = (Instant::now(), schemas::time::now_nanos());
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if let Some(p) = v["alerts"][0]["labels"]["pipe"].as_str() {
                 a.lock().unwrap().entry(p.to_string()).or_insert(at);
@@ -156,7 +158,33 @@ async fn start(dir: &Path, enabled: bool, rules: Option<&Path>) -> Running {
     panic!("collector did not start");
 }
 
+/// A probe: its pipe, when it was posted and answered, and the answer's
+/// wall clock (nanoseconds).
+type Sent = (String, Instant, Instant, i64);
+
 impl Running {
+    /// The probe subscription's notifications: `created_at` by pipe.
+    async fn probe_notifications(&self) -> HashMap<String, i64> {
+        let v: Value = self
+            .client
+            .get(format!("{}/api/v1/notifications?limit=1000", self.base))
+            .bearer_auth("op2")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = v["notifications"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .filter_map(|n| {
+                let pipe = n["alert"]["labels"]["pipe"].as_str()?;
+                let made = schemas::time::parse_rfc3339(n["created_at"].as_str()?)?;
+                Some((pipe.to_string(), made))
+            })
+            .collect()
+    }
+
     async fn stop(mut self) {
         self.stop.cancel();
         (&mut self.task).await.unwrap().unwrap();
@@ -286,7 +314,7 @@ async fn latency(dir: &Path, n: usize) {
     let got = arrivals.lock().unwrap().clone();
     assert_eq!(got.len(), n, "every failure notified");
     let mut ms: Vec<f64> = (0..n)
-        .map(|i| (got[&format!("lat-{i}")] - sent[i]).as_secs_f64() * 1e3)
+        .map(|i| (got[&format!("lat-{i}")].0 - sent[i]).as_secs_f64() * 1e3)
         .collect();
     ms.sort_by(f64::total_cmp);
     println!(
@@ -393,6 +421,11 @@ struct OnRun {
     /// The other subscription's probes from the ingest answer on, and
     /// their ingest request time alone.
     other_after: Vec<f64>,
+    /// The other subscription's probes: from the ingest answer to the
+    /// notification's `created_at` (evaluated), and from there to the
+    /// webhook.
+    other_eval: Vec<f64>,
+    other_deliver: Vec<f64>,
     ingest: Vec<f64>,
     /// Seconds from the last ingest answered to the evaluation lag at 0.
     catch_up: f64,
@@ -469,7 +502,7 @@ async fn throughput(
                 let body = encode_for(sub, PROBE_SOURCE, vec![r]);
                 let t = Instant::now();
                 c.post_as(token, body).await;
-                sent.push((pipe, t, Instant::now()));
+                sent.push((pipe, t, Instant::now(), schemas::time::now_nanos()));
                 tokio::time::sleep(PROBE_EVERY).await;
             }
             sent
@@ -514,7 +547,7 @@ async fn throughput(
     let (same, other) = (probers.0.await.unwrap(), probers.1.await.unwrap());
     on.ingest = other
         .iter()
-        .map(|(_, t, a)| (*a - *t).as_secs_f64() * 1e3)
+        .map(|(_, t, a, _)| (*a - *t).as_secs_f64() * 1e3)
         .collect();
     on.ingest.sort_by(f64::total_cmp);
     if rules.is_some() {
@@ -529,14 +562,14 @@ async fn throughput(
         let all = || same.iter().chain(other.iter());
         loop {
             let got = arrivals.lock().unwrap().clone();
-            if all().all(|(p, _, _)| got.contains_key(p)) || Instant::now() > deadline {
+            if all().all(|(p, _, _, _)| got.contains_key(p)) || Instant::now() > deadline {
                 // From the POST (`answered` false) or from its answer.
-                let ms = |sent: &[(String, Instant, Instant)], answered: bool| -> Vec<f64> {
+                let ms = |sent: &[Sent], answered: bool| -> Vec<f64> {
                     let mut v: Vec<f64> = sent
                         .iter()
-                        .filter_map(|(p, t, a)| {
+                        .filter_map(|(p, t, a, _)| {
                             let from = if answered { *a } else { *t };
-                            Some(got.get(p)?.saturating_duration_since(from).as_secs_f64() * 1e3)
+                            Some(got.get(p)?.0.saturating_duration_since(from).as_secs_f64() * 1e3)
                         })
                         .collect();
                     assert_eq!(v.len(), sent.len(), "every probe notified");
@@ -546,6 +579,15 @@ async fn throughput(
                 on.probes = ms(&same, false);
                 on.other = ms(&other, false);
                 on.other_after = ms(&other, true);
+                let created = c.probe_notifications().await;
+                for (p, _, _, answered) in &other {
+                    if let (Some(made), Some((_, hooked))) = (created.get(p), got.get(p)) {
+                        on.other_eval.push((made - answered) as f64 / 1e6);
+                        on.other_deliver.push((hooked - made) as f64 / 1e6);
+                    }
+                }
+                on.other_eval.sort_by(f64::total_cmp);
+                on.other_deliver.sort_by(f64::total_cmp);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -641,6 +683,14 @@ fn main() {
                 pct(&run.ingest, 0.99),
                 pct(&run.other_after, 0.5),
                 pct(&run.other_after, 0.99)
+            );
+            println!(
+                "  round {round}: another subscription's probes ({} matched): ingest answer -> notification created p50 {:.2} ms, p99 {:.2} ms; created -> webhook p50 {:.2} ms, p99 {:.2} ms",
+                run.other_eval.len(),
+                pct(&run.other_eval, 0.5),
+                pct(&run.other_eval, 0.99),
+                pct(&run.other_deliver, 0.5),
+                pct(&run.other_deliver, 0.99)
             );
             println!(
                 "  round {round}: notifier on, CPU us per record during the stream: {}; until evaluation caught up: {}",

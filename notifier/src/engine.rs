@@ -42,6 +42,7 @@ use crate::model::{
 };
 use crate::rule::{CompiledRule, Kind, RuleKey};
 use crate::schedule::{parse_cron, Timer, Timers};
+use crate::sharded::ShardedMap;
 use crate::silence::{ActiveSilence, Silences};
 
 /// Counts of bounded state of one subscription.
@@ -76,7 +77,9 @@ pub struct Engine {
     pub(crate) receivers: Arc<Receivers>,
     pub(crate) silences: Silences,
     pub(crate) alerts: AlertStore,
-    pub(crate) pipes: FastMap<PipeKey, PipeState>,
+    /// Sharded: one growth of a single map of 100,000 pipes stalled
+    /// evaluation for every subscription (see `sharded.rs`).
+    pub(crate) pipes: ShardedMap<PipeKey, PipeState>,
     /// Pipe names of each source.
     pub(crate) pipes_of: FastMap<SourceKey, BTreeSet<String>>,
     pub(crate) sources: FastMap<SourceKey, SourceState>,
@@ -127,7 +130,7 @@ impl Engine {
             receivers: Arc::default(),
             silences: Silences::default(),
             alerts: AlertStore::default(),
-            pipes: FastMap::default(),
+            pipes: ShardedMap::default(),
             pipes_of: FastMap::default(),
             sources: FastMap::default(),
             counts: HashMap::new(),

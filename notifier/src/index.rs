@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::model::FastMap;
 use crate::rule::{CompiledRule, Kind};
+use crate::sharded::ShardedMap;
 
 /// Rules matching one (subscription, source, pipe).
 pub type RuleSet = Arc<[Arc<CompiledRule>]>;
@@ -36,7 +37,7 @@ struct SubIndex {
     metric: HashMap<String, Vec<Arc<CompiledRule>>>,
     /// Rules by `<source>\0<pipe>`; cleared when the rules change, and
     /// when it outgrows its bound (log records name arbitrary pipes).
-    cache: FastMap<String, RuleSet>,
+    cache: ShardedMap<String, RuleSet>,
     /// The smallest heartbeat interval of the subscription's rules.
     min_heartbeat: Option<i64>,
 }

@@ -75,6 +75,7 @@ pub mod rule;
 pub mod schedule;
 mod sender;
 pub mod service;
+mod sharded;
 mod share;
 pub mod silence;
 pub mod store;

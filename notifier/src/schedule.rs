@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::model::{FastMap, PipeKey, PipeState, ScheduleSpec, SourceKey};
 use crate::rule::{CompiledRule, Kind, RuleKey};
+use crate::sharded::ShardedMap;
 
 /// Longest schedule interval taken from a node's config (a year).
 const MAX_SCHEDULE_SECS: f64 = 366.0 * 86_400.0;
@@ -110,7 +111,7 @@ impl Timer {
 pub(crate) struct Timers {
     event: FastMap<SourceKey, BTreeSet<(i64, Timer)>>,
     wall: BTreeSet<(i64, Timer)>,
-    armed: FastMap<Timer, i64>,
+    armed: ShardedMap<Timer, i64>,
     per_sub: HashMap<String, usize>,
     cap: usize,
 }
@@ -121,7 +122,7 @@ impl Timers {
         Timers {
             event: FastMap::default(),
             wall: BTreeSet::new(),
-            armed: FastMap::default(),
+            armed: ShardedMap::default(),
             per_sub: HashMap::new(),
             cap,
         }
