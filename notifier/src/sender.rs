@@ -129,14 +129,30 @@ impl Notifier {
     /// Records the outcome of a delivery of `n`; returns the subscription
     /// and its oldest pending id when its history is due for pruning.
     fn land(&self, n: Notification, finished: bool, delay: Duration) -> Option<(String, u64)> {
-        let mut q = lock(&self.inner.queue);
-        q.landed(&n);
-        if !q.pending.contains_key(&n.id) {
+        if !lock(&self.inner.queue).pending.contains_key(&n.id) {
+            lock(&self.inner.queue).landed(&n);
             return None;
         }
+        // Written outside the queue's lock (the notification stays in
+        // flight, so no other delivery of it starts): a write can wait
+        // behind an ingest commit's fsync, and the evaluation thread takes
+        // this lock in every round (it waited up to 63 ms for it under an
+        // ingest flood, measured).
         if let Err(e) = self.inner.db.put_notifications(std::slice::from_ref(&n)) {
             self.inner.metrics.errors.inc();
             tracing::error!(error = %e, "notification status write failed");
+        }
+        let mut q = lock(&self.inner.queue);
+        q.landed(&n);
+        if !q.pending.contains_key(&n.id) {
+            // Its subscription was terminated meanwhile: what was just
+            // written back goes too.
+            drop(q);
+            if let Err(e) = self.inner.db.delete_notification(&n.subscription, n.id) {
+                self.inner.metrics.errors.inc();
+                tracing::error!(error = %e, "notification delete failed");
+            }
+            return None;
         }
         if finished {
             q.remove(n.id);

@@ -524,7 +524,8 @@ impl Notifier {
         }
         {
             // Under the queue lock: a delivery that ends now finds its
-            // notification gone and writes nothing back.
+            // notification gone, and deletes what it wrote back meanwhile
+            // (`land`).
             let mut q = lock(&self.inner.queue);
             q.purge(subscription);
             self.inner.metrics.queue_pending.set(q.pending.len() as i64);

@@ -487,6 +487,14 @@ impl Db {
         self.db.write(b).map_err(|e| storage("write", e))
     }
 
+    /// Deletes one notification (a delivery's outcome written back after
+    /// its subscription was terminated).
+    pub fn delete_notification(&self, sub: &str, id: u64) -> Result<(), NotifierError> {
+        self.db
+            .delete_cf(self.cf()?, keys::notification(sub, id))
+            .map_err(|e| storage("delete", e))
+    }
+
     /// Writes an evaluation's effects in one batch.
     pub fn apply(&self, fx: &Effects, next_id: u64) -> Result<(), NotifierError> {
         if fx.is_empty() && fx.alive.is_none() {
