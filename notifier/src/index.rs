@@ -315,10 +315,9 @@ impl Index {
     pub(crate) fn cache_memory(&self) -> (usize, usize) {
         self.subs.values().fold((0, 0), |(n, b), i| {
             let bytes = i.cache.capacity() * (size_of::<(String, RuleSet)>() + 1)
-                + i.cache
-                    .iter()
-                    .map(|(k, v)| k.len() + 16 + v.len() * size_of::<usize>())
-                    .sum::<usize>();
+                + crate::memory::sampled_sum(i.cache.iter(), i.cache.len(), |(k, v)| {
+                    k.len() + 16 + v.len() * size_of::<usize>()
+                });
             (n + i.cache.len(), b + bytes)
         })
     }

@@ -249,11 +249,9 @@ impl Timers {
     /// deadline and by identity).
     pub(crate) fn memory(&self) -> (usize, usize) {
         let entry = std::mem::size_of::<(i64, Timer)>();
-        let bytes: usize = self
-            .armed
-            .keys()
-            .map(|t| 2 * (t.heap_bytes() + entry) + entry / 2)
-            .sum();
+        let bytes = crate::memory::sampled_sum(self.armed.keys(), self.armed.len(), |t| {
+            2 * (t.heap_bytes() + entry) + entry / 2
+        });
         let table = self.armed.capacity() * (std::mem::size_of::<(Timer, i64)>() + 1);
         (self.armed.len(), bytes + table)
     }
