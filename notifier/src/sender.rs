@@ -129,9 +129,12 @@ impl Notifier {
     /// Records the outcome of a delivery of `n`; returns the subscription
     /// and its oldest pending id when its history is due for pruning.
     fn land(&self, n: Notification, finished: bool, delay: Duration) -> Option<(String, u64)> {
-        if !lock(&self.inner.queue).pending.contains_key(&n.id) {
-            lock(&self.inner.queue).landed(&n);
-            return None;
+        {
+            let mut q = lock(&self.inner.queue);
+            if !q.pending.contains_key(&n.id) {
+                q.landed(&n);
+                return None;
+            }
         }
         // Written outside the queue's lock (the notification stays in
         // flight, so no other delivery of it starts): a write can wait

@@ -646,6 +646,14 @@ mod tests {
     }
 
     /// A fixed time a minute ago (a re-sent record must be identical).
+    /// (position, seq) of each record read.
+    fn positions(read: &FeedBatch) -> Vec<(Position, u64)> {
+        read.records
+            .iter()
+            .map(|e| (e.position, e.record.seq))
+            .collect()
+    }
+
     fn base() -> i64 {
         static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
         *BASE.get_or_init(|| schemas::time::now_nanos() - 60_000_000_000)
@@ -858,11 +866,7 @@ mod tests {
         assert!(store.feed_read("a", (0, 0), 10).unwrap().records.is_empty());
         store.feed_finish(c1, true).unwrap();
         let read = store.feed_read("a", (0, 0), 10).unwrap();
-        let got: Vec<(Position, u64)> = read
-            .records
-            .iter()
-            .map(|e| (e.position, e.record.seq))
-            .collect();
+        let got = positions(&read);
         assert_eq!(got, vec![((1, 0), 7), ((1, 1), 8)]);
         assert!(read.end);
         assert_eq!(read.records[0].record.body, r1.body);
@@ -927,11 +931,7 @@ mod tests {
             ]
         );
         let read = store.feed_read("a", (1, 1), 10).unwrap();
-        let got: Vec<(Position, u64)> = read
-            .records
-            .iter()
-            .map(|e| (e.position, e.record.seq))
-            .collect();
+        let got = positions(&read);
         assert_eq!(got, vec![((c3, 0), 10)]);
         // Nothing pending any more; the next commit goes on after it.
         assert_eq!(
