@@ -273,6 +273,18 @@ impl Tokens {
         self.known.len()
     }
 
+    /// The subscriptions named by tokens limited to one, sorted, each once.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .known
+            .iter()
+            .filter_map(|k| k.principal.subscription().map(str::to_string))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }

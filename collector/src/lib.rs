@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod checkpoint;
 pub mod compression;
+pub mod coordinated;
 pub mod fair;
 pub mod http;
 pub mod logs;
@@ -126,6 +127,9 @@ pub struct CollectorConfig {
     /// Run the notifier (default true; benchmarks turn it off to measure
     /// its cost).
     pub notifier_enabled: bool,
+    /// One notifier per subscription across collectors through ZooKeeper
+    /// (`--coordination`; needs ClickHouse storage and the notifier).
+    pub coordination: Option<coordinated::CoordinationConfig>,
 }
 
 impl std::fmt::Debug for CollectorConfig {
@@ -174,6 +178,7 @@ impl CollectorConfig {
             notifier: notifier::NotifierConfig::default(),
             notifier_clock: Arc::new(notifier::SystemClock),
             notifier_enabled: true,
+            coordination: None,
         }
     }
 }
@@ -202,23 +207,48 @@ pub enum CollectorError {
 /// Feeds the notifier from the store's commits and the metrics ingest. The
 /// store needs its observers before it opens, the notifier needs the open
 /// store: the hook is filled in between.
+///
+/// With `--coordination` (`coordinated` set at start) the store's commits
+/// are not evaluated here: every one is copied to the shared feed, and
+/// the subscription's owner evaluates it.
 #[derive(Debug, Default)]
-struct NotifierHook(std::sync::OnceLock<notifier::Notifier>);
+struct NotifierHook(
+    std::sync::OnceLock<notifier::Notifier>,
+    std::sync::OnceLock<bool>,
+    std::sync::OnceLock<coordinated::Coordinated>,
+);
+
+impl NotifierHook {
+    fn coordinated(&self) -> bool {
+        self.1.get().copied().unwrap_or(false)
+    }
+}
 
 impl IngestObserver for NotifierHook {
     fn committed(&self, records: &[schemas::Record]) {
+        if self.coordinated() {
+            return;
+        }
         if let Some(n) = self.0.get() {
             n.on_records(records);
         }
     }
     fn committed_feed(&self, commit: u64, records: Arc<Vec<schemas::Record>>) {
+        if self.coordinated() {
+            if let Some(c) = self.2.get() {
+                c.committed(commit);
+            }
+            return;
+        }
         if let Some(n) = self.0.get() {
             n.on_committed(commit, records);
         }
     }
     fn wants_feed(&self, subscription: &str) -> bool {
-        // Until the notifier is open (the store opens first), everything.
-        self.0.get().is_none_or(|n| n.has_rules(subscription))
+        // Coordinated: every subscription is copied to the shared feed.
+        // Otherwise until the notifier is open (the store opens first),
+        // everything.
+        self.coordinated() || self.0.get().is_none_or(|n| n.has_rules(subscription))
     }
     fn subscription_purged(&self, subscription: &str) {
         if let Some(n) = self.0.get() {
@@ -345,7 +375,26 @@ pub async fn run(
             Some(v)
         }
     };
+    if let Some(c) = &config.coordination {
+        if !matches!(config.storage, Storage::ClickHouse(_)) {
+            return Err(CollectorError::Task(
+                "--coordination needs --storage clickhouse: the collectors evaluate from the records they share there".into(),
+            ));
+        }
+        if !config.notifier_enabled {
+            return Err(CollectorError::Task(
+                "--coordination coordinates the notifier, which is turned off".into(),
+            ));
+        }
+        if config.rules_file.is_some() {
+            return Err(CollectorError::Task(format!(
+                "--rules cannot be used with --coordination ({}): rules live with the subscription's owner; create them through the API of any collector",
+                c.url.connect_string()
+            )));
+        }
+    }
     let hook = Arc::new(NotifierHook::default());
+    let _ = hook.1.set(config.coordination.is_some());
     let mut observers = config.observers.clone();
     observers.push(hook.clone());
     let tails = logs::tail::TailHub::new(config.tail.clone());
@@ -369,6 +418,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Store::open(&data_dir, store_cfg, m, rocks_observers))
             .await
             .map_err(|e| CollectorError::Task(format!("open store task: {e}")))??;
+    let mut ch_feed = None;
     let log_store: Arc<dyn LogStore> = match clickhouse {
         None => Arc::new(store.clone()),
         Some(mut c) => {
@@ -381,12 +431,42 @@ pub async fn run(
             })
             .await
             .map_err(|e| CollectorError::Task(format!("open ClickHouse store task: {e}")))??;
+            ch_feed = Some(ch.feed_table());
             Arc::new(ch)
         }
     };
 
+    // Coordinated, the notifier evaluates what its owned subscriptions
+    // pull from the shared feed, in a store of its own rebuilt at every
+    // start (state comes back from ZooKeeper with ownership).
+    let pulled = match &config.coordination {
+        None => None,
+        Some(_) => {
+            let dir = coordinated::pulled_dir(&config.data_dir);
+            let (cfg, m) = (config.store.clone(), metrics.clone());
+            let p = tokio::task::spawn_blocking(move || {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(logs::StoreError::Open {
+                            path: dir.clone(),
+                            reason: format!("cannot clear the evaluation feed: {e}"),
+                        })
+                    }
+                }
+                let mut cfg = cfg;
+                cfg.feed = true;
+                Store::open(&dir, cfg, m, Vec::new())
+            })
+            .await
+            .map_err(|e| CollectorError::Task(format!("open evaluation feed task: {e}")))??;
+            Some(p)
+        }
+    };
+    let eval_store = pulled.clone().unwrap_or_else(|| store.clone());
     let (db, ncfg, clock, rules_file) = (
-        store.db(),
+        eval_store.db(),
         config.notifier.clone(),
         config.notifier_clock.clone(),
         config.rules_file.clone(),
@@ -403,12 +483,30 @@ pub async fn run(
         .await
         .map_err(|e| CollectorError::Task(format!("open notifier task: {e}")))??;
         let _ = hook.0.set(n.clone());
-        n.start_evaluator(Arc::new(StoreFeed(store.clone())))?;
+        n.start_evaluator(Arc::new(StoreFeed(eval_store.clone())))?;
         Some(n)
     } else {
         None
     };
     let mut evaluator = EvaluatorGuard(notifier.clone().map(|n| (n, config.shutdown_deadline)));
+    let coordinated = match (&config.coordination, &notifier, ch_feed, &pulled) {
+        (Some(c), Some(n), Some(feed), Some(p)) => {
+            let co = coordinated::Coordinated::start(
+                c.clone(),
+                config.tokens.subscriptions(),
+                n.clone(),
+                feed,
+                store.clone(),
+                p.clone(),
+            )
+            .await
+            .map_err(CollectorError::Task)?;
+            let _ = hook.2.set(co.clone());
+            tracing::info!(member = co.member_id(), "coordinating through ZooKeeper");
+            Some(co)
+        }
+        _ => None,
+    };
     let mut metric_observers = config.metric_observers.clone();
     metric_observers.push(hook);
 
@@ -458,6 +556,7 @@ pub async fn run(
                 .with_victoria(victoria),
         ),
         notifier: notifier.clone(),
+        coordinated: coordinated.clone(),
         tails,
         sessions: Arc::new(http::ui::session::Sessions::new(config.ui.clone())),
     });
@@ -481,6 +580,9 @@ pub async fn run(
     }
     if let Some(n) = &notifier {
         n.start(&tracker, shutdown.clone());
+    }
+    if let Some(c) = &coordinated {
+        c.run(&tracker, shutdown.clone());
     }
     tracker.close();
 
@@ -515,7 +617,9 @@ pub async fn run(
     // Commits what is queued, then stops the writer; then the evaluation
     // thread gets the shutdown deadline to evaluate what is pending (the
     // rest waits in the feed for the next start).
+    drop(coordinated);
     let closing = store.clone();
+    let pulled_closing = pulled.clone();
     let stopping = evaluator.0.take();
     let logs_closing = log_store.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -523,6 +627,9 @@ pub async fn run(
         closing.close();
         if let Some((n, within)) = stopping {
             n.stop_evaluator(within);
+        }
+        if let Some(p) = pulled_closing {
+            p.close();
         }
     })
     .await;

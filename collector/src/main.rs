@@ -129,6 +129,32 @@ struct ServeArgs {
     /// --metrics-storage victoriametrics).
     #[arg(long)]
     victoriametrics_url: Option<String>,
+    /// Coordinate with the other collectors over the same ClickHouse
+    /// through ZooKeeper: one notifier per subscription across them, e.g.
+    /// zookeeper://zk1:2181,zk2:2181/sesam (needs --storage clickhouse and
+    /// --member-id).
+    #[arg(long)]
+    coordination: Option<String>,
+    /// This collector's id among the coordinated collectors
+    /// ([A-Za-z0-9._-], at most 128; stable across restarts).
+    #[arg(long)]
+    member_id: Option<String>,
+    /// Where the other collectors reach this one (notifier API calls are
+    /// forwarded to a subscription's owner); default --external-url, else
+    /// http://<--listen>.
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// ZooKeeper session timeout: a killed owner's subscriptions move
+    /// after about this long (1s..60s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    coordination_session_timeout: Duration,
+    /// How often an owner looks for new records of its subscriptions in
+    /// the shared feed (10ms..10s).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    coordination_poll: Duration,
+    /// Days of the shared feed kept in ClickHouse (1..365).
+    #[arg(long, default_value_t = 3)]
+    coordination_feed_days: u32,
     /// Address to listen on, e.g. 127.0.0.1:3100.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -667,6 +693,71 @@ fn storage(a: &ServeArgs) -> anyhow::Result<collector::Storage> {
 /// ClickHouse servers one collector lists at most.
 const MAX_CLICKHOUSE_URLS: usize = 16;
 
+/// `--coordination` and its companions, checked.
+fn coordination(
+    a: &ServeArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<collector::coordinated::CoordinationConfig>> {
+    let Some(url) = &a.coordination else {
+        for (set, flag) in [
+            (a.member_id.is_some(), "--member-id"),
+            (a.advertise_url.is_some(), "--advertise-url"),
+        ] {
+            if set {
+                bail!("{flag} needs --coordination");
+            }
+        }
+        return Ok(None);
+    };
+    let url: coordination::CoordinationUrl = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--coordination: {e}"))?;
+    let Some(member_id) = a.member_id.clone() else {
+        bail!("--coordination needs --member-id (this collector's id among them, stable across restarts)");
+    };
+    if let Err(reason) = coordination::names::check_member_id(&member_id) {
+        bail!("--member-id {member_id:?} is invalid: {reason}");
+    }
+    let advertised_url = a
+        .advertise_url
+        .clone()
+        .or_else(|| a.external_url.clone())
+        .unwrap_or_else(|| format!("http://{listen}"));
+    if !(advertised_url.starts_with("http://") || advertised_url.starts_with("https://"))
+        || advertised_url.len() > 2048
+        || advertised_url.chars().any(char::is_control)
+    {
+        bail!("--advertise-url {advertised_url:?} must be an http:// or https:// URL of at most 2048 bytes");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&a.coordination_session_timeout)
+    {
+        bail!(
+            "--coordination-session-timeout {} is outside 1s..60s",
+            humantime::format_duration(a.coordination_session_timeout)
+        );
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&a.coordination_poll) {
+        bail!(
+            "--coordination-poll {} is outside 10ms..10s",
+            humantime::format_duration(a.coordination_poll)
+        );
+    }
+    if !(1..=365).contains(&a.coordination_feed_days) {
+        bail!(
+            "--coordination-feed-days {} is outside 1..365",
+            a.coordination_feed_days
+        );
+    }
+    Ok(Some(collector::coordinated::CoordinationConfig {
+        url,
+        member_id,
+        advertised_url,
+        session_timeout: a.coordination_session_timeout,
+        poll: a.coordination_poll,
+        feed_days: a.coordination_feed_days,
+    }))
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let storage_kind = storage(&a)?;
     let victoriametrics_url = match (a.metrics_storage, a.victoriametrics_url.clone()) {
@@ -682,6 +773,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             Some(url)
         }
     };
+    let coordination = match a.listen {
+        Some(listen) => coordination(&a, listen)?,
+        None => None,
+    };
     let (Some(data_dir), Some(listen), Some(tokens_path)) = (a.data_dir, a.listen, a.tokens) else {
         bail!("--data-dir, --listen and --tokens are required (or give a subcommand; see --help)");
     };
@@ -691,6 +786,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %tokens_path.display(), "tokens file has no tokens: every request will be refused");
     }
     let mut config = CollectorConfig::new(data_dir, Listen::Addr(listen), tokens);
+    config.coordination = coordination;
     config.storage = storage_kind;
     config.victoriametrics_url = victoriametrics_url;
     if !matches!(config.storage, collector::Storage::RocksDb) && a.checkpoint_dir.is_some() {

@@ -360,3 +360,91 @@ fn metrics_storage_flags_are_checked_before_anything_starts() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn coordination_flags_are_checked_before_anything_starts() {
+    let zk = "zookeeper://127.0.0.1:1/sesam";
+    for (args, want) in [
+        (
+            &["--member-id", "c1"][..],
+            "--member-id needs --coordination",
+        ),
+        (
+            &["--coordination", zk][..],
+            "--coordination needs --member-id",
+        ),
+        (
+            &[
+                "--coordination",
+                "zookeeper://127.0.0.1/sesam",
+                "--member-id",
+                "c1",
+            ][..],
+            "--coordination:",
+        ),
+        (
+            &["--coordination", zk, "--member-id", "a/b"][..],
+            "--member-id \"a/b\" is invalid",
+        ),
+        (
+            &[
+                "--coordination",
+                zk,
+                "--member-id",
+                "c1",
+                "--coordination-poll",
+                "1ms",
+            ][..],
+            "--coordination-poll 1ms is outside 10ms..10s",
+        ),
+        (
+            &[
+                "--coordination",
+                zk,
+                "--member-id",
+                "c1",
+                "--coordination-feed-days",
+                "0",
+            ][..],
+            "--coordination-feed-days 0 is outside 1..365",
+        ),
+        (
+            &[
+                "--coordination",
+                zk,
+                "--member-id",
+                "c1",
+                "--advertise-url",
+                "10.0.0.1:3100",
+            ][..],
+            "--advertise-url \"10.0.0.1:3100\" must be an http:// or https:// URL",
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run sesam-collector");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Over the embedded store there is nothing shared to coordinate on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    token_add(&tokens, "acme", "operator");
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&tokens)
+        .args(["--coordination", zk, "--member-id", "c1"])
+        .output()
+        .expect("run sesam-collector");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--coordination needs --storage clickhouse"),
+        "{err}"
+    );
+}

@@ -74,11 +74,20 @@ pub(crate) struct Entry {
     pub next_at: Instant,
 }
 
-/// Pending notifications by id.
+/// A queued notification: its id and subscription (ids are unique within
+/// a subscription; an imported subscription keeps the ids another notifier
+/// gave its notifications).
+pub(crate) type QueueKey = (u64, String);
+
+pub(crate) fn queue_key(n: &Notification) -> QueueKey {
+    (n.id, n.subscription.clone())
+}
+
+/// Pending notifications by id (and subscription).
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
-    pub pending: BTreeMap<u64, Entry>,
-    pub in_flight: HashSet<u64>,
+    pub pending: BTreeMap<QueueKey, Entry>,
+    pub in_flight: HashSet<QueueKey>,
     /// Pending notifications per subscription.
     pub per_sub: HashMap<String, usize>,
     /// In-flight deliveries per subscription.
@@ -88,13 +97,29 @@ pub(crate) struct Queue {
 impl Queue {
     pub fn push(&mut self, n: Notification) {
         *self.per_sub.entry(n.subscription.clone()).or_default() += 1;
-        self.pending.insert(
-            n.id,
+        if let Some(old) = self.pending.insert(
+            queue_key(&n),
             Entry {
                 n,
                 next_at: Instant::now(),
             },
-        );
+        ) {
+            // The same notification again (an import of a state holding
+            // it): counted once.
+            if let Some(c) = self.per_sub.get_mut(&old.n.subscription) {
+                *c = c.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether `n` is pending (queued or in flight).
+    pub fn contains(&self, n: &Notification) -> bool {
+        self.pending.contains_key(&queue_key(n))
+    }
+
+    /// The queue's entry of `n`.
+    pub fn get_mut(&mut self, n: &Notification) -> Option<&mut Entry> {
+        self.pending.get_mut(&queue_key(n))
     }
 
     /// Pending notifications of `sub`.
@@ -113,8 +138,8 @@ impl Queue {
     }
 
     /// Removes a finished (or purged) notification.
-    pub fn remove(&mut self, id: u64) -> Option<Notification> {
-        let e = self.pending.remove(&id)?;
+    pub fn remove(&mut self, key: &QueueKey) -> Option<Notification> {
+        let e = self.pending.remove(key)?;
         if let Some(c) = self.per_sub.get_mut(&e.n.subscription) {
             *c = c.saturating_sub(1);
             if *c == 0 {
@@ -126,7 +151,7 @@ impl Queue {
 
     /// A delivery of `n` ended (whatever its outcome).
     pub fn landed(&mut self, n: &Notification) {
-        if self.in_flight.remove(&n.id) {
+        if self.in_flight.remove(&queue_key(n)) {
             if let Some(c) = self.flying.get_mut(&n.subscription) {
                 *c = c.saturating_sub(1);
                 if *c == 0 {
@@ -138,14 +163,14 @@ impl Queue {
 
     /// Drops every pending notification of `sub` (termination).
     pub fn purge(&mut self, sub: &str) {
-        let ids: Vec<u64> = self
+        let keys: Vec<QueueKey> = self
             .pending
-            .values()
-            .filter(|e| e.n.subscription == sub)
-            .map(|e| e.n.id)
+            .iter()
+            .filter(|(_, e)| e.n.subscription == sub)
+            .map(|(k, _)| k.clone())
             .collect();
-        for id in ids {
-            self.remove(id);
+        for k in keys {
+            self.remove(&k);
         }
     }
 
@@ -158,13 +183,13 @@ impl Queue {
         let mut out: Vec<Notification> = Vec::new();
         let mut taking: HashMap<&str, usize> = HashMap::new();
         let mut next: Option<Instant> = None;
-        for (id, e) in &self.pending {
+        for (key, e) in &self.pending {
             let chain = (
                 e.n.subscription.as_str(),
                 e.n.receiver.as_str(),
                 e.n.fingerprint.as_str(),
             );
-            if !chains.insert(chain) || self.in_flight.contains(id) {
+            if !chains.insert(chain) || self.in_flight.contains(key) {
                 continue;
             }
             if e.next_at <= now {
@@ -180,7 +205,7 @@ impl Queue {
             }
         }
         for n in &out {
-            self.in_flight.insert(n.id);
+            self.in_flight.insert(queue_key(n));
             *self.flying.entry(n.subscription.clone()).or_default() += 1;
         }
         (out, next)

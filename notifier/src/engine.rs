@@ -37,11 +37,11 @@ use crate::alerts::AlertStore;
 use crate::index::Index;
 use crate::limits::Limits;
 use crate::model::{
-    Alert, Change, Effects, FastMap, FastSet, Group, MetricState, PipeKey, PipeState, ScheduleSpec,
-    SourceKey, SourceState,
+    Alert, Change, Effects, FastMap, FastSet, Group, MetricState, PipeKey, PipeState, SourceKey,
+    SourceState,
 };
 use crate::rule::{CompiledRule, Kind, RuleKey};
-use crate::schedule::{parse_cron, Timer, Timers};
+use crate::schedule::{Timer, Timers};
 use crate::sharded::ShardedMap;
 use crate::silence::{ActiveSilence, Silences};
 
@@ -297,52 +297,11 @@ impl Engine {
     /// are in) and re-arms every timer.
     pub fn restore(&mut self, state: Restored) {
         self.downtime = state.alive.map(|t| state.now.saturating_sub(t).max(0));
-        for (k, mut p) in state.pipes {
-            if let ScheduleSpec::Cron(expr) = &p.schedule {
-                p.cron = parse_cron(expr).map(Arc::new);
-            }
-            self.count(&k.sub).pipes += 1;
-            self.pipes_of
-                .entry(k.source_key())
-                .or_default()
-                .insert(k.pipe.clone());
-            self.pipes.insert(k, p);
-        }
-        for (k, s) in state.sources {
-            self.count(&k.sub).sources += 1;
-            self.sources.insert(k, s);
-        }
-        for (k, w) in state.windows {
-            let sub = k.split('\0').next().unwrap_or("").to_string();
-            self.count(&sub).series += 1;
-            self.windows.insert(k, w);
-        }
-        for a in state.alerts {
-            if a.rule_type == schemas::notify::RuleType::NodeHeartbeatOverdue {
-                if let Some(src) = &a.source {
-                    self.heartbeat_firing
-                        .insert(SourceKey::new(&a.subscription, src), a.fingerprint.clone());
-                }
-            }
-            self.alerts.insert(a);
-        }
-        let fps: Vec<String> = self.alerts.all().map(|a| a.fingerprint.clone()).collect();
-        for fp in fps {
-            self.arm_alert_timers(&fp);
-        }
-        let pipe_keys: Vec<PipeKey> = self.pipes.keys().cloned().collect();
-        for k in pipe_keys {
-            self.arm_pipe(&k);
-        }
-        let source_keys: Vec<SourceKey> = self.sources.keys().cloned().collect();
-        for k in source_keys {
-            self.arm_heartbeats(&k);
-        }
+        let now = state.now;
+        self.restore_entries(state);
         for key in self.silences.keys() {
-            self.arm_silence(&key, state.now);
+            self.arm_silence(&key, now);
         }
-        self.restore_metrics(state.metrics, state.now);
-        self.restore_groups(state.groups);
         // A silence that ended while the collector was down.
         let subs: BTreeSet<String> = self
             .alerts
@@ -351,7 +310,7 @@ impl Engine {
             .map(|a| a.subscription.clone())
             .collect();
         for sub in subs {
-            self.flush_pending(&sub, state.now, state.now);
+            self.flush_pending(&sub, now, now);
         }
     }
 

@@ -17,6 +17,13 @@
 //! caller's thread, within each subscription's budget, the rest deferred
 //! in memory).
 //!
+//! Several collectors share subscriptions (one evaluates each at a time):
+//! the collector moves a subscription's whole state with
+//! [`Notifier::export_subscription`], [`Notifier::import_subscription`]
+//! and [`Notifier::release_subscription`], and installs a [`Replication`]
+//! hook ([`Notifier::set_replication`]) so that no notification is sent
+//! before a state holding it is stored outside the collector.
+//!
 //! Tenants are isolated: rule and silence ids are scoped by subscription,
 //! every input is bounded ([`Limits`]), each subscription's evaluation has
 //! a time budget and a share of evaluation time, and receivers only reach
@@ -44,6 +51,7 @@
 //! | `store` | the only place that knows RocksDB keys |
 //! | `delivery`, `sender` | the queue, requests and retry policy; the delivery task |
 //! | `service` | the notifier: engine, effects, timer task |
+//! | `snapshot`, `statecodec`, `replication` | one subscription's state moved between notifiers (several collectors); its encoding; the replication hook and the delivery gate |
 //! | `api`, `views` | CRUD and scope; alerts and history |
 //! | `telemetry`, `clock`, `error` | metrics, time, errors |
 
@@ -71,6 +79,7 @@ pub mod memory;
 pub mod model;
 mod pipecodec;
 pub mod receiver;
+mod replication;
 pub mod rule;
 pub mod schedule;
 mod sender;
@@ -78,6 +87,8 @@ pub mod service;
 mod sharded;
 mod share;
 pub mod silence;
+pub mod snapshot;
+pub mod statecodec;
 pub mod store;
 mod telemetry;
 pub mod validate;
@@ -96,8 +107,10 @@ pub use feed::{Feed, FeedBacklog, FeedPos, FeedRead, FeedRecord};
 pub use limits::Limits;
 pub use memory::{Memory, Part};
 pub use model::{Alert, DeliveryState, Notification, NotificationKind};
+pub use replication::Replication;
 pub use rule::RuleKey;
 pub use service::{Notifier, NotifierConfig};
+pub use snapshot::Exported;
 pub use store::COLUMN_FAMILY;
 pub use views::NotificationFilter;
 

@@ -285,6 +285,32 @@ pub enum Change {
     GroupGone(String),
 }
 
+impl Change {
+    /// The subscription whose state it changes.
+    pub fn subscription(&self) -> &str {
+        match self {
+            Change::Rule(r) => &r.subscription,
+            Change::Receiver(r) => &r.subscription,
+            Change::Silence(s) => &s.subscription,
+            Change::Alert(a) => &a.subscription,
+            Change::RuleGone(RuleKey { sub, .. })
+            | Change::ReceiverGone { sub, .. }
+            | Change::SilenceGone { sub, .. }
+            | Change::AlertGone { sub, .. }
+            | Change::Pipe(PipeKey { sub, .. }, _)
+            | Change::PipeGone(PipeKey { sub, .. })
+            | Change::Source(SourceKey { sub, .. }, _)
+            | Change::SourceGone(SourceKey { sub, .. }) => sub,
+            Change::Window(k, _)
+            | Change::WindowGone(k)
+            | Change::Metric(k, _)
+            | Change::MetricGone(k)
+            | Change::Group(k, _)
+            | Change::GroupGone(k) => k.split('\0').next().unwrap_or(""),
+        }
+    }
+}
+
 /// Everything an evaluation changed, to be written in one batch.
 #[derive(Debug, Default)]
 pub struct Effects {

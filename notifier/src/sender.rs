@@ -54,6 +54,11 @@ impl Notifier {
     }
 
     async fn deliver(self, mut n: Notification) {
+        // With a replication hook, not before the subscription's state
+        // holding `n` is stored elsewhere (`replication.rs`).
+        if self.inner.repl.installed() && !self.replicated(&n).await {
+            return;
+        }
         // From the receivers' snapshot, not the engine: its lock is held
         // through each evaluation round and its write (a synced one when
         // the round pages), which a neighbour's notification waited for
@@ -131,7 +136,7 @@ impl Notifier {
     fn land(&self, n: Notification, finished: bool, delay: Duration) -> Option<(String, u64)> {
         {
             let mut q = lock(&self.inner.queue);
-            if !q.pending.contains_key(&n.id) {
+            if !q.contains(&n) {
                 q.landed(&n);
                 return None;
             }
@@ -141,13 +146,16 @@ impl Notifier {
         // behind an ingest commit's fsync, and the evaluation thread takes
         // this lock in every round (it waited up to 63 ms for it under an
         // ingest flood, measured).
-        if let Err(e) = self.inner.db.put_notifications(std::slice::from_ref(&n)) {
-            self.inner.metrics.errors.inc();
-            tracing::error!(error = %e, "notification status write failed");
+        match self.inner.db.put_notifications(std::slice::from_ref(&n)) {
+            Ok(()) => self.inner.repl.bump(&n.subscription),
+            Err(e) => {
+                self.inner.metrics.errors.inc();
+                tracing::error!(error = %e, "notification status write failed");
+            }
         }
         let mut q = lock(&self.inner.queue);
         q.landed(&n);
-        if !q.pending.contains_key(&n.id) {
+        if !q.contains(&n) {
             // Its subscription was terminated meanwhile: what was just
             // written back goes too.
             drop(q);
@@ -158,8 +166,8 @@ impl Notifier {
             return None;
         }
         if finished {
-            q.remove(n.id);
-        } else if let Some(e) = q.pending.get_mut(&n.id) {
+            q.remove(&delivery::queue_key(&n));
+        } else if let Some(e) = q.get_mut(&n) {
             e.next_at = tokio::time::Instant::now() + delay;
             e.n = n.clone();
         }

@@ -31,6 +31,7 @@ use crate::error::NotifierError;
 use crate::handoff::Slot;
 use crate::limits::{self, Limits};
 use crate::model::DeliveryState;
+use crate::replication::{Moved, Repl};
 use crate::rule;
 use crate::share::Shares;
 use crate::silence::ActiveSilence;
@@ -80,7 +81,7 @@ pub(crate) struct Inner {
     pub(crate) queue: Mutex<Queue>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) wake_delivery: tokio::sync::Notify,
-    wake_timer: tokio::sync::Notify,
+    pub(crate) wake_timer: tokio::sync::Notify,
     pub(crate) client: reqwest::Client,
     pub(crate) config: NotifierConfig,
     pub(crate) policy: SharedPolicy,
@@ -99,6 +100,8 @@ pub(crate) struct Inner {
     pub(crate) shares: Shares,
     /// The evaluation thread (over a store with a commit feed).
     pub(crate) eval: Slot,
+    /// State versions, the replication hook and its delivery gate.
+    pub(crate) repl: Repl,
 }
 
 /// The notifier. Cheap to clone.
@@ -192,6 +195,7 @@ impl Notifier {
         let watch = engine.index.watched_metrics();
         let rule_subs = engine.index.subscriptions();
         let eval = Slot::new(loaded.watermarks);
+        let repl = Repl::new(engine.next_notification);
         Ok(Notifier {
             inner: Arc::new(Inner {
                 db,
@@ -211,6 +215,7 @@ impl Notifier {
                 finished: Mutex::new(HashMap::new()),
                 shares: Shares::default(),
                 eval,
+                repl,
             }),
         })
     }
@@ -238,7 +243,7 @@ impl Notifier {
     /// the order of the changes): if its receivers changed (they are
     /// copied on write, so a change is a new pointer), the delivery tasks
     /// get the new set.
-    fn publish_receivers(&self, engine: &Engine) {
+    pub(crate) fn publish_receivers(&self, engine: &Engine) {
         let current = self
             .inner
             .receivers
@@ -358,6 +363,9 @@ impl Notifier {
             }
         }
         let written = self.inner.db.apply(&fx, engine.next_notification);
+        if written.is_ok() {
+            self.inner.repl.wrote(&fx, engine.next_notification);
+        }
         self.publish_receivers(&engine);
         let after = engine.next_deadline();
         let (rules, firing) = (engine.rules.len(), engine.alert_count());
@@ -513,32 +521,9 @@ impl Notifier {
     /// series, groups, deferred records, the delivery queue and the
     /// notification history, in memory and on disk.
     pub fn purge(&self, subscription: &str) {
-        let mut engine = lock(&self.inner.engine);
-        engine.purge(subscription);
-        self.publish_receivers(&engine);
-        // Under the engine lock: the evaluation thread checks it there.
-        self.inner.eval.purged(subscription);
-        let fx = engine.take_effects();
-        if let Err(e) = self.inner.db.apply(&fx, engine.next_notification) {
-            tracing::error!(error = %e, "notifier state write failed");
-        }
-        {
-            // Under the queue lock: a delivery that ends now finds its
-            // notification gone, and deletes what it wrote back meanwhile
-            // (`land`).
-            let mut q = lock(&self.inner.queue);
-            q.purge(subscription);
-            self.inner.metrics.queue_pending.set(q.pending.len() as i64);
-            if let Err(e) = self.inner.db.purge(subscription) {
-                self.inner.metrics.errors.inc();
-                tracing::error!(subscription, error = %e, "notifier purge failed");
-            }
-        }
-        drop(engine);
-        lock(&self.inner.finished).remove(subscription);
-        self.inner.shares.remove(subscription);
-        self.inner.metrics.forget(subscription);
-        self.refresh_metric_watch();
+        self.inner.repl.moved(subscription, Moved::Terminated);
+        self.forget(subscription);
+        self.inner.repl.bump(subscription);
     }
 
     /// Runs the timers due at the clock's now and evaluates deferred

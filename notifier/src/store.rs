@@ -184,7 +184,7 @@ pub const LAYOUT: &str = "2";
 /// Access to the notifier's column family.
 #[derive(Clone)]
 pub struct Db {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
 }
 
 impl std::fmt::Debug for Db {
@@ -241,7 +241,7 @@ impl Db {
         Ok(Db { db })
     }
 
-    fn cf(&self) -> Result<&rocksdb::ColumnFamily, NotifierError> {
+    pub(crate) fn cf(&self) -> Result<&rocksdb::ColumnFamily, NotifierError> {
         self.db
             .cf_handle(COLUMN_FAMILY)
             .ok_or_else(|| NotifierError::storage("column family vanished"))

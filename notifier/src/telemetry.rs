@@ -55,6 +55,9 @@ pub(crate) struct Metrics {
     /// The engine's estimated memory and entries, by part.
     pub(crate) engine_bytes: Family<Labels, Gauge>,
     pub(crate) engine_entries: Family<Labels, Gauge>,
+    /// Deliveries held back: the subscription's state could not be stored
+    /// elsewhere first (the replication hook failed).
+    pub(crate) replication_failures: Counter,
 }
 
 impl Metrics {
@@ -165,6 +168,11 @@ impl Metrics {
             "notifier_engine_entries",
             "Entries of the rule engine's state, by part",
             m.engine_entries.clone(),
+        );
+        registry.register(
+            "notifier_replication_failures",
+            "Deliveries held back because the subscription's state could not be stored elsewhere first (the replication hook failed); retried after 1 s",
+            m.replication_failures.clone(),
         );
     }
 

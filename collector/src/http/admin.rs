@@ -134,6 +134,9 @@ pub async fn metrics(
     if let Some(n) = &s.notifier {
         n.register_metrics(&mut registry);
     }
+    if let Some(c) = &s.coordinated {
+        c.register_metrics(&mut registry);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .map_err(|e| ApiError::internal(format!("encode metrics: {e}")))?;

@@ -42,6 +42,7 @@ mod logs;
 mod loki;
 mod metrics;
 mod notify;
+mod owner;
 mod params;
 mod pipes;
 pub mod serve;
@@ -149,6 +150,9 @@ pub struct AppState {
     pub metric_store: Arc<crate::metrics::MetricStore>,
     /// The notifier (rules, alerts, receivers, silences, history).
     pub notifier: Option<notifier::Notifier>,
+    /// With `--coordination`: which collector evaluates which
+    /// subscription (notifier API calls go to the owner).
+    pub coordinated: Option<crate::coordinated::Coordinated>,
     /// Open live tails (`/loki/api/v1/tail`).
     pub tails: Arc<crate::logs::tail::TailHub>,
     /// Console sessions (`/ui/`).
@@ -337,6 +341,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            owner::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ui::guard,

@@ -9,6 +9,7 @@
 //! part of the label index.
 
 pub mod client;
+pub mod feed;
 pub mod schema;
 mod search;
 pub mod writer;
@@ -273,6 +274,11 @@ impl ClickHouseStore {
 
     fn db(&self) -> &str {
         &self.shared.db
+    }
+
+    /// The shared commit feed (`--coordination`).
+    pub fn feed_table(&self) -> feed::FeedTable {
+        feed::FeedTable::new(self.shared.clone(), self.database.clone())
     }
 
     fn client(&self) -> &Client {

@@ -15,6 +15,10 @@
 //!   (`SummingMergeTree`): the label index.
 //! - `batches`: one row per ingest (source, epoch, seqs, counts, time):
 //!   `/api/v1/sources` and each source's epochs.
+//! - `feed`: with `--coordination`, every collector's commit feed
+//!   (subscription, writer, commit, index) -> record, read by the
+//!   subscription's owner to evaluate its rules (`feed.rs`). Sharded by
+//!   subscription, so that one insert of a writer is visible at once.
 //!
 //! Debian's server is 18.16: no `LowCardinality` without an experimental
 //! setting, no data skipping indexes, no TTL. The schema here is the same
@@ -62,7 +66,7 @@ type TableDef = (
     &'static str,
 );
 
-const TABLES: [TableDef; 4] = [
+const TABLES: [TableDef; 5] = [
     (
         "records",
         "subscription String, stream UInt64, ts Int64, source String, epoch String, seq UInt64, line String",
@@ -98,6 +102,15 @@ const TABLES: [TableDef; 4] = [
         "toYYYYMM(toDateTime(intDiv(at, 1000000000)))",
         "(subscription, source, at)",
         "cityHash64(subscription, source)",
+    ),
+    (
+        "feed",
+        "subscription String, writer String, wseq UInt64, widx UInt32, at Int64, record String",
+        "ReplacingMergeTree",
+        "",
+        "toYYYYMMDD(toDateTime(intDiv(at, 1000000000)))",
+        "(subscription, writer, wseq, widx)",
+        "cityHash64(subscription)",
     ),
 ];
 

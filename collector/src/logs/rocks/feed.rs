@@ -423,6 +423,13 @@ impl Store {
         Ok(b)
     }
 
+    /// The commit [`Store::feed_begin`] hands out next (every commit
+    /// before it is finished once the store is open: a pending one was
+    /// settled at open).
+    pub fn feed_next_commit(&self) -> Result<u64, StoreError> {
+        Ok(u64_meta(&self.inner.db, META_CH_NEXT)?.unwrap_or(1).max(1))
+    }
+
     /// For a writer that keeps its records elsewhere (the ClickHouse
     /// store): writes one commit of `records` (per subscription, in
     /// commit order, each with its batch's epoch), synced and marked
