@@ -343,6 +343,10 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
         || async { (hook.deliveries().len() >= 2).then_some(()) },
     )
     .await;
+    eprintln!(
+        "in-flight notification sent again {:?} after the owner's SIGKILL (session timeout 2 s)",
+        killed.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let repeats = hook.assert_exactly(&[("firing", SOURCE, PIPE)]);
     assert!(repeats >= 1, "the new owner did not send it again");
