@@ -498,6 +498,7 @@ pub async fn run(
                 feed,
                 store.clone(),
                 p.clone(),
+                victoria.clone(),
             )
             .await
             .map_err(CollectorError::Task)?;
@@ -508,7 +509,11 @@ pub async fn run(
         _ => None,
     };
     let mut metric_observers = config.metric_observers.clone();
-    metric_observers.push(hook);
+    // Coordinated over VictoriaMetrics, owners read the samples from
+    // there: evaluating them where they arrive too would page twice.
+    if coordinated.is_none() || victoria.is_none() {
+        metric_observers.push(hook);
+    }
 
     let listener = match config.listen {
         Listen::Listener(l) => l,

@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Days of the shared feed kept in ClickHouse (1..365).
     #[arg(long, default_value_t = 3)]
     coordination_feed_days: u32,
+    /// With --metrics-storage victoriametrics: how often an owner reads
+    /// the latest samples its metric_threshold rules watch (1s..10m).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    coordination_metric_interval: Duration,
     /// Address to listen on, e.g. 127.0.0.1:3100.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -742,6 +746,14 @@ fn coordination(
             humantime::format_duration(a.coordination_poll)
         );
     }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600))
+        .contains(&a.coordination_metric_interval)
+    {
+        bail!(
+            "--coordination-metric-interval {} is outside 1s..10m",
+            humantime::format_duration(a.coordination_metric_interval)
+        );
+    }
     if !(1..=365).contains(&a.coordination_feed_days) {
         bail!(
             "--coordination-feed-days {} is outside 1..365",
@@ -755,6 +767,7 @@ fn coordination(
         session_timeout: a.coordination_session_timeout,
         poll: a.coordination_poll,
         feed_days: a.coordination_feed_days,
+        metric_every: a.coordination_metric_interval,
     }))
 }
 

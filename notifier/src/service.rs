@@ -265,6 +265,21 @@ impl Notifier {
     }
 
     /// Whether a `metric_threshold` rule of `subscription` watches `name`.
+    /// The metric names `subscription`'s `metric_threshold` rules watch,
+    /// sorted.
+    pub fn watched_metrics(&self, subscription: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inner
+            .metric_watch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subscription)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     pub fn wants_metric(&self, subscription: &str, name: &str) -> bool {
         self.inner
             .metric_watch

@@ -358,3 +358,115 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
         c.stop();
     }
 }
+
+/// Pushes one `disk_free_bytes` sample of `node-1` to `c` (remote-write).
+async fn push_disk(c: &Collector, value: f64) {
+    let body = e2e::hostile::remote_write(
+        &[(
+            vec![
+                ("__name__".into(), "disk_free_bytes".into()),
+                ("instance".into(), SOURCE.into()),
+            ],
+            value,
+        )],
+        schemas::time::now_nanos() / 1_000_000,
+    );
+    let (st, v) =
+        e2e::hostile::post_remote_write(&reqwest::Client::new(), &c.url, &shipper_token(SUB), body)
+            .await;
+    assert!(
+        (200..300).contains(&st),
+        "remote-write to {}: {st} {v}",
+        c.url
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_threshold_fires_once_whichever_collector_the_samples_reach() {
+    let Some(zk) = e2e::clickhouse::zookeeper_or_skip("coordinated metric_threshold") else {
+        return;
+    };
+    let Some(ch) = e2e::clickhouse::start_or_skip(
+        "coordinated metric_threshold",
+        ClickHouseOptions::default(),
+    ) else {
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/victoria-metrics").exists() {
+        testkit::engines::skip(
+            "metric_threshold_fires_once_whichever_collector_the_samples_reach",
+            "victoria-metrics is not installed (scripts/setup.sh)",
+        );
+        return;
+    }
+    let vm = testkit::engines::VictoriaMetrics::start()
+        .unwrap_or_else(|e| panic!("victoria-metrics did not start: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start().await;
+    let mut cs: Vec<Collector> = ["c0", "c1"]
+        .iter()
+        .map(|id| {
+            let mut c = coordinated(&dir.path().join(id), id, &zk.address(), &ch.url());
+            c.args.extend([
+                "--metrics-storage".into(),
+                "victoriametrics".into(),
+                "--victoriametrics-url".into(),
+                vm.url(),
+                "--coordination-metric-interval".into(),
+                "1s".into(),
+            ]);
+            c
+        })
+        .collect();
+    for c in &mut cs {
+        c.start().await;
+    }
+    let api = Client(reqwest::Client::new());
+    let owner = owner_of(&api, &cs, &[0, 1]).await;
+    let other = 1 - owner;
+    let (st, _, body) = api
+        .call(
+            &cs[other],
+            "PUT",
+            "/api/v1/receivers/ops",
+            Some(json!({"type": "webhook", "url": hook.url})),
+        )
+        .await;
+    assert!(st == 200 || st == 201, "receiver: {st} {body}");
+    let rule = json!({"name": "DiskLow", "type": "metric_threshold", "receivers": ["ops"],
+        "params": {"metric": "disk_free_bytes", "op": "<", "value": 1000}});
+    let (st, _, body) = api
+        .call(&cs[other], "POST", "/api/v1/notification-rules", Some(rule))
+        .await;
+    assert_eq!(st, 201, "rule: {body}");
+    // Low, pushed to the collector that does not evaluate: one page.
+    push_disk(&cs[other], 10.0).await;
+    until(
+        "the firing notification",
+        Duration::from_secs(30),
+        || async { (hook.distinct().0.len() == 1).then_some(()) },
+    )
+    .await;
+    // Low again, to the owner: still one page (several polls pass).
+    push_disk(&cs[owner], 20.0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(hook.distinct().0.len(), 1, "paged again");
+    // Recovered, pushed to the other: one resolved page.
+    push_disk(&cs[other], 5000.0).await;
+    until(
+        "the resolved notification",
+        Duration::from_secs(30),
+        || async { (hook.distinct().0.len() == 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (distinct, repeats) = hook.distinct();
+    let statuses: Vec<&str> = distinct
+        .iter()
+        .map(|d| d.body["alerts"][0]["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved"], "{repeats} repeats");
+    for c in &mut cs {
+        c.stop();
+    }
+}

@@ -57,6 +57,9 @@ pub struct CoordinationConfig {
     pub poll: Duration,
     /// Days of the shared feed kept (older days are dropped).
     pub feed_days: u32,
+    /// With VictoriaMetrics: how often an owner reads the latest samples
+    /// of the metrics its `metric_threshold` rules watch.
+    pub metric_every: Duration,
 }
 
 /// Short critical sections only.
@@ -91,6 +94,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Forwards notifier API calls to owners (their advertised URLs).
     http: reqwest::Client,
+    /// Where pushed samples are (`--metrics-storage victoriametrics`): the
+    /// owner evaluates `metric_threshold` rules from there.
+    victoria: Option<crate::metrics::victoria::Victoria>,
 }
 
 /// `coordinated_*` metrics.
@@ -133,6 +139,7 @@ impl Coordinated {
         feed: FeedTable,
         local: Store,
         pulled: Store,
+        victoria: Option<crate::metrics::victoria::Victoria>,
     ) -> Result<Coordinated, String> {
         let mut c = CoordinatorConfig::new(cfg.url.clone(), cfg.member_id.clone());
         c.advertised_url = cfg.advertised_url.clone();
@@ -163,6 +170,7 @@ impl Coordinated {
             wake_export: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
             http,
+            victoria,
         });
         let me = Coordinated { inner };
         me.inner
@@ -176,6 +184,9 @@ impl Coordinated {
     pub fn run(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
         tracker.spawn(exporter::run(self.inner.clone(), shutdown.clone()));
         tracker.spawn(ownership_loop(self.inner.clone(), shutdown.clone()));
+        if self.inner.victoria.is_some() {
+            tracker.spawn(metric_loop(self.inner.clone(), shutdown.clone()));
+        }
         tracker.spawn(persist_loop(self.inner.clone(), shutdown));
     }
 
@@ -424,6 +435,52 @@ async fn persist_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             }
             if let Err(e) = inner.notifier.persist(&sub).await {
                 tracing::debug!(subscription = %sub, error = %e, "periodic state write failed");
+            }
+        }
+    }
+}
+
+/// Largest instant-query answer read per metric.
+const MAX_METRIC_ANSWER: usize = 8 << 20;
+
+/// With VictoriaMetrics, the owner evaluates each owned subscription's
+/// `metric_threshold` rules from the latest samples stored there, whichever
+/// collector they were pushed to (pushed samples are then not evaluated
+/// where they arrive).
+async fn metric_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let Some(vm) = inner.victoria.clone() else {
+        return;
+    };
+    let mut every = tokio::time::interval(inner.cfg.metric_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let owned: Vec<String> = lock(&inner.owned).keys().cloned().collect();
+        for sub in owned {
+            for name in inner.notifier.watched_metrics(&sub) {
+                let series = match vm.latest(&sub, &name, MAX_METRIC_ANSWER).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        inner.metrics.errors.inc();
+                        tracing::warn!(subscription = %sub, metric = %name, error = %e, "reading the latest samples from VictoriaMetrics failed");
+                        continue;
+                    }
+                };
+                if series.is_empty() || !lock(&inner.owned).contains_key(&sub) {
+                    continue;
+                }
+                let refs: Vec<notifier::SampleRef<'_>> = series
+                    .iter()
+                    .map(|(labels, value)| notifier::SampleRef {
+                        name: &name,
+                        labels,
+                        value: *value,
+                    })
+                    .collect();
+                inner.notifier.on_samples(&sub, &refs);
             }
         }
     }

@@ -133,6 +133,36 @@ impl Victoria {
         self.expect_ok(r, max_bytes).await
     }
 
+    /// The latest sample of every series of metric `name` in
+    /// `subscription` (an instant query with the subscription forced by
+    /// `extra_label`): each series' labels without `__name__`, sorted, and
+    /// its value. At most `max_bytes` of answer.
+    pub async fn latest(
+        &self,
+        subscription: &str,
+        name: &str,
+        max_bytes: usize,
+    ) -> Result<Latest, VictoriaError> {
+        let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
+        let q = [
+            ("query", format!("{{__name__=\"{quoted}\"}}")),
+            ("extra_label", format!("subscription={subscription}")),
+        ];
+        let r = self
+            .client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let body = self.expect_ok(r, max_bytes).await?;
+        parse_vector(&body).map_err(|e| VictoriaError::Status {
+            url: self.base.clone(),
+            status: 200,
+            body: e,
+        })
+    }
+
     async fn get(&self, path: &str, q: &[(&str, &str)]) -> Result<Vec<u8>, VictoriaError> {
         let r = self
             .client
@@ -183,6 +213,43 @@ impl Victoria {
         }
         Ok(body)
     }
+}
+
+/// Series of an instant query: sorted labels (no `__name__`) and value.
+pub type Latest = Vec<(Vec<(String, String)>, f64)>;
+
+/// An instant query's answer (`resultType` `vector`) as (sorted labels
+/// without `__name__`, value); series whose value is not a number are
+/// skipped.
+pub fn parse_vector(body: &[u8]) -> Result<Latest, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        result: Vec<Series>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Series {
+        metric: std::collections::BTreeMap<String, String>,
+        value: (serde_json::Value, String),
+    }
+    let a: Answer =
+        serde_json::from_slice(body).map_err(|e| format!("not an instant query answer: {e}"))?;
+    Ok(a.data
+        .result
+        .into_iter()
+        .filter_map(|s| {
+            let v: f64 = s.value.1.parse().ok()?;
+            let labels = s
+                .metric
+                .into_iter()
+                .filter(|(k, _)| k != "__name__")
+                .collect();
+            Some((labels, v))
+        })
+        .collect())
 }
 
 /// The accepted samples of `p` (not staleness markers, not `refused`,
@@ -264,6 +331,25 @@ mod tests {
         assert_eq!((ts.samples[0].value, ts.samples[0].timestamp), (1.5, 5));
         // A refused sample is not written.
         assert!(write_request(&b.prepared, &[0]).is_empty());
+    }
+
+    #[test]
+    fn instant_answers_parse_into_sorted_labels_and_values() {
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"__name__":"m","subscription":"a","instance":"n1"},"value":[1700000000.5,"12.5"]},
+            {"metric":{"__name__":"m","instance":"n2"},"value":[1700000000,"NaN"]},
+            {"metric":{"__name__":"m","instance":"n3"},"value":[1700000000,"x"]}]}}"#;
+        let got = parse_vector(body).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got[0].0,
+            vec![
+                ("instance".to_string(), "n1".to_string()),
+                ("subscription".to_string(), "a".to_string())
+            ]
+        );
+        assert_eq!(got[0].1, 12.5);
+        assert!(parse_vector(b"{}").is_err());
     }
 
     #[test]
