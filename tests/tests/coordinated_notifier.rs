@@ -61,9 +61,9 @@ impl Client {
         (status, by, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Receiver `ops` (the webhook) and a `pump_failed` rule on `PIPE`,
-    /// made through `c` and answered by collector `owner`.
-    async fn webhook_rule(&self, c: &Collector, url: &str, owner: &str) {
+    /// Receiver `ops` (the webhook) and `rule` (default: `pump_failed` on
+    /// `PIPE`), made through `c` and answered by collector `owner`.
+    async fn webhook_rule(&self, c: &Collector, url: &str, owner: &str, rule: Option<Value>) {
         let (st, by, body) = self
             .call(
                 c,
@@ -74,8 +74,10 @@ impl Client {
             .await;
         assert!(st == 200 || st == 201, "receiver: {st} {body}");
         assert_eq!(by, owner, "the receiver was made by the owner");
-        let rule = json!({"name": "orders failed", "type": "pump_failed", "pipes": [PIPE],
-                          "receivers": ["ops"], "severity": "critical"});
+        let rule = rule.unwrap_or_else(|| {
+            json!({"name": "orders failed", "type": "pump_failed", "pipes": [PIPE],
+                   "receivers": ["ops"], "severity": "critical"})
+        });
         let (st, by, body) = self
             .call(c, "POST", "/api/v1/notification-rules", Some(rule))
             .await;
@@ -190,7 +192,26 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     eprintln!("owner: c{owner}");
 
     // Rules made through the collector that does not own it.
-    api.webhook_rule(&cs[other], &hook.url, &owner_id).await;
+    api.webhook_rule(&cs[other], &hook.url, &owner_id, None)
+        .await;
+    // A body over the limit is refused by the forwarding collector,
+    // naming the field and the limit, not buffered or passed on.
+    let big = "x".repeat(3 << 20);
+    let (st, _, body) = api
+        .call(
+            &cs[other],
+            "POST",
+            "/api/v1/notification-rules",
+            Some(json!({"name": big})),
+        )
+        .await;
+    assert_eq!((st, body["field"].as_str()), (413, Some("body")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2097152")),
+        "{body}"
+    );
     // Both collectors list it (the other one forwards).
     for c in &cs {
         let (st, by, body) = api.call(c, "GET", "/api/v1/notification-rules", None).await;
@@ -318,7 +339,7 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
     let api = Client(reqwest::Client::new());
     let owner = owner_of(&api, &cs, &[0, 1, 2]).await;
     let other = (owner + 1) % 3;
-    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"))
+    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), None)
         .await;
     api.event(&cs[other], 1, EventType::PumpFailed).await;
     // The owner has sent it and waits for the answer: killed now.
@@ -424,21 +445,10 @@ async fn metric_threshold_fires_once_whichever_collector_the_samples_reach() {
     let api = Client(reqwest::Client::new());
     let owner = owner_of(&api, &cs, &[0, 1]).await;
     let other = 1 - owner;
-    let (st, _, body) = api
-        .call(
-            &cs[other],
-            "PUT",
-            "/api/v1/receivers/ops",
-            Some(json!({"type": "webhook", "url": hook.url})),
-        )
-        .await;
-    assert!(st == 200 || st == 201, "receiver: {st} {body}");
     let rule = json!({"name": "DiskLow", "type": "metric_threshold", "receivers": ["ops"],
         "params": {"metric": "disk_free_bytes", "op": "<", "value": 1000}});
-    let (st, _, body) = api
-        .call(&cs[other], "POST", "/api/v1/notification-rules", Some(rule))
+    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), Some(rule))
         .await;
-    assert_eq!(st, 201, "rule: {body}");
     // Low, pushed to the collector that does not evaluate: one page.
     push_disk(&cs[other], 10.0).await;
     until(

@@ -517,7 +517,7 @@ impl notifier::Replication for Replicator {
                 member: inner.cfg.member_id.clone(),
                 at: schemas::time::now_nanos(),
             };
-            let data = state::encode(&header, &exported.blob);
+            let data = state::encode(&header, &exported.blob)?;
             let key = state::key(&sub);
             let mut expected = expected;
             let mut tries = 0;

@@ -32,14 +32,14 @@ pub struct Header {
     pub at: i64,
 }
 
-pub fn encode(header: &Header, blob: &[u8]) -> Vec<u8> {
-    let h = serde_json::to_vec(header).unwrap_or_default();
+pub fn encode(header: &Header, blob: &[u8]) -> Result<Vec<u8>, String> {
+    let h = serde_json::to_vec(header).map_err(|e| format!("notifier state header: {e}"))?;
     let mut out = Vec::with_capacity(8 + h.len() + blob.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(h.len() as u32).to_be_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(blob);
-    out
+    Ok(out)
 }
 
 /// The header and the notifier's part, or what is wrong with `data`.
@@ -71,8 +71,8 @@ mod tests {
             ..Header::default()
         };
         h.positions.insert("c2".into(), (9, 3));
-        let data = encode(&h, b"blob");
-        let (back, blob) = decode(&data).unwrap();
+        let data = encode(&h, b"blob").expect("encode");
+        let (back, blob) = decode(&data).expect("decode");
         assert_eq!(back, h);
         assert_eq!(blob, b"blob");
         assert!(decode(b"XXXX").unwrap_err().contains("magic"));

@@ -25,8 +25,10 @@ use crate::auth::Role;
 const FORWARDED: &str = "x-sesam-forwarded-by";
 /// Names the collector that answered a notifier call.
 const ANSWERED: &str = "x-sesam-collector";
-/// Largest request body forwarded.
-const MAX_FORWARD_BYTES: usize = 4 << 20;
+/// Largest request body forwarded: what the owner's own handlers accept
+/// (axum's default body limit), so a forwarded call is refused exactly as
+/// a direct one.
+const MAX_FORWARD_BYTES: usize = 2 << 20;
 
 fn is_notifier_path(path: &str) -> bool {
     [
@@ -92,7 +94,13 @@ pub async fn route(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
             }
             match forward(&co, &url, req).await {
                 Ok(r) => r,
-                Err(e) => retry(ApiError::unavailable(format!(
+                Err(Forward::TooLarge) => ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {MAX_FORWARD_BYTES} bytes"),
+                )
+                .with_field("body")
+                .into_response(),
+                Err(Forward::Failed(e)) => retry(ApiError::unavailable(format!(
                     "the collector that evaluates this subscription did not answer: {e}"
                 ))),
             }
@@ -101,15 +109,21 @@ pub async fn route(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     }
 }
 
+enum Forward {
+    TooLarge,
+    Failed(String),
+}
+
 async fn forward(
     co: &crate::coordinated::Coordinated,
     base: &str,
     req: Request,
-) -> Result<Response, String> {
+) -> Result<Response, Forward> {
     let (parts, body) = req.into_parts();
+    // Read up to the limit only: a longer body is refused, not buffered.
     let body = axum::body::to_bytes(body, MAX_FORWARD_BYTES)
         .await
-        .map_err(|e| format!("request body: {e}"))?;
+        .map_err(|_| Forward::TooLarge)?;
     let path = parts
         .uri
         .path_and_query()
@@ -130,7 +144,7 @@ async fn forward(
         .body(body)
         .send()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| Forward::Failed(e.without_url().to_string()))?;
     let status = answer.status();
     let ctype = answer
         .headers()
@@ -144,7 +158,7 @@ async fn forward(
     let bytes = answer
         .bytes()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| Forward::Failed(e.without_url().to_string()))?;
     let mut resp = (status, bytes).into_response();
     let h = resp.headers_mut();
     for (name, v) in [

@@ -339,7 +339,7 @@ mod tests {
             {"metric":{"__name__":"m","subscription":"a","instance":"n1"},"value":[1700000000.5,"12.5"]},
             {"metric":{"__name__":"m","instance":"n2"},"value":[1700000000,"NaN"]},
             {"metric":{"__name__":"m","instance":"n3"},"value":[1700000000,"x"]}]}}"#;
-        let got = parse_vector(body).unwrap();
+        let got = parse_vector(body).expect("parse");
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(
             got[0].0,
