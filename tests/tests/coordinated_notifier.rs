@@ -176,18 +176,8 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     let api = Client(reqwest::Client::new());
 
     // Who owns the subscription: the collector that answers its API.
-    let owner_id = until(
-        "an owner of the subscription",
-        Duration::from_secs(30),
-        || async {
-            let (st, by, _) = api
-                .call(&cs[0], "GET", "/api/v1/notification-rules", None)
-                .await;
-            (st == 200 && !by.is_empty()).then_some(by)
-        },
-    )
-    .await;
-    let owner = usize::from(owner_id == "c1");
+    let owner = owner_of(&api, &cs, &[0, 1]).await;
+    let owner_id = format!("c{owner}");
     let other = 1 - owner;
     eprintln!("owner: c{owner}");
 
@@ -299,16 +289,24 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     }
 }
 
-/// The owner among `cs` (by the collector that answers the API).
+/// The owner among `cs`: the collector that answers the API, once every
+/// collector in `alive` agrees on it.
 async fn owner_of(api: &Client, cs: &[Collector], alive: &[usize]) -> usize {
     let id = until(
         "an owner of the subscription",
         Duration::from_secs(30),
         || async {
-            let (st, by, _) = api
-                .call(&cs[alive[0]], "GET", "/api/v1/notification-rules", None)
-                .await;
-            (st == 200 && !by.is_empty()).then_some(by)
+            let mut agreed: Option<String> = None;
+            for &i in alive {
+                let (st, by, _) = api
+                    .call(&cs[i], "GET", "/api/v1/notification-rules", None)
+                    .await;
+                if st != 200 || by.is_empty() || agreed.as_ref().is_some_and(|a| *a != by) {
+                    return None;
+                }
+                agreed = Some(by);
+            }
+            agreed
         },
     )
     .await;

@@ -29,6 +29,11 @@ const ANSWERED: &str = "x-sesam-collector";
 /// (axum's default body limit), so a forwarded call is refused exactly as
 /// a direct one.
 const MAX_FORWARD_BYTES: usize = 2 << 20;
+/// How long a call waits for a subscription's ownership to settle (a
+/// collector that just joined or is importing the state) before it is
+/// answered 503 with `Retry-After`.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn is_notifier_path(path: &str) -> bool {
     [
@@ -69,7 +74,22 @@ pub async fn route(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
         return next.run(req).await;
     };
     let me = HeaderValue::from_str(co.member_id()).ok();
-    match co.owner_elsewhere(&sub) {
+    // Ownership in transition (no owner known yet, this collector is
+    // importing the state, or a forwarding collector's view differs from
+    // this one's): wait a little rather than fail at once.
+    let forwarded = req.headers().contains_key(FORWARDED);
+    let unsettled = |o: &Result<Option<String>, String>| match o {
+        Err(_) => true,
+        Ok(Some(_)) => forwarded,
+        Ok(None) => false,
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+    let mut owner = co.owner_elsewhere(&sub);
+    while unsettled(&owner) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_POLL).await;
+        owner = co.owner_elsewhere(&sub);
+    }
+    match owner {
         Ok(None) => {
             let change = req.method() != Method::GET && req.method() != Method::HEAD;
             let mut resp = next.run(req).await;
@@ -87,7 +107,7 @@ pub async fn route(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
             resp
         }
         Ok(Some(url)) => {
-            if req.headers().contains_key(FORWARDED) {
+            if forwarded {
                 return retry(ApiError::unavailable(
                     "the subscription's owner is changing; send it again",
                 ));
