@@ -29,6 +29,24 @@
 //!   collector would store) inserted straight into a table of the records
 //!   schema (`bench_raw`), `INSERT ... FORMAT RowBinary` of 50,000 rows a
 //!   request, one request at a time (as one collector's writer does).
+//! - `BENCH_CH_COORD_RECORDS` (default: `BENCH_CH_INGEST_RECORDS`; 0
+//!   skips it): case (b2), right after (b), one collector on ClickHouse
+//!   with `--coordination` (issue #13; database `bench_coord`): the same
+//!   load as (b) (fewer records: the first batches of it), one member
+//!   (`--member-id c0`, `--coordination-session-timeout 2s`) of a
+//!   ZooKeeper started for the case (Debian's `zookeeper`; the case is
+//!   skipped, loudly, where it is not installed). Every committed group
+//!   is then also written to the collector's local commit feed and copied
+//!   by its exporter into the shared `feed` table (a second insert of the
+//!   same records), and the collector, owner of the subscription, pulls
+//!   them back to evaluate. Prints records/s and its ratio to (b), then
+//!   whether the exporter kept up: its `coordinated_feed_exported_records`
+//!   at the end of the load and when it reached the records accepted (at
+//!   most 120 s), the owner's `coordinated_feed_pulled_records`, and the
+//!   rows (and distinct keys) of `bench_coord.feed`, the CPU of the
+//!   collector and of ClickHouse over 10 s without load afterwards (the
+//!   owner still polling the feed); then the exactly-once check as after
+//!   (b).
 //! - `BENCH_CH_SEARCH_RECORDS` (default 10,000,000): records of the search
 //!   store, spread evenly over the last 24 h (4 sources, 50 pipes, the same
 //!   generator), ingested over HTTP into one ClickHouse collector
@@ -65,7 +83,7 @@ use collector::logs::clickhouse::writer::stream_id;
 use collector::logs::ingest::{prepare, DecodedBatch, IngestLimits};
 use collector::logs::model::ENTRY_V1;
 use serde_json::Value;
-use testkit::engines::{ClickHouse, ClickHouseOptions};
+use testkit::engines::{skip, ClickHouse, ClickHouseOptions, ZooKeeper};
 use testkit::process::cpu_seconds;
 use testkit::{env_usize, Proc};
 
@@ -74,6 +92,13 @@ use load::{SOURCES, SUB};
 const HOUR: i64 = 3_600_000_000_000;
 /// Rows of one raw insert (the collector's writer groups at most as many).
 const RAW_INSERT_ROWS: usize = 50_000;
+/// Debian's ZooKeeper (case (b2) is skipped without it).
+const ZK_SCRIPT: &str = "/usr/share/zookeeper/bin/zkServer.sh";
+/// How long the exporter is given after the load to copy every record.
+const EXPORT_CATCH_UP: Duration = Duration::from_secs(120);
+/// How long ClickHouse's CPU is watched once everything is exported and
+/// pulled back.
+const IDLE: Duration = Duration::from_secs(10);
 /// Flags of the search collectors: old records accepted, and a full scan
 /// never cut by the query timeout, the request timeout or the scan budget.
 const SEARCH_FLAGS: [&str; 8] = [
@@ -265,7 +290,8 @@ fn events_delta(
 
 /// What ClickHouse did for `records` records, from its counters; `group`:
 /// the collector's inserts are 4 per group (streams, records, seqs,
-/// batches).
+/// batches), so the size of its groups follows (not with
+/// `--coordination`, whose exporter's inserts of the feed come beside).
 fn ch_work(ev: &HashMap<String, u64>, records: usize, group: bool) -> String {
     let n = |k: &str| ev.get(k).copied().unwrap_or(0);
     let inserts = n("InsertQuery");
@@ -407,7 +433,9 @@ fn verify(
     ok
 }
 
-fn print_ingest(case: &str, records: usize, run: &LoadRun, rss: &str, with_ch: bool) {
+/// Prints one ingest case; `with_ch`: ClickHouse's CPU and counters too;
+/// `groups`: the collector's group size from the inserts (see `ch_work`).
+fn print_ingest(case: &str, records: usize, run: &LoadRun, rss: &str, with_ch: bool, groups: bool) {
     let secs = run.elapsed.as_secs_f64();
     let ch = if with_ch {
         format!(
@@ -426,7 +454,7 @@ fn print_ingest(case: &str, records: usize, run: &LoadRun, rss: &str, with_ch: b
         run.retries
     );
     if with_ch {
-        println!("  {}", ch_work(&run.ch_events, records, true));
+        println!("  {}", ch_work(&run.ch_events, records, groups));
     }
 }
 
@@ -546,6 +574,7 @@ fn ingest_bench(
     dir: &Path,
     tokens: &Path,
     total: usize,
+    coord: usize,
 ) -> bool {
     let now = schemas::time::now_nanos();
     let encoded = load::encode(total, &|k| now - HOUR + k as i64 * 1000);
@@ -568,6 +597,7 @@ fn ingest_bench(
         records,
         &run,
         &format!("{} MiB", c.hwm_mib()),
+        false,
         false,
     );
     c.stop();
@@ -592,6 +622,7 @@ fn ingest_bench(
         &run,
         &format!("{} MiB", c.hwm_mib()),
         true,
+        true,
     );
     println!(
         "  (waited {:.0} s for ClickHouse to idle before the case)",
@@ -599,6 +630,12 @@ fn ingest_bench(
     );
     ok &= verify(rt, client, &[&c], ch, "bench_one", records as u64);
     c.stop();
+    let plain = records as f64 / run.elapsed.as_secs_f64();
+
+    // (b2) The same with --coordination: the feed exported.
+    if coord > 0 {
+        ok &= coordinated_case(rt, client, ch, dir, tokens, &bodies, coord, plain);
+    }
 
     // (c) Two collectors on one ClickHouse database, half the sources each.
     let waited = settle(&[ch.pid()], Duration::from_secs(120));
@@ -621,6 +658,7 @@ fn ingest_bench(
         &run,
         &format!("{} + {} MiB", c1.hwm_mib(), c2.hwm_mib()),
         true,
+        true,
     );
     println!(
         "  (waited {:.0} s for ClickHouse to idle before the case)",
@@ -630,6 +668,202 @@ fn ingest_bench(
     c1.stop();
     c2.stop();
     ok
+}
+
+/// The value of the sample `name` (no labels) in `c`'s `/metrics`.
+fn metric(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    c: &Collector,
+    name: &str,
+) -> Option<f64> {
+    let url = format!("{}/metrics", c.url);
+    let text = rt.block_on(async {
+        let r = client
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    })?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Case (b2): one collector on ClickHouse with `--coordination` (one
+/// member of a fresh ZooKeeper), the first `records` records of the load
+/// of (b) (`bodies`); `plain`: (b)'s records/s. After the load: how soon
+/// the exporter copied every accepted record into the shared `feed`
+/// table, what the table holds, and the exactly-once check. Answers
+/// whether the records and the feed are complete.
+#[allow(clippy::too_many_arguments)]
+fn coordinated_case(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    ch: &ClickHouse,
+    dir: &Path,
+    tokens: &Path,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    records: usize,
+    plain: f64,
+) -> bool {
+    const CASE: &str = "ingest (b2) one collector, ClickHouse, --coordination (feed exported)";
+    if !Path::new(ZK_SCRIPT).exists() {
+        skip(
+            CASE,
+            "zookeeper is not installed (scripts/setup.sh installs it)",
+        );
+        return true;
+    }
+    let full = bodies.len() * load::BATCH_RECORDS;
+    let batches = records.div_ceil(load::BATCH_RECORDS).min(bodies.len());
+    let records = batches * load::BATCH_RECORDS;
+    let bodies = if batches == bodies.len() {
+        bodies.clone()
+    } else {
+        Arc::new(bodies[..batches].to_vec())
+    };
+    let zk = ZooKeeper::start().unwrap_or_else(|e| panic!("zookeeper did not start: {e}"));
+    let db = "bench_coord";
+    let waited = settle(&[ch.pid()], Duration::from_secs(120));
+    let mut args = ch_args(ch, db);
+    args.extend(
+        [
+            "--coordination",
+            &format!("zookeeper://{}/sesam-bench", zk.address()),
+            "--member-id",
+            "c0",
+            "--coordination-session-timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    let c = Collector::start(rt, client, dir, "ingest-ch-coord", tokens, &args);
+    // The only member owns the subscription (and so pulls the feed back
+    // during the load, as an owner does).
+    let joined = Instant::now();
+    while metric(rt, client, &c, "coordinated_owned_subscriptions") != Some(1.0) {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "{CASE}: the collector did not take its subscription in 60 s:\n{}",
+            c.proc.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let owned_after = joined.elapsed();
+    let exported =
+        || metric(rt, client, &c, "coordinated_feed_exported_records_total").unwrap_or(0.0) as u64;
+    let pulled =
+        || metric(rt, client, &c, "coordinated_feed_pulled_records_total").unwrap_or(0.0) as u64;
+    let run = run_load(rt, client, &all_to(&c), &bodies, &[&c], ch);
+    // The exporter's lag: what it had copied when the last batch was
+    // acknowledged, and when it had all of it.
+    let ended = Instant::now();
+    let (c0, h0) = (cpu_seconds(c.pid()), cpu_seconds(ch.pid()));
+    let (at_end, pulled_at_end) = (exported(), pulled());
+    let events = ch_events(ch);
+    let total = records as u64;
+    let mut caught_up = None;
+    let mut pulled_all = None;
+    while ended.elapsed() < EXPORT_CATCH_UP && (caught_up.is_none() || pulled_all.is_none()) {
+        if caught_up.is_none() && exported() >= total {
+            caught_up = Some(ended.elapsed());
+        }
+        if pulled_all.is_none() && pulled() >= total {
+            pulled_all = Some(ended.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drain = ended.elapsed();
+    let (c1, h1) = (cpu_seconds(c.pid()), cpu_seconds(ch.pid()));
+    let drain_events = events_delta(&events, &ch_events(ch));
+    let (exported_n, pulled_n) = (exported(), pulled());
+    let errors = metric(rt, client, &c, "coordinated_errors_total").unwrap_or(0.0);
+    print_ingest(
+        CASE,
+        records,
+        &run,
+        &format!("{} MiB", c.hwm_mib()),
+        true,
+        false,
+    );
+    let secs = run.elapsed.as_secs_f64();
+    println!(
+        "  {:.0} records/s = {:.2} x (b)'s {plain:.0} records/s{}; ZooKeeper {} (own ZooKeeper, member c0, session timeout 2 s; the subscription owned {:.1} s after ready); waited {:.0} s for ClickHouse to idle before the case",
+        records as f64 / secs,
+        records as f64 / secs / plain,
+        if records < full {
+            format!(" (of {full} records; this case sends the first {records})")
+        } else {
+            String::new()
+        },
+        zk.address(),
+        owned_after.as_secs_f64(),
+        waited.as_secs_f64()
+    );
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(
+            || format!("NOT within {:.0} s", EXPORT_CATCH_UP.as_secs_f64()),
+            |d| format!("{:.2} s", d.as_secs_f64()),
+        )
+    };
+    let kept_up = caught_up.is_some_and(|d| d <= Duration::from_secs(5));
+    println!(
+        "  exporter: {at_end} of {total} records in the feed when the load ended ({} behind); all of them {} after the load; kept up (all within 5 s): {}",
+        total.saturating_sub(at_end),
+        ms(caught_up),
+        if kept_up { "yes" } else { "NO" },
+    );
+    println!(
+        "  owner's pull: {pulled_at_end} of {total} pulled back when the load ended; all of them {} after the load; coordinated_errors_total {errors}",
+        ms(pulled_all),
+    );
+    println!(
+        "  over those {:.1} s after the load: collector CPU {:.1} s, ClickHouse CPU {:.1} s; {}",
+        drain.as_secs_f64(),
+        c1 - c0,
+        h1 - h0,
+        ch_work(&drain_events, records, false)
+    );
+    println!("  {db}: {}", ch_store_size(ch, db));
+    // Nothing more to export or pull: what the owner's polling of the
+    // feed costs ClickHouse with this feed.
+    let events = ch_events(ch);
+    let (c0, h0) = (cpu_seconds(c.pid()), cpu_seconds(ch.pid()));
+    std::thread::sleep(IDLE);
+    println!(
+        "  idle {:.0} s afterwards (no load; the owner polling the feed): collector CPU {:.1} s, ClickHouse CPU {:.1} s, {} selects",
+        IDLE.as_secs_f64(),
+        cpu_seconds(c.pid()) - c0,
+        cpu_seconds(ch.pid()) - h0,
+        events_delta(&events, &ch_events(ch))
+            .get("SelectQuery")
+            .copied()
+            .unwrap_or(0)
+    );
+    let rows = ch_u64(
+        ch,
+        &format!("SELECT count() FROM {db}.feed WHERE subscription = '{SUB}'"),
+    );
+    let keys = ch_u64(
+        ch,
+        &format!(
+            "SELECT count() FROM (SELECT 1 FROM {db}.feed WHERE subscription = '{SUB}' \
+             LIMIT 1 BY writer, wseq, widx)"
+        ),
+    );
+    let feed_ok = exported_n == total && keys == total;
+    println!(
+        "  feed table ({db}.feed): {rows} rows, {keys} distinct (writer, wseq, widx), records sent {total}; coordinated_feed_exported_records_total {exported_n}, coordinated_feed_pulled_records_total {pulled_n}: {}",
+        if feed_ok { "OK" } else { "MISMATCH" }
+    );
+    let ok = verify(rt, client, &[&c], ch, db, total);
+    c.stop();
+    drop(zk);
+    ok && feed_ok
 }
 
 /// The store's size in ClickHouse: (bytes on disk, uncompressed bytes,
@@ -805,6 +1039,7 @@ fn search_bench(
         &run,
         &format!("{} MiB", c.hwm_mib()),
         true,
+        true,
     );
     println!(
         "  (waited {:.0} s for ClickHouse to idle before the case)",
@@ -843,6 +1078,7 @@ fn search_bench(
             &run,
             &format!("{} MiB", c.hwm_mib()),
             false,
+            false,
         );
         let waited = settle(&[c.pid()], Duration::from_secs(300));
         println!(
@@ -871,6 +1107,7 @@ fn main() {
         }
     };
     let ingest = env_usize("BENCH_CH_INGEST_RECORDS", 1_000_000);
+    let coord = env_usize("BENCH_CH_COORD_RECORDS", ingest);
     let search = env_usize("BENCH_CH_SEARCH_RECORDS", 10_000_000);
     let tokens = testkit::tokens::write(&dir.join("tokens.toml"), &[SUB]);
     // Two workers, as the ingest bench's load generator.
@@ -892,7 +1129,7 @@ fn main() {
     let started = Instant::now();
     let mut ok = true;
     if ingest > 0 {
-        ok &= ingest_bench(&rt, &client, &ch, &dir, &tokens, ingest);
+        ok &= ingest_bench(&rt, &client, &ch, &dir, &tokens, ingest, coord);
     }
     if search > 0 {
         ok &= search_bench(&rt, &client, &ch, &dir, &tokens, search);

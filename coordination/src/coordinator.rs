@@ -75,6 +75,26 @@ pub struct CoordinatorConfig {
     pub max_state_bytes: usize,
     /// Claims sent to ZooKeeper at once while reconciling (default 32).
     pub claim_concurrency: usize,
+    /// Run before a subscription is given up on a clean move (a member
+    /// joined, or the subscription left the set), while this member still
+    /// owns it (its fenced writes still pass), for at most `session_timeout`
+    /// (all of one reconcile's hand-overs together). Not run when the
+    /// session or the lease is lost: nothing can be written then.
+    pub hand_over: Option<HandOver>,
+}
+
+/// What a member does before giving a subscription up on a clean move
+/// (e.g. write down what it alone knows). Its future gets the subscription.
+#[derive(Clone)]
+pub struct HandOver(pub Arc<dyn Fn(String) -> HandOverFuture + Send + Sync>);
+
+/// What a [`HandOver`] returns.
+pub type HandOverFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for HandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandOver(..)")
+    }
 }
 
 impl CoordinatorConfig {
@@ -88,6 +108,7 @@ impl CoordinatorConfig {
             max_subscriptions: 10_000,
             max_state_bytes: 1_000_000,
             claim_concurrency: 32,
+            hand_over: None,
         }
     }
 
@@ -972,6 +993,34 @@ async fn reconcile(
             stale,
         )
     };
+
+    // A clean move: the hand-over runs while the claims are still ours.
+    if let Some(h) = shared.cfg.hand_over.clone() {
+        let leaving: Vec<String> = {
+            let inner = shared.lock();
+            to_release
+                .iter()
+                .filter(|s| inner.owned.contains_key(*s))
+                .cloned()
+                .collect()
+        };
+        if !leaving.is_empty() && shared.lock().lease_valid(Instant::now()) {
+            let all = stream::iter(leaving)
+                .map(|sub| {
+                    shared.metrics.hand_overs.inc();
+                    (h.0)(sub)
+                })
+                .buffer_unordered(shared.cfg.claim_concurrency)
+                .collect::<Vec<()>>();
+            if tokio::time::timeout(shared.cfg.session_timeout, all)
+                .await
+                .is_err()
+            {
+                shared.metrics.hand_over_timeouts.inc();
+                tracing::warn!(member = %me, "coordination: hand-over did not finish within the session timeout; releasing anyway");
+            }
+        }
+    }
 
     let mut retry = false;
     for sub in to_release.iter().chain(stale.iter()) {

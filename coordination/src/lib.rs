@@ -103,7 +103,9 @@ pub mod rendezvous;
 mod state;
 pub mod url;
 
-pub use coordinator::{Coordinator, CoordinatorConfig, Member, MAX_STATE_BYTES};
+pub use coordinator::{
+    Coordinator, CoordinatorConfig, HandOver, HandOverFuture, Member, MAX_STATE_BYTES,
+};
 pub use error::{Error, FenceError, StateError};
 pub use inspect::{inspect, Inspection, MAX_INSPECT_CHILDREN};
 pub use ownership::{Ownership, OwnershipChanges, Snapshot};

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     pub connect_failures: Counter,
     pub claims: Counter,
     pub releases: Counter,
+    pub hand_overs: Counter,
+    pub hand_over_timeouts: Counter,
     pub lost: Family<Reason, Counter>,
     pub fence_refusals: Family<Reason, Counter>,
     pub state_refusals: Family<Reason, Counter>,
@@ -51,6 +53,16 @@ impl Metrics {
             "connect_failures",
             "Failed attempts to establish a ZooKeeper session",
             self.connect_failures.clone(),
+        );
+        r.register(
+            "hand_overs",
+            "Subscriptions handed over on a clean move (the hand-over ran before the release)",
+            self.hand_overs.clone(),
+        );
+        r.register(
+            "hand_over_timeouts",
+            "Clean moves whose hand-overs did not finish within the session timeout (released anyway)",
+            self.hand_over_timeouts.clone(),
         );
         r.register(
             "claims",

@@ -122,6 +122,11 @@ impl Queue {
         self.pending.get_mut(&queue_key(n))
     }
 
+    /// Deliveries of `sub` in flight.
+    pub fn flying_of(&self, sub: &str) -> usize {
+        self.flying.get(sub).copied().unwrap_or(0)
+    }
+
     /// Pending notifications of `sub`.
     pub fn pending_of(&self, sub: &str) -> usize {
         self.per_sub.get(sub).copied().unwrap_or(0)

@@ -105,6 +105,8 @@ pub(crate) struct Repl {
     seq: AtomicU64,
     versions: Mutex<HashMap<String, u64>>,
     subs: Mutex<HashMap<String, Arc<SubRepl>>>,
+    /// Subscriptions being handed over: no delivery of theirs starts.
+    holding: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Repl {
@@ -125,6 +127,7 @@ impl Repl {
             seq: AtomicU64::new(0),
             versions: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
+            holding: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -205,6 +208,7 @@ impl Repl {
     /// was stored of it before no longer covers anything, and an export in
     /// progress is not stored.
     pub(crate) fn moved(&self, sub: &str, how: Moved) {
+        lock(&self.holding).remove(sub);
         let st = match how {
             Moved::Terminated => lock(&self.subs).remove(sub),
             Moved::Released | Moved::Imported => Some(self.sub(sub)),
@@ -335,11 +339,51 @@ impl Notifier {
         Ok(done)
     }
 
+    /// Prepares `sub` for a clean move to another collector: no delivery
+    /// of it starts any more (until it is released, imported or
+    /// terminated), the deliveries in flight land (their outcome written),
+    /// and its state is stored through the hook, all within `within`. The
+    /// next owner then sends nothing this collector delivered. Evaluation
+    /// goes on meanwhile; what it queues is in the state stored (or
+    /// evaluated again by the next owner from the positions stored).
+    pub async fn hand_over(&self, sub: &str, within: Duration) -> Result<(), NotifierError> {
+        lock(&self.inner.repl.holding).insert(sub.to_string());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let flying = lock(&self.inner.queue).flying_of(sub);
+            if flying == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NotifierError::storage(format!(
+                    "{flying} deliveries of subscription {sub:?} still in flight after {within:?}; they are sent again by the next owner"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::timeout_at(deadline, self.persist(sub))
+            .await
+            .unwrap_or_else(|_| {
+                Err(NotifierError::storage(format!(
+                    "the state of subscription {sub:?} was not stored within {within:?}"
+                )))
+            })
+    }
+
     /// The delivery gate (with a hook): whether `n` may be sent now. If
     /// not, it is back in the queue (due again in 1 s, no attempt
     /// counted), or gone (released or replaced meanwhile).
     pub(crate) async fn replicated(&self, n: &Notification) -> bool {
         let sub = n.subscription.as_str();
+        if lock(&self.inner.repl.holding).contains(sub) {
+            // Being handed over: the next owner sends it.
+            let mut q = lock(&self.inner.queue);
+            q.landed(n);
+            if let Some(e) = q.get_mut(n) {
+                e.next_at = tokio::time::Instant::now() + HELD_BACK;
+            }
+            return false;
+        }
         if self.inner.repl.covers(sub, n.id) {
             return true;
         }

@@ -205,6 +205,22 @@ impl Collector {
         v["records"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until `pipes` pipes of `subscription` have run `runs` times
+    /// more each (counted by their `pump-completed` records here).
+    pub async fn wait_pipe_runs(&self, subscription: &str, pipes: usize, runs: usize) {
+        let token = operator_token(subscription);
+        let count = || async {
+            self.search(&token, r#"{kind="execution", event_type="pump-completed"}"#)
+                .await
+                .len()
+        };
+        let start = count().await;
+        until("the pipes to run", Duration::from_secs(60), || async {
+            (count().await >= start + pipes * runs).then_some(())
+        })
+        .await;
+    }
+
     /// A webhook receiver `name` and a `pump_failed` rule on `pipes` in
     /// `subscription`, created with its operator token. Returns the rule id.
     pub async fn pump_failed_rule(

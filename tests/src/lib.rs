@@ -15,6 +15,7 @@
 
 pub mod clickhouse;
 pub mod collector;
+pub mod coordinated;
 pub mod hostile;
 pub mod node;
 /// Moved to the shared `testkit` crate; re-exported for the tests here.

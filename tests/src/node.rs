@@ -30,6 +30,19 @@ pub fn failing_pipe_config(pipe: &str) -> Value {
     ])
 }
 
+/// A node configuration with monitoring on and `pipes` (each over one
+/// embedded entity) scheduled every 2 s.
+pub fn scheduled_pipes_config(pipes: &[&str]) -> Value {
+    let mut config =
+        vec![json!({"_id": "node", "type": "metadata", "monitoring": {"enabled": true}})];
+    config.extend(pipes.iter().map(|id| {
+        json!({"_id": id, "type": "pipe",
+               "source": {"type": "embedded", "entities": [{"_id": "e1", "n": 1}]},
+               "pump": {"schedule_interval": 2}})
+    }));
+    Value::Array(config)
+}
+
 /// The flags of a synthetic stream of `total` log records at `rate` a
 /// second (`--synthetic-logs`, `--synthetic-rate`).
 pub fn synthetic(total: u64, rate: u64) -> Vec<String> {

@@ -9,12 +9,13 @@
 //! identical body. [`Webhook::assert_exactly`] checks precisely that.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
@@ -33,12 +34,16 @@ struct Hook {
     got: Got,
     /// How long the answer to the very first request is held back.
     first_delay: Duration,
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 pub struct Webhook {
     pub url: String,
     got: Got,
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,7 +59,15 @@ impl Webhook {
     /// only after `delay`: a sender killed meanwhile has delivered it
     /// without knowing, and must send it again.
     pub async fn start_slow_first(delay: Duration) -> Webhook {
-        async fn hook(State(h): State<Hook>, headers: HeaderMap, body: Bytes) -> &'static str {
+        async fn hook(
+            State(h): State<Hook>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> (StatusCode, &'static str) {
+            if h.down.load(Ordering::SeqCst) {
+                h.refused.fetch_add(1, Ordering::SeqCst);
+                return (StatusCode::SERVICE_UNAVAILABLE, "down");
+            }
             let id = headers
                 .get("x-notification-id")
                 .and_then(|v| v.to_str().ok())
@@ -70,9 +83,11 @@ impl Webhook {
             if first {
                 tokio::time::sleep(h.first_delay).await;
             }
-            "ok"
+            (StatusCode::OK, "ok")
         }
         let got = Got::default();
+        let down = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind webhook");
@@ -80,6 +95,8 @@ impl Webhook {
         let app = Router::new().route("/hook", post(hook)).with_state(Hook {
             got: got.clone(),
             first_delay: delay,
+            down: down.clone(),
+            refused: refused.clone(),
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -87,8 +104,20 @@ impl Webhook {
         Webhook {
             url: format!("http://{addr}/hook"),
             got,
+            down,
+            refused,
             task,
         }
+    }
+
+    /// While down, every request is answered 503 and not recorded.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Requests answered 503 while down.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {

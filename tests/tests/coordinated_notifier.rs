@@ -17,142 +17,17 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::collector::{operator_token, shipper_token, Collector};
+use e2e::collector::{shipper_token, Collector};
+use e2e::coordinated::{collector, Client};
+use e2e::process::until;
 use e2e::webhook::Webhook;
 use schemas::EventType;
-use serde_json::{json, Value};
+use serde_json::json;
 use testkit::engines::ClickHouseOptions;
 
 const SUB: &str = "coord";
 const SOURCE: &str = "node-1";
 const PIPE: &str = "orders";
-
-struct Client(reqwest::Client);
-
-impl Client {
-    /// `method path` with the operator token: (status, answering
-    /// collector, JSON body).
-    async fn call(
-        &self,
-        c: &Collector,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, String, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut r = self
-            .0
-            .request(m, format!("{}{path}", c.url))
-            .bearer_auth(operator_token(SUB));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = r.status().as_u16();
-        let by = r
-            .headers()
-            .get("x-sesam-collector")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (status, by, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Receiver `ops` (the webhook) and `rule` (default: `pump_failed` on
-    /// `PIPE`), made through `c` and answered by collector `owner`.
-    async fn webhook_rule(&self, c: &Collector, url: &str, owner: &str, rule: Option<Value>) {
-        let (st, by, body) = self
-            .call(
-                c,
-                "PUT",
-                "/api/v1/receivers/ops",
-                Some(json!({"type": "webhook", "url": url})),
-            )
-            .await;
-        assert!(st == 200 || st == 201, "receiver: {st} {body}");
-        assert_eq!(by, owner, "the receiver was made by the owner");
-        let rule = rule.unwrap_or_else(|| {
-            json!({"name": "orders failed", "type": "pump_failed", "pipes": [PIPE],
-                   "receivers": ["ops"], "severity": "critical"})
-        });
-        let (st, by, body) = self
-            .call(c, "POST", "/api/v1/notification-rules", Some(rule))
-            .await;
-        assert_eq!(st, 201, "rule: {body}");
-        assert_eq!(by, owner, "the rule was made by the owner");
-    }
-
-    /// Posts one execution event of `PIPE` as record `seq`.
-    async fn event(&self, c: &Collector, seq: u64, event: EventType) {
-        let rec = testkit::records::record(
-            SUB,
-            SOURCE,
-            seq,
-            schemas::time::now_nanos(),
-            testkit::records::execution_body(PIPE, event, "the database is down"),
-        );
-        let batch = testkit::records::batch(SUB, SOURCE, "life-1", vec![rec]);
-        let r = self
-            .0
-            .post(format!("{}/api/v1/ingest", c.url))
-            .bearer_auth(shipper_token(SUB))
-            .header("content-type", "application/msgpack")
-            .body(schemas::to_msgpack(&batch).expect("encode"))
-            .send()
-            .await
-            .expect("ingest");
-        assert_eq!(r.status(), 200, "ingest seq {seq} at {}", c.url);
-    }
-}
-
-/// Waits until `f` answers `Some`.
-async fn until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A coordinated collector. All share one `--external-url` (the address
-/// operators reach them at, e.g. a load balancer: the links in a
-/// notification, so a copy sent by another owner is identical) and
-/// advertise their own address to each other.
-fn coordinated(root: &std::path::Path, id: &str, zk: &str, ch: &str) -> Collector {
-    let mut c = e2e::clickhouse::collector(
-        root,
-        &[SUB],
-        &[
-            "--coordination",
-            &format!("zookeeper://{zk}/sesam-test"),
-            "--member-id",
-            id,
-            "--coordination-session-timeout",
-            "2s",
-            "--coordination-poll",
-            "50ms",
-        ],
-        &[ch.to_string()],
-    );
-    let own = c.url.clone();
-    c.args.extend([
-        "--external-url".into(),
-        "http://alerts.example.test".into(),
-        "--advertise-url".into(),
-        own,
-    ]);
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_again() {
@@ -168,21 +43,21 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     let hook = Webhook::start().await;
     let mut cs: Vec<Collector> = ["c0", "c1"]
         .iter()
-        .map(|id| coordinated(&dir.path().join(id), id, &zk.address(), &ch.url()))
+        .map(|id| collector(&dir.path().join(id), id, &[SUB], &zk.address(), &ch.url()))
         .collect();
     for c in &mut cs {
         c.start().await;
     }
-    let api = Client(reqwest::Client::new());
+    let api = Client::new(SUB);
 
     // Who owns the subscription: the collector that answers its API.
-    let owner = owner_of(&api, &cs, &[0, 1]).await;
+    let owner = api.owner_of(&cs, &[0, 1]).await;
     let owner_id = format!("c{owner}");
     let other = 1 - owner;
     eprintln!("owner: c{owner}");
 
     // Rules made through the collector that does not own it.
-    api.webhook_rule(&cs[other], &hook.url, &owner_id, None)
+    api.webhook_rule(&cs[other], &hook.url, &owner_id, PIPE, None)
         .await;
     // A body over the limit is refused by the forwarding collector,
     // naming the field and the limit, not buffered or passed on.
@@ -210,7 +85,8 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     }
 
     // The pipe fails: sent to the collector that does not evaluate it.
-    api.event(&cs[other], 1, EventType::PumpFailed).await;
+    api.event(&cs[other], SOURCE, PIPE, 1, EventType::PumpFailed)
+        .await;
     until(
         "the firing notification",
         Duration::from_secs(20),
@@ -218,7 +94,8 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     )
     .await;
     // And again, through the owner: no second page.
-    api.event(&cs[owner], 2, EventType::PumpFailed).await;
+    api.event(&cs[owner], SOURCE, PIPE, 2, EventType::PumpFailed)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     hook.assert_exactly(&[("firing", SOURCE, PIPE)]);
 
@@ -242,10 +119,12 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
         "the firing alert moved with the subscription: {alerts}"
     );
     // Still failing: no page; then it recovers: one resolved page.
-    api.event(&cs[other], 3, EventType::PumpFailed).await;
+    api.event(&cs[other], SOURCE, PIPE, 3, EventType::PumpFailed)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     hook.assert_exactly(&[("firing", SOURCE, PIPE)]);
-    api.event(&cs[other], 4, EventType::PumpCompleted).await;
+    api.event(&cs[other], SOURCE, PIPE, 4, EventType::PumpCompleted)
+        .await;
     until(
         "the resolved notification",
         Duration::from_secs(20),
@@ -267,10 +146,12 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     .await;
     eprintln!("owner after the return: {now_owner}");
     // Recovered already: nothing; then a new incident: one page.
-    api.event(&cs[owner], 5, EventType::PumpCompleted).await;
+    api.event(&cs[owner], SOURCE, PIPE, 5, EventType::PumpCompleted)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(hook.distinct().0.len(), 2, "a second resolved page");
-    api.event(&cs[owner], 6, EventType::PumpFailed).await;
+    api.event(&cs[owner], SOURCE, PIPE, 6, EventType::PumpFailed)
+        .await;
     until(
         "the new incident's page",
         Duration::from_secs(20),
@@ -289,30 +170,6 @@ async fn one_evaluator_per_subscription_survives_the_owners_kill_without_paging_
     }
 }
 
-/// The owner among `cs`: the collector that answers the API, once every
-/// collector in `alive` agrees on it.
-async fn owner_of(api: &Client, cs: &[Collector], alive: &[usize]) -> usize {
-    let id = until(
-        "an owner of the subscription",
-        Duration::from_secs(30),
-        || async {
-            let mut agreed: Option<String> = None;
-            for &i in alive {
-                let (st, by, _) = api
-                    .call(&cs[i], "GET", "/api/v1/notification-rules", None)
-                    .await;
-                if st != 200 || by.is_empty() || agreed.as_ref().is_some_and(|a| *a != by) {
-                    return None;
-                }
-                agreed = Some(by);
-            }
-            agreed
-        },
-    )
-    .await;
-    id.trim_start_matches('c').parse().expect("member id c<N>")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id() {
     let Some(zk) = e2e::clickhouse::zookeeper_or_skip("coordinated notifier, in flight") else {
@@ -329,17 +186,18 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
     let hook = Webhook::start_slow_first(Duration::from_secs(20)).await;
     let mut cs: Vec<Collector> = ["c0", "c1", "c2"]
         .iter()
-        .map(|id| coordinated(&dir.path().join(id), id, &zk.address(), &ch.url()))
+        .map(|id| collector(&dir.path().join(id), id, &[SUB], &zk.address(), &ch.url()))
         .collect();
     for c in &mut cs {
         c.start().await;
     }
-    let api = Client(reqwest::Client::new());
-    let owner = owner_of(&api, &cs, &[0, 1, 2]).await;
+    let api = Client::new(SUB);
+    let owner = api.owner_of(&cs, &[0, 1, 2]).await;
     let other = (owner + 1) % 3;
-    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), None)
+    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), PIPE, None)
         .await;
-    api.event(&cs[other], 1, EventType::PumpFailed).await;
+    api.event(&cs[other], SOURCE, PIPE, 1, EventType::PumpFailed)
+        .await;
     // The owner has sent it and waits for the answer: killed now.
     until(
         "the first delivery attempt",
@@ -350,12 +208,8 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
     cs[owner].kill();
     let killed = Instant::now();
     let alive: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let next = until("a new owner", Duration::from_secs(30), || async {
-        let (st, by, _) = api.call(&cs[alive[0]], "GET", "/api/v1/alerts", None).await;
-        (st == 200 && !by.is_empty() && by != format!("c{owner}")).then_some(by)
-    })
-    .await;
-    eprintln!("new owner {next} after {:?}", killed.elapsed());
+    let next = api.new_owner(&cs, alive[0], owner).await;
+    eprintln!("new owner c{next} after {:?}", killed.elapsed());
     until(
         "the notification sent again",
         Duration::from_secs(30),
@@ -370,7 +224,8 @@ async fn a_notification_in_flight_at_the_owners_kill_is_sent_again_with_its_id()
     let repeats = hook.assert_exactly(&[("firing", SOURCE, PIPE)]);
     assert!(repeats >= 1, "the new owner did not send it again");
     // The new owner recorded it as delivered: nothing more comes.
-    api.event(&cs[alive[1]], 2, EventType::PumpFailed).await;
+    api.event(&cs[alive[1]], SOURCE, PIPE, 2, EventType::PumpFailed)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     hook.assert_exactly(&[("firing", SOURCE, PIPE)]);
     for c in &mut cs {
@@ -425,7 +280,7 @@ async fn metric_threshold_fires_once_whichever_collector_the_samples_reach() {
     let mut cs: Vec<Collector> = ["c0", "c1"]
         .iter()
         .map(|id| {
-            let mut c = coordinated(&dir.path().join(id), id, &zk.address(), &ch.url());
+            let mut c = collector(&dir.path().join(id), id, &[SUB], &zk.address(), &ch.url());
             c.args.extend([
                 "--metrics-storage".into(),
                 "victoriametrics".into(),
@@ -440,13 +295,19 @@ async fn metric_threshold_fires_once_whichever_collector_the_samples_reach() {
     for c in &mut cs {
         c.start().await;
     }
-    let api = Client(reqwest::Client::new());
-    let owner = owner_of(&api, &cs, &[0, 1]).await;
+    let api = Client::new(SUB);
+    let owner = api.owner_of(&cs, &[0, 1]).await;
     let other = 1 - owner;
     let rule = json!({"name": "DiskLow", "type": "metric_threshold", "receivers": ["ops"],
         "params": {"metric": "disk_free_bytes", "op": "<", "value": 1000}});
-    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), Some(rule))
-        .await;
+    api.webhook_rule(
+        &cs[other],
+        &hook.url,
+        &format!("c{owner}"),
+        PIPE,
+        Some(rule),
+    )
+    .await;
     // Low, pushed to the collector that does not evaluate: one page.
     push_disk(&cs[other], 10.0).await;
     until(

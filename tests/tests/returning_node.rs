@@ -16,24 +16,11 @@ use e2e::collector::{operator_token, Collector};
 use e2e::node::Node;
 use e2e::process::until;
 use e2e::webhook::Webhook;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SUB: &str = "returns";
 const NODE: &str = "node-returns";
 const HEARTBEAT_SECS: u64 = 10;
-
-fn config() -> Value {
-    let pipe = |id: &str| {
-        json!({"_id": id, "type": "pipe",
-               "source": {"type": "embedded", "entities": [{"_id": "e1", "n": 1}]},
-               "pump": {"schedule_interval": 2}})
-    };
-    json!([
-        {"_id": "node", "type": "metadata", "monitoring": {"enabled": true}},
-        pipe("orders"),
-        pipe("customers"),
-    ])
-}
 
 async fn rules(c: &Collector, hook: &str) {
     let op = operator_token(SUB);
@@ -60,28 +47,15 @@ async fn rules(c: &Collector, hook: &str) {
 }
 
 async fn node(root: &std::path::Path, c: &Collector) -> Node {
-    let mut n = Node::new(root, NODE, SUB, &config());
+    let mut n = Node::new(
+        root,
+        NODE,
+        SUB,
+        &e2e::node::scheduled_pipes_config(&["orders", "customers"]),
+    );
     n.collector = Some((c.url.clone(), c.token_file(SUB)));
     n.start(&["--health-interval".into(), "1s".into()]).await;
     n
-}
-
-/// Waits until both pipes have run `runs` times more, as the collector
-/// sees it.
-async fn pipes_ran(c: &Collector, runs: usize) {
-    let count = || async {
-        c.search(
-            &operator_token(SUB),
-            r#"{kind="execution", event_type="pump-completed"}"#,
-        )
-        .await
-        .len()
-    };
-    let start = count().await;
-    until("the pipes to run", Duration::from_secs(60), || async {
-        (count().await >= start + 2 * runs).then_some(())
-    })
-    .await;
 }
 
 async fn heartbeat_firing(hook: &Webhook) {
@@ -99,14 +73,14 @@ async fn a_node_killed_and_restarted_pages_only_for_its_heartbeat() {
     c.start().await;
     rules(&c, &hook.url).await;
     let mut n = node(&dir.path().join("node"), &c).await;
-    pipes_ran(&c, 3).await;
+    c.wait_pipe_runs(SUB, 2, 3).await;
     assert!(hook.deliveries().is_empty(), "{:?}", hook.deliveries());
 
     n.kill();
     heartbeat_firing(&hook).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     n.start(&["--health-interval".into(), "1s".into()]).await;
-    pipes_ran(&c, 5).await;
+    c.wait_pipe_runs(SUB, 2, 5).await;
     // Longer than the fresh grace (schedule 2 s + grace 3 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     hook.assert_exactly(&[("firing", NODE, "?"), ("resolved", NODE, "?")]);
@@ -122,7 +96,7 @@ async fn a_collector_restarted_while_the_node_is_dead_pages_only_for_the_heartbe
     c.start().await;
     rules(&c, &hook.url).await;
     let mut n = node(&dir.path().join("node"), &c).await;
-    pipes_ran(&c, 3).await;
+    c.wait_pipe_runs(SUB, 2, 3).await;
 
     n.kill();
     heartbeat_firing(&hook).await;
@@ -136,7 +110,7 @@ async fn a_collector_restarted_while_the_node_is_dead_pages_only_for_the_heartbe
         "no second page after the restart"
     );
     n.start(&["--health-interval".into(), "1s".into()]).await;
-    pipes_ran(&c, 5).await;
+    c.wait_pipe_runs(SUB, 2, 5).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     hook.assert_exactly(&[("firing", NODE, "?"), ("resolved", NODE, "?")]);
     n.stop();
@@ -151,14 +125,14 @@ async fn a_backlog_arriving_late_after_a_collector_outage_pages_nothing() {
     c.start().await;
     rules(&c, &hook.url).await;
     let mut n = node(&dir.path().join("node"), &c).await;
-    pipes_ran(&c, 3).await;
+    c.wait_pipe_runs(SUB, 2, 3).await;
 
     // The node keeps running its pipes while the collector is away longer
     // than the heartbeat interval; its backlog arrives when it is back.
     c.kill();
     tokio::time::sleep(Duration::from_secs(HEARTBEAT_SECS + 5)).await;
     c.start().await;
-    pipes_ran(&c, 5).await;
+    c.wait_pipe_runs(SUB, 2, 5).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (got, _) = hook.distinct();
     let rules: Vec<String> = got

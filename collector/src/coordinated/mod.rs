@@ -144,6 +144,25 @@ impl Coordinated {
         let mut c = CoordinatorConfig::new(cfg.url.clone(), cfg.member_id.clone());
         c.advertised_url = cfg.advertised_url.clone();
         c.session_timeout = cfg.session_timeout;
+        // A clean move (a collector joined): deliveries of the
+        // subscription stop, those in flight land, and its state is
+        // written while this collector still owns it, so the next owner
+        // sends nothing again.
+        let n = notifier.clone();
+        let within = cfg.session_timeout.mul_f64(0.9);
+        c.hand_over = Some(coordination::HandOver(Arc::new(move |sub: String| {
+            let n = n.clone();
+            Box::pin(async move {
+                match n.hand_over(&sub, within).await {
+                    Ok(()) => {
+                        tracing::info!(subscription = %sub, "handed over: its state is written")
+                    }
+                    Err(e) => {
+                        tracing::warn!(subscription = %sub, error = %e, "hand-over incomplete; the next owner may send a notification again (same id)")
+                    }
+                }
+            })
+        })));
         let coord = Coordinator::start(c)
             .await
             .map_err(|e| format!("--coordination {}: {e}", cfg.url.connect_string()))?;
