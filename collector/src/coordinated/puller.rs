@@ -9,7 +9,7 @@
 //! [`Cursor::positions_at`] answers exactly (also for a watermark in the
 //! middle of a commit).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use schemas::Record;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Positions};
-use crate::logs::clickhouse::feed::WriterPos;
+use crate::logs::clickhouse::feed::{Span, WriterPos};
 
 /// Rows read per writer per poll.
 const READ_ROWS: usize = 5_000;
@@ -130,16 +130,119 @@ impl Cursor {
     }
 }
 
+/// How often the writers of a subscription's feed are listed (a writer
+/// first met is read from its first row).
+const DISCOVERY: Duration = Duration::from_secs(1);
+/// Commits a read far behind covers at first, and at most.
+const FIRST_WINDOW: u64 = 256;
+const MAX_WINDOW: u64 = 1 << 24;
+
+/// How each writer of one subscription is read: a writer whose last read
+/// found rows may be behind, and is read over a bounded range of commits
+/// (halved when it filled `READ_ROWS`, doubled when it found few); one
+/// whose last read found nothing is read to the end (cheap when there is
+/// nothing after its position; also how a gap wider than the range is
+/// crossed).
+#[derive(Debug, Default)]
+struct Reads {
+    windows: BTreeMap<String, u64>,
+    to_end: HashSet<String>,
+    /// Listed in the feed, not yet read from.
+    new: BTreeSet<String>,
+    next_listing: Option<tokio::time::Instant>,
+}
+
+impl Reads {
+    fn spans(&mut self, head: &Positions) -> BTreeMap<String, Span> {
+        self.new.retain(|w| !head.contains_key(w));
+        let mut out: BTreeMap<String, Span> = head
+            .iter()
+            .map(|(w, p)| {
+                let commits = if self.to_end.contains(w) {
+                    None
+                } else {
+                    Some(*self.windows.get(w).unwrap_or(&FIRST_WINDOW))
+                };
+                (
+                    w.clone(),
+                    Span {
+                        after: Some(*p),
+                        commits,
+                    },
+                )
+            })
+            .collect();
+        for w in &self.new {
+            out.insert(
+                w.clone(),
+                Span {
+                    after: None,
+                    commits: None,
+                },
+            );
+        }
+        out
+    }
+
+    /// Adapts to what a read of `spans` found (`per`: rows per writer);
+    /// whether a writer may have more right away.
+    fn found(&mut self, spans: &BTreeMap<String, Span>, per: &BTreeMap<&str, usize>) -> bool {
+        let mut more = false;
+        for (w, span) in spans {
+            let n = per.get(w.as_str()).copied().unwrap_or(0);
+            more |= n >= READ_ROWS;
+            match span.commits {
+                Some(_) if n == 0 => {
+                    self.to_end.insert(w.clone());
+                }
+                Some(window) => {
+                    more = true;
+                    let next = if n >= READ_ROWS {
+                        (window / 2).max(1)
+                    } else if n < READ_ROWS / 4 {
+                        window.saturating_mul(2).min(MAX_WINDOW)
+                    } else {
+                        window
+                    };
+                    self.windows.insert(w.clone(), next);
+                }
+                None if n > 0 => {
+                    self.to_end.remove(w);
+                }
+                None => {}
+            }
+        }
+        more
+    }
+}
+
 /// Pulls `sub` until `stop`.
 pub(crate) async fn run(inner: Arc<Inner>, sub: String, stop: CancellationToken) {
     let mut wait = inner.cfg.poll;
+    let mut reads = Reads::default();
     loop {
+        let now = tokio::time::Instant::now();
+        if reads.next_listing.is_none_or(|t| t <= now) {
+            reads.next_listing = Some(now + DISCOVERY);
+            let listed = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = inner.feed.writers(&sub) => r,
+            };
+            match listed {
+                Ok(ws) => reads.new.extend(ws),
+                Err(e) => {
+                    inner.metrics.errors.inc();
+                    tracing::warn!(subscription = %sub, error = %e, "listing the shared feed's writers failed");
+                }
+            }
+        }
         let Some(after) = inner.with_cursor(&sub, |c| c.head().clone()) else {
             return;
         };
+        let spans = reads.spans(&after);
         let rows = tokio::select! {
             _ = stop.cancelled() => return,
-            r = inner.feed.read(&sub, &after, READ_ROWS) => r,
+            r = inner.feed.read(&sub, &spans, READ_ROWS) => r,
         };
         let rows = match rows {
             Ok(r) => r,
@@ -158,7 +261,8 @@ pub(crate) async fn run(inner: Arc<Inner>, sub: String, stop: CancellationToken)
         for r in &rows {
             *per.entry(r.writer.as_str()).or_default() += 1;
         }
-        let full = per.values().any(|n| *n >= READ_ROWS);
+        let more = reads.found(&spans, &per);
+        drop(per);
         if !rows.is_empty() {
             if let Err(e) = take(&inner, &sub, rows).await {
                 inner.metrics.errors.inc();
@@ -169,7 +273,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sub: String, stop: CancellationToken)
                 }
             }
         }
-        if !full {
+        if !more {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -261,6 +365,72 @@ mod tests {
 
     fn at(p: &Positions, w: &str) -> Option<WriterPos> {
         p.get(w).copied()
+    }
+
+    #[test]
+    fn reads_bound_a_writer_behind_and_read_to_the_end_when_caught_up() {
+        let mut reads = Reads::default();
+        let mut head: Positions = BTreeMap::new();
+        head.insert("c0".into(), (10, 3));
+        reads.new.insert("c0".into());
+        reads.new.insert("c1".into());
+        // c0 is known (bounded range), c1 is read from its first row.
+        let spans = reads.spans(&head);
+        assert_eq!(
+            spans["c0"],
+            Span {
+                after: Some((10, 3)),
+                commits: Some(FIRST_WINDOW)
+            }
+        );
+        assert_eq!(
+            spans["c1"],
+            Span {
+                after: None,
+                commits: None
+            }
+        );
+        // A full read halves the range and asks for more at once.
+        let per: BTreeMap<&str, usize> = [("c0", READ_ROWS)].into_iter().collect();
+        assert!(reads.found(&spans, &per));
+        assert_eq!(reads.spans(&head)["c0"].commits, Some(FIRST_WINDOW / 2));
+        // A few rows: the range doubles, still more may follow.
+        let spans = reads.spans(&head);
+        let per: BTreeMap<&str, usize> = [("c0", 3)].into_iter().collect();
+        assert!(reads.found(&spans, &per));
+        assert_eq!(reads.spans(&head)["c0"].commits, Some(FIRST_WINDOW));
+        // Nothing in the range: the next read goes to the end (crossing a
+        // gap wider than the range), and nothing more right away.
+        let spans = reads.spans(&head);
+        assert!(!reads.found(&spans, &BTreeMap::new()));
+        assert_eq!(reads.spans(&head)["c0"].commits, None);
+        // Nothing at the end either: it stays so (caught up).
+        let spans = reads.spans(&head);
+        assert!(!reads.found(&spans, &BTreeMap::new()));
+        assert_eq!(reads.spans(&head)["c0"].commits, None);
+        // Rows found at the end: bounded again.
+        let spans = reads.spans(&head);
+        let per: BTreeMap<&str, usize> = [("c0", 1)].into_iter().collect();
+        assert!(!reads.found(&spans, &per));
+        assert_eq!(reads.spans(&head)["c0"].commits, Some(FIRST_WINDOW));
+        // c1, once read from, has a position and is no longer new.
+        head.insert("c1".into(), (1, 0));
+        let spans = reads.spans(&head);
+        assert_eq!(spans["c1"].after, Some((1, 0)));
+        assert!(reads.new.is_empty());
+        // The range never passes its bounds.
+        for _ in 0..40 {
+            let spans = reads.spans(&head);
+            let per: BTreeMap<&str, usize> = [("c0", 1)].into_iter().collect();
+            reads.found(&spans, &per);
+        }
+        assert_eq!(reads.spans(&head)["c0"].commits, Some(MAX_WINDOW));
+        for _ in 0..40 {
+            let spans = reads.spans(&head);
+            let per: BTreeMap<&str, usize> = [("c0", READ_ROWS)].into_iter().collect();
+            reads.found(&spans, &per);
+        }
+        assert_eq!(reads.spans(&head)["c0"].commits, Some(1));
     }
 
     #[test]

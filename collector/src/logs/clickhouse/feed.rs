@@ -27,6 +27,15 @@ use super::Shared;
 /// A position in one writer's stream of a subscription: (commit, index).
 pub type WriterPos = (u64, u32);
 
+/// What to read of one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// After this position (`None`: from the writer's first row).
+    pub after: Option<WriterPos>,
+    /// At most this many commits past `after` (`None`: to the end).
+    pub commits: Option<u64>,
+}
+
 /// One row read back.
 #[derive(Debug, Clone)]
 pub struct FeedRow {
@@ -108,39 +117,42 @@ impl FeedTable {
         self.run(sql, Some(w.buf), settings).await.map(|_| ())
     }
 
-    /// Rows of `subscription` after `after` (per writer; writers not in it
-    /// from their first row), at most `max` per writer, in position order
-    /// per writer, each position once. One `UNION ALL` branch per writer:
-    /// a single range of the sorting key each (see `seqs_query`).
+    /// Rows of `subscription` per writer as `spans` says, at most `max`
+    /// per writer, in position order per writer, each position once. One
+    /// `UNION ALL` branch per writer: a single range of the sorting key
+    /// each. ClickHouse 18.16 reads the whole range before `ORDER BY ...
+    /// LIMIT` (no read-in-order), so a reader far behind bounds the range
+    /// with [`Span::commits`] rather than read its whole backlog for each
+    /// `max` rows.
     pub async fn read(
         &self,
         subscription: &str,
-        after: &BTreeMap<String, WriterPos>,
+        spans: &BTreeMap<String, Span>,
         max: usize,
     ) -> Result<Vec<FeedRow>, ChError> {
+        if spans.is_empty() {
+            return Ok(Vec::new());
+        }
         let db = &self.shared.db;
         let sub = quote(subscription);
         let cols = "writer, wseq, widx, at, record";
-        let mut branches: Vec<String> = after
+        let branches: Vec<String> = spans
             .iter()
-            .map(|(writer, (c, i))| {
+            .map(|(writer, span)| {
+                let mut cond = String::new();
+                if let Some((c, i)) = span.after {
+                    cond.push_str(&format!(" AND (wseq > {c} OR (wseq = {c} AND widx > {i}))"));
+                    if let Some(n) = span.commits {
+                        cond.push_str(&format!(" AND wseq <= {}", c.saturating_add(n)));
+                    }
+                }
                 format!(
-                    "SELECT {cols} FROM {db}.feed WHERE subscription = {sub} AND writer = {} \
-                     AND (wseq > {c} OR (wseq = {c} AND widx > {i})) ORDER BY wseq, widx LIMIT {max}",
+                    "SELECT {cols} FROM {db}.feed WHERE subscription = {sub} AND writer = {}{cond} \
+                     ORDER BY wseq, widx LIMIT {max}",
                     quote(writer)
                 )
             })
             .collect();
-        let others = if after.is_empty() {
-            String::new()
-        } else {
-            let known: Vec<String> = after.keys().map(|w| quote(w)).collect();
-            format!(" AND writer NOT IN ({})", known.join(", "))
-        };
-        branches.push(format!(
-            "SELECT {cols} FROM {db}.feed WHERE subscription = {sub}{others} \
-             ORDER BY writer, wseq, widx LIMIT {max}"
-        ));
         let sql = format!("{} FORMAT RowBinary", branches.join(" UNION ALL "));
         let body = self.run(sql, None, &[]).await?;
         let mut r = RowReader::new(&body);
@@ -161,14 +173,25 @@ impl FeedTable {
         }
         rows.sort_by(|a, b| (&a.writer, a.pos).cmp(&(&b.writer, b.pos)));
         rows.dedup_by(|b, a| a.writer == b.writer && a.pos == b.pos);
-        // A writer first met in the last branch may have more than `max`.
-        let mut per: BTreeMap<String, usize> = BTreeMap::new();
-        rows.retain(|r| {
-            let n = per.entry(r.writer.clone()).or_default();
-            *n += 1;
-            *n <= max
-        });
         Ok(rows)
+    }
+
+    /// The writers with rows of `subscription` (reads only the `writer`
+    /// column of the subscription's range, which compresses to almost
+    /// nothing).
+    pub async fn writers(&self, subscription: &str) -> Result<Vec<String>, ChError> {
+        let sql = format!(
+            "SELECT DISTINCT writer FROM {}.feed WHERE subscription = {} FORMAT RowBinary",
+            self.shared.db,
+            quote(subscription)
+        );
+        let body = self.run(sql, None, &[]).await?;
+        let mut r = RowReader::new(&body);
+        let mut out = Vec::new();
+        while !r.done() {
+            out.push(r.string()?);
+        }
+        Ok(out)
     }
 
     /// Where each writer's rows of `subscription` end now: what a new
