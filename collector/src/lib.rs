@@ -618,6 +618,9 @@ pub async fn run(
     {
         tracing::warn!("background tasks still running at the shutdown deadline");
     }
+    if let Some(c) = &coordinated {
+        c.stop().await;
+    }
     state.query_pool.stop();
     // Commits what is queued, then stops the writer; then the evaluation
     // thread gets the shutdown deadline to evaluate what is pending (the

@@ -264,7 +264,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Coordinator {
     pub(crate) shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Coordinator {
@@ -300,7 +300,7 @@ impl Coordinator {
         let driver = tokio::spawn(driver(shared.clone(), first));
         Ok(Coordinator {
             shared,
-            tasks: vec![driver, expiry],
+            tasks: Mutex::new(vec![driver, expiry]),
         })
     }
 
@@ -474,9 +474,15 @@ impl Coordinator {
     /// Stops: publishes the loss of everything owned, deletes the owner
     /// nodes and the member node, closes the session, and waits for that
     /// (bounded by the session timeout).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// [`Coordinator::shutdown`] through a shared reference (the
+    /// coordinator owns nothing afterwards; a second call returns at once).
+    pub async fn stop(&self) {
         self.shared.cancel.cancel();
-        let tasks = std::mem::take(&mut self.tasks);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let deadline = self.shared.cfg.session_timeout;
         let _ = tokio::time::timeout(deadline, futures::future::join_all(tasks)).await;
     }

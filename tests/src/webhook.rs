@@ -36,6 +36,8 @@ struct Hook {
     first_delay: Duration,
     down: Arc<AtomicBool>,
     refused: Arc<AtomicU64>,
+    /// Every request is answered after this many ms (0: at once).
+    slow_ms: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,7 @@ pub struct Webhook {
     got: Got,
     down: Arc<AtomicBool>,
     refused: Arc<AtomicU64>,
+    slow_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -83,11 +86,16 @@ impl Webhook {
             if first {
                 tokio::time::sleep(h.first_delay).await;
             }
+            let slow = h.slow_ms.load(Ordering::SeqCst);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
             (StatusCode::OK, "ok")
         }
         let got = Got::default();
         let down = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
+        let slow_ms = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind webhook");
@@ -97,6 +105,7 @@ impl Webhook {
             first_delay: delay,
             down: down.clone(),
             refused: refused.clone(),
+            slow_ms: slow_ms.clone(),
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -106,6 +115,7 @@ impl Webhook {
             got,
             down,
             refused,
+            slow_ms,
             task,
         }
     }
@@ -113,6 +123,15 @@ impl Webhook {
     /// While down, every request is answered 503 and not recorded.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// From now on every request is recorded at once and answered after
+    /// `delay` (a sender stopped meanwhile has it in flight).
+    pub fn set_slow(&self, delay: Duration) {
+        self.slow_ms.store(
+            delay.as_millis().try_into().unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Requests answered 503 while down.

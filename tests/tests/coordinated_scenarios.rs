@@ -409,6 +409,33 @@ async fn a_clean_move_hands_over_a_delivery_in_flight_without_sending_it_again()
         .await;
     count(&hook, "the resolution from the new owner", 2).await;
     hook.assert_exactly(&[("firing", SOURCE, "orders"), ("resolved", SOURCE, "orders")]);
-    cs[0].stop();
+
+    // A rolling restart: the owner is stopped (SIGTERM) while a delivery
+    // is in flight; it lets the delivery land, writes its state and
+    // leaves, so c0 takes over at once and sends nothing again.
+    hook.set_slow(Duration::from_millis(1500));
+    api.event(&cs[0], SOURCE, "orders", 3, EventType::PumpFailed)
+        .await;
+    until(
+        "the second delivery in flight",
+        Duration::from_secs(20),
+        || async { (hook.deliveries().len() >= 3).then_some(()) },
+    )
+    .await;
+    let stopping = Instant::now();
     cs[j].stop();
+    assert_eq!(api.owner_of(&cs, &[0]).await, 0);
+    let moved = stopping.elapsed();
+    eprintln!("SIGTERM of the owner -> c0 owns the subscription after {moved:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let repeats = hook.assert_exactly(&[
+        ("firing", SOURCE, "orders"),
+        ("resolved", SOURCE, "orders"),
+        ("firing", SOURCE, "orders"),
+    ]);
+    assert_eq!(
+        repeats, 0,
+        "a notification delivered before the stop was sent again"
+    );
+    cs[0].stop();
 }

@@ -235,6 +235,24 @@ impl Coordinated {
         }
     }
 
+    /// On a clean stop (after the notifier's deliveries ended): hands
+    /// every owned subscription over (deliveries landed, state written)
+    /// and leaves ZooKeeper, so the other collectors take over at once
+    /// and send nothing again; bounded by the session timeout twice.
+    pub async fn stop(&self) {
+        let subs: Vec<String> = lock(&self.inner.owned).keys().cloned().collect();
+        let within = self.inner.cfg.session_timeout.mul_f64(0.9);
+        let n = &self.inner.notifier;
+        let all = futures::future::join_all(subs.iter().map(|s| async move {
+            if let Err(e) = n.hand_over(s, within).await {
+                tracing::warn!(subscription = %s, error = %e, "hand-over on stop incomplete; the next owner may send a notification again (same id)");
+            }
+        }));
+        let _ = tokio::time::timeout(self.inner.cfg.session_timeout, all).await;
+        self.inner.coord.stop().await;
+        tracing::info!(handed_over = subs.len(), "left the coordinated collectors");
+    }
+
     /// The client that forwards API calls to owners.
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
