@@ -256,6 +256,13 @@ impl IngestObserver for NotifierHook {
         }
     }
     fn source_conflict(&self, subscription: &str, source: &str, detail: &str) {
+        if self.coordinated() {
+            // Raised by the subscription's owner, wherever it was found.
+            if let Some(c) = self.2.get() {
+                c.conflict(subscription, source, detail);
+            }
+            return;
+        }
         if let Some(n) = self.0.get() {
             n.on_source_conflict(subscription, source, detail);
         }

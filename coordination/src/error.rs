@@ -121,6 +121,8 @@ pub enum StateError {
     /// it was read, or it exists when creation was asked, or it is gone).
     #[error("state `{key}` changed concurrently: expected {}", match .expected { Some(v) => format!("version {v}"), None => "no node".to_string() })]
     Conflict { key: String, expected: Option<i32> },
+    #[error("queue `{key}` holds {limit} items already")]
+    QueueFull { key: String, limit: i32 },
     #[error(transparent)]
     Fence(#[from] FenceError),
     #[error("not connected to ZooKeeper (no live session)")]
@@ -141,6 +143,7 @@ impl StateError {
             StateError::Key { .. } => "bad_key",
             StateError::TooLarge { .. } => "too_large",
             StateError::Conflict { .. } => "conflict",
+            StateError::QueueFull { .. } => "queue_full",
             StateError::Fence(f) => f.reason(),
             StateError::NoSession => "no_session",
             StateError::Zk { .. } => "zookeeper",

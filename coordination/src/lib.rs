@@ -109,5 +109,5 @@ pub use coordinator::{
 pub use error::{Error, FenceError, StateError};
 pub use inspect::{inspect, Inspection, MAX_INSPECT_CHILDREN};
 pub use ownership::{Ownership, OwnershipChanges, Snapshot};
-pub use state::Versioned;
+pub use state::{Versioned, MAX_QUEUE_ITEMS};
 pub use url::{CoordinationUrl, UrlError};

@@ -188,3 +188,86 @@ impl Coordinator {
         }
     }
 }
+
+/// Most items one queue ([`Coordinator::enqueue`]) holds; beyond it an
+/// enqueue is refused ([`StateError::QueueFull`]).
+pub const MAX_QUEUE_ITEMS: i32 = 1_000;
+
+impl Coordinator {
+    /// Appends `item` to the queue at `key` (a persistent sequential node
+    /// under `/state/<key>`), for whoever [`Coordinator::take`]s from it.
+    /// Refused when the queue holds [`MAX_QUEUE_ITEMS`] or the item is over
+    /// `max_state_bytes`.
+    pub async fn enqueue(&self, key: &str, item: &[u8]) -> Result<(), StateError> {
+        let path = state_path(key)?;
+        let limit = self.shared.cfg.max_state_bytes;
+        if item.len() > limit {
+            return Err(StateError::TooLarge {
+                key: key.to_string(),
+                size: item.len(),
+                limit,
+            });
+        }
+        let zk_err = |op, source| StateError::Zk {
+            op,
+            key: key.to_string(),
+            source,
+        };
+        let (client, _) = self.shared.client().ok_or(StateError::NoSession)?;
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        match client.get_data(&path).await {
+            Ok((_, stat)) if stat.num_children >= MAX_QUEUE_ITEMS => {
+                return Err(StateError::QueueFull {
+                    key: key.to_string(),
+                    limit: MAX_QUEUE_ITEMS,
+                })
+            }
+            Ok(_) => {}
+            Err(zk::Error::NoNode) => match client.mkdir(&path, &options).await {
+                Ok(()) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(zk_err("create queue", e)),
+            },
+            Err(e) => return Err(zk_err("stat queue", e)),
+        }
+        let sequential = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        client
+            .create(&format!("{path}/i-"), item, &sequential)
+            .await
+            .map(|_| ())
+            .map_err(|e| zk_err("enqueue", e))
+    }
+
+    /// Takes up to `max` items of the queue at `key`, oldest first. Each
+    /// item goes to exactly one taker (the one whose delete succeeded); one
+    /// that dies after its delete loses the item.
+    pub async fn take(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, StateError> {
+        let path = state_path(key)?;
+        let zk_err = |op, source| StateError::Zk {
+            op,
+            key: key.to_string(),
+            source,
+        };
+        let (client, _) = self.shared.client().ok_or(StateError::NoSession)?;
+        let mut children = match client.list_children(&path).await {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(zk_err("list queue", e)),
+        };
+        children.sort();
+        let mut out = Vec::new();
+        for child in children.into_iter().take(max) {
+            let item = format!("{path}/{child}");
+            let (data, stat) = match client.get_data(&item).await {
+                Ok(d) => d,
+                Err(zk::Error::NoNode) => continue,
+                Err(e) => return Err(zk_err("read queue item", e)),
+            };
+            match client.delete(&item, Some(stat.version)).await {
+                Ok(()) => out.push(data),
+                Err(zk::Error::NoNode | zk::Error::BadVersion) => continue,
+                Err(e) => return Err(zk_err("take queue item", e)),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -436,3 +436,47 @@ async fn removed_subscriptions_are_released_and_a_member_id_in_use_waits() {
         assert!(e > prev[&s]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_hands_each_item_to_one_taker_in_order_and_is_bounded() {
+    let url = common::url("queue");
+    let a = common::start(&url, "a", &[]).await;
+    let b = common::start(&url, "b", &[]).await;
+    let key = "conflicts/sub-1";
+    assert!(a.take(key, 10).await.unwrap().is_empty(), "no queue yet");
+    for i in 0..3u8 {
+        a.enqueue(key, &[i]).await.unwrap();
+    }
+    assert_eq!(b.take(key, 2).await.unwrap(), vec![vec![0], vec![1]]);
+    assert_eq!(a.take(key, 10).await.unwrap(), vec![vec![2]]);
+    assert!(b.take(key, 10).await.unwrap().is_empty());
+    // Two takers at once: every item exactly once between them.
+    for i in 0..50u8 {
+        b.enqueue(key, &[i]).await.unwrap();
+    }
+    let (x, y) = tokio::join!(a.take(key, 100), b.take(key, 100));
+    let mut all: Vec<Vec<u8>> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    all.sort();
+    assert_eq!(all, (0..50u8).map(|i| vec![i]).collect::<Vec<_>>());
+    // Bounded: item size, key, and item count.
+    let big = vec![0u8; 1_000_001];
+    assert!(matches!(
+        a.enqueue(key, &big).await,
+        Err(coordination::StateError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        a.enqueue("../x", b"1").await,
+        Err(coordination::StateError::Key { .. })
+    ));
+    let full = "conflicts/full";
+    for _ in 0..coordination::MAX_QUEUE_ITEMS {
+        a.enqueue(full, b"x").await.unwrap();
+    }
+    let e = a.enqueue(full, b"x").await.unwrap_err();
+    assert!(
+        matches!(e, coordination::StateError::QueueFull { limit: 1000, .. }),
+        "{e}"
+    );
+    assert_eq!(a.take(full, 5).await.unwrap().len(), 5);
+    a.enqueue(full, b"x").await.unwrap();
+}

@@ -122,8 +122,22 @@ impl Client {
     }
 
     /// Posts one execution event of `pipe` from `source` as record `seq`
-    /// (outbox epoch `life-1`), timestamped now.
+    /// (outbox epoch `life-1`), timestamped now; it must be accepted.
     pub async fn event(&self, c: &Collector, source: &str, pipe: &str, seq: u64, event: EventType) {
+        let (st, body) = self.event_in(c, "life-1", source, pipe, seq, event).await;
+        assert_eq!(st, 200, "ingest seq {seq} at {}: {body}", c.url);
+    }
+
+    /// [`Client::event`] from outbox epoch `epoch`: (status, JSON answer).
+    pub async fn event_in(
+        &self,
+        c: &Collector,
+        epoch: &str,
+        source: &str,
+        pipe: &str,
+        seq: u64,
+        event: EventType,
+    ) -> (u16, Value) {
         let sub = self.subscription.as_str();
         let rec = testkit::records::record(
             sub,
@@ -132,7 +146,7 @@ impl Client {
             schemas::time::now_nanos(),
             testkit::records::execution_body(pipe, event, "the database is down"),
         );
-        let batch = testkit::records::batch(sub, source, "life-1", vec![rec]);
+        let batch = testkit::records::batch(sub, source, epoch, vec![rec]);
         let r = self
             .http
             .post(format!("{}/api/v1/ingest", c.url))
@@ -142,7 +156,8 @@ impl Client {
             .send()
             .await
             .expect("ingest");
-        assert_eq!(r.status(), 200, "ingest seq {seq} at {}", c.url);
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// The index in `cs` of the subscription's owner (member ids are

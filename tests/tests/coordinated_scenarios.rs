@@ -439,3 +439,48 @@ async fn a_clean_move_hands_over_a_delivery_in_flight_without_sending_it_again()
     );
     cs[0].stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_conflict_found_by_the_non_owner_pages_from_the_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((_zk, _ch, mut cs)) = two_collectors("coordinated conflict", dir.path()).await else {
+        return;
+    };
+    let hook = Webhook::start().await;
+    let api = Client::new(SUB);
+    let owner = api.owner_of(&cs, &[0, 1]).await;
+    let other = 1 - owner;
+    let rule = json!({"name": "two lives", "type": "source_conflict", "receivers": ["ops"]});
+    api.webhook_rule(&cs[other], &hook.url, &format!("c{owner}"), "*", Some(rule))
+        .await;
+    // Two outbox epochs write one source, through the collector that does
+    // not own the subscription: the second is refused there.
+    let ev = EventType::PumpCompleted;
+    let (st, body) = api
+        .event_in(&cs[other], "life-1", SOURCE, "orders", 1, ev)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = api
+        .event_in(&cs[other], "life-2", SOURCE, "orders", 1, ev)
+        .await;
+    assert_eq!(st, 200, "a new life: {body}");
+    let (st, body) = api
+        .event_in(&cs[other], "life-1", SOURCE, "orders", 2, ev)
+        .await;
+    assert_eq!(
+        (st, body["reason"].as_str()),
+        (409, Some("source_conflict")),
+        "{body}"
+    );
+    // The owner pages it, once.
+    count(&hook, "the conflict's page from the owner", 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (got, _) = hook.distinct();
+    let a = &got[0].body["alerts"][0];
+    assert_eq!(a["labels"]["rule_type"], "source_conflict", "{a}");
+    assert_eq!(a["labels"]["source"], SOURCE, "{a}");
+    assert_eq!(got.len(), 1, "one page");
+    for c in &mut cs {
+        c.stop();
+    }
+}

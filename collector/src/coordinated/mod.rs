@@ -97,7 +97,14 @@ pub(crate) struct Inner {
     /// Where pushed samples are (`--metrics-storage victoriametrics`): the
     /// owner evaluates `metric_threshold` rules from there.
     victoria: Option<crate::metrics::victoria::Victoria>,
+    /// Where the store's (synchronous) conflict reports are queued from.
+    runtime: tokio::runtime::Handle,
 }
+
+/// Longest conflict detail queued for the owner (bytes).
+const MAX_CONFLICT_DETAIL: usize = 2048;
+/// Conflicts the owner takes from a subscription's queue per second.
+const CONFLICTS_PER_TAKE: usize = 100;
 
 /// `coordinated_*` metrics.
 #[derive(Debug, Default, Clone)]
@@ -190,6 +197,7 @@ impl Coordinated {
             metrics: Metrics::default(),
             http,
             victoria,
+            runtime: tokio::runtime::Handle::current(),
         });
         let me = Coordinated { inner };
         me.inner
@@ -251,6 +259,32 @@ impl Coordinated {
         let _ = tokio::time::timeout(self.inner.cfg.session_timeout, all).await;
         self.inner.coord.stop().await;
         tracing::info!(handed_over = subs.len(), "left the coordinated collectors");
+    }
+
+    /// A `source_conflict` this collector's store found: evaluated here
+    /// when this collector owns the subscription, else queued in ZooKeeper
+    /// (`/state/conflicts/<sub>`, at most 1,000 waiting) for the owner,
+    /// which takes them once a second. Called from the store's writer.
+    pub fn conflict(&self, subscription: &str, source: &str, detail: &str) {
+        if lock(&self.inner.owned).contains_key(subscription) {
+            self.inner
+                .notifier
+                .on_source_conflict(subscription, source, detail);
+            return;
+        }
+        let mut end = detail.len().min(MAX_CONFLICT_DETAIL);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        let item = serde_json::json!({"source": source, "detail": &detail[..end]}).to_string();
+        let (inner, key) = (self.inner.clone(), state::conflicts_key(subscription));
+        let sub = subscription.to_string();
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = inner.coord.enqueue(&key, item.as_bytes()).await {
+                inner.metrics.errors.inc();
+                tracing::warn!(subscription = %sub, error = %e, "a source conflict could not be passed to the subscription's owner");
+            }
+        });
     }
 
     /// The client that forwards API calls to owners.
@@ -452,6 +486,34 @@ async fn ownership_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
+/// Raises the conflicts other collectors queued for `sub` (owned here).
+async fn take_conflicts(inner: &Arc<Inner>, sub: &str) {
+    let items = match inner
+        .coord
+        .take(&state::conflicts_key(sub), CONFLICTS_PER_TAKE)
+        .await
+    {
+        Ok(items) if items.is_empty() => return,
+        Ok(items) => items,
+        Err(e) => {
+            inner.metrics.errors.inc();
+            tracing::warn!(subscription = %sub, error = %e, "reading the queued source conflicts failed");
+            return;
+        }
+    };
+    let (n, s) = (inner.notifier.clone(), sub.to_string());
+    let _ = tokio::task::spawn_blocking(move || {
+        for item in items {
+            let v: serde_json::Value = serde_json::from_slice(&item).unwrap_or_default();
+            match (v["source"].as_str(), v["detail"].as_str()) {
+                (Some(source), Some(detail)) => n.on_source_conflict(&s, source, detail),
+                _ => tracing::warn!(subscription = %s, "a queued source conflict is not readable; skipped"),
+            }
+        }
+    })
+    .await;
+}
+
 /// Writes each owned subscription's state whose version moved, once a
 /// second (deliveries and API changes write it at once themselves).
 async fn persist_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
@@ -467,6 +529,7 @@ async fn persist_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             .map(|(s, o)| (s.clone(), o.persisted))
             .collect();
         for (sub, persisted) in owned {
+            take_conflicts(&inner, &sub).await;
             if persisted == Some(inner.notifier.state_version(&sub)) {
                 continue;
             }

@@ -15,6 +15,15 @@ use crate::logs::clickhouse::feed::WriterPos;
 const MAGIC: &[u8; 4] = b"SNZ1";
 
 /// The ZooKeeper state key of `subscription`'s notifier state.
+/// Where other collectors queue the source conflicts of `subscription`
+/// for its owner.
+pub fn conflicts_key(subscription: &str) -> String {
+    format!(
+        "conflicts/{}",
+        coordination::names::encode_subscription(subscription)
+    )
+}
+
 pub fn key(subscription: &str) -> String {
     format!(
         "notifier/{}",
