@@ -251,6 +251,12 @@ impl IngestObserver for NotifierHook {
         self.coordinated() || self.0.get().is_none_or(|n| n.has_rules(subscription))
     }
     fn subscription_purged(&self, subscription: &str) {
+        if self.coordinated() {
+            if let Some(c) = self.2.get() {
+                c.purged(subscription);
+            }
+            return;
+        }
         if let Some(n) = self.0.get() {
             n.purge(subscription);
         }

@@ -441,7 +441,7 @@ async fn a_clean_move_hands_over_a_delivery_in_flight_without_sending_it_again()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_conflict_found_by_the_non_owner_pages_from_the_owner() {
+async fn a_source_conflict_and_a_termination_through_the_non_owner_reach_the_owner() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some((_zk, _ch, mut cs)) = two_collectors("coordinated conflict", dir.path()).await else {
         return;
@@ -480,6 +480,37 @@ async fn a_source_conflict_found_by_the_non_owner_pages_from_the_owner() {
     assert_eq!(a["labels"]["rule_type"], "source_conflict", "{a}");
     assert_eq!(a["labels"]["source"], SOURCE, "{a}");
     assert_eq!(got.len(), 1, "one page");
+
+    // The subscription is terminated through the collector that does not
+    // own it: the owner's notifier state goes too.
+    let r = api
+        .http
+        .delete(format!("{}/api/v1/subscriptions/{SUB}", cs[other].url))
+        .bearer_auth(e2e::collector::ADMIN)
+        .send()
+        .await
+        .expect("terminate");
+    assert_eq!(r.status(), 200);
+    until(
+        "the owner's state purged",
+        Duration::from_secs(20),
+        || async {
+            let (st, by, rules) = api
+                .call(&cs[other], "GET", "/api/v1/notification-rules", None)
+                .await;
+            (st == 200
+                && by == format!("c{owner}")
+                && rules["rules"].as_array().is_some_and(Vec::is_empty))
+            .then_some(())
+        },
+    )
+    .await;
+    let (_, _, alerts) = api.call(&cs[owner], "GET", "/api/v1/alerts", None).await;
+    assert_eq!(
+        alerts["alerts"].as_array().map(Vec::len),
+        Some(0),
+        "{alerts}"
+    );
     for c in &mut cs {
         c.stop();
     }

@@ -287,6 +287,30 @@ impl Coordinated {
         });
     }
 
+    /// The subscription was terminated on this collector (its records are
+    /// gone from the shared store): its notifier state is purged by the
+    /// owner, here at once when this collector owns it, else through a
+    /// ZooKeeper queue the owner takes once a second; the owner then
+    /// writes the empty state.
+    pub fn purged(&self, subscription: &str) {
+        let (inner, sub) = (self.inner.clone(), subscription.to_string());
+        if lock(&self.inner.owned).contains_key(subscription) {
+            self.inner.notifier.purge(subscription);
+            self.inner.runtime.spawn(async move {
+                if let Err(e) = inner.notifier.persist(&sub).await {
+                    tracing::warn!(subscription = %sub, error = %e, "the purged state could not be written yet; the periodic write retries");
+                }
+            });
+            return;
+        }
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = inner.coord.enqueue(&state::purges_key(&sub), b"purge").await {
+                inner.metrics.errors.inc();
+                tracing::error!(subscription = %sub, error = %e, "the owner could not be asked to purge the subscription's notifier state");
+            }
+        });
+    }
+
     /// The client that forwards API calls to owners.
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
@@ -486,6 +510,22 @@ async fn ownership_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
+/// Purges `sub`'s notifier state when another collector terminated it.
+async fn take_purges(inner: &Arc<Inner>, sub: &str) {
+    match inner.coord.take(&state::purges_key(sub), 10).await {
+        Ok(items) if items.is_empty() => {}
+        Ok(_) => {
+            let (n, s) = (inner.notifier.clone(), sub.to_string());
+            let _ = tokio::task::spawn_blocking(move || n.purge(&s)).await;
+            tracing::info!(subscription = %sub, "notifier state purged (terminated on another collector)");
+        }
+        Err(e) => {
+            inner.metrics.errors.inc();
+            tracing::warn!(subscription = %sub, error = %e, "reading the queued purges failed");
+        }
+    }
+}
+
 /// Raises the conflicts other collectors queued for `sub` (owned here).
 async fn take_conflicts(inner: &Arc<Inner>, sub: &str) {
     let items = match inner
@@ -529,6 +569,7 @@ async fn persist_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             .map(|(s, o)| (s.clone(), o.persisted))
             .collect();
         for (sub, persisted) in owned {
+            take_purges(&inner, &sub).await;
             take_conflicts(&inner, &sub).await;
             if persisted == Some(inner.notifier.state_version(&sub)) {
                 continue;

@@ -24,6 +24,15 @@ pub fn conflicts_key(subscription: &str) -> String {
     )
 }
 
+/// Where other collectors ask the owner of `subscription` to purge its
+/// notifier state (the subscription was terminated there).
+pub fn purges_key(subscription: &str) -> String {
+    format!(
+        "purges/{}",
+        coordination::names::encode_subscription(subscription)
+    )
+}
+
 pub fn key(subscription: &str) -> String {
     format!(
         "notifier/{}",
