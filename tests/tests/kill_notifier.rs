@@ -237,7 +237,7 @@ async fn sigkill_during_evaluation(mut collector: Collector) {
     assert!(kills >= 8, "only {kills} kills happened mid-stream");
 
     let want = PIPES * 4;
-    e2e::process::until("every notification", Duration::from_secs(90), || async {
+    e2e::process::until("every notification", Duration::from_secs(180), || async {
         (hook.distinct().0.len() >= want).then_some(())
     })
     .await;
