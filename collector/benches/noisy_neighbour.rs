@@ -445,6 +445,64 @@ async fn attack(
                 }));
             }
         }
+        "expensive rules" => {
+            // Issue #9's rules on the commit path: a's rule limit's worth
+            // (1,000) of regex rules that cannot skip ahead, over 64 KiB
+            // failure reasons, 20 failures per batch. Created once (a
+            // second round finds them: 409).
+            for i in 0..1000 {
+                let r = client
+                    .post(format!("{url}/api/v1/notification-rules"))
+                    .bearer_auth("op-a")
+                    .json(&serde_json::json!({
+                        "id": format!("slow-{i}"), "name": "slow", "type": "pattern_match",
+                        "params": {"field": "reason_why_stopped", "syntax": "regex",
+                                   "pattern": format!("[a-q][^u-z]{{12}}x{i}")}
+                    }))
+                    .send()
+                    .await;
+                let st = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                assert!(st == 201 || st == 409, "creating a's rule {i}: {st}");
+            }
+            let reason = testkit::records::noise(64 << 10);
+            // A source of its own per phase: every round's records are new.
+            let source = format!("rules-{}", now());
+            let bodies: Vec<Vec<u8>> = (0..100u64)
+                .map(|b| {
+                    let records = (0..20u64)
+                        .map(|i| {
+                            let seq = b * 20 + i + 1;
+                            testkit::records::record(
+                                "a",
+                                &source,
+                                seq,
+                                now(),
+                                testkit::records::execution_body(
+                                    &format!("a-{seq}"),
+                                    schemas::EventType::PumpFailed,
+                                    &reason,
+                                ),
+                            )
+                        })
+                        .collect();
+                    body("a", &source, records)
+                })
+                .collect();
+            let (client, url, stop, refused) =
+                (client.clone(), url.clone(), stop.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
+                // Past the prepared bodies they repeat: duplicates (the
+                // first pass is what is evaluated).
+                for b in bodies.iter().cycle() {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    if ingest(&client, &url, "ship-a", b.clone()).await != 200 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
         _ => {}
     }
     // Bodies are prepared: the phase starts now.
@@ -452,6 +510,18 @@ async fn attack(
     stop.cancelled().await;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if kind == "expensive rules" {
+        // a's records still waiting for their share of evaluation would
+        // run on through the next phases: without the rules they cost
+        // nothing.
+        for i in 0..1000 {
+            let _ = client
+                .delete(format!("{url}/api/v1/notification-rules/slow-{i}"))
+                .bearer_auth("op-a")
+                .send()
+                .await;
+        }
     }
 }
 
@@ -481,6 +551,133 @@ async fn refused_by_server(client: &reqwest::Client, url: &str) -> f64 {
 fn truncated(tail: &[u8]) -> bool {
     let from = tail.len().saturating_sub(512);
     tail[from..].windows(16).any(|w| w == b"\"truncated\":true")
+}
+
+/// The attack classes, in order. "no attack (control)" mounts nothing: its
+/// ratio is the noise of the method itself (two quiet phases back to back).
+const ATTACKS: [&str; 9] = [
+    "no attack (control)",
+    "slow uploads",
+    "connection flood",
+    "query bombs",
+    "big answers",
+    "stream cardinality",
+    "large batches",
+    "series cardinality",
+    "expensive rules",
+];
+
+/// What every phase needs.
+struct Ctx {
+    client: reqwest::Client,
+    url: String,
+    addr: SocketAddr,
+    pid: u32,
+    seq: Arc<AtomicU64>,
+    secs: Duration,
+}
+
+/// One phase's figures.
+struct Phase {
+    i50: f64,
+    i99: f64,
+    q50: f64,
+    q99: f64,
+    errors: u64,
+    refused: u64,
+    server: f64,
+    rss: u64,
+    hwm: u64,
+    /// Cores each thread group of the collector used.
+    cpu: String,
+}
+
+impl Phase {
+    fn row(&self, phase: &str, (ri, rq): (f64, f64)) -> String {
+        format!(
+            "| {phase} | {:.1} / {:.1} | {:.1} / {:.1} | {ri:.2}x, {rq:.2}x | {} | {} / {} | {} / {} |",
+            self.i50, self.i99, self.q50, self.q99, self.errors, self.refused, self.server, self.rss, self.hwm
+        )
+    }
+}
+
+/// Runs tenant a's `phase` (nothing for a quiet phase) while b is measured
+/// for `ctx.secs`.
+async fn run_phase(ctx: &Ctx, phase: &str) -> Phase {
+    let quiet = phase == "quiet";
+    let stop = CancellationToken::new();
+    let refused = Arc::new(AtomicU64::new(0));
+    let server_before = refused_by_server(&ctx.client, &ctx.url).await;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let attacker = {
+        let (phase, url, stop, refused, addr) = (
+            phase.to_string(),
+            ctx.url.clone(),
+            stop.clone(),
+            refused.clone(),
+            ctx.addr,
+        );
+        std::thread::spawn(move || {
+            // The attacker's own client work (encoding, receiving
+            // answers) stands for another machine: it runs at the
+            // lowest priority so it takes little from the two cores
+            // the collector and b share (its runtime's threads
+            // inherit the nice value).
+            let _ = rustix::process::setpriority_process(None, 19);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("attacker runtime");
+            rt.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(64)
+                    .build()
+                    .expect("client");
+                attack(&phase, client, url, addr, stop, refused, ready_tx).await
+            })
+        })
+    };
+    let _ = ready_rx.await;
+    // Let the attack build up before measuring.
+    if !quiet {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let cpu_before = testkit::process::thread_cpu_ms(ctx.pid);
+    let mut lat = tenant_b(
+        ctx.client.clone(),
+        ctx.url.clone(),
+        ctx.seq.clone(),
+        ctx.secs,
+    )
+    .await;
+    let cpu_after = testkit::process::thread_cpu_ms(ctx.pid);
+    let cpu: Vec<String> = cpu_after
+        .iter()
+        .map(|(k, v)| (k, v - cpu_before.get(k).copied().unwrap_or(0).min(*v)))
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k} {:.2}", v as f64 / 1e3 / ctx.secs.as_secs_f64()))
+        .collect();
+    let (rss_now, hwm) = rss(ctx.pid);
+    let server = refused_by_server(&ctx.client, &ctx.url).await - server_before;
+    stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || attacker.join()).await;
+    let out = Phase {
+        i50: pct(&mut lat.ingest, 0.5),
+        i99: pct(&mut lat.ingest, 0.99),
+        q50: pct(&mut lat.query, 0.5),
+        q99: pct(&mut lat.query, 0.99),
+        errors: lat.ingest_errors + lat.query_errors,
+        refused: refused.load(Ordering::Relaxed),
+        server,
+        rss: rss_now,
+        hwm,
+        cpu: cpu.join(", "),
+    };
+    // Let closed connections and cut uploads settle (and an attack's
+    // writes flush) before the next phase.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    out
 }
 
 fn start_collector(dir: &Path) -> (Child, u16) {
@@ -550,102 +747,72 @@ fn main() {
             "noisy neighbour: {secs:?} per phase; b ingests {B_BATCH} records every {B_INGEST_EVERY:?} and queries every {B_QUERY_EVERY:?}"
         );
         println!(
-            "| phase | b ingest p50 / p99 ms | b query p50 / p99 ms | p99 vs quiet (ingest, query) | b errors | a refused (client / server) | collector RSS / peak MiB |"
+            "| phase | b ingest p50 / p99 ms | b query p50 / p99 ms | p99 vs the quiet phase before (ingest, query) | b errors | a refused (client / server) | collector RSS / peak MiB |"
         );
         println!("|---|---|---|---|---|---|---|");
-        let mut quiet: Option<(f64, f64)> = None;
         let only: Option<Vec<String>> = std::env::var("PHASES")
             .ok()
             .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
+        let rounds = testkit::env_usize("NOISY_ROUNDS", 1).max(1);
         let profile = std::env::var_os("NOISY_PROFILE").is_some();
         let mut profiles = Vec::new();
-        for phase in [
-            "quiet",
-            "slow uploads",
-            "connection flood",
-            "query bombs",
-            "big answers",
-            "stream cardinality",
-            "large batches",
-            "series cardinality",
-            // Slot for the notifier's rule budget (expensive rules), once it
-            // lands: an attack class "expensive rules" goes here.
-            "expensive rules",
-            "quiet again",
-        ] {
-            if !phase.starts_with("quiet")
-                && only.as_ref().is_some_and(|o| !o.iter().any(|p| p == phase))
-            {
-                continue;
+        let ctx = Ctx {
+            client: client.clone(),
+            url: url.clone(),
+            addr,
+            pid,
+            seq,
+            secs,
+        };
+        let classes: Vec<&str> = ATTACKS
+            .iter()
+            .copied()
+            .filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|p| p == c)))
+            .collect();
+        // Per class and round: b's p99 under the attack over b's p99 in the
+        // quiet phase just before it (ingest, query).
+        let mut ratios: Vec<Vec<(f64, f64)>> = vec![Vec::new(); classes.len()];
+        for round in 0..rounds {
+            for (ci, class) in classes.iter().enumerate() {
+                let q = run_phase(&ctx, "quiet").await;
+                let a = run_phase(&ctx, class).await;
+                let r = (a.i99 / q.i99, a.q99 / q.q99);
+                ratios[ci].push(r);
+                let label = |p: &str| {
+                    if rounds > 1 {
+                        format!("{p} (round {})", round + 1)
+                    } else {
+                        p.to_string()
+                    }
+                };
+                println!("{}", q.row(&label(&format!("quiet, before {class}")), (1.0, 1.0)));
+                println!("{}", a.row(&label(class), r));
+                if profile {
+                    profiles.push(format!("{}: {}", label(class), a.cpu));
+                }
             }
-            if phase == "expensive rules" {
-                println!("| expensive rules | not run: waits for the notifier's rule budget (#9, notifier part) | | | | | |");
-                continue;
-            }
-            let stop = CancellationToken::new();
-            let refused = Arc::new(AtomicU64::new(0));
-            let server_before = refused_by_server(&client, &url).await;
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-            let attacker = {
-                let (phase, url, stop, refused) =
-                    (phase.to_string(), url.clone(), stop.clone(), refused.clone());
-                std::thread::spawn(move || {
-                    // The attacker's own client work (encoding, receiving
-                    // answers) stands for another machine: it runs at the
-                    // lowest priority so it takes little from the two cores
-                    // the collector and b share (its runtime's threads
-                    // inherit the nice value).
-                    let _ = rustix::process::setpriority_process(None, 19);
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .expect("attacker runtime");
-                    rt.block_on(async move {
-                        let client = reqwest::Client::builder()
-                            .pool_max_idle_per_host(64)
-                            .build()
-                            .expect("client");
-                        attack(&phase, client, url, addr, stop, refused, ready_tx).await
-                    })
-                })
+        }
+        println!();
+        println!("b's p99 under each attack over the quiet phase just before it, per round; the median decides (goal: <= 2x):");
+        println!("| attack | ingest p99 ratios | median | query p99 ratios | median |");
+        println!("|---|---|---|---|---|");
+        for (class, rs) in classes.iter().zip(&ratios) {
+            let list = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                rs.iter().map(|r| format!("{:.2}x", f(r))).collect::<Vec<_>>().join(", ")
             };
-            let _ = ready_rx.await;
-            // Let the attack build up before measuring.
-            if !phase.starts_with("quiet") {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            let cpu_before = testkit::process::thread_cpu_ms(pid);
-            let mut lat = tenant_b(client.clone(), url.clone(), seq.clone(), secs).await;
-            let cpu_after = testkit::process::thread_cpu_ms(pid);
-            if profile {
-                let used: Vec<String> = cpu_after
-                    .iter()
-                    .map(|(k, v)| (k, v - cpu_before.get(k).copied().unwrap_or(0).min(*v)))
-                    .filter(|(_, v)| *v > 0)
-                    .map(|(k, v)| format!("{k} {:.2}", v as f64 / 1e3 / secs.as_secs_f64()))
-                    .collect();
-                profiles.push(format!("{phase}: {}", used.join(", ")));
-            }
-            let (rss_now, hwm) = rss(pid);
-            let server = refused_by_server(&client, &url).await - server_before;
-            stop.cancel();
-            let _ = tokio::task::spawn_blocking(move || attacker.join()).await;
-            let (i50, i99) = (pct(&mut lat.ingest, 0.5), pct(&mut lat.ingest, 0.99));
-            let (q50, q99) = (pct(&mut lat.query, 0.5), pct(&mut lat.query, 0.99));
-            if phase == "quiet" {
-                quiet = Some((i99, q99));
-            }
-            let (qi, qq) = quiet.unwrap_or((i99, q99));
+            let median = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                let mut v: Vec<f64> = rs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                let n = v.len();
+                if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+            };
             println!(
-                "| {phase} | {i50:.1} / {i99:.1} | {q50:.1} / {q99:.1} | {:.2}x, {:.2}x | {} | {} / {server} | {rss_now} / {hwm} |",
-                i99 / qi,
-                q99 / qq,
-                lat.ingest_errors + lat.query_errors,
-                refused.load(Ordering::Relaxed),
+                "| {class} | {} | {:.2}x | {} | {:.2}x |",
+                list(&|r| r.0),
+                median(&|r| r.0),
+                list(&|r| r.1),
+                median(&|r| r.1)
             );
-            // Let closed connections and cut uploads settle.
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
         if profile {
             println!("collector CPU per thread group (cores used during b's measurement):");

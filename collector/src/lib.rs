@@ -315,10 +315,11 @@ impl notifier::Feed for StoreFeed {
         sub: &str,
         after: notifier::FeedPos,
         max: usize,
+        max_bytes: usize,
     ) -> Result<notifier::FeedRead, notifier::NotifierError> {
         let b = self
             .0
-            .feed_read(sub, (after.commit, after.index), max)
+            .feed_read_within(sub, (after.commit, after.index), max, max_bytes)
             .map_err(feed_error)?;
         Ok(notifier::FeedRead {
             records: b

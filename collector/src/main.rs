@@ -445,6 +445,15 @@ struct NotifierArgs {
     /// 10,000,000).
     #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_records, value_parser = queue_records)]
     notifier_queue_records: usize,
+    /// The same queue's bound in bytes of records (as held in memory):
+    /// a tenant's large records wait in the commit feed instead (64 KiB
+    /// to 1 TiB).
+    #[arg(long, default_value_t = notifier::NotifierConfig::default().queue_bytes as u64, value_parser = clap::value_parser!(u64).range(65_536..=1 << 40))]
+    notifier_queue_bytes: u64,
+    /// Bytes of records of one subscription held in memory waiting for
+    /// evaluation; further ones wait in the commit feed (64 KiB to 1 TiB).
+    #[arg(long, default_value_t = Limits::default().max_deferred_bytes_per_subscription as u64, value_parser = clap::value_parser!(u64).range(65_536..=1 << 40))]
+    max_deferred_bytes_per_subscription: u64,
     /// Bytes of a text a pattern_match rule looks at.
     #[arg(long, default_value_t = Limits::default().max_match_bytes)]
     max_match_bytes: usize,
@@ -473,6 +482,7 @@ impl NotifierArgs {
     fn apply(self, c: &mut notifier::NotifierConfig) {
         c.egress.allow = self.egress_allow;
         c.queue_records = self.notifier_queue_records;
+        c.queue_bytes = usize::try_from(self.notifier_queue_bytes).unwrap_or(usize::MAX);
         let l = &mut c.limits;
         l.max_rules_per_subscription = self.max_rules_per_subscription;
         l.max_receivers_per_subscription = self.max_receivers_per_subscription;
@@ -486,6 +496,8 @@ impl NotifierArgs {
         l.eval_share = self.notifier_eval_share;
         l.source_gap = self.notifier_source_gap;
         l.max_deferred_per_subscription = self.max_deferred_records_per_subscription;
+        l.max_deferred_bytes_per_subscription =
+            usize::try_from(self.max_deferred_bytes_per_subscription).unwrap_or(usize::MAX);
         l.max_match_bytes = self.max_match_bytes;
         l.max_pipes_per_subscription = self.max_pipes_per_subscription;
         l.max_alerts_per_subscription = self.max_alerts_per_subscription;

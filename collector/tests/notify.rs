@@ -529,3 +529,99 @@ async fn metric_threshold_fires_from_remote_write_and_resolves() {
     assert_eq!(got.lock().unwrap()[1]["status"], "resolved");
     h.stop().await;
 }
+
+/// The evaluation queue is bounded in bytes as well as in records: large
+/// records beyond it wait in the store's commit feed (on disk), are read
+/// back in byte-bounded chunks, and each is evaluated once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_beyond_the_queues_byte_bound_wait_in_the_feed_and_page_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_with(dir.path(), |c| {
+        c.notifier.egress = notifier::EgressPolicy::allowing(&["127.0.0.1/32"]);
+        c.notifier.queue_bytes = 256 << 10;
+        c.notifier.limits.max_deferred_bytes_per_subscription = 128 << 10;
+    })
+    .await;
+    let (url, got) = webhook().await;
+    let (st, body) = send(
+        &h,
+        "PUT",
+        OP_ACME,
+        "/api/v1/receivers/ops",
+        json!({"type": "webhook", "url": url}),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = send(
+        &h,
+        "POST",
+        OP_ACME,
+        "/api/v1/notification-rules",
+        json!({"name": "failed", "type": "pump_failed", "receivers": ["ops"]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    // 60 failures with 32 KiB reasons, 10 per batch: each batch is over
+    // the subscription's bound and, with the next one, over the queue's.
+    let reason = testkit::records::noise(32 << 10);
+    let mut seq = 0;
+    for _ in 0..6 {
+        let records = (0..10)
+            .map(|_| {
+                seq += 1;
+                let mut r = failed(seq, &format!("p-{seq}"));
+                if let schemas::Body::Execution(e) = &mut r.body {
+                    e.reason_why_stopped = Some(reason.clone());
+                }
+                r
+            })
+            .collect();
+        assert_eq!(
+            h.ingest_ok(SHIP_ACME, &batch("acme", "node-1", records))
+                .await,
+            (10, 0)
+        );
+    }
+    until("a page for each of the 60 failures", || {
+        let got = got.clone();
+        async move { got.lock().unwrap().len() >= 60 }
+    })
+    .await;
+    // No page twice, none lost, and the records went through the feed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pipes: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            n["alerts"][0]["labels"]["pipe"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(pipes.len(), 60, "{pipes:?}");
+    pipes.sort();
+    pipes.dedup();
+    assert_eq!(pipes.len(), 60, "each failure pages once");
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name| testkit::process::metric_sum(&metrics, name).unwrap_or(0.0);
+    assert!(
+        sample("notifier_evaluation_spilled_records_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("notifier_feed_read_records_total") > 0.0,
+        "{metrics}"
+    );
+    h.stop().await;
+}

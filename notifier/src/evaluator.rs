@@ -12,7 +12,9 @@
 //! - The thread keeps per subscription the records after its watermark, in
 //!   order: a queue in memory, then (when spilled) the rest in the feed,
 //!   read back in chunks once the queue is empty. A subscription holds at
-//!   most [`Limits::max_deferred_per_subscription`] records in memory.
+//!   most [`Limits::max_deferred_per_subscription`] records, and
+//!   [`Limits::max_deferred_bytes_per_subscription`] bytes of them, in
+//!   memory.
 //! - It evaluates in rounds, one subscription at a time, round robin: at
 //!   most [`ROUND_RECORDS`] records within the subscription's budget
 //!   (`share.rs`); the round's state changes, notifications and the new
@@ -41,7 +43,7 @@ use schemas::Record;
 
 use crate::error::NotifierError;
 use crate::feed::{Feed, FeedPos};
-use crate::handoff::{Link, Msg};
+use crate::handoff::{record_bytes, Link, Msg};
 use crate::service::Notifier;
 
 /// Records one round evaluates at most before it writes its effects and
@@ -51,8 +53,10 @@ use crate::service::Notifier;
 /// fixed cost of a round (one unsynced write of its effects) stays a few
 /// percent of its evaluation.
 pub const ROUND_RECORDS: usize = 256;
-/// Records read back from the feed at once.
+/// Records read back from the feed at once, and their stored bytes (at
+/// least one record).
 const READ_RECORDS: usize = 4096;
+const READ_BYTES: usize = 16 << 20;
 /// Messages taken from the commit queue between two rounds.
 const TAKE_MESSAGES: usize = 256;
 /// A subscription's feed is trimmed at most this often (or after this
@@ -68,6 +72,8 @@ const MEMORY_REFRESH: Duration = Duration::from_secs(10);
 struct Pending {
     pos: FeedPos,
     at: i64,
+    /// Its [`record_bytes`].
+    bytes: usize,
     batch: Arc<Vec<Record>>,
     idx: usize,
 }
@@ -85,6 +91,8 @@ struct Sub {
     done: FeedPos,
     /// The records after `done`, in order.
     queue: VecDeque<Pending>,
+    /// Their bytes.
+    queued_bytes: usize,
     /// Records after the queue wait in the feed.
     spilled: bool,
     /// About how many, and the commit time of the oldest.
@@ -126,8 +134,9 @@ struct Evaluator {
     /// Where a subscription seen for the first time starts: its persisted
     /// watermark, or after its termination.
     floors: HashMap<String, FeedPos>,
-    /// Records one subscription holds in memory.
+    /// Records one subscription holds in memory, and their bytes.
     per_sub: usize,
+    per_sub_bytes: usize,
     stop: Option<Instant>,
     refreshed: Instant,
     measured: Option<Instant>,
@@ -148,7 +157,8 @@ impl Notifier {
         let max = self.inner.config.queue_records.max(1);
         // Installed before the replay reads the feed: a commit made
         // meanwhile is either in the feed by then, or in the channel.
-        let (link, rx, watermarks) = self.inner.eval.install(max)?;
+        let max_bytes = self.inner.config.queue_bytes.max(1);
+        let (link, rx, watermarks) = self.inner.eval.install(max, max_bytes)?;
         let ev = Evaluator {
             n: self.clone(),
             feed,
@@ -158,6 +168,9 @@ impl Notifier {
             order: VecDeque::new(),
             floors: watermarks,
             per_sub: limits.max_deferred_per_subscription.clamp(1, max),
+            per_sub_bytes: limits
+                .max_deferred_bytes_per_subscription
+                .clamp(1, max_bytes),
             stop: None,
             refreshed: Instant::now(),
             measured: None,
@@ -313,25 +326,34 @@ impl Evaluator {
                 None => groups.push((sub, vec![i])),
             }
         }
-        let per_sub = self.per_sub;
+        let (per_sub, per_sub_bytes) = (self.per_sub, self.per_sub_bytes);
         let mut released = 0usize;
+        let mut released_bytes = 0usize;
         for (sub, idxs) in groups {
             let s = sub_of(&mut self.subs, &self.floors, sub);
             let tail = s.tail();
             for (i, idx) in idxs.into_iter().enumerate() {
                 let pos = FeedPos::new(commit, i as u32);
+                let bytes = record_bytes(&records[idx]);
                 if pos <= tail {
                     // Read from the feed already.
                     released += 1;
-                } else if s.spilled || s.queue.len() >= per_sub {
+                    released_bytes += bytes;
+                } else if s.spilled
+                    || s.queue.len() >= per_sub
+                    || (!s.queue.is_empty() && s.queued_bytes + bytes > per_sub_bytes)
+                {
                     s.spilled = true;
                     s.backlog += 1;
                     s.oldest.get_or_insert(at);
                     released += 1;
+                    released_bytes += bytes;
                 } else {
+                    s.queued_bytes += bytes;
                     s.queue.push_back(Pending {
                         pos,
                         at,
+                        bytes,
                         batch: records.clone(),
                         idx,
                     });
@@ -340,6 +362,9 @@ impl Evaluator {
             list(&mut self.order, sub, s);
         }
         self.link.queued.fetch_sub(released, Ordering::AcqRel);
+        self.link
+            .queued_bytes
+            .fetch_sub(released_bytes, Ordering::AcqRel);
     }
 
     /// How long to wait for a message: not at all while a subscription
@@ -425,11 +450,15 @@ impl Evaluator {
         if let Some(p) = purged_at {
             // Its records up to the termination are dropped; what it
             // stores later starts after them.
-            let before = s.queue.len();
+            let (before, before_bytes) = (s.queue.len(), s.queued_bytes);
             s.queue.retain(|q| q.pos.commit > p);
+            s.queued_bytes = s.queue.iter().map(|q| q.bytes).sum();
             self.link
                 .queued
                 .fetch_sub(before - s.queue.len(), Ordering::AcqRel);
+            self.link
+                .queued_bytes
+                .fetch_sub(before_bytes - s.queued_bytes, Ordering::AcqRel);
             let floor = FeedPos::new(p, u32::MAX);
             self.floors.insert(sub.clone(), floor);
             if s.has_work() {
@@ -441,10 +470,14 @@ impl Evaluator {
             }
             return;
         }
+        let mut freed = 0usize;
         for p in s.queue.drain(..evaluated) {
             s.done = p.pos;
+            freed += p.bytes;
         }
+        s.queued_bytes -= freed;
         self.link.queued.fetch_sub(evaluated, Ordering::AcqRel);
+        self.link.queued_bytes.fetch_sub(freed, Ordering::AcqRel);
         n.inner.metrics.records.inc_by(evaluated as u64);
         self.worked |= evaluated > 0;
         n.settle(&budget);
@@ -489,7 +522,8 @@ impl Evaluator {
         };
         let after = s.tail();
         let want = READ_RECORDS.min(self.per_sub);
-        let read = match self.feed.read(sub, after, want) {
+        let want_bytes = READ_BYTES.min(self.per_sub_bytes);
+        let read = match self.feed.read(sub, after, want, want_bytes) {
             Ok(r) => r,
             Err(e) => {
                 self.n.inner.metrics.errors.inc();
@@ -516,15 +550,19 @@ impl Evaluator {
             .records
             .into_iter()
             .map(|r| {
-                at.push((r.pos, r.committed_at));
+                at.push((r.pos, r.committed_at, record_bytes(&r.record)));
                 r.record
             })
             .collect();
+        let bytes: usize = at.iter().map(|a| a.2).sum();
+        self.link.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        s.queued_bytes += bytes;
         let batch = Arc::new(batch);
-        for (idx, (pos, committed_at)) in at.into_iter().enumerate() {
+        for (idx, (pos, committed_at, bytes)) in at.into_iter().enumerate() {
             s.oldest = Some(committed_at);
             s.queue.push_back(Pending {
                 pos,
+                bytes,
                 at: committed_at,
                 batch: batch.clone(),
                 idx,

@@ -103,8 +103,16 @@ pub struct FeedBacklog {
 pub trait Feed: Send + Sync + 'static {
     /// The subscriptions with records in the feed.
     fn subscriptions(&self) -> Result<Vec<String>, NotifierError>;
-    /// At most `max` records of `sub` after `after`, in commit order.
-    fn read(&self, sub: &str, after: FeedPos, max: usize) -> Result<FeedRead, NotifierError>;
+    /// At most `max` records of `sub` after `after`, in commit order; it
+    /// stops after the record that brings the stored bytes read to
+    /// `max_bytes` (at least one record is read).
+    fn read(
+        &self,
+        sub: &str,
+        after: FeedPos,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<FeedRead, NotifierError>;
     /// How many records of `sub` follow `after`.
     fn backlog(&self, sub: &str, after: FeedPos) -> Result<FeedBacklog, NotifierError>;
     /// Forgets `sub`'s commits before `before` (evaluated; their

@@ -1,9 +1,10 @@
 //! The hand-over between the store's writer thread and the notifier's
 //! evaluation thread (`evaluator.rs`): a channel of committed records,
-//! bounded by a count of records held in memory ([`Slot::committed`] never
-//! waits: what does not fit is only noted, "spilled", and read back from
-//! the store's commit feed), and what the notifier keeps of the thread
-//! (its handle, the watermarks read at start, terminations).
+//! bounded by a count of records and by their bytes ([`record_bytes`]) held
+//! in memory ([`Slot::committed`] never waits: what does not fit is only
+//! noted, "spilled", and read back from the store's commit feed), and what
+//! the notifier keeps of the thread (its handle, the watermarks read at
+//! start, terminations).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use schemas::Record;
+use schemas::{Body, Record};
+use serde_json::Value;
 
 use crate::error::NotifierError;
 use crate::feed::FeedPos;
@@ -34,6 +36,59 @@ pub(crate) enum Msg {
     },
 }
 
+/// About how many bytes of memory `r` holds (its struct and its texts):
+/// what the evaluation queue counts against its byte bounds. The same
+/// record always weighs the same, so what is added when it is queued is
+/// what is taken off when it leaves.
+pub(crate) fn record_bytes(r: &Record) -> usize {
+    fn opt(s: &Option<String>) -> usize {
+        s.as_ref().map_or(0, String::len)
+    }
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => 24 + s.len(),
+            Value::Array(a) => 24 + a.iter().map(value).sum::<usize>(),
+            Value::Object(o) => {
+                48 + o
+                    .iter()
+                    .map(|(k, v)| 24 + k.len() + value(v))
+                    .sum::<usize>()
+            }
+            _ => 16,
+        }
+    }
+    let body = match &r.body {
+        Body::Log(l) => {
+            l.target.len()
+                + l.message.len()
+                + l.fields
+                    .iter()
+                    .map(|(k, v)| 48 + k.len() + value(v))
+                    .sum::<usize>()
+        }
+        Body::Execution(e) => {
+            std::mem::size_of_val(&**e)
+                + e.pipe.len()
+                + opt(&e.run_id)
+                + opt(&e.start_time)
+                + opt(&e.end_time)
+                + opt(&e.reason_why_stopped)
+                + opt(&e.traceback)
+                + opt(&e.original_error_message)
+                + opt(&e.entity_id)
+                + opt(&e.error_code)
+        }
+        Body::Config(c) => c.hash.len() + c.config.iter().map(value).sum::<usize>(),
+        Body::Health(h) => h
+            .checks
+            .iter()
+            .map(|c| std::mem::size_of_val(c) + c.name.len() + opt(&c.detail))
+            .sum(),
+        Body::System(y) => opt(&y.facility) + y.message.len() + opt(&y.file),
+    };
+    std::mem::size_of::<Record>() + r.source.len() + r.subscription.len() + body
+}
+
 /// Records of subscriptions that did not fit the queue.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Spill {
@@ -47,6 +102,9 @@ pub(crate) struct Link {
     /// Records in memory: in the channel or in the thread's queues.
     pub(crate) queued: AtomicUsize,
     max: usize,
+    /// Their [`record_bytes`].
+    pub(crate) queued_bytes: AtomicUsize,
+    max_bytes: usize,
     /// Short critical sections.
     spills: Mutex<HashMap<String, Spill>>,
     spilled: AtomicBool,
@@ -116,17 +174,21 @@ impl Slot {
     }
 
     /// Makes the channel to a new evaluation thread of at most `max`
-    /// records in memory; returns it with the watermarks read at start.
+    /// records of at most `max_bytes` in memory; returns it with the
+    /// watermarks read at start.
     #[allow(clippy::type_complexity)]
     pub(crate) fn install(
         &self,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Arc<Link>, mpsc::Receiver<Msg>, HashMap<String, FeedPos>), NotifierError> {
         let (tx, rx) = mpsc::channel();
         let link = Arc::new(Link {
             tx,
             queued: AtomicUsize::new(0),
             max,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
             spills: Mutex::new(HashMap::new()),
             spilled: AtomicBool::new(false),
         });
@@ -150,8 +212,12 @@ impl Slot {
         };
         let n = records.len();
         let at = schemas::time::now_nanos();
-        if link.queued.load(Ordering::Acquire) + n <= link.max {
+        let bytes: usize = records.iter().map(record_bytes).sum();
+        if link.queued.load(Ordering::Acquire) + n <= link.max
+            && link.queued_bytes.load(Ordering::Acquire) + bytes <= link.max_bytes
+        {
             link.queued.fetch_add(n, Ordering::AcqRel);
+            link.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
             match link.tx.send(Msg::Committed {
                 commit,
                 at,
@@ -160,6 +226,7 @@ impl Slot {
                 Ok(()) => return 0,
                 Err(mpsc::SendError(msg)) => {
                     link.queued.fetch_sub(n, Ordering::AcqRel);
+                    link.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     if let Msg::Committed { records, .. } = msg {
                         link.spill(&records, at);
                     }

@@ -64,6 +64,10 @@ pub struct Limits {
     /// handed to `on_records`), records beyond it are not evaluated
     /// (counted), and deferred records are lost by a crash.
     pub max_deferred_per_subscription: usize,
+    /// The same in bytes of records
+    /// (`--max-deferred-bytes-per-subscription`, 64 MiB; with the commit
+    /// feed only): further records wait in the feed.
+    pub max_deferred_bytes_per_subscription: usize,
     /// Bytes of one text field a `pattern_match` rule looks at; longer
     /// texts are matched on their first bytes (`--max-match-bytes`, 64 KiB).
     pub max_match_bytes: usize,
@@ -121,6 +125,7 @@ impl Default for Limits {
             eval_share: 0.25,
             source_gap: Duration::from_secs(120),
             max_deferred_per_subscription: 50_000,
+            max_deferred_bytes_per_subscription: 64 << 20,
             max_match_bytes: 64 << 10,
             max_pipes_per_subscription: 20_000,
             max_sources_per_subscription: 1_000,

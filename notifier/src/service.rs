@@ -52,6 +52,10 @@ pub struct NotifierConfig {
     /// evaluation thread (`--notifier-queue-records`, 100,000); beyond it
     /// they wait in the store's commit feed and are read back from there.
     pub queue_records: usize,
+    /// The same queue's bound in bytes of records
+    /// (`--notifier-queue-bytes`, 256 MiB): a tenant's large records wait
+    /// in the feed instead of the collector's memory.
+    pub queue_bytes: usize,
 }
 
 impl Default for NotifierConfig {
@@ -62,6 +66,7 @@ impl Default for NotifierConfig {
             limits: Limits::default(),
             egress: EgressPolicy::default(),
             queue_records: 100_000,
+            queue_bytes: 256 << 20,
         }
     }
 }

@@ -626,7 +626,7 @@ impl Feed for NoFeed {
     fn subscriptions(&self) -> Result<Vec<String>, NotifierError> {
         Ok(Vec::new())
     }
-    fn read(&self, _: &str, _: FeedPos, _: usize) -> Result<FeedRead, NotifierError> {
+    fn read(&self, _: &str, _: FeedPos, _: usize, _: usize) -> Result<FeedRead, NotifierError> {
         Ok(FeedRead {
             end: true,
             ..FeedRead::default()

@@ -45,3 +45,19 @@ pub fn batch(subscription: &str, source: &str, epoch: &str, records: Vec<Record>
         dropped: 0,
     }
 }
+
+/// `n` bytes of pseudo-random letters and digits (the same every call):
+/// text on which an expensive rule's regex cannot skip ahead and its DFA
+/// blows up.
+pub fn noise(n: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize] as char
+        })
+        .collect()
+}

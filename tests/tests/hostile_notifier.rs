@@ -165,21 +165,6 @@ fn loopback_hostname() -> Option<String> {
     (!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())).then_some(name)
 }
 
-/// `n` bytes of pseudo-random letters and digits: text on which the
-/// expensive rules' regexes cannot skip ahead and their DFAs blow up.
-fn noise(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            alphabet[(x % alphabet.len() as u64) as usize] as char
-        })
-        .collect()
-}
-
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -655,7 +640,7 @@ async fn a_tenant_with_expensive_rules_does_not_slow_another_tenants_ingest() {
     let flood = {
         let (c, client, stop) = (c.clone(), client.clone(), stop.clone());
         tokio::spawn(async move {
-            let reason = noise(64 << 10);
+            let reason = testkit::records::noise(64 << 10);
             let mut seq = 0;
             let mut sent = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

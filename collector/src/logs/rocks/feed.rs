@@ -58,6 +58,8 @@ const FEED_V1: u8 = 1;
 /// Records inline (the ClickHouse writer's feed).
 const FEED_V2: u8 = 2;
 const HEADER: usize = 9;
+/// Entries fetched at once by [`Store::feed_read_within`].
+const FEED_READ_CHUNK: usize = 256;
 
 /// A stored record with the outbox epoch of its batch.
 pub type EpochRecord = (String, Record);
@@ -322,6 +324,21 @@ impl Store {
         after: Position,
         max: usize,
     ) -> Result<FeedBatch, StoreError> {
+        self.feed_read_within(subscription, after, max, usize::MAX)
+    }
+
+    /// [`Store::feed_read`] that stops after the entry that brings the
+    /// stored bytes read to `max_bytes` (at least one is read; entries
+    /// are fetched [`FEED_READ_CHUNK`] at a time, so a read of large
+    /// records never holds more than that many beyond the bound). Feeds
+    /// that hold their records inline are bounded by `max` only.
+    pub fn feed_read_within(
+        &self,
+        subscription: &str,
+        after: Position,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<FeedBatch, StoreError> {
         let mut out = FeedBatch::default();
         // (position, committed_at, entries key) of what to read.
         let mut wanted: Vec<(Position, i64, Vec<u8>)> = Vec::new();
@@ -369,35 +386,48 @@ impl Store {
             out.records = inline;
             return Ok(out);
         }
-        out.last = wanted.last().map(|w| w.0);
         let db = &self.inner.db;
         let entries = cf(db, CF_ENTRIES)?;
-        let values = db.batched_multi_get_cf(entries, wanted.iter().map(|w| &w.2), false);
-        for ((position, committed_at, key), value) in wanted.iter().zip(values) {
-            let value = value.map_err(|e| StoreError::storage("read feed entries", e))?;
-            let record = value.and_then(|v| {
-                let parts = parse_entry_key(key)?;
-                let stream = self.inner.shared.streams.get(subscription, parts.stream)?;
-                let line = match v.split_first() {
-                    Some((&ENTRY_V1, line)) => line,
-                    _ => return None,
-                };
-                let kind = stream.labels.get("kind")?;
-                Some(Record {
-                    seq: parts.seq,
-                    ts: parts.ts,
-                    source: stream.labels.get("source")?.clone(),
-                    subscription: subscription.to_string(),
-                    body: body_from_line(kind, line)?,
-                })
-            });
-            match record {
-                Some(record) => out.records.push(FeedEntry {
-                    position: *position,
-                    committed_at: *committed_at,
-                    record,
-                }),
-                None => out.missing += 1,
+        let mut bytes = 0usize;
+        for chunk in wanted.chunks(FEED_READ_CHUNK) {
+            if bytes >= max_bytes {
+                // Stopped at the byte bound: more may follow.
+                out.end = false;
+                break;
+            }
+            let values = db.batched_multi_get_cf(entries, chunk.iter().map(|w| &w.2), false);
+            for ((position, committed_at, key), value) in chunk.iter().zip(values) {
+                if bytes >= max_bytes {
+                    out.end = false;
+                    break;
+                }
+                let value = value.map_err(|e| StoreError::storage("read feed entries", e))?;
+                bytes += value.as_ref().map_or(0, |v| v.len());
+                out.last = Some(*position);
+                let record = value.and_then(|v| {
+                    let parts = parse_entry_key(key)?;
+                    let stream = self.inner.shared.streams.get(subscription, parts.stream)?;
+                    let line = match v.split_first() {
+                        Some((&ENTRY_V1, line)) => line,
+                        _ => return None,
+                    };
+                    let kind = stream.labels.get("kind")?;
+                    Some(Record {
+                        seq: parts.seq,
+                        ts: parts.ts,
+                        source: stream.labels.get("source")?.clone(),
+                        subscription: subscription.to_string(),
+                        body: body_from_line(kind, line)?,
+                    })
+                });
+                match record {
+                    Some(record) => out.records.push(FeedEntry {
+                        position: *position,
+                        committed_at: *committed_at,
+                        record,
+                    }),
+                    None => out.missing += 1,
+                }
             }
         }
         Ok(out)

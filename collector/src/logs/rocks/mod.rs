@@ -846,6 +846,19 @@ impl Store {
         end: i64,
         backward: bool,
     ) -> Result<EntryIter<'_>, StoreError> {
+        self.scan_at(stream, start, end, backward, None)
+    }
+
+    /// [`Store::scan`] positioned at `at` (a key of the range, or where
+    /// it was: the first entry after it, or before it when `backward`).
+    fn scan_at(
+        &self,
+        stream: u64,
+        start: i64,
+        end: i64,
+        backward: bool,
+        at: Option<&[u8]>,
+    ) -> Result<EntryIter<'_>, StoreError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(keys::entry_bound(stream, start).to_vec());
         // Both key generations of `end` sort at or after this 16-byte prefix.
@@ -855,10 +868,11 @@ impl Store {
             .inner
             .db
             .raw_iterator_cf_opt(cf(&self.inner.db, CF_ENTRIES)?, opts);
-        if backward {
-            it.seek_to_last();
-        } else {
-            it.seek_to_first();
+        match (at, backward) {
+            (Some(k), true) => it.seek_for_prev(k),
+            (Some(k), false) => it.seek(k),
+            (None, true) => it.seek_to_last(),
+            (None, false) => it.seek_to_first(),
         }
         Ok(EntryIter { it, backward })
     }
@@ -1161,6 +1175,15 @@ impl EntryIter<'_> {
         self.it.valid()
     }
 
+    /// The key under the cursor.
+    fn key(&self) -> Option<&[u8]> {
+        if self.it.valid() {
+            self.it.key()
+        } else {
+            None
+        }
+    }
+
     pub fn advance(&mut self) {
         if self.backward {
             self.it.prev();
@@ -1188,6 +1211,8 @@ pub struct RangeCursor<'a> {
     it: Option<EntryIter<'a>>,
     backward: bool,
     error: Option<StoreError>,
+    /// Parked on this key (see [`RangeCursor::park`]).
+    parked: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RangeCursor<'_> {
@@ -1218,6 +1243,7 @@ impl<'a> RangeCursor<'a> {
             it: None,
             backward,
             error: None,
+            parked: None,
         };
         c.settle();
         match c.error.take() {
@@ -1257,21 +1283,72 @@ impl<'a> RangeCursor<'a> {
         }
     }
 
-    /// See [`EntryIter::current`].
+    /// See [`EntryIter::current`]; `None` while parked.
     pub fn current(&self) -> Option<(i64, u64, &[u8])> {
         self.it.as_ref()?.current()
     }
 
-    /// Whether the cursor is on an entry (well-formed or not).
+    /// Whether the cursor is on an entry (well-formed or not; parked on
+    /// one counts).
     pub fn valid(&self) -> bool {
-        self.it.as_ref().is_some_and(EntryIter::valid)
+        self.parked.is_some() || self.it.as_ref().is_some_and(EntryIter::valid)
     }
 
     pub fn advance(&mut self) {
+        self.unpark();
         if let Some(it) = &mut self.it {
             it.advance();
         }
         self.settle();
+    }
+
+    /// Lets go of the RocksDB iterator, and with it the block it holds
+    /// (a data block of the stream's lines, not cached: scans do not fill
+    /// the block cache), keeping the position: a search over thousands
+    /// of streams keeps only some of them open at once. Nothing to do
+    /// when the cursor is not on an entry.
+    pub fn park(&mut self) {
+        if self.parked.is_some() {
+            return;
+        }
+        if let Some(key) = self.it.as_ref().and_then(EntryIter::key) {
+            self.parked = Some(key.to_vec());
+            self.it = None;
+        }
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Opens the iterator again on the key it was parked on (or, if that
+    /// entry went meanwhile, the next one in the cursor's direction).
+    pub fn unpark(&mut self) {
+        let Some(key) = self.parked.take() else {
+            return;
+        };
+        let range = self
+            .next
+            .checked_sub(1)
+            .and_then(|i| self.ranges.get(i))
+            .copied();
+        let Some((a, b)) = range else {
+            return;
+        };
+        match self
+            .store
+            .scan_at(self.stream, a, b, self.backward, Some(&key))
+        {
+            Ok(it) => {
+                self.it = Some(it);
+                self.settle();
+            }
+            Err(e) => {
+                self.error = Some(e);
+                self.it = None;
+                self.next = self.ranges.len();
+            }
+        }
     }
 
     /// The storage error that ended the iteration, if any.

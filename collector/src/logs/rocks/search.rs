@@ -6,9 +6,18 @@
 //! anything is decoded; `| json` parses a line only when the earlier stages
 //! kept it. Each stream is read only in the time ranges its skip index
 //! units cannot rule out (`skip.rs`).
+//!
+//! A cursor on a stream holds the data block under it (scans do not fill
+//! the block cache, so each cursor has its own copy): a query over
+//! thousands of streams of large lines held one per stream at once, and
+//! four such queries took a collector from 160 MiB to 2-6 GiB (found by the
+//! noisy-neighbour bench). At most [`MAX_OPEN`] cursors, holding about
+//! [`MAX_OPEN_BYTES`] of lines, stay open per search thread; the others
+//! are parked on their position ([`RangeCursor::park`]) and opened again
+//! when the merge reaches them, so the order is the same.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +28,78 @@ use crate::logs::query::{pool, run_stages, Hit, Query, SearchError, SearchParams
 /// Entries (or 4 KiB of lines) between two looks at the clock: the
 /// deadline and the query pool's demotion.
 const CHECK_EVERY: usize = 256;
+
+/// Cursors one search thread keeps open at once.
+const MAX_OPEN: usize = 256;
+/// Bytes of the lines under the open cursors (a measure of the blocks
+/// they hold) one search thread keeps at once.
+const MAX_OPEN_BYTES: usize = 8 << 20;
+
+/// The cursors of one search that are open, oldest opened first, and the
+/// bytes of the lines under them; see the module documentation.
+struct Opened {
+    max: usize,
+    max_bytes: usize,
+    order: VecDeque<usize>,
+    /// Per cursor: the bytes counted for it while it is open.
+    bytes: Vec<usize>,
+    open: Vec<bool>,
+    total: usize,
+}
+
+impl Opened {
+    fn new(streams: usize, max: usize, max_bytes: usize) -> Opened {
+        Opened {
+            max: max.max(1),
+            max_bytes,
+            order: VecDeque::new(),
+            bytes: vec![0; streams],
+            open: vec![false; streams],
+            total: 0,
+        }
+    }
+
+    /// Cursor `idx` is (still) open with a line of `len` bytes under it:
+    /// parks the oldest opened others while over the bounds.
+    fn note(&mut self, idx: usize, len: usize, iters: &mut [RangeCursor<'_>]) {
+        if self.open[idx] {
+            self.total = self.total - self.bytes[idx] + len;
+            self.bytes[idx] = len;
+        } else {
+            self.open[idx] = true;
+            self.bytes[idx] = len;
+            self.total += len;
+            self.order.push_back(idx);
+        }
+        while self.order.len() > self.max || self.total > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if old == idx {
+                // The one in use stays open; it goes to the back.
+                self.order.push_back(old);
+                if self.order.len() == 1 {
+                    break;
+                }
+                continue;
+            }
+            self.open[old] = false;
+            self.total -= self.bytes[old];
+            self.bytes[old] = 0;
+            iters[old].park();
+        }
+    }
+
+    /// Cursor `idx` ran out: it holds nothing any more.
+    fn done(&mut self, idx: usize) {
+        if self.open[idx] {
+            self.open[idx] = false;
+            self.total -= self.bytes[idx];
+            self.bytes[idx] = 0;
+            self.order.retain(|&i| i != idx);
+        }
+    }
+}
 
 struct Head {
     ts: i64,
@@ -159,6 +240,19 @@ fn search_streams(
     p: &SearchParams,
     streams: &[Arc<StreamInfo>],
 ) -> Result<SearchResult, SearchError> {
+    search_streams_within(store, query, p, streams, MAX_OPEN, MAX_OPEN_BYTES)
+}
+
+/// [`search_streams`] with at most `max_open` cursors holding about
+/// `max_open_bytes` of lines open at once.
+pub(super) fn search_streams_within(
+    store: &Store,
+    query: &Query,
+    p: &SearchParams,
+    streams: &[Arc<StreamInfo>],
+    max_open: usize,
+    max_open_bytes: usize,
+) -> Result<SearchResult, SearchError> {
     let mut result = SearchResult {
         streams: streams.len(),
         ..SearchResult::default()
@@ -166,14 +260,28 @@ fn search_streams(
     let plan = SkipPlan::new(query);
     let mut iters: Vec<RangeCursor<'_>> = Vec::with_capacity(streams.len());
     let mut heap = BinaryHeap::with_capacity(streams.len());
+    let mut opened = Opened::new(streams.len(), max_open, max_open_bytes);
     for (idx, s) in streams.iter().enumerate() {
         // Only the time ranges the skip index cannot rule out.
         let it = store.cursor(&plan, s, p.start, p.end, p.backward)?;
         iters.push(it);
         push_head(&mut iters[idx], idx, p.backward, &mut heap)?;
+        keep(&mut opened, idx, &mut iters);
     }
     let mut work = 0usize;
     while let Some(head) = heap.pop() {
+        if iters[head.idx].is_parked() {
+            iters[head.idx].unpark();
+            let current = iters[head.idx].current().map(|(ts, seq, _)| (ts, seq));
+            if current != Some((head.ts, head.seq)) {
+                // Its entry went meanwhile (retention): the next one
+                // takes its place in the merge.
+                push_head(&mut iters[head.idx], head.idx, p.backward, &mut heap)?;
+                keep(&mut opened, head.idx, &mut iters);
+                continue;
+            }
+            keep(&mut opened, head.idx, &mut iters);
+        }
         let it = &mut iters[head.idx];
         let mut line_len = 0;
         if let Some((ts, seq, line)) = it.current() {
@@ -206,6 +314,7 @@ fn search_streams(
         }
         it.advance();
         push_head(it, head.idx, p.backward, &mut heap)?;
+        keep(&mut opened, head.idx, &mut iters);
         // Work since the last look at the clock: entries, and their bytes
         // (a few huge lines are as much work as many small ones).
         work += 1 + line_len / 4096;
@@ -218,6 +327,19 @@ fn search_streams(
         }
     }
     Ok(result)
+}
+
+/// Counts cursor `idx` among the open ones (parking others while over the
+/// bounds), or as done when it ran out.
+fn keep(opened: &mut Opened, idx: usize, iters: &mut [RangeCursor<'_>]) {
+    match iters[idx].current() {
+        Some((_, _, line)) => {
+            let len = line.len();
+            opened.note(idx, len, iters);
+        }
+        None if iters[idx].valid() => opened.note(idx, 0, iters),
+        None => opened.done(idx),
+    }
 }
 
 /// Pushes the next well-formed entry of `it` (skipping malformed ones).
