@@ -9,9 +9,16 @@
 //! cargo bench -p collector --bench noisy_neighbour            # 15 s per phase
 //! PHASE_SECS=30 cargo bench -p collector --bench noisy_neighbour
 //! NOISY_COLLECTOR_BIN=/path/to/sesam-collector cargo bench ...   # a copied binary
-//! PHASES="query bombs,big answers" cargo bench ...   # quiet plus these phases only
+//! PHASES="query bombs,big answers" cargo bench ...   # these attacks only
+//! NOISY_ROUNDS=3 cargo bench ...    # every attack three times
 //! NOISY_PROFILE=1 cargo bench ...   # also the collector's CPU per thread group
 //! ```
+//!
+//! Every attack phase follows a quiet phase of its own, and b's p99 under
+//! the attack is compared with that quiet phase's (on a shared 2-core
+//! machine the quiet p99 alone moves 3x between phases minutes apart);
+//! with `NOISY_ROUNDS` the median of the rounds' ratios is the figure. A
+//! control class mounts no attack: its ratios are the method's own noise.
 //!
 //! Goal: b's p99 within 2x of the quiet run for every attack class, and
 //! the collector's memory bounded by its configured limits.
@@ -203,6 +210,10 @@ async fn attack(
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut tasks = Vec::new();
+    // Sources and series of their own per phase: a later round's attack
+    // is new data too (the same seqs again would be refused as conflicts
+    // before they cost anything).
+    let nonce = now();
     match kind {
         "slow uploads" => {
             // 64 uploads that send a little and stall, re-opened when cut.
@@ -321,7 +332,7 @@ async fn attack(
             // Two loops of 2,000-record batches, each record with a pipe of
             // its own (new seqs: every record is decoded and stored).
             for t in 0..2u64 {
-                let source = format!("pipes-{t}");
+                let source = format!("pipes-{t}-{nonce}");
                 let bodies: Vec<Vec<u8>> = (0..200u64)
                     .map(|b| {
                         let records = (0..2000u64)
@@ -357,6 +368,7 @@ async fn attack(
         "large batches" => {
             // One loop of 20,000-record batches (the ingest limit is
             // 50,000), a few pipes, new seqs: each is decoded and stored.
+            let bulk = format!("bulk-{nonce}");
             let bodies: Vec<Vec<u8>> = (0..30u64)
                 .map(|b| {
                     let records = (0..20_000u64)
@@ -364,14 +376,14 @@ async fn attack(
                             let seq = b * 20_000 + i + 1;
                             record(
                                 "a",
-                                "bulk",
+                                &bulk,
                                 seq,
                                 "backfill",
                                 Some(format!("pipe-{}", seq % 8)),
                             )
                         })
                         .collect();
-                    body("a", "bulk", records)
+                    body("a", &bulk, records)
                 })
                 .collect();
             let (client, url, stop, refused) =
@@ -400,7 +412,7 @@ async fn attack(
                                 let n = r * 1000 + i;
                                 let mut labels = vec![
                                     Label::new("__name__", "flood_metric"),
-                                    Label::new("id", &format!("{t}-{n}")),
+                                    Label::new("id", &format!("{t}-{n}-{nonce}")),
                                 ];
                                 if n.is_multiple_of(100) {
                                     labels.push(Label::new("zbig", &big));
@@ -465,8 +477,7 @@ async fn attack(
                 assert!(st == 201 || st == 409, "creating a's rule {i}: {st}");
             }
             let reason = testkit::records::noise(64 << 10);
-            // A source of its own per phase: every round's records are new.
-            let source = format!("rules-{}", now());
+            let source = format!("rules-{nonce}");
             let bodies: Vec<Vec<u8>> = (0..100u64)
                 .map(|b| {
                     let records = (0..20u64)

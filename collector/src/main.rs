@@ -231,6 +231,11 @@ struct ServeArgs {
     /// OTLP) beyond its first decode (0: no bulk lane).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     bulk_ingest_nice: i32,
+    /// A write request body this large (a compressed log batch: once
+    /// decompressed) decodes on the bulk lane while another subscription
+    /// is active, even alone in flight (1 KiB to 1 GiB).
+    #[arg(long, default_value_t = 256 << 10, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    bulk_ingest_body_bytes: u64,
     /// Searches running at once (threads of the query pool).
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
@@ -840,6 +845,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         body_grace: a.body_grace,
         body_min_rate: a.body_min_rate,
         bulk_nice: a.bulk_ingest_nice,
+        bulk_body_bytes: usize::try_from(a.bulk_ingest_body_bytes).unwrap_or(usize::MAX),
         ..collector::AdmissionLimits::default()
     };
     config.server = collector::ServerLimits {

@@ -730,3 +730,66 @@ async fn a_lone_tenants_concurrent_pushes_skip_the_bulk_lane_a_neighbours_presen
         "with a neighbour active, concurrent pushes take the bulk lane"
     );
 }
+
+/// beta pushes one small series (so it was served in the last second).
+async fn beta_writes(h: &Harness, instance: &str) {
+    let up = series(&[("__name__", "up"), ("instance", instance)], 1.0, now_ms());
+    let (status, _) = write(h, SHIP_BETA, vec![up]).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_alone_in_flight_takes_the_bulk_lane_only_beside_a_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_with(dir.path(), |c| c.admission.bulk_body_bytes = 4 << 10).await;
+    let bulk = "collector_ingest_bulk_decodes_total ";
+    let large = || bodies("acme", 1, 1_000).remove(0);
+    assert!(large().len() >= 4 << 10);
+    // acme alone, one large push at a time: never demoted.
+    for _ in 0..3 {
+        push_concurrently(&h, SHIP_ACME, vec![large()]).await;
+    }
+    assert_eq!(
+        metric_value(&h, bulk).await,
+        0.0,
+        "a lone tenant keeps its priority"
+    );
+    // beta was just served: acme's large push (alone in flight) goes to the
+    // bulk lane; beta's small one does not.
+    beta_writes(&h, "b").await;
+    push_concurrently(&h, SHIP_ACME, vec![large()]).await;
+    assert_eq!(
+        metric_value(&h, bulk).await,
+        1.0,
+        "the large body took the bulk lane"
+    );
+    beta_writes(&h, "b2").await;
+    assert_eq!(
+        metric_value(&h, bulk).await,
+        1.0,
+        "a small body keeps its priority"
+    );
+    // A log batch that is small compressed but expands past the bound is
+    // judged by what it expands to (its decompression runs first).
+    let t = now_ms() * 1_000_000;
+    let records = (1..=200)
+        .map(|seq| log_record("acme", "node-1", seq, t + seq as i64, "steady"))
+        .collect();
+    let batch = common::batch("acme", "node-1", records);
+    let raw = schemas::to_msgpack(&batch).unwrap();
+    let z = zstd::encode_all(raw.as_slice(), 3).unwrap();
+    assert!(
+        z.len() < 4 << 10 && raw.len() >= 4 << 10,
+        "{} {}",
+        z.len(),
+        raw.len()
+    );
+    beta_writes(&h, "b3").await;
+    assert_eq!(h.post_raw(SHIP_ACME, z, Some("zstd")).await.status(), 200);
+    assert_eq!(
+        metric_value(&h, bulk).await,
+        2.0,
+        "judged by its decompressed size"
+    );
+    h.stop().await;
+}

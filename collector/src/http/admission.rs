@@ -21,9 +21,12 @@
 //!
 //! 5. Decoding then runs on the blocking pool, at the collector's priority,
 //!    for a subscription's first write request in flight; its further
-//!    concurrent ones (ingest, remote-write, OTLP), while another
-//!    subscription was served in the last second, decode on the *bulk
-//!    lane* ([`decode`]): `bulk_threads` threads
+//!    concurrent ones (ingest, remote-write, OTLP), and any body of at
+//!    least `bulk_body_bytes` (for a compressed log batch: once
+//!    decompressed, [`decode_sized`]; a 20,000-record batch is tens of
+//!    milliseconds of decoding), while another subscription was served in
+//!    the last second, decode on the *bulk lane* ([`decode`]):
+//!    `bulk_threads` threads
 //!    `bulk_nice` steps below the collector, one per subscription at a
 //!    time (a request waits up to `admission_wait` for it, then 429). A
 //!    tenant pushing many batches at once (a flood, or a shipper catching
@@ -74,6 +77,10 @@ pub struct AdmissionLimits {
     pub bulk_nice: i32,
     /// Threads of the bulk lane.
     pub bulk_threads: usize,
+    /// A body this large (a compressed log batch: once decompressed)
+    /// decodes on the bulk lane while another subscription is active,
+    /// even when it is its subscription's only one in flight.
+    pub bulk_body_bytes: usize,
 }
 
 impl Default for AdmissionLimits {
@@ -89,6 +96,7 @@ impl Default for AdmissionLimits {
             body_min_rate: 32 << 10,
             bulk_nice: 10,
             bulk_threads: 2,
+            bulk_body_bytes: 256 << 10,
         }
     }
 }
@@ -351,11 +359,29 @@ pub async fn admit(
 
 /// Runs `job`, the decoding of an admitted body, on the blocking pool, or
 /// on the bulk lane when its subscription has other write requests in
-/// flight and another subscription was served in the last second (see the
-/// module documentation); `reject` counts a refusal.
+/// flight or the body is large, and another subscription was served in
+/// the last second (see the module documentation); `reject` counts a
+/// refusal.
 pub async fn decode<T, F>(
     s: &AppState,
     admitted: &Admitted,
+    reject: impl Fn(&'static str),
+    job: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    decode_sized(s, admitted, admitted.body.len(), reject, job).await
+}
+
+/// [`decode`] of a body that is `size` bytes once decompressed (a
+/// compressed body that expands past `bulk_body_bytes` is as much work as
+/// a large one: its decompression ran first, at the collector's priority).
+pub async fn decode_sized<T, F>(
+    s: &AppState,
+    admitted: &Admitted,
+    size: usize,
     reject: impl Fn(&'static str),
     job: F,
 ) -> Result<T, ApiError>
@@ -368,7 +394,8 @@ where
     // concurrent pushes behind a neighbour that was served in the last
     // second (serializing a lone tenant's pushes halved its rate and left
     // a core idle).
-    let demote = admitted.concurrent > 1 && s.foreground.others_active(key);
+    let large = size >= s.admission.limits.bulk_body_bytes;
+    let demote = (admitted.concurrent > 1 || large) && s.foreground.others_active(key);
     match (&s.admission.bulk, demote) {
         (Some(bulk), true) => {
             s.metrics.ingest_bulk_decodes.inc();

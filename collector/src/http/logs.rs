@@ -456,13 +456,29 @@ pub async fn ingest(
     let state = s.clone();
     let keep = s.store.wants_records();
     let p = principal.clone();
+    // A compressed body is decompressed first (fast, at the collector's
+    // priority): the rest of the work is in proportion to what it expands
+    // to, which decides the lane (`admission::decode_sized`).
+    let identity = encoding
+        .as_deref()
+        .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    let raw: Bytes = if identity {
+        bytes
+    } else {
+        let limit = s.limits.max_decompressed_bytes;
+        let unpack = move || {
+            decompress(encoding.as_deref(), &bytes, limit).map(|c| Bytes::from(c.into_owned()))
+        };
+        match admission::decode(&s, &admitted, |r| m.reject(r), unpack).await? {
+            Ok(raw) => raw,
+            Err(e) => {
+                m.reject(e.reason());
+                return Err(ingest_error(&e));
+            }
+        }
+    };
+    let size = raw.len();
     let job = move || {
-        let raw = decompress(
-            encoding.as_deref(),
-            &bytes,
-            state.limits.max_decompressed_bytes,
-        )
-        .map_err(Refused::Invalid)?;
         let decoded = decode(&raw, state.limits.max_records).map_err(Refused::Invalid)?;
         if !p.covers(&decoded.subscription) {
             return Err(Refused::Subscription(decoded.subscription));
@@ -481,7 +497,7 @@ pub async fn ingest(
         state.store.stage(&mut batch);
         Ok(batch)
     };
-    let decoded = admission::decode(&s, &admitted, |r| m.reject(r), job).await?;
+    let decoded = admission::decode_sized(&s, &admitted, size, |r| m.reject(r), job).await?;
     let prepared = decoded.map_err(|r| match r {
         Refused::Invalid(e) => {
             m.reject(e.reason());
