@@ -315,6 +315,11 @@ fn out_of_range_scheduling_and_queue_flags_are_refused_naming_the_flag() {
     for (flag, value) in [
         ("--notifier-queue-records", "0"),
         ("--notifier-queue-records", "99999999999"),
+        ("--notifier-queue-bytes", "0"),
+        ("--notifier-queue-bytes", "99999999999999"),
+        ("--max-deferred-bytes-per-subscription", "1024"),
+        ("--bulk-ingest-body-bytes", "12"),
+        ("--bulk-ingest-body-bytes", "1e9"),
         ("--query-background-share", "5"),
         ("--query-nice", "40"),
         ("--skip-index", "maybe"),
