@@ -308,6 +308,14 @@ struct ServeArgs {
     /// Live tails open at once for one subscription.
     #[arg(long, default_value_t = 8)]
     max_tails_per_subscription: usize,
+    /// Bytes of records offered to live tails and not read by all of them
+    /// yet, over every subscription: past it, commit groups are dropped for
+    /// the tails (each is told how many) (64 KiB to 1 TiB).
+    #[arg(long, default_value_t = collector::logs::tail::TailLimits::default().max_buffer_bytes as u64, value_parser = clap::value_parser!(u64).range(65_536..=1 << 40))]
+    tail_buffer_bytes: u64,
+    /// The same for the tails of one subscription (64 KiB to 1 TiB).
+    #[arg(long, default_value_t = collector::logs::tail::TailLimits::default().max_buffer_bytes_per_subscription as u64, value_parser = clap::value_parser!(u64).range(65_536..=1 << 40))]
+    tail_buffer_bytes_per_subscription: u64,
     /// match[] selectors of one /federate request.
     #[arg(long, default_value_t = 64)]
     max_federate_selectors: usize,
@@ -867,6 +875,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.read.max_series = a.max_query_series;
     config.tail.max_tails = a.max_tails;
     config.tail.max_tails_per_subscription = a.max_tails_per_subscription;
+    config.tail.max_buffer_bytes = usize::try_from(a.tail_buffer_bytes).unwrap_or(usize::MAX);
+    config.tail.max_buffer_bytes_per_subscription =
+        usize::try_from(a.tail_buffer_bytes_per_subscription).unwrap_or(usize::MAX);
     config.read.max_federate_selectors = a.max_federate_selectors;
     config.read.max_federate_bytes = a.max_federate_bytes;
     config.read.max_queries_per_subscription = a.max_concurrent_queries_per_subscription;

@@ -320,6 +320,8 @@ fn out_of_range_scheduling_and_queue_flags_are_refused_naming_the_flag() {
         ("--max-deferred-bytes-per-subscription", "1024"),
         ("--bulk-ingest-body-bytes", "12"),
         ("--bulk-ingest-body-bytes", "1e9"),
+        ("--tail-buffer-bytes", "100"),
+        ("--tail-buffer-bytes-per-subscription", "99999999999999"),
         ("--query-background-share", "5"),
         ("--query-nice", "40"),
         ("--skip-index", "maybe"),

@@ -40,7 +40,7 @@ pub(crate) enum Msg {
 /// what the evaluation queue counts against its byte bounds. The same
 /// record always weighs the same, so what is added when it is queued is
 /// what is taken off when it leaves.
-pub(crate) fn record_bytes(r: &Record) -> usize {
+pub fn record_bytes(r: &Record) -> usize {
     fn opt(s: &Option<String>) -> usize {
         s.as_ref().map_or(0, String::len)
     }

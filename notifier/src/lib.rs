@@ -104,6 +104,7 @@ pub use engine::Engine;
 pub use error::{ErrorKind, NotifierError};
 pub use evaluator::ROUND_RECORDS;
 pub use feed::{Feed, FeedBacklog, FeedPos, FeedRead, FeedRecord};
+pub use handoff::record_bytes;
 pub use limits::Limits;
 pub use memory::{Memory, Part};
 pub use model::{Alert, DeliveryState, Notification, NotificationKind};

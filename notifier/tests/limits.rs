@@ -170,7 +170,7 @@ fn a_tick_with_thousands_of_due_timers_runs_them_all_in_bounded_rounds() {
 
 #[test]
 fn counts_and_sizes_are_bounded_per_subscription() {
-    let mut h = with_limits(|l| {
+    let h = with_limits(|l| {
         l.max_rules_per_subscription = 3;
         l.max_receivers_per_subscription = 2;
         l.max_silences_per_subscription = 2;
@@ -192,6 +192,16 @@ fn counts_and_sizes_are_bounded_per_subscription() {
     // Another subscription has its own count.
     let b = rule_json(json!({"name": "x", "type": "pump_failed"}));
     h.n.put_rule(&beta(), None, b).unwrap();
+    // A deleted rule frees its place, and the count is the same after a
+    // restart (it is kept beside the rules, not recounted per rule added).
+    h.n.delete_rule(&acme(), None, "r2").unwrap();
+    h.rule("r3", "pump_failed", &["*"], json!({}));
+    let mut h = h.restarted();
+    let over = rule_json(json!({"name": "x", "type": "pump_failed"}));
+    let e = h.n.put_rule(&acme(), None, over).unwrap_err();
+    assert!(e.message.contains("3 rules, the limit"), "{}", e.message);
+    h.n.delete_rule(&acme(), None, "r3").unwrap();
+    h.rule("r4", "pump_failed", &["*"], json!({}));
 
     h.receiver("second", "http://127.0.0.1:9/two");
     let r: Receiver =
