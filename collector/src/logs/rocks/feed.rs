@@ -331,7 +331,8 @@ impl Store {
     /// stored bytes read to `max_bytes` (at least one is read; entries
     /// are fetched [`FEED_READ_CHUNK`] at a time, so a read of large
     /// records never holds more than that many beyond the bound). Feeds
-    /// that hold their records inline are bounded by `max` only.
+    /// that hold their records inline stop after the record that brings
+    /// their weight in memory (`notifier::record_bytes`) to `max_bytes`.
     pub fn feed_read_within(
         &self,
         subscription: &str,
@@ -345,6 +346,8 @@ impl Store {
         // What the feed holds inline, in feed order before `wanted`'s
         // (a feed is written by one writer: all of one kind).
         let mut inline: Vec<FeedEntry> = Vec::new();
+        // Their weight in memory (at least one record is read).
+        let mut inline_bytes = 0usize;
         let max = max.max(1);
         let end = self.feed_walk(subscription, after.0, |commit, at, listed| {
             let n = listed.len();
@@ -369,9 +372,12 @@ impl Store {
                 if position <= after {
                     continue;
                 }
-                if wanted.len() + inline.len() == max {
+                if wanted.len() + inline.len() == max
+                    || (!inline.is_empty() && inline_bytes >= max_bytes)
+                {
                     return false;
                 }
+                inline_bytes = inline_bytes.saturating_add(notifier::record_bytes(record));
                 inline.push(FeedEntry {
                     position,
                     committed_at: at,
@@ -913,6 +919,12 @@ mod tests {
         assert_eq!(after.last, Some((1, 1)));
         let one = store.feed_read("a", (0, 0), 1).unwrap();
         assert_eq!((one.records.len(), one.end), (1, false));
+        // Bounded in bytes too: at least one record, then stop.
+        let small = store.feed_read_within("a", (0, 0), 10, 1).unwrap();
+        assert_eq!((small.records.len(), small.end), (1, false));
+        assert_eq!(small.last, Some((1, 0)));
+        let rest = store.feed_read_within("a", (1, 0), 10, 1).unwrap();
+        assert_eq!(positions(&rest), vec![((1, 1), 8)]);
         // Chunk by chunk (the decoded commit is kept between reads).
         let (mut at, mut seqs) = ((0, 0), Vec::new());
         loop {
