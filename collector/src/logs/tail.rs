@@ -174,30 +174,30 @@ impl TailHub {
         if self.open.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let chans: Vec<(String, Arc<Chan>)> = self
+        let chans: HashMap<String, Arc<Chan>> = self
             .chans()
             .iter()
             .map(|(k, (_, c))| (k.clone(), c.clone()))
             .collect();
+        // One hash lookup per record: its subscription's copy, if tailed.
         let mut per: HashMap<&str, Vec<Record>> = HashMap::new();
-        for r in records {
-            if let Some(v) = per.get_mut(r.subscription.as_str()) {
-                v.push(r.clone());
-            } else if chans.iter().any(|(k, _)| *k == r.subscription) {
-                per.insert(r.subscription.as_str(), vec![r.clone()]);
+        if chans.len() > usize::from(chans.contains_key(ALL)) {
+            for r in records {
+                if let Some(v) = per.get_mut(r.subscription.as_str()) {
+                    v.push(r.clone());
+                } else if chans.contains_key(&r.subscription) {
+                    per.insert(r.subscription.as_str(), vec![r.clone()]);
+                }
             }
         }
-        let mut whole = whole;
-        for (key, chan) in chans {
-            let recs = if key == ALL {
-                whole.take().unwrap_or_else(|| Arc::new(records.to_vec()))
-            } else {
-                match per.remove(key.as_str()) {
-                    Some(v) => Arc::new(v),
-                    None => continue,
-                }
-            };
-            self.send(&chan, recs);
+        if let Some(chan) = chans.get(ALL) {
+            let all = whole.unwrap_or_else(|| Arc::new(records.to_vec()));
+            self.send(chan, all);
+        }
+        for (sub, recs) in per {
+            if let Some(chan) = chans.get(sub) {
+                self.send(chan, Arc::new(recs));
+            }
         }
     }
 
